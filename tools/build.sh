@@ -1,0 +1,82 @@
+#!/usr/bin/env bash
+# Builds the Go programs pulsecheck's tests, demo and CI run (kube-apiserver,
+# kube-controller-manager, kubectl, etcd, helm, promtool) from the pinned Go
+# modules under tools/, into a cache folder keyed on each tool's version.
+# A tool that is already in the cache is not built again.
+#
+#   tools/build.sh            build everything, print the bin folder
+#   tools/build.sh control    only kube-apiserver and etcd
+#   tools/build.sh --print    print the bin folder, build nothing
+#
+# Cache: ${PULSECHECK_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/pulsecheck}/bin/<tool>-<version>/
+# When KUBEBUILDER_ASSETS names a folder with kube-apiserver and etcd, the lab uses
+# those instead (see src/lab/binaries.rs); this script still builds the other tools.
+set -euo pipefail
+here=$(cd "$(dirname "$0")" && pwd)
+cache=${PULSECHECK_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/pulsecheck}
+out=$cache/bin
+mkdir -p "$out"
+
+modver() { # modver DIR MODULE: the version DIR/go.mod requires of MODULE
+  [ -f "$here/$1/go.mod" ] || return 0
+  awk -v m="$2" '($1==m) {print $2} ($1=="require" && $2==m) {print $3}' "$here/$1/go.mod" | head -n 1
+}
+kube_version=$(modver kube k8s.io/kubernetes)
+etcd_version=$(modver etcd go.etcd.io/etcd/server/v3)
+helm_version=$(modver helm helm.sh/helm/v3)
+prom_version=$(modver promtool github.com/prometheus/prometheus)
+
+export CGO_ENABLED=0 GOFLAGS=-buildvcs=false GOTOOLCHAIN=local
+
+# build_one NAME VERSION MODULE_DIR PACKAGE [extra go build args...]
+build_one() {
+  local name=$1 version=$2 dir=$3 pkg=$4; shift 4
+  local dest=$out/$name-$version/$name
+  if [ -x "$dest" ]; then return 0; fi
+  echo "building $name $version (first time only; cached in $out)" >&2
+  mkdir -p "$out/$name-$version"
+  (cd "$here/$dir" && go build -trimpath "$@" -o "$dest.tmp" "$pkg")
+  mv "$dest.tmp" "$dest"
+}
+
+kube_ldflags() {
+  local minor
+  minor=$(echo "$kube_version" | cut -d. -f2)
+  echo "-s -w -X k8s.io/component-base/version.gitVersion=$kube_version -X k8s.io/component-base/version.gitMajor=1 -X k8s.io/component-base/version.gitMinor=$minor -X k8s.io/client-go/pkg/version.gitVersion=$kube_version"
+}
+
+link() { # link NAME VERSION: a stable path bin/current/NAME for scripts
+  mkdir -p "$out/current"
+  ln -sf "../$1-$2/$1" "$out/current/$1"
+}
+
+what=${1:-all}
+case "$what" in
+  --print) echo "$out/current"; exit 0 ;;
+  control|all|kubectl|helm|promtool) ;;
+  *) echo "tools/build.sh: unknown target '$what' (want all, control, kubectl, helm, promtool, --print)" >&2; exit 2 ;;
+esac
+
+if [ "$what" = control ] || [ "$what" = all ]; then
+  build_one etcd "$etcd_version" etcd go.etcd.io/etcd/server/v3 -ldflags "-s -w"
+  link etcd "$etcd_version"
+  build_one kube-apiserver "$kube_version" kube k8s.io/kubernetes/cmd/kube-apiserver -tags=selinux,notest,grpcnotrace -ldflags "$(kube_ldflags)"
+  link kube-apiserver "$kube_version"
+fi
+if [ "$what" = all ]; then
+  build_one kube-controller-manager "$kube_version" kube k8s.io/kubernetes/cmd/kube-controller-manager -tags=selinux,notest,grpcnotrace -ldflags "$(kube_ldflags)"
+  link kube-controller-manager "$kube_version"
+fi
+if [ "$what" = all ] || [ "$what" = kubectl ]; then
+  build_one kubectl "$kube_version" kube k8s.io/kubernetes/cmd/kubectl -tags=selinux,notest,grpcnotrace -ldflags "$(kube_ldflags)"
+  link kubectl "$kube_version"
+fi
+if { [ "$what" = all ] || [ "$what" = helm ]; } && [ -n "$helm_version" ]; then
+  build_one helm "$helm_version" helm helm.sh/helm/v3/cmd/helm -ldflags "-s -w"
+  link helm "$helm_version"
+fi
+if { [ "$what" = all ] || [ "$what" = promtool ]; } && [ -n "$prom_version" ]; then
+  build_one promtool "$prom_version" promtool github.com/prometheus/prometheus/cmd/promtool -ldflags "-s -w"
+  link promtool "$prom_version"
+fi
+echo "$out/current"
