@@ -1,1 +1,564 @@
-//! TODO
+//! Compact, clock-safe observations of Nodes and their Leases.
+//!
+//! The watchers hand every Node and Lease to this module, which keeps only what a verdict
+//! needs and immediately drops the rest (managedFields, images, the whole object). Freshness is
+//! never read from a node's own timestamps: like the node lifecycle controller's
+//! `probeTimestamp`, every heartbeat carries the time *pulsecheck* saw its value change. A node
+//! whose clock is hours off therefore looks exactly like a node with a correct clock.
+//!
+//! Re-lists after a broken watch re-apply objects whose values did not change; those keep their
+//! old observation times, so a gap in pulsecheck's sight neither restarts staleness clocks nor
+//! punishes nodes. This module does no I/O and never reads a clock: `now` is passed in.
+
+use std::collections::{BTreeMap, HashMap};
+
+use k8s_openapi::{
+    api::{coordination::v1::Lease, core::v1::Node},
+    jiff::Timestamp,
+};
+
+use crate::names;
+
+/// The node's own `Ready` condition, as the kubelet (or kube-controller-manager) set it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
+pub enum ReadyState {
+    /// `Ready=True`: the node claims to be alive.
+    True,
+    /// `Ready=False`: the kubelet itself says the node is not ready.
+    False,
+    /// `Ready=Unknown`: kube-controller-manager stopped hearing from the node.
+    Unknown,
+    /// No Ready condition at all (a node that never posted status).
+    Missing,
+}
+
+impl ReadyState {
+    /// As `kubectl get nodes` would say it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ReadyState::True => "True",
+            ReadyState::False => "False",
+            ReadyState::Unknown => "Unknown",
+            ReadyState::Missing => "Missing",
+        }
+    }
+}
+
+/// A heartbeat value (a timestamp written by the node) and when pulsecheck saw it change.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Heartbeat {
+    /// The value as the node wrote it; only compared, never trusted as a time.
+    pub value: Option<Timestamp>,
+    /// pulsecheck's own clock when this value was first seen.
+    pub observed_at: Timestamp,
+}
+
+impl Heartbeat {
+    /// A heartbeat after seeing `value` at `now`: the observation time moves only when the value changed.
+    pub fn advance(previous: Option<&Heartbeat>, value: Option<Timestamp>, now: Timestamp) -> Heartbeat {
+        match previous {
+            Some(p) if p.value == value => *p,
+            _ => Heartbeat { value, observed_at: now },
+        }
+    }
+}
+
+/// How the node's `status.nodeInfo.osImage` looks.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OsImage {
+    /// The current value.
+    pub current: String,
+    /// pulsecheck's clock when the value became "Unknown" (case-insensitive); `None` while it is not.
+    pub unknown_since: Option<Timestamp>,
+    /// True when pulsecheck saw a real value turn into "Unknown" (much stronger evidence than a
+    /// node that always said so).
+    pub turned_unknown: bool,
+}
+
+impl OsImage {
+    fn advance(previous: Option<&OsImage>, current: &str, now: Timestamp) -> OsImage {
+        let unknown = is_unknown(current);
+        match previous {
+            Some(p) if unknown && p.unknown_since.is_some() => OsImage { current: current.to_string(), ..p.clone() },
+            Some(p) if unknown => OsImage {
+                current: current.to_string(),
+                unknown_since: Some(now),
+                turned_unknown: !p.current.is_empty() && !is_unknown(&p.current),
+            },
+            _ => OsImage {
+                current: current.to_string(),
+                unknown_since: unknown.then_some(now),
+                turned_unknown: false,
+            },
+        }
+    }
+}
+
+/// True for cadvisor's "could not read /etc/os-release" value, compared case-insensitively.
+pub fn is_unknown(os_image: &str) -> bool {
+    os_image.trim().eq_ignore_ascii_case("unknown")
+}
+
+/// A node condition set by another tool (node-problem-detector) that signals a broken node.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct ProblemCondition {
+    /// The condition type, e.g. `ReadonlyFilesystem`.
+    pub kind: String,
+    /// Its reason, as the other tool wrote it.
+    pub reason: String,
+}
+
+/// Where a kubelet can be reached, from `status.addresses` and `status.daemonEndpoints`.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct KubeletEndpoint {
+    /// `(type, address)` pairs in the order the node lists them.
+    pub addresses: Vec<(String, String)>,
+    /// `status.daemonEndpoints.kubeletEndpoint.Port`, when set and valid.
+    pub port: Option<u16>,
+}
+
+/// What pulsecheck has done to a node, as recorded on the node itself (annotation
+/// [`names::REMEDIATION_ANNOTATION`]) so that a restarted controller resumes without
+/// duplicating or orphaning actions.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Remediation {
+    /// pulsecheck added its taint.
+    #[serde(default)]
+    pub tainted: bool,
+    /// pulsecheck set `spec.unschedulable` (a cordon by anyone else is never recorded here).
+    #[serde(default)]
+    pub cordoned: bool,
+    /// When the remediation started (pulsecheck's clock).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub since: Option<Timestamp>,
+}
+
+impl Remediation {
+    /// True when pulsecheck holds any action on the node.
+    pub fn is_active(&self) -> bool {
+        self.tainted || self.cordoned
+    }
+}
+
+/// Everything pulsecheck keeps about one Node.
+#[derive(Debug, Clone)]
+pub struct NodeFacts {
+    /// `metadata.uid`: a deleted and re-created Node is a new node.
+    pub uid: String,
+    /// `metadata.resourceVersion` of the last Node seen.
+    pub resource_version: Option<String>,
+    /// pulsecheck's clock when the node was first seen.
+    pub first_seen: Timestamp,
+    /// The node's Ready condition.
+    pub ready: ReadyState,
+    /// Ready `reason`, e.g. `KubeletReady` or `NodeStatusUnknown`.
+    pub ready_reason: String,
+    /// The status heartbeat: Ready's `lastHeartbeatTime`.
+    pub status: Heartbeat,
+    /// `status.nodeInfo.osImage`.
+    pub os_image: OsImage,
+    /// Problem conditions currently True.
+    pub problems: Vec<ProblemCondition>,
+    /// `spec.unschedulable`.
+    pub unschedulable: bool,
+    /// The pulsecheck taint is on the node.
+    pub has_our_taint: bool,
+    /// What pulsecheck recorded on the node.
+    pub remediation: Remediation,
+    /// Label `pulsecheck.dev/exclude=true`.
+    pub excluded_by_label: bool,
+    /// The node matches `--node-selector`.
+    pub selected: bool,
+    /// `topology.kubernetes.io/zone`, when set.
+    pub zone: Option<String>,
+    /// Where to probe its kubelet.
+    pub kubelet: KubeletEndpoint,
+}
+
+/// Everything pulsecheck keeps about one node Lease.
+#[derive(Debug, Clone, Copy)]
+pub struct LeaseFacts {
+    /// `spec.renewTime` and when pulsecheck saw it change.
+    pub renew: Heartbeat,
+}
+
+/// Which nodes are pulsecheck's to judge: the label selector and the taint key it owns.
+#[derive(Debug, Clone, Default)]
+pub struct Scope {
+    /// Parsed `--node-selector`; empty selects every node.
+    pub selector: Selector,
+    /// The taint key pulsecheck owns.
+    pub taint_key: String,
+    /// Node condition types that count as problems when True.
+    pub problem_conditions: Vec<String>,
+}
+
+/// A parsed equality-based label selector (`a=b,c!=d,e,!f`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Selector(Vec<Requirement>);
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Requirement {
+    Equals(String, String),
+    NotEquals(String, String),
+    Exists(String),
+    NotExists(String),
+}
+
+/// A label selector pulsecheck cannot parse.
+#[derive(Debug, thiserror::Error)]
+#[error("invalid label selector '{selector}': {problem}")]
+pub struct SelectorError {
+    selector: String,
+    problem: String,
+}
+
+impl Selector {
+    /// Parses `a=b,c==d,e!=f,g,!h`. Set-based selectors (`in`, `notin`) are not supported.
+    pub fn parse(s: &str) -> Result<Selector, SelectorError> {
+        let err = |problem: &str| SelectorError { selector: s.to_string(), problem: problem.to_string() };
+        let mut reqs = Vec::new();
+        for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+            if part.contains(" in ") || part.contains(" notin ") || part.contains('(') {
+                return Err(err("set-based requirements (in, notin) are not supported; use key=value, key!=value, key or !key"));
+            }
+            let req = if let Some((k, v)) = part.split_once("!=") {
+                Requirement::NotEquals(k.trim().into(), v.trim().into())
+            } else if let Some((k, v)) = part.split_once("==").or_else(|| part.split_once('=')) {
+                Requirement::Equals(k.trim().into(), v.trim().into())
+            } else if let Some(k) = part.strip_prefix('!') {
+                Requirement::NotExists(k.trim().into())
+            } else {
+                Requirement::Exists(part.into())
+            };
+            let key = match &req {
+                Requirement::Equals(k, _) | Requirement::NotEquals(k, _) | Requirement::Exists(k) | Requirement::NotExists(k) => k,
+            };
+            if key.is_empty() || key.contains(char::is_whitespace) {
+                return Err(err(&format!("'{part}' has no valid key")));
+            }
+            reqs.push(req);
+        }
+        Ok(Selector(reqs))
+    }
+
+    /// True when the labels satisfy every requirement.
+    pub fn matches(&self, labels: &BTreeMap<String, String>) -> bool {
+        self.0.iter().all(|r| match r {
+            Requirement::Equals(k, v) => labels.get(k) == Some(v),
+            Requirement::NotEquals(k, v) => labels.get(k) != Some(v),
+            Requirement::Exists(k) => labels.contains_key(k),
+            Requirement::NotExists(k) => !labels.contains_key(k),
+        })
+    }
+
+    /// The selector as the apiserver's `labelSelector` parameter, for a list or watch.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+/// Reads our remediation record from a node's annotations; a damaged record counts as "we did
+/// nothing" rather than failing, and the taint itself is still recognised by key.
+pub fn remediation_from_annotations(annotations: Option<&BTreeMap<String, String>>) -> Remediation {
+    annotations
+        .and_then(|a| a.get(names::REMEDIATION_ANNOTATION))
+        .and_then(|v| serde_json::from_str(v).ok())
+        .unwrap_or_default()
+}
+
+impl NodeFacts {
+    /// Distils a Node into facts, carrying observation times over from `previous` for values
+    /// that did not change.
+    pub fn observe(node: &Node, previous: Option<&NodeFacts>, scope: &Scope, now: Timestamp) -> NodeFacts {
+        let meta = &node.metadata;
+        let uid = meta.uid.clone().unwrap_or_default();
+        // A re-created node (new uid) starts from scratch.
+        let previous = previous.filter(|p| p.uid == uid);
+        let empty = BTreeMap::new();
+        let labels = meta.labels.as_ref().unwrap_or(&empty);
+        let status = node.status.as_ref();
+        let conditions = status.and_then(|s| s.conditions.as_deref()).unwrap_or(&[]);
+        let ready_condition = conditions.iter().find(|c| c.type_ == "Ready");
+        let ready = match ready_condition.map(|c| c.status.as_str()) {
+            Some("True") => ReadyState::True,
+            Some("False") => ReadyState::False,
+            Some(_) => ReadyState::Unknown,
+            None => ReadyState::Missing,
+        };
+        let heartbeat_value = ready_condition.and_then(|c| c.last_heartbeat_time.as_ref()).map(|t| t.0);
+        let os_image_value = status.and_then(|s| s.node_info.as_ref()).map(|i| i.os_image.as_str()).unwrap_or("");
+        let problems = conditions
+            .iter()
+            .filter(|c| c.status == "True" && scope.problem_conditions.iter().any(|p| p == &c.type_))
+            .map(|c| ProblemCondition { kind: c.type_.clone(), reason: c.reason.clone().unwrap_or_default() })
+            .collect();
+        let spec = node.spec.as_ref();
+        let has_our_taint = spec
+            .and_then(|s| s.taints.as_ref())
+            .is_some_and(|ts| ts.iter().any(|t| t.key == scope.taint_key));
+        let kubelet = KubeletEndpoint {
+            addresses: status
+                .and_then(|s| s.addresses.as_ref())
+                .map(|a| a.iter().map(|a| (a.type_.clone(), a.address.clone())).collect())
+                .unwrap_or_default(),
+            port: status
+                .and_then(|s| s.daemon_endpoints.as_ref())
+                .and_then(|d| d.kubelet_endpoint.as_ref())
+                .and_then(|e| u16::try_from(e.port).ok())
+                .filter(|p| *p != 0),
+        };
+        NodeFacts {
+            uid,
+            resource_version: meta.resource_version.clone(),
+            first_seen: previous.map_or(now, |p| p.first_seen),
+            ready,
+            ready_reason: ready_condition.and_then(|c| c.reason.clone()).unwrap_or_default(),
+            status: Heartbeat::advance(previous.map(|p| &p.status), heartbeat_value, now),
+            os_image: OsImage::advance(previous.map(|p| &p.os_image), os_image_value, now),
+            problems,
+            unschedulable: spec.and_then(|s| s.unschedulable).unwrap_or(false),
+            has_our_taint,
+            remediation: remediation_from_annotations(meta.annotations.as_ref()),
+            excluded_by_label: labels.get(names::EXCLUDE_LABEL).is_some_and(|v| v == "true"),
+            selected: scope.selector.matches(labels),
+            zone: labels.get("topology.kubernetes.io/zone").cloned(),
+            kubelet,
+        }
+    }
+}
+
+/// The fleet as pulsecheck sees it: facts per node name, Leases per node name.
+#[derive(Debug, Default, Clone)]
+pub struct FleetFacts {
+    /// Nodes by name.
+    pub nodes: HashMap<String, NodeFacts>,
+    /// Node Leases (namespace `kube-node-lease`) by name, which is the node's name.
+    pub leases: HashMap<String, LeaseFacts>,
+}
+
+impl FleetFacts {
+    /// Applies a Node seen by a watch (added, modified, or re-listed).
+    pub fn apply_node(&mut self, node: &Node, scope: &Scope, now: Timestamp) {
+        let Some(name) = node.metadata.name.as_deref() else { return };
+        let facts = NodeFacts::observe(node, self.nodes.get(name), scope, now);
+        self.nodes.insert(name.to_string(), facts);
+    }
+
+    /// Forgets a deleted Node.
+    pub fn delete_node(&mut self, name: &str) {
+        self.nodes.remove(name);
+    }
+
+    /// Applies a Lease seen by a watch.
+    pub fn apply_lease(&mut self, lease: &Lease, now: Timestamp) {
+        let Some(name) = lease.metadata.name.as_deref() else { return };
+        let renew_time = lease.spec.as_ref().and_then(|s| s.renew_time.as_ref()).map(|t| t.0);
+        self.apply_lease_renewal(name, renew_time, now);
+    }
+
+    /// Applies one observed `renewTime` of the Lease `name` (the hot path: one per renewal).
+    pub fn apply_lease_renewal(&mut self, name: &str, renew_time: Option<Timestamp>, now: Timestamp) {
+        match self.leases.get_mut(name) {
+            Some(l) => l.renew = Heartbeat::advance(Some(&l.renew), renew_time, now),
+            None => {
+                self.leases.insert(name.to_string(), LeaseFacts { renew: Heartbeat { value: renew_time, observed_at: now } });
+            }
+        }
+    }
+
+    /// Forgets a deleted Lease.
+    pub fn delete_lease(&mut self, name: &str) {
+        self.leases.remove(name);
+    }
+
+    /// After a re-list of Nodes: drops nodes the re-list no longer contains.
+    pub fn retain_nodes(&mut self, names: &std::collections::HashSet<String>) {
+        self.nodes.retain(|n, _| names.contains(n));
+    }
+
+    /// After a re-list of Leases: drops leases the re-list no longer contains.
+    pub fn retain_leases(&mut self, names: &std::collections::HashSet<String>) {
+        self.leases.retain(|n, _| names.contains(n));
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod fixtures {
+    //! Builders for Nodes and Leases in unit tests.
+    use k8s_openapi::{
+        api::{
+            coordination::v1::{Lease, LeaseSpec},
+            core::v1::{Node, NodeCondition, NodeSpec, NodeStatus, NodeSystemInfo, Taint},
+        },
+        apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta, Time},
+        jiff::Timestamp,
+    };
+
+    /// A Node builder: `node("n1").ready().heartbeat(t).os_image("Unknown").build()`.
+    pub struct NodeBuilder(Node);
+
+    pub fn node(name: &str) -> NodeBuilder {
+        NodeBuilder(Node {
+            metadata: ObjectMeta { name: Some(name.into()), uid: Some(format!("uid-{name}")), ..Default::default() },
+            spec: Some(NodeSpec::default()),
+            status: Some(NodeStatus {
+                node_info: Some(NodeSystemInfo { os_image: "Ubuntu 24.04.1 LTS".into(), ..Default::default() }),
+                ..Default::default()
+            }),
+        })
+    }
+
+    impl NodeBuilder {
+        fn condition(mut self, type_: &str, status: &str, reason: &str, heartbeat: Option<Timestamp>) -> Self {
+            let conds = self.0.status.get_or_insert_with(Default::default).conditions.get_or_insert_with(Vec::new);
+            conds.retain(|c| c.type_ != type_);
+            conds.push(NodeCondition {
+                type_: type_.into(),
+                status: status.into(),
+                reason: Some(reason.into()),
+                last_heartbeat_time: heartbeat.map(Time),
+                ..Default::default()
+            });
+            self
+        }
+        pub fn ready_at(self, heartbeat: Timestamp) -> Self {
+            self.condition("Ready", "True", "KubeletReady", Some(heartbeat))
+        }
+        pub fn not_ready_at(self, status: &str, heartbeat: Timestamp) -> Self {
+            self.condition("Ready", status, "NodeStatusUnknown", Some(heartbeat))
+        }
+        pub fn problem(self, type_: &str, reason: &str) -> Self {
+            self.condition(type_, "True", reason, None)
+        }
+        pub fn os_image(mut self, image: &str) -> Self {
+            self.0.status.get_or_insert_with(Default::default).node_info.get_or_insert_with(Default::default).os_image = image.into();
+            self
+        }
+        pub fn label(mut self, k: &str, v: &str) -> Self {
+            self.0.metadata.labels.get_or_insert_with(Default::default).insert(k.into(), v.into());
+            self
+        }
+        pub fn uid(mut self, uid: &str) -> Self {
+            self.0.metadata.uid = Some(uid.into());
+            self
+        }
+        pub fn taint(mut self, key: &str) -> Self {
+            self.0.spec.get_or_insert_with(Default::default).taints.get_or_insert_with(Vec::new).push(Taint {
+                key: key.into(),
+                effect: "NoSchedule".into(),
+                ..Default::default()
+            });
+            self
+        }
+        pub fn build(self) -> Node {
+            self.0
+        }
+    }
+
+    pub fn lease(name: &str, renew: Timestamp) -> Lease {
+        Lease {
+            metadata: ObjectMeta { name: Some(name.into()), namespace: Some("kube-node-lease".into()), ..Default::default() },
+            spec: Some(LeaseSpec { renew_time: Some(MicroTime(renew)), holder_identity: Some(name.into()), ..Default::default() }),
+        }
+    }
+
+    pub fn t(secs: i64) -> Timestamp {
+        Timestamp::from_second(1_800_000_000 + secs).expect("valid test timestamp")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{fixtures::*, *};
+
+    fn scope() -> Scope {
+        Scope {
+            selector: Selector::default(),
+            taint_key: names::TAINT_KEY.into(),
+            problem_conditions: vec!["ReadonlyFilesystem".into(), "KernelDeadlock".into()],
+        }
+    }
+
+    #[test]
+    fn heartbeat_observation_time_moves_only_when_the_value_changes() {
+        let mut fleet = FleetFacts::default();
+        // The node's clock is an hour ahead: only changes matter, never the value.
+        let skewed = t(3600);
+        fleet.apply_node(&node("n1").ready_at(skewed).build(), &scope(), t(0));
+        fleet.apply_node(&node("n1").ready_at(skewed).build(), &scope(), t(100));
+        assert_eq!(fleet.nodes["n1"].status.observed_at, t(0));
+        fleet.apply_node(&node("n1").ready_at(t(3610)).build(), &scope(), t(110));
+        assert_eq!(fleet.nodes["n1"].status.observed_at, t(110));
+    }
+
+    #[test]
+    fn relisted_unchanged_lease_keeps_its_observation_time() {
+        let mut fleet = FleetFacts::default();
+        fleet.apply_lease(&lease("n1", t(-7200)), t(0));
+        fleet.apply_lease(&lease("n1", t(-7200)), t(60));
+        assert_eq!(fleet.leases["n1"].renew.observed_at, t(0));
+        fleet.apply_lease(&lease("n1", t(-7190)), t(70));
+        assert_eq!(fleet.leases["n1"].renew.observed_at, t(70));
+    }
+
+    #[test]
+    fn os_image_turning_unknown_is_told_apart_from_always_unknown() {
+        let mut fleet = FleetFacts::default();
+        fleet.apply_node(&node("a").ready_at(t(0)).build(), &scope(), t(0));
+        fleet.apply_node(&node("a").ready_at(t(0)).os_image("unknown").build(), &scope(), t(10));
+        let a = &fleet.nodes["a"].os_image;
+        assert!(a.turned_unknown);
+        assert_eq!(a.unknown_since, Some(t(10)));
+
+        fleet.apply_node(&node("b").ready_at(t(0)).os_image("Unknown").build(), &scope(), t(0));
+        let b = &fleet.nodes["b"].os_image;
+        assert!(!b.turned_unknown);
+        assert_eq!(b.unknown_since, Some(t(0)));
+
+        // Staying Unknown keeps the first time; recovering clears it.
+        fleet.apply_node(&node("a").ready_at(t(20)).os_image("Unknown").build(), &scope(), t(30));
+        assert_eq!(fleet.nodes["a"].os_image.unknown_since, Some(t(10)));
+        fleet.apply_node(&node("a").ready_at(t(30)).build(), &scope(), t(40));
+        assert_eq!(fleet.nodes["a"].os_image.unknown_since, None);
+    }
+
+    #[test]
+    fn recreated_node_starts_afresh() {
+        let mut fleet = FleetFacts::default();
+        fleet.apply_node(&node("n").ready_at(t(0)).build(), &scope(), t(0));
+        fleet.apply_node(&node("n").uid("other").ready_at(t(0)).build(), &scope(), t(500));
+        assert_eq!(fleet.nodes["n"].first_seen, t(500));
+        assert_eq!(fleet.nodes["n"].status.observed_at, t(500));
+    }
+
+    #[test]
+    fn only_listed_problem_conditions_that_are_true_count() {
+        let mut fleet = FleetFacts::default();
+        let n = node("n").ready_at(t(0)).problem("ReadonlyFilesystem", "FilesystemIsReadOnly").problem("FrequentDockerRestart", "x").build();
+        fleet.apply_node(&n, &scope(), t(0));
+        assert_eq!(fleet.nodes["n"].problems, vec![ProblemCondition { kind: "ReadonlyFilesystem".into(), reason: "FilesystemIsReadOnly".into() }]);
+    }
+
+    #[test]
+    fn selector_parses_and_matches() {
+        let s = Selector::parse("role=worker, pool!=gpu,ssd,!legacy").unwrap();
+        let mut l = BTreeMap::new();
+        l.insert("role".to_string(), "worker".to_string());
+        l.insert("ssd".to_string(), "".to_string());
+        assert!(s.matches(&l));
+        l.insert("legacy".into(), "1".into());
+        assert!(!s.matches(&l));
+        assert!(Selector::parse("env in (a,b)").is_err());
+        assert!(Selector::parse("").unwrap().matches(&BTreeMap::new()));
+    }
+
+    #[test]
+    fn damaged_remediation_annotation_reads_as_nothing_done() {
+        let mut a = BTreeMap::new();
+        a.insert(names::REMEDIATION_ANNOTATION.to_string(), "{not json".to_string());
+        assert_eq!(remediation_from_annotations(Some(&a)), Remediation::default());
+        a.insert(names::REMEDIATION_ANNOTATION.to_string(), r#"{"tainted":true}"#.to_string());
+        assert!(remediation_from_annotations(Some(&a)).tainted);
+    }
+}
