@@ -2,9 +2,11 @@
 use clap::Parser;
 use pulsecheck::cli::{Cli, Command};
 
-fn main() -> anyhow::Result<()> {
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
-        _ => Ok(()),
+        Command::Lab(command) => pulsecheck::lab::args::run(command).await,
+        _ => anyhow::bail!("not implemented yet"),
     }
 }

@@ -1,4 +1,4 @@
-//! Command-line arguments of `pulsecheck lab …` (owned by the lab modules).
+//! Command-line arguments of `pulsecheck lab …` and their entry point (owned by the lab modules).
 
 use clap::Subcommand;
 
@@ -7,4 +7,11 @@ use clap::Subcommand;
 pub enum LabCommand {
     /// Start a local kube-apiserver + etcd (and optionally a simulated fleet) until SIGINT/SIGTERM.
     Up,
+}
+
+/// Runs a `pulsecheck lab` subcommand to completion.
+pub async fn run(command: LabCommand) -> anyhow::Result<()> {
+    match command {
+        LabCommand::Up => anyhow::bail!("not implemented yet"),
+    }
 }
