@@ -175,6 +175,51 @@ pub struct NodeFacts {
     pub kubelet: KubeletEndpoint,
 }
 
+/// The outcome of one kubelet probe, as the prober reports it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub enum ProbeOutcome {
+    /// The kubelet answered healthy.
+    Success,
+    /// The kubelet answered unhealthy, refused the connection or failed the handshake.
+    Failure(String),
+    /// No answer within the probe timeout.
+    Timeout,
+    /// 401/403: pulsecheck lacks permission. Never evidence against the node.
+    Unauthorized(String),
+    /// pulsecheck could not probe at all (no address, no port, bad configuration). Never evidence.
+    NotProbed(String),
+}
+
+/// What the probes have shown about one node so far.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct ProbeFacts {
+    /// The latest outcome and when it arrived (pulsecheck's clock).
+    pub last: Option<(ProbeOutcome, Timestamp)>,
+    /// Failures (including timeouts) in a row.
+    pub consecutive_failures: u32,
+    /// When the current run of failures began.
+    pub failing_since: Option<Timestamp>,
+}
+
+impl ProbeFacts {
+    /// Folds one probe outcome into the record.
+    pub fn record(&mut self, outcome: ProbeOutcome, now: Timestamp) {
+        match &outcome {
+            ProbeOutcome::Success => {
+                self.consecutive_failures = 0;
+                self.failing_since = None;
+            }
+            ProbeOutcome::Failure(_) | ProbeOutcome::Timeout => {
+                self.consecutive_failures = self.consecutive_failures.saturating_add(1);
+                self.failing_since.get_or_insert(now);
+            }
+            // Neither speaks about the node's health: leave the failure run as it was.
+            ProbeOutcome::Unauthorized(_) | ProbeOutcome::NotProbed(_) => {}
+        }
+        self.last = Some((outcome, now));
+    }
+}
+
 /// Everything pulsecheck keeps about one node Lease.
 #[derive(Debug, Clone, Copy)]
 pub struct LeaseFacts {
@@ -335,6 +380,8 @@ pub struct FleetFacts {
     pub nodes: HashMap<String, NodeFacts>,
     /// Node Leases (namespace `kube-node-lease`) by name, which is the node's name.
     pub leases: HashMap<String, LeaseFacts>,
+    /// Kubelet probe records by node name.
+    pub probes: HashMap<String, ProbeFacts>,
 }
 
 impl FleetFacts {
@@ -345,9 +392,17 @@ impl FleetFacts {
         self.nodes.insert(name.to_string(), facts);
     }
 
-    /// Forgets a deleted Node.
+    /// Forgets a deleted Node (and its probe record).
     pub fn delete_node(&mut self, name: &str) {
         self.nodes.remove(name);
+        self.probes.remove(name);
+    }
+
+    /// Records the outcome of a kubelet probe of node `name`.
+    pub fn record_probe(&mut self, name: &str, outcome: ProbeOutcome, now: Timestamp) {
+        if self.nodes.contains_key(name) {
+            self.probes.entry(name.to_string()).or_default().record(outcome, now);
+        }
     }
 
     /// Applies a Lease seen by a watch.
@@ -375,6 +430,7 @@ impl FleetFacts {
     /// After a re-list of Nodes: drops nodes the re-list no longer contains.
     pub fn retain_nodes(&mut self, names: &std::collections::HashSet<String>) {
         self.nodes.retain(|n, _| names.contains(n));
+        self.probes.retain(|n, _| names.contains(n));
     }
 
     /// After a re-list of Leases: drops leases the re-list no longer contains.

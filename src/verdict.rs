@@ -1,1 +1,545 @@
-//! TODO
+//! The decision core: a pure function from facts and `now` to a verdict per node.
+//!
+//! Nothing here reads a clock, a socket or the cluster, so every rule is unit-tested with
+//! virtual time. The rules, and why their defaults are what they are, are explained in
+//! `docs/design.md`; in short:
+//!
+//! * A node is judged only while it claims `Ready=True` and its Lease is alive (seen renewed,
+//!   by pulsecheck's clock, within `lease_grace`). That is exactly the case the node lifecycle
+//!   controller accepts as healthy.
+//! * Evidence is either **conclusive** (enough alone) or **supporting** (two different kinds
+//!   together are conclusive; one alone makes the node Suspect):
+//!   - NodeStatus not seen refreshed for `status_stale_after` — conclusive;
+//!   - osImage "Unknown": conclusive when pulsecheck saw a real value turn into it and it stayed
+//!     for `os_image_unknown_after`; supporting when the node always said so or not yet long enough;
+//!   - a problem condition set by another tool (node-problem-detector) — supporting;
+//!   - kubelet probes failing `probe_failure_threshold` times in a row — supporting, conclusive
+//!     once they have failed for `probe_zombie_after` (ignored during a probe partition).
+//! * A Lease not renewed within `lease_grace` while the status is stale too (or kube-controller-
+//!   manager already marked the node Unknown) is **Dead**: kube-controller-manager's case.
+//!
+//! This module never decides what to *do*; [`crate::guard`] does.
+
+use std::time::Duration;
+
+use k8s_openapi::jiff::{SignedDuration, Timestamp};
+use serde::Serialize;
+
+use crate::facts::{FleetFacts, LeaseFacts, NodeFacts, ProbeFacts, ProbeOutcome, ReadyState};
+
+/// What pulsecheck concludes about a node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Verdict {
+    /// Lease dead and status stale: the node lifecycle controller's case.
+    Dead,
+    /// Lease alive, but the node is dead by evidence.
+    Zombie,
+    /// Some evidence, not yet conclusive.
+    Suspect,
+    /// Not judged: no Lease, or the node does not claim Ready.
+    Unknown,
+    /// Heartbeats consistent, no evidence.
+    Healthy,
+    /// Labelled `pulsecheck.dev/exclude=true` or outside `--node-selector`.
+    Excluded,
+}
+
+impl Verdict {
+    /// Every verdict, worst first (the order `check` sorts by).
+    pub const ALL: [Verdict; 6] = [Verdict::Zombie, Verdict::Dead, Verdict::Suspect, Verdict::Unknown, Verdict::Healthy, Verdict::Excluded];
+
+    /// Lower-case name, as used in metrics and output.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Verdict::Healthy => "healthy",
+            Verdict::Suspect => "suspect",
+            Verdict::Zombie => "zombie",
+            Verdict::Dead => "dead",
+            Verdict::Unknown => "unknown",
+            Verdict::Excluded => "excluded",
+        }
+    }
+
+    /// Rank for sorting worst first.
+    pub fn severity(self) -> u8 {
+        match self {
+            Verdict::Zombie => 0,
+            Verdict::Dead => 1,
+            Verdict::Suspect => 2,
+            Verdict::Unknown => 3,
+            Verdict::Healthy => 4,
+            Verdict::Excluded => 5,
+        }
+    }
+}
+
+impl std::fmt::Display for Verdict {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// One piece of evidence about a node, with what an operator needs to check it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Evidence {
+    /// NodeStatus (Ready's lastHeartbeatTime) not seen changing for `for_seconds`.
+    StatusStale { for_seconds: i64 },
+    /// osImage is "Unknown"; `turned` when pulsecheck saw it change from a real value.
+    OsImageUnknown { for_seconds: i64, turned: bool },
+    /// A problem condition set by another tool is True.
+    ProblemCondition { condition: String, reason: String },
+    /// Kubelet probes failed `consecutive` times in a row, for `for_seconds`.
+    ProbeFailing { consecutive: u32, for_seconds: i64, last_error: String },
+    /// The Lease was not seen renewed for `for_seconds`.
+    LeaseStale { for_seconds: i64 },
+    /// The node has no Lease in kube-node-lease.
+    NoLease,
+    /// The node does not claim Ready (Ready is False, Unknown or missing).
+    NotClaimingReady { ready: ReadyState, reason: String },
+}
+
+impl Evidence {
+    /// Short snake_case name, used as a metric label.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Evidence::StatusStale { .. } => "status_stale",
+            Evidence::OsImageUnknown { .. } => "os_image_unknown",
+            Evidence::ProblemCondition { .. } => "problem_condition",
+            Evidence::ProbeFailing { .. } => "probe_failing",
+            Evidence::LeaseStale { .. } => "lease_stale",
+            Evidence::NoLease => "no_lease",
+            Evidence::NotClaimingReady { .. } => "not_claiming_ready",
+        }
+    }
+}
+
+impl std::fmt::Display for Evidence {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Evidence::StatusStale { for_seconds } => write!(f, "NodeStatus not refreshed for {}", human(*for_seconds)),
+            Evidence::OsImageUnknown { for_seconds, turned: true } => {
+                write!(f, "osImage turned \"Unknown\" {} ago", human(*for_seconds))
+            }
+            Evidence::OsImageUnknown { for_seconds, turned: false } => {
+                write!(f, "osImage \"Unknown\" (as first seen) for {}", human(*for_seconds))
+            }
+            Evidence::ProblemCondition { condition, reason } => write!(f, "condition {condition}=True ({reason})"),
+            Evidence::ProbeFailing { consecutive, for_seconds, last_error } => {
+                write!(f, "kubelet probe failed {consecutive}x over {}: {last_error}", human(*for_seconds))
+            }
+            Evidence::LeaseStale { for_seconds } => write!(f, "Lease not renewed for {}", human(*for_seconds)),
+            Evidence::NoLease => write!(f, "no Lease in kube-node-lease"),
+            Evidence::NotClaimingReady { ready, reason } => write!(f, "Ready={} ({reason})", ready.as_str()),
+        }
+    }
+}
+
+/// Seconds as "1h2m3s" (whole seconds).
+pub fn human(seconds: i64) -> String {
+    humantime::format_duration(Duration::from_secs(seconds.max(0).unsigned_abs())).to_string()
+}
+
+/// The verdict on one node with the evidence behind it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Assessment {
+    /// The verdict.
+    pub verdict: Verdict,
+    /// Why; empty for a healthy node.
+    pub evidence: Vec<Evidence>,
+}
+
+impl Assessment {
+    fn new(verdict: Verdict, evidence: Vec<Evidence>) -> Self {
+        Assessment { verdict, evidence }
+    }
+
+    /// One line for Events, logs and the node condition.
+    pub fn explain(&self) -> String {
+        if self.evidence.is_empty() {
+            return match self.verdict {
+                Verdict::Healthy => "Lease and NodeStatus heartbeats are consistent".into(),
+                Verdict::Excluded => "excluded by label pulsecheck.dev/exclude=true or --node-selector".into(),
+                v => v.as_str().into(),
+            };
+        }
+        self.evidence.iter().map(ToString::to_string).collect::<Vec<_>>().join("; ")
+    }
+}
+
+/// Thresholds of the decision core (validated by [`crate::config`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Thresholds {
+    /// A Lease seen renewed within this long is alive.
+    pub lease_grace: Duration,
+    /// Status not seen refreshed for this long is stale.
+    pub status_stale_after: Duration,
+    /// A real osImage turned "Unknown" for this long is conclusive.
+    pub os_image_unknown_after: Duration,
+    /// Consecutive probe failures that become evidence.
+    pub probe_failure_threshold: u32,
+    /// Probes failing this long are conclusive.
+    pub probe_zombie_after: Duration,
+    /// A probe record older than this is ignored (results expire).
+    pub probe_result_ttl: Duration,
+}
+
+impl Default for Thresholds {
+    fn default() -> Self {
+        Thresholds {
+            lease_grace: Duration::from_secs(50),
+            status_stale_after: Duration::from_secs(600),
+            os_image_unknown_after: Duration::from_secs(120),
+            probe_failure_threshold: 3,
+            probe_zombie_after: Duration::from_secs(180),
+            probe_result_ttl: Duration::from_secs(90),
+        }
+    }
+}
+
+fn age(now: Timestamp, since: Timestamp) -> SignedDuration {
+    now.duration_since(since)
+}
+
+fn at_least(d: SignedDuration, threshold: Duration) -> bool {
+    SignedDuration::try_from(threshold).is_ok_and(|t| d >= t)
+}
+
+/// Judges one node. `probes_trusted` is false during a probe partition: probe evidence is
+/// then ignored entirely.
+pub fn assess(
+    now: Timestamp,
+    node: &NodeFacts,
+    lease: Option<&LeaseFacts>,
+    probe: Option<&ProbeFacts>,
+    th: &Thresholds,
+    probes_trusted: bool,
+) -> Assessment {
+    if node.excluded_by_label || !node.selected {
+        return Assessment::new(Verdict::Excluded, vec![]);
+    }
+    let Some(lease) = lease else {
+        return Assessment::new(Verdict::Unknown, vec![Evidence::NoLease]);
+    };
+    let lease_age = age(now, lease.renew.observed_at);
+    let status_age = age(now, node.status.observed_at);
+    let status_stale = at_least(status_age, th.status_stale_after);
+    let stale_status = Evidence::StatusStale { for_seconds: status_age.as_secs() };
+
+    if at_least(lease_age, th.lease_grace) {
+        let lease_stale = Evidence::LeaseStale { for_seconds: lease_age.as_secs() };
+        if status_stale || node.ready == ReadyState::Unknown {
+            let mut evidence = vec![lease_stale];
+            if status_stale {
+                evidence.push(stale_status);
+            }
+            return Assessment::new(Verdict::Dead, evidence);
+        }
+        // The status is still fresh: the kubelet works, only its Lease does not. Odd, not dead.
+        return Assessment::new(Verdict::Suspect, vec![lease_stale]);
+    }
+    if node.ready != ReadyState::True {
+        // The kubelet itself (or kube-controller-manager) says not ready: nothing to cross-check.
+        return Assessment::new(Verdict::Unknown, vec![Evidence::NotClaimingReady { ready: node.ready, reason: node.ready_reason.clone() }]);
+    }
+
+    // Ready=True and the Lease is alive: look for evidence that the node is dead anyway.
+    let mut conclusive = 0;
+    let mut supporting_kinds = 0;
+    let mut evidence = Vec::new();
+    if status_stale {
+        conclusive += 1;
+        evidence.push(stale_status);
+    }
+    if let Some(since) = node.os_image.unknown_since {
+        let d = age(now, since);
+        if node.os_image.turned_unknown && at_least(d, th.os_image_unknown_after) {
+            conclusive += 1;
+        } else {
+            supporting_kinds += 1;
+        }
+        evidence.push(Evidence::OsImageUnknown { for_seconds: d.as_secs(), turned: node.os_image.turned_unknown });
+    }
+    if !node.problems.is_empty() {
+        supporting_kinds += 1;
+        evidence.extend(node.problems.iter().map(|p| Evidence::ProblemCondition { condition: p.kind.clone(), reason: p.reason.clone() }));
+    }
+    if let Some(failing) = probe.filter(|_| probes_trusted).and_then(|p| probe_evidence(now, p, th)) {
+        if let Evidence::ProbeFailing { for_seconds, .. } = failing {
+            if at_least(SignedDuration::from_secs(for_seconds), th.probe_zombie_after) {
+                conclusive += 1;
+            } else {
+                supporting_kinds += 1;
+            }
+        }
+        evidence.push(failing);
+    }
+    let verdict = if conclusive > 0 || supporting_kinds >= 2 {
+        Verdict::Zombie
+    } else if supporting_kinds == 1 {
+        Verdict::Suspect
+    } else {
+        Verdict::Healthy
+    };
+    Assessment::new(verdict, evidence)
+}
+
+/// Probe evidence, when the failures reached the threshold and the latest result is recent.
+fn probe_evidence(now: Timestamp, probe: &ProbeFacts, th: &Thresholds) -> Option<Evidence> {
+    let (last, at) = probe.last.as_ref()?;
+    if at_least(age(now, *at), th.probe_result_ttl) || probe.consecutive_failures < th.probe_failure_threshold {
+        return None;
+    }
+    let since = probe.failing_since?;
+    let last_error = match last {
+        ProbeOutcome::Failure(e) => e.clone(),
+        ProbeOutcome::Timeout => "timed out".into(),
+        _ => return None,
+    };
+    Some(Evidence::ProbeFailing { consecutive: probe.consecutive_failures, for_seconds: age(now, since).as_secs(), last_error })
+}
+
+/// Whether probe evidence can be trusted: false when probes fail for more than
+/// `partition_threshold_percent` of the nodes whose Leases are alive — then pulsecheck's own
+/// network is the likelier culprit. Returns `(trusted, failing, probed)`.
+pub fn probe_partition(now: Timestamp, facts: &FleetFacts, th: &Thresholds, partition_threshold_percent: f64) -> (bool, usize, usize) {
+    let mut probed = 0usize;
+    let mut failing = 0usize;
+    for (name, probe) in &facts.probes {
+        let alive = facts.leases.get(name).is_some_and(|l| !at_least(age(now, l.renew.observed_at), th.lease_grace));
+        let Some((last, at)) = &probe.last else { continue };
+        if !alive || at_least(age(now, *at), th.probe_result_ttl) {
+            continue;
+        }
+        match last {
+            ProbeOutcome::Success => probed += 1,
+            ProbeOutcome::Failure(_) | ProbeOutcome::Timeout => {
+                probed += 1;
+                failing += 1;
+            }
+            ProbeOutcome::Unauthorized(_) | ProbeOutcome::NotProbed(_) => {}
+        }
+    }
+    // A single node cannot be a partition; below two probed nodes the guard stays closed.
+    let partitioned = probed >= 2 && (failing as f64) * 100.0 > partition_threshold_percent * probed as f64;
+    (!partitioned, failing, probed)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::facts::{fixtures::*, Scope};
+    use crate::names;
+
+    fn scope() -> Scope {
+        Scope { taint_key: names::TAINT_KEY.into(), problem_conditions: vec!["ReadonlyFilesystem".into()], ..Default::default() }
+    }
+
+    /// A fleet observed since t(0): node `n` with the given builder, Lease renewed as given.
+    struct World {
+        facts: FleetFacts,
+        th: Thresholds,
+    }
+
+    impl World {
+        fn new() -> Self {
+            World { facts: FleetFacts::default(), th: Thresholds::default() }
+        }
+        fn node(&mut self, at: i64, b: NodeBuilder) -> &mut Self {
+            self.facts.apply_node(&b.build(), &scope(), t(at));
+            self
+        }
+        fn lease(&mut self, at: i64, renew: i64) -> &mut Self {
+            self.facts.apply_lease(&lease("n", t(renew)), t(at));
+            self
+        }
+        /// A kubelet renewing its lease every 10 s from `from` to `to`.
+        fn renewing(&mut self, from: i64, to: i64) -> &mut Self {
+            let mut s = from;
+            while s <= to {
+                self.lease(s, s);
+                s += 10;
+            }
+            self
+        }
+        fn at(&self, now: i64) -> Assessment {
+            let n = &self.facts.nodes["n"];
+            assess(t(now), n, self.facts.leases.get("n"), self.facts.probes.get("n"), &self.th, true)
+        }
+    }
+
+    #[test]
+    fn healthy_node_with_default_kubelet_settings_stays_healthy() {
+        // kubelet reports status every 5 min with up to ±50% jitter (worst gap 7.5 min).
+        let mut w = World::new();
+        w.node(0, node("n").ready_at(t(0)));
+        w.renewing(0, 3600);
+        let mut reports = vec![0, 450, 750, 1200, 1650, 1950, 2400, 2850, 3150, 3600];
+        reports.dedup();
+        for (i, at) in reports.iter().enumerate() {
+            w.node(*at, node("n").ready_at(t(*at)));
+            if let Some(next) = reports.get(i + 1) {
+                for now in (*at..*next).step_by(5) {
+                    assert_eq!(w.at(now).verdict, Verdict::Healthy, "at {now}: {:?}", w.at(now));
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn zombie_when_lease_renews_but_status_stops() {
+        let mut w = World::new();
+        w.node(0, node("n").ready_at(t(0)));
+        w.renewing(0, 700);
+        assert_eq!(w.at(599).verdict, Verdict::Healthy);
+        let a = w.at(600);
+        assert_eq!(a.verdict, Verdict::Zombie);
+        assert_eq!(a.evidence, vec![Evidence::StatusStale { for_seconds: 600 }]);
+    }
+
+    #[test]
+    fn node_clock_hours_off_is_judged_like_any_other() {
+        for skew in [-3600, 3600, 86_400] {
+            let mut w = World::new();
+            // The node writes timestamps `skew` seconds off; only their changes count.
+            for at in (0..=1800).step_by(10) {
+                w.lease(at, at + skew);
+            }
+            for at in (0..=1800).step_by(300) {
+                w.node(at, node("n").ready_at(t(at + skew)));
+            }
+            assert_eq!(w.at(1800).verdict, Verdict::Healthy, "skew {skew}");
+        }
+    }
+
+    #[test]
+    fn dead_when_lease_and_status_both_stale() {
+        let mut w = World::new();
+        w.node(0, node("n").ready_at(t(0)));
+        w.renewing(0, 100);
+        // Lease stops at 100: suspect while the status is fresh, dead when both are stale.
+        assert_eq!(w.at(160).verdict, Verdict::Suspect);
+        assert_eq!(w.at(600).verdict, Verdict::Dead);
+        // kube-controller-manager marks it Unknown after its grace: dead at once.
+        w.node(200, node("n").not_ready_at("Unknown", t(0)));
+        assert_eq!(w.at(200).verdict, Verdict::Dead);
+    }
+
+    #[test]
+    fn os_image_unknown_from_the_start_is_only_suspect_and_zombie_with_stale_status() {
+        let mut w = World::new();
+        w.node(0, node("n").ready_at(t(0)).os_image("Unknown"));
+        w.renewing(0, 700);
+        let a = w.at(300);
+        assert_eq!(a.verdict, Verdict::Suspect);
+        assert_eq!(a.evidence, vec![Evidence::OsImageUnknown { for_seconds: 300, turned: false }]);
+        assert_eq!(w.at(600).verdict, Verdict::Zombie);
+    }
+
+    #[test]
+    fn os_image_turning_unknown_is_conclusive_after_it_persists() {
+        let mut w = World::new();
+        w.node(0, node("n").ready_at(t(0)));
+        w.renewing(0, 400);
+        w.node(100, node("n").ready_at(t(100)).os_image("Unknown"));
+        assert_eq!(w.at(219).verdict, Verdict::Suspect);
+        assert_eq!(w.at(220).verdict, Verdict::Zombie);
+        // Recovers when the real value comes back.
+        w.node(300, node("n").ready_at(t(300)));
+        assert_eq!(w.at(300).verdict, Verdict::Healthy);
+    }
+
+    #[test]
+    fn problem_condition_alone_is_suspect_and_corroborated_is_zombie() {
+        let mut w = World::new();
+        w.node(0, node("n").ready_at(t(0)).problem("ReadonlyFilesystem", "FilesystemIsReadOnly"));
+        w.renewing(0, 100);
+        assert_eq!(w.at(50).verdict, Verdict::Suspect);
+        w.node(60, node("n").ready_at(t(0)).os_image("Unknown").problem("ReadonlyFilesystem", "FilesystemIsReadOnly"));
+        assert_eq!(w.at(70).verdict, Verdict::Zombie);
+    }
+
+    #[test]
+    fn probe_failures_are_evidence_after_the_threshold_and_conclusive_after_a_while() {
+        let mut w = World::new();
+        w.node(0, node("n").ready_at(t(0)));
+        w.renewing(0, 400);
+        for at in [30, 60] {
+            w.facts.record_probe("n", ProbeOutcome::Failure("500".into()), t(at));
+        }
+        assert_eq!(w.at(61).verdict, Verdict::Healthy);
+        w.facts.record_probe("n", ProbeOutcome::Failure("500".into()), t(90));
+        assert_eq!(w.at(91).verdict, Verdict::Suspect);
+        for at in (120..=210).step_by(30) {
+            w.facts.record_probe("n", ProbeOutcome::Timeout, t(at));
+        }
+        // failing since 30, for 180 s at 210.
+        assert_eq!(w.at(210).verdict, Verdict::Zombie);
+        // A success resets the run.
+        w.facts.record_probe("n", ProbeOutcome::Success, t(240));
+        assert_eq!(w.at(240).verdict, Verdict::Healthy);
+    }
+
+    #[test]
+    fn unauthorized_probes_are_never_evidence() {
+        let mut w = World::new();
+        w.node(0, node("n").ready_at(t(0)));
+        w.renewing(0, 400);
+        for at in (30..=390).step_by(30) {
+            w.facts.record_probe("n", ProbeOutcome::Unauthorized("401".into()), t(at));
+        }
+        assert_eq!(w.at(390).verdict, Verdict::Healthy);
+    }
+
+    #[test]
+    fn expired_probe_results_are_ignored() {
+        let mut w = World::new();
+        w.node(0, node("n").ready_at(t(0)));
+        w.renewing(0, 400);
+        for at in [10, 20, 30] {
+            w.facts.record_probe("n", ProbeOutcome::Timeout, t(at));
+        }
+        assert_eq!(w.at(31).verdict, Verdict::Suspect);
+        assert_eq!(w.at(130).verdict, Verdict::Healthy);
+    }
+
+    #[test]
+    fn partition_when_most_live_nodes_fail_probes() {
+        let mut facts = FleetFacts::default();
+        for i in 0..10 {
+            let name = format!("n{i}");
+            facts.apply_node(&node(&name).ready_at(t(0)).build(), &scope(), t(0));
+            facts.apply_lease(&lease(&name, t(0)), t(0));
+            let outcome = if i < 6 { ProbeOutcome::Timeout } else { ProbeOutcome::Success };
+            facts.record_probe(&name, outcome, t(5));
+        }
+        let th = Thresholds::default();
+        assert_eq!(probe_partition(t(10), &facts, &th, 50.0), (false, 6, 10));
+        assert_eq!(probe_partition(t(10), &facts, &th, 60.0), (true, 6, 10));
+    }
+
+    #[test]
+    fn excluded_and_unleased_nodes() {
+        let mut w = World::new();
+        w.node(0, node("n").ready_at(t(0)).label(names::EXCLUDE_LABEL, "true"));
+        assert_eq!(w.at(5000).verdict, Verdict::Excluded);
+        let mut w = World::new();
+        w.node(0, node("n").ready_at(t(0)));
+        assert_eq!(w.at(10).evidence, vec![Evidence::NoLease]);
+    }
+
+    #[test]
+    fn not_ready_nodes_are_left_to_kubernetes() {
+        let mut w = World::new();
+        w.node(0, node("n").not_ready_at("False", t(0)));
+        w.renewing(0, 100);
+        assert_eq!(w.at(50).verdict, Verdict::Unknown);
+    }
+
+    #[test]
+    fn explanations_read_like_sentences() {
+        let a = Assessment::new(Verdict::Zombie, vec![Evidence::StatusStale { for_seconds: 630 }, Evidence::OsImageUnknown { for_seconds: 150, turned: true }]);
+        assert_eq!(a.explain(), "NodeStatus not refreshed for 10m 30s; osImage turned \"Unknown\" 2m 30s ago");
+    }
+}
