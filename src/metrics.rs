@@ -1,1 +1,342 @@
-//! TODO
+//! Prometheus metrics: what pulsecheck sees, decides and does, in a form alerts can page on.
+//!
+//! Conventions: prefix `pulsecheck_`, base units (seconds), counters end in `_total`, no node
+//! label on counters or histograms (cardinality stays bounded by the fleet size only in gauges),
+//! and per-node series can be switched off (`--per-node-metrics=false`) for very large fleets.
+//! A node's series are removed when the Node is deleted. The alert rules in
+//! `deploy/prometheus/` and the dashboard use only the families in [`METRIC_NAMES`], and
+//! `docs/metrics.md` lists them; CI checks both against this list.
+
+use prometheus::{
+    Encoder, Gauge, GaugeVec, Histogram, HistogramOpts, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
+};
+
+use crate::{
+    facts::ProbeOutcome,
+    verdict::{Assessment, Verdict},
+};
+
+/// Every metric family pulsecheck exports.
+pub const METRIC_NAMES: &[&str] = &[
+    "pulsecheck_node_verdict",
+    "pulsecheck_node_evidence",
+    "pulsecheck_node_lease_observed_timestamp_seconds",
+    "pulsecheck_node_status_observed_timestamp_seconds",
+    "pulsecheck_node_probe_success",
+    "pulsecheck_node_remediated",
+    "pulsecheck_nodes",
+    "pulsecheck_remediations_active",
+    "pulsecheck_remediation_limit",
+    "pulsecheck_circuit_open",
+    "pulsecheck_blind",
+    "pulsecheck_probe_partition",
+    "pulsecheck_probe_misconfigured",
+    "pulsecheck_remediations_total",
+    "pulsecheck_probes_total",
+    "pulsecheck_probe_duration_seconds",
+    "pulsecheck_watch_events_total",
+    "pulsecheck_evaluation_duration_seconds",
+    "pulsecheck_leader",
+    "pulsecheck_build_info",
+];
+
+/// Evidence kinds exported as `pulsecheck_node_evidence{evidence=..}`.
+pub const EVIDENCE_KINDS: &[&str] = &["status_stale", "os_image_unknown", "problem_condition", "probe_failing", "lease_stale"];
+
+/// A remediation action, as a metric label.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ActionLabel {
+    /// Taint added.
+    Taint,
+    /// Taint removed.
+    Untaint,
+    /// Cordoned.
+    Cordon,
+    /// Uncordoned.
+    Uncordon,
+}
+
+impl ActionLabel {
+    fn as_str(self) -> &'static str {
+        match self {
+            ActionLabel::Taint => "taint",
+            ActionLabel::Untaint => "untaint",
+            ActionLabel::Cordon => "cordon",
+            ActionLabel::Uncordon => "uncordon",
+        }
+    }
+}
+
+/// The result of a remediation action, as a metric label.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ResultLabel {
+    /// Written.
+    Success,
+    /// The write failed.
+    Error,
+    /// `--dry-run`: decided, not written.
+    DryRun,
+    /// Held back by the guard.
+    Blocked,
+}
+
+impl ResultLabel {
+    fn as_str(self) -> &'static str {
+        match self {
+            ResultLabel::Success => "success",
+            ResultLabel::Error => "error",
+            ResultLabel::DryRun => "dry_run",
+            ResultLabel::Blocked => "blocked",
+        }
+    }
+}
+
+/// All of pulsecheck's metrics, registered in their own registry.
+#[derive(Clone)]
+pub struct Metrics {
+    registry: Registry,
+    per_node: bool,
+    node_verdict: IntGaugeVec,
+    node_evidence: IntGaugeVec,
+    node_lease_observed: GaugeVec,
+    node_status_observed: GaugeVec,
+    node_probe_success: IntGaugeVec,
+    node_remediated: IntGaugeVec,
+    nodes: IntGaugeVec,
+    remediations_active: IntGauge,
+    remediation_limit: IntGauge,
+    circuit_open: IntGauge,
+    blind: IntGauge,
+    probe_partition: IntGauge,
+    probe_misconfigured: IntGauge,
+    remediations: IntCounterVec,
+    probes: IntCounterVec,
+    probe_duration: Histogram,
+    watch_events: IntCounterVec,
+    evaluation_duration: Histogram,
+    leader: IntGauge,
+    _build_info: Gauge,
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Metrics").field("per_node", &self.per_node).finish_non_exhaustive()
+    }
+}
+
+/// Per-node values for one evaluation.
+#[derive(Debug, Clone, Copy)]
+pub struct NodeHeartbeats {
+    /// When the Lease was last seen renewed (unix seconds), if there is a Lease.
+    pub lease_observed: Option<f64>,
+    /// When the status was last seen refreshed (unix seconds).
+    pub status_observed: f64,
+    /// Whether pulsecheck holds a remediation on the node.
+    pub remediated: bool,
+}
+
+impl Metrics {
+    /// Creates and registers every family. `per_node` is `--per-node-metrics`.
+    pub fn new(per_node: bool) -> Metrics {
+        let registry = Registry::new();
+        fn reg<T: prometheus::core::Collector + Clone + 'static>(r: &Registry, c: T) -> T {
+            // Names are fixed and unique, so registration cannot fail; a duplicate would be a bug
+            // caught by the unit tests.
+            r.register(Box::new(c.clone())).expect("metric families are unique");
+            c
+        }
+        let gauge_vec = |name: &str, help: &str, labels: &[&str]| IntGaugeVec::new(Opts::new(name, help), labels).expect("valid metric");
+        let float_vec = |name: &str, help: &str, labels: &[&str]| GaugeVec::new(Opts::new(name, help), labels).expect("valid metric");
+        let gauge = |name: &str, help: &str| IntGauge::new(name, help).expect("valid metric");
+        let seconds_buckets = vec![0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
+        let build_info = Gauge::with_opts(Opts::new("pulsecheck_build_info", "pulsecheck build information; always 1").const_label("version", env!("CARGO_PKG_VERSION"))).expect("valid metric");
+        build_info.set(1.0);
+        Metrics {
+            per_node,
+            node_verdict: reg(&registry, gauge_vec("pulsecheck_node_verdict", "State set: 1 for the node's current verdict, 0 for the others", &["node", "verdict"])),
+            node_evidence: reg(&registry, gauge_vec("pulsecheck_node_evidence", "1 for each kind of evidence currently held against the node", &["node", "evidence"])),
+            node_lease_observed: reg(&registry, float_vec("pulsecheck_node_lease_observed_timestamp_seconds", "When pulsecheck last saw the node's Lease renewTime change (its own clock)", &["node"])),
+            node_status_observed: reg(&registry, float_vec("pulsecheck_node_status_observed_timestamp_seconds", "When pulsecheck last saw the node's Ready lastHeartbeatTime change (its own clock)", &["node"])),
+            node_probe_success: reg(&registry, gauge_vec("pulsecheck_node_probe_success", "1 when the last kubelet probe of the node succeeded, 0 when it failed", &["node"])),
+            node_remediated: reg(&registry, gauge_vec("pulsecheck_node_remediated", "1 while pulsecheck holds a taint or cordon on the node", &["node"])),
+            nodes: reg(&registry, gauge_vec("pulsecheck_nodes", "Nodes per verdict", &["verdict"])),
+            remediations_active: reg(&registry, gauge("pulsecheck_remediations_active", "Nodes pulsecheck currently holds a remediation on")),
+            remediation_limit: reg(&registry, gauge("pulsecheck_remediation_limit", "Nodes that may be remediated at once: max(1, max-unhealthy x eligible nodes)")),
+            circuit_open: reg(&registry, gauge("pulsecheck_circuit_open", "1 when more nodes need remediation than the limit: nothing new is remediated")),
+            blind: reg(&registry, gauge("pulsecheck_blind", "1 while a watch is unsynced or silent: pulsecheck makes no new decisions")),
+            probe_partition: reg(&registry, gauge("pulsecheck_probe_partition", "1 while probes fail for more than the partition threshold of live nodes: probe evidence is ignored")),
+            probe_misconfigured: reg(&registry, gauge("pulsecheck_probe_misconfigured", "1 while kubelets answer probes with 401/403: pulsecheck lacks permission (nodes/healthz get)")),
+            remediations: reg(&registry, IntCounterVec::new(Opts::new("pulsecheck_remediations_total", "Remediation actions by action and result"), &["action", "result"]).expect("valid metric")),
+            probes: reg(&registry, IntCounterVec::new(Opts::new("pulsecheck_probes_total", "Kubelet probes by result"), &["result"]).expect("valid metric")),
+            probe_duration: reg(&registry, Histogram::with_opts(HistogramOpts::new("pulsecheck_probe_duration_seconds", "Duration of kubelet probes").buckets(seconds_buckets.clone())).expect("valid metric")),
+            watch_events: reg(&registry, IntCounterVec::new(Opts::new("pulsecheck_watch_events_total", "Objects delivered by the watches"), &["resource"]).expect("valid metric")),
+            evaluation_duration: reg(&registry, Histogram::with_opts(HistogramOpts::new("pulsecheck_evaluation_duration_seconds", "Duration of one evaluation pass over the fleet").buckets(seconds_buckets)).expect("valid metric")),
+            leader: reg(&registry, gauge("pulsecheck_leader", "1 while this instance holds leadership and may act")),
+            _build_info: reg(&registry, build_info),
+            registry,
+        }
+    }
+
+    /// The registry, for tests and the admin server.
+    pub fn registry(&self) -> &Registry {
+        &self.registry
+    }
+
+    /// The text exposition of every metric.
+    pub fn render(&self) -> String {
+        let mut buf = Vec::new();
+        // Encoding into a Vec cannot fail for well-formed families.
+        let _ = TextEncoder::new().encode(&self.registry.gather(), &mut buf);
+        String::from_utf8(buf).unwrap_or_default()
+    }
+
+    /// Publishes one node's verdict, evidence and heartbeats.
+    pub fn node(&self, name: &str, assessment: &Assessment, heartbeats: NodeHeartbeats) {
+        if !self.per_node {
+            return;
+        }
+        for v in Verdict::ALL {
+            self.node_verdict.with_label_values(&[name, v.as_str()]).set(i64::from(v == assessment.verdict));
+        }
+        for kind in EVIDENCE_KINDS {
+            let held = assessment.evidence.iter().any(|e| e.kind() == *kind);
+            if held {
+                self.node_evidence.with_label_values(&[name, kind]).set(1);
+            } else {
+                let _ = self.node_evidence.remove_label_values(&[name, kind]);
+            }
+        }
+        match heartbeats.lease_observed {
+            Some(t) => self.node_lease_observed.with_label_values(&[name]).set(t),
+            None => {
+                let _ = self.node_lease_observed.remove_label_values(&[name]);
+            }
+        }
+        self.node_status_observed.with_label_values(&[name]).set(heartbeats.status_observed);
+        self.node_remediated.with_label_values(&[name]).set(i64::from(heartbeats.remediated));
+    }
+
+    /// Removes every series of a deleted node.
+    pub fn forget_node(&self, name: &str) {
+        for v in Verdict::ALL {
+            let _ = self.node_verdict.remove_label_values(&[name, v.as_str()]);
+        }
+        for kind in EVIDENCE_KINDS {
+            let _ = self.node_evidence.remove_label_values(&[name, kind]);
+        }
+        let _ = self.node_lease_observed.remove_label_values(&[name]);
+        let _ = self.node_status_observed.remove_label_values(&[name]);
+        let _ = self.node_probe_success.remove_label_values(&[name]);
+        let _ = self.node_remediated.remove_label_values(&[name]);
+    }
+
+    /// Publishes the fleet totals of one evaluation.
+    pub fn fleet(&self, counts: &[(Verdict, usize)], active: usize, limit: usize, circuit_open: bool) {
+        for (v, n) in counts {
+            self.nodes.with_label_values(&[v.as_str()]).set(*n as i64);
+        }
+        self.remediations_active.set(active as i64);
+        self.remediation_limit.set(limit as i64);
+        self.circuit_open.set(i64::from(circuit_open));
+    }
+
+    /// Sets the blind gauge.
+    pub fn set_blind(&self, blind: bool) {
+        self.blind.set(i64::from(blind));
+    }
+
+    /// Sets the probe partition gauge.
+    pub fn set_probe_partition(&self, partition: bool) {
+        self.probe_partition.set(i64::from(partition));
+    }
+
+    /// Sets the probe misconfiguration gauge.
+    pub fn set_probe_misconfigured(&self, misconfigured: bool) {
+        self.probe_misconfigured.set(i64::from(misconfigured));
+    }
+
+    /// Sets the leader gauge.
+    pub fn set_leader(&self, leader: bool) {
+        self.leader.set(i64::from(leader));
+    }
+
+    /// Counts a remediation action.
+    pub fn remediation(&self, action: ActionLabel, result: ResultLabel) {
+        self.remediations.with_label_values(&[action.as_str(), result.as_str()]).inc();
+    }
+
+    /// Counts one object delivered by a watch (`nodes` or `leases`).
+    pub fn watch_event(&self, resource: &str) {
+        self.watch_events.with_label_values(&[resource]).inc();
+    }
+
+    /// Records one evaluation pass.
+    pub fn evaluation(&self, seconds: f64) {
+        self.evaluation_duration.observe(seconds);
+    }
+
+    /// Records one probe of `node`.
+    pub fn probe(&self, node: &str, outcome: &ProbeOutcome, seconds: f64) {
+        let result = match outcome {
+            ProbeOutcome::Success => "success",
+            ProbeOutcome::Failure(_) => "failure",
+            ProbeOutcome::Timeout => "timeout",
+            ProbeOutcome::Unauthorized(_) => "unauthorized",
+            ProbeOutcome::NotProbed(_) => "error",
+        };
+        self.probes.with_label_values(&[result]).inc();
+        self.probe_duration.observe(seconds);
+        if self.per_node {
+            match outcome {
+                ProbeOutcome::Success => self.node_probe_success.with_label_values(&[node]).set(1),
+                ProbeOutcome::Failure(_) | ProbeOutcome::Timeout => self.node_probe_success.with_label_values(&[node]).set(0),
+                ProbeOutcome::Unauthorized(_) | ProbeOutcome::NotProbed(_) => {}
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::verdict::Evidence;
+
+    #[test]
+    fn every_listed_family_is_exported_and_nothing_else() {
+        let m = Metrics::new(true);
+        let a = Assessment { verdict: Verdict::Zombie, evidence: vec![Evidence::StatusStale { for_seconds: 700 }] };
+        m.node("n1", &a, NodeHeartbeats { lease_observed: Some(1.0), status_observed: 2.0, remediated: true });
+        m.fleet(&[(Verdict::Zombie, 1)], 1, 1, false);
+        m.remediation(ActionLabel::Taint, ResultLabel::Success);
+        m.probe("n1", &ProbeOutcome::Timeout, 5.0);
+        m.watch_event("leases");
+        m.evaluation(0.001);
+        let mut names: Vec<String> = m.registry().gather().iter().map(|f| f.name().to_string()).collect();
+        names.sort();
+        let mut expected: Vec<String> = METRIC_NAMES.iter().map(|s| s.to_string()).collect();
+        expected.sort();
+        assert_eq!(names, expected);
+    }
+
+    #[test]
+    fn verdict_is_a_state_set_and_a_deleted_node_leaves_no_series() {
+        let m = Metrics::new(true);
+        let a = Assessment { verdict: Verdict::Suspect, evidence: vec![Evidence::OsImageUnknown { for_seconds: 1, turned: false }] };
+        m.node("n1", &a, NodeHeartbeats { lease_observed: None, status_observed: 2.0, remediated: false });
+        let text = m.render();
+        assert!(text.contains(r#"pulsecheck_node_verdict{node="n1",verdict="suspect"} 1"#), "{text}");
+        assert!(text.contains(r#"pulsecheck_node_verdict{node="n1",verdict="healthy"} 0"#), "{text}");
+        assert!(text.contains(r#"pulsecheck_node_evidence{evidence="os_image_unknown",node="n1"} 1"#), "{text}");
+        m.forget_node("n1");
+        assert!(!m.render().contains(r#"node="n1""#));
+    }
+
+    #[test]
+    fn per_node_series_can_be_switched_off() {
+        let m = Metrics::new(false);
+        let a = Assessment { verdict: Verdict::Zombie, evidence: vec![] };
+        m.node("n1", &a, NodeHeartbeats { lease_observed: Some(1.0), status_observed: 2.0, remediated: true });
+        m.probe("n1", &ProbeOutcome::Success, 0.1);
+        assert!(!m.render().contains("node=\"n1\""));
+    }
+}
