@@ -12,12 +12,168 @@
 
 use std::collections::{BTreeMap, HashMap};
 
+use std::borrow::Cow;
+
 use k8s_openapi::{
-    api::{coordination::v1::Lease, core::v1::Node},
+    api::core::v1::{NodeAddress, NodeCondition, NodeDaemonEndpoints, NodeSpec},
+    apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta},
     jiff::Timestamp,
 };
+use serde::Deserialize;
 
 use crate::names;
+
+/// A Node as pulsecheck reads it from the apiserver: the fields decisions need and nothing
+/// else. Deserializing into this type skips `managedFields`, `status.images`, capacity and the
+/// rest while parsing, so they never reach memory; watches, GETs and patch responses all use it.
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct SlimNode {
+    /// Name, uid, resourceVersion, labels, annotations.
+    #[serde(default, deserialize_with = "slim_meta")]
+    pub metadata: ObjectMeta,
+    /// The whole spec (small: taints, unschedulable, podCIDR, providerID).
+    #[serde(default)]
+    pub spec: Option<NodeSpec>,
+    /// The parts of the status pulsecheck reads.
+    #[serde(default)]
+    pub status: Option<SlimNodeStatus>,
+}
+
+/// The parts of `NodeStatus` pulsecheck reads.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SlimNodeStatus {
+    /// All conditions (Ready, pressure conditions, node-problem-detector's, ours).
+    #[serde(default)]
+    pub conditions: Option<Vec<NodeCondition>>,
+    /// osImage and versions.
+    #[serde(default)]
+    pub node_info: Option<SlimNodeInfo>,
+    /// Where the node can be reached.
+    #[serde(default)]
+    pub addresses: Option<Vec<NodeAddress>>,
+    /// The kubelet port.
+    #[serde(default)]
+    pub daemon_endpoints: Option<NodeDaemonEndpoints>,
+}
+
+/// The parts of `NodeSystemInfo` pulsecheck reads.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SlimNodeInfo {
+    /// `osImage`: "Unknown" when cadvisor cannot read /etc/os-release.
+    #[serde(default)]
+    pub os_image: String,
+    /// `kubeletVersion`.
+    #[serde(default)]
+    pub kubelet_version: String,
+}
+
+/// A node Lease as pulsecheck reads it: its name and `spec.renewTime`.
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct SlimLease {
+    /// Name (the node's), namespace, resourceVersion.
+    #[serde(default, deserialize_with = "slim_meta")]
+    pub metadata: ObjectMeta,
+    /// Renew time and holder.
+    #[serde(default)]
+    pub spec: Option<SlimLeaseSpec>,
+}
+
+/// The parts of `LeaseSpec` pulsecheck reads.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SlimLeaseSpec {
+    /// When the holder last renewed, by the holder's clock.
+    #[serde(default)]
+    pub renew_time: Option<MicroTime>,
+    /// The kubelet holding the Lease.
+    #[serde(default)]
+    pub holder_identity: Option<String>,
+}
+
+/// Deserializes the metadata fields pulsecheck uses, skipping `managedFields` and the rest.
+fn slim_meta<'de, D: serde::Deserializer<'de>>(d: D) -> Result<ObjectMeta, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(rename_all = "camelCase")]
+    struct Wire {
+        #[serde(default)]
+        name: Option<String>,
+        #[serde(default)]
+        namespace: Option<String>,
+        #[serde(default)]
+        uid: Option<String>,
+        #[serde(default)]
+        resource_version: Option<String>,
+        #[serde(default)]
+        labels: Option<BTreeMap<String, String>>,
+        #[serde(default)]
+        annotations: Option<BTreeMap<String, String>>,
+    }
+    let w = Wire::deserialize(d)?;
+    Ok(ObjectMeta {
+        name: w.name,
+        namespace: w.namespace,
+        uid: w.uid,
+        resource_version: w.resource_version,
+        labels: w.labels,
+        annotations: w.annotations,
+        ..Default::default()
+    })
+}
+
+macro_rules! slim_resource {
+    ($ty:ty, $kind:literal, $group:literal, $version:literal, $plural:literal, $scope:ty) => {
+        impl kube::Resource for $ty {
+            type DynamicType = ();
+            type Scope = $scope;
+            fn kind(_: &()) -> Cow<'_, str> {
+                Cow::Borrowed($kind)
+            }
+            fn group(_: &()) -> Cow<'_, str> {
+                Cow::Borrowed($group)
+            }
+            fn version(_: &()) -> Cow<'_, str> {
+                Cow::Borrowed($version)
+            }
+            fn plural(_: &()) -> Cow<'_, str> {
+                Cow::Borrowed($plural)
+            }
+            fn meta(&self) -> &ObjectMeta {
+                &self.metadata
+            }
+            fn meta_mut(&mut self) -> &mut ObjectMeta {
+                &mut self.metadata
+            }
+        }
+    };
+}
+slim_resource!(SlimNode, "Node", "", "v1", "nodes", k8s_openapi::ClusterResourceScope);
+slim_resource!(SlimLease, "Lease", "coordination.k8s.io", "v1", "leases", k8s_openapi::NamespaceResourceScope);
+
+impl SlimNode {
+    /// The slim view of a full Node (through its JSON form, exactly as from the apiserver).
+    pub fn from_node(node: &k8s_openapi::api::core::v1::Node) -> SlimNode {
+        serde_json::to_value(node).ok().and_then(|v| serde_json::from_value(v).ok()).unwrap_or_default()
+    }
+
+    /// A condition of the node by type.
+    pub fn condition(&self, type_: &str) -> Option<&NodeCondition> {
+        self.status.as_ref()?.conditions.as_ref()?.iter().find(|c| c.type_ == type_)
+    }
+}
+
+impl SlimLease {
+    /// The slim view of a full Lease.
+    pub fn from_lease(lease: &k8s_openapi::api::coordination::v1::Lease) -> SlimLease {
+        serde_json::to_value(lease).ok().and_then(|v| serde_json::from_value(v).ok()).unwrap_or_default()
+    }
+
+    /// `spec.renewTime`.
+    pub fn renew_time(&self) -> Option<Timestamp> {
+        self.spec.as_ref()?.renew_time.as_ref().map(|t| t.0)
+    }
+}
 
 /// The node's own `Ready` condition, as the kubelet (or kube-controller-manager) set it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
@@ -173,6 +329,10 @@ pub struct NodeFacts {
     pub zone: Option<String>,
     /// Where to probe its kubelet.
     pub kubelet: KubeletEndpoint,
+    /// pulsecheck's own condition on the node: `(status, reason)`, when present.
+    pub our_condition: Option<(String, String)>,
+    /// `status.nodeInfo.kubeletVersion`.
+    pub kubelet_version: String,
 }
 
 /// The outcome of one kubelet probe, as the prober reports it.
@@ -315,7 +475,7 @@ pub fn remediation_from_annotations(annotations: Option<&BTreeMap<String, String
 impl NodeFacts {
     /// Distils a Node into facts, carrying observation times over from `previous` for values
     /// that did not change.
-    pub fn observe(node: &Node, previous: Option<&NodeFacts>, scope: &Scope, now: Timestamp) -> NodeFacts {
+    pub fn observe(node: &SlimNode, previous: Option<&NodeFacts>, scope: &Scope, now: Timestamp) -> NodeFacts {
         let meta = &node.metadata;
         let uid = meta.uid.clone().unwrap_or_default();
         // A re-created node (new uid) starts from scratch.
@@ -333,6 +493,10 @@ impl NodeFacts {
         };
         let heartbeat_value = ready_condition.and_then(|c| c.last_heartbeat_time.as_ref()).map(|t| t.0);
         let os_image_value = status.and_then(|s| s.node_info.as_ref()).map(|i| i.os_image.as_str()).unwrap_or("");
+        let our_condition = conditions
+            .iter()
+            .find(|c| c.type_ == names::CONDITION_TYPE)
+            .map(|c| (c.status.clone(), c.reason.clone().unwrap_or_default()));
         let problems = conditions
             .iter()
             .filter(|c| c.status == "True" && scope.problem_conditions.iter().any(|p| p == &c.type_))
@@ -369,6 +533,8 @@ impl NodeFacts {
             selected: scope.selector.matches(labels),
             zone: labels.get("topology.kubernetes.io/zone").cloned(),
             kubelet,
+            our_condition,
+            kubelet_version: status.and_then(|s| s.node_info.as_ref()).map(|i| i.kubelet_version.clone()).unwrap_or_default(),
         }
     }
 }
@@ -386,7 +552,7 @@ pub struct FleetFacts {
 
 impl FleetFacts {
     /// Applies a Node seen by a watch (added, modified, or re-listed).
-    pub fn apply_node(&mut self, node: &Node, scope: &Scope, now: Timestamp) {
+    pub fn apply_node(&mut self, node: &SlimNode, scope: &Scope, now: Timestamp) {
         let Some(name) = node.metadata.name.as_deref() else { return };
         let facts = NodeFacts::observe(node, self.nodes.get(name), scope, now);
         self.nodes.insert(name.to_string(), facts);
@@ -406,10 +572,9 @@ impl FleetFacts {
     }
 
     /// Applies a Lease seen by a watch.
-    pub fn apply_lease(&mut self, lease: &Lease, now: Timestamp) {
+    pub fn apply_lease(&mut self, lease: &SlimLease, now: Timestamp) {
         let Some(name) = lease.metadata.name.as_deref() else { return };
-        let renew_time = lease.spec.as_ref().and_then(|s| s.renew_time.as_ref()).map(|t| t.0);
-        self.apply_lease_renewal(name, renew_time, now);
+        self.apply_lease_renewal(name, lease.renew_time(), now);
     }
 
     /// Applies one observed `renewTime` of the Lease `name` (the hot path: one per renewal).
@@ -507,16 +672,16 @@ pub(crate) mod fixtures {
             });
             self
         }
-        pub fn build(self) -> Node {
-            self.0
+        pub fn build(self) -> super::SlimNode {
+            super::SlimNode::from_node(&self.0)
         }
     }
 
-    pub fn lease(name: &str, renew: Timestamp) -> Lease {
-        Lease {
+    pub fn lease(name: &str, renew: Timestamp) -> super::SlimLease {
+        super::SlimLease::from_lease(&Lease {
             metadata: ObjectMeta { name: Some(name.into()), namespace: Some("kube-node-lease".into()), ..Default::default() },
             spec: Some(LeaseSpec { renew_time: Some(MicroTime(renew)), holder_identity: Some(name.into()), ..Default::default() }),
-        }
+        })
     }
 
     pub fn t(secs: i64) -> Timestamp {
@@ -607,6 +772,33 @@ mod tests {
         assert!(!s.matches(&l));
         assert!(Selector::parse("env in (a,b)").is_err());
         assert!(Selector::parse("").unwrap().matches(&BTreeMap::new()));
+    }
+
+    #[test]
+    fn slim_node_parses_what_decisions_need_and_skips_the_rest() {
+        let json = serde_json::json!({
+            "apiVersion": "v1", "kind": "Node",
+            "metadata": {"name": "n1", "uid": "u1", "resourceVersion": "42", "labels": {"a": "b"},
+                         "managedFields": [{"manager": "kubelet", "operation": "Update", "fieldsV1": {"f:status": {}}}]},
+            "spec": {"unschedulable": true, "taints": [{"key": "k", "effect": "NoSchedule"}]},
+            "status": {
+                "conditions": [{"type": "Ready", "status": "True", "reason": "KubeletReady", "lastHeartbeatTime": "2026-11-28T04:00:00Z"}],
+                "nodeInfo": {"osImage": "Unknown", "kubeletVersion": "v1.36.3", "machineID": "m", "systemUUID": "s", "bootID": "b",
+                             "kernelVersion": "6.1", "containerRuntimeVersion": "containerd://2", "kubeProxyVersion": "", "operatingSystem": "linux", "architecture": "amd64"},
+                "images": [{"names": ["registry.example/huge:1"], "sizeBytes": 123}],
+                "addresses": [{"type": "InternalIP", "address": "10.0.0.1"}],
+                "daemonEndpoints": {"kubeletEndpoint": {"Port": 10250}}
+            }
+        });
+        let node: SlimNode = serde_json::from_value(json).unwrap();
+        assert!(node.metadata.managed_fields.is_none());
+        let facts = NodeFacts::observe(&node, None, &scope(), t(0));
+        assert_eq!(facts.ready, ReadyState::True);
+        assert!(is_unknown(&facts.os_image.current));
+        assert!(facts.unschedulable);
+        assert_eq!(facts.kubelet.port, Some(10250));
+        assert_eq!(facts.kubelet.addresses, vec![("InternalIP".to_string(), "10.0.0.1".to_string())]);
+        assert_eq!(facts.status.value, Some("2026-11-28T04:00:00Z".parse().unwrap()));
     }
 
     #[test]
