@@ -1,1 +1,129 @@
-//! TODO
+//! The admin edge: logs, and the HTTP server for `/metrics`, `/livez` and `/readyz`.
+//!
+//! `/livez` answers as long as the process serves HTTP: restarting pulsecheck cures nothing a
+//! live process cannot. `/readyz` means "I can see": 200 only after both watches produced their
+//! first full list and while they keep delivering (kubert's `initialized` idea), so a
+//! Deployment rollout waits for a pulsecheck that actually sees the fleet.
+
+use std::{
+    net::SocketAddr,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+};
+
+use bytes::Bytes;
+use http::{Method, Request, Response, StatusCode};
+use http_body_util::Full;
+use hyper::{body::Incoming, service::service_fn};
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::{cli::LogFormat, metrics::Metrics};
+
+/// Errors of the admin edge.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The admin address cannot be bound.
+    #[error("--admin-addr {addr}: cannot listen: {source}")]
+    Bind { addr: SocketAddr, source: std::io::Error },
+    /// The log filter does not parse.
+    #[error("--log-filter '{filter}': {source}")]
+    Filter { filter: String, source: tracing_subscriber::filter::ParseError },
+}
+
+/// Sets up tracing: plain or JSON lines on stderr, filtered by `filter` (env-filter syntax).
+pub fn init_logging(format: LogFormat, filter: &str) -> Result<(), Error> {
+    let env_filter = tracing_subscriber::EnvFilter::builder()
+        .parse(filter)
+        .map_err(|source| Error::Filter { filter: filter.into(), source })?;
+    let builder = tracing_subscriber::fmt().with_env_filter(env_filter).with_writer(std::io::stderr);
+    // A second initialisation (tests, the demo) keeps the first subscriber.
+    let _ = match format {
+        LogFormat::Json => builder.json().flatten_event(true).try_init(),
+        LogFormat::Plain => builder.try_init(),
+    };
+    Ok(())
+}
+
+/// Whether pulsecheck can see; set by the controller, read by `/readyz`.
+#[derive(Debug, Clone, Default)]
+pub struct Readiness(Arc<AtomicBool>);
+
+impl Readiness {
+    /// Marks pulsecheck ready or not.
+    pub fn set(&self, ready: bool) {
+        self.0.store(ready, Ordering::Relaxed);
+    }
+
+    /// True when ready.
+    pub fn get(&self) -> bool {
+        self.0.load(Ordering::Relaxed)
+    }
+}
+
+/// A bound admin server, not yet serving.
+pub struct AdminServer {
+    listener: TcpListener,
+    metrics: Metrics,
+    readiness: Readiness,
+}
+
+impl AdminServer {
+    /// Binds `addr` (port 0 picks a free port; see [`AdminServer::local_addr`]).
+    pub async fn bind(addr: SocketAddr, metrics: Metrics, readiness: Readiness) -> Result<AdminServer, Error> {
+        let listener = TcpListener::bind(addr).await.map_err(|source| Error::Bind { addr, source })?;
+        Ok(AdminServer { listener, metrics, readiness })
+    }
+
+    /// The address actually bound.
+    pub fn local_addr(&self) -> Option<SocketAddr> {
+        self.listener.local_addr().ok()
+    }
+
+    /// Serves until `shutdown`; in-flight requests finish, new connections are refused.
+    pub async fn serve(self, shutdown: CancellationToken) {
+        let AdminServer { listener, metrics, readiness } = self;
+        let mut connections = tokio::task::JoinSet::new();
+        loop {
+            let accepted = tokio::select! {
+                _ = shutdown.cancelled() => break,
+                a = listener.accept() => a,
+            };
+            let Ok((stream, _)) = accepted else { continue };
+            let metrics = metrics.clone();
+            let readiness = readiness.clone();
+            connections.spawn(async move {
+                let service = service_fn(move |req| {
+                    let response = route(&req, &metrics, &readiness);
+                    async move { Ok::<_, std::convert::Infallible>(response) }
+                });
+                let _ = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), service).await;
+            });
+        }
+        drop(listener);
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(2), async { while connections.join_next().await.is_some() {} }).await;
+    }
+}
+
+fn text(status: StatusCode, content_type: &'static str, body: String) -> Response<Full<Bytes>> {
+    let mut r = Response::new(Full::new(Bytes::from(body)));
+    *r.status_mut() = status;
+    r.headers_mut().insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static(content_type));
+    r
+}
+
+fn route(req: &Request<Incoming>, metrics: &Metrics, readiness: &Readiness) -> Response<Full<Bytes>> {
+    if req.method() != Method::GET && req.method() != Method::HEAD {
+        return text(StatusCode::METHOD_NOT_ALLOWED, "text/plain", "only GET\n".into());
+    }
+    match req.uri().path() {
+        "/metrics" => text(StatusCode::OK, "text/plain; version=0.0.4; charset=utf-8", metrics.render()),
+        "/livez" => text(StatusCode::OK, "text/plain", "ok\n".into()),
+        "/readyz" if readiness.get() => text(StatusCode::OK, "text/plain", "ok\n".into()),
+        "/readyz" => text(StatusCode::SERVICE_UNAVAILABLE, "text/plain", "not ready: the Node and Lease watches are not synced and delivering\n".into()),
+        _ => text(StatusCode::NOT_FOUND, "text/plain", "not found; try /metrics, /livez, /readyz\n".into()),
+    }
+}

@@ -1,1 +1,623 @@
-//! TODO
+//! `pulsecheck run`: the loop that ties the edges to the decision core.
+//!
+//! Death is silence, so decisions are time-driven: every `--evaluation-interval` the whole
+//! fleet is judged from the shared [`View`](crate::observe::View) (the watches only update
+//! facts). One tick:
+//! 1. folds in probe results, checks sight ([`crate::observe::Sight::blindness`]) and the probe
+//!    partition guard;
+//! 2. judges every node ([`crate::verdict::assess`]) and publishes metrics;
+//! 3. reports verdict changes (log line, Event, `HeartbeatConsistent` condition);
+//! 4. asks the guard for a plan ([`crate::guard::plan`]) and carries it out — each new
+//!    remediation only after a fresh GET of the Node and its Lease confirms the verdict.
+//!
+//! Only the leader writes or publishes Events; while blind nothing new is decided. On shutdown
+//! the current tick (and its in-flight writes) finishes, then the loop stops.
+
+use std::{
+    collections::{BTreeMap, HashMap, HashSet},
+    net::SocketAddr,
+    time::Duration,
+};
+
+use k8s_openapi::jiff::Timestamp;
+use kube::Api;
+use tokio::{sync::mpsc, task::JoinHandle};
+use tokio_util::sync::CancellationToken;
+use tracing::{error, info, warn};
+
+use crate::{
+    actuate::{Actuator, Change},
+    admin::{AdminServer, Readiness},
+    cli::{ProbeMode, RunArgs},
+    config::Config,
+    facts::{FleetFacts, SlimLease, SlimNode},
+    guard::{self, Hold, Memory, Plan},
+    leader::Leadership,
+    metrics::{ActionLabel, Metrics, NodeHeartbeats, ResultLabel},
+    names,
+    observe::{self, SharedView, lock},
+    probe::{self, ProbeReport, ProbeTarget, Prober},
+    verdict::{self, Assessment, Verdict},
+};
+
+/// Errors starting the controller.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The flags do not make a working configuration.
+    #[error(transparent)]
+    Config(#[from] crate::config::Error),
+    /// The admin server or logging cannot start.
+    #[error(transparent)]
+    Admin(#[from] crate::admin::Error),
+    /// Leader election cannot start.
+    #[error(transparent)]
+    Leader(#[from] crate::leader::Error),
+    /// No client.
+    #[error(transparent)]
+    Connect(#[from] crate::connect::Error),
+    /// The prober cannot be set up.
+    #[error(transparent)]
+    Probe(#[from] crate::probe::Error),
+}
+
+impl Error {
+    /// True for errors in the user's input (exit code 2).
+    pub fn is_usage(&self) -> bool {
+        match self {
+            Error::Config(_) | Error::Admin(_) | Error::Connect(crate::connect::Error::Kubeconfig { .. }) => true,
+            Error::Leader(crate::leader::Error::TooShort(_)) => true,
+            Error::Probe(e) => e.is_usage(),
+            _ => false,
+        }
+    }
+}
+
+/// Leader election settings.
+#[derive(Debug, Clone)]
+pub struct LeaderSettings {
+    /// Elect at all.
+    pub enabled: bool,
+    /// Namespace of the leader Lease.
+    pub namespace: String,
+    /// Name of the leader Lease.
+    pub name: String,
+    /// This instance's identity.
+    pub identity: String,
+    /// Lease duration.
+    pub duration: Duration,
+}
+
+/// Everything `start` needs besides a client.
+#[derive(Debug, Clone)]
+pub struct RunSettings {
+    /// Validated controller configuration.
+    pub config: Config,
+    /// Leader election.
+    pub leader: LeaderSettings,
+    /// Admin server address (port 0 for any).
+    pub admin_addr: SocketAddr,
+    /// Per-node metric series.
+    pub per_node_metrics: bool,
+    /// The prober's settings.
+    pub probe: probe::ProbeSettings,
+    /// Probe interval and concurrency.
+    pub probe_interval: Duration,
+    /// At most this many probes in flight.
+    pub probe_concurrency: usize,
+}
+
+impl RunSettings {
+    /// Validates `pulsecheck run`'s flags.
+    pub fn from_args(args: &RunArgs) -> Result<RunSettings, Error> {
+        let config = Config::from_args(args)?;
+        let identity = args
+            .leader
+            .identity
+            .clone()
+            .or_else(|| std::env::var("POD_NAME").ok().filter(|s| !s.is_empty()))
+            .or_else(|| nix::unistd::gethostname().ok().and_then(|h| h.into_string().ok()))
+            .unwrap_or_else(|| "pulsecheck".into());
+        let namespace = args
+            .leader
+            .leader_election_namespace
+            .clone()
+            .or_else(|| std::env::var("POD_NAMESPACE").ok().filter(|s| !s.is_empty()))
+            .or_else(|| std::fs::read_to_string("/var/run/secrets/kubernetes.io/serviceaccount/namespace").ok().map(|s| s.trim().to_string()))
+            .unwrap_or_else(|| "pulsecheck".into());
+        Ok(RunSettings {
+            config,
+            leader: LeaderSettings {
+                enabled: args.leader.leader_elect,
+                namespace,
+                name: args.leader.leader_election_name.clone(),
+                identity,
+                duration: args.leader.leader_election_lease_duration,
+            },
+            admin_addr: args.admin.admin_addr,
+            per_node_metrics: args.admin.per_node_metrics,
+            probe: probe::ProbeSettings::from_args(&args.probe),
+            probe_interval: args.probe.probe_interval,
+            probe_concurrency: args.probe.probe_concurrency as usize,
+        })
+    }
+}
+
+/// `pulsecheck run`: runs until SIGINT/SIGTERM.
+pub async fn run(args: RunArgs) -> Result<(), Error> {
+    crate::admin::init_logging(args.admin.log_format, &args.admin.log_filter)?;
+    let settings = RunSettings::from_args(&args)?;
+    let client = crate::connect::client(&args.client).await?;
+    let running = start(client, settings).await?;
+    wait_for_signal().await;
+    info!("shutting down: finishing in-flight writes");
+    running.stop().await;
+    Ok(())
+}
+
+/// Resolves on SIGINT or SIGTERM.
+pub async fn wait_for_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    match (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) {
+        (Ok(mut term), Ok(mut int)) => {
+            tokio::select! {
+                _ = term.recv() => {},
+                _ = int.recv() => {},
+            }
+        }
+        _ => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}
+
+/// A running controller.
+pub struct Running {
+    /// Where the admin server listens.
+    pub admin_addr: SocketAddr,
+    /// The controller's metrics.
+    pub metrics: Metrics,
+    shutdown: CancellationToken,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl Running {
+    /// Stops deciding, lets in-flight writes finish, releases leadership, stops the server.
+    pub async fn stop(self) {
+        self.shutdown.cancel();
+        for t in self.tasks {
+            let _ = tokio::time::timeout(Duration::from_secs(10), t).await;
+        }
+    }
+}
+
+/// Starts watches, prober, admin server, leader election and the decision loop.
+pub async fn start(client: kube::Client, settings: RunSettings) -> Result<Running, Error> {
+    let metrics = Metrics::new(settings.per_node_metrics);
+    let readiness = Readiness::default();
+    let shutdown = CancellationToken::new();
+    let server = AdminServer::bind(settings.admin_addr, metrics.clone(), readiness.clone()).await?;
+    let admin_addr = server.local_addr().unwrap_or(settings.admin_addr);
+    let prober = match settings.probe.mode() {
+        ProbeMode::None => None,
+        _ => Some(Prober::new(settings.probe.clone(), client.clone())?),
+    };
+    let leadership = if settings.leader.enabled {
+        let l = &settings.leader;
+        Leadership::elect(client.clone(), &l.namespace, &l.name, &l.identity, l.duration).await?
+    } else {
+        Leadership::always()
+    };
+
+    let view: SharedView = SharedView::default();
+    let mut tasks = vec![tokio::spawn(server.serve(shutdown.clone()))];
+    let watch_shutdown = shutdown.child_token();
+    tasks.push(tokio::spawn(observe::watch_nodes(Api::all(client.clone()), view.clone(), settings.config.scope.clone(), metrics.clone(), watch_shutdown.clone())));
+    tasks.push(tokio::spawn(observe::watch_leases(Api::namespaced(client.clone(), names::NODE_LEASE_NAMESPACE), view.clone(), metrics.clone(), watch_shutdown.clone())));
+
+    let (targets_tx, targets_rx) = tokio::sync::watch::channel(Vec::new());
+    let (results_tx, results_rx) = mpsc::channel(4096);
+    if let Some(prober) = prober {
+        if let Some(reason) = prober.fallback_reason() {
+            warn!(reason, "kubelet probes fall back to tcp; no token is sent");
+        }
+        tasks.push(tokio::spawn(probe::run_scheduler(
+            prober,
+            settings.probe_interval,
+            settings.probe_concurrency,
+            targets_rx,
+            results_tx,
+            metrics.clone(),
+            watch_shutdown.clone(),
+        )));
+    }
+
+    let actuator = Actuator::new(client, settings.config.actions.clone(), settings.config.request_timeout, Some(settings.leader.identity.clone()));
+    let controller = Controller {
+        config: settings.config,
+        view,
+        actuator,
+        metrics: metrics.clone(),
+        readiness,
+        memory: Memory::default(),
+        verdicts: HashMap::new(),
+        held_reported: HashSet::new(),
+        blind_reported: None,
+        circuit_reported: false,
+        probe_targets: targets_tx,
+        probe_results: results_rx,
+    };
+    tasks.push(tokio::spawn(controller.run(leadership, shutdown.clone(), watch_shutdown)));
+    Ok(Running { admin_addr, metrics, shutdown, tasks })
+}
+
+/// The decision loop's state.
+struct Controller {
+    config: Config,
+    view: SharedView,
+    actuator: Actuator,
+    metrics: Metrics,
+    readiness: Readiness,
+    memory: Memory,
+    /// Last reported verdict per node.
+    verdicts: HashMap<String, Verdict>,
+    /// Nodes whose hold was reported (once per episode).
+    held_reported: HashSet<String>,
+    blind_reported: Option<String>,
+    circuit_reported: bool,
+    probe_targets: tokio::sync::watch::Sender<Vec<ProbeTarget>>,
+    probe_results: mpsc::Receiver<ProbeReport>,
+}
+
+/// What a tick needs to know about a node after the view is unlocked.
+struct NodeNote {
+    uid: Option<String>,
+    our_condition: Option<(String, String)>,
+}
+
+/// The condition pulsecheck wants on a node for a verdict: `(status, reason)`.
+fn desired_condition(verdict: Verdict) -> Option<(&'static str, &'static str)> {
+    match verdict {
+        Verdict::Healthy => Some(("True", "HeartbeatsConsistent")),
+        Verdict::Suspect => Some(("Unknown", "Suspect")),
+        Verdict::Zombie => Some(("False", "ZombieDetected")),
+        Verdict::Dead => Some(("False", "LeaseAndStatusStale")),
+        Verdict::Unknown => Some(("Unknown", "NotJudged")),
+        Verdict::Excluded => None,
+    }
+}
+
+/// The Event reason for a verdict change.
+fn verdict_reason(verdict: Verdict) -> (&'static str, bool) {
+    match verdict {
+        Verdict::Healthy => ("HeartbeatsConsistent", false),
+        Verdict::Suspect => ("NodeSuspect", true),
+        Verdict::Zombie => ("ZombieDetected", true),
+        Verdict::Dead => ("NodeDead", true),
+        Verdict::Unknown => ("NotJudged", false),
+        Verdict::Excluded => ("Excluded", false),
+    }
+}
+
+impl Controller {
+    async fn run(mut self, mut leadership: Leadership, shutdown: CancellationToken, watch_shutdown: CancellationToken) {
+        let mut ticker = tokio::time::interval(self.config.evaluation_interval);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut was_leader = false;
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => break,
+                _ = ticker.tick() => {},
+                _ = leadership.changed() => {},
+            }
+            let leader = leadership.is_leader();
+            if leader != was_leader {
+                info!(leader, "leadership changed");
+                was_leader = leader;
+            }
+            self.metrics.set_leader(leader);
+            self.tick(Timestamp::now(), leader).await;
+        }
+        watch_shutdown.cancel();
+        self.readiness.set(false);
+        leadership.resign(Duration::from_secs(3)).await;
+        self.metrics.set_leader(false);
+    }
+
+    /// One evaluation and the actions it calls for.
+    async fn tick(&mut self, now: Timestamp, leader: bool) {
+        let started = std::time::Instant::now();
+        let cfg = &self.config;
+        let (assessments, plan, blind, notes, targets) = {
+            let mut v = lock(&self.view);
+            while let Ok(report) = self.probe_results.try_recv() {
+                v.facts.record_probe(&report.node, report.outcome, report.at);
+            }
+            let blind = v.sight.blindness(now, &v.facts, cfg.thresholds.lease_grace, cfg.settle_after_blindness);
+            let can_see_at_all = v.sight.nodes.synced && v.sight.leases.synced;
+            self.readiness.set(can_see_at_all && !matches!(blind, Some(observe::Blindness::WatchFailing(..)) | Some(observe::Blindness::LeasesSilent(_))));
+            let (trusted, failing, probed) = verdict::probe_partition(now, &v.facts, &cfg.thresholds, cfg.probe_partition_threshold);
+            self.metrics.set_probe_partition(!trusted);
+            if !trusted {
+                warn!(failing, probed, "probe partition: most kubelet probes fail; pulsecheck assumes its own network is cut off and ignores probe evidence");
+            }
+            self.metrics.set_probe_misconfigured(v.facts.probes.values().any(|p| matches!(p.last, Some((crate::facts::ProbeOutcome::Unauthorized(_), _)))));
+            let assessments: BTreeMap<String, Assessment> = v
+                .facts
+                .nodes
+                .iter()
+                .map(|(name, n)| (name.clone(), verdict::assess(now, n, v.facts.leases.get(name), v.facts.probes.get(name), &cfg.thresholds, trusted)))
+                .collect();
+            self.publish_metrics(&v.facts, &assessments);
+            let plan = guard::plan(now, &assessments, &v.facts, &mut self.memory, &cfg.guard, blind.is_some() || !leader);
+            self.memory.retain(|n| v.facts.nodes.contains_key(n));
+            let notes: HashMap<String, NodeNote> = v
+                .facts
+                .nodes
+                .iter()
+                .map(|(n, f)| (n.clone(), NodeNote { uid: Some(f.uid.clone()).filter(|u| !u.is_empty()), our_condition: f.our_condition.clone() }))
+                .collect();
+            let targets: Vec<ProbeTarget> = assessments
+                .iter()
+                .filter(|(_, a)| !matches!(a.verdict, Verdict::Excluded | Verdict::Dead | Verdict::Unknown))
+                .filter_map(|(n, _)| v.facts.nodes.get(n).map(|f| ProbeTarget { node: n.clone(), endpoint: f.kubelet.clone() }))
+                .collect();
+            (assessments, plan, blind, notes, targets)
+        };
+        self.probe_targets.send_replace(targets);
+        let counts: Vec<(Verdict, usize)> = Verdict::ALL.iter().map(|v| (*v, assessments.values().filter(|a| a.verdict == *v).count())).collect();
+        self.metrics.fleet(&counts, plan.active, plan.limit, plan.circuit_open);
+        self.metrics.evaluation(started.elapsed().as_secs_f64());
+
+        self.report_blindness(blind.as_ref());
+        if blind.is_some() {
+            return;
+        }
+        self.report_verdicts(now, &assessments, &notes, leader).await;
+        if !leader {
+            return;
+        }
+        self.carry_out(now, plan, &assessments, &notes).await;
+    }
+
+    fn publish_metrics(&self, facts: &FleetFacts, assessments: &BTreeMap<String, Assessment>) {
+        for (name, a) in assessments {
+            let Some(n) = facts.nodes.get(name) else { continue };
+            let heartbeats = NodeHeartbeats {
+                lease_observed: facts.leases.get(name).map(|l| l.renew.observed_at.as_millisecond() as f64 / 1000.0),
+                status_observed: n.status.observed_at.as_millisecond() as f64 / 1000.0,
+                remediated: self.memory.holds(facts, name),
+            };
+            self.metrics.node(name, a, heartbeats);
+        }
+    }
+
+    fn report_blindness(&mut self, blind: Option<&observe::Blindness>) {
+        self.metrics.set_blind(blind.is_some());
+        let now = blind.map(ToString::to_string);
+        if now != self.blind_reported {
+            match &now {
+                Some(why) => warn!(why = why.as_str(), "blind: no new decisions"),
+                None => info!("sight: watches synced and delivering; deciding"),
+            }
+            self.blind_reported = now;
+        }
+    }
+
+    async fn report_verdicts(&mut self, now: Timestamp, assessments: &BTreeMap<String, Assessment>, notes: &HashMap<String, NodeNote>, leader: bool) {
+        self.verdicts.retain(|n, _| assessments.contains_key(n));
+        for (name, a) in assessments {
+            let previous = self.verdicts.insert(name.clone(), a.verdict);
+            let changed = previous != Some(a.verdict);
+            if changed {
+                let evidence = serde_json::to_string(&a.evidence).unwrap_or_default();
+                info!(node = name.as_str(), verdict = a.verdict.as_str(), previous = previous.map(Verdict::as_str), evidence, why = a.explain(), "verdict");
+            }
+            if !leader {
+                continue;
+            }
+            let note = notes.get(name);
+            // Events: on every change, except the first sight of a node that is healthy,
+            // excluded or unjudged (a restart must not flood the cluster with Events).
+            let first_sight_of_nothing = previous.is_none() && matches!(a.verdict, Verdict::Healthy | Verdict::Excluded | Verdict::Unknown);
+            if changed && !first_sight_of_nothing {
+                let (reason, warning) = verdict_reason(a.verdict);
+                self.actuator.event(name, note.and_then(|n| n.uid.as_deref()), warning, reason, "Evaluate", format!("{}: {}", a.verdict, a.explain())).await;
+            }
+            if !self.config.dry_run {
+                self.sync_condition(now, name, a, note).await;
+            }
+        }
+    }
+
+    /// Writes the node condition when it differs from what the verdict calls for. Healthy
+    /// nodes that never had the condition are left alone: a healthy fleet costs no writes.
+    async fn sync_condition(&self, now: Timestamp, name: &str, a: &Assessment, note: Option<&NodeNote>) {
+        let Some((status, reason)) = desired_condition(a.verdict) else { return };
+        let current = note.and_then(|n| n.our_condition.as_ref());
+        if current.is_none() && matches!(a.verdict, Verdict::Healthy | Verdict::Unknown) {
+            return;
+        }
+        if current.is_some_and(|(s, r)| s == status && r == reason) {
+            return;
+        }
+        match self.actuator.set_condition(name, status, reason, &a.explain(), current.map(|(s, _)| s.as_str()), now).await {
+            Ok(node) => self.apply_fresh(&node, None, now),
+            Err(e) if e.is_not_found() => {}
+            Err(e) => warn!(node = name, error = %e, "could not set the HeartbeatConsistent condition"),
+        }
+    }
+
+    fn apply_fresh(&self, node: &SlimNode, lease: Option<&SlimLease>, now: Timestamp) {
+        let mut v = lock(&self.view);
+        v.facts.apply_node(node, &self.config.scope, now);
+        if let Some(l) = lease {
+            v.facts.apply_lease(l, now);
+        }
+    }
+
+    /// Re-judges one node after a fresh read.
+    fn reassess(&self, name: &str, now: Timestamp) -> Option<Assessment> {
+        let v = lock(&self.view);
+        let n = v.facts.nodes.get(name)?;
+        let (trusted, _, _) = verdict::probe_partition(now, &v.facts, &self.config.thresholds, self.config.probe_partition_threshold);
+        Some(verdict::assess(now, n, v.facts.leases.get(name), v.facts.probes.get(name), &self.config.thresholds, trusted))
+    }
+
+    async fn carry_out(&mut self, now: Timestamp, plan: Plan, assessments: &BTreeMap<String, Assessment>, notes: &HashMap<String, NodeNote>) {
+        if plan.circuit_open != self.circuit_reported {
+            if plan.circuit_open {
+                warn!(limit = plan.limit, active = plan.active, eligible = plan.eligible, held = plan.held.len(), "circuit open: more nodes need remediation than the limit; nothing new is remediated");
+            } else {
+                info!("circuit closed");
+            }
+            self.circuit_reported = plan.circuit_open;
+        }
+        let held_now: HashSet<String> = plan.held.iter().map(|(n, _)| n.clone()).collect();
+        for (name, hold) in &plan.held {
+            if self.held_reported.contains(name) {
+                continue;
+            }
+            let why = match hold {
+                Hold::CircuitOpen => format!(
+                    "not remediated: the circuit is open ({} nodes need remediation, the limit is {} of {} eligible; --max-unhealthy)",
+                    plan.active + plan.held.iter().filter(|(_, h)| *h == Hold::CircuitOpen).count(),
+                    plan.limit,
+                    plan.eligible
+                ),
+                Hold::RateLimited => "not remediated yet: --max-remediations-per-minute reached; will retry".to_string(),
+            };
+            warn!(node = name.as_str(), hold = ?hold, "{why}");
+            for action in self.actions() {
+                self.metrics.remediation(action, ResultLabel::Blocked);
+            }
+            self.actuator.event(name, notes.get(name).and_then(|n| n.uid.as_deref()), true, "RemediationBlocked", "Remediate", why).await;
+            self.held_reported.insert(name.clone());
+        }
+        self.held_reported.retain(|n| held_now.contains(n));
+
+        for name in plan.remediate {
+            self.remediate(now, &name, notes.get(&name)).await;
+        }
+        for name in plan.release {
+            let why = assessments.get(&name).map(Assessment::explain).unwrap_or_default();
+            self.release(now, &name, notes.get(&name), &why).await;
+        }
+    }
+
+    fn actions(&self) -> Vec<ActionLabel> {
+        let mut a = Vec::new();
+        if self.config.actions.taint {
+            a.push(ActionLabel::Taint);
+        }
+        if self.config.actions.cordon {
+            a.push(ActionLabel::Cordon);
+        }
+        a
+    }
+
+    async fn remediate(&mut self, now: Timestamp, name: &str, note: Option<&NodeNote>) {
+        // Confirm on a fresh read: a cached view may be stale (a missed watch event, a lagging
+        // cache); acting on it could condemn a live node.
+        match self.actuator.fresh(name).await {
+            Ok((node, lease)) => self.apply_fresh(&node, lease.as_ref(), now),
+            Err(e) => {
+                warn!(node = name, error = %e, "could not confirm the verdict with a fresh read; not acting");
+                return;
+            }
+        }
+        let Some(confirmed) = self.reassess(name, now) else { return };
+        let wanted = confirmed.verdict == Verdict::Zombie || (self.config.guard.act_on_dead && confirmed.verdict == Verdict::Dead);
+        if !wanted {
+            info!(node = name, verdict = confirmed.verdict.as_str(), "fresh read does not confirm the verdict; not acting");
+            return;
+        }
+        let uid = note.and_then(|n| n.uid.as_deref());
+        let why = confirmed.explain();
+        if self.config.dry_run {
+            for action in self.actions() {
+                self.metrics.remediation(action, ResultLabel::DryRun);
+            }
+            self.memory.remediation_started(name, now, true);
+            info!(node = name, actions = ?self.actions(), why, "dry run: would remediate");
+            self.actuator.event(name, uid, true, "WouldRemediate", "Remediate", format!("dry run: would {} ({why})", self.describe_actions())).await;
+            return;
+        }
+        match self.actuator.remediate(name, now).await {
+            Ok((node, change)) => {
+                self.apply_fresh(&node, None, now);
+                self.memory.remediation_started(name, now, false);
+                self.count(&change, ActionLabel::Taint, ActionLabel::Cordon, ResultLabel::Success);
+                info!(node = name, tainted = change.taint, cordoned = change.cordon, why, "remediated");
+                if change.taint {
+                    let msg = format!("added taint {}:{} ({why})", self.config.actions.taint_key, self.config.actions.taint_effect.as_str());
+                    self.actuator.event(name, uid, true, "Tainted", "Taint", msg).await;
+                }
+                if change.cordon {
+                    self.actuator.event(name, uid, true, "Cordoned", "Cordon", format!("cordoned ({why})")).await;
+                }
+            }
+            Err(e) => {
+                for action in self.actions() {
+                    self.metrics.remediation(action, ResultLabel::Error);
+                }
+                error!(node = name, error = %e, kind = e.label(), "remediation failed");
+                self.actuator.event(name, uid, true, "RemediationFailed", "Remediate", e.to_string()).await;
+            }
+        }
+    }
+
+    async fn release(&mut self, now: Timestamp, name: &str, note: Option<&NodeNote>, why: &str) {
+        let uid = note.and_then(|n| n.uid.as_deref());
+        if self.config.dry_run {
+            self.memory.released(name);
+            info!(node = name, "dry run: would release");
+            self.actuator.event(name, uid, false, "WouldRelease", "Release", format!("dry run: would release ({why})")).await;
+            return;
+        }
+        match self.actuator.release(name).await {
+            Ok((node, change)) => {
+                self.apply_fresh(&node, None, now);
+                self.memory.released(name);
+                self.count(&change, ActionLabel::Untaint, ActionLabel::Uncordon, ResultLabel::Success);
+                info!(node = name, untainted = change.taint, uncordoned = change.cordon, "released");
+                let mut done = Vec::new();
+                if change.taint {
+                    done.push(format!("removed taint {}", self.config.actions.taint_key));
+                }
+                if change.cordon {
+                    done.push("uncordoned".to_string());
+                }
+                if done.is_empty() {
+                    done.push("cleared pulsecheck's record".into());
+                }
+                self.actuator.event(name, uid, false, "Released", "Release", format!("{} ({why})", done.join(", "))).await;
+            }
+            Err(e) if e.is_not_found() => self.memory.released(name),
+            Err(e) => {
+                self.metrics.remediation(ActionLabel::Untaint, ResultLabel::Error);
+                error!(node = name, error = %e, "release failed");
+            }
+        }
+    }
+
+    fn count(&self, change: &Change, taint: ActionLabel, cordon: ActionLabel, result: ResultLabel) {
+        if change.taint {
+            self.metrics.remediation(taint, result);
+        }
+        if change.cordon {
+            self.metrics.remediation(cordon, result);
+        }
+    }
+
+    fn describe_actions(&self) -> String {
+        let a = &self.config.actions;
+        let mut parts = Vec::new();
+        if a.taint {
+            parts.push(format!("taint {}:{}", a.taint_key, a.taint_effect.as_str()));
+        }
+        if a.cordon {
+            parts.push("cordon".into());
+        }
+        parts.join(" and ")
+    }
+}

@@ -17,8 +17,10 @@
 pub mod actuate;
 pub mod admin;
 pub mod check;
+pub mod cleanup;
 pub mod cli;
 pub mod config;
+pub mod connect;
 pub mod controller;
 pub mod demo;
 pub mod facts;
