@@ -335,18 +335,17 @@ impl Controller {
             let blind = v.sight.blindness(now, &v.facts, cfg.thresholds.lease_grace, cfg.settle_after_blindness);
             let can_see_at_all = v.sight.nodes.synced && v.sight.leases.synced;
             self.readiness.set(can_see_at_all && !matches!(blind, Some(observe::Blindness::WatchFailing(..)) | Some(observe::Blindness::LeasesSilent(_))));
-            let (trusted, failing, probed) = verdict::probe_partition(now, &v.facts, &cfg.thresholds, cfg.probe_partition_threshold);
-            self.metrics.set_probe_partition(!trusted);
-            if !trusted {
-                warn!(failing, probed, "probe partition: most kubelet probes fail; pulsecheck assumes its own network is cut off and ignores probe evidence");
+            let evaluation = verdict::evaluate(now, &v.facts, &cfg.thresholds, cfg.probe_partition_threshold);
+            self.metrics.set_probe_partition(!evaluation.probes_trusted);
+            if !evaluation.probes_trusted {
+                warn!(
+                    failing = evaluation.probes_failing,
+                    probed = evaluation.probes_recent,
+                    "probe partition: most kubelet probes fail; pulsecheck assumes its own network is cut off and ignores probe evidence"
+                );
             }
             self.metrics.set_probe_misconfigured(v.facts.probes.values().any(|p| matches!(p.last, Some((crate::facts::ProbeOutcome::Unauthorized(_), _)))));
-            let assessments: BTreeMap<String, Assessment> = v
-                .facts
-                .nodes
-                .iter()
-                .map(|(name, n)| (name.clone(), verdict::assess(now, n, v.facts.leases.get(name), v.facts.probes.get(name), &cfg.thresholds, trusted)))
-                .collect();
+            let assessments = evaluation.assessments;
             self.publish_metrics(&v.facts, &assessments);
             let plan = guard::plan(now, &assessments, &v.facts, &mut self.memory, &cfg.guard, blind.is_some() || !leader);
             self.memory.retain(|n| v.facts.nodes.contains_key(n));

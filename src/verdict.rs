@@ -285,6 +285,30 @@ pub fn assess(
     Assessment::new(verdict, evidence)
 }
 
+/// The verdicts on a whole fleet at one instant.
+#[derive(Debug, Clone, Default)]
+pub struct Evaluation {
+    /// Verdict per node name.
+    pub assessments: std::collections::BTreeMap<String, Assessment>,
+    /// False during a probe partition (probe evidence ignored).
+    pub probes_trusted: bool,
+    /// Live nodes whose latest probe failed.
+    pub probes_failing: usize,
+    /// Live nodes with a recent probe result.
+    pub probes_recent: usize,
+}
+
+/// Judges every node: one evaluation pass, the controller's tick and `check`'s core.
+pub fn evaluate(now: Timestamp, facts: &FleetFacts, th: &Thresholds, partition_threshold_percent: f64) -> Evaluation {
+    let (probes_trusted, probes_failing, probes_recent) = probe_partition(now, facts, th, partition_threshold_percent);
+    let assessments = facts
+        .nodes
+        .iter()
+        .map(|(name, n)| (name.clone(), assess(now, n, facts.leases.get(name), facts.probes.get(name), th, probes_trusted)))
+        .collect();
+    Evaluation { assessments, probes_trusted, probes_failing, probes_recent }
+}
+
 /// Probe evidence, when the failures reached the threshold and the latest result is recent.
 fn probe_evidence(now: Timestamp, probe: &ProbeFacts, th: &Thresholds) -> Option<Evidence> {
     let (last, at) = probe.last.as_ref()?;
