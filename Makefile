@@ -1,0 +1,38 @@
+# pulsecheck — the two commands a newcomer needs:
+#   make demo   run the main job: a local control plane, a simulated fleet and pulsecheck at work
+#   make test   every test: unit, integration (real kube-apiserver + etcd), deploy and alert checks
+# Both build what they need first (Go tools from the module proxy, cached by version).
+
+SHELL := bash
+CARGO ?= cargo
+
+.PHONY: all tools test test-rust test-deploy demo lab bench fmt clippy
+
+all: test
+
+tools:
+	bash tools/build.sh all
+
+test: tools test-rust test-deploy
+
+test-rust:
+	$(CARGO) build --locked --benches
+	$(CARGO) test --locked
+
+test-deploy:
+	bash .ci/check-deploy.sh
+
+demo: tools
+	$(CARGO) run --locked --release -- demo
+
+lab: tools
+	$(CARGO) run --locked -- lab up --dir .cache/lab --nodes 5
+
+bench:
+	$(CARGO) bench --locked --bench evaluate
+
+fmt:
+	$(CARGO) fmt --all -- --check
+
+clippy:
+	$(CARGO) clippy --all-targets --locked -- -D warnings
