@@ -157,11 +157,17 @@ impl CertificateAuthority {
     }
 }
 
-/// A fresh private key, PKCS#8 PEM (ECDSA P-256), that kube-apiserver accepts for both
-/// `--service-account-signing-key-file` (it signs tokens with it) and
-/// `--service-account-key-file` (it derives the verifying public key from it).
+/// A fresh ECDSA P-256 key as one PEM file that kube-apiserver accepts for both
+/// `--service-account-signing-key-file` and `--service-account-key-file`: a PKCS#8
+/// `PRIVATE KEY` block (it signs tokens with it) followed by its `PUBLIC KEY` block.
+///
+/// The public block is needed because kube-apiserver reads `--service-account-key-file` with
+/// `keyutil.ParsePublicKeysPEM`, which derives a public key from an RSA private key or a SEC1
+/// `EC PRIVATE KEY`, but not from a PKCS#8 EC key (the only form rcgen writes); it skips the
+/// blocks it does not understand, and the signing-key reader takes the first private key.
 pub fn service_account_key_pem() -> Result<String> {
-    Ok(generate_key(&|| "service-account signing key".to_owned())?.serialize_pem())
+    let key = generate_key(&|| "service-account signing key".to_owned())?;
+    Ok(format!("{}{}", key.serialize_pem(), key.public_key_pem()))
 }
 
 /// A random bearer token: 43 URL-safe characters (about 256 bits of entropy).
@@ -351,10 +357,13 @@ mod tests {
     }
 
     #[test]
-    fn service_account_key_is_a_pkcs8_private_key() {
+    fn service_account_key_holds_the_private_key_then_its_public_key() {
         let pem = service_account_key_pem().unwrap();
         assert!(pem.starts_with("-----BEGIN PRIVATE KEY-----"), "{pem}");
         assert!(matches!(key(&pem), PrivateKeyDer::Pkcs8(_)));
+        let private = KeyPair::from_pem(&pem).unwrap();
+        let public_block = pem.find("-----BEGIN PUBLIC KEY-----").expect("a PUBLIC KEY block");
+        assert_eq!(&pem[public_block..], private.public_key_pem());
         assert_ne!(pem, service_account_key_pem().unwrap());
     }
 
