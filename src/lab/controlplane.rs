@@ -188,7 +188,7 @@ pub struct ControlPlaneOptions {
 pub struct ControlPlane {
     /// Stop order: kube-apiserver first (it hangs on shutdown without etcd), then etcd.
     processes: Vec<Process>,
-    workspace: Option<Workspace>,
+    workspace: Workspace,
     server_url: String,
     server_uri: http::Uri,
     ca_pem: String,
@@ -245,7 +245,7 @@ impl ControlPlane {
             .map_err(|source| Error::Kube { action: "build the admin client".to_owned(), source })?;
         let mut control_plane = ControlPlane {
             processes,
-            workspace: Some(workspace),
+            workspace,
             server_url,
             server_uri,
             ca_der: credentials.ca_der,
@@ -288,7 +288,7 @@ impl ControlPlane {
 
     /// The folder holding the kubeconfig, certificates, etcd data and logs.
     pub fn dir(&self) -> &Path {
-        self.workspace.as_ref().map_or(Path::new(""), Workspace::root)
+        self.workspace.root()
     }
 
     /// The process ids of etcd and kube-apiserver (for checking that none outlives the
@@ -353,10 +353,7 @@ impl ControlPlane {
         for process in self.processes.drain(..) {
             process.terminate(STOP_GRACE).await;
         }
-        match self.workspace.take() {
-            Some(workspace) => workspace.remove(),
-            None => Ok(()),
-        }
+        self.workspace.remove()
     }
 
     /// If etcd or kube-apiserver has exited, which one and how (the control plane is then
@@ -440,9 +437,7 @@ impl Drop for ControlPlane {
     fn drop(&mut self) {
         // Process::drop kills and reaps; apiserver first, as in `stop`.
         self.processes.clear();
-        if let Some(workspace) = self.workspace.take()
-            && let Err(err) = workspace.remove()
-        {
+        if let Err(err) = self.workspace.remove() {
             tracing::warn!("lab control plane cleanup: {err}");
         }
     }
@@ -517,50 +512,54 @@ fn token_config(server_uri: &http::Uri, ca_der: &[u8], token: &str) -> kube::Con
     config
 }
 
-/// Where the control plane keeps its files.
-enum Workspace {
-    /// A temporary folder, removed entirely.
-    Temporary(tempfile::TempDir),
-    /// A folder the caller chose: only [`CREATED`] entries are removed.
-    Given(PathBuf),
+/// Where the control plane keeps its files; removes them when dropped (also when a start
+/// fails half-way).
+struct Workspace {
+    root: PathBuf,
+    /// `Some` for a temporary folder (removed entirely); `None` for a folder the caller chose
+    /// (only the [`CREATED`] entries are removed).
+    temporary: Option<tempfile::TempDir>,
+    removed: bool,
 }
 
 impl Workspace {
     fn prepare(dir: Option<PathBuf>) -> Result<Workspace> {
-        match dir {
-            None => tempfile::Builder::new().prefix("pulsecheck-lab-").tempdir().map(Workspace::Temporary).map_err(
-                |source| Error::Io { action: "create a temporary folder in", path: std::env::temp_dir(), source },
-            ),
-            Some(dir) => {
-                std::fs::create_dir_all(&dir).map_err(|source| Error::Io {
-                    action: "create",
-                    path: dir.clone(),
-                    source,
-                })?;
-                // Absolute, so the kubeconfig and the logs named in errors work from anywhere.
-                let dir =
-                    std::fs::canonicalize(&dir).map_err(|source| Error::Io { action: "resolve", path: dir, source })?;
-                // Leftovers of a run that was SIGKILLed.
-                remove_created(&dir)?;
-                Ok(Workspace::Given(dir))
-            }
-        }
+        let Some(dir) = dir else {
+            let tmp = tempfile::Builder::new().prefix("pulsecheck-lab-").tempdir().map_err(|source| Error::Io {
+                action: "create a temporary folder in",
+                path: std::env::temp_dir(),
+                source,
+            })?;
+            return Ok(Workspace { root: tmp.path().to_path_buf(), temporary: Some(tmp), removed: false });
+        };
+        std::fs::create_dir_all(&dir).map_err(|source| Error::Io { action: "create", path: dir.clone(), source })?;
+        // Absolute, so the kubeconfig and the logs named in errors work from anywhere.
+        let root = std::fs::canonicalize(&dir).map_err(|source| Error::Io { action: "resolve", path: dir, source })?;
+        // Leftovers of a run that was SIGKILLed.
+        remove_created(&root)?;
+        Ok(Workspace { root, temporary: None, removed: false })
     }
 
     fn root(&self) -> &Path {
-        match self {
-            Workspace::Temporary(tmp) => tmp.path(),
-            Workspace::Given(dir) => dir,
-        }
+        &self.root
     }
 
-    fn remove(self) -> Result<()> {
-        match self {
-            Workspace::Temporary(tmp) => {
-                let path = tmp.path().to_path_buf();
-                tmp.close().map_err(|source| Error::Io { action: "remove", path, source })
-            }
-            Workspace::Given(dir) => remove_created(&dir),
+    /// Removes what the control plane created; later calls do nothing.
+    fn remove(&mut self) -> Result<()> {
+        if std::mem::replace(&mut self.removed, true) {
+            return Ok(());
+        }
+        match self.temporary.take() {
+            Some(tmp) => tmp.close().map_err(|source| Error::Io { action: "remove", path: self.root.clone(), source }),
+            None => remove_created(&self.root),
+        }
+    }
+}
+
+impl Drop for Workspace {
+    fn drop(&mut self) {
+        if let Err(err) = self.remove() {
+            tracing::warn!("lab control plane cleanup: {err}");
         }
     }
 }
@@ -937,7 +936,7 @@ mod tests {
         std::fs::create_dir_all(dir.join(ETCD_DATA).join("member")).unwrap();
         std::fs::write(dir.join(KUBECONFIG), "stale").unwrap();
         std::fs::write(dir.join("notes.txt"), "mine").unwrap();
-        let workspace = Workspace::prepare(Some(dir.clone())).unwrap();
+        let mut workspace = Workspace::prepare(Some(dir.clone())).unwrap();
         assert!(!dir.join(ETCD_DATA).exists(), "stale etcd data of a killed run is replaced");
         assert!(!dir.join(KUBECONFIG).exists());
         std::fs::write(dir.join(APISERVER_LOG), "log").unwrap();
