@@ -14,7 +14,7 @@
 //! the current tick (and its in-flight writes) finishes, then the loop stops.
 
 use std::{
-    collections::{BTreeMap, HashMap, HashSet},
+    collections::{HashMap, HashSet},
     net::SocketAddr,
     time::Duration,
 };
@@ -30,14 +30,14 @@ use crate::{
     admin::{AdminServer, Readiness},
     cli::{ProbeMode, RunArgs},
     config::Config,
-    facts::{FleetFacts, SlimLease, SlimNode},
+    facts::{FleetFacts, NodeName, SlimLease, SlimNode},
     guard::{self, Hold, Memory, Plan},
     leader::Leadership,
     metrics::{ActionLabel, Metrics, NodeHeartbeats, ResultLabel},
     names,
     observe::{self, SharedView, lock},
     probe::{self, ProbeReport, ProbeTarget, Prober},
-    verdict::{self, Assessment, Verdict},
+    verdict::{self, Assessment, Assessments, Verdict},
 };
 
 /// Errors starting the controller.
@@ -259,7 +259,7 @@ struct Controller {
     readiness: Readiness,
     memory: Memory,
     /// Last reported verdict per node.
-    verdicts: HashMap<String, Verdict>,
+    verdicts: HashMap<NodeName, Verdict>,
     /// Nodes whose hold was reported (once per episode).
     held_reported: HashSet<String>,
     blind_reported: Option<String>,
@@ -349,7 +349,7 @@ impl Controller {
             self.publish_metrics(&v.facts, &assessments);
             let plan = guard::plan(now, &assessments, &v.facts, &mut self.memory, &cfg.guard, blind.is_some() || !leader);
             self.memory.retain(|n| v.facts.nodes.contains_key(n));
-            let notes: HashMap<String, NodeNote> = v
+            let notes: HashMap<NodeName, NodeNote> = v
                 .facts
                 .nodes
                 .iter()
@@ -358,7 +358,7 @@ impl Controller {
             let targets: Vec<ProbeTarget> = assessments
                 .iter()
                 .filter(|(_, a)| !matches!(a.verdict, Verdict::Excluded | Verdict::Dead | Verdict::Unknown))
-                .filter_map(|(n, _)| v.facts.nodes.get(n).map(|f| ProbeTarget { node: n.clone(), endpoint: f.kubelet.clone() }))
+                .filter_map(|(n, _)| v.facts.nodes.get(n).map(|f| ProbeTarget { node: n.to_string(), endpoint: f.kubelet.clone() }))
                 .collect();
             (assessments, plan, blind, notes, targets)
         };
@@ -378,7 +378,7 @@ impl Controller {
         self.carry_out(now, plan, &assessments, &notes).await;
     }
 
-    fn publish_metrics(&self, facts: &FleetFacts, assessments: &BTreeMap<String, Assessment>) {
+    fn publish_metrics(&self, facts: &FleetFacts, assessments: &Assessments) {
         for (name, a) in assessments {
             let Some(n) = facts.nodes.get(name) else { continue };
             let heartbeats = NodeHeartbeats {
@@ -402,14 +402,14 @@ impl Controller {
         }
     }
 
-    async fn report_verdicts(&mut self, now: Timestamp, assessments: &BTreeMap<String, Assessment>, notes: &HashMap<String, NodeNote>, leader: bool) {
+    async fn report_verdicts(&mut self, now: Timestamp, assessments: &Assessments, notes: &HashMap<NodeName, NodeNote>, leader: bool) {
         self.verdicts.retain(|n, _| assessments.contains_key(n));
         for (name, a) in assessments {
             let previous = self.verdicts.insert(name.clone(), a.verdict);
             let changed = previous != Some(a.verdict);
             if changed {
                 let evidence = serde_json::to_string(&a.evidence).unwrap_or_default();
-                info!(node = name.as_str(), verdict = a.verdict.as_str(), previous = previous.map(Verdict::as_str), evidence, why = a.explain(), "verdict");
+                info!(node = &**name, verdict = a.verdict.as_str(), previous = previous.map(Verdict::as_str), evidence, why = a.explain(), "verdict");
             }
             if !leader {
                 continue;
@@ -462,7 +462,7 @@ impl Controller {
         Some(verdict::assess(now, n, v.facts.leases.get(name), v.facts.probes.get(name), &self.config.thresholds, trusted))
     }
 
-    async fn carry_out(&mut self, now: Timestamp, plan: Plan, assessments: &BTreeMap<String, Assessment>, notes: &HashMap<String, NodeNote>) {
+    async fn carry_out(&mut self, now: Timestamp, plan: Plan, assessments: &Assessments, notes: &HashMap<NodeName, NodeNote>) {
         if plan.circuit_open != self.circuit_reported {
             if plan.circuit_open {
                 warn!(limit = plan.limit, active = plan.active, eligible = plan.eligible, held = plan.held.len(), "circuit open: more nodes need remediation than the limit; nothing new is remediated");
@@ -489,17 +489,17 @@ impl Controller {
             for action in self.actions() {
                 self.metrics.remediation(action, ResultLabel::Blocked);
             }
-            self.actuator.event(name, notes.get(name).and_then(|n| n.uid.as_deref()), true, "RemediationBlocked", "Remediate", why).await;
+            self.actuator.event(name, notes.get(name.as_str()).and_then(|n| n.uid.as_deref()), true, "RemediationBlocked", "Remediate", why).await;
             self.held_reported.insert(name.clone());
         }
         self.held_reported.retain(|n| held_now.contains(n));
 
         for name in plan.remediate {
-            self.remediate(now, &name, notes.get(&name)).await;
+            self.remediate(now, &name, notes.get(name.as_str())).await;
         }
         for name in plan.release {
-            let why = assessments.get(&name).map(Assessment::explain).unwrap_or_default();
-            self.release(now, &name, notes.get(&name), &why).await;
+            let why = assessments.get(name.as_str()).map(Assessment::explain).unwrap_or_default();
+            self.release(now, &name, notes.get(name.as_str()), &why).await;
         }
     }
 

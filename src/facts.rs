@@ -539,15 +539,18 @@ impl NodeFacts {
     }
 }
 
+/// A node's name, shared cheaply between the facts, the verdicts and the guard.
+pub type NodeName = std::sync::Arc<str>;
+
 /// The fleet as pulsecheck sees it: facts per node name, Leases per node name.
 #[derive(Debug, Default, Clone)]
 pub struct FleetFacts {
     /// Nodes by name.
-    pub nodes: HashMap<String, NodeFacts>,
+    pub nodes: HashMap<NodeName, NodeFacts>,
     /// Node Leases (namespace `kube-node-lease`) by name, which is the node's name.
-    pub leases: HashMap<String, LeaseFacts>,
+    pub leases: HashMap<NodeName, LeaseFacts>,
     /// Kubelet probe records by node name.
-    pub probes: HashMap<String, ProbeFacts>,
+    pub probes: HashMap<NodeName, ProbeFacts>,
 }
 
 impl FleetFacts {
@@ -555,7 +558,12 @@ impl FleetFacts {
     pub fn apply_node(&mut self, node: &SlimNode, scope: &Scope, now: Timestamp) {
         let Some(name) = node.metadata.name.as_deref() else { return };
         let facts = NodeFacts::observe(node, self.nodes.get(name), scope, now);
-        self.nodes.insert(name.to_string(), facts);
+        match self.nodes.get_mut(name) {
+            Some(existing) => *existing = facts,
+            None => {
+                self.nodes.insert(NodeName::from(name), facts);
+            }
+        }
     }
 
     /// Forgets a deleted Node (and its probe record).
@@ -567,7 +575,14 @@ impl FleetFacts {
     /// Records the outcome of a kubelet probe of node `name`.
     pub fn record_probe(&mut self, name: &str, outcome: ProbeOutcome, now: Timestamp) {
         if self.nodes.contains_key(name) {
-            self.probes.entry(name.to_string()).or_default().record(outcome, now);
+            match self.probes.get_mut(name) {
+                Some(p) => p.record(outcome, now),
+                None => {
+                    let mut p = ProbeFacts::default();
+                    p.record(outcome, now);
+                    self.probes.insert(NodeName::from(name), p);
+                }
+            }
         }
     }
 
@@ -582,7 +597,7 @@ impl FleetFacts {
         match self.leases.get_mut(name) {
             Some(l) => l.renew = Heartbeat::advance(Some(&l.renew), renew_time, now),
             None => {
-                self.leases.insert(name.to_string(), LeaseFacts { renew: Heartbeat { value: renew_time, observed_at: now } });
+                self.leases.insert(NodeName::from(name), LeaseFacts { renew: Heartbeat { value: renew_time, observed_at: now } });
             }
         }
     }
@@ -594,13 +609,13 @@ impl FleetFacts {
 
     /// After a re-list of Nodes: drops nodes the re-list no longer contains.
     pub fn retain_nodes(&mut self, names: &std::collections::HashSet<String>) {
-        self.nodes.retain(|n, _| names.contains(n));
-        self.probes.retain(|n, _| names.contains(n));
+        self.nodes.retain(|n, _| names.contains(&**n));
+        self.probes.retain(|n, _| names.contains(&**n));
     }
 
     /// After a re-list of Leases: drops leases the re-list no longer contains.
     pub fn retain_leases(&mut self, names: &std::collections::HashSet<String>) {
-        self.leases.retain(|n, _| names.contains(n));
+        self.leases.retain(|n, _| names.contains(&**n));
     }
 }
 

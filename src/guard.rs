@@ -16,15 +16,15 @@
 //! Like [`crate::verdict`], this is pure: `now` is passed in, and [`Memory`] is the only state.
 
 use std::{
-    collections::{BTreeMap, HashMap, VecDeque},
+    collections::{HashMap, VecDeque},
     time::Duration,
 };
 
 use k8s_openapi::jiff::{SignedDuration, Timestamp};
 
 use crate::{
-    facts::FleetFacts,
-    verdict::{Assessment, Verdict},
+    facts::{FleetFacts, NodeName},
+    verdict::{Assessments, Verdict},
 };
 
 /// Guard settings (validated by [`crate::config`]).
@@ -79,7 +79,7 @@ pub struct Plan {
 #[derive(Debug, Default, Clone)]
 pub struct Memory {
     /// Since when each node has been Healthy without interruption.
-    healthy_since: HashMap<String, Timestamp>,
+    healthy_since: HashMap<NodeName, Timestamp>,
     /// Start times of recent remediations (for the per-minute rate).
     recent_starts: VecDeque<Timestamp>,
     /// Nodes remediated in dry-run mode (nothing was written, so the Node cannot tell us).
@@ -125,13 +125,15 @@ fn needs_remediation(verdict: Verdict, cfg: &GuardConfig) -> bool {
 
 /// Plans this tick. `blind` is true while pulsecheck cannot trust its view. Updates `memory`'s
 /// hysteresis clocks; the caller reports starts and releases back via [`Memory`].
-pub fn plan(now: Timestamp, assessments: &BTreeMap<String, Assessment>, facts: &FleetFacts, memory: &mut Memory, cfg: &GuardConfig, blind: bool) -> Plan {
+pub fn plan(now: Timestamp, assessments: &Assessments, facts: &FleetFacts, memory: &mut Memory, cfg: &GuardConfig, blind: bool) -> Plan {
     // Hysteresis clocks follow the verdicts even while blind would be wrong: a blind view
     // proves nothing, so the clocks are only advanced with sight.
     if !blind {
         for (name, a) in assessments {
             if a.verdict == Verdict::Healthy {
-                memory.healthy_since.entry(name.clone()).or_insert(now);
+                if !memory.healthy_since.contains_key(name) {
+                    memory.healthy_since.insert(name.clone(), now);
+                }
             } else {
                 memory.healthy_since.remove(name);
             }
@@ -145,11 +147,13 @@ pub fn plan(now: Timestamp, assessments: &BTreeMap<String, Assessment>, facts: &
     let eligible = assessments.values().filter(|a| a.verdict != Verdict::Excluded).count();
     let limit = limit(eligible, cfg.max_unhealthy_percent);
     let active = assessments.keys().filter(|n| memory.holds(facts, n)).count();
-    let wanting: Vec<&String> = assessments
+    let mut wanting: Vec<&NodeName> = assessments
         .iter()
         .filter(|(n, a)| needs_remediation(a.verdict, cfg) && !memory.holds(facts, n))
         .map(|(n, _)| n)
         .collect();
+    // Deterministic order: the same nodes are chosen first on every tick.
+    wanting.sort_unstable();
     let circuit_open = active + wanting.len() > limit;
     let mut plan = Plan { circuit_open, limit, active, eligible, ..Default::default() };
     if blind {
@@ -163,19 +167,20 @@ pub fn plan(now: Timestamp, assessments: &BTreeMap<String, Assessment>, facts: &
         }
         let recovered = memory.healthy_since.get(name).is_some_and(|since| now.duration_since(*since) >= recover);
         if recovered || a.verdict == Verdict::Excluded {
-            plan.release.push(name.clone());
+            plan.release.push(name.to_string());
         }
     }
+    plan.release.sort_unstable();
 
     let mut budget = (cfg.max_per_minute as usize).saturating_sub(memory.recent_starts.len());
     for name in wanting {
         if circuit_open {
-            plan.held.push((name.clone(), Hold::CircuitOpen));
+            plan.held.push((name.to_string(), Hold::CircuitOpen));
         } else if budget == 0 {
-            plan.held.push((name.clone(), Hold::RateLimited));
+            plan.held.push((name.to_string(), Hold::RateLimited));
         } else {
             budget -= 1;
-            plan.remediate.push(name.clone());
+            plan.remediate.push(name.to_string());
         }
     }
     plan
@@ -187,8 +192,10 @@ mod tests {
     use crate::facts::{fixtures::*, Remediation, Scope};
     use crate::names;
 
-    fn assessments(verdicts: &[(&str, Verdict)]) -> BTreeMap<String, Assessment> {
-        verdicts.iter().map(|(n, v)| (n.to_string(), Assessment { verdict: *v, evidence: vec![] })).collect()
+    use crate::verdict::Assessment;
+
+    fn assessments(verdicts: &[(&str, Verdict)]) -> Assessments {
+        verdicts.iter().map(|(n, v)| (NodeName::from(*n), Assessment { verdict: *v, evidence: vec![] })).collect()
     }
 
     fn fleet(names: &[&str]) -> FleetFacts {

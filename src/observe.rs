@@ -169,7 +169,7 @@ pub async fn watch_nodes(api: Api<SlimNode>, view: SharedView, scope: Scope, met
             }
             Ok(watcher::Event::InitDone) => {
                 if let Some(set) = relisted.take() {
-                    let gone: Vec<String> = v.facts.nodes.keys().filter(|n| !set.contains(*n)).cloned().collect();
+                    let gone: Vec<String> = v.facts.nodes.keys().filter(|n| !set.contains(&***n)).map(|n| n.to_string()).collect();
                     for name in &gone {
                         metrics.forget_node(name);
                     }

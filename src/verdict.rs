@@ -285,11 +285,14 @@ pub fn assess(
     Assessment::new(verdict, evidence)
 }
 
+/// Verdicts by node name.
+pub type Assessments = std::collections::HashMap<crate::facts::NodeName, Assessment>;
+
 /// The verdicts on a whole fleet at one instant.
 #[derive(Debug, Clone, Default)]
 pub struct Evaluation {
     /// Verdict per node name.
-    pub assessments: std::collections::BTreeMap<String, Assessment>,
+    pub assessments: Assessments,
     /// False during a probe partition (probe evidence ignored).
     pub probes_trusted: bool,
     /// Live nodes whose latest probe failed.

@@ -1,0 +1,179 @@
+//! Shared helpers for the integration tests: a real control plane with a simulated fleet,
+//! the controller in-process with compressed thresholds, and polling with deadlines.
+#![allow(dead_code)]
+
+use std::{future::Future, time::Duration};
+
+use clap::Parser;
+use k8s_openapi::api::{core::v1::Node, events::v1::Event};
+use kube::{Api, api::ListParams};
+use pulsecheck::{
+    cli::{Cli, Command, RunArgs},
+    controller::{self, RunSettings, Running},
+    lab::{
+        controlplane::{ControlPlane, ControlPlaneOptions},
+        fleet::{Fleet, FleetOptions},
+    },
+    names,
+};
+
+/// A kubelet with compressed periods: Lease every 1 s, status computed every 1 s and reported
+/// at least every 2 s (±50 % jitter, so gaps up to 3 s).
+pub fn fast_fleet(nodes: usize, prefix: &str) -> FleetOptions {
+    FleetOptions {
+        nodes,
+        name_prefix: prefix.to_string(),
+        zones: 3,
+        lease_duration: Duration::from_secs(4),
+        status_update_frequency: Duration::from_secs(1),
+        status_report_frequency: Duration::from_secs(2),
+        kubelet_endpoints: false,
+        force: false,
+    }
+}
+
+/// Thresholds compressed in the same proportion as the fleet: stale after 8 s (kubelet reports
+/// at least every 3 s here), Lease grace 3 s, recovery after 3 s, a tick every 500 ms.
+pub const FAST: &[&str] = &[
+    "--lease-grace=3s",
+    "--status-stale-after=8s",
+    "--os-image-unknown-after=3s",
+    "--recover-after=3s",
+    "--evaluation-interval=500ms",
+    "--probe=none",
+    "--leader-elect=false",
+    "--admin-addr=127.0.0.1:0",
+    "--request-timeout=5s",
+    "--max-remediations-per-minute=100",
+];
+
+/// The status threshold above, for deadlines.
+pub const STALE_AFTER: Duration = Duration::from_secs(8);
+
+/// A control plane and a fleet.
+pub struct Lab {
+    pub cp: ControlPlane,
+    pub fleet: Fleet,
+}
+
+impl Lab {
+    pub async fn start(opts: FleetOptions) -> Lab {
+        init();
+        let cp = ControlPlane::start(ControlPlaneOptions::default()).await.expect("control plane starts");
+        let fleet = Fleet::start(cp.client(), opts).await.expect("fleet starts");
+        Lab { cp, fleet }
+    }
+
+    pub fn client(&self) -> kube::Client {
+        self.cp.client()
+    }
+
+    pub async fn stop(self) {
+        self.fleet.stop().await;
+        let _ = self.cp.stop().await;
+    }
+}
+
+pub fn init() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let _ = tracing_subscriber::fmt().with_env_filter(std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into())).with_test_writer().try_init();
+}
+
+/// `pulsecheck run` arguments: [`FAST`] then `extra` (later flags win).
+pub fn run_args(extra: &[&str]) -> RunArgs {
+    let mut argv = vec!["pulsecheck", "run"];
+    argv.extend_from_slice(FAST);
+    argv.extend_from_slice(extra);
+    match Cli::try_parse_from(argv).expect("valid test flags").command {
+        Command::Run(args) => *args,
+        _ => unreachable!(),
+    }
+}
+
+/// Starts the controller in-process.
+pub async fn controller(client: kube::Client, extra: &[&str]) -> Running {
+    let settings = RunSettings::from_args(&run_args(extra)).expect("valid settings");
+    controller::start(client, settings).await.expect("controller starts")
+}
+
+/// Polls `check` every 200 ms until it returns `Some`, or panics after `timeout` naming `what`.
+pub async fn eventually<T, F, Fut>(what: &str, timeout: Duration, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        if let Some(v) = check().await {
+            return v;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "timed out after {timeout:?} waiting for: {what}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+pub async fn get_node(client: &kube::Client, name: &str) -> Node {
+    Api::<Node>::all(client.clone()).get(name).await.expect("node exists")
+}
+
+/// Keys of the node's taints.
+pub fn taint_keys(node: &Node) -> Vec<String> {
+    node.spec.as_ref().and_then(|s| s.taints.as_ref()).map(|t| t.iter().map(|t| t.key.clone()).collect()).unwrap_or_default()
+}
+
+pub fn has_our_taint(node: &Node) -> bool {
+    taint_keys(node).iter().any(|k| k == names::TAINT_KEY)
+}
+
+pub fn our_condition(node: &Node) -> Option<(String, String, String)> {
+    node.status.as_ref()?.conditions.as_ref()?.iter().find(|c| c.type_ == names::CONDITION_TYPE).map(|c| {
+        (c.status.clone(), c.reason.clone().unwrap_or_default(), c.message.clone().unwrap_or_default())
+    })
+}
+
+/// `(reason, note)` of every Event about `node` in namespace default.
+pub async fn events_for(client: &kube::Client, node: &str) -> Vec<(String, String)> {
+    let events: Api<Event> = Api::namespaced(client.clone(), "default");
+    let list = events.list(&ListParams::default()).await.expect("list events");
+    list.items
+        .into_iter()
+        .filter(|e| e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(node))
+        .map(|e| (e.reason.unwrap_or_default(), e.note.unwrap_or_default()))
+        .collect()
+}
+
+/// The value of the first exposition line that starts with `series` (e.g.
+/// `pulsecheck_node_verdict{node="a",verdict="zombie"}`).
+pub fn metric(text: &str, series: &str) -> Option<f64> {
+    text.lines().find_map(|l| l.strip_prefix(series).and_then(|rest| rest.trim().parse().ok()))
+}
+
+pub fn verdict_series(node: &str, verdict: &str) -> String {
+    format!(r#"pulsecheck_node_verdict{{node="{node}",verdict="{verdict}"}}"#)
+}
+
+/// Waits until the controller has judged `node` as `verdict`.
+pub async fn wait_verdict(running: &Running, node: &str, verdict: &str, timeout: Duration) {
+    let series = verdict_series(node, verdict);
+    eventually(&format!("{node} judged {verdict}"), timeout, || {
+        let text = running.metrics.render();
+        let hit = metric(&text, &series) == Some(1.0);
+        async move { hit.then_some(()) }
+    })
+    .await
+}
+
+/// Number of evaluation passes so far.
+pub fn evaluations(running: &Running) -> u64 {
+    metric(&running.metrics.render(), "pulsecheck_evaluation_duration_seconds_count").unwrap_or(0.0) as u64
+}
+
+/// Waits for `n` more evaluation passes (proof that time passed under the controller's eyes).
+pub async fn wait_evaluations(running: &Running, n: u64, timeout: Duration) {
+    let target = evaluations(running) + n;
+    eventually(&format!("{n} more evaluation passes"), timeout, || {
+        let done = evaluations(running) >= target;
+        async move { done.then_some(()) }
+    })
+    .await
+}
