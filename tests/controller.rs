@@ -1,0 +1,400 @@
+//! `pulsecheck run` against a real kube-apiserver with a simulated fleet, thresholds compressed
+//! to seconds (see tests/common). Each test has its own control plane.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use k8s_openapi::api::core::v1::{Node, Taint};
+use kube::{
+    Api,
+    api::{Patch, PatchParams},
+};
+use pulsecheck::{lab::fleet::Fault, names};
+
+const TICK_SLACK: Duration = Duration::from_secs(15);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn zombie_node_gets_tainted_with_an_event_and_a_condition_that_say_why() {
+    let lab = Lab::start(fast_fleet(4, "zmb-")).await;
+    let running = controller(lab.client(), &[]).await;
+    let zombie = "zmb-0002";
+    wait_evaluations(&running, 3, Duration::from_secs(30)).await;
+    lab.fleet.set_fault(zombie, Fault::Zombie).unwrap();
+    let client = lab.client();
+    // Tainted within the status threshold plus ticks (and the fleet's last report before the fault).
+    let node = eventually("zombie tainted", STALE_AFTER + Duration::from_secs(3) + TICK_SLACK, || {
+        let client = client.clone();
+        async move {
+            let n = get_node(&client, zombie).await;
+            has_our_taint(&n).then_some(n)
+        }
+    })
+    .await;
+    let (status, reason, message) = our_condition(&node).expect("HeartbeatConsistent condition");
+    assert_eq!((status.as_str(), reason.as_str()), ("False", "ZombieDetected"));
+    assert!(message.contains("NodeStatus not refreshed"), "{message}");
+    let annotations = node.metadata.annotations.clone().unwrap_or_default();
+    assert!(annotations.get(names::REMEDIATION_ANNOTATION).is_some_and(|a| a.contains("\"tainted\":true")), "{annotations:?}");
+    let events = eventually("Tainted event", Duration::from_secs(10), || {
+        let client = client.clone();
+        async move {
+            let ev = events_for(&client, zombie).await;
+            ev.iter().any(|(r, _)| r == "Tainted").then_some(ev)
+        }
+    })
+    .await;
+    assert!(events.iter().any(|(r, n)| r == "ZombieDetected" && n.contains("NodeStatus not refreshed")), "{events:?}");
+    // Everyone else is untouched.
+    for other in lab.fleet.node_names().iter().filter(|n| *n != zombie) {
+        let n = get_node(&client, other).await;
+        assert!(!has_our_taint(&n) && our_condition(&n).is_none(), "{other} was touched");
+    }
+    let metrics = running.metrics.render();
+    assert_eq!(metric(&metrics, r#"pulsecheck_remediations_total{action="taint",result="success"}"#), Some(1.0));
+    running.stop().await;
+    lab.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn healthy_fleet_of_50_nodes_gets_no_action_across_several_report_periods() {
+    let lab = Lab::start(fast_fleet(50, "hlt-")).await;
+    let running = controller(lab.client(), &[]).await;
+    // Several report periods (2 s each) beyond the status threshold, under the controller's eyes.
+    let start = tokio::time::Instant::now();
+    while start.elapsed() < STALE_AFTER + Duration::from_secs(8) {
+        wait_evaluations(&running, 4, Duration::from_secs(30)).await;
+    }
+    let text = running.metrics.render();
+    assert_eq!(metric(&text, r#"pulsecheck_nodes{verdict="healthy"}"#), Some(50.0), "{text}");
+    assert_eq!(metric(&text, "pulsecheck_blind"), Some(0.0));
+    let client = lab.client();
+    for name in lab.fleet.node_names() {
+        let n = get_node(&client, &name).await;
+        assert!(!has_our_taint(&n), "{name} tainted");
+        assert!(our_condition(&n).is_none(), "{name} got a condition");
+        assert!(events_for(&client, &name).await.is_empty(), "{name} got events");
+    }
+    running.stop().await;
+    lab.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dead_node_is_reported_dead_and_left_to_kubernetes() {
+    let lab = Lab::start(fast_fleet(4, "ded-")).await;
+    let running = controller(lab.client(), &[]).await;
+    wait_evaluations(&running, 2, Duration::from_secs(30)).await;
+    lab.fleet.set_fault("ded-0001", Fault::Dead).unwrap();
+    wait_verdict(&running, "ded-0001", "dead", STALE_AFTER + TICK_SLACK).await;
+    // Stays dead and untainted for a while longer.
+    wait_evaluations(&running, 6, Duration::from_secs(30)).await;
+    let n = get_node(&lab.client(), "ded-0001").await;
+    assert!(!has_our_taint(&n));
+    let (status, reason, _) = our_condition(&n).expect("condition reports it");
+    assert_eq!((status.as_str(), reason.as_str()), ("False", "LeaseAndStatusStale"));
+    assert!(events_for(&lab.client(), "ded-0001").await.iter().any(|(r, _)| r == "NodeDead"));
+    running.stop().await;
+    lab.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn os_image_unknown_from_the_start_stays_suspect_and_becomes_zombie_with_stale_status() {
+    let lab = Lab::start(fast_fleet(4, "osi-")).await;
+    let node = "osi-0003";
+    lab.fleet.set_fault(node, Fault::OsImageUnknown).unwrap();
+    let client = lab.client();
+    eventually("osImage Unknown on the node", Duration::from_secs(10), || {
+        let client = client.clone();
+        async move {
+            let n = get_node(&client, node).await;
+            (n.status.and_then(|s| s.node_info).map(|i| i.os_image) == Some("Unknown".into())).then_some(())
+        }
+    })
+    .await;
+    let running = controller(lab.client(), &[]).await;
+    wait_verdict(&running, node, "suspect", Duration::from_secs(20)).await;
+    // Longer than --os-image-unknown-after: still only suspect, because it never turned.
+    wait_evaluations(&running, 10, Duration::from_secs(30)).await;
+    assert!(!has_our_taint(&get_node(&client, node).await));
+    wait_verdict(&running, node, "suspect", Duration::from_secs(1)).await;
+    lab.fleet.set_fault(node, Fault::Zombie).unwrap();
+    eventually("tainted once the status is stale too", STALE_AFTER + TICK_SLACK, || {
+        let client = client.clone();
+        async move { has_our_taint(&get_node(&client, node).await).then_some(()) }
+    })
+    .await;
+    running.stop().await;
+    lab.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn healthy_nodes_with_clocks_an_hour_off_stay_healthy() {
+    let lab = Lab::start(fast_fleet(4, "skw-")).await;
+    lab.fleet.set_fault("skw-0001", Fault::ClockSkew(k8s_openapi::jiff::SignedDuration::from_hours(1))).unwrap();
+    lab.fleet.set_fault("skw-0002", Fault::ClockSkew(k8s_openapi::jiff::SignedDuration::from_hours(-1))).unwrap();
+    let running = controller(lab.client(), &[]).await;
+    let start = tokio::time::Instant::now();
+    while start.elapsed() < STALE_AFTER + Duration::from_secs(6) {
+        wait_evaluations(&running, 4, Duration::from_secs(30)).await;
+        for n in ["skw-0001", "skw-0002"] {
+            assert_eq!(metric(&running.metrics.render(), &verdict_series(n, "healthy")), Some(1.0), "{n} not healthy");
+        }
+    }
+    running.stop().await;
+    lab.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mass_staleness_taints_nothing_beyond_the_limit_and_opens_the_circuit() {
+    let lab = Lab::start(fast_fleet(10, "mas-")).await;
+    let running = controller(lab.client(), &["--max-unhealthy=20"]).await;
+    wait_evaluations(&running, 2, Duration::from_secs(30)).await;
+    let victims: Vec<String> = lab.fleet.node_names().into_iter().take(5).collect();
+    for v in &victims {
+        lab.fleet.set_fault(v, Fault::Zombie).unwrap();
+    }
+    eventually("circuit open", STALE_AFTER + TICK_SLACK, || {
+        let open = metric(&running.metrics.render(), "pulsecheck_circuit_open") == Some(1.0);
+        async move { open.then_some(()) }
+    })
+    .await;
+    wait_evaluations(&running, 6, Duration::from_secs(30)).await;
+    let client = lab.client();
+    let mut tainted = 0;
+    for name in lab.fleet.node_names() {
+        if has_our_taint(&get_node(&client, &name).await) {
+            tainted += 1;
+        }
+    }
+    assert!(tainted <= 2, "{tainted} nodes tainted; the limit is 2 of 10");
+    let mut blocked = 0;
+    for v in &victims {
+        if events_for(&client, v).await.iter().any(|(r, _)| r == "RemediationBlocked") {
+            blocked += 1;
+        }
+    }
+    assert!(blocked >= 3, "only {blocked} RemediationBlocked events");
+    assert_eq!(metric(&running.metrics.render(), "pulsecheck_remediation_limit"), Some(2.0));
+    running.stop().await;
+    lab.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dry_run_changes_nothing_on_any_node_and_an_excluded_node_is_never_touched() {
+    let lab = Lab::start(fast_fleet(5, "dry-")).await;
+    let client = lab.client();
+    let nodes: Api<Node> = Api::all(client.clone());
+    let excluded = "dry-0004";
+    let label = serde_json::json!({"metadata": {"labels": {names::EXCLUDE_LABEL: "true"}}});
+    nodes.patch(excluded, &PatchParams::default(), &Patch::Merge(&label)).await.unwrap();
+    let before: Vec<Node> = futures::future::join_all(lab.fleet.node_names().iter().map(|n| nodes.get(n))).await.into_iter().map(Result::unwrap).collect();
+
+    let dry = controller(client.clone(), &["--dry-run"]).await;
+    wait_evaluations(&dry, 2, Duration::from_secs(30)).await;
+    lab.fleet.set_fault("dry-0001", Fault::Zombie).unwrap();
+    lab.fleet.set_fault(excluded, Fault::Zombie).unwrap();
+    wait_verdict(&dry, "dry-0001", "zombie", STALE_AFTER + TICK_SLACK).await;
+    wait_verdict(&dry, excluded, "excluded", Duration::from_secs(5)).await;
+    eventually("WouldRemediate event", Duration::from_secs(10), || {
+        let client = client.clone();
+        async move { events_for(&client, "dry-0001").await.iter().any(|(r, _)| r == "WouldRemediate").then_some(()) }
+    })
+    .await;
+    assert_eq!(metric(&dry.metrics.render(), r#"pulsecheck_remediations_total{action="taint",result="dry_run"}"#), Some(1.0));
+    for old in &before {
+        let name = old.metadata.name.clone().unwrap();
+        let now = nodes.get(&name).await.unwrap();
+        assert_eq!(now.spec, old.spec, "{name}: spec changed in dry run");
+        assert_eq!(now.metadata.annotations, old.metadata.annotations, "{name}: annotations changed in dry run");
+        assert!(our_condition(&now).is_none(), "{name}: condition written in dry run");
+    }
+    dry.stop().await;
+
+    // For real now: the zombie is tainted, the excluded zombie never is.
+    let real = controller(client.clone(), &[]).await;
+    eventually("real zombie tainted", STALE_AFTER + TICK_SLACK, || {
+        let client = client.clone();
+        async move { has_our_taint(&get_node(&client, "dry-0001").await).then_some(()) }
+    })
+    .await;
+    wait_evaluations(&real, 4, Duration::from_secs(30)).await;
+    let ex = get_node(&client, excluded).await;
+    assert!(!has_our_taint(&ex) && our_condition(&ex).is_none());
+    assert!(events_for(&client, excluded).await.is_empty());
+    real.stop().await;
+    lab.stop().await;
+}
+
+/// Adds a foreign taint the way a careful controller does: fresh read, resourceVersion precondition.
+async fn add_foreign_taint(nodes: &Api<Node>, name: &str, key: &str) {
+    for _ in 0..20 {
+        let n = nodes.get(name).await.unwrap();
+        let mut taints = n.spec.as_ref().and_then(|s| s.taints.clone()).unwrap_or_default();
+        taints.push(Taint { key: key.into(), value: Some("x".into()), effect: "PreferNoSchedule".into(), time_added: None });
+        let patch = serde_json::json!({"metadata": {"resourceVersion": n.metadata.resource_version}, "spec": {"taints": taints}});
+        match nodes.patch(name, &PatchParams::default(), &Patch::Merge(&patch)).await {
+            Ok(_) => return,
+            Err(kube::Error::Api(s)) if s.code == 409 => continue,
+            Err(e) => panic!("foreign taint: {e}"),
+        }
+    }
+    panic!("could not add foreign taint {key}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn person_cordoned_node_stays_cordoned_and_foreign_taints_survive_taint_and_release() {
+    let lab = Lab::start(fast_fleet(5, "own-")).await;
+    let client = lab.client();
+    let nodes: Api<Node> = Api::all(client.clone());
+    let node = "own-0002";
+    // A person cordons the node before anything happens.
+    nodes.patch(node, &PatchParams::default(), &Patch::Merge(&serde_json::json!({"spec": {"unschedulable": true}}))).await.unwrap();
+    let running = controller(client.clone(), &["--action=taint,cordon"]).await;
+    wait_evaluations(&running, 2, Duration::from_secs(30)).await;
+    lab.fleet.set_fault(node, Fault::Zombie).unwrap();
+    // Another controller keeps adding taints while pulsecheck taints.
+    let adder = {
+        let nodes = nodes.clone();
+        tokio::spawn(async move {
+            for i in 0..8 {
+                add_foreign_taint(&nodes, node, &format!("example.com/other-{i}")).await;
+                tokio::time::sleep(Duration::from_millis(700)).await;
+            }
+        })
+    };
+    eventually("tainted", STALE_AFTER + TICK_SLACK, || {
+        let client = client.clone();
+        async move { has_our_taint(&get_node(&client, node).await).then_some(()) }
+    })
+    .await;
+    adder.await.unwrap();
+    let n = get_node(&client, node).await;
+    let keys = taint_keys(&n);
+    for i in 0..8 {
+        assert!(keys.contains(&format!("example.com/other-{i}")), "foreign taint {i} lost: {keys:?}");
+    }
+    let record = n.metadata.annotations.as_ref().and_then(|a| a.get(names::REMEDIATION_ANNOTATION)).cloned().unwrap_or_default();
+    assert!(record.contains("\"cordoned\":false"), "a person's cordon recorded as ours: {record}");
+
+    lab.fleet.set_fault(node, Fault::Recover).unwrap();
+    let released = eventually("released", Duration::from_secs(30), || {
+        let client = client.clone();
+        async move {
+            let n = get_node(&client, node).await;
+            (!has_our_taint(&n)).then_some(n)
+        }
+    })
+    .await;
+    let keys = taint_keys(&released);
+    for i in 0..8 {
+        assert!(keys.contains(&format!("example.com/other-{i}")), "foreign taint {i} lost on release: {keys:?}");
+    }
+    assert_eq!(released.spec.as_ref().and_then(|s| s.unschedulable), Some(true), "the person's cordon was undone");
+    assert!(released.metadata.annotations.as_ref().is_none_or(|a| !a.contains_key(names::REMEDIATION_ANNOTATION)));
+    let (status, _, _) = our_condition(&released).unwrap();
+    assert_eq!(status, "True");
+    running.stop().await;
+    lab.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn release_removes_exactly_what_pulsecheck_added() {
+    let lab = Lab::start(fast_fleet(4, "rel-")).await;
+    let client = lab.client();
+    let node = "rel-0001";
+    let running = controller(client.clone(), &["--action=taint,cordon"]).await;
+    wait_evaluations(&running, 2, Duration::from_secs(30)).await;
+    let before = get_node(&client, node).await;
+    lab.fleet.set_fault(node, Fault::Zombie).unwrap();
+    let during = eventually("tainted and cordoned", STALE_AFTER + TICK_SLACK, || {
+        let client = client.clone();
+        async move {
+            let n = get_node(&client, node).await;
+            has_our_taint(&n).then_some(n)
+        }
+    })
+    .await;
+    assert_eq!(during.spec.as_ref().and_then(|s| s.unschedulable), Some(true));
+    lab.fleet.set_fault(node, Fault::Recover).unwrap();
+    let after = eventually("released", Duration::from_secs(30), || {
+        let client = client.clone();
+        async move {
+            let n = get_node(&client, node).await;
+            (!has_our_taint(&n)).then_some(n)
+        }
+    })
+    .await;
+    assert_eq!(taint_keys(&after), taint_keys(&before));
+    assert_eq!(after.spec.as_ref().and_then(|s| s.unschedulable).unwrap_or(false), false);
+    assert_eq!(after.metadata.annotations, before.metadata.annotations);
+    assert_eq!(after.metadata.labels, before.metadata.labels);
+    assert!(events_for(&client, node).await.iter().any(|(r, _)| r == "Released"));
+    let metrics = running.metrics.render();
+    assert_eq!(metric(&metrics, r#"pulsecheck_remediations_total{action="untaint",result="success"}"#), Some(1.0));
+    assert_eq!(metric(&metrics, r#"pulsecheck_remediations_total{action="uncordon",result="success"}"#), Some(1.0));
+    running.stop().await;
+    lab.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restarted_controller_does_not_taint_twice_and_still_releases() {
+    let lab = Lab::start(fast_fleet(4, "rst-")).await;
+    let client = lab.client();
+    let node = "rst-0003";
+    let first = controller(client.clone(), &[]).await;
+    wait_evaluations(&first, 2, Duration::from_secs(30)).await;
+    lab.fleet.set_fault(node, Fault::Zombie).unwrap();
+    eventually("tainted", STALE_AFTER + TICK_SLACK, || {
+        let client = client.clone();
+        async move { has_our_taint(&get_node(&client, node).await).then_some(()) }
+    })
+    .await;
+    first.stop().await;
+
+    let second = controller(client.clone(), &[]).await;
+    wait_verdict(&second, node, "zombie", STALE_AFTER + TICK_SLACK).await;
+    wait_evaluations(&second, 6, Duration::from_secs(30)).await;
+    let n = get_node(&client, node).await;
+    assert_eq!(taint_keys(&n).iter().filter(|k| *k == names::TAINT_KEY).count(), 1);
+    assert_eq!(metric(&second.metrics.render(), r#"pulsecheck_remediations_total{action="taint",result="success"}"#), None);
+    assert_eq!(metric(&second.metrics.render(), r#"pulsecheck_node_remediated{node="rst-0003"}"#), Some(1.0));
+    lab.fleet.set_fault(node, Fault::Recover).unwrap();
+    eventually("released by the second instance", Duration::from_secs(30), || {
+        let client = client.clone();
+        async move { (!has_our_taint(&get_node(&client, node).await)).then_some(()) }
+    })
+    .await;
+    second.stop().await;
+    lab.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_instances_with_leader_election_only_one_acts() {
+    let lab = Lab::start(fast_fleet(4, "ldr-")).await;
+    let client = lab.client();
+    let elect = ["--leader-elect=true", "--leader-election-namespace=default", "--leader-election-lease-duration=4s"];
+    let a = controller(client.clone(), &[&elect[..], &["--identity=replica-a"]].concat()).await;
+    let b = controller(client.clone(), &[&elect[..], &["--identity=replica-b"]].concat()).await;
+    let leaders = eventually("exactly one leader", Duration::from_secs(30), || {
+        let la = metric(&a.metrics.render(), "pulsecheck_leader");
+        let lb = metric(&b.metrics.render(), "pulsecheck_leader");
+        async move { (la.is_some() && lb.is_some() && la.unwrap_or(0.0) + lb.unwrap_or(0.0) == 1.0).then_some((la, lb)) }
+    })
+    .await;
+    lab.fleet.set_fault("ldr-0002", Fault::Zombie).unwrap();
+    eventually("tainted", STALE_AFTER + TICK_SLACK, || {
+        let client = client.clone();
+        async move { has_our_taint(&get_node(&client, "ldr-0002").await).then_some(()) }
+    })
+    .await;
+    wait_evaluations(&a, 6, Duration::from_secs(30)).await;
+    let taints_a = metric(&a.metrics.render(), r#"pulsecheck_remediations_total{action="taint",result="success"}"#).unwrap_or(0.0);
+    let taints_b = metric(&b.metrics.render(), r#"pulsecheck_remediations_total{action="taint",result="success"}"#).unwrap_or(0.0);
+    assert_eq!(taints_a + taints_b, 1.0, "both acted: a={taints_a} b={taints_b}");
+    let expected_actor = if leaders.0 == Some(1.0) { 1.0 } else { 0.0 };
+    assert_eq!(taints_a, expected_actor, "the follower acted");
+    a.stop().await;
+    b.stop().await;
+    lab.stop().await;
+}
