@@ -1,32 +1,167 @@
-//! Command-line arguments of `pulsecheck lab …` and their entry point (owned by the lab modules).
+//! Command-line arguments of `pulsecheck lab …` and their entry point.
+//!
+//! `pulsecheck lab up` gives a person (or a script, or CI) the same real control plane the
+//! tests use, for as long as they want it: it prints one machine-readable line on stdout once
+//! the kubeconfig works (`ready: <path>`), logs everything else to stderr, and on SIGINT or
+//! SIGTERM stops the processes and removes what it created. Scripts can wait for that line
+//! instead of sleeping.
+//!
+//! `pulsecheck lab fleet` plays N kubelets against any cluster it is pointed at (refusing one
+//! that already has real Nodes unless forced); `lab up --nodes N` does the same next to its own
+//! control plane. Faults given on the command line are applied once the fleet is up.
+//!
+//! This module only parses and wires; starting and stopping live in [`super::controlplane`]
+//! (and, for simulated nodes, in [`super::fleet`]).
 
 use std::{collections::HashSet, path::PathBuf, time::Duration};
 
 use anyhow::Context as _;
 use clap::{ArgAction, Args, Subcommand};
 use k8s_openapi::jiff::SignedDuration;
+use tokio::signal::unix::{SignalKind, signal};
 
-use crate::{
-    cli::{ClientArgs, positive_duration},
-    lab::fleet::{self, Fault, Fleet, FleetOptions},
-};
+use super::controlplane::{ControlPlane, ControlPlaneOptions};
+use super::fleet::{self, Fault, Fleet, FleetOptions};
+use crate::cli::{ClientArgs, positive_duration};
 
 /// `pulsecheck lab` subcommands.
 #[derive(Debug, Subcommand)]
 pub enum LabCommand {
     /// Start a local kube-apiserver + etcd (and optionally a simulated fleet) until SIGINT/SIGTERM.
-    Up,
+    ///
+    /// Prints `ready: DIR/kubeconfig` on stdout once that kubeconfig works; logs go to stderr.
+    Up(LabUpArgs),
     /// Simulate kubelets (Nodes, Leases, kubelet endpoints) against a cluster until SIGINT/SIGTERM.
+    ///
+    /// Prints `fleet up: N nodes …` on stdout once every node is Ready; logs go to stderr.
     Fleet(Box<FleetArgs>),
+}
+
+/// Arguments of `pulsecheck lab up`.
+#[derive(Debug, Clone, Args)]
+pub struct LabUpArgs {
+    /// Folder for the kubeconfig, certificates, etcd data and logs (created if missing; kept,
+    /// emptied of what lab up created, on exit). Default: a temporary folder.
+    #[arg(long, env = "PULSECHECK_LAB_DIR", value_name = "DIR")]
+    pub dir: Option<PathBuf>,
+    /// Simulated nodes to start next to the control plane (0 = control plane only).
+    #[arg(long, env = "PULSECHECK_LAB_NODES", value_name = "N", default_value_t = 0)]
+    pub nodes: usize,
+    #[command(flatten)]
+    pub fleet: FleetShapeArgs,
+    #[command(flatten)]
+    pub faults: FleetFaultArgs,
+}
+
+impl LabUpArgs {
+    /// Starts what these arguments ask for and returns the running control plane.
+    pub async fn start_control_plane(&self) -> anyhow::Result<ControlPlane> {
+        let control_plane = ControlPlane::start(ControlPlaneOptions { dir: self.dir.clone() })
+            .await
+            .context("cannot start the lab control plane")?;
+        Ok(control_plane)
+    }
 }
 
 /// Runs a `pulsecheck lab` subcommand to completion.
 pub async fn run(command: LabCommand) -> anyhow::Result<()> {
+    init_stderr_logging();
     match command {
-        LabCommand::Up => anyhow::bail!("not implemented yet"),
+        LabCommand::Up(args) => up(args).await,
         LabCommand::Fleet(args) => run_fleet(*args).await,
     }
 }
+
+/// `pulsecheck lab up`: start, print the ready line, wait for SIGINT/SIGTERM, clean up.
+async fn up(args: LabUpArgs) -> anyhow::Result<()> {
+    // Listen before starting, so a signal during start-up also ends in a clean exit.
+    let mut terminate = signal(SignalKind::terminate()).context("cannot listen for SIGTERM")?;
+    let mut interrupt = signal(SignalKind::interrupt()).context("cannot listen for SIGINT")?;
+
+    // Check the fleet's flags before starting anything.
+    let fleet_plan = if args.nodes > 0 {
+        let options = args.fleet.options(args.nodes, false);
+        let faults = args.faults.faults();
+        if let Err(e) = options.validate() {
+            exit_usage(e);
+        }
+        if let Err(e) = check_fault_targets(&faults, &options) {
+            exit_usage(e);
+        }
+        Some((options, faults))
+    } else {
+        None
+    };
+
+    let mut control_plane = tokio::select! {
+        started = args.start_control_plane() => started?,
+        // Dropping the start future kills whatever it had started and removes its files.
+        _ = terminate.recv() => return Ok(()),
+        _ = interrupt.recv() => return Ok(()),
+    };
+
+    // The ready line promises a usable lab: with --nodes, the fleet is up and Ready first.
+    let mut fleet = None;
+    let mut kubelet_ca = None;
+    if let Some((options, faults)) = fleet_plan {
+        let started = tokio::select! {
+            started = start_fleet(control_plane.client(), options, &faults) => started,
+            _ = terminate.recv() => return control_plane.stop().await.context("cannot clean up the lab control plane"),
+            _ = interrupt.recv() => return control_plane.stop().await.context("cannot clean up the lab control plane"),
+        };
+        let started = started.context("cannot start the simulated fleet")?;
+        let path = control_plane.dir().join(KUBELET_CA_FILE);
+        std::fs::write(&path, started.kubelet_ca_pem()).with_context(|| format!("cannot write {}", path.display()))?;
+        tracing::info!(nodes = started.node_names().len(), kubelet_ca = %path.display(), "simulated fleet is up");
+        kubelet_ca = Some(path);
+        fleet = Some(started);
+    }
+
+    {
+        use std::io::Write as _;
+        let mut stdout = std::io::stdout().lock();
+        writeln!(stdout, "ready: {}", control_plane.kubeconfig_path().display()).context("cannot write to stdout")?;
+        stdout.flush().context("cannot write to stdout")?;
+    }
+    tracing::info!(server = control_plane.server_url(), "lab is up; SIGINT or SIGTERM stops it");
+
+    let mut health = tokio::time::interval(std::time::Duration::from_secs(1));
+    let died = loop {
+        tokio::select! {
+            _ = terminate.recv() => break None,
+            _ = interrupt.recv() => break None,
+            _ = health.tick() => {
+                if let Some(what) = control_plane.exited() {
+                    break Some(what);
+                }
+            }
+        }
+    };
+    tracing::info!("stopping the lab");
+    if let Some(fleet) = fleet {
+        fleet.stop().await;
+    }
+    if let Some(path) = kubelet_ca {
+        let _ = std::fs::remove_file(path);
+    }
+    control_plane.stop().await.context("cannot clean up the lab control plane")?;
+    match died {
+        None => Ok(()),
+        Some(what) => anyhow::bail!("the lab control plane died: {what}"),
+    }
+}
+
+/// Logs to stderr (stdout is reserved for the ready line), filtered by `RUST_LOG`, default info.
+fn init_stderr_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    // Someone (main, a test) may have installed a subscriber already; theirs wins.
+    let _ = tracing_subscriber::fmt().with_writer(std::io::stderr).with_env_filter(filter).try_init();
+}
+
+/// The kubelet CA file `lab up --nodes` writes into the lab folder (for pulsecheck's
+/// `--kubelet-certificate-authority`).
+pub const KUBELET_CA_FILE: &str = "kubelet-ca.crt";
 
 /// `pulsecheck lab fleet`.
 #[derive(Debug, Clone, Args)]
@@ -203,30 +338,16 @@ pub async fn start_fleet(
     Ok(fleet)
 }
 
-/// Resolves on SIGINT or SIGTERM.
-pub async fn shutdown_signal() -> anyhow::Result<()> {
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-    tokio::select! {
-        ctrl_c = tokio::signal::ctrl_c() => ctrl_c?,
-        _ = term.recv() => {}
-    }
-    Ok(())
-}
-
-fn init_logging() {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("PULSECHECK_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
-}
-
 /// Prints a usage error and exits 2 (what clap does for bad flags).
 fn exit_usage(message: impl std::fmt::Display) -> ! {
     eprintln!("error: {message}");
     std::process::exit(2)
 }
 
+/// `pulsecheck lab fleet`: start, apply faults, print the `fleet up:` line, wait for SIGINT/SIGTERM.
 async fn run_fleet(args: FleetArgs) -> anyhow::Result<()> {
-    init_logging();
+    let mut terminate = signal(SignalKind::terminate()).context("cannot listen for SIGTERM")?;
+    let mut interrupt = signal(SignalKind::interrupt()).context("cannot listen for SIGINT")?;
     let options = args.shape.options(args.nodes as usize, args.force);
     if let Err(e) = options.validate() {
         exit_usage(e);
@@ -236,22 +357,32 @@ async fn run_fleet(args: FleetArgs) -> anyhow::Result<()> {
         exit_usage(e);
     }
     let client = client(&args.client).await?;
-    let fleet = match start_fleet(client, options, &faults).await {
+    let started = tokio::select! {
+        started = start_fleet(client, options, &faults) => started,
+        // Dropping the start future stops whatever it had started; created objects stay.
+        _ = terminate.recv() => return Ok(()),
+        _ = interrupt.recv() => return Ok(()),
+    };
+    let fleet = match started {
         Ok(fleet) => fleet,
         Err(e @ fleet::Error::ForeignNodes { .. }) => exit_usage(e),
-        Err(e) => return Err(e).context("starting the simulated fleet"),
+        Err(e) => return Err(e).context("cannot start the simulated fleet"),
     };
     if let Some(path) = &args.kubelet_ca_out {
-        std::fs::write(path, fleet.kubelet_ca_pem()).with_context(|| format!("writing {}", path.display()))?;
+        std::fs::write(path, fleet.kubelet_ca_pem()).with_context(|| format!("cannot write {}", path.display()))?;
     }
-    let names = fleet.node_names();
-    println!(
-        "simulated fleet up: {} nodes ({} … {}); Ctrl-C to stop",
-        names.len(),
-        names.first().map_or("", String::as_str),
-        names.last().map_or("", String::as_str)
-    );
-    shutdown_signal().await?;
+    {
+        use std::io::Write as _;
+        let names = fleet.node_names();
+        let mut stdout = std::io::stdout().lock();
+        let (first, last) = (names.first().map_or("", String::as_str), names.last().map_or("", String::as_str));
+        writeln!(stdout, "fleet up: {} nodes ({first} … {last})", names.len()).context("cannot write to stdout")?;
+        stdout.flush().context("cannot write to stdout")?;
+    }
+    tokio::select! {
+        _ = terminate.recv() => {}
+        _ = interrupt.recv() => {}
+    }
     tracing::info!("stopping the simulated fleet (its Nodes and Leases stay)");
     fleet.stop().await;
     Ok(())
@@ -259,14 +390,43 @@ async fn run_fleet(args: FleetArgs) -> anyhow::Result<()> {
 
 #[cfg(test)]
 mod tests {
+    use clap::{CommandFactory, Parser};
+
     use super::*;
-    use crate::cli::{Cli, Command};
-    use clap::Parser;
+
+    #[derive(Debug, Parser)]
+    struct Cli {
+        #[command(subcommand)]
+        lab: LabCommand,
+    }
+
+    #[test]
+    fn command_line_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    fn up_args(argv: &[&str]) -> LabUpArgs {
+        match Cli::try_parse_from(argv).unwrap().lab {
+            LabCommand::Up(args) => args,
+            #[allow(unreachable_patterns)] // once `lab fleet` exists
+            other => panic!("parsed as {other:?}"),
+        }
+    }
+
+    #[test]
+    fn up_defaults_to_a_temporary_folder_and_no_nodes() {
+        let args = up_args(&["lab", "up"]);
+        assert_eq!(args.dir, None);
+        assert_eq!(args.nodes, 0);
+        let args = up_args(&["lab", "up", "--dir", "/tmp/x", "--nodes", "3"]);
+        assert_eq!(args.dir, Some(PathBuf::from("/tmp/x")));
+        assert_eq!(args.nodes, 3);
+    }
 
     fn parse(args: &[&str]) -> Result<FleetArgs, clap::Error> {
-        let cli = Cli::try_parse_from([&["pulsecheck", "lab", "fleet"], args].concat())?;
+        let cli = crate::cli::Cli::try_parse_from([&["pulsecheck", "lab", "fleet"], args].concat())?;
         match cli.command {
-            Command::Lab(LabCommand::Fleet(args)) => Ok(*args),
+            crate::cli::Command::Lab(LabCommand::Fleet(args)) => Ok(*args),
             other => panic!("not lab fleet: {other:?}"),
         }
     }
