@@ -33,11 +33,11 @@ cleanup() {
 trap cleanup EXIT
 
 if [[ -z "$kubeconfig" ]]; then
-  "$bin" lab up --dir "$work/lab" > "$work/up.log" 2>&1 &
+  "$bin" lab up --dir "$work/lab" > "$work/up.out" 2> "$work/up.log" &
   pids+=("$!")
-  for _ in $(seq 120); do [[ -s "$work/lab/kubeconfig" ]] && grep -qi "ready\|up" "$work/up.log" && break; sleep 1; done
-  kubeconfig="$work/lab/kubeconfig"
-  [[ -s "$kubeconfig" ]] || { echo "lab up did not write $kubeconfig:" >&2; cat "$work/up.log" >&2; exit 1; }
+  for _ in $(seq 600); do grep -q '^ready: ' "$work/up.out" && break; sleep 0.2; done
+  kubeconfig="$(sed -n 's/^ready: //p' "$work/up.out")"
+  [[ -s "$kubeconfig" ]] || { echo "lab up did not get ready:" >&2; cat "$work/up.log" >&2; exit 1; }
 fi
 
 server="$(awk '/server:/ {print $2; exit}' "$kubeconfig" | tr -d '"')"
@@ -51,7 +51,7 @@ started=$(date +%s.%N)
 "$bin" lab fleet --kubeconfig "$kubeconfig" --nodes "$nodes" > "$work/fleet.out" 2> "$work/fleet.err" &
 fleet_pid=$!
 pids=("$fleet_pid" "${pids[@]}")
-until grep -q "simulated fleet up" "$work/fleet.out"; do
+until grep -q "^fleet up: " "$work/fleet.out"; do
   kill -0 "$fleet_pid" 2>/dev/null || { echo "lab fleet exited:" >&2; cat "$work/fleet.err" >&2; exit 1; }
   sleep 0.2
 done
