@@ -311,6 +311,10 @@ pub struct NodeFacts {
     pub ready_reason: String,
     /// The status heartbeat: Ready's `lastHeartbeatTime`.
     pub status: Heartbeat,
+    /// pulsecheck has seen the status heartbeat change at least once since it first saw the
+    /// node: positive proof of a working status loop. First sight alone proves nothing (a
+    /// restarted pulsecheck must not release a zombie because it has not watched it long).
+    pub status_seen_changing: bool,
     /// `status.nodeInfo.osImage`.
     pub os_image: OsImage,
     /// Problem conditions currently True.
@@ -524,6 +528,7 @@ impl NodeFacts {
             ready,
             ready_reason: ready_condition.and_then(|c| c.reason.clone()).unwrap_or_default(),
             status: Heartbeat::advance(previous.map(|p| &p.status), heartbeat_value, now),
+            status_seen_changing: previous.is_some_and(|p| p.status_seen_changing || p.status.value != heartbeat_value),
             os_image: OsImage::advance(previous.map(|p| &p.os_image), os_image_value, now),
             problems,
             unschedulable: spec.and_then(|s| s.unschedulable).unwrap_or(false),

@@ -165,7 +165,9 @@ pub fn plan(now: Timestamp, assessments: &Assessments, facts: &FleetFacts, memor
         if !memory.holds(facts, name) {
             continue;
         }
-        let recovered = memory.healthy_since.get(name).is_some_and(|since| now.duration_since(*since) >= recover);
+        // Recovery needs proof: a status refresh seen by pulsecheck, and continuous health since.
+        let proven = facts.nodes.get(name).is_some_and(|n| n.status_seen_changing);
+        let recovered = proven && memory.healthy_since.get(name).is_some_and(|since| now.duration_since(*since) >= recover);
         if recovered || a.verdict == Verdict::Excluded {
             plan.release.push(name.to_string());
         }
@@ -203,6 +205,8 @@ mod tests {
         let scope = Scope { taint_key: names::TAINT_KEY.into(), ..Default::default() };
         for n in names {
             f.apply_node(&node(n).ready_at(t(0)).build(), &scope, t(0));
+            // A status refresh seen by pulsecheck: proof the status loop works.
+            f.apply_node(&node(n).ready_at(t(1)).build(), &scope, t(1));
         }
         f
     }
@@ -296,6 +300,25 @@ mod tests {
         assert!(plan(t(200), &healthy, &f, &mut m, &cfg, false).release.is_empty());
         assert!(plan(t(319), &healthy, &f, &mut m, &cfg, false).release.is_empty());
         assert_eq!(plan(t(320), &healthy, &f, &mut m, &cfg, false).release, vec!["a".to_string()]);
+    }
+
+    #[test]
+    fn a_restarted_guard_does_not_release_before_it_saw_the_status_refresh() {
+        let scope = Scope { taint_key: names::TAINT_KEY.into(), ..Default::default() };
+        let mut f = FleetFacts::default();
+        for n in ["a", "b", "c", "d", "e"] {
+            f.apply_node(&node(n).ready_at(t(-5000)).build(), &scope, t(0));
+        }
+        mark_remediated(&mut f, "a");
+        let mut m = Memory::default();
+        let cfg = GuardConfig::default();
+        let healthy = assessments(&[("a", Verdict::Healthy), ("b", Verdict::Healthy), ("c", Verdict::Healthy), ("d", Verdict::Healthy), ("e", Verdict::Healthy)]);
+        assert!(plan(t(0), &healthy, &f, &mut m, &cfg, false).release.is_empty());
+        assert!(plan(t(300), &healthy, &f, &mut m, &cfg, false).release.is_empty(), "released without proof");
+        // The kubelet posts status: now the node has earned its release.
+        f.apply_node(&node("a").ready_at(t(-4000)).build(), &scope, t(310));
+        mark_remediated(&mut f, "a");
+        assert_eq!(plan(t(310), &healthy, &f, &mut m, &cfg, false).release, vec!["a".to_string()]);
     }
 
     #[test]

@@ -81,8 +81,10 @@ pub fn init() {
 
 /// `pulsecheck run` arguments: [`FAST`] then `extra` (later flags win).
 pub fn run_args(extra: &[&str]) -> RunArgs {
+    let name = |flag: &str| flag.split('=').next().unwrap_or(flag).to_string();
+    let overridden: Vec<String> = extra.iter().map(|f| name(f)).collect();
     let mut argv = vec!["pulsecheck", "run"];
-    argv.extend_from_slice(FAST);
+    argv.extend(FAST.iter().filter(|f| !overridden.contains(&name(f))));
     argv.extend_from_slice(extra);
     match Cli::try_parse_from(argv).expect("valid test flags").command {
         Command::Run(args) => *args,
