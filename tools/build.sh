@@ -80,7 +80,13 @@ if [ "$what" = all ] || [ "$what" = kubectl ]; then
   link kubectl "$kube_version"
 fi
 if { [ "$what" = all ] || [ "$what" = helm ]; } && [ -n "$helm_version" ]; then
-  build_one helm "$helm_version" helm helm.sh/helm/v3/cmd/helm -ldflags "-s -w -X helm.sh/helm/v3/internal/version.version=$helm_version"
+  # Like helm's Makefile: the default Kubernetes version of `helm template`/`lint` follows client-go.
+  helm_k8s_minor=$(modver helm k8s.io/client-go | cut -d. -f2)
+  helm_ldflags="-s -w -X helm.sh/helm/v3/internal/version.version=$helm_version"
+  for pkg in pkg/lint/rules pkg/chartutil; do
+    helm_ldflags="$helm_ldflags -X helm.sh/helm/v3/$pkg.k8sVersionMajor=1 -X helm.sh/helm/v3/$pkg.k8sVersionMinor=$helm_k8s_minor"
+  done
+  build_one helm "$helm_version" helm helm.sh/helm/v3/cmd/helm -ldflags "$helm_ldflags"
   link helm "$helm_version"
 fi
 if { [ "$what" = all ] || [ "$what" = promtool ]; } && [ -n "$prom_version" ]; then
