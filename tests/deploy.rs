@@ -363,3 +363,76 @@ async fn shipped_rbac_lets_pulsecheck_do_its_job_and_nothing_more() {
 
     cp.stop().await.unwrap_or_else(|e| panic!("{e}"));
 }
+
+/// The `args` of the pulsecheck container in a rendered Deployment.
+fn container_args(rendered: &str) -> Vec<String> {
+    for doc in serde_yaml_ng::Deserializer::from_str(rendered) {
+        let value = <serde_yaml_ng::Value as serde::Deserialize>::deserialize(doc).expect("rendered YAML parses");
+        if value.get("kind").and_then(|k| k.as_str()) != Some("Deployment") {
+            continue;
+        }
+        let args = &value["spec"]["template"]["spec"]["containers"][0]["args"];
+        let args: Vec<String> = args
+            .as_sequence()
+            .expect("container args")
+            .iter()
+            .map(|a| a.as_str().expect("string arg").to_owned())
+            .collect();
+        return args;
+    }
+    panic!("no Deployment in:\n{rendered}");
+}
+
+fn parse_run(what: &str, args: &[String]) -> Box<pulsecheck::cli::RunArgs> {
+    use clap::Parser;
+    let argv = std::iter::once("pulsecheck".to_owned()).chain(args.iter().cloned());
+    match pulsecheck::cli::Cli::try_parse_from(argv) {
+        Ok(pulsecheck::cli::Cli {
+            command: pulsecheck::cli::Command::Run(run),
+        }) => run,
+        Ok(_) => panic!("{what}: {args:?} is not `pulsecheck run`"),
+        Err(e) => panic!("{what}: pulsecheck rejects the container args {args:?}:\n{e}"),
+    }
+}
+
+#[tokio::test]
+async fn container_args_of_chart_and_manifests_are_accepted_by_pulsecheck_run() {
+    let manifests = std::fs::read_to_string(repo().join("manifests/deployment.yaml")).expect("read manifests/deployment.yaml");
+    let from_manifests = container_args(&manifests);
+    let run = parse_run("manifests/deployment.yaml", &from_manifests);
+    assert!(
+        run.leader.leader_elect && run.admin.per_node_metrics && !run.guard.dry_run,
+        "{run:?}"
+    );
+    assert_eq!(run.admin.admin_addr.port(), 8080, "the admin port must be the container port 8080");
+
+    let from_chart = container_args(&helm_template(&[]).await);
+    assert_eq!(from_chart, from_manifests, "chart defaults and manifests pass different args");
+
+    let tuned = container_args(
+        &helm_template(&[
+            "config.action={taint,cordon}",
+            "config.taintEffect=NoExecute",
+            "config.statusStaleAfter=15m",
+            "config.maxUnhealthy=12.5",
+            "config.perNodeMetrics=false",
+            "config.dryRun=true",
+            "config.nodeSelector=pool=general",
+            "config.identity=me",
+            "extraArgs={--log-format=json}",
+        ])
+        .await,
+    );
+    let run = parse_run("helm template with tuned values", &tuned);
+    assert_eq!(
+        run.action.action,
+        vec![pulsecheck::cli::Action::Taint, pulsecheck::cli::Action::Cordon]
+    );
+    assert_eq!(run.action.taint_effect, pulsecheck::cli::TaintEffect::NoExecute);
+    assert_eq!(run.thresholds.status_stale_after, Duration::from_secs(15 * 60));
+    assert_eq!(run.guard.max_unhealthy, 12.5);
+    assert!(!run.admin.per_node_metrics && run.guard.dry_run);
+    assert_eq!(run.action.node_selector, "pool=general");
+    assert_eq!(run.leader.identity.as_deref(), Some("me"));
+    assert_eq!(run.admin.log_format, pulsecheck::cli::LogFormat::Json);
+}

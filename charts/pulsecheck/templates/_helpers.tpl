@@ -94,6 +94,7 @@ per-node-metrics=perNodeMetrics
 
 {{- define "pulsecheck.args" -}}
 - run
+{{- $extra := .Values.extraArgs | default list }}
 {{- range $line := splitList "\n" (include "pulsecheck.flags" .) }}
 {{- $pair := splitList "=" $line }}
 {{- $flag := index $pair 0 }}
@@ -102,7 +103,15 @@ per-node-metrics=perNodeMetrics
 {{- fail (printf "config.%s is missing (flag --%s)" $key $flag) }}
 {{- end }}
 {{- $v := get $.Values.config $key }}
-{{- if kindIs "slice" $v }}
+{{- /* A flag given in extraArgs replaces the config value: pulsecheck rejects a flag given twice. */}}
+{{- $overridden := false }}
+{{- range $extra }}
+{{- if or (eq (toString .) (printf "--%s" $flag)) (hasPrefix (printf "--%s=" $flag) (toString .)) }}
+{{- $overridden = true }}
+{{- end }}
+{{- end }}
+{{- if $overridden }}
+{{- else if kindIs "slice" $v }}
 {{- if $v }}
 - {{ printf "--%s=%s" $flag (join "," $v) | quote }}
 {{- end }}
