@@ -179,3 +179,39 @@ pub async fn wait_evaluations(running: &Running, n: u64, timeout: Duration) {
     })
     .await
 }
+
+/// A tool built by tools/build.sh (kubectl, promtool, helm, …), building it on first use.
+pub fn tool(name: &str) -> std::path::PathBuf {
+    let repo = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let target = match name {
+        "kube-apiserver" | "etcd" => "control",
+        "kube-controller-manager" => "all",
+        other => other,
+    };
+    let out = std::process::Command::new("bash")
+        .arg(repo.join("tools/build.sh"))
+        .arg(target)
+        .current_dir(&repo)
+        .stderr(std::process::Stdio::inherit())
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run tools/build.sh {target}: {e}"));
+    assert!(out.status.success(), "tools/build.sh {target} failed");
+    let folder = String::from_utf8_lossy(&out.stdout).lines().last().unwrap_or_default().trim().to_string();
+    let path = std::path::Path::new(&folder).join(name);
+    assert!(path.exists(), "{} missing after tools/build.sh {target}", path.display());
+    path
+}
+
+/// A plain HTTP GET to the admin server: (status code, body).
+pub async fn http_get(addr: std::net::SocketAddr, path: &str) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr).await.expect("admin server reachable");
+    let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.expect("send request");
+    let mut raw = Vec::new();
+    stream.read_to_end(&mut raw).await.expect("read response");
+    let text = String::from_utf8_lossy(&raw).into_owned();
+    let code = text.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+    let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+    (code, body)
+}
