@@ -80,33 +80,11 @@ impl Config {
     /// Validates `pulsecheck run`'s flags.
     pub fn from_args(args: &RunArgs) -> Result<Config, Error> {
         let th = &args.thresholds;
-        if th.lease_grace >= th.status_stale_after {
-            return Err(Error::Contradiction {
-                flag: "--lease-grace",
-                value: show(th.lease_grace),
-                relation: "smaller than",
-                other: "--status-stale-after",
-                other_value: show(th.status_stale_after),
-            });
-        }
         let p = &args.probe;
-        if p.probe_timeout >= p.probe_interval {
-            return Err(Error::Contradiction {
-                flag: "--probe-timeout",
-                value: show(p.probe_timeout),
-                relation: "smaller than",
-                other: "--probe-interval",
-                other_value: show(p.probe_interval),
-            });
-        }
-        if p.probe != ProbeMode::None && p.probe_interval >= p.probe_zombie_after {
-            return Err(Error::Contradiction {
-                flag: "--probe-interval",
-                value: show(p.probe_interval),
-                relation: "smaller than",
-                other: "--probe-zombie-after",
-                other_value: show(p.probe_zombie_after),
-            });
+        below(("--lease-grace", th.lease_grace), ("--status-stale-after", th.status_stale_after))?;
+        below(("--probe-timeout", p.probe_timeout), ("--probe-interval", p.probe_interval))?;
+        if p.probe != ProbeMode::None {
+            below(("--probe-interval", p.probe_interval), ("--probe-zombie-after", p.probe_zombie_after))?;
         }
         for t in &p.kubelet_preferred_address_types {
             if !ADDRESS_TYPES.contains(&t.as_str()) {
@@ -161,6 +139,14 @@ impl Config {
             probe_partition_threshold: p.probe_partition_threshold,
         })
     }
+}
+
+/// `Ok` when the first duration flag is strictly smaller than the second.
+fn below((flag, value): (&'static str, Duration), (other, other_value): (&'static str, Duration)) -> Result<(), Error> {
+    if value < other_value {
+        return Ok(());
+    }
+    Err(Error::Contradiction { flag, value: show(value), relation: "smaller than", other, other_value: show(other_value) })
 }
 
 fn show(d: Duration) -> String {

@@ -143,8 +143,36 @@ fn watcher_config() -> watcher::Config {
     watcher::Config::default().page_size(500)
 }
 
-/// Watches every Node until `shutdown`, applying each to the view.
-pub async fn watch_nodes(api: Api<SlimNode>, view: SharedView, scope: Scope, metrics: Metrics, shutdown: CancellationToken) {
+/// What differs between the Node and the Lease watch, besides how an object becomes facts.
+trait Watched: kube::Resource<DynamicType = ()> + Clone + serde::de::DeserializeOwned + std::fmt::Debug + Send + 'static {
+    /// `nodes` or `leases`, for logs and metrics.
+    const RESOURCE: &'static str;
+    /// This watch's sight.
+    fn sight(view: &mut View) -> &mut WatchSight;
+    /// Forgets a deleted object.
+    fn forget(name: &str, view: &mut View, metrics: &Metrics);
+    /// Names the view holds, for pruning after a re-list.
+    fn known(view: &View) -> Vec<String>;
+}
+
+impl Watched for SlimLease {
+    const RESOURCE: &'static str = "leases";
+    fn sight(view: &mut View) -> &mut WatchSight {
+        &mut view.sight.leases
+    }
+    fn forget(name: &str, view: &mut View, _: &Metrics) {
+        view.facts.delete_lease(name);
+    }
+    fn known(view: &View) -> Vec<String> {
+        view.facts.leases.keys().map(|n| n.to_string()).collect()
+    }
+}
+
+/// Runs one watch until `shutdown`: every event updates the view and the watch's sight.
+/// `apply` turns an object into facts (nodes need their scope, leases do not). A re-list
+/// re-applies every object (unchanged values keep their observation times) and then forgets
+/// the objects it no longer contains.
+async fn run_watch<K: Watched>(api: Api<K>, view: SharedView, metrics: Metrics, shutdown: CancellationToken, apply: impl Fn(&K, &mut View, Timestamp)) {
     let stream = watcher(api, watcher_config()).default_backoff();
     let mut stream = std::pin::pin!(stream);
     let mut relisted: Option<HashSet<String>> = None;
@@ -157,105 +185,73 @@ pub async fn watch_nodes(api: Api<SlimNode>, view: SharedView, scope: Scope, met
         let mut v = lock(&view);
         match event {
             Ok(watcher::Event::Init) => {
-                v.sight.nodes.synced = false;
+                K::sight(&mut v).synced = false;
                 relisted = Some(HashSet::new());
             }
-            Ok(watcher::Event::InitApply(node)) => {
-                metrics.watch_event("nodes");
-                if let (Some(set), Some(name)) = (relisted.as_mut(), node.metadata.name.clone()) {
+            Ok(watcher::Event::InitApply(obj)) => {
+                metrics.watch_event(K::RESOURCE);
+                if let (Some(set), Some(name)) = (relisted.as_mut(), obj.meta().name.clone()) {
                     set.insert(name);
                 }
-                v.facts.apply_node(&node, &scope, now);
+                apply(&obj, &mut v, now);
             }
             Ok(watcher::Event::InitDone) => {
+                let listed = relisted.as_ref().map_or(0, HashSet::len);
                 if let Some(set) = relisted.take() {
-                    let gone: Vec<String> = v.facts.nodes.keys().filter(|n| !set.contains(&***n)).map(|n| n.to_string()).collect();
-                    for name in &gone {
-                        metrics.forget_node(name);
+                    for gone in K::known(&v).into_iter().filter(|n| !set.contains(n)) {
+                        K::forget(&gone, &mut v, &metrics);
                     }
-                    v.facts.retain_nodes(&set);
                 }
-                v.sight.nodes.synced = true;
-                v.sight.nodes.error = None;
+                let sight = K::sight(&mut v);
+                sight.synced = true;
+                sight.error = None;
                 v.sight.synced_now(now);
-                info!(nodes = v.facts.nodes.len(), "node watch synced");
+                info!(resource = K::RESOURCE, objects = listed, "watch synced");
             }
-            Ok(watcher::Event::Apply(node)) => {
-                metrics.watch_event("nodes");
-                v.facts.apply_node(&node, &scope, now);
-                v.sight.nodes.error = None;
+            Ok(watcher::Event::Apply(obj)) => {
+                metrics.watch_event(K::RESOURCE);
+                apply(&obj, &mut v, now);
+                K::sight(&mut v).error = None;
             }
-            Ok(watcher::Event::Delete(node)) => {
-                metrics.watch_event("nodes");
-                if let Some(name) = node.metadata.name.as_deref() {
-                    v.facts.delete_node(name);
-                    metrics.forget_node(name);
+            Ok(watcher::Event::Delete(obj)) => {
+                metrics.watch_event(K::RESOURCE);
+                if let Some(name) = obj.meta().name.as_deref() {
+                    K::forget(name, &mut v, &metrics);
                 }
-                v.sight.nodes.error = None;
+                K::sight(&mut v).error = None;
             }
             Err(e) => {
-                warn!(error = %e, "node watch failed; retrying");
-                v.sight.nodes.error = Some((e.to_string(), now));
+                warn!(resource = K::RESOURCE, error = %e, "watch failed; retrying");
+                K::sight(&mut v).error = Some((e.to_string(), now));
                 continue;
             }
         }
-        v.sight.nodes.last_event = Some(now);
+        K::sight(&mut v).last_event = Some(now);
     }
+}
+
+impl Watched for SlimNode {
+    const RESOURCE: &'static str = "nodes";
+    fn sight(view: &mut View) -> &mut WatchSight {
+        &mut view.sight.nodes
+    }
+    fn forget(name: &str, view: &mut View, metrics: &Metrics) {
+        view.facts.delete_node(name);
+        metrics.forget_node(name);
+    }
+    fn known(view: &View) -> Vec<String> {
+        view.facts.nodes.keys().map(|n| n.to_string()).collect()
+    }
+}
+
+/// Watches every Node until `shutdown`, applying each to the view.
+pub async fn watch_nodes(api: Api<SlimNode>, view: SharedView, scope: Scope, metrics: Metrics, shutdown: CancellationToken) {
+    run_watch(api, view, metrics, shutdown, move |node: &SlimNode, v: &mut View, now| v.facts.apply_node(node, &scope, now)).await
 }
 
 /// Watches the Leases in kube-node-lease until `shutdown`, applying each to the view.
 pub async fn watch_leases(api: Api<SlimLease>, view: SharedView, metrics: Metrics, shutdown: CancellationToken) {
-    let stream = watcher(api, watcher_config()).default_backoff();
-    let mut stream = std::pin::pin!(stream);
-    let mut relisted: Option<HashSet<String>> = None;
-    loop {
-        let event = tokio::select! {
-            _ = shutdown.cancelled() => return,
-            e = stream.next() => match e { Some(e) => e, None => return },
-        };
-        let now = Timestamp::now();
-        let mut v = lock(&view);
-        match event {
-            Ok(watcher::Event::Init) => {
-                v.sight.leases.synced = false;
-                relisted = Some(HashSet::new());
-            }
-            Ok(watcher::Event::InitApply(lease)) => {
-                metrics.watch_event("leases");
-                if let (Some(set), Some(name)) = (relisted.as_mut(), lease.metadata.name.clone()) {
-                    set.insert(name);
-                }
-                v.facts.apply_lease(&lease, now);
-            }
-            Ok(watcher::Event::InitDone) => {
-                if let Some(set) = relisted.take() {
-                    v.facts.retain_leases(&set);
-                }
-                v.sight.leases.synced = true;
-                v.sight.leases.error = None;
-                v.sight.synced_now(now);
-                info!(leases = v.facts.leases.len(), "lease watch synced");
-            }
-            Ok(watcher::Event::Apply(lease)) => {
-                metrics.watch_event("leases");
-                v.facts.apply_lease(&lease, now);
-                v.sight.leases.error = None;
-            }
-            Ok(watcher::Event::Delete(lease)) => {
-                metrics.watch_event("leases");
-                if let Some(name) = lease.metadata.name.as_deref() {
-                    v.facts.delete_lease(name);
-                }
-                v.sight.leases.error = None;
-            }
-            Err(e) => {
-                warn!(error = %e, "lease watch failed; retrying");
-                v.sight.leases.error = Some((e.to_string(), now));
-                continue;
-            }
-        }
-        v.sight.leases.last_event = Some(now);
-    }
+    run_watch(api, view, metrics, shutdown, |lease: &SlimLease, v: &mut View, now| v.facts.apply_lease(lease, now)).await
 }
 
 #[cfg(test)]
