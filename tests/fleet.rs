@@ -430,3 +430,54 @@ async fn lab_fleet_refuses_a_cluster_with_foreign_nodes_unless_forced() {
     let status = tokio::time::timeout(DEADLINE, forced.wait()).await.unwrap().unwrap();
     assert!(status.success(), "{status}");
 }
+
+#[tokio::test]
+async fn lab_up_with_nodes_is_ready_only_once_its_fleet_is() {
+    let dir = tempfile::tempdir().unwrap();
+    let bin = env!("CARGO_BIN_EXE_pulsecheck");
+    let mut up = tokio::process::Command::new(bin)
+        .args(["lab", "up", "--dir", dir.path().to_str().unwrap(), "--nodes", "3", "--lease-duration", "4s"])
+        .args(["--status-update-frequency", "1s", "--status-report-frequency", "1s", "--zombie", "sim-0002"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let stdout = up.stdout.take().unwrap();
+    let mut lines = tokio::io::AsyncBufReadExt::lines(tokio::io::BufReader::new(stdout));
+    let ready = tokio::time::timeout(DEADLINE, lines.next_line()).await.expect("lab up gets ready").unwrap();
+    let kubeconfig = ready.as_deref().and_then(|l| l.strip_prefix("ready: ")).expect("the ready line").to_string();
+
+    // Right at the ready line, the fleet's Nodes exist and are Ready.
+    let config = kube::Config::from_custom_kubeconfig(
+        kube::config::Kubeconfig::read_from(&kubeconfig).unwrap(),
+        &kube::config::KubeConfigOptions::default(),
+    )
+    .await
+    .unwrap();
+    let client = Client::try_from(config).unwrap();
+    let nodes = Api::<Node>::all(client.clone()).list(&Default::default()).await.unwrap();
+    let names: Vec<_> = nodes.items.iter().filter_map(|n| n.metadata.name.clone()).collect();
+    assert_eq!(names, ["sim-0000", "sim-0001", "sim-0002"]);
+    assert!(nodes.items.iter().all(|n| ready_heartbeat(n).is_some()));
+    let ca =
+        std::fs::read_to_string(dir.path().join(pulsecheck::lab::args::KUBELET_CA_FILE)).expect("kubelet CA written");
+    let addr = kubelet_addr(&nodes.items[0]);
+    assert_eq!(https_get(addr, &ca, "/healthz", Some("t")).await, Ok((200, "ok".into())));
+
+    // The command line's zombie keeps its Lease while its heartbeat stays frozen and the others report.
+    let frozen = ready_heartbeat(&node(&client, "sim-0002").await).unwrap();
+    let later = frozen + SignedDuration::from_secs(3);
+    eventually("sim-0000 reports a heartbeat 3 s after the zombie's last", || async {
+        ready_heartbeat(&node(&client, "sim-0000").await).filter(|t| *t >= later)
+    })
+    .await;
+    renewed_after(&client, "sim-0002", later).await;
+    assert_eq!(ready_heartbeat(&node(&client, "sim-0002").await), Some(frozen));
+
+    let pid = nix::unistd::Pid::from_raw(i32::try_from(up.id().unwrap()).unwrap());
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
+    let status = tokio::time::timeout(DEADLINE, up.wait()).await.unwrap().unwrap();
+    assert!(status.success(), "{status}");
+    assert!(!dir.path().join(pulsecheck::lab::args::KUBELET_CA_FILE).exists(), "lab up removes what it wrote");
+}
