@@ -332,7 +332,7 @@ fn in_zombie_phase(flapping_for: Duration, report_frequency: Duration) -> bool {
     if phase <= 0.0 {
         return false;
     }
-    (flapping_for.as_secs_f64() / phase) as u64 % 2 == 0
+    ((flapping_for.as_secs_f64() / phase) as u64).is_multiple_of(2)
 }
 
 /// How to build and run a fleet; periods default to kubelet's defaults.
