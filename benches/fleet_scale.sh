@@ -2,15 +2,18 @@
 # Measures what a simulated fleet costs: CPU and RSS of `pulsecheck lab fleet` and of the
 # kube-apiserver (and etcd) it talks to, over a steady-state window after start-up.
 #
-#   bash benches/fleet_scale.sh [--nodes 1000] [--window 120] [--warmup 30] [--kubeconfig K] [--bin PATH]
+#   bash benches/fleet_scale.sh [--nodes 1000] [--window 300] [--warmup 160] [--kubeconfig K] [--bin PATH]
 #
+# The defaults make the window one whole status report period (5 min) that starts after every
+# node's first jittered report could be due (0.5 × 5 min): Lease renewals AND status reports are
+# both in it at their steady rates (kubelet defaults: 1000 / 10 s and 1000 / 5 min).
 # Without --kubeconfig it starts its own control plane with `pulsecheck lab up --dir <tmp>`.
 # Build first (the numbers in docs/performance.md come from a release build):
 #   cargo build --release --bin pulsecheck
 # CPU is utime+stime from /proc/<pid>/stat over the window, as a percentage of one core.
 set -euo pipefail
 
-nodes=1000 window=120 warmup=30 kubeconfig="" bin="${CARGO_TARGET_DIR:-target}/release/pulsecheck"
+nodes=1000 window=300 warmup=160 kubeconfig="" bin="${CARGO_TARGET_DIR:-target}/release/pulsecheck"
 while [[ $# -gt 0 ]]; do
   case "$1" in
     --nodes) nodes="$2"; shift 2 ;;
@@ -48,6 +51,7 @@ etcd_pid=""
 [[ -n "$etcd_client_port" ]] && etcd_pid="$(pgrep -f -- "etcd.*--listen-client-urls=http://127.0.0.1:${etcd_client_port}" | head -1 || true)"
 
 started=$(date +%s.%N)
+: > "$work/fleet.out"
 "$bin" lab fleet --kubeconfig "$kubeconfig" --nodes "$nodes" > "$work/fleet.out" 2> "$work/fleet.err" &
 fleet_pid=$!
 pids=("$fleet_pid" "${pids[@]}")
@@ -57,6 +61,16 @@ until grep -q "^fleet up: " "$work/fleet.out"; do
 done
 up=$(date +%s.%N)
 
+# Requests the fleet makes, from the apiserver's own counters (needs kubectl; skipped without it).
+kubectl="$(command -v kubectl || true)"
+[[ -z "$kubectl" && -x "$(bash tools/build.sh --print 2>/dev/null)/kubectl" ]] && kubectl="$(bash tools/build.sh --print)/kubectl"
+patches() { # $1 = resource, $2 = subresource ("" for none)
+  [[ -n "$kubectl" ]] || { echo 0; return; }
+  "$kubectl" --kubeconfig "$kubeconfig" get --raw /metrics 2>/dev/null \
+    | awk -v r="resource=\"$1\"" -v sr="subresource=\"$2\"" \
+        '/^apiserver_request_total\{/ && /verb="PATCH"/ && index($0, r) && index($0, sr) {n += $NF} END {printf "%d", n}'
+}
+
 ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 rss_mib() { awk '/VmRSS/ {printf "%.0f", $2 / 1024}' "/proc/$1/status"; }
 hz=$(getconf CLK_TCK)
@@ -64,9 +78,11 @@ hz=$(getconf CLK_TCK)
 sleep "$warmup"
 declare -A before
 for pid in "$fleet_pid" $apiserver_pid $etcd_pid; do before[$pid]=$(ticks "$pid"); done
+leases0=$(patches leases "") status0=$(patches nodes status)
 t0=$(date +%s.%N)
 sleep "$window"
 t1=$(date +%s.%N)
+leases1=$(patches leases "") status1=$(patches nodes status)
 
 printf 'nodes=%s start-up=%.1fs window=%.0fs (after %ss warm-up) cores=%s\n' \
   "$nodes" "$(echo "$up - $started" | bc)" "$(echo "$t1 - $t0" | bc)" "$warmup" "$(nproc)"
@@ -81,3 +97,7 @@ report() {
 report "pulsecheck lab fleet" "$fleet_pid"
 report "kube-apiserver" "$apiserver_pid"
 report "etcd" "$etcd_pid"
+if [[ -n "$kubectl" ]]; then
+  printf '\nLease PATCH/s: %.1f   nodes/status PATCH/s: %.2f\n' \
+    "$(echo "($leases1 - $leases0) / ($t1 - $t0)" | bc -l)" "$(echo "($status1 - $status0) / ($t1 - $t0)" | bc -l)"
+fi

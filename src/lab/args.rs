@@ -50,7 +50,7 @@ pub struct LabUpArgs {
     #[command(flatten)]
     pub fleet: FleetShapeArgs,
     #[command(flatten)]
-    pub faults: FleetFaultArgs,
+    pub faults: Box<FleetFaultArgs>,
 }
 
 impl LabUpArgs {
