@@ -177,6 +177,11 @@ impl Prober {
     /// `--kubelet-insecure-tls` falls back to `tcp` (no token is ever sent) and says so once,
     /// here, as a warning and in [`Prober::fallback_reason`]. `--kubelet-insecure-tls` is
     /// honoured with a warning. Both flags together are an error.
+    ///
+    /// `client` is only used by `apiserver-proxy`. Build it with `kube::Config::default_retry`
+    /// set to `false`: kube's default policy retries 503 — the apiserver's answer when it
+    /// cannot reach a kubelet — with backoff, which turns an unreachable kubelet into a
+    /// `Timeout` without its reason and multiplies the proxy requests.
     pub fn new(settings: ProbeSettings, client: kube::Client) -> Result<Prober> {
         let mut fallback_reason = None;
         let transport = match settings.mode {
