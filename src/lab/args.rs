@@ -1,17 +1,477 @@
-//! Command-line arguments of `pulsecheck lab …` and their entry point (owned by the lab modules).
+//! Command-line arguments of `pulsecheck lab …` and their entry point.
+//!
+//! `pulsecheck lab up` gives a person (or a script, or CI) the same real control plane the
+//! tests use, for as long as they want it: it prints one machine-readable line on stdout once
+//! the kubeconfig works (`ready: <path>`), logs everything else to stderr, and on SIGINT or
+//! SIGTERM stops the processes and removes what it created. Scripts can wait for that line
+//! instead of sleeping.
+//!
+//! `pulsecheck lab fleet` plays N kubelets against any cluster it is pointed at (refusing one
+//! that already has real Nodes unless forced); `lab up --nodes N` does the same next to its own
+//! control plane. Faults given on the command line are applied once the fleet is up.
+//!
+//! This module only parses and wires; starting and stopping live in [`super::controlplane`]
+//! (and, for simulated nodes, in [`super::fleet`]).
 
-use clap::Subcommand;
+use std::{collections::HashSet, path::PathBuf, time::Duration};
+
+use anyhow::Context as _;
+use clap::{ArgAction, Args, Subcommand};
+use k8s_openapi::jiff::SignedDuration;
+use tokio::signal::unix::{SignalKind, signal};
+
+use super::controlplane::{ControlPlane, ControlPlaneOptions};
+use super::fleet::{self, Fault, Fleet, FleetOptions};
+use crate::cli::{ClientArgs, positive_duration};
 
 /// `pulsecheck lab` subcommands.
 #[derive(Debug, Subcommand)]
 pub enum LabCommand {
     /// Start a local kube-apiserver + etcd (and optionally a simulated fleet) until SIGINT/SIGTERM.
-    Up,
+    ///
+    /// Prints `ready: DIR/kubeconfig` on stdout once that kubeconfig works; logs go to stderr.
+    Up(LabUpArgs),
+    /// Simulate kubelets (Nodes, Leases, kubelet endpoints) against a cluster until SIGINT/SIGTERM.
+    ///
+    /// Prints `fleet up: N nodes …` on stdout once every node is Ready; logs go to stderr.
+    Fleet(Box<FleetArgs>),
+}
+
+/// Arguments of `pulsecheck lab up`.
+#[derive(Debug, Clone, Args)]
+pub struct LabUpArgs {
+    /// Folder for the kubeconfig, certificates, etcd data and logs (created if missing; kept,
+    /// emptied of what lab up created, on exit). Default: a temporary folder.
+    #[arg(long, env = "PULSECHECK_LAB_DIR", value_name = "DIR")]
+    pub dir: Option<PathBuf>,
+    /// Simulated nodes to start next to the control plane (0 = control plane only).
+    #[arg(long, env = "PULSECHECK_LAB_NODES", value_name = "N", default_value_t = 0)]
+    pub nodes: usize,
+    #[command(flatten)]
+    pub fleet: FleetShapeArgs,
+    #[command(flatten)]
+    pub faults: FleetFaultArgs,
+}
+
+impl LabUpArgs {
+    /// Starts what these arguments ask for and returns the running control plane.
+    pub async fn start_control_plane(&self) -> anyhow::Result<ControlPlane> {
+        let control_plane = ControlPlane::start(ControlPlaneOptions { dir: self.dir.clone() })
+            .await
+            .context("cannot start the lab control plane")?;
+        Ok(control_plane)
+    }
 }
 
 /// Runs a `pulsecheck lab` subcommand to completion.
 pub async fn run(command: LabCommand) -> anyhow::Result<()> {
+    init_stderr_logging();
     match command {
-        LabCommand::Up => anyhow::bail!("not implemented yet"),
+        LabCommand::Up(args) => up(args).await,
+        LabCommand::Fleet(args) => run_fleet(*args).await,
+    }
+}
+
+/// `pulsecheck lab up`: start, print the ready line, wait for SIGINT/SIGTERM, clean up.
+async fn up(args: LabUpArgs) -> anyhow::Result<()> {
+    // Listen before starting, so a signal during start-up also ends in a clean exit.
+    let mut terminate = signal(SignalKind::terminate()).context("cannot listen for SIGTERM")?;
+    let mut interrupt = signal(SignalKind::interrupt()).context("cannot listen for SIGINT")?;
+
+    // Check the fleet's flags before starting anything.
+    let fleet_plan = if args.nodes > 0 {
+        let options = args.fleet.options(args.nodes, false);
+        let faults = args.faults.faults();
+        if let Err(e) = options.validate() {
+            exit_usage(e);
+        }
+        if let Err(e) = check_fault_targets(&faults, &options) {
+            exit_usage(e);
+        }
+        Some((options, faults))
+    } else {
+        None
+    };
+
+    let mut control_plane = tokio::select! {
+        started = args.start_control_plane() => started?,
+        // Dropping the start future kills whatever it had started and removes its files.
+        _ = terminate.recv() => return Ok(()),
+        _ = interrupt.recv() => return Ok(()),
+    };
+
+    // The ready line promises a usable lab: with --nodes, the fleet is up and Ready first.
+    let mut fleet = None;
+    let mut kubelet_ca = None;
+    if let Some((options, faults)) = fleet_plan {
+        let started = tokio::select! {
+            started = start_fleet(control_plane.client(), options, &faults) => started,
+            _ = terminate.recv() => return control_plane.stop().await.context("cannot clean up the lab control plane"),
+            _ = interrupt.recv() => return control_plane.stop().await.context("cannot clean up the lab control plane"),
+        };
+        let started = started.context("cannot start the simulated fleet")?;
+        let path = control_plane.dir().join(KUBELET_CA_FILE);
+        std::fs::write(&path, started.kubelet_ca_pem()).with_context(|| format!("cannot write {}", path.display()))?;
+        tracing::info!(nodes = started.node_names().len(), kubelet_ca = %path.display(), "simulated fleet is up");
+        kubelet_ca = Some(path);
+        fleet = Some(started);
+    }
+
+    {
+        use std::io::Write as _;
+        let mut stdout = std::io::stdout().lock();
+        writeln!(stdout, "ready: {}", control_plane.kubeconfig_path().display()).context("cannot write to stdout")?;
+        stdout.flush().context("cannot write to stdout")?;
+    }
+    tracing::info!(server = control_plane.server_url(), "lab is up; SIGINT or SIGTERM stops it");
+
+    let mut health = tokio::time::interval(std::time::Duration::from_secs(1));
+    let died = loop {
+        tokio::select! {
+            _ = terminate.recv() => break None,
+            _ = interrupt.recv() => break None,
+            _ = health.tick() => {
+                if let Some(what) = control_plane.exited() {
+                    break Some(what);
+                }
+            }
+        }
+    };
+    tracing::info!("stopping the lab");
+    if let Some(fleet) = fleet {
+        fleet.stop().await;
+    }
+    if let Some(path) = kubelet_ca {
+        let _ = std::fs::remove_file(path);
+    }
+    control_plane.stop().await.context("cannot clean up the lab control plane")?;
+    match died {
+        None => Ok(()),
+        Some(what) => anyhow::bail!("the lab control plane died: {what}"),
+    }
+}
+
+/// Logs to stderr (stdout is reserved for the ready line), filtered by `RUST_LOG`, default info.
+fn init_stderr_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    // Someone (main, a test) may have installed a subscriber already; theirs wins.
+    let _ = tracing_subscriber::fmt().with_writer(std::io::stderr).with_env_filter(filter).try_init();
+}
+
+/// The kubelet CA file `lab up --nodes` writes into the lab folder (for pulsecheck's
+/// `--kubelet-certificate-authority`).
+pub const KUBELET_CA_FILE: &str = "kubelet-ca.crt";
+
+/// `pulsecheck lab fleet`.
+#[derive(Debug, Clone, Args)]
+pub struct FleetArgs {
+    #[command(flatten)]
+    pub client: ClientArgs,
+    /// How many simulated nodes.
+    #[arg(long, env = "PULSECHECK_FLEET_NODES", value_name = "N", value_parser = clap::value_parser!(u32).range(1..=fleet::MAX_NODES as i64))]
+    pub nodes: u32,
+    #[command(flatten)]
+    pub shape: FleetShapeArgs,
+    #[command(flatten)]
+    pub faults: FleetFaultArgs,
+    /// Start even when the cluster already has Nodes the fleet did not create.
+    #[arg(long, env = "PULSECHECK_FLEET_FORCE", value_name = "BOOL", default_value_t = false, action = ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
+    pub force: bool,
+    /// Write the CA that signs every kubelet endpoint's certificate to this file (for pulsecheck's --kubelet-certificate-authority).
+    #[arg(long, env = "PULSECHECK_FLEET_KUBELET_CA_OUT", value_name = "PATH")]
+    pub kubelet_ca_out: Option<PathBuf>,
+}
+
+/// How the simulated nodes look and how fast they beat (shared by `lab fleet` and `lab up`).
+#[derive(Debug, Clone, Args)]
+pub struct FleetShapeArgs {
+    /// Node names are PREFIX0000, PREFIX0001, …
+    #[arg(long, env = "PULSECHECK_FLEET_NAME_PREFIX", value_name = "PREFIX", default_value = "sim-")]
+    pub name_prefix: String,
+    /// Spread the nodes over this many zones (zone-a, zone-b, …).
+    #[arg(long, env = "PULSECHECK_FLEET_ZONES", value_name = "N", default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..))]
+    pub zones: u32,
+    /// leaseDurationSeconds of each node's Lease; it is renewed every quarter of it (kubelet's default 40s).
+    #[arg(long, env = "PULSECHECK_FLEET_LEASE_DURATION", value_name = "DURATION", default_value = "40s", value_parser = whole_seconds)]
+    pub lease_duration: Duration,
+    /// How often each node recomputes its status (kubelet's nodeStatusUpdateFrequency).
+    #[arg(long, env = "PULSECHECK_FLEET_STATUS_UPDATE_FREQUENCY", value_name = "DURATION", default_value = "10s", value_parser = positive_duration)]
+    pub status_update_frequency: Duration,
+    /// How often an unchanged status is still posted, ±50% after a change (kubelet's nodeStatusReportFrequency).
+    #[arg(long, env = "PULSECHECK_FLEET_STATUS_REPORT_FREQUENCY", value_name = "DURATION", default_value = "5m", value_parser = positive_duration)]
+    pub status_report_frequency: Duration,
+    /// Serve a fake kubelet HTTPS endpoint per node on its loopback IP.
+    #[arg(long, env = "PULSECHECK_FLEET_KUBELET_ENDPOINTS", value_name = "BOOL", default_value_t = true, action = ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
+    pub kubelet_endpoints: bool,
+}
+
+/// Faults applied once the fleet is up (shared by `lab fleet` and `lab up`).
+#[derive(Debug, Clone, Args, Default)]
+pub struct FleetFaultArgs {
+    /// Nodes whose Lease keeps renewing while their status stops.
+    #[arg(long, env = "PULSECHECK_FLEET_ZOMBIE", value_name = "NAMES", value_delimiter = ',')]
+    pub zombie: Vec<String>,
+    /// Nodes that stop everything (Lease, status, kubelet endpoint).
+    #[arg(long, env = "PULSECHECK_FLEET_DEAD", value_name = "NAMES", value_delimiter = ',')]
+    pub dead: Vec<String>,
+    /// Nodes whose osImage turns "Unknown".
+    #[arg(long, env = "PULSECHECK_FLEET_OS_IMAGE_UNKNOWN", value_name = "NAMES", value_delimiter = ',')]
+    pub os_image_unknown: Vec<String>,
+    /// Nodes whose kubelet endpoint accepts connections and never answers.
+    #[arg(long, env = "PULSECHECK_FLEET_PROBE_HANG", value_name = "NAMES", value_delimiter = ',')]
+    pub probe_hang: Vec<String>,
+    /// Nodes whose kubelet /healthz answers 500.
+    #[arg(long, env = "PULSECHECK_FLEET_PROBE_FAIL", value_name = "NAMES", value_delimiter = ',')]
+    pub probe_fail: Vec<String>,
+    /// Nodes whose kubelet answers 401 even to a token.
+    #[arg(long, env = "PULSECHECK_FLEET_UNAUTHORIZED", value_name = "NAMES", value_delimiter = ',')]
+    pub unauthorized: Vec<String>,
+    /// Nodes that alternate between zombie and healthy.
+    #[arg(long, env = "PULSECHECK_FLEET_FLAPPING", value_name = "NAMES", value_delimiter = ',')]
+    pub flapping: Vec<String>,
+    /// Nodes whose written timestamps are off, as NAME=OFFSET (e.g. sim-0003=+1h,sim-0004=-5m).
+    #[arg(long, env = "PULSECHECK_FLEET_CLOCK_SKEW", value_name = "NAME=OFFSET", value_delimiter = ',', value_parser = clock_skew)]
+    pub clock_skew: Vec<(String, SignedDuration)>,
+    /// Nodes whose Lease is deleted and no longer renewed.
+    #[arg(long, env = "PULSECHECK_FLEET_NO_LEASE", value_name = "NAMES", value_delimiter = ',')]
+    pub no_lease: Vec<String>,
+}
+
+impl FleetFaultArgs {
+    /// Every (node, fault) pair, in flag order.
+    pub fn faults(&self) -> Vec<(String, Fault)> {
+        let lists: [(&Vec<String>, Fault); 8] = [
+            (&self.zombie, Fault::Zombie),
+            (&self.dead, Fault::Dead),
+            (&self.os_image_unknown, Fault::OsImageUnknown),
+            (&self.probe_hang, Fault::ProbeHang),
+            (&self.probe_fail, Fault::ProbeFail),
+            (&self.unauthorized, Fault::Unauthorized),
+            (&self.flapping, Fault::Flapping),
+            (&self.no_lease, Fault::NoLease),
+        ];
+        let mut faults: Vec<(String, Fault)> = lists
+            .into_iter()
+            .flat_map(|(names, fault)| names.iter().filter(|n| !n.trim().is_empty()).map(move |n| (n.trim().to_string(), fault)))
+            .collect();
+        faults.extend(self.clock_skew.iter().map(|(name, offset)| (name.clone(), Fault::ClockSkew(*offset))));
+        faults
+    }
+}
+
+impl FleetShapeArgs {
+    /// The fleet options for `nodes` nodes.
+    pub fn options(&self, nodes: usize, force: bool) -> FleetOptions {
+        FleetOptions {
+            nodes,
+            name_prefix: self.name_prefix.clone(),
+            zones: self.zones as usize,
+            lease_duration: self.lease_duration,
+            status_update_frequency: self.status_update_frequency,
+            status_report_frequency: self.status_report_frequency,
+            kubelet_endpoints: self.kubelet_endpoints,
+            force,
+        }
+    }
+}
+
+/// Parses `NAME=OFFSET` for --clock-skew.
+fn clock_skew(s: &str) -> Result<(String, SignedDuration), String> {
+    let (name, offset) = s.split_once('=').ok_or_else(|| format!("'{s}' is not NAME=OFFSET (e.g. sim-0003=+1h)"))?;
+    let name = name.trim();
+    if name.is_empty() {
+        return Err(format!("'{s}' has no node name before '='"));
+    }
+    Ok((name.to_string(), fleet::parse_skew(offset)?))
+}
+
+/// A positive duration in whole seconds (a Lease counts whole seconds).
+fn whole_seconds(s: &str) -> Result<Duration, String> {
+    let d = positive_duration(s)?;
+    if d.subsec_nanos() != 0 {
+        return Err("must be a whole number of seconds".into());
+    }
+    Ok(d)
+}
+
+/// Checks that every faulted node is one the fleet will have, before anything is created.
+pub fn check_fault_targets(faults: &[(String, Fault)], options: &FleetOptions) -> Result<(), String> {
+    let names: HashSet<String> = (0..options.nodes).map(|i| fleet::node_name(&options.name_prefix, i, options.nodes)).collect();
+    let unknown: Vec<&str> = faults.iter().map(|(n, _)| n.as_str()).filter(|n| !names.contains(*n)).collect();
+    if unknown.is_empty() {
+        return Ok(());
+    }
+    Err(format!(
+        "no simulated node named {} (the fleet has {} … {})",
+        unknown.join(", "),
+        fleet::node_name(&options.name_prefix, 0, options.nodes),
+        fleet::node_name(&options.name_prefix, options.nodes - 1, options.nodes),
+    ))
+}
+
+/// Builds an admin client from --kubeconfig/--context (else the usual inference).
+async fn client(args: &ClientArgs) -> anyhow::Result<kube::Client> {
+    let options = kube::config::KubeConfigOptions { context: args.context.clone(), ..Default::default() };
+    let config = match &args.kubeconfig {
+        Some(path) => {
+            let kubeconfig = kube::config::Kubeconfig::read_from(path)
+                .with_context(|| format!("reading kubeconfig {}", path.display()))?;
+            kube::Config::from_custom_kubeconfig(kubeconfig, &options).await?
+        }
+        None if args.context.is_some() => kube::Config::from_kubeconfig(&options).await?,
+        None => kube::Config::infer().await?,
+    };
+    Ok(kube::Client::try_from(config)?)
+}
+
+/// Starts the fleet, applies the command line's faults and logs what it did.
+pub async fn start_fleet(
+    client: kube::Client,
+    options: FleetOptions,
+    faults: &[(String, Fault)],
+) -> Result<Fleet, fleet::Error> {
+    let fleet = Fleet::start(client, options).await?;
+    for (node, fault) in faults {
+        fleet.set_fault(node, *fault)?;
+    }
+    Ok(fleet)
+}
+
+/// Prints a usage error and exits 2 (what clap does for bad flags).
+fn exit_usage(message: impl std::fmt::Display) -> ! {
+    eprintln!("error: {message}");
+    std::process::exit(2)
+}
+
+/// `pulsecheck lab fleet`: start, apply faults, print the `fleet up:` line, wait for SIGINT/SIGTERM.
+async fn run_fleet(args: FleetArgs) -> anyhow::Result<()> {
+    let mut terminate = signal(SignalKind::terminate()).context("cannot listen for SIGTERM")?;
+    let mut interrupt = signal(SignalKind::interrupt()).context("cannot listen for SIGINT")?;
+    let options = args.shape.options(args.nodes as usize, args.force);
+    if let Err(e) = options.validate() {
+        exit_usage(e);
+    }
+    let faults = args.faults.faults();
+    if let Err(e) = check_fault_targets(&faults, &options) {
+        exit_usage(e);
+    }
+    let client = client(&args.client).await?;
+    let started = tokio::select! {
+        started = start_fleet(client, options, &faults) => started,
+        // Dropping the start future stops whatever it had started; created objects stay.
+        _ = terminate.recv() => return Ok(()),
+        _ = interrupt.recv() => return Ok(()),
+    };
+    let fleet = match started {
+        Ok(fleet) => fleet,
+        Err(e @ fleet::Error::ForeignNodes { .. }) => exit_usage(e),
+        Err(e) => return Err(e).context("cannot start the simulated fleet"),
+    };
+    if let Some(path) = &args.kubelet_ca_out {
+        std::fs::write(path, fleet.kubelet_ca_pem()).with_context(|| format!("cannot write {}", path.display()))?;
+    }
+    {
+        use std::io::Write as _;
+        let names = fleet.node_names();
+        let mut stdout = std::io::stdout().lock();
+        let (first, last) = (names.first().map_or("", String::as_str), names.last().map_or("", String::as_str));
+        writeln!(stdout, "fleet up: {} nodes ({first} … {last})", names.len()).context("cannot write to stdout")?;
+        stdout.flush().context("cannot write to stdout")?;
+    }
+    tokio::select! {
+        _ = terminate.recv() => {}
+        _ = interrupt.recv() => {}
+    }
+    tracing::info!("stopping the simulated fleet (its Nodes and Leases stay)");
+    fleet.stop().await;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::{CommandFactory, Parser};
+
+    use super::*;
+
+    #[derive(Debug, Parser)]
+    struct Cli {
+        #[command(subcommand)]
+        lab: LabCommand,
+    }
+
+    #[test]
+    fn command_line_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    fn up_args(argv: &[&str]) -> LabUpArgs {
+        match Cli::try_parse_from(argv).unwrap().lab {
+            LabCommand::Up(args) => args,
+            #[allow(unreachable_patterns)] // once `lab fleet` exists
+            other => panic!("parsed as {other:?}"),
+        }
+    }
+
+    #[test]
+    fn up_defaults_to_a_temporary_folder_and_no_nodes() {
+        let args = up_args(&["lab", "up"]);
+        assert_eq!(args.dir, None);
+        assert_eq!(args.nodes, 0);
+        let args = up_args(&["lab", "up", "--dir", "/tmp/x", "--nodes", "3"]);
+        assert_eq!(args.dir, Some(PathBuf::from("/tmp/x")));
+        assert_eq!(args.nodes, 3);
+    }
+
+    fn parse(args: &[&str]) -> Result<FleetArgs, clap::Error> {
+        let cli = crate::cli::Cli::try_parse_from([&["pulsecheck", "lab", "fleet"], args].concat())?;
+        match cli.command {
+            crate::cli::Command::Lab(LabCommand::Fleet(args)) => Ok(*args),
+            other => panic!("not lab fleet: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn fleet_flags_become_options_and_faults() {
+        let args = parse(&[
+            "--nodes", "10", "--zombie", "sim-0001,sim-0002", "--clock-skew", "sim-0003=+1h,sim-0004=-5m",
+            "--lease-duration", "4s", "--status-report-frequency", "2s", "--zones", "2",
+        ])
+        .unwrap();
+        let options = args.shape.options(args.nodes as usize, args.force);
+        assert_eq!(options.nodes, 10);
+        assert_eq!(options.lease_duration, Duration::from_secs(4));
+        assert_eq!(options.status_report_frequency, Duration::from_secs(2));
+        assert_eq!(options.status_update_frequency, Duration::from_secs(10));
+        assert!(!options.force);
+        let faults = args.faults.faults();
+        assert_eq!(
+            faults,
+            vec![
+                ("sim-0001".to_string(), Fault::Zombie),
+                ("sim-0002".to_string(), Fault::Zombie),
+                ("sim-0003".to_string(), Fault::ClockSkew(SignedDuration::from_hours(1))),
+                ("sim-0004".to_string(), Fault::ClockSkew(SignedDuration::from_mins(-5))),
+            ]
+        );
+        assert!(check_fault_targets(&faults, &options).is_ok());
+    }
+
+    #[test]
+    fn faults_on_nodes_the_fleet_will_not_have_are_named() {
+        let args = parse(&["--nodes", "3", "--dead", "sim-0007"]).unwrap();
+        let err = check_fault_targets(&args.faults.faults(), &args.shape.options(3, false)).unwrap_err();
+        assert!(err.contains("sim-0007") && err.contains("sim-0000 … sim-0002"), "{err}");
+    }
+
+    #[test]
+    fn bad_fleet_flags_exit_2_naming_the_flag() {
+        for (flag, value) in [("--clock-skew", "sim-0001"), ("--clock-skew", "sim-0001=soon"), ("--lease-duration", "1500ms"), ("--nodes", "0")] {
+            let extra = if flag == "--nodes" { vec![flag, value] } else { vec!["--nodes", "3", flag, value] };
+            let err = parse(&extra).unwrap_err();
+            assert_eq!(err.exit_code(), 2);
+            assert!(err.to_string().contains(flag), "{err}");
+        }
+        assert_eq!(parse(&[]).unwrap_err().exit_code(), 2, "--nodes is required");
     }
 }
