@@ -1,19 +1,17 @@
-//! Kubelet probes against real local HTTPS endpoints.
+//! Kubelet probes against real local HTTPS endpoints and a real kube-apiserver.
 //!
-//! Each test starts its own fake kubelets (rustls + hyper on loopback, certificates minted with
-//! rcgen) that record every request and whether it carried an Authorization header, so the
-//! tests can check what a kubelet would actually receive: above all, that pulsecheck's token
-//! never leaves over a connection it did not verify unless the operator asked for that.
-//! `apiserver-proxy` is exercised against a fake apiserver built the same way (the lab's real
-//! control plane is not available to this branch yet).
+//! The kubelets are the lab's fake kubelet endpoints (`pulsecheck::lab::kubelet`): HTTPS on
+//! their own loopback address with a certificate for that IP, answering `/healthz` like a
+//! kubelet with anonymous auth off, and recording every request with its Authorization header.
+//! So the tests check what a kubelet would actually receive — above all, that pulsecheck's
+//! token never leaves over a connection it did not verify unless the operator asked for that.
+//! `apiserver-proxy` is checked against the lab's real kube-apiserver (RBAC) and, for the
+//! answers a lab kubelet cannot give through it, against a small fake apiserver.
 
 use std::{
     net::{IpAddr, Ipv4Addr, SocketAddr},
-    path::{Path, PathBuf},
-    sync::{
-        Arc, Mutex,
-        atomic::{AtomicUsize, Ordering},
-    },
+    path::PathBuf,
+    sync::{Arc, Mutex},
     time::Duration,
 };
 
@@ -21,14 +19,28 @@ use bytes::Bytes;
 use http_body_util::Full;
 use hyper::{Request, Response, service::service_fn};
 use hyper_util::rt::TokioIo;
+use k8s_openapi::{
+    api::{
+        core::v1::Node,
+        rbac::v1::{ClusterRole, ClusterRoleBinding, PolicyRule, RoleRef, Subject},
+    },
+    jiff::Timestamp,
+};
+use kube::api::{Api, ListParams, ObjectMeta, PostParams};
 use pulsecheck::{
     cli::ProbeMode,
-    facts::{KubeletEndpoint, ProbeOutcome},
+    facts::{KubeletEndpoint, NodeFacts, ProbeOutcome, Scope},
+    lab::{
+        certs::CertificateAuthority,
+        controlplane::{ControlPlane, ControlPlaneOptions},
+        fleet::{Fault, Fleet, FleetOptions},
+        kubelet::{self, EndpointFaults},
+    },
     metrics::Metrics,
+    names::FLEET_LABEL,
     probe::{ProbeReport, ProbeSettings, ProbeTarget, Prober, run_scheduler},
 };
-use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, KeyUsagePurpose, SanType};
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject};
 use tokio::{
     net::TcpListener,
     sync::{mpsc, watch},
@@ -37,189 +49,60 @@ use tokio::{
 };
 use tokio_util::sync::CancellationToken;
 
-// ---------------------------------------------------------------------------------------------
-// Certificates
+/// Upper bound of every wait (the machine is shared and has two cores).
+const DEADLINE: Duration = Duration::from_secs(45);
 
-/// A throw-away CA and what it signs.
-struct Authority {
-    cert_pem: String,
-    issuer: Issuer<'static, KeyPair>,
-}
-
-/// A serving certificate and its key, DER.
-struct Serving {
-    chain: Vec<CertificateDer<'static>>,
-    key_der: Vec<u8>,
-}
-
-impl Authority {
-    fn new(name: &str) -> Authority {
-        let mut params = CertificateParams::default();
-        params.distinguished_name.push(DnType::CommonName, name);
-        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::DigitalSignature];
-        let key = KeyPair::generate().unwrap();
-        let cert = params.self_signed(&key).unwrap();
-        Authority { cert_pem: cert.pem(), issuer: Issuer::new(params, key) }
-    }
-
-    /// A kubelet-style serving certificate: the node's IP as a SAN.
-    fn serving(&self, ip: IpAddr) -> Serving {
-        let mut params = CertificateParams::default();
-        params.distinguished_name.push(DnType::CommonName, format!("kubelet@{ip}"));
-        params.subject_alt_names = vec![SanType::IpAddress(ip)];
-        let key = KeyPair::generate().unwrap();
-        let cert = params.signed_by(&key, &self.issuer).unwrap();
-        Serving { chain: vec![cert.der().clone()], key_der: key.serialize_der() }
-    }
-
-    fn write_pem(&self, dir: &Path) -> PathBuf {
-        let path = dir.join("kubelet-ca.pem");
-        std::fs::write(&path, &self.cert_pem).unwrap();
-        path
-    }
-}
-
-// ---------------------------------------------------------------------------------------------
-// Fake kubelet
-
-/// How a fake endpoint answers every request.
-#[derive(Debug, Clone, Copy)]
-enum Answer {
-    Status(u16, &'static str),
-    /// Accept the request and never answer.
-    Hang,
-}
-
-/// A request as the endpoint received it.
-#[derive(Debug, Clone)]
-struct Seen {
-    path: String,
-    authorization: Option<String>,
-}
-
-#[derive(Default)]
-struct Record {
-    requests: Mutex<Vec<Seen>>,
-    handshakes: AtomicUsize,
-    handshake_failures: AtomicUsize,
-    /// Connections the endpoint is done with (after a failed handshake or when the client left).
-    finished: AtomicUsize,
-}
-
-/// An HTTPS endpoint on a loopback address that answers like a kubelet and records everything.
-struct FakeKubelet {
-    addr: SocketAddr,
-    answer: Arc<Mutex<Answer>>,
-    record: Arc<Record>,
-    server: JoinHandle<()>,
-}
-
-impl Drop for FakeKubelet {
-    fn drop(&mut self) {
-        self.server.abort();
-    }
-}
-
-impl FakeKubelet {
-    async fn start(ip: IpAddr, serving: Serving, answer: Answer) -> FakeKubelet {
-        let config = rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-            .with_safe_default_protocol_versions()
-            .unwrap()
-            .with_no_client_auth()
-            .with_single_cert(serving.chain, PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(serving.key_der)))
-            .unwrap();
-        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
-        let listener = TcpListener::bind((ip, 0)).await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let answer = Arc::new(Mutex::new(answer));
-        let record = Arc::new(Record::default());
-        let (a, r) = (answer.clone(), record.clone());
-        let server = tokio::spawn(async move {
-            loop {
-                let Ok((tcp, _)) = listener.accept().await else { continue };
-                let (acceptor, answer, record) = (acceptor.clone(), a.clone(), r.clone());
-                tokio::spawn(async move {
-                    let tls = match acceptor.accept(tcp).await {
-                        Ok(tls) => tls,
-                        Err(_) => {
-                            record.handshake_failures.fetch_add(1, Ordering::SeqCst);
-                            record.finished.fetch_add(1, Ordering::SeqCst);
-                            return;
-                        }
-                    };
-                    record.handshakes.fetch_add(1, Ordering::SeqCst);
-                    let rec = record.clone();
-                    let service = service_fn(move |req: Request<hyper::body::Incoming>| {
-                        let (answer, record) = (answer.clone(), rec.clone());
-                        async move {
-                            let authorization = req.headers().get(http::header::AUTHORIZATION).map(|v| v.to_str().unwrap_or("<binary>").to_string());
-                            record.requests.lock().unwrap().push(Seen { path: req.uri().path().to_string(), authorization });
-                            let answer = *answer.lock().unwrap();
-                            match answer {
-                                Answer::Status(code, body) => Ok::<_, std::convert::Infallible>(
-                                    Response::builder().status(code).body(Full::new(Bytes::from_static(body.as_bytes()))).unwrap(),
-                                ),
-                                Answer::Hang => std::future::pending().await,
-                            }
-                        }
-                    });
-                    let _ = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(tls), service).await;
-                    record.finished.fetch_add(1, Ordering::SeqCst);
-                });
-            }
-        });
-        FakeKubelet { addr, answer, record, server }
-    }
-
-    /// A healthy kubelet with a certificate from `ca` for its IP.
-    async fn healthy(ca: &Authority, ip: IpAddr) -> FakeKubelet {
-        FakeKubelet::start(ip, ca.serving(ip), Answer::Status(200, "ok")).await
-    }
-
-    fn target(&self, node: &str) -> ProbeTarget {
-        ProbeTarget {
-            node: node.into(),
-            endpoint: KubeletEndpoint {
-                addresses: vec![("Hostname".into(), node.into()), ("InternalIP".into(), self.addr.ip().to_string())],
-                port: Some(self.addr.port()),
-            },
-        }
-    }
-
-    fn set_answer(&self, answer: Answer) {
-        *self.answer.lock().unwrap() = answer;
-    }
-
-    fn requests(&self) -> Vec<Seen> {
-        self.record.requests.lock().unwrap().clone()
-    }
-
-    /// Waits until the endpoint has finished with `n` connections.
-    async fn connections_finished(&self, n: usize) {
-        poll("the endpoint to finish its connections", || self.record.finished.load(Ordering::SeqCst) >= n).await;
-    }
-}
-
-/// Polls `ready` every 10 ms until it holds; fails after 10 s.
+/// Polls `ready` every 20 ms until it holds; fails naming `what` after [`DEADLINE`].
 async fn poll(what: &str, mut ready: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(10);
+    let deadline = Instant::now() + DEADLINE;
     while !ready() {
         assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(10)).await;
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
 
 // ---------------------------------------------------------------------------------------------
-// Prober set-up
+// Kubelets and the prober
 
-const LOCALHOST: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
-
-/// A distinct loopback address per test, so tests never share an endpoint.
-fn loopback(a: u8, b: u8) -> IpAddr {
-    IpAddr::V4(Ipv4Addr::new(127, 0, a, b))
+/// A distinct loopback address per test, so no two tests share an endpoint (the lab fleet
+/// starts at 127.0.1.1; these stay in 127.0.200.0/24).
+fn loopback(n: u8) -> IpAddr {
+    IpAddr::V4(Ipv4Addr::new(127, 0, 200, n))
 }
 
+/// A lab kubelet on `ip` with a serving certificate from `ca` for `cert_ip`.
+async fn kubelet_with_cert_for(ca: &CertificateAuthority, ip: IpAddr, cert_ip: IpAddr) -> kubelet::KubeletEndpoint {
+    let serving = ca.issue_server("kubelet", &[cert_ip], &[]).unwrap();
+    kubelet::KubeletEndpoint::start(ip, &serving).await.unwrap()
+}
+
+/// A healthy lab kubelet on `ip` whose certificate for that IP comes from `ca`.
+async fn kubelet(ca: &CertificateAuthority, ip: IpAddr) -> kubelet::KubeletEndpoint {
+    kubelet_with_cert_for(ca, ip, ip).await
+}
+
+fn faulty(fault: fn(&mut EndpointFaults)) -> EndpointFaults {
+    let mut faults = EndpointFaults::default();
+    fault(&mut faults);
+    faults
+}
+
+/// What the controller would hand the prober for a node whose kubelet is `endpoint`.
+fn target(endpoint: SocketAddr, node: &str) -> ProbeTarget {
+    ProbeTarget {
+        node: node.into(),
+        endpoint: KubeletEndpoint {
+            addresses: vec![("Hostname".into(), node.into()), ("InternalIP".into(), endpoint.ip().to_string())],
+            port: Some(endpoint.port()),
+        },
+    }
+}
+
+fn authorizations(k: &kubelet::KubeletEndpoint) -> Vec<Option<String>> {
+    k.requests().into_iter().map(|r| r.authorization).collect()
+}
+
+/// A temporary directory with a token file and, on demand, CA bundles.
 struct Setup {
     dir: tempfile::TempDir,
     token_file: PathBuf,
@@ -231,6 +114,12 @@ impl Setup {
         let token_file = dir.path().join("token");
         std::fs::write(&token_file, format!("{token}\n")).unwrap();
         Setup { dir, token_file }
+    }
+
+    fn ca_file(&self, pem: &str) -> PathBuf {
+        let path = self.dir.path().join(format!("ca-{}.pem", rand_suffix()));
+        std::fs::write(&path, pem).unwrap();
+        path
     }
 
     fn settings(&self, mode: ProbeMode, ca: Option<PathBuf>, insecure_tls: bool) -> ProbeSettings {
@@ -246,9 +135,18 @@ impl Setup {
         }
     }
 
+    /// `kubelet-healthz` verifying kubelets against `ca`.
+    fn verifying(&self, ca: &CertificateAuthority) -> Prober {
+        self.prober(self.settings(ProbeMode::KubeletHealthz, Some(self.ca_file(&ca.cert_pem())), false))
+    }
+
     fn prober(&self, settings: ProbeSettings) -> Prober {
         Prober::new(settings, offline_client()).unwrap()
     }
+}
+
+fn rand_suffix() -> String {
+    pulsecheck::lab::certs::random_token().chars().take(8).collect()
 }
 
 /// A client for modes that never reach the apiserver.
@@ -256,24 +154,20 @@ fn offline_client() -> kube::Client {
     kube::Client::try_from(kube::Config::new("https://127.0.0.1:9".parse().unwrap())).unwrap()
 }
 
-fn authorizations(k: &FakeKubelet) -> Vec<Option<String>> {
-    k.requests().into_iter().map(|s| s.authorization).collect()
-}
-
 // ---------------------------------------------------------------------------------------------
 // kubelet-healthz
 
 #[tokio::test]
 async fn healthy_kubelet_is_a_success_and_gets_the_token_over_verified_tls() {
-    let ca = Authority::new("kubelet-ca");
-    let kubelet = FakeKubelet::healthy(&ca, loopback(1, 1)).await;
+    let ca = CertificateAuthority::new("kubelet-ca").unwrap();
+    let kubelet = kubelet(&ca, loopback(1)).await;
     let s = Setup::new("token-one");
-    let prober = s.prober(s.settings(ProbeMode::KubeletHealthz, Some(ca.write_pem(s.dir.path())), false));
+    let prober = s.verifying(&ca);
     assert_eq!(prober.effective_mode(), ProbeMode::KubeletHealthz);
     assert!(prober.verifies_kubelet_certificates());
     assert_eq!(prober.fallback_reason(), None);
 
-    assert_eq!(prober.probe(&kubelet.target("node-1")).await, ProbeOutcome::Success);
+    assert_eq!(prober.probe(&target(kubelet.addr(), "node-1")).await, ProbeOutcome::Success);
     let seen = kubelet.requests();
     assert_eq!(seen.len(), 1);
     assert_eq!(seen[0].path, "/healthz");
@@ -281,124 +175,117 @@ async fn healthy_kubelet_is_a_success_and_gets_the_token_over_verified_tls() {
 }
 
 #[tokio::test]
-async fn kubelet_answering_500_is_a_failure_with_the_failed_check() {
-    let ca = Authority::new("kubelet-ca");
-    let kubelet = FakeKubelet::start(
-        loopback(1, 2),
-        ca.serving(loopback(1, 2)),
-        Answer::Status(500, "[+]ping ok\n[+]log ok\n[-]syncloop failed: reason withheld\nhealthz check failed\n"),
-    )
-    .await;
+async fn kubelet_with_a_stuck_sync_loop_is_a_failure_naming_the_failed_check() {
+    let ca = CertificateAuthority::new("kubelet-ca").unwrap();
+    let kubelet = kubelet(&ca, loopback(2)).await;
+    kubelet.set_faults(faulty(|f| f.fail = true));
     let s = Setup::new("t");
-    let prober = s.prober(s.settings(ProbeMode::KubeletHealthz, Some(ca.write_pem(s.dir.path())), false));
-    let outcome = prober.probe(&kubelet.target("node-1")).await;
+    let outcome = s.verifying(&ca).probe(&target(kubelet.addr(), "node-1")).await;
     let ProbeOutcome::Failure(why) = &outcome else { panic!("expected a failure, got {outcome:?}") };
     assert!(why.contains("500") && why.contains("syncloop failed"), "{why}");
 }
 
 #[tokio::test]
-async fn kubelet_answering_401_or_403_is_unauthorized_and_names_the_permission() {
-    let ca = Authority::new("kubelet-ca");
-    let kubelet = FakeKubelet::start(loopback(1, 3), ca.serving(loopback(1, 3)), Answer::Status(401, "Unauthorized")).await;
+async fn kubelet_refusing_the_token_is_unauthorized_and_names_the_permission() {
+    let ca = CertificateAuthority::new("kubelet-ca").unwrap();
+    let kubelet = kubelet(&ca, loopback(3)).await;
+    kubelet.set_faults(faulty(|f| f.unauthorized = true));
     let s = Setup::new("t");
-    let prober = s.prober(s.settings(ProbeMode::KubeletHealthz, Some(ca.write_pem(s.dir.path())), false));
-    for code in [401, 403] {
-        kubelet.set_answer(Answer::Status(code, "Forbidden"));
-        let outcome = prober.probe(&kubelet.target("node-1")).await;
-        let ProbeOutcome::Unauthorized(why) = &outcome else { panic!("expected unauthorized for {code}, got {outcome:?}") };
-        assert!(why.contains(&code.to_string()) && why.contains("`get` on `nodes/healthz`"), "{why}");
-    }
+    let outcome = s.verifying(&ca).probe(&target(kubelet.addr(), "node-1")).await;
+    let ProbeOutcome::Unauthorized(why) = &outcome else { panic!("expected unauthorized, got {outcome:?}") };
+    assert!(why.contains("401") && why.contains("`get` on `nodes/healthz`"), "{why}");
 }
 
 #[tokio::test]
 async fn hanging_kubelet_times_out_within_the_probe_timeout() {
-    let ca = Authority::new("kubelet-ca");
-    let kubelet = FakeKubelet::start(loopback(1, 4), ca.serving(loopback(1, 4)), Answer::Hang).await;
+    let ca = CertificateAuthority::new("kubelet-ca").unwrap();
+    let kubelet = kubelet(&ca, loopback(4)).await;
+    kubelet.set_faults(faulty(|f| f.hang = true));
     let s = Setup::new("t");
-    let mut settings = s.settings(ProbeMode::KubeletHealthz, Some(ca.write_pem(s.dir.path())), false);
+    let mut settings = s.settings(ProbeMode::KubeletHealthz, Some(s.ca_file(&ca.cert_pem())), false);
     settings.timeout = Duration::from_secs(1);
     let prober = s.prober(settings);
     let started = Instant::now();
-    let outcome = prober.probe(&kubelet.target("node-1")).await;
+    let outcome = prober.probe(&target(kubelet.addr(), "node-1")).await;
     let took = started.elapsed();
     assert_eq!(outcome, ProbeOutcome::Timeout);
     assert!(took < Duration::from_secs(1) + Duration::from_secs(2), "a 1s probe took {took:?}");
-    // It really reached the kubelet and waited for the answer.
+    // It reached the kubelet and waited for the answer.
     assert_eq!(kubelet.requests().len(), 1);
 }
 
 #[tokio::test]
 async fn without_ca_or_insecure_flag_no_token_is_sent_and_the_probe_is_a_tls_handshake() {
-    let ca = Authority::new("kubelet-ca");
-    let kubelet = FakeKubelet::healthy(&ca, loopback(1, 5)).await;
+    let ca = CertificateAuthority::new("kubelet-ca").unwrap();
+    let kubelet = kubelet(&ca, loopback(5)).await;
     let s = Setup::new("secret-token");
     let prober = s.prober(s.settings(ProbeMode::KubeletHealthz, None, false));
     assert_eq!(prober.effective_mode(), ProbeMode::Tcp);
     let why = prober.fallback_reason().expect("the fallback is explained");
     assert!(why.contains("--kubelet-certificate-authority") && why.contains("--kubelet-insecure-tls"), "{why}");
 
-    assert_eq!(prober.probe(&kubelet.target("node-1")).await, ProbeOutcome::Success);
-    kubelet.connections_finished(1).await;
-    assert_eq!(kubelet.record.handshakes.load(Ordering::SeqCst), 1, "the probe completed a TLS handshake");
+    assert_eq!(prober.probe(&target(kubelet.addr(), "node-1")).await, ProbeOutcome::Success);
     assert!(kubelet.requests().is_empty(), "nothing may be sent without a trusted certificate: {:?}", kubelet.requests());
+    // A closed kubelet port is what the fallback still notices (refused, or reset when the
+    // listener goes away under a pending connection).
+    kubelet.close();
+    let outcome = prober.probe(&target(kubelet.addr(), "node-1")).await;
+    assert!(matches!(&outcome, ProbeOutcome::Failure(why) if why.contains("cannot connect to kubelet")), "{outcome:?}");
 }
 
 #[tokio::test]
 async fn insecure_flag_sends_the_token_to_an_unverified_kubelet() {
-    // The kubelet's certificate comes from a CA pulsecheck was never given.
-    let unknown_ca = Authority::new("self-signed-kubelet");
-    let kubelet = FakeKubelet::healthy(&unknown_ca, loopback(1, 6)).await;
+    // The kubelet's certificate comes from a CA pulsecheck was never given (like kubelet's
+    // default self-signed certificates).
+    let unknown_ca = CertificateAuthority::new("self-signed-kubelet").unwrap();
+    let kubelet = kubelet(&unknown_ca, loopback(6)).await;
     let s = Setup::new("token-insecure");
     let prober = s.prober(s.settings(ProbeMode::KubeletHealthz, None, true));
     assert_eq!(prober.effective_mode(), ProbeMode::KubeletHealthz);
     assert!(!prober.verifies_kubelet_certificates());
-    assert_eq!(prober.probe(&kubelet.target("node-1")).await, ProbeOutcome::Success);
+    assert_eq!(prober.probe(&target(kubelet.addr(), "node-1")).await, ProbeOutcome::Success);
     assert_eq!(authorizations(&kubelet), vec![Some("Bearer token-insecure".to_string())]);
 }
 
 #[tokio::test]
 async fn kubelet_certificate_from_another_ca_fails_tls_and_gets_no_token() {
-    let kubelet_ca = Authority::new("kubelet-ca");
-    let other_ca = Authority::new("some-other-ca");
-    let kubelet = FakeKubelet::healthy(&kubelet_ca, loopback(1, 7)).await;
+    let kubelet_ca = CertificateAuthority::new("kubelet-ca").unwrap();
+    let other_ca = CertificateAuthority::new("some-other-ca").unwrap();
+    let kubelet = kubelet(&kubelet_ca, loopback(7)).await;
     let s = Setup::new("secret-token");
-    let prober = s.prober(s.settings(ProbeMode::KubeletHealthz, Some(other_ca.write_pem(s.dir.path())), false));
-    let outcome = prober.probe(&kubelet.target("node-1")).await;
+    let outcome = s.verifying(&other_ca).probe(&target(kubelet.addr(), "node-1")).await;
     let ProbeOutcome::Failure(why) = &outcome else { panic!("expected a TLS failure, got {outcome:?}") };
     assert!(why.contains("TLS handshake") && why.contains("certificate"), "{why}");
-    kubelet.connections_finished(1).await;
-    assert_eq!(kubelet.record.handshake_failures.load(Ordering::SeqCst), 1);
     assert!(kubelet.requests().is_empty(), "{:?}", kubelet.requests());
 }
 
 #[tokio::test]
-async fn certificate_for_another_ip_fails_tls_and_gets_no_token() {
+async fn certificate_for_another_address_fails_tls_and_gets_no_token() {
     // Signed by the right CA, but for a different node's address.
-    let ca = Authority::new("kubelet-ca");
-    let kubelet = FakeKubelet::start(loopback(1, 8), ca.serving(loopback(9, 9)), Answer::Status(200, "ok")).await;
+    let ca = CertificateAuthority::new("kubelet-ca").unwrap();
+    let kubelet = kubelet_with_cert_for(&ca, loopback(8), loopback(99)).await;
     let s = Setup::new("secret-token");
-    let prober = s.prober(s.settings(ProbeMode::KubeletHealthz, Some(ca.write_pem(s.dir.path())), false));
-    let outcome = prober.probe(&kubelet.target("node-1")).await;
+    let outcome = s.verifying(&ca).probe(&target(kubelet.addr(), "node-1")).await;
     assert!(matches!(&outcome, ProbeOutcome::Failure(why) if why.contains("TLS handshake")), "{outcome:?}");
-    kubelet.connections_finished(1).await;
-    assert!(kubelet.requests().is_empty());
+    assert!(kubelet.requests().is_empty(), "{:?}", kubelet.requests());
 }
 
 #[tokio::test]
 async fn rotated_token_file_is_picked_up_by_the_next_probe() {
-    let ca = Authority::new("kubelet-ca");
-    let kubelet = FakeKubelet::healthy(&ca, loopback(1, 10)).await;
+    let ca = CertificateAuthority::new("kubelet-ca").unwrap();
+    let kubelet = kubelet(&ca, loopback(9)).await;
     let s = Setup::new("token-before");
-    let prober = s.prober(s.settings(ProbeMode::KubeletHealthz, Some(ca.write_pem(s.dir.path())), false));
-    assert_eq!(prober.probe(&kubelet.target("node-1")).await, ProbeOutcome::Success);
-    // Projected ServiceAccount tokens are replaced atomically by the kubelet.
+    let prober = s.verifying(&ca);
+    let node = target(kubelet.addr(), "node-1");
+    assert_eq!(prober.probe(&node).await, ProbeOutcome::Success);
+    // Projected ServiceAccount tokens are replaced atomically by the kubelet...
     let fresh = s.dir.path().join("token.new");
     std::fs::write(&fresh, "token-after").unwrap();
     std::fs::rename(&fresh, &s.token_file).unwrap();
-    assert_eq!(prober.probe(&kubelet.target("node-1")).await, ProbeOutcome::Success);
-    // And rewritten in place, with the same length.
+    assert_eq!(prober.probe(&node).await, ProbeOutcome::Success);
+    // ...and a file rewritten in place, even with the same length, is read again too.
     std::fs::write(&s.token_file, "token-again").unwrap();
-    assert_eq!(prober.probe(&kubelet.target("node-1")).await, ProbeOutcome::Success);
+    assert_eq!(prober.probe(&node).await, ProbeOutcome::Success);
     assert_eq!(
         authorizations(&kubelet),
         ["Bearer token-before", "Bearer token-after", "Bearer token-again"].map(|t| Some(t.to_string())).to_vec()
@@ -406,28 +293,28 @@ async fn rotated_token_file_is_picked_up_by_the_next_probe() {
 }
 
 #[tokio::test]
-async fn unreadable_token_file_is_not_probed_and_the_kubelet_is_not_contacted() {
-    let ca = Authority::new("kubelet-ca");
-    let kubelet = FakeKubelet::healthy(&ca, loopback(1, 11)).await;
+async fn unreadable_token_file_is_not_probed_and_the_kubelet_hears_nothing() {
+    let ca = CertificateAuthority::new("kubelet-ca").unwrap();
+    let kubelet = kubelet(&ca, loopback(10)).await;
     let s = Setup::new("t");
     std::fs::remove_file(&s.token_file).unwrap();
-    let prober = s.prober(s.settings(ProbeMode::KubeletHealthz, Some(ca.write_pem(s.dir.path())), false));
-    let outcome = prober.probe(&kubelet.target("node-1")).await;
+    let outcome = s.verifying(&ca).probe(&target(kubelet.addr(), "node-1")).await;
     assert!(matches!(&outcome, ProbeOutcome::NotProbed(why) if why.contains("--token-file")), "{outcome:?}");
-    assert_eq!(kubelet.record.handshakes.load(Ordering::SeqCst) + kubelet.record.handshake_failures.load(Ordering::SeqCst), 0);
+    assert!(kubelet.requests().is_empty());
 }
 
 #[tokio::test]
-async fn refused_connection_is_a_failure_and_a_node_without_port_is_not_probed() {
-    let closed = std::net::TcpListener::bind((LOCALHOST, 0)).unwrap();
-    let port = closed.local_addr().unwrap().port();
-    drop(closed);
+async fn closed_kubelet_port_is_a_failure_and_a_node_without_port_is_not_probed() {
+    let ca = CertificateAuthority::new("kubelet-ca").unwrap();
+    let kubelet = kubelet(&ca, loopback(11)).await;
+    kubelet.close();
     let s = Setup::new("t");
-    let prober = s.prober(s.settings(ProbeMode::KubeletHealthz, None, true));
-    let target = |port| ProbeTarget { node: "node-1".into(), endpoint: KubeletEndpoint { addresses: vec![("InternalIP".into(), "127.0.0.1".into())], port } };
-    let outcome = prober.probe(&target(Some(port))).await;
-    assert!(matches!(&outcome, ProbeOutcome::Failure(why) if why.contains("refused")), "{outcome:?}");
-    let outcome = prober.probe(&target(None)).await;
+    let prober = s.verifying(&ca);
+    let outcome = prober.probe(&target(kubelet.addr(), "node-1")).await;
+    assert!(matches!(&outcome, ProbeOutcome::Failure(why) if why.contains("cannot connect to kubelet")), "{outcome:?}");
+    let mut portless = target(kubelet.addr(), "node-1");
+    portless.endpoint.port = None;
+    let outcome = prober.probe(&portless).await;
     assert!(matches!(&outcome, ProbeOutcome::NotProbed(why) if why.contains("kubelet port")), "{outcome:?}");
 }
 
@@ -436,18 +323,17 @@ async fn refused_connection_is_a_failure_and_a_node_without_port_is_not_probed()
 
 #[tokio::test]
 async fn tcp_mode_succeeds_on_a_handshake_and_times_out_on_a_silent_port() {
-    let ca = Authority::new("kubelet-ca");
-    let kubelet = FakeKubelet::healthy(&ca, loopback(2, 1)).await;
+    let ca = CertificateAuthority::new("kubelet-ca").unwrap();
+    let kubelet = kubelet(&ca, loopback(20)).await;
     let s = Setup::new("t");
     let mut settings = s.settings(ProbeMode::Tcp, None, false);
     settings.timeout = Duration::from_secs(1);
     let prober = s.prober(settings);
-    assert_eq!(prober.probe(&kubelet.target("node-1")).await, ProbeOutcome::Success);
-    kubelet.connections_finished(1).await;
+    assert_eq!(prober.probe(&target(kubelet.addr(), "node-1")).await, ProbeOutcome::Success);
     assert!(kubelet.requests().is_empty());
 
     // A port that accepts TCP but never speaks TLS (a wedged process holding its socket).
-    let silent = TcpListener::bind((loopback(2, 2), 0)).await.unwrap();
+    let silent = TcpListener::bind((loopback(21), 0)).await.unwrap();
     let addr = silent.local_addr().unwrap();
     let hold = tokio::spawn(async move {
         let mut held = Vec::new();
@@ -455,47 +341,196 @@ async fn tcp_mode_succeeds_on_a_handshake_and_times_out_on_a_silent_port() {
             held.push(tcp);
         }
     });
-    let target = ProbeTarget { node: "node-2".into(), endpoint: KubeletEndpoint { addresses: vec![("InternalIP".into(), addr.ip().to_string())], port: Some(addr.port()) } };
     let started = Instant::now();
-    assert_eq!(prober.probe(&target).await, ProbeOutcome::Timeout);
+    assert_eq!(prober.probe(&target(addr, "node-2")).await, ProbeOutcome::Timeout);
     assert!(started.elapsed() < Duration::from_secs(3), "a 1s probe took {:?}", started.elapsed());
     hold.abort();
 }
 
 // ---------------------------------------------------------------------------------------------
-// apiserver-proxy
+// A simulated fleet behind a real apiserver
 
-/// A kube::Client for a fake apiserver served by `endpoint` with a certificate from `ca`;
-/// `default_retry` as the prober's documentation asks (off) or as kube sets it (on).
-fn client_for(endpoint: &FakeKubelet, ca: &Authority, default_retry: bool) -> kube::Client {
-    let mut config = kube::Config::new(format!("https://{}", endpoint.addr).parse().unwrap());
-    let ca_der = rustls_pemfile::certs(&mut ca.cert_pem.as_bytes()).next().unwrap().unwrap();
-    config.root_cert = Some(vec![ca_der.to_vec()]);
-    config.default_retry = default_retry;
-    kube::Client::try_from(config).unwrap()
+async fn control_plane() -> ControlPlane {
+    ControlPlane::start(ControlPlaneOptions { dir: None }).await.expect("control plane starts")
 }
 
 #[tokio::test]
-async fn apiserver_proxy_asks_the_nodes_proxy_healthz_path_and_names_nodes_proxy_when_forbidden() {
-    let ca = Authority::new("apiserver-ca");
-    let apiserver = FakeKubelet::start(loopback(3, 1), ca.serving(loopback(3, 1)), Answer::Status(200, "ok")).await;
-    let s = Setup::new("t");
-    let prober = Prober::new(s.settings(ProbeMode::ApiserverProxy, None, false), client_for(&apiserver, &ca, false)).unwrap();
-    assert_eq!(prober.effective_mode(), ProbeMode::ApiserverProxy);
-    let target = ProbeTarget { node: "node-1".into(), endpoint: KubeletEndpoint::default() };
-    assert_eq!(prober.probe(&target).await, ProbeOutcome::Success);
-    assert_eq!(apiserver.requests()[0].path, "/api/v1/nodes/node-1/proxy/healthz");
+async fn simulated_nodes_are_probed_at_the_address_and_port_their_status_advertises() {
+    let cp = control_plane().await;
+    let fleet = Fleet::start(cp.client(), FleetOptions { nodes: 4, ..FleetOptions::default() }).await.expect("fleet starts");
+    let names = fleet.node_names();
+    fleet.set_fault(&names[1], Fault::ProbeFail).unwrap();
+    fleet.set_fault(&names[2], Fault::ProbeHang).unwrap();
+    fleet.set_fault(&names[3], Fault::Unauthorized).unwrap();
 
-    apiserver.set_answer(Answer::Status(
-        403,
-        r#"{"kind":"Status","apiVersion":"v1","status":"Failure","message":"nodes \"node-1\" is forbidden: User \"system:serviceaccount:pulsecheck:pulsecheck\" cannot get resource \"nodes/proxy\" in API group \"\" at the cluster scope","reason":"Forbidden","code":403}"#,
-    ));
-    let outcome = prober.probe(&target).await;
+    // Targets exactly as the controller builds them: from the Nodes the apiserver serves.
+    let nodes: Api<Node> = Api::all(cp.client());
+    let listed = nodes.list(&ListParams::default().labels(&format!("{FLEET_LABEL}=true"))).await.unwrap();
+    let now = Timestamp::now();
+    let targets: Vec<ProbeTarget> = listed
+        .items
+        .iter()
+        .map(|n| ProbeTarget { node: n.metadata.name.clone().unwrap(), endpoint: NodeFacts::observe(n, None, &Scope::default(), now).kubelet })
+        .collect();
+    assert_eq!(targets.len(), 4);
+
+    let s = Setup::new("fleet-token");
+    let mut settings = s.settings(ProbeMode::KubeletHealthz, Some(s.ca_file(&fleet.kubelet_ca_pem())), false);
+    settings.timeout = Duration::from_secs(2);
+    let prober = s.prober(settings);
+    let mut outcomes = std::collections::HashMap::new();
+    for t in &targets {
+        outcomes.insert(t.node.clone(), prober.probe(t).await);
+    }
+    assert_eq!(outcomes[&names[0]], ProbeOutcome::Success);
+    assert!(matches!(&outcomes[&names[1]], ProbeOutcome::Failure(why) if why.contains("syncloop")), "{outcomes:?}");
+    assert_eq!(outcomes[&names[2]], ProbeOutcome::Timeout);
+    assert!(matches!(&outcomes[&names[3]], ProbeOutcome::Unauthorized(why) if why.contains("nodes/healthz")), "{outcomes:?}");
+    for name in &names {
+        let seen = fleet.kubelet_requests(name);
+        assert_eq!(seen.len(), 1, "{name}: {seen:?}");
+        assert_eq!((seen[0].path.as_str(), seen[0].authorization.as_deref()), ("/healthz", Some("Bearer fleet-token")));
+    }
+    fleet.stop().await;
+    cp.stop().await.unwrap();
+}
+
+// ---------------------------------------------------------------------------------------------
+// apiserver-proxy
+
+#[tokio::test]
+async fn apiserver_proxy_needs_get_on_nodes_proxy_and_says_so() {
+    let cp = control_plane().await;
+    let token = cp.service_account_token("pulsecheck", "pulsecheck").await.unwrap();
+    let mut config = cp.config_with_token(&token);
+    config.default_retry = false;
+    let s = Setup::new("unused");
+    let prober = Prober::new(s.settings(ProbeMode::ApiserverProxy, None, false), kube::Client::try_from(config).unwrap()).unwrap();
+    let node = ProbeTarget { node: "node-1".into(), endpoint: KubeletEndpoint::default() };
+
+    let outcome = prober.probe(&node).await;
     let ProbeOutcome::Unauthorized(why) = &outcome else { panic!("expected unauthorized, got {outcome:?}") };
-    assert!(why.contains("`get` on `nodes/proxy`") && why.contains("cannot get resource"), "{why}");
+    assert!(why.contains("403") && why.contains("`get` on `nodes/proxy`"), "{why}");
+    assert!(why.contains("nodes/proxy") && why.contains("system:serviceaccount:pulsecheck:pulsecheck"), "the apiserver's message is kept: {why}");
 
-    apiserver.set_answer(Answer::Status(503, r#"{"kind":"Status","message":"error trying to reach service: dial tcp 10.0.0.7:10250: i/o timeout","code":503}"#));
-    let outcome = prober.probe(&target).await;
+    // Granted exactly `get` on `nodes/proxy`, the apiserver lets the request through (this node
+    // does not exist, so the answer is a 404 failure, no longer a permission problem).
+    let roles: Api<ClusterRole> = Api::all(cp.client());
+    let role = ClusterRole {
+        metadata: ObjectMeta { name: Some("pulsecheck-apiserver-proxy".into()), ..Default::default() },
+        rules: Some(vec![PolicyRule {
+            api_groups: Some(vec![String::new()]),
+            resources: Some(vec!["nodes/proxy".into()]),
+            verbs: vec!["get".into()],
+            ..Default::default()
+        }]),
+        ..Default::default()
+    };
+    roles.create(&PostParams::default(), &role).await.unwrap();
+    let bindings: Api<ClusterRoleBinding> = Api::all(cp.client());
+    let binding = ClusterRoleBinding {
+        metadata: ObjectMeta { name: Some("pulsecheck-apiserver-proxy".into()), ..Default::default() },
+        role_ref: RoleRef { api_group: "rbac.authorization.k8s.io".into(), kind: "ClusterRole".into(), name: "pulsecheck-apiserver-proxy".into() },
+        subjects: Some(vec![Subject { kind: "ServiceAccount".into(), name: "pulsecheck".into(), namespace: Some("pulsecheck".into()), ..Default::default() }]),
+    };
+    bindings.create(&PostParams::default(), &binding).await.unwrap();
+    let deadline = Instant::now() + DEADLINE;
+    let outcome = loop {
+        let outcome = prober.probe(&node).await;
+        if !matches!(outcome, ProbeOutcome::Unauthorized(_)) || Instant::now() > deadline {
+            break outcome;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(matches!(&outcome, ProbeOutcome::Failure(why) if why.contains("404")), "{outcome:?}");
+    cp.stop().await.unwrap();
+}
+
+/// How the fake apiserver answers.
+type Answer = (u16, &'static str);
+
+/// An HTTPS server standing in for the apiserver where the lab cannot produce an answer: the
+/// real apiserver refuses to proxy to loopback addresses, where lab kubelets live.
+struct FakeApiserver {
+    addr: SocketAddr,
+    answer: Arc<Mutex<Answer>>,
+    paths: Arc<Mutex<Vec<String>>>,
+    server: JoinHandle<()>,
+    ca_pem: String,
+}
+
+impl Drop for FakeApiserver {
+    fn drop(&mut self) {
+        self.server.abort();
+    }
+}
+
+impl FakeApiserver {
+    async fn start(ip: IpAddr, answer: Answer) -> FakeApiserver {
+        let ca = CertificateAuthority::new("apiserver-ca").unwrap();
+        let serving = ca.issue_server("apiserver", &[ip], &[]).unwrap();
+        let chain = CertificateDer::pem_slice_iter(serving.cert_pem.as_bytes()).collect::<Result<Vec<_>, _>>().unwrap();
+        let key = PrivateKeyDer::from_pem_slice(serving.key_pem.as_bytes()).unwrap();
+        let config = rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(chain, key)
+            .unwrap();
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+        let listener = TcpListener::bind((ip, 0)).await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let answer = Arc::new(Mutex::new(answer));
+        let paths = Arc::new(Mutex::new(Vec::new()));
+        let (a, p) = (answer.clone(), paths.clone());
+        let server = tokio::spawn(async move {
+            while let Ok((tcp, _)) = listener.accept().await {
+                let (acceptor, answer, paths) = (acceptor.clone(), a.clone(), p.clone());
+                tokio::spawn(async move {
+                    let Ok(tls) = acceptor.accept(tcp).await else { return };
+                    let service = service_fn(move |req: Request<hyper::body::Incoming>| {
+                        paths.lock().unwrap().push(req.uri().path().to_string());
+                        let (code, body) = *answer.lock().unwrap();
+                        async move { Response::builder().status(code).body(Full::new(Bytes::from_static(body.as_bytes()))) }
+                    });
+                    let _ = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(tls), service).await;
+                });
+            }
+        });
+        FakeApiserver { addr, answer, paths, server, ca_pem: ca.cert_pem() }
+    }
+
+    /// A client for it; `default_retry` off as the prober's documentation asks, or on as kube sets it.
+    fn client(&self, default_retry: bool) -> kube::Client {
+        let mut config = kube::Config::new(format!("https://{}", self.addr).parse().unwrap());
+        let ca = CertificateDer::pem_slice_iter(self.ca_pem.as_bytes()).next().unwrap().unwrap();
+        config.root_cert = Some(vec![ca.to_vec()]);
+        config.default_retry = default_retry;
+        kube::Client::try_from(config).unwrap()
+    }
+
+    fn set_answer(&self, answer: Answer) {
+        *self.answer.lock().unwrap() = answer;
+    }
+}
+
+#[tokio::test]
+async fn apiserver_proxy_asks_the_node_proxy_healthz_path_and_maps_the_answers() {
+    let apiserver = FakeApiserver::start(loopback(30), (200, "ok")).await;
+    let s = Setup::new("t");
+    let prober = Prober::new(s.settings(ProbeMode::ApiserverProxy, None, false), apiserver.client(false)).unwrap();
+    assert_eq!(prober.effective_mode(), ProbeMode::ApiserverProxy);
+    let node = ProbeTarget { node: "node-1".into(), endpoint: KubeletEndpoint::default() };
+    assert_eq!(prober.probe(&node).await, ProbeOutcome::Success);
+    assert_eq!(apiserver.paths.lock().unwrap().clone(), vec!["/api/v1/nodes/node-1/proxy/healthz".to_string()]);
+
+    // The kubelet's own 500, passed through by the apiserver.
+    apiserver.set_answer((500, "[+]ping ok\n[-]syncloop failed: reason withheld\nhealthz check failed"));
+    let outcome = prober.probe(&node).await;
+    assert!(matches!(&outcome, ProbeOutcome::Failure(why) if why.contains("500") && why.contains("syncloop")), "{outcome:?}");
+    // The apiserver cannot reach the kubelet.
+    apiserver.set_answer((503, r#"{"kind":"Status","message":"error trying to reach service: dial tcp 10.0.0.7:10250: i/o timeout","code":503}"#));
+    let outcome = prober.probe(&node).await;
     assert!(matches!(&outcome, ProbeOutcome::Failure(why) if why.contains("503") && why.contains("i/o timeout")), "{outcome:?}");
 }
 
@@ -503,15 +538,14 @@ async fn apiserver_proxy_asks_the_nodes_proxy_healthz_path_and_names_nodes_proxy
 async fn apiserver_proxy_probe_stays_bounded_when_the_client_retries_503() {
     // kube's default client retries 503 (the apiserver's answer when it cannot reach a kubelet)
     // for a long time; the probe timeout still bounds the probe.
-    let ca = Authority::new("apiserver-ca");
-    let apiserver = FakeKubelet::start(loopback(3, 2), ca.serving(loopback(3, 2)), Answer::Status(503, "unreachable")).await;
+    let apiserver = FakeApiserver::start(loopback(31), (503, "unreachable")).await;
     let s = Setup::new("t");
     let mut settings = s.settings(ProbeMode::ApiserverProxy, None, false);
     settings.timeout = Duration::from_secs(1);
-    let prober = Prober::new(settings, client_for(&apiserver, &ca, true)).unwrap();
-    let target = ProbeTarget { node: "node-1".into(), endpoint: KubeletEndpoint::default() };
+    let prober = Prober::new(settings, apiserver.client(true)).unwrap();
+    let node = ProbeTarget { node: "node-1".into(), endpoint: KubeletEndpoint::default() };
     let started = Instant::now();
-    let outcome = prober.probe(&target).await;
+    let outcome = prober.probe(&node).await;
     assert!(matches!(outcome, ProbeOutcome::Timeout | ProbeOutcome::Failure(_)), "{outcome:?}");
     assert!(started.elapsed() < Duration::from_secs(3), "a 1s probe took {:?}", started.elapsed());
 }
@@ -521,19 +555,20 @@ async fn apiserver_proxy_probe_stays_bounded_when_the_client_retries_503() {
 
 #[tokio::test]
 async fn hanging_kubelet_does_not_delay_probes_of_other_nodes() {
-    let ca = Authority::new("kubelet-ca");
-    let hanging = FakeKubelet::start(loopback(4, 1), ca.serving(loopback(4, 1)), Answer::Hang).await;
+    let ca = CertificateAuthority::new("kubelet-ca").unwrap();
+    let hanging = kubelet(&ca, loopback(40)).await;
+    hanging.set_faults(faulty(|f| f.hang = true));
     let mut healthy = Vec::new();
-    for i in 2..5 {
-        healthy.push(FakeKubelet::healthy(&ca, loopback(4, i)).await);
+    for i in 41..44 {
+        healthy.push(kubelet(&ca, loopback(i)).await);
     }
     let s = Setup::new("t");
-    let mut settings = s.settings(ProbeMode::KubeletHealthz, Some(ca.write_pem(s.dir.path())), false);
-    // A probe timeout far longer than the whole test: the hanging probe stays pending throughout.
+    let mut settings = s.settings(ProbeMode::KubeletHealthz, Some(s.ca_file(&ca.cert_pem())), false);
+    // A probe timeout far longer than the test: the hanging probe stays pending throughout.
     settings.timeout = Duration::from_secs(600);
     let prober = s.prober(settings);
-    let mut targets = vec![hanging.target("hanging")];
-    targets.extend(healthy.iter().enumerate().map(|(i, k)| k.target(&format!("healthy-{i}"))));
+    let mut targets = vec![target(hanging.addr(), "hanging")];
+    targets.extend(healthy.iter().enumerate().map(|(i, k)| target(k.addr(), &format!("healthy-{i}"))));
     let (_targets_tx, targets_rx) = watch::channel(targets);
     let (results_tx, mut results_rx) = mpsc::channel::<ProbeReport>(64);
     let metrics = Metrics::new(true);
@@ -541,7 +576,7 @@ async fn hanging_kubelet_does_not_delay_probes_of_other_nodes() {
     // Two probes in flight at most: the hanging one holds a slot, the three healthy nodes share the other.
     let scheduler = tokio::spawn(run_scheduler(prober, Duration::from_millis(200), 2, targets_rx, results_tx, metrics.clone(), shutdown.clone()));
 
-    let deadline = Instant::now() + Duration::from_secs(30);
+    let deadline = Instant::now() + DEADLINE;
     let mut successes = std::collections::HashMap::<String, u32>::new();
     while successes.len() < 3 || successes.values().any(|n| *n < 3) {
         let report = tokio::time::timeout_at(deadline, results_rx.recv())
@@ -562,25 +597,25 @@ async fn hanging_kubelet_does_not_delay_probes_of_other_nodes() {
 }
 
 #[tokio::test]
-async fn scheduler_reports_timeouts_of_a_hanging_kubelet_as_timeouts() {
-    let ca = Authority::new("kubelet-ca");
-    let hanging = FakeKubelet::start(loopback(4, 10), ca.serving(loopback(4, 10)), Answer::Hang).await;
+async fn scheduler_reports_a_hanging_kubelet_as_timeouts_in_results_and_metrics() {
+    let ca = CertificateAuthority::new("kubelet-ca").unwrap();
+    let hanging = kubelet(&ca, loopback(50)).await;
+    hanging.set_faults(faulty(|f| f.hang = true));
     let s = Setup::new("t");
-    let mut settings = s.settings(ProbeMode::KubeletHealthz, Some(ca.write_pem(s.dir.path())), false);
+    let mut settings = s.settings(ProbeMode::KubeletHealthz, Some(s.ca_file(&ca.cert_pem())), false);
     settings.timeout = Duration::from_millis(300);
     let prober = s.prober(settings);
-    let (_targets_tx, targets_rx) = watch::channel(vec![hanging.target("hanging")]);
+    let (_targets_tx, targets_rx) = watch::channel(vec![target(hanging.addr(), "hanging")]);
     let (results_tx, mut results_rx) = mpsc::channel(8);
     let metrics = Metrics::new(true);
     let shutdown = CancellationToken::new();
     let scheduler = tokio::spawn(run_scheduler(prober, Duration::from_millis(500), 4, targets_rx, results_tx, metrics.clone(), shutdown.clone()));
-    let report = tokio::time::timeout(Duration::from_secs(10), results_rx.recv()).await.expect("a report").unwrap();
+    let report = tokio::time::timeout(DEADLINE, results_rx.recv()).await.expect("a report").unwrap();
     assert_eq!((report.node.as_str(), report.outcome), ("hanging", ProbeOutcome::Timeout));
     let text = metrics.render();
     let timeouts = text.lines().find_map(|l| l.strip_prefix(r#"pulsecheck_probes_total{result="timeout"} "#)).and_then(|n| n.parse::<u64>().ok());
     assert!(timeouts.is_some_and(|n| n >= 1), "{text}");
     assert!(text.contains(r#"pulsecheck_node_probe_success{node="hanging"} 0"#), "{text}");
     shutdown.cancel();
-    tokio::time::timeout(Duration::from_secs(10), scheduler).await.expect("the scheduler stops on shutdown").unwrap();
+    tokio::time::timeout(DEADLINE, scheduler).await.expect("the scheduler stops on shutdown").unwrap();
 }
-
