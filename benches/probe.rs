@@ -1,9 +1,10 @@
 //! What kubelet probing costs at fleet scale: the real scheduler and prober against local
 //! HTTPS endpoints at the rate of 5,000 nodes every 30 s (~170 probes/s).
 //!
-//! The endpoints run in a child process (this binary re-executed with `serve`), so the CPU
-//! time and peak RSS measured here are the prober's alone. Each endpoint listens on its own
-//! loopback address (127.0.X.Y) with its own certificate for that IP, signed by one CA that the
+//! The endpoints (the lab's fake kubelets) run in a child process (this binary re-executed with
+//! `serve`), so the CPU time and peak RSS measured here are the prober's alone. Each endpoint
+//! listens on its own loopback address (127.0.X.Y) with its own certificate for that IP, signed
+//! by one CA that the
 //! prober verifies against (`kubelet-healthz` with `--kubelet-certificate-authority`): every
 //! probe is a TCP connect, a verified TLS handshake and an HTTP/1.1 GET /healthz with a token.
 //!
@@ -18,22 +19,16 @@ use std::{
     net::{IpAddr, Ipv4Addr, SocketAddr},
     path::{Path, PathBuf},
     process::{Command, Stdio},
-    sync::Arc,
     time::{Duration, Instant},
 };
 
-use bytes::Bytes;
-use http_body_util::Full;
-use hyper::{Response, service::service_fn};
-use hyper_util::rt::TokioIo;
 use pulsecheck::{
     cli::ProbeMode,
     facts::{KubeletEndpoint, ProbeOutcome},
+    lab::{certs::CertificateAuthority, kubelet},
     metrics::Metrics,
     probe::{ProbeSettings, ProbeTarget, Prober, run_scheduler},
 };
-use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, KeyUsagePurpose, SanType};
-use rustls::pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer};
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
@@ -210,8 +205,8 @@ fn status_kib(field: &str) -> u64 {
 // -------------------------------------------------------------------------------------------
 // The endpoint process
 
-/// Serves `endpoints` healthy fake kubelets; writes `ca.pem` and `endpoints.txt` into `dir`,
-/// prints `ready`, and serves until killed.
+/// Serves `endpoints` healthy lab kubelets (`pulsecheck::lab::kubelet`); writes `ca.pem` and
+/// `endpoints.txt` into `dir`, prints `ready`, and serves until its parent goes away.
 fn serve(dir: &Path, endpoints: usize) {
     // The parent holds our stdin open; when it goes away (even by a panic), so do we.
     std::thread::spawn(|| {
@@ -220,43 +215,15 @@ fn serve(dir: &Path, endpoints: usize) {
     });
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio runtime");
     runtime.block_on(async {
-        let mut ca_params = CertificateParams::default();
-        ca_params.distinguished_name.push(DnType::CommonName, "bench-kubelet-ca");
-        ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        ca_params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::DigitalSignature];
-        let ca_key = KeyPair::generate().expect("key");
-        let ca_cert = ca_params.self_signed(&ca_key).expect("CA");
-        std::fs::write(dir.join("ca.pem"), ca_cert.pem()).expect("ca.pem");
-        let issuer = Issuer::new(ca_params, ca_key);
-        let mut lines = Vec::new();
+        let ca = CertificateAuthority::new("bench-kubelet-ca").expect("CA");
+        std::fs::write(dir.join("ca.pem"), ca.cert_pem()).expect("ca.pem");
+        let mut running = Vec::new();
         for i in 0..endpoints {
             let ip = endpoint_ip(i);
-            let mut params = CertificateParams::default();
-            params.distinguished_name.push(DnType::CommonName, format!("kubelet@{ip}"));
-            params.subject_alt_names = vec![SanType::IpAddress(ip)];
-            let key = KeyPair::generate().expect("key");
-            let cert = params.signed_by(&key, &issuer).expect("serving certificate");
-            let config = rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-                .with_safe_default_protocol_versions()
-                .expect("versions")
-                .with_no_client_auth()
-                .with_single_cert(vec![cert.der().clone()], PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der())))
-                .expect("server config");
-            let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
-            let listener = tokio::net::TcpListener::bind((ip, 0)).await.expect("bind a loopback address");
-            lines.push(listener.local_addr().expect("address").to_string());
-            tokio::spawn(async move {
-                loop {
-                    let Ok((tcp, _)) = listener.accept().await else { continue };
-                    let acceptor = acceptor.clone();
-                    tokio::spawn(async move {
-                        let Ok(tls) = acceptor.accept(tcp).await else { return };
-                        let service = service_fn(|_req| async { Ok::<_, std::convert::Infallible>(Response::new(Full::new(Bytes::from_static(b"ok")))) });
-                        let _ = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(tls), service).await;
-                    });
-                }
-            });
+            let serving = ca.issue_server(&format!("kubelet@{ip}"), &[ip], &[]).expect("serving certificate");
+            running.push(kubelet::KubeletEndpoint::start(ip, &serving).await.expect("bind a loopback address"));
         }
+        let lines: Vec<String> = running.iter().map(|e| e.addr().to_string()).collect();
         std::fs::write(dir.join("endpoints.txt"), lines.join("\n")).expect("endpoints.txt");
         println!("ready");
         std::future::pending::<()>().await;
