@@ -480,6 +480,9 @@ impl Fleet {
         if !opts.force {
             refuse_foreign_nodes(&nodes_api).await?;
         }
+        if opts.kubelet_endpoints {
+            raise_open_file_limit(opts.nodes);
+        }
         let ca = CertificateAuthority::new("pulsecheck-lab-kubelet-ca")?;
         let ctx = Arc::new(FleetContext {
             nodes: nodes_api,
@@ -636,6 +639,26 @@ impl Drop for Fleet {
 impl std::fmt::Debug for Fleet {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Fleet").field("nodes", &self.nodes.len()).finish_non_exhaustive()
+    }
+}
+
+/// Every kubelet endpoint holds a listening socket plus its connections: the usual soft limit of
+/// 1024 open files runs out near a thousand nodes (and then a prober's connections would fail
+/// for a reason no real kubelet has). Raise the soft limit towards the hard one when needed.
+fn raise_open_file_limit(nodes: usize) {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    let wanted = (nodes as u64).saturating_mul(4).saturating_add(256);
+    let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) else { return };
+    if soft >= wanted {
+        return;
+    }
+    let raised = wanted.min(hard);
+    match setrlimit(Resource::RLIMIT_NOFILE, raised, hard) {
+        Ok(()) => tracing::info!(from = soft, to = raised, "raised the open-file limit for the kubelet endpoints"),
+        Err(error) => tracing::warn!(soft, %error, "could not raise the open-file limit; large fleets may run out"),
+    }
+    if raised < wanted {
+        tracing::warn!(limit = raised, nodes, "open-file hard limit is low for this many kubelet endpoints");
     }
 }
 
