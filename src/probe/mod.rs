@@ -18,7 +18,7 @@
 //! The one rule this module must never break: **a bearer token is only ever sent over a TLS
 //! connection whose certificate was verified against `--kubelet-certificate-authority`, or when
 //! the operator explicitly chose `--kubelet-insecure-tls`.** With neither, `kubelet-healthz`
-//! falls back to `tcp` and says so. The rule is structural: only the [`Transport::Healthz`]
+//! falls back to `tcp` and says so. The rule is structural: only the `Transport::Healthz`
 //! variant reads the token file, and it exists only when one of the two flags was given.
 //!
 //! Every probe is bounded by the probe timeout and never panics; [`run_scheduler`] runs them
