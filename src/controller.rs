@@ -66,7 +66,7 @@ impl Error {
         match self {
             Error::Config(_) | Error::Admin(_) | Error::Connect(crate::connect::Error::Kubeconfig { .. }) => true,
             Error::Leader(crate::leader::Error::TooShort(_)) => true,
-            Error::Probe(e) => e.is_usage(),
+            Error::Probe(_) => true,
             _ => false,
         }
     }
@@ -197,7 +197,7 @@ pub async fn start(client: kube::Client, settings: RunSettings) -> Result<Runnin
     let shutdown = CancellationToken::new();
     let server = AdminServer::bind(settings.admin_addr, metrics.clone(), readiness.clone()).await?;
     let admin_addr = server.local_addr().unwrap_or(settings.admin_addr);
-    let prober = match settings.probe.mode() {
+    let prober = match settings.probe.mode {
         ProbeMode::None => None,
         _ => Some(Prober::new(settings.probe.clone(), client.clone())?),
     };
@@ -344,7 +344,7 @@ impl Controller {
                     "probe partition: most kubelet probes fail; pulsecheck assumes its own network is cut off and ignores probe evidence"
                 );
             }
-            self.metrics.set_probe_misconfigured(v.facts.probes.values().any(|p| matches!(p.last, Some((crate::facts::ProbeOutcome::Unauthorized(_), _)))));
+            self.metrics.set_probe_misconfigured(probe::is_misconfigured(v.facts.probes.values().filter_map(|p| p.last.as_ref().map(|(outcome, _)| outcome))));
             let assessments = evaluation.assessments;
             self.publish_metrics(&v.facts, &assessments);
             let plan = guard::plan(now, &assessments, &v.facts, &mut self.memory, &cfg.guard, blind.is_some() || !leader);

@@ -1,0 +1,662 @@
+//! The kubelet prober: turns sockets into evidence.
+//!
+//! A zombie node renews its Lease while its NodeStatus goes stale; NodeStatus takes minutes to
+//! look stale, and a kubelet whose sync loop is wedged may still renew its Lease. Asking the
+//! kubelet itself (`/healthz` on its port, which includes the sync loop) gives independent
+//! evidence within seconds. This module asks; it never decides: each probe becomes a
+//! [`ProbeOutcome`], and [`crate::verdict`] weighs the outcomes (behind the partition guard).
+//!
+//! Four modes ([`ProbeMode`]):
+//! * `kubelet-healthz` — HTTPS `GET /healthz` on the kubelet port with pulsecheck's
+//!   ServiceAccount token (RBAC `nodes/healthz`, or `nodes/proxy` on kubelets without
+//!   KubeletFineGrainedAuthz);
+//! * `tcp` — a TCP connect and TLS handshake, nothing sent;
+//! * `apiserver-proxy` — `GET /api/v1/nodes/NAME/proxy/healthz` through the apiserver (RBAC
+//!   `nodes/proxy`, which also allows exec into every pod);
+//! * `none`.
+//!
+//! The one rule this module must never break: **a bearer token is only ever sent over a TLS
+//! connection whose certificate was verified against `--kubelet-certificate-authority`, or when
+//! the operator explicitly chose `--kubelet-insecure-tls`.** With neither, `kubelet-healthz`
+//! falls back to `tcp` and says so. The rule is structural: only the `Transport::Healthz`
+//! variant reads the token file, and it exists only when one of the two flags was given.
+//!
+//! Every probe is bounded by the probe timeout and never panics; [`run_scheduler`] runs them
+//! concurrently so that a hanging kubelet delays nobody else.
+
+mod scheduler;
+mod tls;
+
+use std::{
+    net::{IpAddr, SocketAddr},
+    path::{Path, PathBuf},
+    sync::Arc,
+    time::Duration,
+};
+
+use bytes::Bytes;
+use http::{HeaderValue, StatusCode, header};
+use http_body_util::{BodyExt, Empty, Limited};
+use hyper_util::rt::TokioIo;
+use rustls::pki_types::ServerName;
+use tokio::net::TcpStream;
+use tokio_rustls::{TlsConnector, client::TlsStream};
+use tracing::{instrument, warn};
+
+pub use scheduler::{ProbeReport, run_scheduler};
+
+use crate::{
+    cli::{ProbeArgs, ProbeMode},
+    facts::{KubeletEndpoint, ProbeOutcome},
+};
+
+/// What can stop the prober from starting.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The CA bundle cannot be read.
+    #[error("cannot read --kubelet-certificate-authority {path}: {source}")]
+    ReadCertificateAuthority {
+        /// The file given.
+        path: String,
+        /// Why it cannot be read.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The CA bundle holds no certificate rustls accepts as a trust anchor.
+    #[error("--kubelet-certificate-authority {path} holds no usable PEM certificate{}", if rejected.is_empty() { String::new() } else { format!(" ({rejected})") })]
+    NoCertificates {
+        /// The file given.
+        path: String,
+        /// Why certificates in it were rejected, if any were found.
+        rejected: String,
+    },
+    /// Both TLS flags were given; they mean opposite things.
+    #[error("--kubelet-certificate-authority and --kubelet-insecure-tls contradict each other: give the CA to verify kubelet certificates, or the insecure flag to skip verification, not both")]
+    CertificateAuthorityAndInsecure,
+    /// rustls refused the configuration.
+    #[error("cannot build the kubelet TLS client configuration: {0}")]
+    Tls(#[from] rustls::Error),
+}
+
+/// Result of this module's fallible operations.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// One node to probe: its name and where its kubelet listens.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProbeTarget {
+    /// The Node's name.
+    pub node: String,
+    /// Its addresses and kubelet port, from the Node's status.
+    pub endpoint: KubeletEndpoint,
+}
+
+/// Everything the prober needs from the command line (`--probe*`, `--kubelet-*`, `--token-file`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct ProbeSettings {
+    /// The requested mode (`--probe`); see [`Prober::effective_mode`] for the one in force.
+    pub mode: ProbeMode,
+    /// Bound of one probe (`--probe-timeout`).
+    pub timeout: Duration,
+    /// How often each node is probed (`--probe-interval`), for [`run_scheduler`].
+    pub interval: Duration,
+    /// Probes in flight at most (`--probe-concurrency`), for [`run_scheduler`].
+    pub concurrency: usize,
+    /// Node address types to try, in order (`--kubelet-preferred-address-types`).
+    pub preferred_address_types: Vec<String>,
+    /// CA bundle of kubelet serving certificates (`--kubelet-certificate-authority`).
+    pub ca: Option<PathBuf>,
+    /// Send the token without verifying kubelet certificates (`--kubelet-insecure-tls`).
+    pub insecure_tls: bool,
+    /// Bearer token file, re-read on every probe (`--token-file`).
+    pub token_file: PathBuf,
+}
+
+impl ProbeSettings {
+    /// The settings as given on the command line.
+    pub fn from_args(args: &ProbeArgs) -> ProbeSettings {
+        ProbeSettings {
+            mode: args.probe,
+            timeout: args.probe_timeout,
+            interval: args.probe_interval,
+            concurrency: usize::try_from(args.probe_concurrency).unwrap_or(usize::MAX).max(1),
+            preferred_address_types: args.kubelet_preferred_address_types.clone(),
+            ca: args.kubelet_certificate_authority.clone(),
+            insecure_tls: args.kubelet_insecure_tls,
+            token_file: args.token_file.clone(),
+        }
+    }
+}
+
+/// Why `kubelet-healthz` runs as `tcp` when no way to trust a kubelet was given.
+const NO_TRUST_FALLBACK: &str = "--probe=kubelet-healthz without --kubelet-certificate-authority or --kubelet-insecure-tls: \
+pulsecheck never sends its token to a kubelet whose certificate it cannot verify, so it probes with --probe=tcp \
+(TCP connect and TLS handshake, no credentials, does not see a wedged sync loop)";
+
+/// How probes reach kubelets; fixed at start-up.
+enum Transport {
+    /// HTTPS GET /healthz with the bearer token. Only built with a CA (`verified`) or with the
+    /// explicit insecure flag.
+    Healthz { tls: TlsConnector, verified: bool },
+    /// TCP connect + TLS handshake with any certificate; nothing is sent.
+    Handshake { tls: TlsConnector },
+    /// GET /api/v1/nodes/NAME/proxy/healthz through the apiserver.
+    ApiserverProxy,
+    /// `--probe=none`.
+    Disabled,
+}
+
+struct Inner {
+    transport: Transport,
+    fallback_reason: Option<String>,
+    timeout: Duration,
+    preferred_address_types: Vec<String>,
+    token_file: PathBuf,
+    client: kube::Client,
+}
+
+/// Asks kubelets whether they work. Cheap to clone: everything is shared behind an `Arc`.
+#[derive(Clone)]
+pub struct Prober {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Prober {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Prober")
+            .field("effective_mode", &self.effective_mode())
+            .field("fallback_reason", &self.fallback_reason())
+            .field("timeout", &self.inner.timeout)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Prober {
+    /// Builds the TLS configurations and decides the effective mode.
+    ///
+    /// `kubelet-healthz` with neither `--kubelet-certificate-authority` nor
+    /// `--kubelet-insecure-tls` falls back to `tcp` (no token is ever sent) and says so once,
+    /// here, as a warning and in [`Prober::fallback_reason`]. `--kubelet-insecure-tls` is
+    /// honoured with a warning. Both flags together are an error.
+    ///
+    /// `client` is only used by `apiserver-proxy`. Build it with `kube::Config::default_retry`
+    /// set to `false`: kube's default policy retries 503 — the apiserver's answer when it
+    /// cannot reach a kubelet — with backoff, which turns an unreachable kubelet into a
+    /// `Timeout` without its reason and multiplies the proxy requests.
+    pub fn new(settings: ProbeSettings, client: kube::Client) -> Result<Prober> {
+        let mut fallback_reason = None;
+        let transport = match settings.mode {
+            ProbeMode::KubeletHealthz => match (&settings.ca, settings.insecure_tls) {
+                (Some(_), true) => return Err(Error::CertificateAuthorityAndInsecure),
+                (Some(ca), false) => Transport::Healthz { tls: TlsConnector::from(Arc::new(tls::verified(ca)?)), verified: true },
+                (None, true) => {
+                    warn!(
+                        "--kubelet-insecure-tls: kubelet certificates are NOT verified and pulsecheck's token is sent to whatever answers on a node's address; give --kubelet-certificate-authority instead where kubelet serving certificates are signed by a cluster CA"
+                    );
+                    Transport::Healthz { tls: TlsConnector::from(Arc::new(tls::accept_any(true)?)), verified: false }
+                }
+                (None, false) => {
+                    warn!(reason = NO_TRUST_FALLBACK, "kubelet probes fall back to tcp");
+                    fallback_reason = Some(NO_TRUST_FALLBACK.to_string());
+                    Transport::Handshake { tls: TlsConnector::from(Arc::new(tls::accept_any(false)?)) }
+                }
+            },
+            ProbeMode::Tcp => Transport::Handshake { tls: TlsConnector::from(Arc::new(tls::accept_any(false)?)) },
+            ProbeMode::ApiserverProxy => Transport::ApiserverProxy,
+            ProbeMode::None => Transport::Disabled,
+        };
+        Ok(Prober {
+            inner: Arc::new(Inner {
+                transport,
+                fallback_reason,
+                timeout: settings.timeout,
+                preferred_address_types: settings.preferred_address_types,
+                token_file: settings.token_file,
+                client,
+            }),
+        })
+    }
+
+    /// The mode in force: the requested one, or `Tcp` after the no-trust fallback.
+    pub fn effective_mode(&self) -> ProbeMode {
+        match self.inner.transport {
+            Transport::Healthz { .. } => ProbeMode::KubeletHealthz,
+            Transport::Handshake { .. } => ProbeMode::Tcp,
+            Transport::ApiserverProxy => ProbeMode::ApiserverProxy,
+            Transport::Disabled => ProbeMode::None,
+        }
+    }
+
+    /// Why the effective mode differs from the requested one, if it does.
+    pub fn fallback_reason(&self) -> Option<&str> {
+        self.inner.fallback_reason.as_deref()
+    }
+
+    /// True when kubelet certificates are verified against a CA before the token is sent
+    /// (false for `--kubelet-insecure-tls` and for every mode that sends no token to kubelets).
+    pub fn verifies_kubelet_certificates(&self) -> bool {
+        matches!(self.inner.transport, Transport::Healthz { verified: true, .. })
+    }
+
+    /// The timeout every probe is bounded by.
+    pub fn timeout(&self) -> Duration {
+        self.inner.timeout
+    }
+
+    /// One probe of one node, bounded by the probe timeout. Never panics, never fails: every
+    /// result is a [`ProbeOutcome`] — 2xx is `Success`; 401/403 is `Unauthorized` naming the
+    /// missing permission; another status, a refused or reset connection or a TLS failure is
+    /// `Failure`; no answer in time is `Timeout`; no usable address, no port or an unreadable
+    /// token file is `NotProbed`.
+    #[instrument(level = "debug", skip_all, fields(node = %target.node))]
+    pub async fn probe(&self, target: &ProbeTarget) -> ProbeOutcome {
+        let inner = &*self.inner;
+        let attempt = async {
+            match &inner.transport {
+                Transport::Healthz { tls, .. } => inner.healthz(tls, target).await,
+                Transport::Handshake { tls } => inner.handshake(tls, target).await,
+                Transport::ApiserverProxy => inner.apiserver_proxy(&target.node).await,
+                Transport::Disabled => ProbeOutcome::NotProbed("kubelet probes are off (--probe=none)".into()),
+            }
+        };
+        let outcome = tokio::time::timeout(inner.timeout, attempt).await.unwrap_or(ProbeOutcome::Timeout);
+        tracing::debug!(?outcome, "kubelet probe");
+        outcome
+    }
+}
+
+/// True when any of `outcomes` says pulsecheck lacks permission to probe
+/// (`pulsecheck_probe_misconfigured`).
+pub fn is_misconfigured<'a>(outcomes: impl IntoIterator<Item = &'a ProbeOutcome>) -> bool {
+    outcomes.into_iter().any(|o| matches!(o, ProbeOutcome::Unauthorized(_)))
+}
+
+impl Inner {
+    async fn healthz(&self, tls: &TlsConnector, target: &ProbeTarget) -> ProbeOutcome {
+        let peer = match Peer::choose(&target.endpoint, &self.preferred_address_types) {
+            Ok(peer) => peer,
+            Err(reason) => return ProbeOutcome::NotProbed(reason),
+        };
+        // Read before connecting: a missing token must not cost the kubelet a connection.
+        let bearer = match read_bearer(&self.token_file) {
+            Ok(bearer) => bearer,
+            Err(reason) => return ProbeOutcome::NotProbed(reason),
+        };
+        let stream = match peer.connect_tls(tls).await {
+            Ok(stream) => stream,
+            Err(outcome) => return outcome,
+        };
+        match get_healthz(stream, &peer.authority(), bearer).await {
+            Ok((status, body)) => kubelet_answer(status, &body, &peer.authority()),
+            Err(e) => ProbeOutcome::Failure(format!("kubelet at {} did not answer /healthz: {e}", peer.authority())),
+        }
+    }
+
+    async fn handshake(&self, tls: &TlsConnector, target: &ProbeTarget) -> ProbeOutcome {
+        let peer = match Peer::choose(&target.endpoint, &self.preferred_address_types) {
+            Ok(peer) => peer,
+            Err(reason) => return ProbeOutcome::NotProbed(reason),
+        };
+        match peer.connect_tls(tls).await {
+            // Dropping the stream closes the connection; nothing was sent but the handshake.
+            Ok(_stream) => ProbeOutcome::Success,
+            Err(outcome) => outcome,
+        }
+    }
+
+    async fn apiserver_proxy(&self, node: &str) -> ProbeOutcome {
+        if !is_dns_subdomain(node) {
+            return ProbeOutcome::NotProbed(format!("node name {node:?} cannot be used in an apiserver path"));
+        }
+        let request = match http::Request::get(format!("/api/v1/nodes/{node}/proxy/healthz")).body(kube::client::Body::from(Vec::new())) {
+            Ok(request) => request,
+            Err(e) => return ProbeOutcome::NotProbed(format!("cannot build the apiserver proxy request: {e}")),
+        };
+        let response = match self.client.send(request).await {
+            Ok(response) => response,
+            Err(e) => return ProbeOutcome::Failure(format!("apiserver proxy request for node {node} failed: {e}")),
+        };
+        let status = response.status();
+        let body = if status.is_success() { Bytes::new() } else { read_limited(response.into_body()).await };
+        apiserver_answer(status, &body)
+    }
+}
+
+/// Where to connect, chosen from a node's addresses.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Peer {
+    host: Host,
+    port: u16,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Host {
+    Ip(IpAddr),
+    Name(String),
+}
+
+impl Peer {
+    /// The first address of the first preferred type the node lists, with its kubelet port.
+    fn choose(endpoint: &KubeletEndpoint, preferred: &[String]) -> Result<Peer, String> {
+        let Some(port) = endpoint.port else {
+            return Err("node has no kubelet port (status.daemonEndpoints.kubeletEndpoint.Port)".into());
+        };
+        let address = preferred
+            .iter()
+            .find_map(|kind| endpoint.addresses.iter().find(|(t, a)| t == kind && !a.trim().is_empty()))
+            .map(|(_, a)| a.trim());
+        let Some(address) = address else {
+            return Err(format!("node lists no address of a preferred type ({})", preferred.join(", ")));
+        };
+        let host = match address.parse::<IpAddr>() {
+            Ok(ip) => Host::Ip(ip),
+            Err(_) if ServerName::try_from(address).is_ok() => Host::Name(address.to_string()),
+            Err(_) => return Err(format!("node address {address:?} is neither an IP address nor a host name")),
+        };
+        Ok(Peer { host, port })
+    }
+
+    /// `host:port` as it goes into the Host header and messages (IPv6 in brackets).
+    fn authority(&self) -> String {
+        match &self.host {
+            Host::Ip(IpAddr::V6(ip)) => format!("[{ip}]:{}", self.port),
+            Host::Ip(ip) => format!("{ip}:{}", self.port),
+            Host::Name(name) => format!("{name}:{}", self.port),
+        }
+    }
+
+    /// The TLS server name: the IP itself (kubelet certificates carry node IPs as SANs) or the name.
+    fn server_name(&self) -> Result<ServerName<'static>, String> {
+        match &self.host {
+            Host::Ip(ip) => Ok(ServerName::IpAddress((*ip).into())),
+            Host::Name(name) => ServerName::try_from(name.clone()).map_err(|e| format!("{name:?} is not a valid TLS server name: {e}")),
+        }
+    }
+
+    async fn connect_tls(&self, tls: &TlsConnector) -> Result<TlsStream<TcpStream>, ProbeOutcome> {
+        let authority = self.authority();
+        let server_name = self.server_name().map_err(ProbeOutcome::NotProbed)?;
+        let tcp = match &self.host {
+            Host::Ip(ip) => TcpStream::connect(SocketAddr::new(*ip, self.port)).await,
+            Host::Name(name) => TcpStream::connect((name.as_str(), self.port)).await,
+        }
+        .map_err(|e| ProbeOutcome::Failure(format!("cannot connect to kubelet at {authority}: {e}")))?;
+        let _ = tcp.set_nodelay(true);
+        tls.connect(server_name, tcp)
+            .await
+            .map_err(|e| ProbeOutcome::Failure(format!("TLS handshake with kubelet at {authority} failed: {e}")))
+    }
+}
+
+/// `Bearer <token>` from the token file, read afresh (projected tokens rotate).
+fn read_bearer(path: &Path) -> Result<HeaderValue, String> {
+    let raw = std::fs::read_to_string(path).map_err(|e| format!("cannot read the token file {} (--token-file): {e}", path.display()))?;
+    let token = raw.trim();
+    if token.is_empty() {
+        return Err(format!("the token file {} (--token-file) is empty", path.display()));
+    }
+    let mut value = HeaderValue::try_from(format!("Bearer {token}"))
+        .map_err(|_| format!("the token in {} (--token-file) holds characters an HTTP header cannot carry", path.display()))?;
+    value.set_sensitive(true);
+    Ok(value)
+}
+
+/// Sends `GET /healthz` over `stream` and returns the status and, for non-2xx, the start of the body.
+async fn get_healthz(stream: TlsStream<TcpStream>, authority: &str, bearer: HeaderValue) -> Result<(StatusCode, Bytes), String> {
+    let request = http::Request::get("/healthz")
+        .header(header::HOST, authority)
+        .header(header::AUTHORIZATION, bearer)
+        .header(header::USER_AGENT, concat!("pulsecheck/", env!("CARGO_PKG_VERSION")))
+        .header(header::CONNECTION, "close")
+        .body(Empty::<Bytes>::new())
+        .map_err(|e| format!("cannot build the request: {e}"))?;
+    let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.map_err(|e| e.to_string())?;
+    let exchange = async move {
+        let response = sender.send_request(request).await.map_err(|e| e.to_string())?;
+        let status = response.status();
+        let body = if status.is_success() { Bytes::new() } else { read_limited(response.into_body()).await };
+        Ok((status, body))
+    };
+    // Drive the connection in this task (no spawn), so that a timeout drops everything at once.
+    let mut exchange = std::pin::pin!(exchange);
+    tokio::select! {
+        biased;
+        answer = &mut exchange => answer,
+        // The connection ended first (closed or failed): the exchange now resolves at once,
+        // with the answer it already received or the reason it got none.
+        _ = connection => exchange.await,
+    }
+}
+
+/// At most the first 4 KiB of a body; an unreadable body is empty.
+async fn read_limited<B>(body: B) -> Bytes
+where
+    B: hyper::body::Body,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    Limited::new(body, 4096).collect().await.map(|c| c.to_bytes()).unwrap_or_default()
+}
+
+/// What a kubelet's answer to `/healthz` means.
+fn kubelet_answer(status: StatusCode, body: &[u8], authority: &str) -> ProbeOutcome {
+    let code = status.as_u16();
+    match status {
+        s if s.is_success() => ProbeOutcome::Success,
+        StatusCode::UNAUTHORIZED => ProbeOutcome::Unauthorized(
+            "kubelet answered 401: it did not accept pulsecheck's token (--token-file); pulsecheck's ServiceAccount needs `get` on `nodes/healthz` (or `nodes/proxy` on kubelets without KubeletFineGrainedAuthz, before 1.33) and the kubelet needs webhook authentication".into(),
+        ),
+        StatusCode::FORBIDDEN => ProbeOutcome::Unauthorized(format!(
+            "kubelet answered {code}: pulsecheck's ServiceAccount needs `get` on `nodes/healthz` (or `nodes/proxy` on kubelets without KubeletFineGrainedAuthz, before 1.33)"
+        )),
+        _ => ProbeOutcome::Failure(format!("kubelet at {authority} answered {code}{}", summary(body))),
+    }
+}
+
+/// What the apiserver's answer to `nodes/NAME/proxy/healthz` means.
+fn apiserver_answer(status: StatusCode, body: &[u8]) -> ProbeOutcome {
+    let code = status.as_u16();
+    match status {
+        s if s.is_success() => ProbeOutcome::Success,
+        StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => ProbeOutcome::Unauthorized(format!(
+            "apiserver answered {code}: pulsecheck's ServiceAccount needs `get` on `nodes/proxy` for --probe=apiserver-proxy{}",
+            summary(body)
+        )),
+        _ => ProbeOutcome::Failure(format!("apiserver proxy to the kubelet answered {code}{}", summary(body))),
+    }
+}
+
+/// `": <reason>"` from a body: a Kubernetes Status message, the failed checks of a healthz
+/// report (`[-]syncloop failed: ...`), or the first line; empty when there is nothing useful.
+fn summary(body: &[u8]) -> String {
+    let text = String::from_utf8_lossy(body);
+    let text = text.trim();
+    if text.is_empty() {
+        return String::new();
+    }
+    let reason = match serde_json::from_str::<kube::core::Status>(text) {
+        Ok(status) if !status.message.is_empty() => status.message,
+        _ => {
+            let failed: Vec<&str> = text.lines().map(str::trim).filter(|l| l.starts_with("[-]")).collect();
+            if failed.is_empty() { text.lines().next().unwrap_or_default().to_string() } else { failed.join("; ") }
+        }
+    };
+    const MAX_CHARS: usize = 300;
+    let clean: Vec<char> = reason.chars().filter(|c| !c.is_control()).collect();
+    let mut reason: String = clean.iter().take(MAX_CHARS).collect();
+    if clean.len() > MAX_CHARS {
+        reason.push('…');
+    }
+    format!(": {reason}")
+}
+
+/// A DNS-1123 subdomain, as Node names are.
+fn is_dns_subdomain(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 253
+        && name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '.')
+        && name.starts_with(|c: char| c.is_ascii_alphanumeric())
+        && name.ends_with(|c: char| c.is_ascii_alphanumeric())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn endpoint(addresses: &[(&str, &str)], port: Option<u16>) -> KubeletEndpoint {
+        KubeletEndpoint { addresses: addresses.iter().map(|(t, a)| (t.to_string(), a.to_string())).collect(), port }
+    }
+
+    fn preferred() -> Vec<String> {
+        ["InternalIP", "ExternalIP", "Hostname"].map(String::from).to_vec()
+    }
+
+    #[test]
+    fn address_follows_the_preferred_type_order_not_the_node_order() {
+        let e = endpoint(&[("Hostname", "node-a"), ("ExternalIP", "203.0.113.7"), ("InternalIP", "10.0.0.7")], Some(10250));
+        let peer = Peer::choose(&e, &preferred()).unwrap();
+        assert_eq!(peer.authority(), "10.0.0.7:10250");
+        let peer = Peer::choose(&e, &["ExternalIP".to_string()]).unwrap();
+        assert_eq!(peer.authority(), "203.0.113.7:10250");
+        let peer = Peer::choose(&e, &["Hostname".to_string()]).unwrap();
+        assert_eq!(peer.host, Host::Name("node-a".into()));
+    }
+
+    #[test]
+    fn ipv6_addresses_are_bracketed_and_used_as_server_name() {
+        let e = endpoint(&[("InternalIP", "fd00::7")], Some(10250));
+        let peer = Peer::choose(&e, &preferred()).unwrap();
+        assert_eq!(peer.authority(), "[fd00::7]:10250");
+        assert!(matches!(peer.server_name().unwrap(), ServerName::IpAddress(_)));
+    }
+
+    #[test]
+    fn no_port_or_no_preferred_address_is_not_probed_with_the_reason() {
+        let e = endpoint(&[("InternalIP", "10.0.0.7")], None);
+        assert!(Peer::choose(&e, &preferred()).unwrap_err().contains("kubeletEndpoint.Port"));
+        let e = endpoint(&[("InternalDNS", "a.example"), ("InternalIP", " ")], Some(10250));
+        let why = Peer::choose(&e, &preferred()).unwrap_err();
+        assert!(why.contains("InternalIP, ExternalIP, Hostname"), "{why}");
+    }
+
+    #[test]
+    fn token_is_trimmed_marked_sensitive_and_problems_are_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("token");
+        std::fs::write(&path, "abc.def\n").unwrap();
+        let v = read_bearer(&path).unwrap();
+        assert_eq!(v.to_str().unwrap(), "Bearer abc.def");
+        assert!(v.is_sensitive());
+        std::fs::write(&path, "  \n").unwrap();
+        assert!(read_bearer(&path).unwrap_err().contains("is empty"));
+        let missing = read_bearer(&dir.path().join("nope")).unwrap_err();
+        assert!(missing.contains("--token-file") && missing.contains("nope"), "{missing}");
+    }
+
+    #[test]
+    fn kubelet_answers_map_to_outcomes() {
+        let a = "10.0.0.7:10250";
+        assert_eq!(kubelet_answer(StatusCode::OK, b"ok", a), ProbeOutcome::Success);
+        let ProbeOutcome::Unauthorized(why) = kubelet_answer(StatusCode::FORBIDDEN, b"Forbidden", a) else { panic!() };
+        assert!(why.contains("403") && why.contains("`nodes/healthz`"), "{why}");
+        let ProbeOutcome::Unauthorized(why) = kubelet_answer(StatusCode::UNAUTHORIZED, b"", a) else { panic!() };
+        assert!(why.contains("401") && why.contains("`nodes/healthz`"), "{why}");
+        let body = b"[+]ping ok\n[+]log ok\n[-]syncloop failed: reason withheld\nhealthz check failed\n";
+        assert_eq!(
+            kubelet_answer(StatusCode::INTERNAL_SERVER_ERROR, body, a),
+            ProbeOutcome::Failure("kubelet at 10.0.0.7:10250 answered 500: [-]syncloop failed: reason withheld".into())
+        );
+    }
+
+    #[test]
+    fn apiserver_answers_name_nodes_proxy_and_carry_the_status_message() {
+        assert_eq!(apiserver_answer(StatusCode::OK, b""), ProbeOutcome::Success);
+        let body = br#"{"kind":"Status","apiVersion":"v1","status":"Failure","message":"nodes \"n1\" is forbidden: User \"system:serviceaccount:x:y\" cannot get resource \"nodes/proxy\"","reason":"Forbidden","code":403}"#;
+        let ProbeOutcome::Unauthorized(why) = apiserver_answer(StatusCode::FORBIDDEN, body) else { panic!() };
+        assert!(why.contains("`nodes/proxy`") && why.contains("cannot get resource"), "{why}");
+        let body = br#"{"kind":"Status","message":"error trying to reach service: dial tcp 10.0.0.7:10250: connect: connection refused","code":503}"#;
+        let ProbeOutcome::Failure(why) = apiserver_answer(StatusCode::SERVICE_UNAVAILABLE, body) else { panic!() };
+        assert!(why.contains("503") && why.contains("connection refused"), "{why}");
+    }
+
+    #[test]
+    fn unauthorized_outcomes_mark_the_prober_misconfigured() {
+        assert!(!is_misconfigured(&[ProbeOutcome::Success, ProbeOutcome::Timeout]));
+        assert!(is_misconfigured(&[ProbeOutcome::Success, ProbeOutcome::Unauthorized("403".into())]));
+    }
+
+    #[test]
+    fn node_names_are_checked_before_they_go_into_a_path() {
+        assert!(is_dns_subdomain("ip-10-0-0-7.eu-west-1.compute.internal"));
+        for bad in ["", "../secrets", "a/b", "Upper", "-a", "a?x=1"] {
+            assert!(!is_dns_subdomain(bad), "{bad}");
+        }
+    }
+
+    fn settings(mode: ProbeMode, ca: Option<PathBuf>, insecure_tls: bool) -> ProbeSettings {
+        ProbeSettings {
+            mode,
+            timeout: Duration::from_secs(1),
+            interval: Duration::from_secs(30),
+            concurrency: 4,
+            preferred_address_types: preferred(),
+            ca,
+            insecure_tls,
+            token_file: "/nonexistent/token".into(),
+        }
+    }
+
+    fn offline_client() -> kube::Client {
+        let config = kube::Config::new("https://127.0.0.1:9".parse().unwrap());
+        kube::Client::try_from(config).unwrap()
+    }
+
+    #[tokio::test]
+    async fn effective_mode_falls_back_to_tcp_without_a_way_to_trust_kubelets() {
+        let p = Prober::new(settings(ProbeMode::KubeletHealthz, None, false), offline_client()).unwrap();
+        assert_eq!(p.effective_mode(), ProbeMode::Tcp);
+        let why = p.fallback_reason().unwrap();
+        assert!(why.contains("--kubelet-certificate-authority") && why.contains("--kubelet-insecure-tls"), "{why}");
+
+        let p = Prober::new(settings(ProbeMode::KubeletHealthz, None, true), offline_client()).unwrap();
+        assert_eq!((p.effective_mode(), p.fallback_reason(), p.verifies_kubelet_certificates()), (ProbeMode::KubeletHealthz, None, false));
+        for mode in [ProbeMode::Tcp, ProbeMode::ApiserverProxy, ProbeMode::None] {
+            let p = Prober::new(settings(mode, None, false), offline_client()).unwrap();
+            assert_eq!((p.effective_mode(), p.fallback_reason()), (mode, None));
+        }
+    }
+
+    #[tokio::test]
+    async fn certificate_authority_problems_are_start_up_errors_naming_the_flag() {
+        let dir = tempfile::tempdir().unwrap();
+        let missing = dir.path().join("missing.pem");
+        let e = Prober::new(settings(ProbeMode::KubeletHealthz, Some(missing), false), offline_client()).unwrap_err().to_string();
+        assert!(e.contains("--kubelet-certificate-authority") && e.contains("missing.pem"), "{e}");
+        let junk = dir.path().join("junk.pem");
+        std::fs::write(&junk, "not a certificate").unwrap();
+        let e = Prober::new(settings(ProbeMode::KubeletHealthz, Some(junk.clone()), false), offline_client()).unwrap_err().to_string();
+        assert!(e.contains("no usable PEM certificate"), "{e}");
+        let e = Prober::new(settings(ProbeMode::KubeletHealthz, Some(junk), true), offline_client()).unwrap_err().to_string();
+        assert!(e.contains("contradict"), "{e}");
+    }
+
+    #[tokio::test]
+    async fn settings_come_from_the_probe_flags() {
+        use clap::Parser;
+        let cli = crate::cli::Cli::try_parse_from([
+            "pulsecheck",
+            "run",
+            "--probe-timeout=2s",
+            "--probe-concurrency=7",
+            "--kubelet-insecure-tls",
+            "--kubelet-preferred-address-types=ExternalIP,InternalIP",
+            "--token-file=/tmp/t",
+        ])
+        .unwrap();
+        let crate::cli::Command::Run(run) = cli.command else { panic!("not run") };
+        let s = ProbeSettings::from_args(&run.probe);
+        assert_eq!(s.mode, ProbeMode::KubeletHealthz);
+        assert_eq!((s.timeout, s.interval, s.concurrency), (Duration::from_secs(2), Duration::from_secs(30), 7));
+        assert_eq!(s.preferred_address_types, vec!["ExternalIP", "InternalIP"]);
+        assert!(s.insecure_tls && s.ca.is_none());
+        assert_eq!(s.token_file, PathBuf::from("/tmp/t"));
+    }
+}

@@ -1,0 +1,618 @@
+//! Kubelet probes against real local HTTPS endpoints and a real kube-apiserver.
+//!
+//! The kubelets are the lab's fake kubelet endpoints (`pulsecheck::lab::kubelet`): HTTPS on
+//! their own loopback address with a certificate for that IP, answering `/healthz` like a
+//! kubelet with anonymous auth off, and recording every request with its Authorization header.
+//! So the tests check what a kubelet would actually receive — above all, that pulsecheck's
+//! token never leaves over a connection it did not verify unless the operator asked for that.
+//! `apiserver-proxy` is checked against the lab's real kube-apiserver (RBAC) and, for the
+//! answers a lab kubelet cannot give through it, against a small fake apiserver.
+
+use std::{
+    net::{IpAddr, Ipv4Addr, SocketAddr},
+    path::PathBuf,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::{Request, Response, service::service_fn};
+use hyper_util::rt::TokioIo;
+use k8s_openapi::{
+    api::rbac::v1::{ClusterRole, ClusterRoleBinding, PolicyRule, RoleRef, Subject},
+    jiff::Timestamp,
+};
+use kube::api::{Api, ListParams, ObjectMeta, PostParams};
+use pulsecheck::{
+    cli::ProbeMode,
+    facts::{KubeletEndpoint, NodeFacts, ProbeOutcome, Scope, SlimNode},
+    lab::{
+        certs::CertificateAuthority,
+        controlplane::{ControlPlane, ControlPlaneOptions},
+        fleet::{Fault, Fleet, FleetOptions},
+        kubelet::{self, EndpointFaults},
+    },
+    metrics::Metrics,
+    names::FLEET_LABEL,
+    probe::{ProbeReport, ProbeSettings, ProbeTarget, Prober, run_scheduler},
+};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject};
+use tokio::{
+    net::TcpListener,
+    sync::{mpsc, watch},
+    task::JoinHandle,
+    time::Instant,
+};
+use tokio_util::sync::CancellationToken;
+
+/// Upper bound of every wait (the machine is shared and has two cores).
+const DEADLINE: Duration = Duration::from_secs(45);
+
+/// Polls `ready` every 20 ms until it holds; fails naming `what` after [`DEADLINE`].
+async fn poll(what: &str, mut ready: impl FnMut() -> bool) {
+    let deadline = Instant::now() + DEADLINE;
+    while !ready() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Kubelets and the prober
+
+/// A distinct loopback address per test, so no two tests share an endpoint (the lab fleet
+/// starts at 127.0.1.1; these stay in 127.0.200.0/24).
+fn loopback(n: u8) -> IpAddr {
+    IpAddr::V4(Ipv4Addr::new(127, 0, 200, n))
+}
+
+/// A lab kubelet on `ip` with a serving certificate from `ca` for `cert_ip`.
+async fn kubelet_with_cert_for(ca: &CertificateAuthority, ip: IpAddr, cert_ip: IpAddr) -> kubelet::KubeletEndpoint {
+    let serving = ca.issue_server("kubelet", &[cert_ip], &[]).unwrap();
+    kubelet::KubeletEndpoint::start(ip, &serving).await.unwrap()
+}
+
+/// A healthy lab kubelet on `ip` whose certificate for that IP comes from `ca`.
+async fn kubelet(ca: &CertificateAuthority, ip: IpAddr) -> kubelet::KubeletEndpoint {
+    kubelet_with_cert_for(ca, ip, ip).await
+}
+
+fn faulty(fault: fn(&mut EndpointFaults)) -> EndpointFaults {
+    let mut faults = EndpointFaults::default();
+    fault(&mut faults);
+    faults
+}
+
+/// What the controller would hand the prober for a node whose kubelet is `endpoint`.
+fn target(endpoint: SocketAddr, node: &str) -> ProbeTarget {
+    ProbeTarget {
+        node: node.into(),
+        endpoint: KubeletEndpoint {
+            addresses: vec![("Hostname".into(), node.into()), ("InternalIP".into(), endpoint.ip().to_string())],
+            port: Some(endpoint.port()),
+        },
+    }
+}
+
+fn authorizations(k: &kubelet::KubeletEndpoint) -> Vec<Option<String>> {
+    k.requests().into_iter().map(|r| r.authorization).collect()
+}
+
+/// A temporary directory with a token file and, on demand, CA bundles.
+struct Setup {
+    dir: tempfile::TempDir,
+    token_file: PathBuf,
+}
+
+impl Setup {
+    fn new(token: &str) -> Setup {
+        let dir = tempfile::tempdir().unwrap();
+        let token_file = dir.path().join("token");
+        std::fs::write(&token_file, format!("{token}\n")).unwrap();
+        Setup { dir, token_file }
+    }
+
+    fn ca_file(&self, pem: &str) -> PathBuf {
+        let path = self.dir.path().join(format!("ca-{}.pem", rand_suffix()));
+        std::fs::write(&path, pem).unwrap();
+        path
+    }
+
+    fn settings(&self, mode: ProbeMode, ca: Option<PathBuf>, insecure_tls: bool) -> ProbeSettings {
+        ProbeSettings {
+            mode,
+            timeout: Duration::from_secs(5),
+            interval: Duration::from_secs(30),
+            concurrency: 8,
+            preferred_address_types: vec!["InternalIP".into(), "ExternalIP".into(), "Hostname".into()],
+            ca,
+            insecure_tls,
+            token_file: self.token_file.clone(),
+        }
+    }
+
+    /// `kubelet-healthz` verifying kubelets against `ca`.
+    fn verifying(&self, ca: &CertificateAuthority) -> Prober {
+        self.prober(self.settings(ProbeMode::KubeletHealthz, Some(self.ca_file(&ca.cert_pem())), false))
+    }
+
+    fn prober(&self, settings: ProbeSettings) -> Prober {
+        Prober::new(settings, offline_client()).unwrap()
+    }
+}
+
+fn rand_suffix() -> String {
+    pulsecheck::lab::certs::random_token().chars().take(8).collect()
+}
+
+/// A client for modes that never reach the apiserver.
+fn offline_client() -> kube::Client {
+    kube::Client::try_from(kube::Config::new("https://127.0.0.1:9".parse().unwrap())).unwrap()
+}
+
+// ---------------------------------------------------------------------------------------------
+// kubelet-healthz
+
+#[tokio::test]
+async fn healthy_kubelet_is_a_success_and_gets_the_token_over_verified_tls() {
+    let ca = CertificateAuthority::new("kubelet-ca").unwrap();
+    let kubelet = kubelet(&ca, loopback(1)).await;
+    let s = Setup::new("token-one");
+    let prober = s.verifying(&ca);
+    assert_eq!(prober.effective_mode(), ProbeMode::KubeletHealthz);
+    assert!(prober.verifies_kubelet_certificates());
+    assert_eq!(prober.fallback_reason(), None);
+
+    assert_eq!(prober.probe(&target(kubelet.addr(), "node-1")).await, ProbeOutcome::Success);
+    let seen = kubelet.requests();
+    assert_eq!(seen.len(), 1);
+    assert_eq!(seen[0].path, "/healthz");
+    assert_eq!(seen[0].authorization.as_deref(), Some("Bearer token-one"));
+}
+
+#[tokio::test]
+async fn kubelet_with_a_stuck_sync_loop_is_a_failure_naming_the_failed_check() {
+    let ca = CertificateAuthority::new("kubelet-ca").unwrap();
+    let kubelet = kubelet(&ca, loopback(2)).await;
+    kubelet.set_faults(faulty(|f| f.fail = true));
+    let s = Setup::new("t");
+    let outcome = s.verifying(&ca).probe(&target(kubelet.addr(), "node-1")).await;
+    let ProbeOutcome::Failure(why) = &outcome else { panic!("expected a failure, got {outcome:?}") };
+    assert!(why.contains("500") && why.contains("syncloop failed"), "{why}");
+}
+
+#[tokio::test]
+async fn kubelet_refusing_the_token_is_unauthorized_and_names_the_permission() {
+    let ca = CertificateAuthority::new("kubelet-ca").unwrap();
+    let kubelet = kubelet(&ca, loopback(3)).await;
+    kubelet.set_faults(faulty(|f| f.unauthorized = true));
+    let s = Setup::new("t");
+    let outcome = s.verifying(&ca).probe(&target(kubelet.addr(), "node-1")).await;
+    let ProbeOutcome::Unauthorized(why) = &outcome else { panic!("expected unauthorized, got {outcome:?}") };
+    assert!(why.contains("401") && why.contains("`get` on `nodes/healthz`"), "{why}");
+}
+
+#[tokio::test]
+async fn hanging_kubelet_times_out_within_the_probe_timeout() {
+    let ca = CertificateAuthority::new("kubelet-ca").unwrap();
+    let kubelet = kubelet(&ca, loopback(4)).await;
+    kubelet.set_faults(faulty(|f| f.hang = true));
+    let s = Setup::new("t");
+    let mut settings = s.settings(ProbeMode::KubeletHealthz, Some(s.ca_file(&ca.cert_pem())), false);
+    settings.timeout = Duration::from_secs(1);
+    let prober = s.prober(settings);
+    let started = Instant::now();
+    let outcome = prober.probe(&target(kubelet.addr(), "node-1")).await;
+    let took = started.elapsed();
+    assert_eq!(outcome, ProbeOutcome::Timeout);
+    assert!(took < Duration::from_secs(1) + Duration::from_secs(2), "a 1s probe took {took:?}");
+    // It reached the kubelet and waited for the answer.
+    assert_eq!(kubelet.requests().len(), 1);
+}
+
+#[tokio::test]
+async fn without_ca_or_insecure_flag_no_token_is_sent_and_the_probe_is_a_tls_handshake() {
+    let ca = CertificateAuthority::new("kubelet-ca").unwrap();
+    let kubelet = kubelet(&ca, loopback(5)).await;
+    let s = Setup::new("secret-token");
+    let prober = s.prober(s.settings(ProbeMode::KubeletHealthz, None, false));
+    assert_eq!(prober.effective_mode(), ProbeMode::Tcp);
+    let why = prober.fallback_reason().expect("the fallback is explained");
+    assert!(why.contains("--kubelet-certificate-authority") && why.contains("--kubelet-insecure-tls"), "{why}");
+
+    assert_eq!(prober.probe(&target(kubelet.addr(), "node-1")).await, ProbeOutcome::Success);
+    assert!(kubelet.requests().is_empty(), "nothing may be sent without a trusted certificate: {:?}", kubelet.requests());
+    // A closed kubelet port is what the fallback still notices (refused, or reset when the
+    // listener goes away under a pending connection).
+    kubelet.close();
+    let outcome = prober.probe(&target(kubelet.addr(), "node-1")).await;
+    assert!(matches!(&outcome, ProbeOutcome::Failure(why) if why.contains("cannot connect to kubelet")), "{outcome:?}");
+}
+
+#[tokio::test]
+async fn insecure_flag_sends_the_token_to_an_unverified_kubelet() {
+    // The kubelet's certificate comes from a CA pulsecheck was never given (like kubelet's
+    // default self-signed certificates).
+    let unknown_ca = CertificateAuthority::new("self-signed-kubelet").unwrap();
+    let kubelet = kubelet(&unknown_ca, loopback(6)).await;
+    let s = Setup::new("token-insecure");
+    let prober = s.prober(s.settings(ProbeMode::KubeletHealthz, None, true));
+    assert_eq!(prober.effective_mode(), ProbeMode::KubeletHealthz);
+    assert!(!prober.verifies_kubelet_certificates());
+    assert_eq!(prober.probe(&target(kubelet.addr(), "node-1")).await, ProbeOutcome::Success);
+    assert_eq!(authorizations(&kubelet), vec![Some("Bearer token-insecure".to_string())]);
+}
+
+#[tokio::test]
+async fn kubelet_certificate_from_another_ca_fails_tls_and_gets_no_token() {
+    let kubelet_ca = CertificateAuthority::new("kubelet-ca").unwrap();
+    let other_ca = CertificateAuthority::new("some-other-ca").unwrap();
+    let kubelet = kubelet(&kubelet_ca, loopback(7)).await;
+    let s = Setup::new("secret-token");
+    let outcome = s.verifying(&other_ca).probe(&target(kubelet.addr(), "node-1")).await;
+    let ProbeOutcome::Failure(why) = &outcome else { panic!("expected a TLS failure, got {outcome:?}") };
+    assert!(why.contains("TLS handshake") && why.contains("certificate"), "{why}");
+    assert!(kubelet.requests().is_empty(), "{:?}", kubelet.requests());
+}
+
+#[tokio::test]
+async fn certificate_for_another_address_fails_tls_and_gets_no_token() {
+    // Signed by the right CA, but for a different node's address.
+    let ca = CertificateAuthority::new("kubelet-ca").unwrap();
+    let kubelet = kubelet_with_cert_for(&ca, loopback(8), loopback(99)).await;
+    let s = Setup::new("secret-token");
+    let outcome = s.verifying(&ca).probe(&target(kubelet.addr(), "node-1")).await;
+    assert!(matches!(&outcome, ProbeOutcome::Failure(why) if why.contains("TLS handshake")), "{outcome:?}");
+    assert!(kubelet.requests().is_empty(), "{:?}", kubelet.requests());
+}
+
+#[tokio::test]
+async fn rotated_token_file_is_picked_up_by_the_next_probe() {
+    let ca = CertificateAuthority::new("kubelet-ca").unwrap();
+    let kubelet = kubelet(&ca, loopback(9)).await;
+    let s = Setup::new("token-before");
+    let prober = s.verifying(&ca);
+    let node = target(kubelet.addr(), "node-1");
+    assert_eq!(prober.probe(&node).await, ProbeOutcome::Success);
+    // Projected ServiceAccount tokens are replaced atomically by the kubelet...
+    let fresh = s.dir.path().join("token.new");
+    std::fs::write(&fresh, "token-after").unwrap();
+    std::fs::rename(&fresh, &s.token_file).unwrap();
+    assert_eq!(prober.probe(&node).await, ProbeOutcome::Success);
+    // ...and a file rewritten in place, even with the same length, is read again too.
+    std::fs::write(&s.token_file, "token-again").unwrap();
+    assert_eq!(prober.probe(&node).await, ProbeOutcome::Success);
+    assert_eq!(
+        authorizations(&kubelet),
+        ["Bearer token-before", "Bearer token-after", "Bearer token-again"].map(|t| Some(t.to_string())).to_vec()
+    );
+}
+
+#[tokio::test]
+async fn unreadable_token_file_is_not_probed_and_the_kubelet_hears_nothing() {
+    let ca = CertificateAuthority::new("kubelet-ca").unwrap();
+    let kubelet = kubelet(&ca, loopback(10)).await;
+    let s = Setup::new("t");
+    std::fs::remove_file(&s.token_file).unwrap();
+    let outcome = s.verifying(&ca).probe(&target(kubelet.addr(), "node-1")).await;
+    assert!(matches!(&outcome, ProbeOutcome::NotProbed(why) if why.contains("--token-file")), "{outcome:?}");
+    assert!(kubelet.requests().is_empty());
+}
+
+#[tokio::test]
+async fn closed_kubelet_port_is_a_failure_and_a_node_without_port_is_not_probed() {
+    let ca = CertificateAuthority::new("kubelet-ca").unwrap();
+    let kubelet = kubelet(&ca, loopback(11)).await;
+    kubelet.close();
+    let s = Setup::new("t");
+    let prober = s.verifying(&ca);
+    let outcome = prober.probe(&target(kubelet.addr(), "node-1")).await;
+    assert!(matches!(&outcome, ProbeOutcome::Failure(why) if why.contains("cannot connect to kubelet")), "{outcome:?}");
+    let mut portless = target(kubelet.addr(), "node-1");
+    portless.endpoint.port = None;
+    let outcome = prober.probe(&portless).await;
+    assert!(matches!(&outcome, ProbeOutcome::NotProbed(why) if why.contains("kubelet port")), "{outcome:?}");
+}
+
+// ---------------------------------------------------------------------------------------------
+// tcp
+
+#[tokio::test]
+async fn tcp_mode_succeeds_on_a_handshake_and_times_out_on_a_silent_port() {
+    let ca = CertificateAuthority::new("kubelet-ca").unwrap();
+    let kubelet = kubelet(&ca, loopback(20)).await;
+    let s = Setup::new("t");
+    let mut settings = s.settings(ProbeMode::Tcp, None, false);
+    settings.timeout = Duration::from_secs(1);
+    let prober = s.prober(settings);
+    assert_eq!(prober.probe(&target(kubelet.addr(), "node-1")).await, ProbeOutcome::Success);
+    assert!(kubelet.requests().is_empty());
+
+    // A port that accepts TCP but never speaks TLS (a wedged process holding its socket).
+    let silent = TcpListener::bind((loopback(21), 0)).await.unwrap();
+    let addr = silent.local_addr().unwrap();
+    let hold = tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((tcp, _)) = silent.accept().await {
+            held.push(tcp);
+        }
+    });
+    let started = Instant::now();
+    assert_eq!(prober.probe(&target(addr, "node-2")).await, ProbeOutcome::Timeout);
+    assert!(started.elapsed() < Duration::from_secs(3), "a 1s probe took {:?}", started.elapsed());
+    hold.abort();
+}
+
+// ---------------------------------------------------------------------------------------------
+// A simulated fleet behind a real apiserver
+
+async fn control_plane() -> ControlPlane {
+    ControlPlane::start(ControlPlaneOptions { dir: None }).await.expect("control plane starts")
+}
+
+#[tokio::test]
+async fn simulated_nodes_are_probed_at_the_address_and_port_their_status_advertises() {
+    let cp = control_plane().await;
+    let fleet = Fleet::start(cp.client(), FleetOptions { nodes: 4, ..FleetOptions::default() }).await.expect("fleet starts");
+    let names = fleet.node_names();
+    fleet.set_fault(&names[1], Fault::ProbeFail).unwrap();
+    fleet.set_fault(&names[2], Fault::ProbeHang).unwrap();
+    fleet.set_fault(&names[3], Fault::Unauthorized).unwrap();
+
+    // Targets exactly as the controller builds them: from the Nodes the apiserver serves.
+    let nodes: Api<SlimNode> = Api::all(cp.client());
+    let listed = nodes.list(&ListParams::default().labels(&format!("{FLEET_LABEL}=true"))).await.unwrap();
+    let now = Timestamp::now();
+    let targets: Vec<ProbeTarget> = listed
+        .items
+        .iter()
+        .map(|n| ProbeTarget { node: n.metadata.name.clone().unwrap(), endpoint: NodeFacts::observe(n, None, &Scope::default(), now).kubelet })
+        .collect();
+    assert_eq!(targets.len(), 4);
+
+    let s = Setup::new("fleet-token");
+    let mut settings = s.settings(ProbeMode::KubeletHealthz, Some(s.ca_file(&fleet.kubelet_ca_pem())), false);
+    settings.timeout = Duration::from_secs(2);
+    let prober = s.prober(settings);
+    let mut outcomes = std::collections::HashMap::new();
+    for t in &targets {
+        outcomes.insert(t.node.clone(), prober.probe(t).await);
+    }
+    assert_eq!(outcomes[&names[0]], ProbeOutcome::Success);
+    assert!(matches!(&outcomes[&names[1]], ProbeOutcome::Failure(why) if why.contains("syncloop")), "{outcomes:?}");
+    assert_eq!(outcomes[&names[2]], ProbeOutcome::Timeout);
+    assert!(matches!(&outcomes[&names[3]], ProbeOutcome::Unauthorized(why) if why.contains("nodes/healthz")), "{outcomes:?}");
+    for name in &names {
+        let seen = fleet.kubelet_requests(name);
+        assert_eq!(seen.len(), 1, "{name}: {seen:?}");
+        assert_eq!((seen[0].path.as_str(), seen[0].authorization.as_deref()), ("/healthz", Some("Bearer fleet-token")));
+    }
+    fleet.stop().await;
+    cp.stop().await.unwrap();
+}
+
+// ---------------------------------------------------------------------------------------------
+// apiserver-proxy
+
+#[tokio::test]
+async fn apiserver_proxy_needs_get_on_nodes_proxy_and_says_so() {
+    let cp = control_plane().await;
+    let token = cp.service_account_token("pulsecheck", "pulsecheck").await.unwrap();
+    let mut config = cp.config_with_token(&token);
+    config.default_retry = false;
+    let s = Setup::new("unused");
+    let prober = Prober::new(s.settings(ProbeMode::ApiserverProxy, None, false), kube::Client::try_from(config).unwrap()).unwrap();
+    let node = ProbeTarget { node: "node-1".into(), endpoint: KubeletEndpoint::default() };
+
+    let outcome = prober.probe(&node).await;
+    let ProbeOutcome::Unauthorized(why) = &outcome else { panic!("expected unauthorized, got {outcome:?}") };
+    assert!(why.contains("403") && why.contains("`get` on `nodes/proxy`"), "{why}");
+    assert!(why.contains("nodes/proxy") && why.contains("system:serviceaccount:pulsecheck:pulsecheck"), "the apiserver's message is kept: {why}");
+
+    // Granted exactly `get` on `nodes/proxy`, the apiserver lets the request through (this node
+    // does not exist, so the answer is a 404 failure, no longer a permission problem).
+    let roles: Api<ClusterRole> = Api::all(cp.client());
+    let role = ClusterRole {
+        metadata: ObjectMeta { name: Some("pulsecheck-apiserver-proxy".into()), ..Default::default() },
+        rules: Some(vec![PolicyRule {
+            api_groups: Some(vec![String::new()]),
+            resources: Some(vec!["nodes/proxy".into()]),
+            verbs: vec!["get".into()],
+            ..Default::default()
+        }]),
+        ..Default::default()
+    };
+    roles.create(&PostParams::default(), &role).await.unwrap();
+    let bindings: Api<ClusterRoleBinding> = Api::all(cp.client());
+    let binding = ClusterRoleBinding {
+        metadata: ObjectMeta { name: Some("pulsecheck-apiserver-proxy".into()), ..Default::default() },
+        role_ref: RoleRef { api_group: "rbac.authorization.k8s.io".into(), kind: "ClusterRole".into(), name: "pulsecheck-apiserver-proxy".into() },
+        subjects: Some(vec![Subject { kind: "ServiceAccount".into(), name: "pulsecheck".into(), namespace: Some("pulsecheck".into()), ..Default::default() }]),
+    };
+    bindings.create(&PostParams::default(), &binding).await.unwrap();
+    let deadline = Instant::now() + DEADLINE;
+    let outcome = loop {
+        let outcome = prober.probe(&node).await;
+        if !matches!(outcome, ProbeOutcome::Unauthorized(_)) || Instant::now() > deadline {
+            break outcome;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(matches!(&outcome, ProbeOutcome::Failure(why) if why.contains("404")), "{outcome:?}");
+    cp.stop().await.unwrap();
+}
+
+/// How the fake apiserver answers.
+type Answer = (u16, &'static str);
+
+/// An HTTPS server standing in for the apiserver where the lab cannot produce an answer: the
+/// real apiserver refuses to proxy to loopback addresses, where lab kubelets live.
+struct FakeApiserver {
+    addr: SocketAddr,
+    answer: Arc<Mutex<Answer>>,
+    paths: Arc<Mutex<Vec<String>>>,
+    server: JoinHandle<()>,
+    ca_pem: String,
+}
+
+impl Drop for FakeApiserver {
+    fn drop(&mut self) {
+        self.server.abort();
+    }
+}
+
+impl FakeApiserver {
+    async fn start(ip: IpAddr, answer: Answer) -> FakeApiserver {
+        let ca = CertificateAuthority::new("apiserver-ca").unwrap();
+        let serving = ca.issue_server("apiserver", &[ip], &[]).unwrap();
+        let chain = CertificateDer::pem_slice_iter(serving.cert_pem.as_bytes()).collect::<Result<Vec<_>, _>>().unwrap();
+        let key = PrivateKeyDer::from_pem_slice(serving.key_pem.as_bytes()).unwrap();
+        let config = rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(chain, key)
+            .unwrap();
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+        let listener = TcpListener::bind((ip, 0)).await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let answer = Arc::new(Mutex::new(answer));
+        let paths = Arc::new(Mutex::new(Vec::new()));
+        let (a, p) = (answer.clone(), paths.clone());
+        let server = tokio::spawn(async move {
+            while let Ok((tcp, _)) = listener.accept().await {
+                let (acceptor, answer, paths) = (acceptor.clone(), a.clone(), p.clone());
+                tokio::spawn(async move {
+                    let Ok(tls) = acceptor.accept(tcp).await else { return };
+                    let service = service_fn(move |req: Request<hyper::body::Incoming>| {
+                        paths.lock().unwrap().push(req.uri().path().to_string());
+                        let (code, body) = *answer.lock().unwrap();
+                        async move { Response::builder().status(code).body(Full::new(Bytes::from_static(body.as_bytes()))) }
+                    });
+                    let _ = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(tls), service).await;
+                });
+            }
+        });
+        FakeApiserver { addr, answer, paths, server, ca_pem: ca.cert_pem() }
+    }
+
+    /// A client for it; `default_retry` off as the prober's documentation asks, or on as kube sets it.
+    fn client(&self, default_retry: bool) -> kube::Client {
+        let mut config = kube::Config::new(format!("https://{}", self.addr).parse().unwrap());
+        let ca = CertificateDer::pem_slice_iter(self.ca_pem.as_bytes()).next().unwrap().unwrap();
+        config.root_cert = Some(vec![ca.to_vec()]);
+        config.default_retry = default_retry;
+        kube::Client::try_from(config).unwrap()
+    }
+
+    fn set_answer(&self, answer: Answer) {
+        *self.answer.lock().unwrap() = answer;
+    }
+}
+
+#[tokio::test]
+async fn apiserver_proxy_asks_the_node_proxy_healthz_path_and_maps_the_answers() {
+    let apiserver = FakeApiserver::start(loopback(30), (200, "ok")).await;
+    let s = Setup::new("t");
+    let prober = Prober::new(s.settings(ProbeMode::ApiserverProxy, None, false), apiserver.client(false)).unwrap();
+    assert_eq!(prober.effective_mode(), ProbeMode::ApiserverProxy);
+    let node = ProbeTarget { node: "node-1".into(), endpoint: KubeletEndpoint::default() };
+    assert_eq!(prober.probe(&node).await, ProbeOutcome::Success);
+    assert_eq!(apiserver.paths.lock().unwrap().clone(), vec!["/api/v1/nodes/node-1/proxy/healthz".to_string()]);
+
+    // The kubelet's own 500, passed through by the apiserver.
+    apiserver.set_answer((500, "[+]ping ok\n[-]syncloop failed: reason withheld\nhealthz check failed"));
+    let outcome = prober.probe(&node).await;
+    assert!(matches!(&outcome, ProbeOutcome::Failure(why) if why.contains("500") && why.contains("syncloop")), "{outcome:?}");
+    // The apiserver cannot reach the kubelet.
+    apiserver.set_answer((503, r#"{"kind":"Status","message":"error trying to reach service: dial tcp 10.0.0.7:10250: i/o timeout","code":503}"#));
+    let outcome = prober.probe(&node).await;
+    assert!(matches!(&outcome, ProbeOutcome::Failure(why) if why.contains("503") && why.contains("i/o timeout")), "{outcome:?}");
+}
+
+#[tokio::test]
+async fn apiserver_proxy_probe_stays_bounded_when_the_client_retries_503() {
+    // kube's default client retries 503 (the apiserver's answer when it cannot reach a kubelet)
+    // for a long time; the probe timeout still bounds the probe.
+    let apiserver = FakeApiserver::start(loopback(31), (503, "unreachable")).await;
+    let s = Setup::new("t");
+    let mut settings = s.settings(ProbeMode::ApiserverProxy, None, false);
+    settings.timeout = Duration::from_secs(1);
+    let prober = Prober::new(settings, apiserver.client(true)).unwrap();
+    let node = ProbeTarget { node: "node-1".into(), endpoint: KubeletEndpoint::default() };
+    let started = Instant::now();
+    let outcome = prober.probe(&node).await;
+    assert!(matches!(outcome, ProbeOutcome::Timeout | ProbeOutcome::Failure(_)), "{outcome:?}");
+    assert!(started.elapsed() < Duration::from_secs(3), "a 1s probe took {:?}", started.elapsed());
+}
+
+// ---------------------------------------------------------------------------------------------
+// The scheduler
+
+#[tokio::test]
+async fn hanging_kubelet_does_not_delay_probes_of_other_nodes() {
+    let ca = CertificateAuthority::new("kubelet-ca").unwrap();
+    let hanging = kubelet(&ca, loopback(40)).await;
+    hanging.set_faults(faulty(|f| f.hang = true));
+    let mut healthy = Vec::new();
+    for i in 41..44 {
+        healthy.push(kubelet(&ca, loopback(i)).await);
+    }
+    let s = Setup::new("t");
+    let mut settings = s.settings(ProbeMode::KubeletHealthz, Some(s.ca_file(&ca.cert_pem())), false);
+    // A probe timeout far longer than the test: the hanging probe stays pending throughout.
+    settings.timeout = Duration::from_secs(600);
+    let prober = s.prober(settings);
+    let mut targets = vec![target(hanging.addr(), "hanging")];
+    targets.extend(healthy.iter().enumerate().map(|(i, k)| target(k.addr(), &format!("healthy-{i}"))));
+    let (_targets_tx, targets_rx) = watch::channel(targets);
+    let (results_tx, mut results_rx) = mpsc::channel::<ProbeReport>(64);
+    let metrics = Metrics::new(true);
+    let shutdown = CancellationToken::new();
+    // Two probes in flight at most: the hanging one holds a slot, the three healthy nodes share the other.
+    let scheduler = tokio::spawn(run_scheduler(prober, Duration::from_millis(200), 2, targets_rx, results_tx, metrics.clone(), shutdown.clone()));
+
+    let deadline = Instant::now() + DEADLINE;
+    let mut successes = std::collections::HashMap::<String, u32>::new();
+    while successes.len() < 3 || successes.values().any(|n| *n < 3) {
+        let report = tokio::time::timeout_at(deadline, results_rx.recv())
+            .await
+            .unwrap_or_else(|_| panic!("healthy nodes were not probed repeatedly in time: {successes:?}"))
+            .unwrap();
+        assert_ne!(report.node, "hanging", "the hanging probe cannot have finished: {report:?}");
+        assert_eq!(report.outcome, ProbeOutcome::Success, "{report:?}");
+        *successes.entry(report.node).or_default() += 1;
+    }
+    // The hanging kubelet was asked once and is still being waited for, not asked again.
+    poll("the hanging kubelet to be asked", || !hanging.requests().is_empty()).await;
+    assert_eq!(hanging.requests().len(), 1);
+    assert!(metrics.render().contains(r#"pulsecheck_node_probe_success{node="healthy-0"} 1"#));
+
+    shutdown.cancel();
+    tokio::time::timeout_at(deadline, scheduler).await.expect("the scheduler stops on shutdown").unwrap();
+}
+
+#[tokio::test]
+async fn scheduler_reports_a_hanging_kubelet_as_timeouts_in_results_and_metrics() {
+    let ca = CertificateAuthority::new("kubelet-ca").unwrap();
+    let hanging = kubelet(&ca, loopback(50)).await;
+    hanging.set_faults(faulty(|f| f.hang = true));
+    let s = Setup::new("t");
+    let mut settings = s.settings(ProbeMode::KubeletHealthz, Some(s.ca_file(&ca.cert_pem())), false);
+    settings.timeout = Duration::from_millis(300);
+    let prober = s.prober(settings);
+    let (_targets_tx, targets_rx) = watch::channel(vec![target(hanging.addr(), "hanging")]);
+    let (results_tx, mut results_rx) = mpsc::channel(8);
+    let metrics = Metrics::new(true);
+    let shutdown = CancellationToken::new();
+    let scheduler = tokio::spawn(run_scheduler(prober, Duration::from_millis(500), 4, targets_rx, results_tx, metrics.clone(), shutdown.clone()));
+    let report = tokio::time::timeout(DEADLINE, results_rx.recv()).await.expect("a report").unwrap();
+    assert_eq!((report.node.as_str(), report.outcome), ("hanging", ProbeOutcome::Timeout));
+    let text = metrics.render();
+    let timeouts = text.lines().find_map(|l| l.strip_prefix(r#"pulsecheck_probes_total{result="timeout"} "#)).and_then(|n| n.parse::<u64>().ok());
+    assert!(timeouts.is_some_and(|n| n >= 1), "{text}");
+    assert!(text.contains(r#"pulsecheck_node_probe_success{node="hanging"} 0"#), "{text}");
+    shutdown.cancel();
+    tokio::time::timeout(DEADLINE, scheduler).await.expect("the scheduler stops on shutdown").unwrap();
+}
