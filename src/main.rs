@@ -12,7 +12,8 @@ use pulsecheck::cli::{Cli, Command};
 async fn main() -> ExitCode {
     // Installed once for the whole process: kube's client and the lab's TLS pick it up.
     let _ = rustls::crypto::ring::default_provider().install_default();
-    let cli = Cli::parse();
+    // Invoked as `kubectl-pulsecheck` (a kubectl plugin), behave like `pulsecheck check`.
+    let cli = Cli::parse_from(pulsecheck::check::argv_as_check(std::env::args_os().collect()));
     match cli.command {
         Command::Run(args) => match pulsecheck::controller::run(*args).await {
             Ok(()) => ExitCode::SUCCESS,

@@ -1,0 +1,267 @@
+//! `pulsecheck check` as a person runs it: the built binary against a real kube-apiserver with a
+//! simulated fleet (thresholds compressed with check's own flags), reading its stdout, stderr
+//! and exit code. Each test has its own control plane.
+
+mod common;
+
+use std::{path::Path, process::Output, time::Duration};
+
+use common::*;
+use k8s_openapi::{
+    api::rbac::v1::{ClusterRole, ClusterRoleBinding, PolicyRule, RoleRef, Subject},
+    jiff::{SignedDuration, Timestamp},
+};
+use kube::{
+    Api,
+    api::{ObjectMeta, PostParams},
+};
+use pulsecheck::lab::fleet::Fault;
+
+/// Compressed thresholds for the snapshot mode: the fast fleet reports status at least every
+/// ~4 s, so 6 s of silence is stale.
+const FAST_CHECK: &[&str] = &["--status-stale-after=6s", "--lease-grace=3s", "--os-image-unknown-after=3s"];
+
+/// Runs the built binary and returns its output (bounded, so a hang fails the test).
+async fn pulsecheck(args: &[&str]) -> Output {
+    let run = tokio::process::Command::new(env!("CARGO_BIN_EXE_pulsecheck")).args(args).kill_on_drop(true).output();
+    tokio::time::timeout(Duration::from_secs(90), run).await.expect("pulsecheck finished within 90s").expect("pulsecheck runs")
+}
+
+/// `pulsecheck check --kubeconfig K` plus `extra`.
+async fn check(kubeconfig: &Path, extra: &[&str]) -> Output {
+    let kubeconfig = kubeconfig.display().to_string();
+    let mut args = vec!["check", "--kubeconfig", kubeconfig.as_str()];
+    args.extend_from_slice(extra);
+    pulsecheck(&args).await
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+fn describe(out: &Output) -> String {
+    format!("exit {:?}\nstdout:\n{}\nstderr:\n{}", out.status.code(), text(&out.stdout), text(&out.stderr))
+}
+
+/// The table's row for `node`, split on runs of two or more spaces.
+fn row(table: &str, node: &str) -> Vec<String> {
+    let line = table.lines().find(|l| l.starts_with(&format!("{node} "))).unwrap_or_else(|| panic!("no row for {node} in:\n{table}"));
+    line.split("  ").map(str::trim).filter(|c| !c.is_empty()).map(str::to_string).collect()
+}
+
+fn json(out: &Output) -> serde_json::Value {
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("not JSON ({e}): {}", describe(out)))
+}
+
+fn node_json<'a>(report: &'a serde_json::Value, node: &str) -> &'a serde_json::Value {
+    report["nodes"].as_array().and_then(|ns| ns.iter().find(|n| n["name"] == node)).unwrap_or_else(|| panic!("no {node} in {report}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn check_exits_0_on_a_healthy_fleet_and_1_naming_a_zombie_and_an_os_image_unknown_node() {
+    let lab = Lab::start(fast_fleet(4, "chk-")).await;
+    let kubeconfig = lab.cp.kubeconfig_path().to_path_buf();
+
+    let healthy = check(&kubeconfig, FAST_CHECK).await;
+    assert_eq!(healthy.status.code(), Some(0), "{}", describe(&healthy));
+    assert_eq!(text(&healthy.stdout).lines().next(), Some("NODE      READY  LEASE  STATUS  OS-IMAGE            PROBE  VERDICT  WHY"));
+    assert_eq!(text(&healthy.stdout).lines().filter(|l| l.contains("healthy")).count(), 4, "{}", describe(&healthy));
+    assert!(text(&healthy.stderr).contains("without --observe these verdicts rest on the nodes' own timestamps"), "{}", describe(&healthy));
+
+    lab.fleet.set_fault("chk-0001", Fault::Zombie).unwrap();
+    lab.fleet.set_fault("chk-0002", Fault::OsImageUnknown).unwrap();
+    let report = eventually("check -o json reports chk-0001 as a zombie", Duration::from_secs(60), || {
+        let kubeconfig = kubeconfig.clone();
+        async move {
+            let out = check(&kubeconfig, &[FAST_CHECK, &["-o", "json"]].concat()).await;
+            let report = json(&out);
+            (node_json(&report, "chk-0001")["verdict"] == "zombie").then(|| (out.status.code(), report))
+        }
+    })
+    .await;
+    let (code, report) = report;
+    assert_eq!(code, Some(1), "a zombie makes check exit 1");
+    assert_eq!(report["clock"], "node-timestamps");
+    let zombie = node_json(&report, "chk-0001");
+    assert_eq!(zombie["ready"], "True");
+    assert_eq!(zombie["evidence"][0]["kind"], "status_stale");
+    assert!(zombie["status_age_seconds"].as_i64().unwrap() >= 6, "{zombie}");
+    assert!(zombie["lease_age_seconds"].as_i64().unwrap() < 3, "the zombie's Lease is fresh: {zombie}");
+    let os = node_json(&report, "chk-0002");
+    assert_eq!((os["verdict"].as_str(), os["os_image"].as_str()), (Some("suspect"), Some("Unknown")), "{os}");
+    assert_eq!(os["evidence"][0]["kind"], "os_image_unknown");
+    assert_eq!(report["summary"], serde_json::json!({"zombie": 1, "suspect": 1, "healthy": 2}));
+
+    let out = check(&kubeconfig, FAST_CHECK).await;
+    assert_eq!(out.status.code(), Some(1), "{}", describe(&out));
+    let table = text(&out.stdout);
+    let order: Vec<&str> = table.lines().skip(1).filter_map(|l| l.split_whitespace().next()).collect();
+    assert_eq!(order, ["chk-0001", "chk-0002", "chk-0000", "chk-0003"], "worst first:\n{table}");
+    let z = row(&table, "chk-0001");
+    assert_eq!((z[1].as_str(), z[4].as_str(), z[5].as_str(), z[6].as_str()), ("True", "Ubuntu 24.04.1 LTS", "-", "zombie"), "{z:?}");
+    assert!(z[7].starts_with("NodeStatus not refreshed for"), "{z:?}");
+    let o = row(&table, "chk-0002");
+    assert_eq!((o[4].as_str(), o[6].as_str()), ("Unknown", "suspect"), "{o:?}");
+    assert!(o[7].starts_with("osImage \"Unknown\""), "{o:?}");
+    assert_eq!(row(&table, "chk-0003")[6], "healthy");
+
+    // --node: one node, its own exit code; an unknown node is named with exit 2.
+    let one = check(&kubeconfig, &[FAST_CHECK, &["--node", "chk-0002", "-o", "yaml"]].concat()).await;
+    assert_eq!(one.status.code(), Some(1), "{}", describe(&one));
+    let yaml: serde_json::Value = serde_yaml_ng::from_slice(&one.stdout).expect("yaml");
+    assert_eq!(yaml["nodes"].as_array().map(Vec::len), Some(1));
+    assert_eq!(yaml["nodes"][0]["verdict"], "suspect");
+    let fine = check(&kubeconfig, &[FAST_CHECK, &["--node", "chk-0000"]].concat()).await;
+    assert_eq!(fine.status.code(), Some(0), "{}", describe(&fine));
+    assert_eq!(text(&fine.stdout).lines().count(), 2, "{}", describe(&fine));
+    let missing = check(&kubeconfig, &["--node", "chk-9999"]).await;
+    assert_eq!(missing.status.code(), Some(2), "{}", describe(&missing));
+    assert!(text(&missing.stderr).contains("node \"chk-9999\" not found"), "{}", describe(&missing));
+    lab.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn observe_catches_a_zombie_whose_skewed_clock_makes_its_stale_status_look_fresh() {
+    let lab = Lab::start(fast_fleet(3, "obs-")).await;
+    let kubeconfig = lab.cp.kubeconfig_path().to_path_buf();
+    let zombie = "obs-0001";
+    lab.fleet.set_fault(zombie, Fault::ClockSkew(SignedDuration::from_hours(1))).unwrap();
+    let client = lab.client();
+    let heartbeat = |client: kube::Client| async move {
+        let node = get_node(&client, zombie).await;
+        node.status.and_then(|s| s.conditions).and_then(|cs| cs.into_iter().find(|c| c.type_ == "Ready")).and_then(|c| c.last_heartbeat_time).map(|t| t.0)
+    };
+    // Its status carries a timestamp from the future before it stops.
+    eventually("a status report from the skewed clock", Duration::from_secs(20), || {
+        let client = client.clone();
+        async move { heartbeat(client).await.filter(|t| *t > Timestamp::now() + SignedDuration::from_mins(50)).map(|_| ()) }
+    })
+    .await;
+    lab.fleet.set_fault(zombie, Fault::Zombie).unwrap();
+    // Its status is really stale once its heartbeat has not moved for longer than the threshold.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    let mut last = heartbeat(client.clone()).await;
+    let mut since = tokio::time::Instant::now();
+    while since.elapsed() < Duration::from_secs(8) {
+        assert!(tokio::time::Instant::now() < deadline, "the zombie's heartbeat kept moving: {last:?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let now = heartbeat(client.clone()).await;
+        if now != last {
+            last = now;
+            since = tokio::time::Instant::now();
+        }
+    }
+
+    // One snapshot judges by the node's own timestamps: fooled.
+    let snapshot = check(&kubeconfig, &[FAST_CHECK, &["-o", "json"]].concat()).await;
+    assert_eq!(snapshot.status.code(), Some(0), "the snapshot is fooled by the skew: {}", describe(&snapshot));
+    let fooled = json(&snapshot);
+    assert_eq!(node_json(&fooled, zombie)["verdict"], "healthy");
+    assert!(node_json(&fooled, zombie)["status_age_seconds"].as_i64().unwrap() < -3000, "its status is from the future");
+    assert!(text(&snapshot.stderr).contains(&format!("timestamps ahead of this machine's clock (negative ages): {zombie}")), "{}", describe(&snapshot));
+
+    // --observe judges by check's own clock: caught.
+    let observed = check(&kubeconfig, &[FAST_CHECK, &["--observe=12s"]].concat()).await;
+    assert_eq!(observed.status.code(), Some(1), "{}", describe(&observed));
+    let table = text(&observed.stdout);
+    let z = row(&table, zombie);
+    assert_eq!((z[1].as_str(), z[6].as_str()), ("True", "zombie"), "{}", describe(&observed));
+    assert!(z[3].starts_with(">="), "never seen refreshed: a lower bound: {z:?}");
+    assert!(z[7].starts_with("NodeStatus not refreshed for 1"), "{z:?}");
+    for healthy in ["obs-0000", "obs-0002"] {
+        assert_eq!(row(&table, healthy)[6], "healthy", "{}", describe(&observed));
+    }
+    assert!(!text(&observed.stderr).contains("without --observe"), "{}", describe(&observed));
+    lab.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn identity_without_lease_access_gets_exit_2_naming_the_missing_permission() {
+    init();
+    let cp = pulsecheck::lab::controlplane::ControlPlane::start(Default::default()).await.expect("control plane starts");
+    let token = cp.service_account_token("check-test", "node-reader").await.expect("token");
+    let roles: Api<ClusterRole> = Api::all(cp.client());
+    let role = ClusterRole {
+        metadata: ObjectMeta { name: Some("node-reader".into()), ..Default::default() },
+        rules: Some(vec![PolicyRule {
+            api_groups: Some(vec![String::new()]),
+            resources: Some(vec!["nodes".into()]),
+            verbs: vec!["get".into(), "list".into()],
+            ..Default::default()
+        }]),
+        ..Default::default()
+    };
+    roles.create(&PostParams::default(), &role).await.expect("create ClusterRole");
+    let bindings: Api<ClusterRoleBinding> = Api::all(cp.client());
+    let binding = ClusterRoleBinding {
+        metadata: ObjectMeta { name: Some("node-reader".into()), ..Default::default() },
+        role_ref: RoleRef { api_group: "rbac.authorization.k8s.io".into(), kind: "ClusterRole".into(), name: "node-reader".into() },
+        subjects: Some(vec![Subject { kind: "ServiceAccount".into(), name: "node-reader".into(), namespace: Some("check-test".into()), ..Default::default() }]),
+    };
+    bindings.create(&PostParams::default(), &binding).await.expect("create ClusterRoleBinding");
+    let dir = tempfile::tempdir().unwrap();
+    let kubeconfig = dir.path().join("node-reader.kubeconfig");
+    cp.write_kubeconfig_for_token(&token, &kubeconfig).unwrap();
+
+    // RBAC takes a moment to reach the authorizer: until then even nodes are forbidden.
+    let out = eventually("check fails on leases, not nodes", Duration::from_secs(30), || {
+        let kubeconfig = kubeconfig.clone();
+        async move {
+            let out = check(&kubeconfig, &[]).await;
+            text(&out.stderr).contains("leases").then_some(out)
+        }
+    })
+    .await;
+    assert_eq!(out.status.code(), Some(2), "{}", describe(&out));
+    let stderr = text(&out.stderr);
+    assert!(
+        stderr.contains("cannot list leases in namespace kube-node-lease: forbidden — the identity needs `list` on `leases` (coordination.k8s.io) there"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("system:serviceaccount:check-test:node-reader"), "the apiserver's message names the identity: {stderr}");
+    assert!(out.stdout.is_empty(), "no partial table: {}", describe(&out));
+    // --observe checks permissions before watching for a minute.
+    let observed = check(&kubeconfig, &["--observe=1m"]).await;
+    assert_eq!(observed.status.code(), Some(2), "{}", describe(&observed));
+    assert!(text(&observed.stderr).contains("the identity needs `list` on `leases`"), "{}", describe(&observed));
+    let _ = cp.stop().await;
+}
+
+#[tokio::test]
+async fn unreachable_cluster_exits_2_saying_it_cannot_reach_the_apiserver() {
+    // A port nothing listens on: bind one, note it, release it.
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let dir = tempfile::tempdir().unwrap();
+    let kubeconfig = dir.path().join("kubeconfig");
+    let yaml = format!(
+        "apiVersion: v1\nkind: Config\nclusters:\n- name: gone\n  cluster:\n    server: https://127.0.0.1:{port}\n    insecure-skip-tls-verify: true\nusers:\n- name: gone\n  user:\n    token: t\ncontexts:\n- name: gone\n  context:\n    cluster: gone\n    user: gone\ncurrent-context: gone\n"
+    );
+    std::fs::write(&kubeconfig, yaml).unwrap();
+    let out = check(&kubeconfig, &["--request-timeout=5s"]).await;
+    assert_eq!(out.status.code(), Some(2), "{}", describe(&out));
+    let stderr = text(&out.stderr);
+    assert!(stderr.contains("cannot list nodes: cannot reach the apiserver"), "{stderr}");
+    assert!(stderr.contains("Connection refused"), "{stderr}");
+
+    // Kubelet probes from check are not available yet: asking for them is an error, not a no-op.
+    let probe = check(&kubeconfig, &["--probe"]).await;
+    assert_eq!(probe.status.code(), Some(2), "{}", describe(&probe));
+    assert!(text(&probe.stderr).contains("--probe apiserver-proxy: kubelet probes are not available"), "{}", describe(&probe));
+
+    let missing = check(&dir.path().join("no-such-kubeconfig"), &[]).await;
+    assert_eq!(missing.status.code(), Some(2), "{}", describe(&missing));
+    assert!(text(&missing.stderr).contains("--kubeconfig"), "{}", describe(&missing));
+}
+
+#[tokio::test]
+async fn kubectl_plugin_link_behaves_like_check() {
+    let dir = tempfile::tempdir().unwrap();
+    let plugin = dir.path().join("kubectl-pulsecheck");
+    std::os::unix::fs::symlink(env!("CARGO_BIN_EXE_pulsecheck"), &plugin).unwrap();
+    let run = tokio::process::Command::new(&plugin).arg("--help").output();
+    let out = tokio::time::timeout(Duration::from_secs(30), run).await.unwrap().unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
+    let help = text(&out.stdout);
+    assert!(help.contains("Usage: kubectl-pulsecheck check [OPTIONS]"), "{help}");
+    assert!(help.contains("--observe <DURATION>"), "{help}");
+}
