@@ -25,7 +25,7 @@ use std::{
     ffi::OsString,
     future::Future,
     io::Write,
-    path::Path,
+    path::{Path, PathBuf},
     pin::Pin,
     process::ExitCode,
     time::Duration,
@@ -45,7 +45,7 @@ use crate::{
     cli::{ClientArgs, ProbeMode, ThresholdArgs, positive_duration, taint_key},
     facts::{FleetFacts, ProbeOutcome, Scope, SlimLease, SlimNode},
     names,
-    probe::ProbeTarget,
+    probe::{ProbeSettings, ProbeTarget, Prober},
     verdict::{self, Evidence, Thresholds, Verdict},
 };
 
@@ -170,9 +170,6 @@ pub enum Error {
     /// The kubelet prober cannot be set up.
     #[error(transparent)]
     Probe(#[from] crate::probe::Error),
-    /// `--probe` was asked for, but this build has no kubelet prober.
-    #[error("--probe {0}: kubelet probes are not available in `pulsecheck check` yet (the kubelet prober is still being finished); run without --probe")]
-    ProbeUnavailable(String),
     /// The report could not be serialized.
     #[error("cannot write the {format} report: {detail}")]
     Output {
@@ -378,7 +375,8 @@ pub async fn check(args: &CheckArgs) -> Result<Report> {
             (facts_from_snapshot(&nodes, &leases, &scope, Timestamp::now()), Clock::NodeTimestamps, None)
         }
     };
-    if let Some(probe) = &prober {
+    if let Some((probe, fallback)) = &prober {
+        notes.extend(fallback.clone());
         probe_all(&mut facts, probe, PROBE_CONCURRENCY).await;
     }
     let now = Timestamp::now();
@@ -389,24 +387,32 @@ pub async fn check(args: &CheckArgs) -> Result<Report> {
     Ok(report)
 }
 
-/// The kubelet prober for `--probe`, if asked for.
+/// The kubelet prober for `--probe`, if asked for: the controller's own prober, probing once.
 ///
-/// The prober of [`crate::probe`] (`Prober::new(settings, client)` and `Prober::probe(&target)`)
-/// is still being finished; until it lands, asking for probes is an error rather than a silent
-/// no-op. Wiring it is this function only:
-///
-/// ```text
-/// let settings = ProbeSettings { mode, timeout: args.probe_timeout, interval: args.probe_timeout * 2,
-///     concurrency: PROBE_CONCURRENCY, preferred_address_types: vec!["InternalIP".into(), "ExternalIP".into(), "Hostname".into()],
-///     ca: None, insecure_tls: false, token_file: Default::default() };
-/// let prober = Prober::new(settings, client.clone())?;
-/// Ok(Some(Box::new(move |t| { let p = prober.clone(); Box::pin(async move { p.probe(&t).await }) })))
-/// ```
-fn kubelet_prober(args: &CheckArgs, _client: &kube::Client) -> Result<Option<KubeletProbe>> {
-    match args.probe {
-        ProbeMode::None => Ok(None),
-        mode => Err(Error::ProbeUnavailable(mode.to_possible_value().map(|v| v.get_name().to_string()).unwrap_or_default())),
+/// `check` runs as the person at the terminal, not as a ServiceAccount, so it has no token file
+/// and no kubelet CA: `kubelet-healthz` falls back to `tcp` (a note says so), and
+/// `apiserver-proxy` (what `--probe` alone means) uses the kubeconfig's own credentials.
+fn kubelet_prober(args: &CheckArgs, client: &kube::Client) -> Result<Option<(KubeletProbe, Option<String>)>> {
+    if args.probe == ProbeMode::None {
+        return Ok(None);
     }
+    let settings = ProbeSettings {
+        mode: args.probe,
+        timeout: args.probe_timeout,
+        interval: args.probe_timeout,
+        concurrency: PROBE_CONCURRENCY,
+        preferred_address_types: ["InternalIP", "ExternalIP", "Hostname"].map(String::from).to_vec(),
+        ca: None,
+        insecure_tls: false,
+        token_file: PathBuf::new(),
+    };
+    let prober = Prober::new(settings, client.clone())?;
+    let note = prober.fallback_reason().map(str::to_string);
+    let probe: KubeletProbe = Box::new(move |target| {
+        let prober = prober.clone();
+        Box::pin(async move { prober.probe(&target).await })
+    });
+    Ok(Some((probe, note)))
 }
 
 /// Probes every node once, at most `concurrency` at a time, and records the outcomes.

@@ -15,7 +15,7 @@ use kube::{
     Api,
     api::{ObjectMeta, PostParams},
 };
-use pulsecheck::lab::fleet::Fault;
+use pulsecheck::lab::fleet::{Fault, FleetOptions};
 
 /// Compressed thresholds for the snapshot mode: the fast fleet reports status at least every
 /// ~4 s, so 6 s of silence is stale.
@@ -243,14 +243,50 @@ async fn unreachable_cluster_exits_2_saying_it_cannot_reach_the_apiserver() {
     assert!(stderr.contains("cannot list nodes: cannot reach the apiserver"), "{stderr}");
     assert!(stderr.contains("Connection refused"), "{stderr}");
 
-    // Kubelet probes from check are not available yet: asking for them is an error, not a no-op.
-    let probe = check(&kubeconfig, &["--probe"]).await;
+    // Asking for probes changes nothing about an unreachable cluster: still exit 2, naming it.
+    let probe = check(&kubeconfig, &["--probe", "--request-timeout=5s"]).await;
     assert_eq!(probe.status.code(), Some(2), "{}", describe(&probe));
-    assert!(text(&probe.stderr).contains("--probe apiserver-proxy: kubelet probes are not available"), "{}", describe(&probe));
+    assert!(text(&probe.stderr).contains("cannot reach the apiserver"), "{}", describe(&probe));
 
     let missing = check(&dir.path().join("no-such-kubeconfig"), &[]).await;
     assert_eq!(missing.status.code(), Some(2), "{}", describe(&missing));
     assert!(text(&missing.stderr).contains("--kubeconfig"), "{}", describe(&missing));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn check_probe_reaches_every_kubelet_and_shows_a_dead_one_failing() {
+    let lab = Lab::start(FleetOptions { kubelet_endpoints: true, ..fast_fleet(3, "prb-") }).await;
+    let kubeconfig = lab.cp.kubeconfig_path().to_path_buf();
+    lab.fleet.set_fault("prb-0002", Fault::Dead).unwrap();
+
+    // tcp: a handshake with each kubelet endpoint the Node advertises; the dead node refuses.
+    let out = eventually("check --probe=tcp sees prb-0002's kubelet refuse", Duration::from_secs(30), || {
+        let kubeconfig = kubeconfig.clone();
+        async move {
+            let out = check(&kubeconfig, &[FAST_CHECK, &["--probe=tcp", "--probe-timeout=3s", "-o", "json"]].concat()).await;
+            let report = json(&out);
+            (node_json(&report, "prb-0002")["probe"]["result"] == "fail").then_some(report)
+        }
+    })
+    .await;
+    for healthy in ["prb-0000", "prb-0001"] {
+        assert_eq!(node_json(&out, healthy)["probe"]["result"], "ok", "{out}");
+    }
+
+    // kubelet-healthz from a terminal has no token file and no kubelet CA: it says it falls back
+    // to tcp rather than sending credentials anywhere, and still probes.
+    let fallback = check(&kubeconfig, &[FAST_CHECK, &["--probe=kubelet-healthz", "--probe-timeout=3s"]].concat()).await;
+    assert!(
+        text(&fallback.stderr).contains("never sends its token to a kubelet whose certificate it cannot verify"),
+        "{}",
+        describe(&fallback)
+    );
+    assert_eq!(row(&text(&fallback.stdout), "prb-0000")[5], "ok", "{}", describe(&fallback));
+    assert_eq!(row(&text(&fallback.stdout), "prb-0002")[5], "fail", "{}", describe(&fallback));
+    assert!(
+        lab.fleet.kubelet_requests("prb-0000").iter().all(|r| r.authorization.is_none()),
+        "no token reached a kubelet from check"
+    );
 }
 
 #[tokio::test]
