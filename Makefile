@@ -6,14 +6,14 @@
 SHELL := bash
 CARGO ?= cargo
 
-.PHONY: all tools test test-rust test-deploy demo lab bench fmt clippy
+.PHONY: all tools test lint test-rust test-deploy demo lab bench fmt clippy
 
 all: test
 
 tools:
 	bash tools/build.sh all
 
-test: tools test-rust test-deploy
+test: tools lint test-rust test-deploy
 
 test-rust:
 	$(CARGO) build --locked --benches
@@ -30,6 +30,8 @@ lab: tools
 
 bench:
 	$(CARGO) bench --locked --bench evaluate
+
+lint: fmt clippy
 
 fmt:
 	$(CARGO) fmt --all -- --check

@@ -90,11 +90,8 @@ async fn measure(plan: Plan) {
     let mut ready = String::new();
     BufReader::new(child.stdout.take().expect("child stdout")).read_line(&mut ready).expect("child says ready");
     assert_eq!(ready.trim(), "ready", "endpoint process did not start");
-    let addresses: Vec<SocketAddr> = std::fs::read_to_string(dir.path().join("endpoints.txt"))
-        .expect("endpoints.txt")
-        .lines()
-        .map(|l| l.parse().expect("socket address"))
-        .collect();
+    let addresses: Vec<SocketAddr> =
+        std::fs::read_to_string(dir.path().join("endpoints.txt")).expect("endpoints.txt").lines().map(|l| l.parse().expect("socket address")).collect();
     let token_file = dir.path().join("token");
     std::fs::write(&token_file, "x".repeat(900)).expect("token file");
 
@@ -184,13 +181,7 @@ fn cpu_seconds() -> f64 {
 }
 
 fn clock_ticks_per_second() -> f64 {
-    Command::new("getconf")
-        .arg("CLK_TCK")
-        .output()
-        .ok()
-        .and_then(|o| String::from_utf8(o.stdout).ok())
-        .and_then(|s| s.trim().parse().ok())
-        .unwrap_or(100.0)
+    Command::new("getconf").arg("CLK_TCK").output().ok().and_then(|o| String::from_utf8(o.stdout).ok()).and_then(|s| s.trim().parse().ok()).unwrap_or(100.0)
 }
 
 /// A `Vm*` line of /proc/self/status, in KiB.

@@ -179,13 +179,7 @@ pub fn condition_patch(status: &str, reason: &str, message: &str, previous_statu
 
 /// A reference to a Node for Events (cluster-scoped: Events land in namespace `default`).
 pub fn node_reference(name: &str, uid: Option<&str>) -> ObjectReference {
-    ObjectReference {
-        api_version: Some("v1".into()),
-        kind: Some("Node".into()),
-        name: Some(name.into()),
-        uid: uid.map(Into::into),
-        ..Default::default()
-    }
+    ObjectReference { api_version: Some("v1".into()), kind: Some("Node".into()), name: Some(name.into()), uid: uid.map(Into::into), ..Default::default() }
 }
 
 /// Writes to Nodes and publishes Events.
@@ -263,7 +257,15 @@ impl Actuator {
 
     /// Sets the `HeartbeatConsistent` condition.
     #[instrument(skip(self, message), fields(node = %name))]
-    pub async fn set_condition(&self, name: &str, status: &str, reason: &str, message: &str, previous_status: Option<&str>, now: Timestamp) -> Result<SlimNode> {
+    pub async fn set_condition(
+        &self,
+        name: &str,
+        status: &str,
+        reason: &str,
+        message: &str,
+        previous_status: Option<&str>,
+        now: Timestamp,
+    ) -> Result<SlimNode> {
         let patch = condition_patch(status, reason, message, previous_status, now);
         self.bounded("set condition on", name, self.nodes.patch_status(name, &Self::params(), &Patch::Strategic(&patch))).await
     }

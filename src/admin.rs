@@ -36,9 +36,7 @@ pub enum Error {
 
 /// Sets up tracing: plain or JSON lines on stderr, filtered by `filter` (env-filter syntax).
 pub fn init_logging(format: LogFormat, filter: &str) -> Result<(), Error> {
-    let env_filter = tracing_subscriber::EnvFilter::builder()
-        .parse(filter)
-        .map_err(|source| Error::Filter { filter: filter.into(), source })?;
+    let env_filter = tracing_subscriber::EnvFilter::builder().parse(filter).map_err(|source| Error::Filter { filter: filter.into(), source })?;
     let builder = tracing_subscriber::fmt().with_env_filter(env_filter).with_writer(std::io::stderr);
     // A second initialisation (tests, the demo) keeps the first subscriber.
     let _ = match format {

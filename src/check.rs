@@ -286,10 +286,7 @@ pub type KubeletProbe = Box<dyn Fn(ProbeTarget) -> Pin<Box<dyn Future<Output = P
 /// so that `kubectl pulsecheck --node n1` runs `pulsecheck check --node n1`. Other names are
 /// left alone, and so is an explicit `kubectl pulsecheck check …`.
 pub fn argv_as_check(mut args: Vec<OsString>) -> Vec<OsString> {
-    let as_plugin = args
-        .first()
-        .and_then(|a| Path::new(a).file_name())
-        .is_some_and(|name| name.to_string_lossy().ends_with("kubectl-pulsecheck"));
+    let as_plugin = args.first().and_then(|a| Path::new(a).file_name()).is_some_and(|name| name.to_string_lossy().ends_with("kubectl-pulsecheck"));
     if as_plugin && args.get(1).is_none_or(|a| a != "check") {
         args.insert(1, OsString::from("check"));
     }
@@ -517,9 +514,7 @@ fn skew_notes(report: &Report) -> Vec<String> {
 pub fn render(report: &Report, format: OutputFormat) -> Result<String> {
     match format {
         OutputFormat::Table => Ok(render_table(report)),
-        OutputFormat::Json => serde_json::to_string_pretty(report)
-            .map(|s| s + "\n")
-            .map_err(|e| Error::Output { format: "json", detail: e.to_string() }),
+        OutputFormat::Json => serde_json::to_string_pretty(report).map(|s| s + "\n").map_err(|e| Error::Output { format: "json", detail: e.to_string() }),
         OutputFormat::Yaml => serde_yaml_ng::to_string(report).map_err(|e| Error::Output { format: "yaml", detail: e.to_string() }),
     }
 }
@@ -934,7 +929,8 @@ mod tests {
             node("n-unknown-os").ready_at(t(990)).os_image("Unknown").build(),
             node("n-skewed").ready_at(t(300 + 3600)).build(),
         ];
-        let leases = vec![lease("n-zombie", t(995)), lease("n-fine", t(998)), lease("n-dead", t(100)), lease("n-unknown-os", t(999)), lease("n-skewed", t(999 + 3600))];
+        let leases =
+            vec![lease("n-zombie", t(995)), lease("n-fine", t(998)), lease("n-dead", t(100)), lease("n-unknown-os", t(999)), lease("n-skewed", t(999 + 3600))];
         let facts = facts_from_snapshot(&nodes, &leases, &scope(), t(1000));
         let report = build_report(t(1000), &facts, &Thresholds::default(), Clock::NodeTimestamps, None);
         let order: Vec<(&str, Verdict)> = report.nodes.iter().map(|n| (n.name.as_str(), n.verdict)).collect();

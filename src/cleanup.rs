@@ -62,12 +62,12 @@ pub async fn run(args: CleanupArgs) -> Result<(), Error> {
     for node in &list.items {
         let Some(found) = leftovers(node, &args.taint_key) else { continue };
         let verb = if args.dry_run { "would clean" } else { "cleaned" };
-        if !args.dry_run {
-            if let Err(e) = clean(&actuator, &found).await {
-                eprintln!("node {}: {e}", found.node);
-                failed += 1;
-                continue;
-            }
+        if !args.dry_run
+            && let Err(e) = clean(&actuator, &found).await
+        {
+            eprintln!("node {}: {e}", found.node);
+            failed += 1;
+            continue;
         }
         cleaned += 1;
         let mut what = Vec::new();

@@ -130,7 +130,13 @@ pub struct ThresholdArgs {
     #[arg(long, env = "PULSECHECK_OS_IMAGE_UNKNOWN_AFTER", value_name = "DURATION", default_value = "2m", value_parser = positive_duration)]
     pub os_image_unknown_after: Duration,
     /// Node condition types that, when True, are evidence of a broken node (as node-problem-detector sets them).
-    #[arg(long, env = "PULSECHECK_PROBLEM_CONDITIONS", value_name = "TYPES", value_delimiter = ',', default_value = "ReadonlyFilesystem,KernelDeadlock,FilesystemCorruption")]
+    #[arg(
+        long,
+        env = "PULSECHECK_PROBLEM_CONDITIONS",
+        value_name = "TYPES",
+        value_delimiter = ',',
+        default_value = "ReadonlyFilesystem,KernelDeadlock,FilesystemCorruption"
+    )]
     pub problem_conditions: Vec<String>,
     /// A zombie must be healthy continuously this long before pulsecheck releases it.
     #[arg(long, env = "PULSECHECK_RECOVER_AFTER", value_name = "DURATION", default_value = "2m", value_parser = positive_duration)]
@@ -219,7 +225,13 @@ pub struct ProbeArgs {
     #[arg(long, env = "PULSECHECK_PROBE_PARTITION_THRESHOLD", value_name = "PERCENT", default_value = "50", value_parser = percentage)]
     pub probe_partition_threshold: f64,
     /// Order of node address types to probe.
-    #[arg(long, env = "PULSECHECK_KUBELET_PREFERRED_ADDRESS_TYPES", value_name = "TYPES", value_delimiter = ',', default_value = "InternalIP,ExternalIP,Hostname")]
+    #[arg(
+        long,
+        env = "PULSECHECK_KUBELET_PREFERRED_ADDRESS_TYPES",
+        value_name = "TYPES",
+        value_delimiter = ',',
+        default_value = "InternalIP,ExternalIP,Hostname"
+    )]
     pub kubelet_preferred_address_types: Vec<String>,
     /// CA bundle that signs kubelet serving certificates; with it the token is sent over verified TLS.
     #[arg(long, env = "PULSECHECK_KUBELET_CERTIFICATE_AUTHORITY", value_name = "PATH")]
@@ -297,9 +309,8 @@ pub fn taint_key(s: &str) -> Result<String, String> {
         && name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
         && name.chars().next().is_some_and(|c| c.is_ascii_alphanumeric())
         && name.chars().last().is_some_and(|c| c.is_ascii_alphanumeric());
-    let prefix_ok = prefix.is_none_or(|p| {
-        !p.is_empty() && p.len() <= 253 && p.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '-' | '.'))
-    });
+    let prefix_ok =
+        prefix.is_none_or(|p| !p.is_empty() && p.len() <= 253 && p.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '-' | '.')));
     if !name_ok || !prefix_ok {
         return Err(format!("'{s}' is not a valid taint key (want [prefix/]name, name of at most 63 alphanumerics, '-', '_', '.')"));
     }

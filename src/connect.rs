@@ -34,7 +34,9 @@ pub async fn client(args: &ClientArgs) -> Result<kube::Client, Error> {
             let kubeconfig = Kubeconfig::read_from(path).map_err(|source| Error::Kubeconfig { path: path.display().to_string(), source })?;
             kube::Config::from_custom_kubeconfig(kubeconfig, &options).await.map_err(|source| Error::Config { context: args.context.clone(), source })?
         }
-        None if args.context.is_some() => kube::Config::from_kubeconfig(&options).await.map_err(|source| Error::Config { context: args.context.clone(), source })?,
+        None if args.context.is_some() => {
+            kube::Config::from_kubeconfig(&options).await.map_err(|source| Error::Config { context: args.context.clone(), source })?
+        }
         None => kube::Config::infer().await.map_err(Error::Infer)?,
     };
     apply_timeouts(&mut config, args.request_timeout);

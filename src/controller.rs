@@ -30,7 +30,7 @@ use crate::{
     admin::{AdminServer, Readiness},
     cli::{ProbeMode, RunArgs},
     config::Config,
-    facts::{FleetFacts, NodeName, SlimLease, SlimNode},
+    facts::{FleetFacts, NodeName, ProbeOutcome, SlimLease, SlimNode},
     guard::{self, Hold, Memory, Plan},
     leader::Leadership,
     metrics::{ActionLabel, Metrics, NodeHeartbeats, ResultLabel},
@@ -63,12 +63,14 @@ pub enum Error {
 impl Error {
     /// True for errors in the user's input (exit code 2).
     pub fn is_usage(&self) -> bool {
-        match self {
-            Error::Config(_) | Error::Admin(_) | Error::Connect(crate::connect::Error::Kubeconfig { .. }) => true,
-            Error::Leader(crate::leader::Error::TooShort(_)) => true,
-            Error::Probe(_) => true,
-            _ => false,
-        }
+        matches!(
+            self,
+            Error::Config(_)
+                | Error::Admin(_)
+                | Error::Connect(crate::connect::Error::Kubeconfig { .. })
+                | Error::Leader(crate::leader::Error::TooShort(_))
+                | Error::Probe(_)
+        )
     }
 }
 
@@ -211,8 +213,19 @@ pub async fn start(client: kube::Client, settings: RunSettings) -> Result<Runnin
     let view: SharedView = SharedView::default();
     let mut tasks = vec![tokio::spawn(server.serve(shutdown.clone()))];
     let watch_shutdown = shutdown.child_token();
-    tasks.push(tokio::spawn(observe::watch_nodes(Api::all(client.clone()), view.clone(), settings.config.scope.clone(), metrics.clone(), watch_shutdown.clone())));
-    tasks.push(tokio::spawn(observe::watch_leases(Api::namespaced(client.clone(), names::NODE_LEASE_NAMESPACE), view.clone(), metrics.clone(), watch_shutdown.clone())));
+    tasks.push(tokio::spawn(observe::watch_nodes(
+        Api::all(client.clone()),
+        view.clone(),
+        settings.config.scope.clone(),
+        metrics.clone(),
+        watch_shutdown.clone(),
+    )));
+    tasks.push(tokio::spawn(observe::watch_leases(
+        Api::namespaced(client.clone(), names::NODE_LEASE_NAMESPACE),
+        view.clone(),
+        metrics.clone(),
+        watch_shutdown.clone(),
+    )));
 
     let (targets_tx, targets_rx) = tokio::sync::watch::channel(Vec::new());
     let (results_tx, results_rx) = mpsc::channel(4096);
@@ -243,6 +256,8 @@ pub async fn start(client: kube::Client, settings: RunSettings) -> Result<Runnin
         held_reported: HashSet::new(),
         blind_reported: None,
         circuit_reported: false,
+        partition_reported: false,
+        misconfigured_reported: false,
         probe_targets: targets_tx,
         probe_results: results_rx,
     };
@@ -264,6 +279,10 @@ struct Controller {
     held_reported: HashSet<String>,
     blind_reported: Option<String>,
     circuit_reported: bool,
+    /// A probe partition was reported and has not ended yet.
+    partition_reported: bool,
+    /// Probes were refused (401/403) and that was reported.
+    misconfigured_reported: bool,
     probe_targets: tokio::sync::watch::Sender<Vec<ProbeTarget>>,
     probe_results: mpsc::Receiver<ProbeReport>,
 }
@@ -337,14 +356,29 @@ impl Controller {
             self.readiness.set(can_see_at_all && !matches!(blind, Some(observe::Blindness::WatchFailing(..)) | Some(observe::Blindness::LeasesSilent(_))));
             let evaluation = verdict::evaluate(now, &v.facts, &cfg.thresholds, cfg.probe_partition_threshold);
             self.metrics.set_probe_partition(!evaluation.probes_trusted);
-            if !evaluation.probes_trusted {
+            if !evaluation.probes_trusted && !self.partition_reported {
                 warn!(
                     failing = evaluation.probes_failing,
                     probed = evaluation.probes_recent,
                     "probe partition: most kubelet probes fail; pulsecheck assumes its own network is cut off and ignores probe evidence"
                 );
+            } else if evaluation.probes_trusted && self.partition_reported {
+                info!(failing = evaluation.probes_failing, probed = evaluation.probes_recent, "probe partition over: probe evidence counts again");
             }
-            self.metrics.set_probe_misconfigured(probe::is_misconfigured(v.facts.probes.values().filter_map(|p| p.last.as_ref().map(|(outcome, _)| outcome))));
+            self.partition_reported = !evaluation.probes_trusted;
+            let denied = v.facts.probes.iter().find_map(|(node, p)| match &p.last {
+                Some((ProbeOutcome::Unauthorized(why), _)) => Some((node.clone(), why.clone())),
+                _ => None,
+            });
+            self.metrics.set_probe_misconfigured(denied.is_some());
+            match (&denied, self.misconfigured_reported) {
+                (Some((node, why)), false) => {
+                    error!(node = %node, why = %why, "kubelet probes are refused: a configuration problem of pulsecheck, not evidence against the node")
+                }
+                (None, true) => info!("kubelet probes are accepted again"),
+                _ => {}
+            }
+            self.misconfigured_reported = denied.is_some();
             let assessments = evaluation.assessments;
             self.publish_metrics(&v.facts, &assessments);
             let plan = guard::plan(now, &assessments, &v.facts, &mut self.memory, &cfg.guard, blind.is_some() || !leader);
@@ -465,7 +499,13 @@ impl Controller {
     async fn carry_out(&mut self, now: Timestamp, plan: Plan, assessments: &Assessments, notes: &HashMap<NodeName, NodeNote>) {
         if plan.circuit_open != self.circuit_reported {
             if plan.circuit_open {
-                warn!(limit = plan.limit, active = plan.active, eligible = plan.eligible, held = plan.held.len(), "circuit open: more nodes need remediation than the limit; nothing new is remediated");
+                warn!(
+                    limit = plan.limit,
+                    active = plan.active,
+                    eligible = plan.eligible,
+                    held = plan.held.len(),
+                    "circuit open: more nodes need remediation than the limit; nothing new is remediated"
+                );
             } else {
                 info!("circuit closed");
             }

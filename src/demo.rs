@@ -162,7 +162,11 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 /// Runs `pulsecheck demo`: 0 when every expectation of the summary held, 1 otherwise, 2 on bad flags.
 pub async fn main(args: DemoArgs) -> ExitCode {
     if args.duration < MIN_DURATION {
-        eprintln!("error: --duration {} is too short: the timeline needs at least {}", humantime::format_duration(args.duration), humantime::format_duration(MIN_DURATION));
+        eprintln!(
+            "error: --duration {} is too short: the timeline needs at least {}",
+            humantime::format_duration(args.duration),
+            humantime::format_duration(MIN_DURATION)
+        );
         return ExitCode::from(2);
     }
     let tty = !args.no_tty && std::io::stdout().is_terminal();
@@ -205,12 +209,11 @@ async fn run(args: &DemoArgs, screen: &mut Screen) -> Result<bool> {
             std::fs::create_dir_all(d).map_err(|source| Error::Io { action: "create", path: d.clone(), source })?;
             LabDir::Given(d.clone())
         }
-        None => LabDir::Temporary(
-            tempfile::Builder::new()
-                .prefix("pulsecheck-demo-")
-                .tempdir()
-                .map_err(|source| Error::Io { action: "create a temporary folder in", path: std::env::temp_dir(), source })?,
-        ),
+        None => LabDir::Temporary(tempfile::Builder::new().prefix("pulsecheck-demo-").tempdir().map_err(|source| Error::Io {
+            action: "create a temporary folder in",
+            path: std::env::temp_dir(),
+            source,
+        })?),
     };
     log_to_file(&dir.path().join(PULSECHECK_LOG))?;
     screen.line(&format!("starting kube-apiserver + etcd in {} …", dir.path().display()));
@@ -420,7 +423,9 @@ async fn wait_agreement(world: &World<'_>, names: &[String], kcm: &mut KubeContr
     loop {
         kcm.check_alive()?;
         if let Ok(rows) = world.rows().await {
-            let calm = names.iter().all(|n| rows.get(n).is_some_and(|r| r.ready == "True" && r.kcm_taints.is_empty() && r.verdict == Some(Verdict::Healthy) && !r.our_taint));
+            let calm = names
+                .iter()
+                .all(|n| rows.get(n).is_some_and(|r| r.ready == "True" && r.kcm_taints.is_empty() && r.verdict == Some(Verdict::Healthy) && !r.our_taint));
             if calm {
                 return Ok(rows);
             }
@@ -500,11 +505,8 @@ impl World<'_> {
                 let labels = n.metadata.labels.clone().unwrap_or_default();
                 let conditions = n.status.as_ref().and_then(|s| s.conditions.clone()).unwrap_or_default();
                 let ready = conditions.iter().find(|c| c.type_ == "Ready").map_or("Missing".to_string(), |c| c.status.clone());
-                let why = conditions
-                    .iter()
-                    .find(|c| c.type_ == names::CONDITION_TYPE && c.status != "True")
-                    .and_then(|c| c.message.clone())
-                    .unwrap_or_default();
+                let why =
+                    conditions.iter().find(|c| c.type_ == names::CONDITION_TYPE && c.status != "True").and_then(|c| c.message.clone()).unwrap_or_default();
                 let taints = n.spec.as_ref().and_then(|s| s.taints.clone()).unwrap_or_default();
                 let mut kcm: BTreeMap<String, Vec<String>> = BTreeMap::new();
                 for t in taints.iter().filter(|t| t.key.starts_with("node.kubernetes.io/")) {
@@ -513,10 +515,13 @@ impl World<'_> {
                 let row = Row {
                     zone: labels.get("topology.kubernetes.io/zone").cloned().unwrap_or_default(),
                     ready,
-                    kcm_taints: kcm.into_iter().map(|(k, mut e)| {
-                        e.sort();
-                        format!("{k}:{}", e.join("+"))
-                    }).collect(),
+                    kcm_taints: kcm
+                        .into_iter()
+                        .map(|(k, mut e)| {
+                            e.sort();
+                            format!("{k}:{}", e.join("+"))
+                        })
+                        .collect(),
                     verdict: verdicts.get(&name).copied(),
                     our_taint: taints.iter().any(|t| t.key == names::TAINT_KEY),
                     why,
@@ -678,7 +683,8 @@ impl Story {
     fn observe(&mut self, t: Duration, rows: &BTreeMap<String, Row>) {
         self.last_t = t;
         for (name, row) in rows {
-            let kubernetes = format!("Ready={}{}", row.ready, if row.kcm_taints.is_empty() { String::new() } else { format!(", taints {}", row.kcm_taint_cell()) });
+            let kubernetes =
+                format!("Ready={}{}", row.ready, if row.kcm_taints.is_empty() { String::new() } else { format!(", taints {}", row.kcm_taint_cell()) });
             let moment = || Moment { at: t, kubernetes: kubernetes.clone(), why: row.why.clone() };
             if *name == self.zombie {
                 if self.faulted_at.contains_key(name) && self.recovered_at.is_none() && (row.ready != "True" || !row.kcm_taints.is_empty()) {
@@ -712,25 +718,48 @@ impl Story {
 
     /// One line per expectation, and whether it held.
     fn summary(&self) -> Vec<(bool, String)> {
-        let after = |node: &str, at: Duration| self.faulted_at.get(node).map(|f| format!(", {}s after the fault", at.saturating_sub(*f).as_secs())).unwrap_or_default();
+        let after =
+            |node: &str, at: Duration| self.faulted_at.get(node).map(|f| format!(", {}s after the fault", at.saturating_sub(*f).as_secs())).unwrap_or_default();
         let mut lines = Vec::new();
         lines.push(match &self.zombie_tainted {
             Some(m) if self.zombie_lapses.is_empty() => (
                 true,
-                format!("zombie {}: Kubernetes kept it Ready=True with no taint while pulsecheck tainted it (t+{}s{}: {})", self.zombie, m.at.as_secs(), after(&self.zombie, m.at), m.why),
+                format!(
+                    "zombie {}: Kubernetes kept it Ready=True with no taint while pulsecheck tainted it (t+{}s{}: {})",
+                    self.zombie,
+                    m.at.as_secs(),
+                    after(&self.zombie, m.at),
+                    m.why
+                ),
             ),
-            Some(_) => (false, format!("zombie {}: pulsecheck tainted it, but Kubernetes did not keep it Ready ({})", self.zombie, self.zombie_lapses.join("; "))),
+            Some(_) => {
+                (false, format!("zombie {}: pulsecheck tainted it, but Kubernetes did not keep it Ready ({})", self.zombie, self.zombie_lapses.join("; ")))
+            }
             None => (false, format!("zombie {}: pulsecheck never tainted it", self.zombie)),
         });
         lines.push(match (self.recovered_at, self.zombie_released) {
-            (Some(r), Some(at)) => (true, format!("zombie {}: pulsecheck released it after it recovered (t+{}s, {}s after recovery)", self.zombie, at.as_secs(), at.saturating_sub(r).as_secs())),
+            (Some(r), Some(at)) => (
+                true,
+                format!(
+                    "zombie {}: pulsecheck released it after it recovered (t+{}s, {}s after recovery)",
+                    self.zombie,
+                    at.as_secs(),
+                    at.saturating_sub(r).as_secs()
+                ),
+            ),
             (Some(_), None) => (false, format!("zombie {}: recovered, but pulsecheck never released it", self.zombie)),
             (None, _) => (false, format!("zombie {}: the timeline never reached its recovery (--duration too short?)", self.zombie)),
         });
         lines.push(match &self.os_image_tainted {
             Some(m) if m.kubernetes == "Ready=True" => (
                 true,
-                format!("osImage \"Unknown\" {}: Kubernetes kept it Ready=True while pulsecheck tainted it (t+{}s{}: {})", self.os_image, m.at.as_secs(), after(&self.os_image, m.at), m.why),
+                format!(
+                    "osImage \"Unknown\" {}: Kubernetes kept it Ready=True while pulsecheck tainted it (t+{}s{}: {})",
+                    self.os_image,
+                    m.at.as_secs(),
+                    after(&self.os_image, m.at),
+                    m.why
+                ),
             ),
             Some(m) => (false, format!("osImage \"Unknown\" {}: pulsecheck tainted it while Kubernetes said {}", self.os_image, m.kubernetes)),
             None => (false, format!("osImage \"Unknown\" {}: pulsecheck never tainted it", self.os_image)),
@@ -738,7 +767,13 @@ impl Story {
         lines.push(match &self.dead_agreed {
             Some(m) if !self.dead_tainted_by_pulsecheck => (
                 true,
-                format!("dead {}: both agree (t+{}s{}) — Kubernetes: {}; pulsecheck: dead, left to Kubernetes (no pulsecheck taint)", self.dead, m.at.as_secs(), after(&self.dead, m.at), m.kubernetes),
+                format!(
+                    "dead {}: both agree (t+{}s{}) — Kubernetes: {}; pulsecheck: dead, left to Kubernetes (no pulsecheck taint)",
+                    self.dead,
+                    m.at.as_secs(),
+                    after(&self.dead, m.at),
+                    m.kubernetes
+                ),
             ),
             Some(_) => (false, format!("dead {}: both agree it is dead, but pulsecheck tainted it without --act-on-dead", self.dead)),
             None => (false, format!("dead {}: Kubernetes (Ready=Unknown, {UNREACHABLE_TAINT}) and pulsecheck (dead) never agreed", self.dead)),
@@ -850,7 +885,11 @@ impl Show<'_> {
         let mut f = String::new();
         f.push_str(&format!("\x1b[1mpulsecheck demo\x1b[0m · {NODES} simulated kubelets in {ZONES} zones · real kube-apiserver + etcd + kube-controller-manager (node lifecycle) · pulsecheck in-process\n"));
         f.push_str(&format!("compressed time: Lease renewed every 1s, status every 1–3s · kube-controller-manager grace {KCM_GRACE} · pulsecheck: status stale after 8s, osImage \"Unknown\" after 5s, Lease grace 3s\n"));
-        f.push_str(&format!("look for yourself: kubectl --kubeconfig {} get nodes   (logs in {})\n\n", self.header.kubeconfig.display(), self.header.dir.display()));
+        f.push_str(&format!(
+            "look for yourself: kubectl --kubeconfig {} get nodes   (logs in {})\n\n",
+            self.header.kubeconfig.display(),
+            self.header.dir.display()
+        ));
         f.push_str(&format!("\x1b[1mt+{}s\x1b[0m   {}\n\n", t.as_secs(), self.timeline.countdown(t, &self.story)));
         let mut table = vec![[
             "NODE".to_string(),
@@ -935,7 +974,14 @@ mod tests {
     }
 
     fn row(ready: &str, kcm: &[&str], verdict: Verdict, our_taint: bool) -> Row {
-        Row { zone: "zone-a".into(), ready: ready.into(), kcm_taints: kcm.iter().map(|s| s.to_string()).collect(), verdict: Some(verdict), our_taint, why: String::new() }
+        Row {
+            zone: "zone-a".into(),
+            ready: ready.into(),
+            kcm_taints: kcm.iter().map(|s| s.to_string()).collect(),
+            verdict: Some(verdict),
+            our_taint,
+            why: String::new(),
+        }
     }
 
     fn world(overrides: &[(usize, Row)]) -> BTreeMap<String, Row> {
@@ -985,7 +1031,11 @@ mod tests {
         story.observe(Duration::from_secs(35), &world(&[(OS_IMAGE, tainted), (DEAD, dead)]));
         let summary = story.summary();
         assert!(story.done(), "{summary:?}");
-        assert!(summary[0].1.contains("Kubernetes kept it Ready=True with no taint while pulsecheck tainted it (t+20s, 15s after the fault"), "{}", summary[0].1);
+        assert!(
+            summary[0].1.contains("Kubernetes kept it Ready=True with no taint while pulsecheck tainted it (t+20s, 15s after the fault"),
+            "{}",
+            summary[0].1
+        );
         assert!(summary[1].1.contains("released it after it recovered (t+35s, 5s after recovery)"), "{}", summary[1].1);
         assert!(summary[3].1.contains("both agree") && summary[3].1.contains("Ready=Unknown, taints unreachable:NoExecute+NoSchedule"), "{}", summary[3].1);
     }
@@ -995,7 +1045,10 @@ mod tests {
         let n = names();
         let mut story = Story::new(&n);
         story.faulted_at.insert(n[ZOMBIE].clone(), Duration::from_secs(5));
-        story.observe(Duration::from_secs(9), &world(&[(ZOMBIE, row("Unknown", &["unreachable:NoSchedule"], Verdict::Zombie, true)), (0, row("True", &[], Verdict::Zombie, true))]));
+        story.observe(
+            Duration::from_secs(9),
+            &world(&[(ZOMBIE, row("Unknown", &["unreachable:NoSchedule"], Verdict::Zombie, true)), (0, row("True", &[], Verdict::Zombie, true))]),
+        );
         let summary = story.summary();
         assert!(!summary[0].0 && summary[0].1.contains("did not keep it Ready"), "{summary:?}");
         assert!(!summary[4].0 && summary[4].1.contains("sim-0000"), "{summary:?}");
@@ -1006,7 +1059,10 @@ mod tests {
         let before = row("True", &[], Verdict::Healthy, false);
         let mut after = row("True", &[], Verdict::Zombie, true);
         after.why = "NodeStatus not refreshed for 8s".into();
-        assert_eq!(after.changes(&before), vec!["pulsecheck: healthy → zombie (NodeStatus not refreshed for 8s)".to_string(), format!("pulsecheck added its taint {}", names::TAINT_KEY)]);
+        assert_eq!(
+            after.changes(&before),
+            vec!["pulsecheck: healthy → zombie (NodeStatus not refreshed for 8s)".to_string(), format!("pulsecheck added its taint {}", names::TAINT_KEY)]
+        );
         assert!(before.changes(&before).is_empty());
     }
 }

@@ -236,16 +236,10 @@ impl OsImage {
         let unknown = is_unknown(current);
         match previous {
             Some(p) if unknown && p.unknown_since.is_some() => OsImage { current: current.to_string(), ..p.clone() },
-            Some(p) if unknown => OsImage {
-                current: current.to_string(),
-                unknown_since: Some(now),
-                turned_unknown: !p.current.is_empty() && !is_unknown(&p.current),
-            },
-            _ => OsImage {
-                current: current.to_string(),
-                unknown_since: unknown.then_some(now),
-                turned_unknown: false,
-            },
+            Some(p) if unknown => {
+                OsImage { current: current.to_string(), unknown_since: Some(now), turned_unknown: !p.current.is_empty() && !is_unknown(&p.current) }
+            }
+            _ => OsImage { current: current.to_string(), unknown_since: unknown.then_some(now), turned_unknown: false },
         }
     }
 }
@@ -470,10 +464,7 @@ impl Selector {
 /// Reads our remediation record from a node's annotations; a damaged record counts as "we did
 /// nothing" rather than failing, and the taint itself is still recognised by key.
 pub fn remediation_from_annotations(annotations: Option<&BTreeMap<String, String>>) -> Remediation {
-    annotations
-        .and_then(|a| a.get(names::REMEDIATION_ANNOTATION))
-        .and_then(|v| serde_json::from_str(v).ok())
-        .unwrap_or_default()
+    annotations.and_then(|a| a.get(names::REMEDIATION_ANNOTATION)).and_then(|v| serde_json::from_str(v).ok()).unwrap_or_default()
 }
 
 impl NodeFacts {
@@ -497,24 +488,16 @@ impl NodeFacts {
         };
         let heartbeat_value = ready_condition.and_then(|c| c.last_heartbeat_time.as_ref()).map(|t| t.0);
         let os_image_value = status.and_then(|s| s.node_info.as_ref()).map(|i| i.os_image.as_str()).unwrap_or("");
-        let our_condition = conditions
-            .iter()
-            .find(|c| c.type_ == names::CONDITION_TYPE)
-            .map(|c| (c.status.clone(), c.reason.clone().unwrap_or_default()));
+        let our_condition = conditions.iter().find(|c| c.type_ == names::CONDITION_TYPE).map(|c| (c.status.clone(), c.reason.clone().unwrap_or_default()));
         let problems = conditions
             .iter()
             .filter(|c| c.status == "True" && scope.problem_conditions.iter().any(|p| p == &c.type_))
             .map(|c| ProblemCondition { kind: c.type_.clone(), reason: c.reason.clone().unwrap_or_default() })
             .collect();
         let spec = node.spec.as_ref();
-        let has_our_taint = spec
-            .and_then(|s| s.taints.as_ref())
-            .is_some_and(|ts| ts.iter().any(|t| t.key == scope.taint_key));
+        let has_our_taint = spec.and_then(|s| s.taints.as_ref()).is_some_and(|ts| ts.iter().any(|t| t.key == scope.taint_key));
         let kubelet = KubeletEndpoint {
-            addresses: status
-                .and_then(|s| s.addresses.as_ref())
-                .map(|a| a.iter().map(|a| (a.type_.clone(), a.address.clone())).collect())
-                .unwrap_or_default(),
+            addresses: status.and_then(|s| s.addresses.as_ref()).map(|a| a.iter().map(|a| (a.type_.clone(), a.address.clone())).collect()).unwrap_or_default(),
             port: status
                 .and_then(|s| s.daemon_endpoints.as_ref())
                 .and_then(|d| d.kubelet_endpoint.as_ref())
@@ -643,10 +626,7 @@ pub(crate) mod fixtures {
         NodeBuilder(Node {
             metadata: ObjectMeta { name: Some(name.into()), uid: Some(format!("uid-{name}")), ..Default::default() },
             spec: Some(NodeSpec::default()),
-            status: Some(NodeStatus {
-                node_info: Some(NodeSystemInfo { os_image: "Ubuntu 24.04.1 LTS".into(), ..Default::default() }),
-                ..Default::default()
-            }),
+            status: Some(NodeStatus { node_info: Some(NodeSystemInfo { os_image: "Ubuntu 24.04.1 LTS".into(), ..Default::default() }), ..Default::default() }),
         })
     }
 

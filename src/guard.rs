@@ -147,11 +147,8 @@ pub fn plan(now: Timestamp, assessments: &Assessments, facts: &FleetFacts, memor
     let eligible = assessments.values().filter(|a| a.verdict != Verdict::Excluded).count();
     let limit = limit(eligible, cfg.max_unhealthy_percent);
     let active = assessments.keys().filter(|n| memory.holds(facts, n)).count();
-    let mut wanting: Vec<&NodeName> = assessments
-        .iter()
-        .filter(|(n, a)| needs_remediation(a.verdict, cfg) && !memory.holds(facts, n))
-        .map(|(n, _)| n)
-        .collect();
+    let mut wanting: Vec<&NodeName> =
+        assessments.iter().filter(|(n, a)| needs_remediation(a.verdict, cfg) && !memory.holds(facts, n)).map(|(n, _)| n).collect();
     // Deterministic order: the same nodes are chosen first on every tick.
     wanting.sort_unstable();
     let circuit_open = active + wanting.len() > limit;
@@ -191,7 +188,7 @@ pub fn plan(now: Timestamp, assessments: &Assessments, facts: &FleetFacts, memor
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::facts::{fixtures::*, Remediation, Scope};
+    use crate::facts::{Remediation, Scope, fixtures::*};
     use crate::names;
 
     use crate::verdict::Assessment;
@@ -291,7 +288,8 @@ mod tests {
         mark_remediated(&mut f, "a");
         let mut m = Memory::default();
         let cfg = GuardConfig::default();
-        let healthy = assessments(&[("a", Verdict::Healthy), ("b", Verdict::Healthy), ("c", Verdict::Healthy), ("d", Verdict::Healthy), ("e", Verdict::Healthy)]);
+        let healthy =
+            assessments(&[("a", Verdict::Healthy), ("b", Verdict::Healthy), ("c", Verdict::Healthy), ("d", Verdict::Healthy), ("e", Verdict::Healthy)]);
         let zombie = assessments(&[("a", Verdict::Zombie), ("b", Verdict::Healthy), ("c", Verdict::Healthy), ("d", Verdict::Healthy), ("e", Verdict::Healthy)]);
         assert!(plan(t(0), &healthy, &f, &mut m, &cfg, false).release.is_empty());
         assert!(plan(t(100), &healthy, &f, &mut m, &cfg, false).release.is_empty());
@@ -312,7 +310,8 @@ mod tests {
         mark_remediated(&mut f, "a");
         let mut m = Memory::default();
         let cfg = GuardConfig::default();
-        let healthy = assessments(&[("a", Verdict::Healthy), ("b", Verdict::Healthy), ("c", Verdict::Healthy), ("d", Verdict::Healthy), ("e", Verdict::Healthy)]);
+        let healthy =
+            assessments(&[("a", Verdict::Healthy), ("b", Verdict::Healthy), ("c", Verdict::Healthy), ("d", Verdict::Healthy), ("e", Verdict::Healthy)]);
         assert!(plan(t(0), &healthy, &f, &mut m, &cfg, false).release.is_empty());
         assert!(plan(t(300), &healthy, &f, &mut m, &cfg, false).release.is_empty(), "released without proof");
         // The kubelet posts status: now the node has earned its release.

@@ -7,9 +7,7 @@
 //! `deploy/prometheus/` and the dashboard use only the families in [`METRIC_NAMES`], and
 //! `docs/metrics.md` lists them; CI checks both against this list.
 
-use prometheus::{
-    Encoder, Gauge, GaugeVec, Histogram, HistogramOpts, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
-};
+use prometheus::{Encoder, Gauge, GaugeVec, Histogram, HistogramOpts, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder};
 
 use crate::{
     facts::ProbeOutcome,
@@ -149,28 +147,79 @@ impl Metrics {
         let float_vec = |name: &str, help: &str, labels: &[&str]| GaugeVec::new(Opts::new(name, help), labels).expect("valid metric");
         let gauge = |name: &str, help: &str| IntGauge::new(name, help).expect("valid metric");
         let seconds_buckets = vec![0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
-        let build_info = Gauge::with_opts(Opts::new("pulsecheck_build_info", "pulsecheck build information; always 1").const_label("version", env!("CARGO_PKG_VERSION"))).expect("valid metric");
+        let build_info =
+            Gauge::with_opts(Opts::new("pulsecheck_build_info", "pulsecheck build information; always 1").const_label("version", env!("CARGO_PKG_VERSION")))
+                .expect("valid metric");
         build_info.set(1.0);
         Metrics {
             per_node,
-            node_verdict: reg(&registry, gauge_vec("pulsecheck_node_verdict", "State set: 1 for the node's current verdict, 0 for the others", &["node", "verdict"])),
-            node_evidence: reg(&registry, gauge_vec("pulsecheck_node_evidence", "1 for each kind of evidence currently held against the node", &["node", "evidence"])),
-            node_lease_observed: reg(&registry, float_vec("pulsecheck_node_lease_observed_timestamp_seconds", "When pulsecheck last saw the node's Lease renewTime change (its own clock)", &["node"])),
-            node_status_observed: reg(&registry, float_vec("pulsecheck_node_status_observed_timestamp_seconds", "When pulsecheck last saw the node's Ready lastHeartbeatTime change (its own clock)", &["node"])),
-            node_probe_success: reg(&registry, gauge_vec("pulsecheck_node_probe_success", "1 when the last kubelet probe of the node succeeded, 0 when it failed", &["node"])),
+            node_verdict: reg(
+                &registry,
+                gauge_vec("pulsecheck_node_verdict", "State set: 1 for the node's current verdict, 0 for the others", &["node", "verdict"]),
+            ),
+            node_evidence: reg(
+                &registry,
+                gauge_vec("pulsecheck_node_evidence", "1 for each kind of evidence currently held against the node", &["node", "evidence"]),
+            ),
+            node_lease_observed: reg(
+                &registry,
+                float_vec(
+                    "pulsecheck_node_lease_observed_timestamp_seconds",
+                    "When pulsecheck last saw the node's Lease renewTime change (its own clock)",
+                    &["node"],
+                ),
+            ),
+            node_status_observed: reg(
+                &registry,
+                float_vec(
+                    "pulsecheck_node_status_observed_timestamp_seconds",
+                    "When pulsecheck last saw the node's Ready lastHeartbeatTime change (its own clock)",
+                    &["node"],
+                ),
+            ),
+            node_probe_success: reg(
+                &registry,
+                gauge_vec("pulsecheck_node_probe_success", "1 when the last kubelet probe of the node succeeded, 0 when it failed", &["node"]),
+            ),
             node_remediated: reg(&registry, gauge_vec("pulsecheck_node_remediated", "1 while pulsecheck holds a taint or cordon on the node", &["node"])),
             nodes: reg(&registry, gauge_vec("pulsecheck_nodes", "Nodes per verdict", &["verdict"])),
             remediations_active: reg(&registry, gauge("pulsecheck_remediations_active", "Nodes pulsecheck currently holds a remediation on")),
-            remediation_limit: reg(&registry, gauge("pulsecheck_remediation_limit", "Nodes that may be remediated at once: max(1, max-unhealthy x eligible nodes)")),
+            remediation_limit: reg(
+                &registry,
+                gauge("pulsecheck_remediation_limit", "Nodes that may be remediated at once: max(1, max-unhealthy x eligible nodes)"),
+            ),
             circuit_open: reg(&registry, gauge("pulsecheck_circuit_open", "1 when more nodes need remediation than the limit: nothing new is remediated")),
             blind: reg(&registry, gauge("pulsecheck_blind", "1 while a watch is unsynced or silent: pulsecheck makes no new decisions")),
-            probe_partition: reg(&registry, gauge("pulsecheck_probe_partition", "1 while probes fail for more than the partition threshold of live nodes: probe evidence is ignored")),
-            probe_misconfigured: reg(&registry, gauge("pulsecheck_probe_misconfigured", "1 while kubelets answer probes with 401/403: pulsecheck lacks permission (nodes/healthz get)")),
-            remediations: reg(&registry, IntCounterVec::new(Opts::new("pulsecheck_remediations_total", "Remediation actions by action and result"), &["action", "result"]).expect("valid metric")),
+            probe_partition: reg(
+                &registry,
+                gauge("pulsecheck_probe_partition", "1 while probes fail for more than the partition threshold of live nodes: probe evidence is ignored"),
+            ),
+            probe_misconfigured: reg(
+                &registry,
+                gauge("pulsecheck_probe_misconfigured", "1 while kubelets answer probes with 401/403: pulsecheck lacks permission (nodes/healthz get)"),
+            ),
+            remediations: reg(
+                &registry,
+                IntCounterVec::new(Opts::new("pulsecheck_remediations_total", "Remediation actions by action and result"), &["action", "result"])
+                    .expect("valid metric"),
+            ),
             probes: reg(&registry, IntCounterVec::new(Opts::new("pulsecheck_probes_total", "Kubelet probes by result"), &["result"]).expect("valid metric")),
-            probe_duration: reg(&registry, Histogram::with_opts(HistogramOpts::new("pulsecheck_probe_duration_seconds", "Duration of kubelet probes").buckets(seconds_buckets.clone())).expect("valid metric")),
-            watch_events: reg(&registry, IntCounterVec::new(Opts::new("pulsecheck_watch_events_total", "Objects delivered by the watches"), &["resource"]).expect("valid metric")),
-            evaluation_duration: reg(&registry, Histogram::with_opts(HistogramOpts::new("pulsecheck_evaluation_duration_seconds", "Duration of one evaluation pass over the fleet").buckets(seconds_buckets)).expect("valid metric")),
+            probe_duration: reg(
+                &registry,
+                Histogram::with_opts(HistogramOpts::new("pulsecheck_probe_duration_seconds", "Duration of kubelet probes").buckets(seconds_buckets.clone()))
+                    .expect("valid metric"),
+            ),
+            watch_events: reg(
+                &registry,
+                IntCounterVec::new(Opts::new("pulsecheck_watch_events_total", "Objects delivered by the watches"), &["resource"]).expect("valid metric"),
+            ),
+            evaluation_duration: reg(
+                &registry,
+                Histogram::with_opts(
+                    HistogramOpts::new("pulsecheck_evaluation_duration_seconds", "Duration of one evaluation pass over the fleet").buckets(seconds_buckets),
+                )
+                .expect("valid metric"),
+            ),
             leader: reg(&registry, gauge("pulsecheck_leader", "1 while this instance holds leadership and may act")),
             _build_info: reg(&registry, build_info),
             registry,

@@ -208,14 +208,7 @@ fn at_least(d: SignedDuration, threshold: Duration) -> bool {
 
 /// Judges one node. `probes_trusted` is false during a probe partition: probe evidence is
 /// then ignored entirely.
-pub fn assess(
-    now: Timestamp,
-    node: &NodeFacts,
-    lease: Option<&LeaseFacts>,
-    probe: Option<&ProbeFacts>,
-    th: &Thresholds,
-    probes_trusted: bool,
-) -> Assessment {
+pub fn assess(now: Timestamp, node: &NodeFacts, lease: Option<&LeaseFacts>, probe: Option<&ProbeFacts>, th: &Thresholds, probes_trusted: bool) -> Assessment {
     if node.excluded_by_label || !node.selected {
         return Assessment::new(Verdict::Excluded, vec![]);
     }
@@ -304,11 +297,8 @@ pub struct Evaluation {
 /// Judges every node: one evaluation pass, the controller's tick and `check`'s core.
 pub fn evaluate(now: Timestamp, facts: &FleetFacts, th: &Thresholds, partition_threshold_percent: f64) -> Evaluation {
     let (probes_trusted, probes_failing, probes_recent) = probe_partition(now, facts, th, partition_threshold_percent);
-    let assessments = facts
-        .nodes
-        .iter()
-        .map(|(name, n)| (name.clone(), assess(now, n, facts.leases.get(name), facts.probes.get(name), th, probes_trusted)))
-        .collect();
+    let assessments =
+        facts.nodes.iter().map(|(name, n)| (name.clone(), assess(now, n, facts.leases.get(name), facts.probes.get(name), th, probes_trusted))).collect();
     Evaluation { assessments, probes_trusted, probes_failing, probes_recent }
 }
 
@@ -356,7 +346,7 @@ pub fn probe_partition(now: Timestamp, facts: &FleetFacts, th: &Thresholds, part
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::facts::{fixtures::*, Scope};
+    use crate::facts::{Scope, fixtures::*};
     use crate::names;
 
     fn scope() -> Scope {

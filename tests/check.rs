@@ -276,17 +276,10 @@ async fn check_probe_reaches_every_kubelet_and_shows_a_dead_one_failing() {
     // kubelet-healthz from a terminal has no token file and no kubelet CA: it says it falls back
     // to tcp rather than sending credentials anywhere, and still probes.
     let fallback = check(&kubeconfig, &[FAST_CHECK, &["--probe=kubelet-healthz", "--probe-timeout=3s"]].concat()).await;
-    assert!(
-        text(&fallback.stderr).contains("never sends its token to a kubelet whose certificate it cannot verify"),
-        "{}",
-        describe(&fallback)
-    );
+    assert!(text(&fallback.stderr).contains("never sends its token to a kubelet whose certificate it cannot verify"), "{}", describe(&fallback));
     assert_eq!(row(&text(&fallback.stdout), "prb-0000")[5], "ok", "{}", describe(&fallback));
     assert_eq!(row(&text(&fallback.stdout), "prb-0002")[5], "fail", "{}", describe(&fallback));
-    assert!(
-        lab.fleet.kubelet_requests("prb-0000").iter().all(|r| r.authorization.is_none()),
-        "no token reached a kubelet from check"
-    );
+    assert!(lab.fleet.kubelet_requests("prb-0000").iter().all(|r| r.authorization.is_none()), "no token reached a kubelet from check");
 }
 
 #[tokio::test]

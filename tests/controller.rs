@@ -326,7 +326,7 @@ async fn release_removes_exactly_what_pulsecheck_added() {
     })
     .await;
     assert_eq!(taint_keys(&after), taint_keys(&before));
-    assert_eq!(after.spec.as_ref().and_then(|s| s.unschedulable).unwrap_or(false), false);
+    assert!(!after.spec.as_ref().and_then(|s| s.unschedulable).unwrap_or(false), "still uncordoned");
     assert_eq!(after.metadata.annotations, before.metadata.annotations);
     assert_eq!(after.metadata.labels, before.metadata.labels);
     assert!(events_for(&client, node).await.iter().any(|(r, _)| r == "Released"));

@@ -59,16 +59,9 @@ fn tools() -> &'static Tools {
         }
         assert!(helm.is_file(), "no helm in {} after `bash tools/build.sh helm`", bin.display());
         let kubectl = bin.join("kubectl");
-        assert!(
-            kubectl.is_file(),
-            "no kubectl in {}: run `bash tools/build.sh kubectl`",
-            bin.display()
-        );
+        assert!(kubectl.is_file(), "no kubectl in {}: run `bash tools/build.sh kubectl`", bin.display());
         let crds = build_sh("crds");
-        for crd in [
-            "monitoring.coreos.com_servicemonitors.yaml",
-            "monitoring.coreos.com_prometheusrules.yaml",
-        ] {
+        for crd in ["monitoring.coreos.com_servicemonitors.yaml", "monitoring.coreos.com_prometheusrules.yaml"] {
             assert!(crds.join(crd).is_file(), "{crd} missing in {}", crds.display());
         }
         Tools { helm, kubectl, crds }
@@ -98,11 +91,7 @@ async fn run(program: &Path, args: &[&str], stdin: Option<&str>) -> Output {
         .await
         .unwrap_or_else(|_| panic!("{} {args:?} did not finish within {DEADLINE:?}", program.display()))
         .expect("wait for child");
-    Output {
-        ok: out.status.success(),
-        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-    }
+    Output { ok: out.status.success(), stdout: String::from_utf8_lossy(&out.stdout).into_owned(), stderr: String::from_utf8_lossy(&out.stderr).into_owned() }
 }
 
 /// kubectl as admin against `cp`, with its discovery cache inside the control plane's folder.
@@ -115,34 +104,20 @@ async fn kubectl(cp: &ControlPlane, args: &[&str], stdin: Option<&str>) -> Outpu
 }
 
 async fn start() -> ControlPlane {
-    ControlPlane::start(ControlPlaneOptions::default())
-        .await
-        .unwrap_or_else(|err| panic!("{err}"))
+    ControlPlane::start(ControlPlaneOptions::default()).await.unwrap_or_else(|err| panic!("{err}"))
 }
 
 /// ServiceMonitor and PrometheusRule CRDs, established.
 async fn install_prometheus_operator_crds(cp: &ControlPlane) {
     let crds = &tools().crds;
-    let sm = crds
-        .join("monitoring.coreos.com_servicemonitors.yaml")
-        .to_string_lossy()
-        .into_owned();
-    let pr = crds
-        .join("monitoring.coreos.com_prometheusrules.yaml")
-        .to_string_lossy()
-        .into_owned();
+    let sm = crds.join("monitoring.coreos.com_servicemonitors.yaml").to_string_lossy().into_owned();
+    let pr = crds.join("monitoring.coreos.com_prometheusrules.yaml").to_string_lossy().into_owned();
     // Server-side: the CRDs are too large for client-side apply's last-applied annotation.
     let out = kubectl(cp, &["apply", "--server-side", "-f", &sm, "-f", &pr], None).await;
     assert!(out.ok, "installing the CRDs failed:\n{}{}", out.stdout, out.stderr);
     let out = kubectl(
         cp,
-        &[
-            "wait",
-            "--for=condition=Established",
-            "crd/servicemonitors.monitoring.coreos.com",
-            "crd/prometheusrules.monitoring.coreos.com",
-            "--timeout=120s",
-        ],
+        &["wait", "--for=condition=Established", "crd/servicemonitors.monitoring.coreos.com", "crd/prometheusrules.monitoring.coreos.com", "--timeout=120s"],
         None,
     )
     .await;
@@ -151,16 +126,8 @@ async fn install_prometheus_operator_crds(cp: &ControlPlane) {
 
 async fn create_namespace(cp: &ControlPlane, name: &str) {
     let api: Api<Namespace> = Api::all(cp.client());
-    let ns = Namespace {
-        metadata: ObjectMeta {
-            name: Some(name.into()),
-            ..Default::default()
-        },
-        ..Default::default()
-    };
-    api.create(&PostParams::default(), &ns)
-        .await
-        .unwrap_or_else(|e| panic!("create namespace {name}: {e}"));
+    let ns = Namespace { metadata: ObjectMeta { name: Some(name.into()), ..Default::default() }, ..Default::default() };
+    api.create(&PostParams::default(), &ns).await.unwrap_or_else(|e| panic!("create namespace {name}: {e}"));
 }
 
 /// `kubectl apply` with strict field validation; retried only while the apiserver's discovery
@@ -226,10 +193,7 @@ async fn chart_and_manifests_are_accepted_by_a_real_apiserver() {
 
     let variants: &[(&str, &[&str])] = &[
         ("default values", &[]),
-        (
-            "apiserver-proxy probe with nodes/proxy",
-            &["rbac.nodesProxy=true", "config.probe=apiserver-proxy"],
-        ),
+        ("apiserver-proxy probe with nodes/proxy", &["rbac.nodesProxy=true", "config.probe=apiserver-proxy"]),
         (
             "cordon and taint with NoExecute, json logs, no per-node metrics, two replicas",
             &[
@@ -258,20 +222,10 @@ async fn chart_and_manifests_are_accepted_by_a_real_apiserver() {
         "config.leaderElect=false",
     ])
     .await;
-    assert!(
-        !rendered.contains("kind: ServiceMonitor") && !rendered.contains("kind: PrometheusRule"),
-        "{rendered}"
-    );
-    assert!(
-        !rendered.contains("pulsecheck-leader-election"),
-        "leader-election RBAC rendered without leader election"
-    );
+    assert!(!rendered.contains("kind: ServiceMonitor") && !rendered.contains("kind: PrometheusRule"), "{rendered}");
+    assert!(!rendered.contains("pulsecheck-leader-election"), "leader-election RBAC rendered without leader election");
     let out = apply(&cp, &["--dry-run=server", "-f", "-"], Some(&rendered)).await;
-    assert_all_created(
-        "helm template, minimal",
-        &out,
-        &["deployment.apps/pulsecheck", "clusterrole.rbac.authorization.k8s.io/pulsecheck"],
-    );
+    assert_all_created("helm template, minimal", &out, &["deployment.apps/pulsecheck", "clusterrole.rbac.authorization.k8s.io/pulsecheck"]);
 
     cp.stop().await.unwrap_or_else(|e| panic!("{e}"));
 }
@@ -333,33 +287,16 @@ async fn shipped_rbac_lets_pulsecheck_do_its_job_and_nothing_more() {
         }
         let out = kubectl(&cp, &args, None).await;
         let answer = out.stdout.trim();
-        assert!(
-            answer == "yes" || answer == "no",
-            "kubectl {args:?} answered neither yes nor no:\n{}{}",
-            out.stdout,
-            out.stderr
-        );
+        assert!(answer == "yes" || answer == "no", "kubectl {args:?} answered neither yes nor no:\n{}{}", out.stdout, out.stderr);
         if (answer == "yes") != *allowed {
             wrong.push(format!(
                 "{verb} {resource}{}{} -> {answer}",
-                if subresource.is_empty() {
-                    String::new()
-                } else {
-                    format!("/{subresource}")
-                },
-                if namespace.is_empty() {
-                    String::new()
-                } else {
-                    format!(" in {namespace}")
-                }
+                if subresource.is_empty() { String::new() } else { format!("/{subresource}") },
+                if namespace.is_empty() { String::new() } else { format!(" in {namespace}") }
             ));
         }
     }
-    assert!(
-        wrong.is_empty(),
-        "the shipped RBAC of {SERVICE_ACCOUNT} is wrong:\n  {}",
-        wrong.join("\n  ")
-    );
+    assert!(wrong.is_empty(), "the shipped RBAC of {SERVICE_ACCOUNT} is wrong:\n  {}", wrong.join("\n  "));
 
     cp.stop().await.unwrap_or_else(|e| panic!("{e}"));
 }
@@ -372,12 +309,7 @@ fn container_args(rendered: &str) -> Vec<String> {
             continue;
         }
         let args = &value["spec"]["template"]["spec"]["containers"][0]["args"];
-        let args: Vec<String> = args
-            .as_sequence()
-            .expect("container args")
-            .iter()
-            .map(|a| a.as_str().expect("string arg").to_owned())
-            .collect();
+        let args: Vec<String> = args.as_sequence().expect("container args").iter().map(|a| a.as_str().expect("string arg").to_owned()).collect();
         return args;
     }
     panic!("no Deployment in:\n{rendered}");
@@ -387,9 +319,7 @@ fn parse_run(what: &str, args: &[String]) -> Box<pulsecheck::cli::RunArgs> {
     use clap::Parser;
     let argv = std::iter::once("pulsecheck".to_owned()).chain(args.iter().cloned());
     match pulsecheck::cli::Cli::try_parse_from(argv) {
-        Ok(pulsecheck::cli::Cli {
-            command: pulsecheck::cli::Command::Run(run),
-        }) => run,
+        Ok(pulsecheck::cli::Cli { command: pulsecheck::cli::Command::Run(run) }) => run,
         Ok(_) => panic!("{what}: {args:?} is not `pulsecheck run`"),
         Err(e) => panic!("{what}: pulsecheck rejects the container args {args:?}:\n{e}"),
     }
@@ -400,10 +330,7 @@ async fn container_args_of_chart_and_manifests_are_accepted_by_pulsecheck_run() 
     let manifests = std::fs::read_to_string(repo().join("manifests/deployment.yaml")).expect("read manifests/deployment.yaml");
     let from_manifests = container_args(&manifests);
     let run = parse_run("manifests/deployment.yaml", &from_manifests);
-    assert!(
-        run.leader.leader_elect && run.admin.per_node_metrics && !run.guard.dry_run,
-        "{run:?}"
-    );
+    assert!(run.leader.leader_elect && run.admin.per_node_metrics && !run.guard.dry_run, "{run:?}");
     assert_eq!(run.admin.admin_addr.port(), 8080, "the admin port must be the container port 8080");
 
     let from_chart = container_args(&helm_template(&[]).await);
@@ -424,10 +351,7 @@ async fn container_args_of_chart_and_manifests_are_accepted_by_pulsecheck_run() 
         .await,
     );
     let run = parse_run("helm template with tuned values", &tuned);
-    assert_eq!(
-        run.action.action,
-        vec![pulsecheck::cli::Action::Taint, pulsecheck::cli::Action::Cordon]
-    );
+    assert_eq!(run.action.action, vec![pulsecheck::cli::Action::Taint, pulsecheck::cli::Action::Cordon]);
     assert_eq!(run.action.taint_effect, pulsecheck::cli::TaintEffect::NoExecute);
     assert_eq!(run.thresholds.status_stale_after, Duration::from_secs(15 * 60));
     assert_eq!(run.guard.max_unhealthy, 12.5);

@@ -22,7 +22,13 @@ fn configuration_doc_lists_every_run_flag_with_env_and_default() {
         }
         let env = arg.get_env().map(|e| e.to_string_lossy().into_owned()).unwrap_or_default();
         let defaults: Vec<String> = arg.get_default_values().iter().map(|d| d.to_string_lossy().into_owned()).collect();
-        let default = if defaults.is_empty() { "—".to_string() } else if defaults == [""] { "\"\"".to_string() } else { defaults.join(",") };
+        let default = if defaults.is_empty() {
+            "—".to_string()
+        } else if defaults == [""] {
+            "\"\"".to_string()
+        } else {
+            defaults.join(",")
+        };
         let row = format!("| `--{long}` | `{env}` | `{default}` |");
         if !doc.contains(&row) {
             missing.push(row);
@@ -35,10 +41,11 @@ fn configuration_doc_lists_every_run_flag_with_env_and_default() {
 fn every_flag_has_an_environment_variable() {
     fn walk(cmd: &clap::Command, path: &str, missing: &mut Vec<String>) {
         for arg in cmd.get_arguments() {
-            if let Some(long) = arg.get_long() {
-                if !matches!(long, "help" | "version") && arg.get_env().is_none() {
-                    missing.push(format!("{path} --{long}"));
-                }
+            if let Some(long) = arg.get_long()
+                && !matches!(long, "help" | "version")
+                && arg.get_env().is_none()
+            {
+                missing.push(format!("{path} --{long}"));
             }
         }
         for sub in cmd.get_subcommands() {

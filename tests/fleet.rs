@@ -90,24 +90,14 @@ fn os_image(node: &Node) -> String {
 /// Where pulsecheck would probe the node: InternalIP and `daemonEndpoints.kubeletEndpoint.Port`.
 fn kubelet_addr(node: &Node) -> SocketAddr {
     let status = node.status.as_ref().expect("status");
-    let ip: IpAddr = status
-        .addresses
-        .as_ref()
-        .and_then(|a| a.iter().find(|a| a.type_ == "InternalIP"))
-        .expect("InternalIP")
-        .address
-        .parse()
-        .expect("an IP");
+    let ip: IpAddr = status.addresses.as_ref().and_then(|a| a.iter().find(|a| a.type_ == "InternalIP")).expect("InternalIP").address.parse().expect("an IP");
     let port = status.daemon_endpoints.as_ref().and_then(|d| d.kubelet_endpoint.as_ref()).expect("kubelet port").port;
     SocketAddr::new(ip, u16::try_from(port).expect("a port"))
 }
 
 /// Waits until `node`'s Lease is renewed with a renewTime after `after`; returns it.
 async fn renewed_after(client: &Client, node: &str, after: Timestamp) -> Timestamp {
-    eventually(&format!("{node}'s lease is renewed after {after}"), || async {
-        renew_time(client, node).await.filter(|t| *t > after)
-    })
-    .await
+    eventually(&format!("{node}'s lease is renewed after {after}"), || async { renew_time(client, node).await.filter(|t| *t > after) }).await
 }
 
 /// An HTTPS GET that trusts only `ca_pem` and checks the certificate is for the IP it called.
@@ -122,12 +112,9 @@ async fn https_get(addr: SocketAddr, ca_pem: &str, path: &str, token: Option<&st
         .with_root_certificates(roots)
         .with_no_client_auth();
     let tcp = tokio::net::TcpStream::connect(addr).await.map_err(|e| format!("connect: {e}"))?;
-    let tls = tokio_rustls::TlsConnector::from(Arc::new(config))
-        .connect(ServerName::IpAddress(addr.ip().into()), tcp)
-        .await
-        .map_err(|e| format!("TLS: {e}"))?;
-    let (mut sender, connection) =
-        hyper::client::conn::http1::handshake(TokioIo::new(tls)).await.map_err(|e| e.to_string())?;
+    let tls =
+        tokio_rustls::TlsConnector::from(Arc::new(config)).connect(ServerName::IpAddress(addr.ip().into()), tcp).await.map_err(|e| format!("TLS: {e}"))?;
+    let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(tls)).await.map_err(|e| e.to_string())?;
     tokio::spawn(connection);
     let mut request = http::Request::get(path).header(http::header::HOST, addr.to_string());
     if let Some(token) = token {
@@ -256,10 +243,7 @@ async fn os_image_turns_unknown_at_once_and_back_on_recover() {
     let fleet = Fleet::start(client.clone(), opts).await.expect("fleet starts");
     let set_at = Timestamp::now();
     fleet.set_fault("sim-0000", Fault::OsImageUnknown).unwrap();
-    eventually("sim-0000 reports osImage Unknown", || async {
-        (os_image(&node(&client, "sim-0000").await) == "Unknown").then_some(())
-    })
-    .await;
+    eventually("sim-0000 reports osImage Unknown", || async { (os_image(&node(&client, "sim-0000").await) == "Unknown").then_some(()) }).await;
     let n = node(&client, "sim-0000").await;
     let ready = n.status.unwrap().conditions.unwrap().into_iter().find(|c| c.type_ == "Ready").unwrap();
     assert_eq!(ready.status, "True", "osImage Unknown comes with Ready=True");
@@ -267,10 +251,8 @@ async fn os_image_turns_unknown_at_once_and_back_on_recover() {
     assert_eq!(os_image(&node(&client, "sim-0001").await), "Ubuntu 24.04.1 LTS", "other nodes unaffected");
 
     fleet.set_fault("sim-0000", Fault::Recover).unwrap();
-    eventually("sim-0000 reports its real osImage again", || async {
-        (os_image(&node(&client, "sim-0000").await) == "Ubuntu 24.04.1 LTS").then_some(())
-    })
-    .await;
+    eventually("sim-0000 reports its real osImage again", || async { (os_image(&node(&client, "sim-0000").await) == "Ubuntu 24.04.1 LTS").then_some(()) })
+        .await;
     fleet.stop().await;
 }
 
@@ -289,10 +271,7 @@ async fn kubelet_endpoint_refuses_a_request_without_token_answers_one_with_it_an
 
     let requests = fleet.kubelet_requests("sim-0000");
     let seen: Vec<_> = requests.iter().map(|r| (r.path.as_str(), r.authorization.as_deref())).collect();
-    assert_eq!(
-        seen,
-        [("/healthz", None), ("/healthz", Some("Bearer s3cr3t")), ("/healthz/syncloop", Some("Bearer s3cr3t"))]
-    );
+    assert_eq!(seen, [("/healthz", None), ("/healthz", Some("Bearer s3cr3t")), ("/healthz/syncloop", Some("Bearer s3cr3t"))]);
     assert!(requests.windows(2).all(|w| w[0].at <= w[1].at));
 
     // The certificate is for the node's IP only: a client checking another name fails.
@@ -324,8 +303,7 @@ async fn probe_faults_answer_like_a_broken_kubelet() {
     assert_eq!(https_get(addr("sim-0001").await, &ca, "/healthz", Some("t")).await, Ok((401, "Unauthorized".into())));
 
     fleet.set_fault("sim-0002", Fault::ProbeHang).unwrap();
-    let hung =
-        tokio::time::timeout(Duration::from_secs(2), https_get(addr("sim-0002").await, &ca, "/healthz", Some("t")));
+    let hung = tokio::time::timeout(Duration::from_secs(2), https_get(addr("sim-0002").await, &ca, "/healthz", Some("t")));
     assert!(hung.await.is_err(), "a hung kubelet never answers");
     let requests = fleet.kubelet_requests("sim-0002");
     assert_eq!(requests.len(), 1, "the handshake completed and the request arrived");
@@ -346,14 +324,8 @@ async fn clock_skewed_node_writes_heartbeats_an_hour_ahead() {
         let offset = t.duration_since(Timestamp::now());
         offset > SignedDuration::from_mins(55) && offset < SignedDuration::from_mins(65)
     };
-    eventually("sim-0001's renewTime is an hour ahead", || async {
-        renew_time(&client, "sim-0001").await.filter(|t| ahead(*t))
-    })
-    .await;
-    eventually("sim-0001's Ready heartbeat is an hour ahead", || async {
-        ready_heartbeat(&node(&client, "sim-0001").await).filter(|t| ahead(*t))
-    })
-    .await;
+    eventually("sim-0001's renewTime is an hour ahead", || async { renew_time(&client, "sim-0001").await.filter(|t| ahead(*t)) }).await;
+    eventually("sim-0001's Ready heartbeat is an hour ahead", || async { ready_heartbeat(&node(&client, "sim-0001").await).filter(|t| ahead(*t)) }).await;
     let healthy = renew_time(&client, "sim-0000").await.unwrap();
     assert!(!ahead(healthy), "only the skewed node is ahead");
     fleet.stop().await;
@@ -365,13 +337,10 @@ async fn no_lease_node_loses_its_lease_and_recover_recreates_it() {
     let client = lab.client();
     let fleet = Fleet::start(client.clone(), fast(1)).await.expect("fleet starts");
     fleet.set_fault("sim-0000", Fault::NoLease).unwrap();
-    eventually("sim-0000's lease is gone", || async { renew_time(&client, "sim-0000").await.is_none().then_some(()) })
-        .await;
+    eventually("sim-0000's lease is gone", || async { renew_time(&client, "sim-0000").await.is_none().then_some(()) }).await;
     let heartbeat = ready_heartbeat(&node(&client, "sim-0000").await).unwrap();
-    eventually("sim-0000 still reports status without a lease", || async {
-        ready_heartbeat(&node(&client, "sim-0000").await).filter(|t| *t > heartbeat)
-    })
-    .await;
+    eventually("sim-0000 still reports status without a lease", || async { ready_heartbeat(&node(&client, "sim-0000").await).filter(|t| *t > heartbeat) })
+        .await;
     assert!(renew_time(&client, "sim-0000").await.is_none(), "the lease is not recreated while the fault lasts");
 
     fleet.set_fault("sim-0000", Fault::Recover).unwrap();
@@ -383,10 +352,7 @@ async fn no_lease_node_loses_its_lease_and_recover_recreates_it() {
 async fn lab_fleet_refuses_a_cluster_with_foreign_nodes_unless_forced() {
     let lab = control_plane().await;
     let client = lab.client();
-    let foreign = Node {
-        metadata: kube::api::ObjectMeta { name: Some("real-node-1".into()), ..Default::default() },
-        ..Node::default()
-    };
+    let foreign = Node { metadata: kube::api::ObjectMeta { name: Some("real-node-1".into()), ..Default::default() }, ..Node::default() };
     Api::<Node>::all(client.clone()).create(&PostParams::default(), &foreign).await.unwrap();
 
     let bin = env!("CARGO_BIN_EXE_pulsecheck");
@@ -397,10 +363,7 @@ async fn lab_fleet_refuses_a_cluster_with_foreign_nodes_unless_forced() {
     let stderr = String::from_utf8_lossy(&refused.stderr);
     assert_eq!(refused.status.code(), Some(2), "{stderr}");
     assert!(stderr.contains("1 node(s)") && stderr.contains("--force"), "{stderr}");
-    let simulated = Api::<Node>::all(client.clone())
-        .list(&kube::api::ListParams::default().labels(&format!("{FLEET_LABEL}=true")))
-        .await
-        .unwrap();
+    let simulated = Api::<Node>::all(client.clone()).list(&kube::api::ListParams::default().labels(&format!("{FLEET_LABEL}=true"))).await.unwrap();
     assert!(simulated.items.is_empty(), "nothing was created");
 
     // With --force it starts (and stops cleanly on SIGTERM).
@@ -449,19 +412,15 @@ async fn lab_up_with_nodes_is_ready_only_once_its_fleet_is() {
     let kubeconfig = ready.as_deref().and_then(|l| l.strip_prefix("ready: ")).expect("the ready line").to_string();
 
     // Right at the ready line, the fleet's Nodes exist and are Ready.
-    let config = kube::Config::from_custom_kubeconfig(
-        kube::config::Kubeconfig::read_from(&kubeconfig).unwrap(),
-        &kube::config::KubeConfigOptions::default(),
-    )
-    .await
-    .unwrap();
+    let config = kube::Config::from_custom_kubeconfig(kube::config::Kubeconfig::read_from(&kubeconfig).unwrap(), &kube::config::KubeConfigOptions::default())
+        .await
+        .unwrap();
     let client = Client::try_from(config).unwrap();
     let nodes = Api::<Node>::all(client.clone()).list(&Default::default()).await.unwrap();
     let names: Vec<_> = nodes.items.iter().filter_map(|n| n.metadata.name.clone()).collect();
     assert_eq!(names, ["sim-0000", "sim-0001", "sim-0002"]);
     assert!(nodes.items.iter().all(|n| ready_heartbeat(n).is_some()));
-    let ca =
-        std::fs::read_to_string(dir.path().join(pulsecheck::lab::args::KUBELET_CA_FILE)).expect("kubelet CA written");
+    let ca = std::fs::read_to_string(dir.path().join(pulsecheck::lab::args::KUBELET_CA_FILE)).expect("kubelet CA written");
     let addr = kubelet_addr(&nodes.items[0]);
     assert_eq!(https_get(addr, &ca, "/healthz", Some("t")).await, Ok((200, "ok".into())));
 

@@ -151,11 +151,7 @@ async fn restricted_service_account_gets_only_what_its_role_grants() {
     Api::<ClusterRole>::all(admin.clone()).create(&PostParams::default(), &role).await.unwrap();
     let binding = ClusterRoleBinding {
         metadata: named("node-getter"),
-        role_ref: RoleRef {
-            api_group: "rbac.authorization.k8s.io".to_owned(),
-            kind: "ClusterRole".to_owned(),
-            name: "node-getter".to_owned(),
-        },
+        role_ref: RoleRef { api_group: "rbac.authorization.k8s.io".to_owned(), kind: "ClusterRole".to_owned(), name: "node-getter".to_owned() },
         subjects: Some(vec![Subject {
             kind: "ServiceAccount".to_owned(),
             name: "reader".to_owned(),
@@ -322,12 +318,7 @@ async fn lab_up_prints_only_the_ready_line_and_cleans_up_on_sigterm() {
     assert_eq!(line, format!("ready: {}\n", kubeconfig.display()));
 
     // The kubeconfig works the moment the line is printed.
-    let config = kube::Config::from_custom_kubeconfig(
-        kube::config::Kubeconfig::read_from(&kubeconfig).unwrap(),
-        &Default::default(),
-    )
-    .await
-    .unwrap();
+    let config = kube::Config::from_custom_kubeconfig(kube::config::Kubeconfig::read_from(&kubeconfig).unwrap(), &Default::default()).await.unwrap();
     let namespaces = Api::<Namespace>::all(kube::Client::try_from(config).unwrap());
     let listed = names(&namespaces.list(&ListParams::default()).await.unwrap());
     assert!(listed.contains(&"kube-node-lease".to_owned()), "{listed:?}");

@@ -72,8 +72,18 @@ async fn readyz_is_503_until_the_watches_sync_and_200_after() {
     let role = ClusterRole {
         metadata: kube::api::ObjectMeta { name: Some("readyz-test".into()), ..Default::default() },
         rules: Some(vec![
-            PolicyRule { api_groups: Some(vec!["".into()]), resources: Some(vec!["nodes".into()]), verbs: vec!["list".into(), "watch".into()], ..Default::default() },
-            PolicyRule { api_groups: Some(vec!["coordination.k8s.io".into()]), resources: Some(vec!["leases".into()]), verbs: vec!["list".into(), "watch".into()], ..Default::default() },
+            PolicyRule {
+                api_groups: Some(vec!["".into()]),
+                resources: Some(vec!["nodes".into()]),
+                verbs: vec!["list".into(), "watch".into()],
+                ..Default::default()
+            },
+            PolicyRule {
+                api_groups: Some(vec!["coordination.k8s.io".into()]),
+                resources: Some(vec!["leases".into()]),
+                verbs: vec!["list".into(), "watch".into()],
+                ..Default::default()
+            },
         ]),
         ..Default::default()
     };
@@ -84,10 +94,7 @@ async fn readyz_is_503_until_the_watches_sync_and_200_after() {
         subjects: Some(vec![Subject { kind: "ServiceAccount".into(), name: "pulsecheck".into(), namespace: Some("pulsecheck".into()), ..Default::default() }]),
     };
     Api::<ClusterRoleBinding>::all(admin).create(&PostParams::default(), &binding).await.unwrap();
-    eventually("/readyz 200", Duration::from_secs(60), || async {
-        (http_get(running.admin_addr, "/readyz").await.0 == 200).then_some(())
-    })
-    .await;
+    eventually("/readyz 200", Duration::from_secs(60), || async { (http_get(running.admin_addr, "/readyz").await.0 == 200).then_some(()) }).await;
     running.stop().await;
     lab.stop().await;
 }

@@ -283,10 +283,7 @@ async fn rotated_token_file_is_picked_up_by_the_next_probe() {
     // ...and a file rewritten in place, even with the same length, is read again too.
     std::fs::write(&s.token_file, "token-again").unwrap();
     assert_eq!(prober.probe(&node).await, ProbeOutcome::Success);
-    assert_eq!(
-        authorizations(&kubelet),
-        ["Bearer token-before", "Bearer token-after", "Bearer token-again"].map(|t| Some(t.to_string())).to_vec()
-    );
+    assert_eq!(authorizations(&kubelet), ["Bearer token-before", "Bearer token-after", "Bearer token-again"].map(|t| Some(t.to_string())).to_vec());
 }
 
 #[tokio::test]

@@ -56,9 +56,7 @@ pub struct LabUpArgs {
 impl LabUpArgs {
     /// Starts what these arguments ask for and returns the running control plane.
     pub async fn start_control_plane(&self) -> anyhow::Result<ControlPlane> {
-        let control_plane = ControlPlane::start(ControlPlaneOptions { dir: self.dir.clone() })
-            .await
-            .context("cannot start the lab control plane")?;
+        let control_plane = ControlPlane::start(ControlPlaneOptions { dir: self.dir.clone() }).await.context("cannot start the lab control plane")?;
         Ok(control_plane)
     }
 }
@@ -153,8 +151,7 @@ async fn up(args: LabUpArgs) -> anyhow::Result<()> {
 
 /// Logs to stderr (stdout is reserved for the ready line), filtered by `RUST_LOG`, default info.
 fn init_stderr_logging() {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     // Someone (main, a test) may have installed a subscriber already; theirs wins.
     let _ = tracing_subscriber::fmt().with_writer(std::io::stderr).with_env_filter(filter).try_init();
 }
@@ -251,10 +248,8 @@ impl FleetFaultArgs {
             (&self.flapping, Fault::Flapping),
             (&self.no_lease, Fault::NoLease),
         ];
-        let mut faults: Vec<(String, Fault)> = lists
-            .into_iter()
-            .flat_map(|(names, fault)| names.iter().filter(|n| !n.trim().is_empty()).map(move |n| (n.trim().to_string(), fault)))
-            .collect();
+        let mut faults: Vec<(String, Fault)> =
+            lists.into_iter().flat_map(|(names, fault)| names.iter().filter(|n| !n.trim().is_empty()).map(move |n| (n.trim().to_string(), fault))).collect();
         faults.extend(self.clock_skew.iter().map(|(name, offset)| (name.clone(), Fault::ClockSkew(*offset))));
         faults
     }
@@ -315,8 +310,7 @@ async fn client(args: &ClientArgs) -> anyhow::Result<kube::Client> {
     let options = kube::config::KubeConfigOptions { context: args.context.clone(), ..Default::default() };
     let config = match &args.kubeconfig {
         Some(path) => {
-            let kubeconfig = kube::config::Kubeconfig::read_from(path)
-                .with_context(|| format!("reading kubeconfig {}", path.display()))?;
+            let kubeconfig = kube::config::Kubeconfig::read_from(path).with_context(|| format!("reading kubeconfig {}", path.display()))?;
             kube::Config::from_custom_kubeconfig(kubeconfig, &options).await?
         }
         None if args.context.is_some() => kube::Config::from_kubeconfig(&options).await?,
@@ -326,11 +320,7 @@ async fn client(args: &ClientArgs) -> anyhow::Result<kube::Client> {
 }
 
 /// Starts the fleet, applies the command line's faults and logs what it did.
-pub async fn start_fleet(
-    client: kube::Client,
-    options: FleetOptions,
-    faults: &[(String, Fault)],
-) -> Result<Fleet, fleet::Error> {
+pub async fn start_fleet(client: kube::Client, options: FleetOptions, faults: &[(String, Fault)]) -> Result<Fleet, fleet::Error> {
     let fleet = Fleet::start(client, options).await?;
     for (node, fault) in faults {
         fleet.set_fault(node, *fault)?;
@@ -434,8 +424,18 @@ mod tests {
     #[test]
     fn fleet_flags_become_options_and_faults() {
         let args = parse(&[
-            "--nodes", "10", "--zombie", "sim-0001,sim-0002", "--clock-skew", "sim-0003=+1h,sim-0004=-5m",
-            "--lease-duration", "4s", "--status-report-frequency", "2s", "--zones", "2",
+            "--nodes",
+            "10",
+            "--zombie",
+            "sim-0001,sim-0002",
+            "--clock-skew",
+            "sim-0003=+1h,sim-0004=-5m",
+            "--lease-duration",
+            "4s",
+            "--status-report-frequency",
+            "2s",
+            "--zones",
+            "2",
         ])
         .unwrap();
         let options = args.shape.options(args.nodes as usize, args.force);

@@ -102,16 +102,9 @@ impl Binaries {
             None => {
                 // Name only what no folder has: a half-filled KUBEBUILDER_ASSETS plus a half-built
                 // cache is still "missing etcd" if nobody has etcd.
-                let missing = [KUBE_APISERVER, ETCD]
-                    .into_iter()
-                    .filter(|name| find_in(&folders, name).is_none())
-                    .collect::<Vec<_>>();
+                let missing = [KUBE_APISERVER, ETCD].into_iter().filter(|name| find_in(&folders, name).is_none()).collect::<Vec<_>>();
                 let missing = if missing.is_empty() { vec![KUBE_APISERVER, ETCD] } else { missing };
-                Err(Error::Missing {
-                    missing,
-                    looked_in: folders.iter().map(|f| f.to_path_buf()).collect(),
-                    command: BUILD_CONTROL_COMMAND,
-                })
+                Err(Error::Missing { missing, looked_in: folders.iter().map(|f| f.to_path_buf()).collect(), command: BUILD_CONTROL_COMMAND })
             }
         }
     }
@@ -128,11 +121,7 @@ impl Binaries {
     }
 
     fn require<'a>(&self, path: Option<&'a Path>, name: &'static str) -> Result<&'a Path> {
-        path.ok_or_else(|| Error::Missing {
-            missing: vec![name],
-            looked_in: self.searched.clone(),
-            command: BUILD_ALL_COMMAND,
-        })
+        path.ok_or_else(|| Error::Missing { missing: vec![name], looked_in: self.searched.clone(), command: BUILD_ALL_COMMAND })
     }
 
     /// The programs when the FIRST folder holds both kube-apiserver and etcd; the optional ones
@@ -151,14 +140,8 @@ impl Binaries {
 
 /// The pulsecheck cache folder from the values of `PULSECHECK_CACHE`, `XDG_CACHE_HOME` and
 /// `HOME` (same rule as `tools/build.sh`); `None` when none is set.
-pub fn cache_folder(
-    pulsecheck_cache: Option<PathBuf>,
-    xdg_cache_home: Option<PathBuf>,
-    home: Option<PathBuf>,
-) -> Option<PathBuf> {
-    pulsecheck_cache
-        .or_else(|| xdg_cache_home.map(|xdg| xdg.join("pulsecheck")))
-        .or_else(|| home.map(|home| home.join(".cache").join("pulsecheck")))
+pub fn cache_folder(pulsecheck_cache: Option<PathBuf>, xdg_cache_home: Option<PathBuf>, home: Option<PathBuf>) -> Option<PathBuf> {
+    pulsecheck_cache.or_else(|| xdg_cache_home.map(|xdg| xdg.join("pulsecheck"))).or_else(|| home.map(|home| home.join(".cache").join("pulsecheck")))
 }
 
 fn find_in(folders: &[&Path], name: &str) -> Option<PathBuf> {

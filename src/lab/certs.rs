@@ -14,10 +14,7 @@
 use std::net::IpAddr;
 
 use rand::RngExt;
-use rcgen::{
-    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose,
-    SanType, SerialNumber,
-};
+use rcgen::{BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose, SanType, SerialNumber};
 
 /// What can go wrong while minting lab credentials.
 #[derive(Debug, thiserror::Error)]
@@ -94,8 +91,7 @@ impl CertificateAuthority {
         params.distinguished_name.push(DnType::CommonName, common_name);
         params.serial_number = Some(random_serial());
         params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        params.key_usages =
-            vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
+        params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
         let key = generate_key(&what)?;
         let cert = params.self_signed(&key).map_err(|source| Error::Generate { what: what(), source })?;
         Ok(Self { cert_pem: cert.pem(), issuer: Issuer::new(params, key) })
@@ -113,10 +109,7 @@ impl CertificateAuthority {
         let mut params = self.leaf_params(common_name);
         params.subject_alt_names = ip_sans.iter().copied().map(SanType::IpAddress).collect();
         for name in dns_sans {
-            let dns = (*name)
-                .to_owned()
-                .try_into()
-                .map_err(|source| Error::InvalidDnsName { name: (*name).to_owned(), source })?;
+            let dns = (*name).to_owned().try_into().map_err(|source| Error::InvalidDnsName { name: (*name).to_owned(), source })?;
             params.subject_alt_names.push(SanType::DnsName(dns));
         }
         params.key_usages.push(KeyUsagePurpose::KeyEncipherment);
@@ -228,11 +221,7 @@ mod tests {
 
     /// Runs one TLS handshake over an in-memory pipe and exchanges a byte: the certificates
     /// are only right if a real TLS stack accepts them.
-    async fn handshake(
-        server: ServerConfig,
-        client: ClientConfig,
-        server_name: ServerName<'static>,
-    ) -> std::result::Result<(), String> {
+    async fn handshake(server: ServerConfig, client: ClientConfig, server_name: ServerName<'static>) -> std::result::Result<(), String> {
         let (client_io, server_io) = tokio::io::duplex(64 * 1024);
         let acceptor = TlsAcceptor::from(Arc::new(server));
         let connector = TlsConnector::from(Arc::new(client));
@@ -259,21 +248,14 @@ mod tests {
     fn server_config(cert: &IssuedCert, client_roots: Option<Arc<RootCertStore>>) -> ServerConfig {
         let builder = ServerConfig::builder_with_provider(provider()).with_safe_default_protocol_versions().unwrap();
         let builder = match client_roots {
-            Some(roots) => builder.with_client_cert_verifier(
-                WebPkiClientVerifier::builder_with_provider(roots, provider()).build().unwrap(),
-            ),
+            Some(roots) => builder.with_client_cert_verifier(WebPkiClientVerifier::builder_with_provider(roots, provider()).build().unwrap()),
             None => builder.with_no_client_auth(),
         };
         builder.with_single_cert(certs(&cert.cert_pem), key(&cert.key_pem)).unwrap()
     }
 
-    fn client_builder(
-        roots: Arc<RootCertStore>,
-    ) -> rustls::ConfigBuilder<ClientConfig, rustls::client::WantsClientCert> {
-        ClientConfig::builder_with_provider(provider())
-            .with_safe_default_protocol_versions()
-            .unwrap()
-            .with_root_certificates(roots)
+    fn client_builder(roots: Arc<RootCertStore>) -> rustls::ConfigBuilder<ClientConfig, rustls::client::WantsClientCert> {
+        ClientConfig::builder_with_provider(provider()).with_safe_default_protocol_versions().unwrap().with_root_certificates(roots)
     }
 
     #[tokio::test]
@@ -282,9 +264,7 @@ mod tests {
         let serving = ca.issue_server("kube-apiserver", &[LOOPBACK], &["localhost"]).unwrap();
         for name in [ServerName::IpAddress(LOOPBACK.into()), ServerName::try_from("localhost").unwrap()] {
             let client = client_builder(roots(&ca)).with_no_client_auth();
-            handshake(server_config(&serving, None), client, name.clone())
-                .await
-                .unwrap_or_else(|e| panic!("handshake as {name:?} failed: {e}"));
+            handshake(server_config(&serving, None), client, name.clone()).await.unwrap_or_else(|e| panic!("handshake as {name:?} failed: {e}"));
         }
     }
 
@@ -312,8 +292,7 @@ mod tests {
         let ca = CertificateAuthority::new("lab-ca").unwrap();
         let serving = ca.issue_server("kube-apiserver", &[LOOPBACK], &[]).unwrap();
         let admin = ca.issue_client("admin", &["system:masters"]).unwrap();
-        let client =
-            client_builder(roots(&ca)).with_client_auth_cert(certs(&admin.cert_pem), key(&admin.key_pem)).unwrap();
+        let client = client_builder(roots(&ca)).with_client_auth_cert(certs(&admin.cert_pem), key(&admin.key_pem)).unwrap();
         let name = ServerName::IpAddress(LOOPBACK.into());
         handshake(server_config(&serving, Some(roots(&ca))), client, name).await.unwrap();
     }
@@ -324,9 +303,7 @@ mod tests {
         let stranger = CertificateAuthority::new("other-ca").unwrap();
         let serving = ca.issue_server("kube-apiserver", &[LOOPBACK], &[]).unwrap();
         let intruder = stranger.issue_client("admin", &["system:masters"]).unwrap();
-        let client = client_builder(roots(&ca))
-            .with_client_auth_cert(certs(&intruder.cert_pem), key(&intruder.key_pem))
-            .unwrap();
+        let client = client_builder(roots(&ca)).with_client_auth_cert(certs(&intruder.cert_pem), key(&intruder.key_pem)).unwrap();
         let name = ServerName::IpAddress(LOOPBACK.into());
         assert!(handshake(server_config(&serving, Some(roots(&ca))), client, name).await.is_err());
     }

@@ -200,11 +200,7 @@ pub struct ControlPlane {
 
 impl std::fmt::Debug for ControlPlane {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ControlPlane")
-            .field("server_url", &self.server_url)
-            .field("dir", &self.dir())
-            .field("pids", &self.pids())
-            .finish_non_exhaustive()
+        f.debug_struct("ControlPlane").field("server_url", &self.server_url).field("dir", &self.dir()).field("pids", &self.pids()).finish_non_exhaustive()
     }
 }
 
@@ -235,14 +231,10 @@ impl ControlPlane {
         };
 
         let server_url = format!("https://127.0.0.1:{}", ports.apiserver);
-        let server_uri: http::Uri = server_url.parse().map_err(|e| Error::Io {
-            action: "parse the apiserver URL",
-            path: PathBuf::from(&server_url),
-            source: io::Error::other(e),
-        })?;
+        let server_uri: http::Uri =
+            server_url.parse().map_err(|e| Error::Io { action: "parse the apiserver URL", path: PathBuf::from(&server_url), source: io::Error::other(e) })?;
         let admin_config = token_config(&server_uri, &credentials.ca_der, &credentials.admin_token);
-        let client = kube::Client::try_from(admin_config)
-            .map_err(|source| Error::Kube { action: "build the admin client".to_owned(), source })?;
+        let client = kube::Client::try_from(admin_config).map_err(|source| Error::Kube { action: "build the admin client".to_owned(), source })?;
         let mut control_plane = ControlPlane {
             processes,
             workspace,
@@ -304,8 +296,7 @@ impl ControlPlane {
 
     /// A client that authenticates with `token` (e.g. from [`ControlPlane::service_account_token`]).
     pub async fn client_with_token(&self, token: &str) -> Result<kube::Client> {
-        kube::Client::try_from(self.config_with_token(token))
-            .map_err(|source| Error::Kube { action: "build a client".to_owned(), source })
+        kube::Client::try_from(self.config_with_token(token)).map_err(|source| Error::Kube { action: "build a client".to_owned(), source })
     }
 
     /// Creates the namespace and the ServiceAccount if they are missing and returns a token for
@@ -321,21 +312,14 @@ impl ControlPlane {
         let sa = ServiceAccount { metadata: named(service_account), ..Default::default() };
         create_if_missing(&accounts, &sa, format!("create ServiceAccount {namespace}/{service_account}")).await?;
 
-        let request = TokenRequest {
-            spec: TokenRequestSpec { expiration_seconds: Some(3600), ..Default::default() },
-            ..Default::default()
-        };
-        let response = accounts.create_token_request(service_account, &PostParams::default(), &request).await.map_err(
-            |source| Error::Kube {
-                action: format!("request a token for ServiceAccount {namespace}/{service_account}"),
-                source,
-            },
-        )?;
+        let request = TokenRequest { spec: TokenRequestSpec { expiration_seconds: Some(3600), ..Default::default() }, ..Default::default() };
+        let response = accounts
+            .create_token_request(service_account, &PostParams::default(), &request)
+            .await
+            .map_err(|source| Error::Kube { action: format!("request a token for ServiceAccount {namespace}/{service_account}"), source })?;
         match response.status.map(|s| s.token).filter(|t| !t.is_empty()) {
             Some(token) => Ok(token),
-            None => {
-                Err(Error::NoToken { namespace: namespace.to_owned(), service_account: service_account.to_owned() })
-            }
+            None => Err(Error::NoToken { namespace: namespace.to_owned(), service_account: service_account.to_owned() }),
         }
     }
 
@@ -387,31 +371,21 @@ impl ControlPlane {
                         return Ok(());
                     }
                     if !has(crate::names::NODE_LEASE_NAMESPACE) && ready_at.elapsed() > NODE_LEASE_NAMESPACE_GRACE {
-                        let ns =
-                            Namespace { metadata: named(crate::names::NODE_LEASE_NAMESPACE), ..Default::default() };
+                        let ns = Namespace { metadata: named(crate::names::NODE_LEASE_NAMESPACE), ..Default::default() };
                         create_if_missing(&namespaces, &ns, "create namespace kube-node-lease".to_owned()).await?;
                     }
-                    last = format!(
-                        "namespaces so far: {:?}",
-                        list.items.iter().filter_map(|ns| ns.metadata.name.clone()).collect::<Vec<_>>()
-                    );
+                    last = format!("namespaces so far: {:?}", list.items.iter().filter_map(|ns| ns.metadata.name.clone()).collect::<Vec<_>>());
                 }
                 Err(err) => last = err.to_string(),
             }
-            self.sleep_or_give_up(deadline, started, &format!("namespaces default and kube-node-lease ({last})"))
-                .await?;
+            self.sleep_or_give_up(deadline, started, &format!("namespaces default and kube-node-lease ({last})")).await?;
         }
     }
 
     fn fail_if_exited(&mut self) -> Result<()> {
         for process in &mut self.processes {
             if let Some(status) = process.exit_status() {
-                return Err(Error::Exited {
-                    program: process.program,
-                    status,
-                    tail: log_tail(&process.log),
-                    log: process.log.clone(),
-                });
+                return Err(Error::Exited { program: process.program, status, tail: log_tail(&process.log), log: process.log.clone() });
             }
         }
         Ok(())
@@ -420,12 +394,7 @@ impl ControlPlane {
     async fn sleep_or_give_up(&self, deadline: Instant, started: Instant, waiting_for: &str) -> Result<()> {
         if Instant::now() >= deadline {
             let log = self.dir().join(APISERVER_LOG);
-            return Err(Error::NotReady {
-                waited: started.elapsed(),
-                waiting_for: waiting_for.to_owned(),
-                tail: log_tail(&log),
-                log,
-            });
+            return Err(Error::NotReady { waited: started.elapsed(), waiting_for: waiting_for.to_owned(), tail: log_tail(&log), log });
         }
         tokio::time::sleep(POLL_INTERVAL).await;
         Ok(())
@@ -453,39 +422,26 @@ struct ReadyzProbe {
 
 impl ReadyzProbe {
     fn new(port: u16, ca_der: &[u8], token: &str) -> Result<ReadyzProbe> {
-        let tls_err = |e: rustls::Error| Error::Io {
-            action: "configure TLS for",
-            path: PathBuf::from("the lab CA"),
-            source: io::Error::other(e),
-        };
+        let tls_err = |e: rustls::Error| Error::Io { action: "configure TLS for", path: PathBuf::from("the lab CA"), source: io::Error::other(e) };
         let mut roots = rustls::RootCertStore::empty();
         roots.add(rustls::pki_types::CertificateDer::from(ca_der.to_vec())).map_err(tls_err)?;
-        let config =
-            rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(rustls::crypto::ring::default_provider()))
-                .with_safe_default_protocol_versions()
-                .map_err(tls_err)?
-                .with_root_certificates(roots)
-                .with_no_client_auth();
-        Ok(ReadyzProbe {
-            port,
-            authorization: format!("Bearer {token}"),
-            tls: tokio_rustls::TlsConnector::from(std::sync::Arc::new(config)),
-        })
+        let config = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(rustls::crypto::ring::default_provider()))
+            .with_safe_default_protocol_versions()
+            .map_err(tls_err)?
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        Ok(ReadyzProbe { port, authorization: format!("Bearer {token}"), tls: tokio_rustls::TlsConnector::from(std::sync::Arc::new(config)) })
     }
 
     /// The status of one `GET /readyz`, or why there was none.
     async fn readyz(&self) -> Result<http::StatusCode, String> {
         let exchange = async {
-            let tcp =
-                tokio::net::TcpStream::connect((Ipv4Addr::LOCALHOST, self.port)).await.map_err(|e| e.to_string())?;
+            let tcp = tokio::net::TcpStream::connect((Ipv4Addr::LOCALHOST, self.port)).await.map_err(|e| e.to_string())?;
             let name = rustls::pki_types::ServerName::IpAddress(Ipv4Addr::LOCALHOST.into());
             let tls = self.tls.connect(name, tcp).await.map_err(|e| format!("TLS: {e}"))?;
-            let (mut sender, connection) = hyper::client::conn::http1::handshake::<
-                _,
-                http_body_util::Empty<bytes::Bytes>,
-            >(hyper_util::rt::TokioIo::new(tls))
-            .await
-            .map_err(|e| e.to_string())?;
+            let (mut sender, connection) = hyper::client::conn::http1::handshake::<_, http_body_util::Empty<bytes::Bytes>>(hyper_util::rt::TokioIo::new(tls))
+                .await
+                .map_err(|e| e.to_string())?;
             let connection = tokio::spawn(connection);
             let request = http::Request::get("/readyz")
                 .header(http::header::HOST, format!("127.0.0.1:{}", self.port))
@@ -589,11 +545,7 @@ struct Credentials {
 
 impl Credentials {
     fn write(pki: &Path) -> Result<Credentials> {
-        std::fs::create_dir_all(pki).map_err(|source| Error::Io {
-            action: "create",
-            path: pki.to_path_buf(),
-            source,
-        })?;
+        std::fs::create_dir_all(pki).map_err(|source| Error::Io { action: "create", path: pki.to_path_buf(), source })?;
         let ca = CertificateAuthority::new("pulsecheck-lab-ca")?;
         let serving = ca.issue_server(
             "kube-apiserver",
@@ -606,10 +558,7 @@ impl Credentials {
         write_private(&pki.join("apiserver.crt"), serving.cert_pem.as_bytes())?;
         write_private(&pki.join("apiserver.key"), serving.key_pem.as_bytes())?;
         write_private(&pki.join("service-account.key"), certs::service_account_key_pem()?.as_bytes())?;
-        write_private(
-            &pki.join("tokens.csv"),
-            format!("{admin_token},admin,uid-admin,\"system:masters\"\n").as_bytes(),
-        )?;
+        write_private(&pki.join("tokens.csv"), format!("{admin_token},admin,uid-admin,\"system:masters\"\n").as_bytes())?;
         let ca_der = first_certificate_der(&ca_pem).ok_or_else(|| Error::Io {
             action: "read the CA certificate generated for",
             path: pki.join("ca.crt"),
@@ -662,12 +611,7 @@ impl From<Error> for Launch {
 
 /// Starts etcd and kube-apiserver (at once: the apiserver retries until etcd answers) and waits
 /// until the apiserver listens, so that a port clash is seen here and retried.
-async fn launch(
-    binaries: &Binaries,
-    root: &Path,
-    credentials: &Credentials,
-    ports: &Ports,
-) -> Result<Vec<Process>, Launch> {
+async fn launch(binaries: &Binaries, root: &Path, credentials: &Credentials, ports: &Ports) -> Result<Vec<Process>, Launch> {
     let data = root.join(ETCD_DATA);
     if data.exists() {
         std::fs::remove_dir_all(&data).map_err(|source| Error::Io { action: "remove", path: data.clone(), source })?;
@@ -708,8 +652,7 @@ async fn launch(
         // without this the log fills with that error.
         "--endpoint-reconciler-type=none".to_owned(),
     ];
-    let apiserver =
-        Process::spawn("kube-apiserver", &binaries.kube_apiserver, &apiserver_args, &root.join(APISERVER_LOG))?;
+    let apiserver = Process::spawn("kube-apiserver", &binaries.kube_apiserver, &apiserver_args, &root.join(APISERVER_LOG))?;
     let mut processes = vec![apiserver, etcd];
 
     // Until the apiserver accepts TCP connections, watch for a port clash in either program.
@@ -721,12 +664,7 @@ async fn launch(
                 if tail.contains("address already in use") {
                     return Err(Launch::PortTaken { log: process.log.clone(), tail });
                 }
-                return Err(Launch::Failed(Error::Exited {
-                    program: process.program,
-                    status,
-                    tail,
-                    log: process.log.clone(),
-                }));
+                return Err(Launch::Failed(Error::Exited { program: process.program, status, tail, log: process.log.clone() }));
             }
         }
         if tokio::net::TcpStream::connect((Ipv4Addr::LOCALHOST, ports.apiserver)).await.is_ok() {
@@ -782,11 +720,8 @@ impl Process {
             });
         }
         let child = command.spawn().map_err(|source| Error::Spawn { program, path: path.to_path_buf(), source })?;
-        let pid = child.id().ok_or_else(|| Error::Spawn {
-            program,
-            path: path.to_path_buf(),
-            source: io::Error::other("exited before its pid could be read"),
-        })?;
+        let pid =
+            child.id().ok_or_else(|| Error::Spawn { program, path: path.to_path_buf(), source: io::Error::other("exited before its pid could be read") })?;
         tracing::debug!(program, pid, log = %log.display(), "started");
         Ok(Process { program, pid, child, log: log.to_path_buf() })
     }
@@ -856,8 +791,7 @@ fn log_tail(path: &Path) -> String {
 fn write_private(path: &Path, contents: &[u8]) -> Result<()> {
     use std::{io::Write, os::unix::fs::OpenOptionsExt};
     let io_err = |source| Error::Io { action: "write", path: path.to_path_buf(), source };
-    let mut file =
-        std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(path).map_err(io_err)?;
+    let mut file = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(path).map_err(io_err)?;
     file.write_all(contents).map_err(io_err)
 }
 

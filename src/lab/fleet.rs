@@ -90,8 +90,7 @@ const RENEW_BACKOFF_MAX: Duration = Duration::from_secs(7);
 /// Kubelet's status loop runs `wait.JitterUntil(.., nodeStatusUpdateFrequency, 0.04, ..)`.
 const STATUS_UPDATE_JITTER: f64 = 0.04;
 /// The condition types kubelet owns, in the order kubelet writes them.
-const CONDITIONS: [ConditionKind; 4] =
-    [ConditionKind::MemoryPressure, ConditionKind::DiskPressure, ConditionKind::PidPressure, ConditionKind::Ready];
+const CONDITIONS: [ConditionKind; 4] = [ConditionKind::MemoryPressure, ConditionKind::DiskPressure, ConditionKind::PidPressure, ConditionKind::Ready];
 /// Taint the `TaintNodesByCondition` admission plugin puts on every new Node.
 const NOT_READY_TAINT: &str = "node.kubernetes.io/not-ready";
 
@@ -250,8 +249,7 @@ pub fn parse_skew(s: &str) -> Result<SignedDuration, String> {
         Some(b'+') => (false, &s[1..]),
         _ => (false, s),
     };
-    let magnitude = humantime::parse_duration(magnitude.trim())
-        .map_err(|e| format!("not a clock offset ({e}); write it like +1h, -90s or 2m"))?;
+    let magnitude = humantime::parse_duration(magnitude.trim()).map_err(|e| format!("not a clock offset ({e}); write it like +1h, -90s or 2m"))?;
     let offset = SignedDuration::try_from(magnitude).map_err(|e| format!("clock offset too large: {e}"))?;
     Ok(if negative { -offset } else { offset })
 }
@@ -386,16 +384,10 @@ impl FleetOptions {
             && self.name_prefix.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '.')
             && self.name_prefix.chars().next().is_none_or(|c| c.is_ascii_alphanumeric());
         if !prefix_ok {
-            return invalid(format!(
-                "name prefix {:?} must be lowercase letters, digits, '-' or '.', starting with a letter or digit",
-                self.name_prefix
-            ));
+            return invalid(format!("name prefix {:?} must be lowercase letters, digits, '-' or '.', starting with a letter or digit", self.name_prefix));
         }
         if self.lease_duration < Duration::from_secs(1) {
-            return invalid(format!(
-                "lease duration must be at least 1s (whole seconds), not {:?}",
-                self.lease_duration
-            ));
+            return invalid(format!("lease duration must be at least 1s (whole seconds), not {:?}", self.lease_duration));
         }
         if self.status_update_frequency.is_zero() || self.status_report_frequency.is_zero() {
             return invalid("status update and report frequencies must be greater than zero".into());
@@ -513,11 +505,10 @@ impl Fleet {
             endpoints.push(endpoint);
         }
 
-        let mut registered: Vec<Registered> =
-            futures::stream::iter(identities.into_iter().map(|identity| register_node(&ctx, identity)))
-                .buffer_unordered(REGISTRATION_CONCURRENCY)
-                .try_collect()
-                .await?;
+        let mut registered: Vec<Registered> = futures::stream::iter(identities.into_iter().map(|identity| register_node(&ctx, identity)))
+            .buffer_unordered(REGISTRATION_CONCURRENCY)
+            .try_collect()
+            .await?;
         registered.sort_by_key(|r| r.identity.index);
 
         let total = opts.nodes as u32;
@@ -534,14 +525,7 @@ impl Fleet {
             let mut schedule = ReportSchedule::new(ctx.status_report_frequency);
             schedule.record(registered.reported_at, true, rand::random());
             tasks.spawn(lease_loop(ctx.clone(), identity.clone(), faults_rx.clone(), first_renew));
-            tasks.spawn(status_loop(
-                ctx.clone(),
-                identity.clone(),
-                faults_rx,
-                first_status,
-                schedule,
-                registered.transition,
-            ));
+            tasks.spawn(status_loop(ctx.clone(), identity.clone(), faults_rx, first_status, schedule, registered.transition));
             nodes.push(SimulatedNode { name: identity.name.clone(), faults, endpoint });
         }
         let by_name = nodes.iter().enumerate().map(|(i, n)| (n.name.clone(), i)).collect();
@@ -615,8 +599,7 @@ impl Fleet {
 
     async fn verify_ready(&self, nodes: &Api<Node>) -> Result<()> {
         let action = "listing the simulated nodes";
-        let list =
-            with_timeout(action, nodes.list(&ListParams::default().labels(&format!("{FLEET_LABEL}=true")))).await?;
+        let list = with_timeout(action, nodes.list(&ListParams::default().labels(&format!("{FLEET_LABEL}=true")))).await?;
         let ready = list
             .items
             .iter()
@@ -663,21 +646,14 @@ fn raise_open_file_limit(nodes: usize) {
 }
 
 fn is_ready(status: Option<&NodeStatus>) -> bool {
-    status
-        .and_then(|s| s.conditions.as_ref())
-        .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+    status.and_then(|s| s.conditions.as_ref()).is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
 }
 
 async fn refuse_foreign_nodes(nodes: &Api<Node>) -> Result<()> {
     let action = "listing the cluster's nodes";
-    let foreign =
-        with_timeout(action, nodes.list_metadata(&ListParams::default().labels(&format!("{FLEET_LABEL}!=true"))))
-            .await?;
+    let foreign = with_timeout(action, nodes.list_metadata(&ListParams::default().labels(&format!("{FLEET_LABEL}!=true")))).await?;
     if let Some(first) = foreign.items.first() {
-        return Err(Error::ForeignNodes {
-            count: foreign.items.len(),
-            example: first.metadata.name.clone().unwrap_or_default(),
-        });
+        return Err(Error::ForeignNodes { count: foreign.items.len(), example: first.metadata.name.clone().unwrap_or_default() });
     }
     Ok(())
 }
@@ -758,10 +734,7 @@ struct Registered {
 
 async fn create_or_adopt_node(ctx: &FleetContext, identity: &NodeIdentity) -> Result<String> {
     let name = &identity.name;
-    let node = Node {
-        metadata: ObjectMeta { name: Some(name.clone()), labels: Some(node_labels(identity)), ..ObjectMeta::default() },
-        ..Node::default()
-    };
+    let node = Node { metadata: ObjectMeta { name: Some(name.clone()), labels: Some(node_labels(identity)), ..ObjectMeta::default() }, ..Node::default() };
     let created = with_timeout(&format!("creating node {name}"), ctx.nodes.create(&PostParams::default(), &node)).await;
     let existing = match created {
         Ok(node) => node,
@@ -772,11 +745,7 @@ async fn create_or_adopt_node(ctx: &FleetContext, identity: &NodeIdentity) -> Re
                 return Err(Error::NotOurs { node: name.clone() });
             }
             let labels = json!({ "metadata": { "labels": node_labels(identity) } });
-            with_timeout(
-                &format!("labelling node {name}"),
-                ctx.nodes.patch(name, &ctx.patch_params, &Patch::Merge(&labels)),
-            )
-            .await?
+            with_timeout(&format!("labelling node {name}"), ctx.nodes.patch(name, &ctx.patch_params, &Patch::Merge(&labels))).await?
         }
         Err(error) => return Err(error),
     };
@@ -805,9 +774,7 @@ async fn remove_not_ready_taint(ctx: &FleetContext, node: &Node) {
 async fn create_or_adopt_lease(ctx: &FleetContext, identity: &NodeIdentity, renew: Timestamp) -> Result<()> {
     let name = &identity.name;
     let lease = lease_for(identity, ctx.lease_duration, renew);
-    match with_timeout(&format!("creating the lease of node {name}"), ctx.leases.create(&PostParams::default(), &lease))
-        .await
-    {
+    match with_timeout(&format!("creating the lease of node {name}"), ctx.leases.create(&PostParams::default(), &lease)).await {
         Ok(_) => Ok(()),
         Err(error) if api_code(&error) == Some(409) => {
             let patch = json!({
@@ -883,9 +850,7 @@ impl ConditionKind {
     /// (status, reason, message) of a healthy kubelet, as kubelet words them.
     fn healthy(self) -> (&'static str, &'static str, &'static str) {
         match self {
-            ConditionKind::MemoryPressure => {
-                ("False", "KubeletHasSufficientMemory", "kubelet has sufficient memory available")
-            }
+            ConditionKind::MemoryPressure => ("False", "KubeletHasSufficientMemory", "kubelet has sufficient memory available"),
             ConditionKind::DiskPressure => ("False", "KubeletHasNoDiskPressure", "kubelet has no disk pressure"),
             ConditionKind::PidPressure => ("False", "KubeletHasSufficientPID", "kubelet has sufficient PID available"),
             ConditionKind::Ready => ("True", "KubeletReady", "kubelet is posting ready status"),
@@ -908,13 +873,7 @@ impl StatusView {
 /// The strategic-merge patch of `nodes/status`. Conditions merge by type, so conditions other
 /// writers own (pulsecheck's, node-problem-detector's) stay untouched. `full` adds what only
 /// registration writes (addresses, capacity, endpoint, the rest of nodeInfo).
-fn status_patch(
-    identity: &NodeIdentity,
-    view: StatusView,
-    heartbeat: Timestamp,
-    transitions: &[Timestamp; 4],
-    full: bool,
-) -> Value {
+fn status_patch(identity: &NodeIdentity, view: StatusView, heartbeat: Timestamp, transitions: &[Timestamp; 4], full: bool) -> Value {
     let conditions: Vec<Value> = CONDITIONS
         .iter()
         .zip(transitions)
@@ -968,9 +927,7 @@ fn status_patch(
 
 /// A stable 32-hex-digit id derived from `seed` (FNV-1a, twice), like a machine-id.
 fn machine_id(seed: &str) -> String {
-    let fnv = |salt: u64| {
-        seed.bytes().fold(0xcbf2_9ce4_8422_2325_u64 ^ salt, |h, b| (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3))
-    };
+    let fnv = |salt: u64| seed.bytes().fold(0xcbf2_9ce4_8422_2325_u64 ^ salt, |h, b| (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3));
     format!("{:016x}{:016x}", fnv(0), fnv(0x9e37_79b9_7f4a_7c15))
 }
 
@@ -1013,12 +970,7 @@ impl ReportSchedule {
 }
 
 /// Renews the node's Lease every `renew_interval` while its faults allow it.
-async fn lease_loop(
-    ctx: Arc<FleetContext>,
-    node: Arc<NodeIdentity>,
-    mut faults_rx: watch::Receiver<NodeFaults>,
-    first_renew: Instant,
-) {
+async fn lease_loop(ctx: Arc<FleetContext>, node: Arc<NodeIdentity>, mut faults_rx: watch::Receiver<NodeFaults>, first_renew: Instant) {
     let mut faults = *faults_rx.borrow_and_update();
     let mut next_renew = first_renew;
     let mut backoff: Option<Duration> = None;
@@ -1064,8 +1016,7 @@ async fn lease_loop(
 /// One renewal: a merge patch of `spec.renewTime`; a missing Lease is created again.
 async fn renew_lease(ctx: &FleetContext, node: &NodeIdentity, renew: Timestamp) -> Result<()> {
     let patch = json!({ "spec": { "renewTime": MicroTime(renew) } });
-    let renewed =
-        with_timeout("renewing a lease", ctx.leases.patch(&node.name, &ctx.patch_params, &Patch::Merge(&patch))).await;
+    let renewed = with_timeout("renewing a lease", ctx.leases.patch(&node.name, &ctx.patch_params, &Patch::Merge(&patch))).await;
     match renewed {
         Err(error) if api_code(&error) == Some(404) => create_or_adopt_lease(ctx, node, renew).await,
         other => other.map(drop),
@@ -1216,10 +1167,7 @@ mod tests {
 
     #[test]
     fn faults_combine_and_recover_clears_all() {
-        let f = NodeFaults::default()
-            .with(Fault::Zombie)
-            .with(Fault::ProbeFail)
-            .with(Fault::ClockSkew(SignedDuration::from_hours(1)));
+        let f = NodeFaults::default().with(Fault::Zombie).with(Fault::ProbeFail).with(Fault::ClockSkew(SignedDuration::from_hours(1)));
         assert!(f.zombie && f.probe_fail);
         assert_eq!(f.clock_skew, SignedDuration::from_hours(1));
         assert!(f.renews_lease());
@@ -1327,14 +1275,7 @@ mod tests {
 
     #[test]
     fn status_patch_writes_every_kubelet_condition_with_heartbeats() {
-        let identity = NodeIdentity {
-            name: "sim-0001".into(),
-            index: 1,
-            ip: node_ip(1),
-            zone: "zone-b".into(),
-            kubelet_port: 43210,
-            uid: "u".into(),
-        };
+        let identity = NodeIdentity { name: "sim-0001".into(), index: 1, ip: node_ip(1), zone: "zone-b".into(), kubelet_port: 43210, uid: "u".into() };
         let t: Timestamp = "2026-01-02T03:04:05Z".parse().unwrap();
         let patch = status_patch(&identity, StatusView { os_image: OS_IMAGE_UNKNOWN }, t, &[t; 4], false);
         let conditions = patch["status"]["conditions"].as_array().unwrap();

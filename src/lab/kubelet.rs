@@ -195,11 +195,7 @@ impl Drop for KubeletEndpoint {
 
 impl std::fmt::Debug for KubeletEndpoint {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("KubeletEndpoint")
-            .field("addr", &self.addr)
-            .field("open", &self.is_open())
-            .field("faults", &self.faults())
-            .finish()
+        f.debug_struct("KubeletEndpoint").field("addr", &self.addr).field("open", &self.is_open()).field("faults", &self.faults()).finish()
     }
 }
 
@@ -212,14 +208,12 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 /// A rustls server configuration with the ring provider chosen explicitly (never a process-wide
 /// default), HTTP/1.1 by ALPN like kubelet's fallback.
 fn server_config(serving: &IssuedCert) -> Result<rustls::ServerConfig> {
-    let chain = CertificateDer::pem_slice_iter(serving.cert_pem.as_bytes())
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| Error::Pem(format!("certificate: {e}")))?;
+    let chain =
+        CertificateDer::pem_slice_iter(serving.cert_pem.as_bytes()).collect::<Result<Vec<_>, _>>().map_err(|e| Error::Pem(format!("certificate: {e}")))?;
     if chain.is_empty() {
         return Err(Error::Pem("no certificate in the PEM".into()));
     }
-    let key = PrivateKeyDer::from_pem_slice(serving.key_pem.as_bytes())
-        .map_err(|e| Error::Pem(format!("private key: {e}")))?;
+    let key = PrivateKeyDer::from_pem_slice(serving.key_pem.as_bytes()).map_err(|e| Error::Pem(format!("private key: {e}")))?;
     let mut config = rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
         .with_safe_default_protocol_versions()?
         .with_no_client_auth()
@@ -289,10 +283,7 @@ async fn serve_connection(tcp: tokio::net::TcpStream, state: Arc<EndpointState>)
 struct Hung;
 
 async fn answer(state: &EndpointState, request: &Request<Incoming>) -> Result<Response<Full<Bytes>>, Hung> {
-    let authorization = request
-        .headers()
-        .get(header::AUTHORIZATION)
-        .map(|value| String::from_utf8_lossy(value.as_bytes()).into_owned());
+    let authorization = request.headers().get(header::AUTHORIZATION).map(|value| String::from_utf8_lossy(value.as_bytes()).into_owned());
     let path = request.uri().path();
     let reply = {
         let faults = *lock(&state.faults);
@@ -340,9 +331,7 @@ impl Reply {
             return Reply::Answer(StatusCode::METHOD_NOT_ALLOWED, "Method Not Allowed");
         }
         match path {
-            "/healthz" | "/healthz/syncloop" if faults.fail => {
-                Reply::Answer(StatusCode::INTERNAL_SERVER_ERROR, SYNCLOOP_FAILED_BODY)
-            }
+            "/healthz" | "/healthz/syncloop" if faults.fail => Reply::Answer(StatusCode::INTERNAL_SERVER_ERROR, SYNCLOOP_FAILED_BODY),
             "/healthz" | "/healthz/ping" | "/healthz/syncloop" => Reply::Answer(StatusCode::OK, "ok"),
             _ => Reply::Answer(StatusCode::NOT_FOUND, "404 page not found"),
         }

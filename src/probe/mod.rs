@@ -71,7 +71,9 @@ pub enum Error {
         rejected: String,
     },
     /// Both TLS flags were given; they mean opposite things.
-    #[error("--kubelet-certificate-authority and --kubelet-insecure-tls contradict each other: give the CA to verify kubelet certificates, or the insecure flag to skip verification, not both")]
+    #[error(
+        "--kubelet-certificate-authority and --kubelet-insecure-tls contradict each other: give the CA to verify kubelet certificates, or the insecure flag to skip verification, not both"
+    )]
     CertificateAuthorityAndInsecure,
     /// rustls refused the configuration.
     #[error("cannot build the kubelet TLS client configuration: {0}")]
@@ -340,10 +342,7 @@ impl Peer {
         let Some(port) = endpoint.port else {
             return Err("node has no kubelet port (status.daemonEndpoints.kubeletEndpoint.Port)".into());
         };
-        let address = preferred
-            .iter()
-            .find_map(|kind| endpoint.addresses.iter().find(|(t, a)| t == kind && !a.trim().is_empty()))
-            .map(|(_, a)| a.trim());
+        let address = preferred.iter().find_map(|kind| endpoint.addresses.iter().find(|(t, a)| t == kind && !a.trim().is_empty())).map(|(_, a)| a.trim());
         let Some(address) = address else {
             return Err(format!("node lists no address of a preferred type ({})", preferred.join(", ")));
         };
@@ -381,9 +380,7 @@ impl Peer {
         }
         .map_err(|e| ProbeOutcome::Failure(format!("cannot connect to kubelet at {authority}: {e}")))?;
         let _ = tcp.set_nodelay(true);
-        tls.connect(server_name, tcp)
-            .await
-            .map_err(|e| ProbeOutcome::Failure(format!("TLS handshake with kubelet at {authority} failed: {e}")))
+        tls.connect(server_name, tcp).await.map_err(|e| ProbeOutcome::Failure(format!("TLS handshake with kubelet at {authority} failed: {e}")))
     }
 }
 

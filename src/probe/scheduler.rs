@@ -342,8 +342,15 @@ mod tests {
         let (_targets_tx, targets_rx) = watch::channel(vec![target("a")]);
         let (results_tx, mut results_rx) = mpsc::channel(1);
         let shutdown = CancellationToken::new();
-        let scheduler =
-            tokio::spawn(run_scheduler(offline_prober(ProbeMode::None), Duration::from_millis(10), 1, targets_rx, results_tx, Metrics::new(true), shutdown.clone()));
+        let scheduler = tokio::spawn(run_scheduler(
+            offline_prober(ProbeMode::None),
+            Duration::from_millis(10),
+            1,
+            targets_rx,
+            results_tx,
+            Metrics::new(true),
+            shutdown.clone(),
+        ));
         shutdown.cancel();
         tokio::time::timeout(Duration::from_secs(10), scheduler).await.expect("scheduler stops on shutdown").unwrap();
         assert!(results_rx.recv().await.is_none(), "no probe was reported");

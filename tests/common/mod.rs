@@ -128,9 +128,13 @@ pub fn has_our_taint(node: &Node) -> bool {
 }
 
 pub fn our_condition(node: &Node) -> Option<(String, String, String)> {
-    node.status.as_ref()?.conditions.as_ref()?.iter().find(|c| c.type_ == names::CONDITION_TYPE).map(|c| {
-        (c.status.clone(), c.reason.clone().unwrap_or_default(), c.message.clone().unwrap_or_default())
-    })
+    node.status
+        .as_ref()?
+        .conditions
+        .as_ref()?
+        .iter()
+        .find(|c| c.type_ == names::CONDITION_TYPE)
+        .map(|c| (c.status.clone(), c.reason.clone().unwrap_or_default(), c.message.clone().unwrap_or_default()))
 }
 
 /// `(reason, note)` of every Event about `node` in namespace default.

@@ -1,0 +1,198 @@
+//! Probe evidence inside the controller, end to end: `pulsecheck run` in-process against a real
+//! kube-apiserver, probing the simulated fleet's kubelet endpoints over verified TLS. Failing
+//! probes make a node Suspect and, when they keep failing, a Zombie long before its NodeStatus can
+//! be called stale; a kubelet that refuses pulsecheck's token is a configuration problem, never
+//! evidence; and when most probes fail pulsecheck blames its own network and taints nothing.
+
+mod common;
+
+use std::{path::PathBuf, time::Duration};
+
+use common::*;
+use pulsecheck::lab::fleet::{Fault, FleetOptions};
+
+/// Far beyond anything these tests wait for: no verdict here may rest on a stale NodeStatus.
+const STATUS_STALE_AFTER: Duration = Duration::from_secs(120);
+
+/// A lab whose nodes serve kubelet endpoints, and the files `--probe=kubelet-healthz` needs.
+struct ProbedLab {
+    lab: Lab,
+    _files: tempfile::TempDir,
+    ca: PathBuf,
+    token: PathBuf,
+}
+
+impl ProbedLab {
+    async fn start(nodes: usize, prefix: &str) -> ProbedLab {
+        let lab = Lab::start(FleetOptions { kubelet_endpoints: true, ..fast_fleet(nodes, prefix) }).await;
+        let files = tempfile::tempdir().unwrap();
+        let ca = files.path().join("kubelet-ca.pem");
+        std::fs::write(&ca, lab.fleet.kubelet_ca_pem()).unwrap();
+        let token = files.path().join("token");
+        std::fs::write(&token, "probe-evidence-token").unwrap();
+        ProbedLab { lab, _files: files, ca, token }
+    }
+
+    /// The controller probing every 500 ms; `extra` flags win.
+    async fn controller(&self, extra: &[&str]) -> pulsecheck::controller::Running {
+        let ca = format!("--kubelet-certificate-authority={}", self.ca.display());
+        let token = format!("--token-file={}", self.token.display());
+        let stale = format!("--status-stale-after={}s", STATUS_STALE_AFTER.as_secs());
+        let mut flags = vec![
+            "--probe=kubelet-healthz",
+            ca.as_str(),
+            token.as_str(),
+            "--probe-interval=500ms",
+            "--probe-timeout=400ms",
+            "--probe-failure-threshold=3",
+            stale.as_str(),
+        ];
+        flags.extend_from_slice(extra);
+        controller(self.lab.client(), &flags).await
+    }
+
+    /// Waits until `node`'s kubelet endpoint has answered `n` more probes.
+    async fn wait_probes(&self, node: &str, n: usize) {
+        let target = self.lab.fleet.kubelet_requests(node).len() + n;
+        eventually(&format!("{n} more probes of {node}"), Duration::from_secs(30), || {
+            let done = self.lab.fleet.kubelet_requests(node).len() >= target;
+            async move { done.then_some(()) }
+        })
+        .await;
+    }
+}
+
+fn series(name: &str, node: &str) -> String {
+    format!(r#"{name}{{node="{node}"}}"#)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn zombie_with_failing_probes_is_suspect_then_tainted_before_the_status_stale_threshold() {
+    let lab = ProbedLab::start(5, "pev-").await;
+    let running = lab.controller(&["--probe-zombie-after=6s"]).await;
+    let client = lab.lab.client();
+    wait_verdict(&running, "pev-0001", "healthy", Duration::from_secs(30)).await;
+    eventually("pev-0001 probed successfully", Duration::from_secs(20), || {
+        let ok = metric(&running.metrics.render(), &series("pulsecheck_node_probe_success", "pev-0001")) == Some(1.0);
+        async move { ok.then_some(()) }
+    })
+    .await;
+
+    // The disk dies: status reports stop and the kubelet's health check fails; the Lease renews.
+    let fault_at = tokio::time::Instant::now();
+    lab.lab.fleet.set_fault("pev-0001", Fault::Zombie).unwrap();
+    lab.lab.fleet.set_fault("pev-0001", Fault::ProbeFail).unwrap();
+
+    // Three failures in a row are evidence, not yet proof.
+    wait_verdict(&running, "pev-0001", "suspect", Duration::from_secs(20)).await;
+    assert!(!has_our_taint(&get_node(&client, "pev-0001").await), "a suspect is not remediated");
+    assert_eq!(metric(&running.metrics.render(), &series("pulsecheck_node_probe_success", "pev-0001")), Some(0.0));
+
+    // Failing for --probe-zombie-after makes it a zombie, and it is tainted.
+    eventually("pev-0001 tainted", Duration::from_secs(30), || {
+        let client = client.clone();
+        async move { has_our_taint(&get_node(&client, "pev-0001").await).then_some(()) }
+    })
+    .await;
+    let took = fault_at.elapsed();
+    assert!(took < STATUS_STALE_AFTER, "tainted after {took:?}: probe evidence must beat --status-stale-after");
+    let (status, _, message) = our_condition(&get_node(&client, "pev-0001").await).expect("our condition is written");
+    assert_eq!(status, "False");
+    assert!(message.contains("kubelet probe failed"), "the condition names the probe evidence: {message}");
+    assert!(!message.contains("NodeStatus not refreshed"), "status staleness cannot be the reason yet: {message}");
+
+    // Its neighbours are probed fine and left alone.
+    let text = running.metrics.render();
+    assert_eq!(metric(&text, &verdict_series("pev-0002", "healthy")), Some(1.0), "{text}");
+    assert_eq!(metric(&text, "pulsecheck_probe_partition"), Some(0.0), "{text}");
+    assert!(!has_our_taint(&get_node(&client, "pev-0002").await));
+
+    // The kubelet heals: probes succeed and status reports resume; the taint is released.
+    lab.lab.fleet.set_fault("pev-0001", Fault::Recover).unwrap();
+    eventually("pev-0001 released", Duration::from_secs(40), || {
+        let client = client.clone();
+        async move { (!has_our_taint(&get_node(&client, "pev-0001").await)).then_some(()) }
+    })
+    .await;
+    running.stop().await;
+    lab.lab.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kubelet_refusing_the_token_is_a_missing_permission_not_a_dead_node() {
+    let lab = ProbedLab::start(4, "pdn-").await;
+    let running = lab.controller(&["--probe-zombie-after=2s"]).await;
+    let client = lab.lab.client();
+    wait_verdict(&running, "pdn-0001", "healthy", Duration::from_secs(30)).await;
+
+    lab.lab.fleet.set_fault("pdn-0001", Fault::Unauthorized).unwrap();
+    eventually("pulsecheck_probe_misconfigured is 1", Duration::from_secs(20), || {
+        let set = metric(&running.metrics.render(), "pulsecheck_probe_misconfigured") == Some(1.0);
+        async move { set.then_some(()) }
+    })
+    .await;
+    // Well past the failure threshold and --probe-zombie-after, had 401s counted as failures.
+    lab.wait_probes("pdn-0001", 10).await;
+    wait_evaluations(&running, 2, Duration::from_secs(10)).await;
+    let text = running.metrics.render();
+    assert_eq!(metric(&text, &verdict_series("pdn-0001", "healthy")), Some(1.0), "{text}");
+    assert_eq!(metric(&text, "pulsecheck_probe_misconfigured"), Some(1.0), "{text}");
+    assert!(!has_our_taint(&get_node(&client, "pdn-0001").await));
+    assert!(
+        lab.lab.fleet.kubelet_requests("pdn-0001").iter().all(|r| r.authorization.as_deref() == Some("Bearer probe-evidence-token")),
+        "every probe carried the token from --token-file"
+    );
+
+    // Permission restored: the configuration problem clears.
+    lab.lab.fleet.set_fault("pdn-0001", Fault::Recover).unwrap();
+    eventually("pulsecheck_probe_misconfigured back to 0", Duration::from_secs(20), || {
+        let clear = metric(&running.metrics.render(), "pulsecheck_probe_misconfigured") == Some(0.0);
+        async move { clear.then_some(()) }
+    })
+    .await;
+    running.stop().await;
+    lab.lab.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn probes_failing_on_most_nodes_taint_nothing_and_report_a_partition() {
+    let lab = ProbedLab::start(4, "ppt-").await;
+    let running = lab.controller(&["--probe-zombie-after=2s", "--probe-partition-threshold=50"]).await;
+    let client = lab.lab.client();
+    wait_verdict(&running, "ppt-0000", "healthy", Duration::from_secs(30)).await;
+
+    // Three of four kubelets fail their probes at once: more likely pulsecheck's network than
+    // three nodes dying together.
+    for node in ["ppt-0001", "ppt-0002", "ppt-0003"] {
+        lab.lab.fleet.set_fault(node, Fault::ProbeFail).unwrap();
+    }
+    eventually("pulsecheck_probe_partition is 1", Duration::from_secs(20), || {
+        let set = metric(&running.metrics.render(), "pulsecheck_probe_partition") == Some(1.0);
+        async move { set.then_some(()) }
+    })
+    .await;
+    // Long enough for each of them to be a zombie on probe evidence alone, had it counted.
+    for node in ["ppt-0001", "ppt-0002", "ppt-0003"] {
+        lab.wait_probes(node, 10).await;
+    }
+    wait_evaluations(&running, 2, Duration::from_secs(10)).await;
+    let text = running.metrics.render();
+    assert_eq!(metric(&text, "pulsecheck_probe_partition"), Some(1.0), "{text}");
+    for node in ["ppt-0000", "ppt-0001", "ppt-0002", "ppt-0003"] {
+        assert_eq!(metric(&text, &verdict_series(node, "healthy")), Some(1.0), "{node}: {text}");
+        assert!(!has_our_taint(&get_node(&client, node).await), "{node} tainted during a probe partition");
+    }
+    assert_eq!(metric(&text, r#"pulsecheck_remediations_total{action="taint",result="success"}"#), None, "{text}");
+
+    // Two recover: one failing node of four is no partition, so its evidence counts again.
+    lab.lab.fleet.set_fault("ppt-0001", Fault::Recover).unwrap();
+    lab.lab.fleet.set_fault("ppt-0002", Fault::Recover).unwrap();
+    eventually("ppt-0003 tainted once probes are trusted again", Duration::from_secs(30), || {
+        let client = client.clone();
+        async move { has_our_taint(&get_node(&client, "ppt-0003").await).then_some(()) }
+    })
+    .await;
+    assert_eq!(metric(&running.metrics.render(), "pulsecheck_probe_partition"), Some(0.0));
+    running.stop().await;
+    lab.lab.stop().await;
+}
