@@ -19,7 +19,7 @@ use std::{
     time::Duration,
 };
 
-use k8s_openapi::jiff::Timestamp;
+use k8s_openapi::jiff::{SignedDuration, Timestamp};
 use kube::Api;
 use tokio::{sync::mpsc, task::JoinHandle};
 use tokio_util::sync::CancellationToken;
@@ -39,6 +39,11 @@ use crate::{
     probe::{self, ProbeReport, ProbeTarget, Prober},
     verdict::{self, Assessment, Assessments, Verdict},
 };
+
+/// First wait after a failed Node write; doubles per failure in a row.
+const WRITE_BACKOFF_BASE: Duration = Duration::from_secs(5);
+/// Longest wait between attempts to write a Node whose writes keep failing.
+const WRITE_BACKOFF_MAX: Duration = Duration::from_secs(300);
 
 /// Errors starting the controller.
 #[derive(Debug, thiserror::Error)]
@@ -229,10 +234,10 @@ pub async fn start(client: kube::Client, settings: RunSettings) -> Result<Runnin
 
     let (targets_tx, targets_rx) = tokio::sync::watch::channel(Vec::new());
     let (results_tx, results_rx) = mpsc::channel(4096);
+    let effective = prober.as_ref().map_or(ProbeMode::None, Prober::effective_mode);
+    metrics.set_probe_mode(clap::ValueEnum::to_possible_value(&effective).map(|v| v.get_name().to_string()).unwrap_or_default().as_str());
     if let Some(prober) = prober {
-        if let Some(reason) = prober.fallback_reason() {
-            warn!(reason, "kubelet probes fall back to tcp; no token is sent");
-        }
+        // The fallback itself was logged once by Prober::new; the gauge keeps it visible.
         tasks.push(tokio::spawn(probe::run_scheduler(
             prober,
             settings.probe_interval,
@@ -258,6 +263,7 @@ pub async fn start(client: kube::Client, settings: RunSettings) -> Result<Runnin
         circuit_reported: false,
         partition_reported: false,
         misconfigured_reported: false,
+        backoff: HashMap::new(),
         probe_targets: targets_tx,
         probe_results: results_rx,
     };
@@ -283,6 +289,8 @@ struct Controller {
     partition_reported: bool,
     /// Probes were refused (401/403) and that was reported.
     misconfigured_reported: bool,
+    /// Nodes whose last remediation or release failed: failures in a row, and the next attempt.
+    backoff: HashMap<String, (u32, Timestamp)>,
     probe_targets: tokio::sync::watch::Sender<Vec<ProbeTarget>>,
     probe_results: mpsc::Receiver<ProbeReport>,
 }
@@ -351,9 +359,12 @@ impl Controller {
             while let Ok(report) = self.probe_results.try_recv() {
                 v.facts.record_probe(&report.node, report.outcome, report.at);
             }
-            let blind = v.sight.blindness(now, &v.facts, cfg.thresholds.lease_grace, cfg.settle_after_blindness);
+            let blind = v.sight.blindness(now, &v.facts, cfg.thresholds.lease_grace, cfg.thresholds.status_stale_after, cfg.settle_after_blindness);
             let can_see_at_all = v.sight.nodes.synced && v.sight.leases.synced;
-            self.readiness.set(can_see_at_all && !matches!(blind, Some(observe::Blindness::WatchFailing(..)) | Some(observe::Blindness::LeasesSilent(_))));
+            self.readiness.set(
+                can_see_at_all
+                    && !matches!(blind, Some(observe::Blindness::WatchFailing(..) | observe::Blindness::LeasesSilent(_) | observe::Blindness::NodesSilent(_))),
+            );
             let evaluation = verdict::evaluate(now, &v.facts, &cfg.thresholds, cfg.probe_partition_threshold);
             self.metrics.set_probe_partition(!evaluation.probes_trusted);
             if !evaluation.probes_trusted && !self.partition_reported {
@@ -389,9 +400,13 @@ impl Controller {
                 .iter()
                 .map(|(n, f)| (n.clone(), NodeNote { uid: Some(f.uid.clone()).filter(|u| !u.is_empty()), our_condition: f.our_condition.clone() }))
                 .collect();
+            // Probed: every node in scope whose Lease pulsecheck saw renewed within the grace. A node
+            // with a stale or missing Lease is kube-controller-manager's case; probing it adds nothing.
+            let lease_grace = SignedDuration::try_from(cfg.thresholds.lease_grace).unwrap_or(SignedDuration::MAX);
+            let lease_alive = |n: &NodeName| v.facts.leases.get(n).is_some_and(|l| now.duration_since(l.renew.observed_at) < lease_grace);
             let targets: Vec<ProbeTarget> = assessments
                 .iter()
-                .filter(|(_, a)| !matches!(a.verdict, Verdict::Excluded | Verdict::Dead | Verdict::Unknown))
+                .filter(|(n, a)| a.verdict != Verdict::Excluded && lease_alive(n))
                 .filter_map(|(n, _)| v.facts.nodes.get(n).map(|f| ProbeTarget { node: n.to_string(), endpoint: f.kubelet.clone() }))
                 .collect();
             (assessments, plan, blind, notes, targets)
@@ -419,6 +434,11 @@ impl Controller {
                 lease_observed: facts.leases.get(name).map(|l| l.renew.observed_at.as_millisecond() as f64 / 1000.0),
                 status_observed: n.status.observed_at.as_millisecond() as f64 / 1000.0,
                 remediated: self.memory.holds(facts, name),
+                probe_success: facts.probes.get(name).and_then(|p| match &p.last {
+                    Some((ProbeOutcome::Success, _)) => Some(true),
+                    Some((ProbeOutcome::Failure(_) | ProbeOutcome::Timeout, _)) => Some(false),
+                    _ => None,
+                }),
             };
             self.metrics.node(name, a, heartbeats);
         }
@@ -534,13 +554,34 @@ impl Controller {
         }
         self.held_reported.retain(|n| held_now.contains(n));
 
+        self.backoff.retain(|n, _| notes.contains_key(n.as_str()));
         for name in plan.remediate {
+            if self.backing_off(&name, now) {
+                continue;
+            }
             self.remediate(now, &name, notes.get(name.as_str())).await;
         }
         for name in plan.release {
+            if self.backing_off(&name, now) {
+                continue;
+            }
             let why = assessments.get(name.as_str()).map(Assessment::explain).unwrap_or_default();
             self.release(now, &name, notes.get(name.as_str()), &why).await;
         }
+    }
+
+    /// True while a node's last write failed too recently to try again.
+    fn backing_off(&self, name: &str, now: Timestamp) -> bool {
+        self.backoff.get(name).is_some_and(|(_, next)| now < *next)
+    }
+
+    /// Records a failed write: the next attempt waits 5 s, doubling per failure, at most 5 min —
+    /// so a missing permission costs one Event and one error line per back-off step, not per tick.
+    fn write_failed(&mut self, name: &str, now: Timestamp) {
+        let failures = self.backoff.get(name).map_or(0, |(n, _)| *n) + 1;
+        let wait = (WRITE_BACKOFF_BASE * 2u32.saturating_pow(failures.min(16) - 1)).min(WRITE_BACKOFF_MAX);
+        let next = now.checked_add(SignedDuration::try_from(wait).unwrap_or(SignedDuration::ZERO)).unwrap_or(now);
+        self.backoff.insert(name.to_string(), (failures, next));
     }
 
     fn actions(&self) -> Vec<ActionLabel> {
@@ -583,9 +624,19 @@ impl Controller {
         }
         match self.actuator.remediate(name, now).await {
             Ok((node, change)) => {
+                self.backoff.remove(name);
                 self.apply_fresh(&node, None, now);
                 self.memory.remediation_started(name, now, false);
                 self.count(&change, ActionLabel::Taint, ActionLabel::Cordon, ResultLabel::Success);
+                if !change.taint && !change.cordon {
+                    info!(
+                        node = name,
+                        why, "remediation recorded; nothing to change: the node is already unschedulable (cordoned by someone else, who keeps that cordon)"
+                    );
+                    let msg = format!("already cordoned by someone else; pulsecheck records the remediation and will not uncordon it ({why})");
+                    self.actuator.event(name, uid, true, "AlreadyCordoned", "Remediate", msg).await;
+                    return;
+                }
                 info!(node = name, tainted = change.taint, cordoned = change.cordon, why, "remediated");
                 if change.taint {
                     let msg = format!("added taint {}:{} ({why})", self.config.actions.taint_key, self.config.actions.taint_effect.as_str());
@@ -599,6 +650,7 @@ impl Controller {
                 for action in self.actions() {
                     self.metrics.remediation(action, ResultLabel::Error);
                 }
+                self.write_failed(name, now);
                 error!(node = name, error = %e, kind = e.label(), "remediation failed");
                 self.actuator.event(name, uid, true, "RemediationFailed", "Remediate", e.to_string()).await;
             }
@@ -615,10 +667,11 @@ impl Controller {
         }
         match self.actuator.release(name).await {
             Ok((node, change)) => {
+                self.backoff.remove(name);
                 self.apply_fresh(&node, None, now);
                 self.memory.released(name);
                 self.count(&change, ActionLabel::Untaint, ActionLabel::Uncordon, ResultLabel::Success);
-                info!(node = name, untainted = change.taint, uncordoned = change.cordon, "released");
+                info!(node = name, untainted = change.taint, uncordoned = change.cordon, why, "released");
                 let mut done = Vec::new();
                 if change.taint {
                     done.push(format!("removed taint {}", self.config.actions.taint_key));
@@ -633,8 +686,12 @@ impl Controller {
             }
             Err(e) if e.is_not_found() => self.memory.released(name),
             Err(e) => {
-                self.metrics.remediation(ActionLabel::Untaint, ResultLabel::Error);
-                error!(node = name, error = %e, "release failed");
+                for action in self.actions() {
+                    let undo = if action == ActionLabel::Cordon { ActionLabel::Uncordon } else { ActionLabel::Untaint };
+                    self.metrics.remediation(undo, ResultLabel::Error);
+                }
+                self.write_failed(name, now);
+                error!(node = name, error = %e, why, "release failed");
             }
         }
     }

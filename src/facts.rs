@@ -284,9 +284,12 @@ pub struct Remediation {
 }
 
 impl Remediation {
-    /// True when pulsecheck holds any action on the node.
+    /// True when pulsecheck holds a remediation on the node: its taint, its cordon, or only its
+    /// record (`since`) when the wanted state was already there — a cordon-only remediation of a
+    /// node somebody else had cordoned. Such a node counts as remediated (it is neither
+    /// remediated again every tick nor uncordoned later); release clears the record.
     pub fn is_active(&self) -> bool {
-        self.tainted || self.cordoned
+        self.tainted || self.cordoned || self.since.is_some()
     }
 }
 

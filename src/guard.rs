@@ -273,6 +273,19 @@ mod tests {
     }
 
     #[test]
+    fn a_record_without_taint_or_cordon_holds_the_node_so_it_is_not_remediated_every_tick() {
+        // Cordon-only, on a node somebody else had cordoned: pulsecheck wrote only its record.
+        let v = [("a", Verdict::Zombie), ("b", Verdict::Zombie), ("c", Verdict::Healthy), ("d", Verdict::Healthy), ("e", Verdict::Healthy)];
+        let mut f = fleet(&["a", "b", "c", "d", "e"]);
+        f.nodes.get_mut("a").unwrap().remediation = Remediation { tainted: false, cordoned: false, since: Some(t(0)) };
+        let mut m = Memory::default();
+        let cfg = GuardConfig { max_unhealthy_percent: 40.0, ..GuardConfig::default() };
+        let p = plan(t(10), &assessments(&v), &f, &mut m, &cfg, false);
+        assert_eq!(p.remediate, vec!["b".to_string()], "a is held already; only b is new");
+        assert_eq!(p.active, 1);
+    }
+
+    #[test]
     fn blind_plans_nothing() {
         let v = [("a", Verdict::Zombie), ("b", Verdict::Healthy), ("c", Verdict::Healthy), ("d", Verdict::Healthy), ("e", Verdict::Healthy)];
         let mut f = fleet(&["a", "b", "c", "d", "e"]);

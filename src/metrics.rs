@@ -29,6 +29,7 @@ pub const METRIC_NAMES: &[&str] = &[
     "pulsecheck_blind",
     "pulsecheck_probe_partition",
     "pulsecheck_probe_misconfigured",
+    "pulsecheck_probe_mode",
     "pulsecheck_remediations_total",
     "pulsecheck_probes_total",
     "pulsecheck_probe_duration_seconds",
@@ -107,6 +108,7 @@ pub struct Metrics {
     blind: IntGauge,
     probe_partition: IntGauge,
     probe_misconfigured: IntGauge,
+    probe_mode: IntGaugeVec,
     remediations: IntCounterVec,
     probes: IntCounterVec,
     probe_duration: Histogram,
@@ -122,6 +124,9 @@ impl std::fmt::Debug for Metrics {
     }
 }
 
+/// Values of `pulsecheck_probe_mode`'s `mode` label: `--probe`'s values.
+pub const PROBE_MODES: &[&str] = &["kubelet-healthz", "tcp", "apiserver-proxy", "none"];
+
 /// Per-node values for one evaluation.
 #[derive(Debug, Clone, Copy)]
 pub struct NodeHeartbeats {
@@ -131,6 +136,9 @@ pub struct NodeHeartbeats {
     pub status_observed: f64,
     /// Whether pulsecheck holds a remediation on the node.
     pub remediated: bool,
+    /// The last counted kubelet probe: `Some(true)` success, `Some(false)` failure or timeout,
+    /// `None` when never probed or when the last answer carried no evidence (401/403, not probed).
+    pub probe_success: Option<bool>,
 }
 
 impl Metrics {
@@ -198,6 +206,14 @@ impl Metrics {
                 &registry,
                 gauge("pulsecheck_probe_misconfigured", "1 while kubelets answer probes with 401/403: pulsecheck lacks permission (nodes/healthz get)"),
             ),
+            probe_mode: reg(
+                &registry,
+                gauge_vec(
+                    "pulsecheck_probe_mode",
+                    "State set: 1 for the kubelet probe mode in force (tcp when kubelet-healthz fell back for lack of a CA or the insecure flag)",
+                    &["mode"],
+                ),
+            ),
             remediations: reg(
                 &registry,
                 IntCounterVec::new(Opts::new("pulsecheck_remediations_total", "Remediation actions by action and result"), &["action", "result"])
@@ -263,6 +279,12 @@ impl Metrics {
         }
         self.node_status_observed.with_label_values(&[name]).set(heartbeats.status_observed);
         self.node_remediated.with_label_values(&[name]).set(i64::from(heartbeats.remediated));
+        match heartbeats.probe_success {
+            Some(ok) => self.node_probe_success.with_label_values(&[name]).set(i64::from(ok)),
+            None => {
+                let _ = self.node_probe_success.remove_label_values(&[name]);
+            }
+        }
     }
 
     /// Removes every series of a deleted node.
@@ -299,6 +321,13 @@ impl Metrics {
         self.probe_partition.set(i64::from(partition));
     }
 
+    /// Sets the state set of the probe mode in force (`ProbeMode` names as on the command line).
+    pub fn set_probe_mode(&self, mode: &str) {
+        for m in PROBE_MODES {
+            self.probe_mode.with_label_values(&[m]).set(i64::from(*m == mode));
+        }
+    }
+
     /// Sets the probe misconfiguration gauge.
     pub fn set_probe_misconfigured(&self, misconfigured: bool) {
         self.probe_misconfigured.set(i64::from(misconfigured));
@@ -324,8 +353,10 @@ impl Metrics {
         self.evaluation_duration.observe(seconds);
     }
 
-    /// Records one probe of `node`.
-    pub fn probe(&self, node: &str, outcome: &ProbeOutcome, seconds: f64) {
+    /// Records one probe (fleet-wide counters only: the per-node `pulsecheck_node_probe_success`
+    /// is set with the node's other series in [`Metrics::node`], from the facts, so a probe that
+    /// finishes after its Node was deleted cannot bring the deleted node's series back).
+    pub fn probe(&self, outcome: &ProbeOutcome, seconds: f64) {
         let result = match outcome {
             ProbeOutcome::Success => "success",
             ProbeOutcome::Failure(_) => "failure",
@@ -335,13 +366,6 @@ impl Metrics {
         };
         self.probes.with_label_values(&[result]).inc();
         self.probe_duration.observe(seconds);
-        if self.per_node {
-            match outcome {
-                ProbeOutcome::Success => self.node_probe_success.with_label_values(&[node]).set(1),
-                ProbeOutcome::Failure(_) | ProbeOutcome::Timeout => self.node_probe_success.with_label_values(&[node]).set(0),
-                ProbeOutcome::Unauthorized(_) | ProbeOutcome::NotProbed(_) => {}
-            }
-        }
     }
 }
 
@@ -354,10 +378,11 @@ mod tests {
     fn every_listed_family_is_exported_and_nothing_else() {
         let m = Metrics::new(true);
         let a = Assessment { verdict: Verdict::Zombie, evidence: vec![Evidence::StatusStale { for_seconds: 700 }] };
-        m.node("n1", &a, NodeHeartbeats { lease_observed: Some(1.0), status_observed: 2.0, remediated: true });
+        m.node("n1", &a, NodeHeartbeats { lease_observed: Some(1.0), status_observed: 2.0, remediated: true, probe_success: None });
         m.fleet(&[(Verdict::Zombie, 1)], 1, 1, false);
         m.remediation(ActionLabel::Taint, ResultLabel::Success);
-        m.probe("n1", &ProbeOutcome::Timeout, 5.0);
+        m.probe(&ProbeOutcome::Timeout, 5.0);
+        m.set_probe_mode("tcp");
         m.watch_event("leases");
         m.evaluation(0.001);
         let mut names: Vec<String> = m.registry().gather().iter().map(|f| f.name().to_string()).collect();
@@ -371,7 +396,8 @@ mod tests {
     fn verdict_is_a_state_set_and_a_deleted_node_leaves_no_series() {
         let m = Metrics::new(true);
         let a = Assessment { verdict: Verdict::Suspect, evidence: vec![Evidence::OsImageUnknown { for_seconds: 1, turned: false }] };
-        m.node("n1", &a, NodeHeartbeats { lease_observed: None, status_observed: 2.0, remediated: false });
+        m.node("n1", &a, NodeHeartbeats { lease_observed: None, status_observed: 2.0, remediated: false, probe_success: Some(false) });
+        assert!(m.render().contains(r#"pulsecheck_node_probe_success{node="n1"} 0"#));
         let text = m.render();
         assert!(text.contains(r#"pulsecheck_node_verdict{node="n1",verdict="suspect"} 1"#), "{text}");
         assert!(text.contains(r#"pulsecheck_node_verdict{node="n1",verdict="healthy"} 0"#), "{text}");
@@ -384,8 +410,8 @@ mod tests {
     fn per_node_series_can_be_switched_off() {
         let m = Metrics::new(false);
         let a = Assessment { verdict: Verdict::Zombie, evidence: vec![] };
-        m.node("n1", &a, NodeHeartbeats { lease_observed: Some(1.0), status_observed: 2.0, remediated: true });
-        m.probe("n1", &ProbeOutcome::Success, 0.1);
+        m.node("n1", &a, NodeHeartbeats { lease_observed: Some(1.0), status_observed: 2.0, remediated: true, probe_success: Some(true) });
+        m.probe(&ProbeOutcome::Success, 0.1);
         assert!(!m.render().contains("node=\"n1\""));
     }
 }

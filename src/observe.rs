@@ -7,8 +7,11 @@
 //! pulsecheck must never act on a view it cannot trust. [`Sight::blindness`] says why it is
 //! blind, if it is: a watch not (re)synced, a watch erroring, the Lease watch silent for longer
 //! than a live fleet allows (kubelets renew every 10 s, so a silent Lease watch means a broken
-//! watch or a dead fleet — either way no time to act), or sight regained too recently for
-//! kubelets to have caught up. This module never decides or writes anything.
+//! watch or a dead fleet — either way no time to act), the Node watch silent for a whole
+//! `--status-stale-after` while Leases renew (every live kubelet reports its status at least every
+//! 7.5 min, so a Node watch that long silent is far likelier broken than every node's status loop
+//! stuck at once — and if it is the latter, that is a mass event no single taint answers), or sight
+//! regained too recently for kubelets to have caught up. This module never decides or writes anything.
 
 use std::{
     collections::HashSet,
@@ -50,6 +53,8 @@ pub enum Blindness {
     WatchFailing(&'static str, String),
     /// The Lease watch delivered nothing for this many seconds while Leases exist.
     LeasesSilent(i64),
+    /// The Node watch delivered nothing for this many seconds while Leases renew.
+    NodesSilent(i64),
     /// Sight came back this many seconds ago; kubelets get time to catch up first.
     Settling(i64),
 }
@@ -60,6 +65,7 @@ impl std::fmt::Display for Blindness {
             Blindness::NotSynced(r) => write!(f, "the {r} watch has not finished listing"),
             Blindness::WatchFailing(r, e) => write!(f, "the {r} watch is failing: {e}"),
             Blindness::LeasesSilent(s) => write!(f, "the Lease watch delivered nothing for {s}s"),
+            Blindness::NodesSilent(s) => write!(f, "the Node watch delivered nothing for {s}s while Leases renew"),
             Blindness::Settling(s) => write!(f, "sight regained {s}s ago; waiting for kubelets to catch up"),
         }
     }
@@ -80,9 +86,11 @@ pub struct Sight {
 
 impl Sight {
     /// Why pulsecheck is blind at `now`, if it is. `silence` is how long the Lease watch may be
-    /// quiet while Leases exist, `settle` how long after regained sight it waits.
-    pub fn blindness(&self, now: Timestamp, facts: &FleetFacts, silence: Duration, settle: Duration) -> Option<Blindness> {
+    /// quiet while Leases exist, `node_silence` how long the Node watch may be quiet while they
+    /// renew, `settle` how long after regained sight it waits.
+    pub fn blindness(&self, now: Timestamp, facts: &FleetFacts, silence: Duration, node_silence: Duration, settle: Duration) -> Option<Blindness> {
         let silence = SignedDuration::try_from(silence).unwrap_or(SignedDuration::MAX);
+        let node_silence = SignedDuration::try_from(node_silence).unwrap_or(SignedDuration::MAX);
         for (name, w) in [("Node", &self.nodes), ("Lease", &self.leases)] {
             if !w.synced {
                 return Some(Blindness::NotSynced(name));
@@ -99,6 +107,10 @@ impl Sight {
             let quiet = self.leases.last_event.map_or(SignedDuration::MAX, |t| now.duration_since(t));
             if quiet >= silence {
                 return Some(Blindness::LeasesSilent(quiet.as_secs()));
+            }
+            let nodes_quiet = self.nodes.last_event.map_or(SignedDuration::MAX, |t| now.duration_since(t));
+            if !facts.nodes.is_empty() && nodes_quiet >= node_silence {
+                return Some(Blindness::NodesSilent(nodes_quiet.as_secs()));
             }
         }
         if let Some(at) = self.regained_at {
@@ -261,6 +273,7 @@ mod tests {
 
     const SILENCE: Duration = Duration::from_secs(50);
     const SETTLE: Duration = Duration::from_secs(50);
+    const NODE_SILENCE: Duration = Duration::from_secs(600);
 
     fn synced(at: i64) -> Sight {
         let w = WatchSight { synced: true, last_event: Some(t(at)), error: None };
@@ -277,15 +290,29 @@ mod tests {
     fn unsynced_watch_is_blind() {
         let mut s = synced(0);
         s.nodes.synced = false;
-        assert_eq!(s.blindness(t(1), &fleet_with_lease(), SILENCE, SETTLE), Some(Blindness::NotSynced("Node")));
+        assert_eq!(s.blindness(t(1), &fleet_with_lease(), SILENCE, NODE_SILENCE, SETTLE), Some(Blindness::NotSynced("Node")));
     }
 
     #[test]
     fn silent_lease_watch_is_blind_only_when_leases_exist() {
         let s = synced(0);
-        assert_eq!(s.blindness(t(49), &fleet_with_lease(), SILENCE, SETTLE), None);
-        assert_eq!(s.blindness(t(50), &fleet_with_lease(), SILENCE, SETTLE), Some(Blindness::LeasesSilent(50)));
-        assert_eq!(s.blindness(t(500), &FleetFacts::default(), SILENCE, SETTLE), None);
+        assert_eq!(s.blindness(t(49), &fleet_with_lease(), SILENCE, NODE_SILENCE, SETTLE), None);
+        assert_eq!(s.blindness(t(50), &fleet_with_lease(), SILENCE, NODE_SILENCE, SETTLE), Some(Blindness::LeasesSilent(50)));
+        assert_eq!(s.blindness(t(500), &FleetFacts::default(), SILENCE, NODE_SILENCE, SETTLE), None);
+    }
+
+    #[test]
+    fn silent_node_watch_is_blind_while_leases_renew() {
+        let mut f = fleet_with_lease();
+        f.apply_node(&node("n").ready_at(t(0)).build(), &Scope::default(), t(0));
+        let mut s = synced(0);
+        s.leases.last_event = Some(t(599));
+        assert_eq!(s.blindness(t(599), &f, SILENCE, NODE_SILENCE, SETTLE), None);
+        s.leases.last_event = Some(t(600));
+        assert_eq!(s.blindness(t(600), &f, SILENCE, NODE_SILENCE, SETTLE), Some(Blindness::NodesSilent(600)));
+        // One Node event is sight again.
+        s.nodes.last_event = Some(t(601));
+        assert_eq!(s.blindness(t(601), &f, SILENCE, NODE_SILENCE, SETTLE), None);
     }
 
     #[test]
@@ -293,9 +320,9 @@ mod tests {
         let mut s = synced(0);
         s.nodes.error = Some(("connection reset".into(), t(10)));
         s.leases.last_event = Some(t(40));
-        assert!(matches!(s.blindness(t(40), &fleet_with_lease(), SILENCE, SETTLE), Some(Blindness::WatchFailing("Node", _))));
+        assert!(matches!(s.blindness(t(40), &fleet_with_lease(), SILENCE, NODE_SILENCE, SETTLE), Some(Blindness::WatchFailing("Node", _))));
         s.leases.last_event = Some(t(60));
-        assert_eq!(s.blindness(t(60), &fleet_with_lease(), SILENCE, SETTLE), None);
+        assert_eq!(s.blindness(t(60), &fleet_with_lease(), SILENCE, NODE_SILENCE, SETTLE), None);
     }
 
     #[test]
@@ -309,8 +336,8 @@ mod tests {
         s.leases.synced = true;
         s.synced_now(t(100));
         s.leases.last_event = Some(t(120));
-        assert_eq!(s.blindness(t(120), &fleet_with_lease(), SILENCE, SETTLE), Some(Blindness::Settling(20)));
+        assert_eq!(s.blindness(t(120), &fleet_with_lease(), SILENCE, NODE_SILENCE, SETTLE), Some(Blindness::Settling(20)));
         s.leases.last_event = Some(t(150));
-        assert_eq!(s.blindness(t(150), &fleet_with_lease(), SILENCE, SETTLE), None);
+        assert_eq!(s.blindness(t(150), &fleet_with_lease(), SILENCE, NODE_SILENCE, SETTLE), None);
     }
 }

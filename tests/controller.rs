@@ -253,43 +253,52 @@ async fn person_cordoned_node_stays_cordoned_and_foreign_taints_survive_taint_an
     let running = controller(client.clone(), &["--action=taint,cordon"]).await;
     wait_evaluations(&running, 2, Duration::from_secs(30)).await;
     lab.fleet.set_fault(node, Fault::Zombie).unwrap();
-    // Another controller keeps adding taints while pulsecheck taints.
+    // Another controller keeps adding taints, every 250 ms, all through pulsecheck's taint and
+    // release: their writes race on the same Node.
+    let stop = tokio_util::sync::CancellationToken::new();
     let adder = {
         let nodes = nodes.clone();
+        let stop = stop.clone();
         tokio::spawn(async move {
-            for i in 0..8 {
-                add_foreign_taint(&nodes, node, &format!("example.com/other-{i}")).await;
-                tokio::time::sleep(Duration::from_millis(700)).await;
+            let mut added = 0;
+            let mut pace = tokio::time::interval(Duration::from_millis(250));
+            while !stop.is_cancelled() {
+                pace.tick().await;
+                add_foreign_taint(&nodes, node, &format!("example.com/other-{added}")).await;
+                added += 1;
             }
+            added
         })
     };
-    eventually("tainted", STALE_AFTER + TICK_SLACK, || {
-        let client = client.clone();
-        async move { has_our_taint(&get_node(&client, node).await).then_some(()) }
-    })
-    .await;
-    adder.await.unwrap();
-    let n = get_node(&client, node).await;
-    let keys = taint_keys(&n);
-    for i in 0..8 {
-        assert!(keys.contains(&format!("example.com/other-{i}")), "foreign taint {i} lost: {keys:?}");
-    }
-    let record = n.metadata.annotations.as_ref().and_then(|a| a.get(names::REMEDIATION_ANNOTATION)).cloned().unwrap_or_default();
-    assert!(record.contains("\"cordoned\":false"), "a person's cordon recorded as ours: {record}");
-
-    lab.fleet.set_fault(node, Fault::Recover).unwrap();
-    let released = eventually("released", Duration::from_secs(30), || {
+    let foreign_present = |n: &Node, upto: usize| {
+        let keys = taint_keys(n);
+        (0..upto).filter(|i| !keys.contains(&format!("example.com/other-{i}"))).collect::<Vec<_>>()
+    };
+    let tainted = eventually("tainted", STALE_AFTER + TICK_SLACK, || {
         let client = client.clone();
         async move {
             let n = get_node(&client, node).await;
-            (!has_our_taint(&n)).then_some(n)
+            has_our_taint(&n).then_some(n)
         }
     })
     .await;
-    let keys = taint_keys(&released);
-    for i in 0..8 {
-        assert!(keys.contains(&format!("example.com/other-{i}")), "foreign taint {i} lost on release: {keys:?}");
-    }
+    let seen = taint_keys(&tainted).iter().filter(|k| k.starts_with("example.com/other-")).count();
+    assert!(seen > 0 && foreign_present(&tainted, seen).is_empty(), "foreign taints lost while tainting: {:?}", taint_keys(&tainted));
+    let record = tainted.metadata.annotations.as_ref().and_then(|a| a.get(names::REMEDIATION_ANNOTATION)).cloned().unwrap_or_default();
+    assert!(record.contains("\"cordoned\":false"), "a person's cordon recorded as ours: {record}");
+
+    lab.fleet.set_fault(node, Fault::Recover).unwrap();
+    eventually("released", Duration::from_secs(30), || {
+        let client = client.clone();
+        async move { (!has_our_taint(&get_node(&client, node).await)).then_some(()) }
+    })
+    .await;
+    stop.cancel();
+    let added = adder.await.unwrap();
+    let released = get_node(&client, node).await;
+    assert!(added > seen, "the foreign writer kept writing through the release ({added} taints, {seen} when tainted)");
+    assert_eq!(foreign_present(&released, added), Vec::<usize>::new(), "foreign taints lost: {:?}", taint_keys(&released));
+    assert!(!has_our_taint(&released));
     assert_eq!(released.spec.as_ref().and_then(|s| s.unschedulable), Some(true), "the person's cordon was undone");
     assert!(released.metadata.annotations.as_ref().is_none_or(|a| !a.contains_key(names::REMEDIATION_ANNOTATION)));
     let (status, _, _) = our_condition(&released).unwrap();
@@ -396,5 +405,52 @@ async fn two_instances_with_leader_election_only_one_acts() {
     assert_eq!(taints_a, expected_actor, "the follower acted");
     a.stop().await;
     b.stop().await;
+    lab.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cordon_only_on_a_node_a_person_cordoned_is_recorded_once_and_does_not_starve_the_next_zombie() {
+    let lab = Lab::start(fast_fleet(5, "cdn-")).await;
+    let client = lab.client();
+    let nodes: Api<Node> = Api::all(client.clone());
+    let first = "cdn-0001";
+    let second = "cdn-0003";
+    nodes.patch(first, &PatchParams::default(), &Patch::Merge(&serde_json::json!({"spec": {"unschedulable": true}}))).await.unwrap();
+    // Two remediations a minute: the already-cordoned node may use one, once.
+    let running = controller(client.clone(), &["--action=cordon", "--max-unhealthy=40", "--max-remediations-per-minute=2"]).await;
+    wait_evaluations(&running, 2, Duration::from_secs(30)).await;
+    lab.fleet.set_fault(first, Fault::Zombie).unwrap();
+    eventually("AlreadyCordoned event for the person-cordoned zombie", STALE_AFTER + TICK_SLACK, || {
+        let client = client.clone();
+        async move { events_for(&client, first).await.iter().any(|(r, _)| r == "AlreadyCordoned").then_some(()) }
+    })
+    .await;
+    let n = get_node(&client, first).await;
+    let record = n.metadata.annotations.as_ref().and_then(|a| a.get(names::REMEDIATION_ANNOTATION)).cloned().unwrap_or_default();
+    assert!(record.contains("\"cordoned\":false") && record.contains("since"), "record: {record}");
+    assert!(!has_our_taint(&n), "--action=cordon never taints");
+
+    // A second zombie is cordoned: the first did not use up the rate limit tick after tick.
+    lab.fleet.set_fault(second, Fault::Zombie).unwrap();
+    eventually("second zombie cordoned", STALE_AFTER + TICK_SLACK, || {
+        let client = client.clone();
+        async move { get_node(&client, second).await.spec.and_then(|s| s.unschedulable).unwrap_or(false).then_some(()) }
+    })
+    .await;
+    let text = running.metrics.render();
+    assert_eq!(metric(&text, r#"pulsecheck_remediations_total{action="cordon",result="blocked"}"#), None, "nothing was held: {text}");
+
+    // Recovery clears pulsecheck's record and leaves the person's cordon.
+    lab.fleet.set_fault(first, Fault::Recover).unwrap();
+    let released = eventually("record cleared", Duration::from_secs(40), || {
+        let client = client.clone();
+        async move {
+            let n = get_node(&client, first).await;
+            n.metadata.annotations.as_ref().is_none_or(|a| !a.contains_key(names::REMEDIATION_ANNOTATION)).then_some(n)
+        }
+    })
+    .await;
+    assert_eq!(released.spec.as_ref().and_then(|s| s.unschedulable), Some(true), "the person's cordon was undone");
+    running.stop().await;
     lab.stop().await;
 }

@@ -584,7 +584,7 @@ async fn hanging_kubelet_does_not_delay_probes_of_other_nodes() {
     // The hanging kubelet was asked once and is still being waited for, not asked again.
     poll("the hanging kubelet to be asked", || !hanging.requests().is_empty()).await;
     assert_eq!(hanging.requests().len(), 1);
-    assert!(metrics.render().contains(r#"pulsecheck_node_probe_success{node="healthy-0"} 1"#));
+    assert!(metrics.render().contains(r#"pulsecheck_probes_total{result="success"}"#));
 
     shutdown.cancel();
     tokio::time::timeout_at(deadline, scheduler).await.expect("the scheduler stops on shutdown").unwrap();
@@ -609,7 +609,7 @@ async fn scheduler_reports_a_hanging_kubelet_as_timeouts_in_results_and_metrics(
     let text = metrics.render();
     let timeouts = text.lines().find_map(|l| l.strip_prefix(r#"pulsecheck_probes_total{result="timeout"} "#)).and_then(|n| n.parse::<u64>().ok());
     assert!(timeouts.is_some_and(|n| n >= 1), "{text}");
-    assert!(text.contains(r#"pulsecheck_node_probe_success{node="hanging"} 0"#), "{text}");
+    assert!(!text.contains("pulsecheck_node_probe_success"), "per-node probe series come from the controller's facts, not the scheduler: {text}");
     shutdown.cancel();
     tokio::time::timeout(DEADLINE, scheduler).await.expect("the scheduler stops on shutdown").unwrap();
 }

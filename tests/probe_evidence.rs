@@ -77,6 +77,7 @@ async fn zombie_with_failing_probes_is_suspect_then_tainted_before_the_status_st
         async move { ok.then_some(()) }
     })
     .await;
+    assert_eq!(metric(&running.metrics.render(), r#"pulsecheck_probe_mode{mode="kubelet-healthz"}"#), Some(1.0));
 
     // The disk dies: status reports stop and the kubelet's health check fails; the Lease renews.
     let fault_at = tokio::time::Instant::now();
@@ -193,6 +194,28 @@ async fn probes_failing_on_most_nodes_taint_nothing_and_report_a_partition() {
     })
     .await;
     assert_eq!(metric(&running.metrics.render(), "pulsecheck_probe_partition"), Some(0.0));
+    running.stop().await;
+    lab.lab.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kubelet_healthz_without_a_way_to_trust_kubelets_probes_by_handshake_and_sends_no_token() {
+    let lab = ProbedLab::start(3, "pfb-").await;
+    let token = format!("--token-file={}", lab.token.display());
+    // Neither --kubelet-certificate-authority nor --kubelet-insecure-tls.
+    let running = controller(lab.lab.client(), &["--probe=kubelet-healthz", &token, "--probe-interval=500ms", "--probe-timeout=400ms"]).await;
+    let text = running.metrics.render();
+    assert_eq!(metric(&text, r#"pulsecheck_probe_mode{mode="tcp"}"#), Some(1.0), "{text}");
+    assert_eq!(metric(&text, r#"pulsecheck_probe_mode{mode="kubelet-healthz"}"#), Some(0.0), "{text}");
+    eventually("handshake probes succeed on every node", Duration::from_secs(30), || {
+        let text = running.metrics.render();
+        let all = ["pfb-0000", "pfb-0001", "pfb-0002"].iter().all(|n| metric(&text, &series("pulsecheck_node_probe_success", n)) == Some(1.0));
+        async move { all.then_some(()) }
+    })
+    .await;
+    for node in ["pfb-0000", "pfb-0001", "pfb-0002"] {
+        assert_eq!(lab.lab.fleet.kubelet_requests(node), vec![], "{node}'s kubelet received an HTTP request (and so possibly the token)");
+    }
     running.stop().await;
     lab.lab.stop().await;
 }

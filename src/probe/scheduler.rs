@@ -108,7 +108,7 @@ async fn probe_one(prober: Prober, target: ProbeTarget, permits: Arc<Semaphore>,
     let outcome = prober.probe(&target).await;
     let seconds = started.elapsed().as_secs_f64();
     drop(permit);
-    metrics.probe(&target.node, &outcome, seconds);
+    metrics.probe(&outcome, seconds);
     let _ = results.send(ProbeReport { node: target.node, outcome, at: Timestamp::now() }).await;
 }
 
