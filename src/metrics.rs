@@ -378,7 +378,7 @@ mod tests {
     fn every_listed_family_is_exported_and_nothing_else() {
         let m = Metrics::new(true);
         let a = Assessment { verdict: Verdict::Zombie, evidence: vec![Evidence::StatusStale { for_seconds: 700 }] };
-        m.node("n1", &a, NodeHeartbeats { lease_observed: Some(1.0), status_observed: 2.0, remediated: true, probe_success: None });
+        m.node("n1", &a, NodeHeartbeats { lease_observed: Some(1.0), status_observed: 2.0, remediated: true, probe_success: Some(false) });
         m.fleet(&[(Verdict::Zombie, 1)], 1, 1, false);
         m.remediation(ActionLabel::Taint, ResultLabel::Success);
         m.probe(&ProbeOutcome::Timeout, 5.0);
