@@ -29,6 +29,13 @@ pub enum Error {
     Partial(usize),
 }
 
+impl Error {
+    /// True for errors in the user's input (exit code 2), as for `run` and `check`.
+    pub fn is_usage(&self) -> bool {
+        matches!(self, Error::Connect(crate::connect::Error::Kubeconfig { .. }))
+    }
+}
+
 /// What `cleanup` found on one node.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Leftovers {

@@ -21,7 +21,7 @@ async fn main() -> ExitCode {
         },
         Command::Cleanup(args) => match pulsecheck::cleanup::run(*args).await {
             Ok(()) => ExitCode::SUCCESS,
-            Err(e) => fail(&e, 1),
+            Err(e) => fail(&e, if e.is_usage() { 2 } else { 1 }),
         },
         Command::Check(args) => pulsecheck::check::main(*args).await,
         Command::Demo(args) => pulsecheck::demo::main(*args).await,
