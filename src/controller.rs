@@ -302,13 +302,19 @@ struct NodeNote {
 }
 
 /// The condition pulsecheck wants on a node for a verdict: `(status, reason)`.
+///
+/// `False` means exactly "pulsecheck has concluded this node is not alive" (Zombie or Dead).
+/// A Suspect node is still `True` (reason `Suspect`, the signal in the message): tools that key on
+/// the condition (a NodeHealthCheck, draino) must not act on a signal pulsecheck itself does not
+/// yet act on, and must not bypass its fleet guard. `NotJudged` is only written to replace a
+/// condition pulsecheck wrote earlier, so a stale `False` never outlives the verdict.
 fn desired_condition(verdict: Verdict) -> Option<(&'static str, &'static str)> {
     match verdict {
         Verdict::Healthy => Some(("True", "HeartbeatsConsistent")),
-        Verdict::Suspect => Some(("Unknown", "Suspect")),
+        Verdict::Suspect => Some(("True", "Suspect")),
         Verdict::Zombie => Some(("False", "ZombieDetected")),
         Verdict::Dead => Some(("False", "LeaseAndStatusStale")),
-        Verdict::Unknown => Some(("Unknown", "NotJudged")),
+        Verdict::Unknown => Some(("True", "NotJudged")),
         Verdict::Excluded => None,
     }
 }

@@ -118,6 +118,10 @@ async fn os_image_unknown_from_the_start_stays_suspect_and_becomes_zombie_with_s
     wait_evaluations(&running, 10, Duration::from_secs(30)).await;
     assert!(!has_our_taint(&get_node(&client, node).await));
     wait_verdict(&running, node, "suspect", Duration::from_secs(1)).await;
+    // A Suspect node is not declared inconsistent: tools keyed on the condition must not act yet.
+    let (status, reason, message) = our_condition(&get_node(&client, node).await).expect("condition reports the signal");
+    assert_eq!((status.as_str(), reason.as_str()), ("True", "Suspect"));
+    assert!(message.contains("osImage"), "{message}");
     lab.fleet.set_fault(node, Fault::Zombie).unwrap();
     eventually("tainted once the status is stale too", STALE_AFTER + TICK_SLACK, || {
         let client = client.clone();
