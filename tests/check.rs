@@ -21,26 +21,9 @@ use pulsecheck::lab::fleet::{Fault, FleetOptions};
 /// ~4 s, so 6 s of silence is stale.
 const FAST_CHECK: &[&str] = &["--status-stale-after=6s", "--lease-grace=3s", "--os-image-unknown-after=3s"];
 
-/// Runs the built binary and returns its output (bounded, so a hang fails the test).
-async fn pulsecheck(args: &[&str]) -> Output {
-    let run = tokio::process::Command::new(env!("CARGO_BIN_EXE_pulsecheck")).args(args).kill_on_drop(true).output();
-    tokio::time::timeout(Duration::from_secs(90), run).await.expect("pulsecheck finished within 90s").expect("pulsecheck runs")
-}
-
 /// `pulsecheck check --kubeconfig K` plus `extra`.
 async fn check(kubeconfig: &Path, extra: &[&str]) -> Output {
-    let kubeconfig = kubeconfig.display().to_string();
-    let mut args = vec!["check", "--kubeconfig", kubeconfig.as_str()];
-    args.extend_from_slice(extra);
-    pulsecheck(&args).await
-}
-
-fn text(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes).into_owned()
-}
-
-fn describe(out: &Output) -> String {
-    format!("exit {:?}\nstdout:\n{}\nstderr:\n{}", out.status.code(), text(&out.stdout), text(&out.stderr))
+    run_subcommand("check", kubeconfig, extra).await
 }
 
 /// The table's row for `node`, split on runs of two or more spaces.

@@ -31,26 +31,9 @@ const FOREIGN_LABEL: &str = "example.com/rack";
 const FOREIGN_ANNOTATION: &str = "example.com/owner";
 const FOREIGN_CONDITION: &str = "RaidDegraded";
 
-/// Runs the built binary and returns its output (bounded, so a hang fails the test).
-async fn pulsecheck(args: &[&str]) -> Output {
-    let run = tokio::process::Command::new(env!("CARGO_BIN_EXE_pulsecheck")).args(args).kill_on_drop(true).output();
-    tokio::time::timeout(Duration::from_secs(90), run).await.expect("pulsecheck finished within 90s").expect("pulsecheck runs")
-}
-
 /// `pulsecheck cleanup --kubeconfig K` plus `extra`.
 async fn cleanup(kubeconfig: &Path, extra: &[&str]) -> Output {
-    let kubeconfig = kubeconfig.display().to_string();
-    let mut args = vec!["cleanup", "--kubeconfig", kubeconfig.as_str()];
-    args.extend_from_slice(extra);
-    pulsecheck(&args).await
-}
-
-fn text(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes).into_owned()
-}
-
-fn describe(out: &Output) -> String {
-    format!("exit {:?}\nstdout:\n{}\nstderr:\n{}", out.status.code(), text(&out.stdout), text(&out.stderr))
+    run_subcommand("cleanup", kubeconfig, extra).await
 }
 
 /// What pulsecheck or anyone else may have put on a Node, without the timestamps the kubelet

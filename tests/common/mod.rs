@@ -219,3 +219,27 @@ pub async fn http_get(addr: std::net::SocketAddr, path: &str) -> (u16, String) {
     let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
     (code, body)
 }
+
+/// Runs the built binary and returns its output (bounded, so a hang fails the test).
+pub async fn pulsecheck(args: &[&str]) -> std::process::Output {
+    let run = tokio::process::Command::new(env!("CARGO_BIN_EXE_pulsecheck")).args(args).kill_on_drop(true).output();
+    tokio::time::timeout(Duration::from_secs(90), run).await.expect("pulsecheck finished within 90s").expect("pulsecheck runs")
+}
+
+/// `pulsecheck SUBCOMMAND --kubeconfig K` plus `extra`.
+pub async fn run_subcommand(subcommand: &str, kubeconfig: &std::path::Path, extra: &[&str]) -> std::process::Output {
+    let kubeconfig = kubeconfig.display().to_string();
+    let mut args = vec![subcommand, "--kubeconfig", kubeconfig.as_str()];
+    args.extend_from_slice(extra);
+    pulsecheck(&args).await
+}
+
+/// Output bytes as text, for assertions and messages.
+pub fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+/// Exit code, stdout and stderr of a finished run, for assertion messages.
+pub fn describe(out: &std::process::Output) -> String {
+    format!("exit {:?}\nstdout:\n{}\nstderr:\n{}", out.status.code(), text(&out.stdout), text(&out.stderr))
+}
