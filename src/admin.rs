@@ -37,7 +37,9 @@ pub enum Error {
 /// Sets up tracing: plain or JSON lines on stderr, filtered by `filter` (env-filter syntax).
 pub fn init_logging(format: LogFormat, filter: &str) -> Result<(), Error> {
     let env_filter = tracing_subscriber::EnvFilter::builder().parse(filter).map_err(|source| Error::Filter { filter: filter.into(), source })?;
-    let builder = tracing_subscriber::fmt().with_env_filter(env_filter).with_writer(std::io::stderr);
+    // Colours only for a person at a terminal: never escape codes in `kubectl logs` or a file.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let builder = tracing_subscriber::fmt().with_env_filter(env_filter).with_writer(std::io::stderr).with_ansi(ansi);
     // A second initialisation (tests, the demo) keeps the first subscriber.
     let _ = match format {
         LogFormat::Json => builder.json().flatten_event(true).try_init(),

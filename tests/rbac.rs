@@ -1,11 +1,17 @@
-//! The shipped RBAC (manifests/) is enough for pulsecheck's whole job and no more: the
-//! controller runs under a token of the chart's ServiceAccount (TokenRequest) through a zombie →
-//! taint → release cycle with leader election and kubelet probes, and the same identity is
-//! refused what it must never do.
+//! The chart's RBAC is enough for pulsecheck's whole job and no more: `helm template` renders the
+//! chart's ServiceAccount and RBAC with default values, they are applied to the real apiserver, and
+//! the built `pulsecheck run` binary runs with a kubeconfig holding a token of that ServiceAccount
+//! (TokenRequest) through a zombie → taint → release cycle with leader election and kubelet probes.
+//! The same identity is then refused what it must never do.
 
 mod common;
 
-use std::time::Duration;
+use std::{
+    io::Write,
+    path::{Path, PathBuf},
+    process::Stdio,
+    time::Duration,
+};
 
 use common::*;
 use k8s_openapi::api::core::v1::{Node, Pod, Secret};
@@ -15,25 +21,70 @@ use kube::{
 };
 use pulsecheck::lab::fleet::Fault;
 
-fn apply_manifests(kubeconfig: &std::path::Path) {
-    let kubectl = tool("kubectl");
-    let repo = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"));
-    let out = std::process::Command::new(kubectl)
-        .arg("--kubeconfig")
-        .arg(kubeconfig)
-        .args(["apply", "-f"])
-        .arg(repo.join("manifests/namespace.yaml"))
-        .arg("-f")
-        .arg(repo.join("manifests/serviceaccount.yaml"))
-        .arg("-f")
-        .arg(repo.join("manifests/rbac.yaml"))
+fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// Renders the chart's ServiceAccount and RBAC (default values, release `pulsecheck` in namespace
+/// `pulsecheck`) and applies them with kubectl, after the namespace.
+fn apply_chart_rbac(kubeconfig: &Path) {
+    let rendered = std::process::Command::new(tool("helm"))
+        .args(["template", "pulsecheck"])
+        .arg(repo().join("charts/pulsecheck"))
+        .args(["--namespace", "pulsecheck", "--show-only", "templates/serviceaccount.yaml", "--show-only", "templates/rbac.yaml"])
         .output()
-        .expect("kubectl runs");
-    assert!(out.status.success(), "kubectl apply failed: {}", String::from_utf8_lossy(&out.stderr));
+        .expect("helm runs");
+    assert!(rendered.status.success(), "helm template failed: {}", String::from_utf8_lossy(&rendered.stderr));
+    let rendered = String::from_utf8(rendered.stdout).expect("helm prints UTF-8");
+    assert!(rendered.contains("kind: ClusterRole\n") && rendered.contains("kind: ServiceAccount\n"), "{rendered}");
+    let kubectl = |args: &[&str], stdin: Option<&str>| {
+        let mut child = std::process::Command::new(tool("kubectl"))
+            .arg("--kubeconfig")
+            .arg(kubeconfig)
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("kubectl runs");
+        child.stdin.take().unwrap().write_all(stdin.unwrap_or("").as_bytes()).unwrap();
+        let out = child.wait_with_output().unwrap();
+        assert!(out.status.success(), "kubectl {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+    };
+    kubectl(&["apply", "-f", repo().join("manifests/namespace.yaml").to_str().unwrap()], None);
+    kubectl(&["apply", "-f", "-"], Some(&rendered));
 }
 
 fn is_forbidden<T: std::fmt::Debug>(r: Result<T, kube::Error>) -> bool {
     matches!(r, Err(kube::Error::Api(s)) if s.code == 403)
+}
+
+/// The `pulsecheck run` process; its log goes to a file that is printed if the test fails.
+struct Controller {
+    child: tokio::process::Child,
+    log: PathBuf,
+    admin: std::net::SocketAddr,
+}
+
+impl Controller {
+    async fn metrics(&self) -> String {
+        match tokio::net::TcpStream::connect(self.admin).await {
+            Ok(_) => http_get(self.admin, "/metrics").await.1,
+            Err(_) => String::new(),
+        }
+    }
+
+    async fn wait_metric(&self, what: &str, series: &str, value: f64, timeout: Duration) {
+        eventually(what, timeout, || async move { (metric(&self.metrics().await, series) == Some(value)).then_some(()) }).await;
+    }
+}
+
+impl Drop for Controller {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            println!("--- pulsecheck run log ---\n{}", std::fs::read_to_string(&self.log).unwrap_or_default());
+        }
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -41,38 +92,45 @@ async fn controller_under_its_own_service_account_does_a_whole_cycle_and_nothing
     let mut opts = fast_fleet(4, "rbac-");
     opts.kubelet_endpoints = true;
     let lab = Lab::start(opts).await;
-    apply_manifests(lab.cp.kubeconfig_path());
+    apply_chart_rbac(lab.cp.kubeconfig_path());
     let token = lab.cp.service_account_token("pulsecheck", "pulsecheck").await.unwrap();
     let sa = lab.cp.client_with_token(&token).await.unwrap();
 
     let dir = tempfile::tempdir().unwrap();
+    let kubeconfig = dir.path().join("kubeconfig");
+    lab.cp.write_kubeconfig_for_token(&token, &kubeconfig).unwrap();
     let ca = dir.path().join("kubelet-ca.pem");
     std::fs::write(&ca, lab.fleet.kubelet_ca_pem()).unwrap();
     let token_file = dir.path().join("token");
     std::fs::write(&token_file, &token).unwrap();
-    let ca_flag = format!("--kubelet-certificate-authority={}", ca.display());
-    let token_flag = format!("--token-file={}", token_file.display());
-    let running = controller(
-        sa.clone(),
-        &[
-            "--leader-elect=true",
-            "--leader-election-namespace=pulsecheck",
-            "--leader-election-lease-duration=4s",
-            "--identity=rbac-test",
-            "--probe=kubelet-healthz",
-            "--probe-interval=1s",
-            "--probe-timeout=500ms",
-            "--probe-zombie-after=6s",
-            &ca_flag,
-            &token_flag,
-        ],
-    )
-    .await;
-    eventually("leader", Duration::from_secs(30), || {
-        let leader = metric(&running.metrics.render(), "pulsecheck_leader") == Some(1.0);
-        async move { leader.then_some(()) }
-    })
-    .await;
+    let log = dir.path().join("pulsecheck.log");
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let admin_addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let flags = [
+        format!("--kubeconfig={}", kubeconfig.display()),
+        format!("--admin-addr={admin_addr}"),
+        "--leader-elect=true".into(),
+        "--leader-election-namespace=pulsecheck".into(),
+        "--leader-election-lease-duration=4s".into(),
+        "--identity=rbac-test".into(),
+        "--probe=kubelet-healthz".into(),
+        "--probe-interval=1s".into(),
+        "--probe-timeout=500ms".into(),
+        "--probe-zombie-after=6s".into(),
+        format!("--kubelet-certificate-authority={}", ca.display()),
+        format!("--token-file={}", token_file.display()),
+    ];
+    let fast = FAST.iter().filter(|f| !["--admin-addr", "--probe=", "--leader-elect="].iter().any(|p| f.starts_with(p))).map(|f| f.to_string());
+    let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_pulsecheck"))
+        .arg("run")
+        .args(fast.chain(flags))
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("pulsecheck run starts");
+    let mut running = Controller { child, log, admin: admin_addr };
+    running.wait_metric("leader", "pulsecheck_leader", 1.0, Duration::from_secs(30)).await;
     // The kubelet probes ran under the ServiceAccount's token, over verified TLS.
     let expected = format!("Bearer {token}");
     eventually("a probe carried the ServiceAccount token", Duration::from_secs(20), || {
@@ -101,10 +159,21 @@ async fn controller_under_its_own_service_account_does_a_whole_cycle_and_nothing
         async move { (!has_our_taint(&get_node(&admin, "rbac-0001").await)).then_some(()) }
     })
     .await;
-    let text = running.metrics.render();
-    assert_eq!(metric(&text, r#"pulsecheck_remediations_total{action="taint",result="error"}"#), None, "{text}");
-    assert_eq!(metric(&text, "pulsecheck_probe_misconfigured"), Some(0.0));
-    running.stop().await;
+    let text = running.metrics().await;
+    for action in ["taint", "untaint"] {
+        let errors = format!(r#"pulsecheck_remediations_total{{action="{action}",result="error"}}"#);
+        assert_eq!(metric(&text, &errors), None, "{text}");
+    }
+    assert_eq!(metric(&text, r#"pulsecheck_remediations_total{action="taint",result="success"}"#), Some(1.0), "{text}");
+    assert_eq!(metric(&text, "pulsecheck_probe_misconfigured"), Some(0.0), "{text}");
+    // SIGTERM: a clean exit (leadership handed back through the Role it was given).
+    let pid = nix::unistd::Pid::from_raw(running.child.id().unwrap() as i32);
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
+    let status = tokio::time::timeout(Duration::from_secs(10), running.child.wait()).await.expect("exits within 10 s").unwrap();
+    assert_eq!(status.code(), Some(0));
+    let log = std::fs::read_to_string(&running.log).unwrap();
+    assert!(!log.to_lowercase().contains("forbidden"), "a call was refused:\n{log}");
+    assert!(!log.contains('\u{1b}'), "terminal escape codes in a log written to a file:\n{log}");
 
     // What the role must refuse.
     let nodes: Api<Node> = Api::all(sa.clone());
