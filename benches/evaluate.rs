@@ -10,7 +10,7 @@ use k8s_openapi::jiff::Timestamp;
 use pulsecheck::{
     facts::{FleetFacts, Scope, SlimNode},
     guard::{self, GuardConfig, Memory},
-    verdict::{self, Thresholds},
+    verdict::{self, Thresholds, Verdict},
 };
 
 fn at(secs: i64) -> Timestamp {
@@ -39,17 +39,21 @@ fn fleet(n: usize) -> FleetFacts {
         );
         let node: SlimNode = serde_json::from_str(&json).expect("valid node json");
         facts.apply_node(&node, &scope, at(0));
-        // Zombies' status stopped at 0; everyone else's was refreshed at 500.
-        if i % 100 != 13 {
+        // Zombies' and dead nodes' status stopped at 0; everyone else's was refreshed at 500.
+        if i % 100 != 13 && i % 200 != 17 {
             let mut refreshed = node.clone();
             if let Some(c) = refreshed.status.as_mut().and_then(|s| s.conditions.as_mut()).and_then(|c| c.first_mut()) {
                 c.last_heartbeat_time = Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(at(500)));
             }
             facts.apply_node(&refreshed, &scope, at(500));
         }
-        // Dead nodes stopped renewing at 0.
-        let renewed = if i % 200 == 17 { 0 } else { 690 };
-        facts.apply_lease_renewal(&name, Some(at(renewed)), at(renewed));
+        // Dead nodes stopped renewing at 0; everyone else was seen renewing, last at 690.
+        if i % 200 == 17 {
+            facts.apply_lease_renewal(&name, Some(at(0)), at(0));
+        } else {
+            facts.apply_lease_renewal(&name, Some(at(680)), at(680));
+            facts.apply_lease_renewal(&name, Some(at(690)), at(690));
+        }
         if i % 10 == 0 {
             facts.record_probe(&name, pulsecheck::facts::ProbeOutcome::Success, at(680));
         }
@@ -63,6 +67,15 @@ fn evaluation_pass(c: &mut Criterion) {
     for n in [10_000usize, 100_000] {
         let facts = fleet(n);
         let th = Thresholds::default();
+        // The pass must judge a realistic mix, not take a shortcut (every node unjudged, say).
+        let mix = verdict::evaluate(at(700), &facts, &th, 50.0);
+        let count = |v: Verdict| mix.assessments.values().filter(|a| a.verdict == v).count();
+        eprintln!("verdict mix at {n}: {:?}", [Verdict::Healthy, Verdict::Suspect, Verdict::Zombie, Verdict::Dead, Verdict::Unknown].map(count));
+        assert!(
+            count(Verdict::Healthy) > n * 9 / 10 && count(Verdict::Zombie) > 0 && count(Verdict::Dead) > 0,
+            "unexpected verdict mix: {:?}",
+            [Verdict::Healthy, Verdict::Suspect, Verdict::Zombie, Verdict::Dead, Verdict::Unknown].map(count)
+        );
         let cfg = GuardConfig::default();
         group.throughput(Throughput::Elements(n as u64));
         group.bench_with_input(BenchmarkId::new("evaluate+plan", n), &facts, |b, facts| {

@@ -440,6 +440,11 @@ pub fn facts_from_snapshot(nodes: &[SlimNode], leases: &[SlimLease], scope: &Sco
     }
     for lease in leases {
         facts.apply_lease(lease, lease.renew_time().unwrap_or(now));
+        // A snapshot takes the renewTime the kubelet wrote as the renewal itself (that is what
+        // "rests on the nodes' own timestamps" means); there is nothing to wait for.
+        if let Some(l) = lease.metadata.name.as_deref().and_then(|name| facts.leases.get_mut(name)) {
+            l.seen_renewing = true;
+        }
     }
     facts
 }
@@ -969,8 +974,10 @@ mod tests {
         let mut facts = FleetFacts::default();
         facts.apply_node(&node("b-ok").ready_at(t(0)).build(), &scope(), t(0));
         facts.apply_node(&node("b-ok").ready_at(t(55)).build(), &scope(), t(55));
+        facts.apply_lease(&lease("b-ok", t(49)), t(50));
         facts.apply_lease(&lease("b-ok", t(59)), t(59));
         facts.apply_node(&node("a-zombie").ready_at(t(0)).taint(names::TAINT_KEY).build(), &scope(), t(0));
+        facts.apply_lease(&lease("a-zombie", t(49)), t(50));
         facts.apply_lease(&lease("a-zombie", t(59)), t(59));
         let th = Thresholds { status_stale_after: Duration::from_secs(30), lease_grace: Duration::from_secs(5), ..Thresholds::default() };
         let report = build_report(t(60), &facts, &th, Clock::Observed, Some(t(1)));

@@ -465,9 +465,16 @@ impl Controller {
     async fn report_verdicts(&mut self, now: Timestamp, assessments: &Assessments, notes: &HashMap<NodeName, NodeNote>, leader: bool) {
         self.verdicts.retain(|n, _| assessments.contains_key(n));
         for (name, a) in assessments {
+            if a.awaiting_first_renewal() {
+                // Not judged yet (first sight of its Lease): nothing changed that anyone should hear.
+                continue;
+            }
             let previous = self.verdicts.insert(name.clone(), a.verdict);
             let changed = previous != Some(a.verdict);
-            if changed {
+            // The first sight of a node that is healthy, excluded or unjudged is not a change: a
+            // restart must not flood the log or the cluster with one line or Event per node.
+            let first_sight_of_nothing = previous.is_none() && matches!(a.verdict, Verdict::Healthy | Verdict::Excluded | Verdict::Unknown);
+            if changed && !first_sight_of_nothing {
                 let evidence = serde_json::to_string(&a.evidence).unwrap_or_default();
                 info!(node = &**name, verdict = a.verdict.as_str(), previous = previous.map(Verdict::as_str), evidence, why = a.explain(), "verdict");
             }
@@ -475,9 +482,6 @@ impl Controller {
                 continue;
             }
             let note = notes.get(name);
-            // Events: on every change, except the first sight of a node that is healthy,
-            // excluded or unjudged (a restart must not flood the cluster with Events).
-            let first_sight_of_nothing = previous.is_none() && matches!(a.verdict, Verdict::Healthy | Verdict::Excluded | Verdict::Unknown);
             if changed && !first_sight_of_nothing {
                 let (reason, warning) = verdict_reason(a.verdict);
                 self.actuator.event(name, note.and_then(|n| n.uid.as_deref()), warning, reason, "Evaluate", format!("{}: {}", a.verdict, a.explain())).await;

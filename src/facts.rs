@@ -386,6 +386,10 @@ impl ProbeFacts {
 pub struct LeaseFacts {
     /// `spec.renewTime` and when pulsecheck saw it change.
     pub renew: Heartbeat,
+    /// pulsecheck has seen `renewTime` advance at least once since it first saw the Lease. Until
+    /// then the first sight is all it knows: a Lease listed after a restart looks as fresh as a
+    /// live one for a whole `--lease-grace`, so the node is not judged yet.
+    pub seen_renewing: bool,
 }
 
 /// Which nodes are pulsecheck's to judge: the label selector and the taint key it owns.
@@ -586,9 +590,12 @@ impl FleetFacts {
     /// Applies one observed `renewTime` of the Lease `name` (the hot path: one per renewal).
     pub fn apply_lease_renewal(&mut self, name: &str, renew_time: Option<Timestamp>, now: Timestamp) {
         match self.leases.get_mut(name) {
-            Some(l) => l.renew = Heartbeat::advance(Some(&l.renew), renew_time, now),
+            Some(l) => {
+                l.seen_renewing |= l.renew.value != renew_time;
+                l.renew = Heartbeat::advance(Some(&l.renew), renew_time, now);
+            }
             None => {
-                self.leases.insert(NodeName::from(name), LeaseFacts { renew: Heartbeat { value: renew_time, observed_at: now } });
+                self.leases.insert(NodeName::from(name), LeaseFacts { renew: Heartbeat { value: renew_time, observed_at: now }, seen_renewing: false });
             }
         }
     }

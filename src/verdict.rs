@@ -98,6 +98,9 @@ pub enum Evidence {
     NoLease,
     /// The node does not claim Ready (Ready is False, Unknown or missing).
     NotClaimingReady { ready: ReadyState, reason: String },
+    /// pulsecheck first saw the Lease `for_seconds` ago and has not seen it renewed yet: it
+    /// cannot tell a live Lease from a dead one before a renewal or `--lease-grace`.
+    NotObservedYet { for_seconds: i64 },
 }
 
 impl Evidence {
@@ -111,6 +114,7 @@ impl Evidence {
             Evidence::LeaseStale { .. } => "lease_stale",
             Evidence::NoLease => "no_lease",
             Evidence::NotClaimingReady { .. } => "not_claiming_ready",
+            Evidence::NotObservedYet { .. } => "not_observed_yet",
         }
     }
 }
@@ -132,6 +136,9 @@ impl std::fmt::Display for Evidence {
             Evidence::LeaseStale { for_seconds } => write!(f, "Lease not renewed for {}", human(*for_seconds)),
             Evidence::NoLease => write!(f, "no Lease in kube-node-lease"),
             Evidence::NotClaimingReady { ready, reason } => write!(f, "Ready={} ({reason})", ready.as_str()),
+            Evidence::NotObservedYet { for_seconds } => {
+                write!(f, "Lease first seen {} ago and not yet seen renewed: not judged before it renews or --lease-grace passes", human(*for_seconds))
+            }
         }
     }
 }
@@ -153,6 +160,12 @@ pub struct Assessment {
 impl Assessment {
     fn new(verdict: Verdict, evidence: Vec<Evidence>) -> Self {
         Assessment { verdict, evidence }
+    }
+
+    /// The node is only waiting for its first observed Lease renewal: not a verdict anyone
+    /// should hear about (a restart would otherwise report every node twice).
+    pub fn awaiting_first_renewal(&self) -> bool {
+        matches!(self.evidence.as_slice(), [Evidence::NotObservedYet { .. }])
     }
 
     /// One line for Events, logs and the node condition.
@@ -231,6 +244,11 @@ pub fn assess(now: Timestamp, node: &NodeFacts, lease: Option<&LeaseFacts>, prob
         }
         // The status is still fresh: the kubelet works, only its Lease does not. Odd, not dead.
         return Assessment::new(Verdict::Suspect, vec![lease_stale]);
+    }
+    if !lease.seen_renewing {
+        // First sight only (a restart, a new node): a dead Lease looks as fresh as a live one
+        // until it renews or --lease-grace passes. Judging now would call a dead node healthy.
+        return Assessment::new(Verdict::Unknown, vec![Evidence::NotObservedYet { for_seconds: lease_age.as_secs() }]);
     }
     if node.ready != ReadyState::True {
         // The kubelet itself (or kube-controller-manager) says not ready: nothing to cross-check.
@@ -428,6 +446,25 @@ mod tests {
             }
             assert_eq!(w.at(1800).verdict, Verdict::Healthy, "skew {skew}");
         }
+    }
+
+    #[test]
+    fn a_lease_seen_once_is_not_judged_until_it_renews_or_the_grace_passes() {
+        // pulsecheck (re)starts at 1000 and lists a Lease: alive or dead looks the same.
+        let mut live = World::new();
+        live.node(1000, node("n").ready_at(t(990)));
+        live.lease(1000, 995);
+        let a = live.at(1004);
+        assert_eq!((a.verdict, a.evidence), (Verdict::Unknown, vec![Evidence::NotObservedYet { for_seconds: 4 }]));
+        live.lease(1005, 1005);
+        assert_eq!(live.at(1006).verdict, Verdict::Healthy);
+        // A Lease that never renews: unjudged for the grace, then its staleness decides.
+        let mut dead = World::new();
+        dead.node(1000, node("n").ready_at(t(400)).os_image("Unknown"));
+        dead.lease(1000, 400);
+        assert_eq!(dead.at(1049).verdict, Verdict::Unknown);
+        assert_eq!(dead.at(1050).verdict, Verdict::Suspect);
+        assert_eq!(dead.at(1600).verdict, Verdict::Dead);
     }
 
     #[test]
