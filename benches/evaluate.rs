@@ -55,7 +55,7 @@ fn fleet(n: usize) -> FleetFacts {
             facts.apply_lease_renewal(&name, Some(at(690)), at(690));
         }
         if i % 10 == 0 {
-            facts.record_probe(&name, pulsecheck::facts::ProbeOutcome::Success, at(680));
+            facts.record_probe(&name, pulsecheck::facts::ProbeOutcome::Success, at(680), Thresholds::default().probe_result_ttl);
         }
     }
     facts

@@ -306,8 +306,8 @@ struct NodeNote {
 /// `False` means exactly "pulsecheck has concluded this node is not alive" (Zombie or Dead).
 /// A Suspect node is still `True` (reason `Suspect`, the signal in the message): tools that key on
 /// the condition (a NodeHealthCheck, draino) must not act on a signal pulsecheck itself does not
-/// yet act on, and must not bypass its fleet guard. `NotJudged` is only written to replace a
-/// condition pulsecheck wrote earlier, so a stale `False` never outlives the verdict.
+/// yet act on, and must not bypass its fleet guard. `NotJudged` and `Excluded` are only written
+/// to replace a condition pulsecheck wrote earlier, so a stale `False` never outlives the verdict.
 fn desired_condition(verdict: Verdict) -> Option<(&'static str, &'static str)> {
     match verdict {
         Verdict::Healthy => Some(("True", "HeartbeatsConsistent")),
@@ -315,7 +315,9 @@ fn desired_condition(verdict: Verdict) -> Option<(&'static str, &'static str)> {
         Verdict::Zombie => Some(("False", "ZombieDetected")),
         Verdict::Dead => Some(("False", "LeaseAndStatusStale")),
         Verdict::Unknown => Some(("True", "NotJudged")),
-        Verdict::Excluded => None,
+        // Only over a condition pulsecheck wrote earlier: a stale False must not outlive the
+        // exclusion (tools keyed on it would act on a node a person excluded).
+        Verdict::Excluded => Some(("True", "Excluded")),
     }
 }
 
@@ -363,7 +365,7 @@ impl Controller {
         let (assessments, plan, blind, notes, targets) = {
             let mut v = lock(&self.view);
             while let Ok(report) = self.probe_results.try_recv() {
-                v.facts.record_probe(&report.node, report.outcome, report.at);
+                v.facts.record_probe(&report.node, report.outcome, report.at, cfg.thresholds.probe_result_ttl);
             }
             let blind = v.sight.blindness(now, &v.facts, cfg.thresholds.lease_grace, cfg.thresholds.status_stale_after, cfg.settle_after_blindness);
             let can_see_at_all = v.sight.nodes.synced && v.sight.leases.synced;
@@ -497,7 +499,7 @@ impl Controller {
     async fn sync_condition(&self, now: Timestamp, name: &str, a: &Assessment, note: Option<&NodeNote>) {
         let Some((status, reason)) = desired_condition(a.verdict) else { return };
         let current = note.and_then(|n| n.our_condition.as_ref());
-        if current.is_none() && matches!(a.verdict, Verdict::Healthy | Verdict::Unknown) {
+        if current.is_none() && matches!(a.verdict, Verdict::Healthy | Verdict::Unknown | Verdict::Excluded) {
             return;
         }
         if current.is_some_and(|(s, r)| s == status && r == reason) {
@@ -515,6 +517,15 @@ impl Controller {
         v.facts.apply_node(node, &self.config.scope, now);
         if let Some(l) = lease {
             v.facts.apply_lease(l, now);
+        }
+    }
+
+    /// Applies a fresh read of a node and its Lease: a Lease the read did not find is gone (the
+    /// cached one must not confirm a verdict the cluster no longer supports).
+    fn apply_fresh_read(&self, name: &str, node: &SlimNode, lease: Option<&SlimLease>, now: Timestamp) {
+        self.apply_fresh(node, lease, now);
+        if lease.is_none() {
+            lock(&self.view).facts.delete_lease(name);
         }
     }
 
@@ -609,7 +620,7 @@ impl Controller {
         // Confirm on a fresh read: a cached view may be stale (a missed watch event, a lagging
         // cache); acting on it could condemn a live node.
         match self.actuator.fresh(name).await {
-            Ok((node, lease)) => self.apply_fresh(&node, lease.as_ref(), now),
+            Ok((node, lease)) => self.apply_fresh_read(name, &node, lease.as_ref(), now),
             Err(e) => {
                 warn!(node = name, error = %e, "could not confirm the verdict with a fresh read; not acting");
                 return;

@@ -12,12 +12,12 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use std::borrow::Cow;
+use std::{borrow::Cow, time::Duration};
 
 use k8s_openapi::{
     api::core::v1::{NodeAddress, NodeCondition, NodeDaemonEndpoints, NodeSpec},
     apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta},
-    jiff::Timestamp,
+    jiff::{SignedDuration, Timestamp},
 };
 use serde::Deserialize;
 
@@ -363,8 +363,15 @@ pub struct ProbeFacts {
 }
 
 impl ProbeFacts {
-    /// Folds one probe outcome into the record.
-    pub fn record(&mut self, outcome: ProbeOutcome, now: Timestamp) {
+    /// Folds one probe outcome into the record. A result arriving `expiry` or longer after the
+    /// previous one starts a new run: failures from before a gap (the node was not probed while
+    /// its Lease was stale, a reboot) must not add up with one failure after it.
+    pub fn record(&mut self, outcome: ProbeOutcome, now: Timestamp, expiry: Duration) {
+        let gap = self.last.as_ref().is_some_and(|(_, at)| SignedDuration::try_from(expiry).is_ok_and(|e| now.duration_since(*at) >= e));
+        if gap {
+            self.consecutive_failures = 0;
+            self.failing_since = None;
+        }
         match &outcome {
             ProbeOutcome::Success => {
                 self.consecutive_failures = 0;
@@ -567,14 +574,15 @@ impl FleetFacts {
         self.probes.remove(name);
     }
 
-    /// Records the outcome of a kubelet probe of node `name`.
-    pub fn record_probe(&mut self, name: &str, outcome: ProbeOutcome, now: Timestamp) {
+    /// Records the outcome of a kubelet probe of node `name`; `expiry` is how long a result
+    /// counts (a longer gap between results breaks a run of failures).
+    pub fn record_probe(&mut self, name: &str, outcome: ProbeOutcome, now: Timestamp, expiry: Duration) {
         if self.nodes.contains_key(name) {
             match self.probes.get_mut(name) {
-                Some(p) => p.record(outcome, now),
+                Some(p) => p.record(outcome, now, expiry),
                 None => {
                     let mut p = ProbeFacts::default();
-                    p.record(outcome, now);
+                    p.record(outcome, now, expiry);
                     self.probes.insert(NodeName::from(name), p);
                 }
             }

@@ -520,19 +520,36 @@ mod tests {
         w.node(0, node("n").ready_at(t(0)));
         w.renewing(0, 400);
         for at in [30, 60] {
-            w.facts.record_probe("n", ProbeOutcome::Failure("500".into()), t(at));
+            w.facts.record_probe("n", ProbeOutcome::Failure("500".into()), t(at), Thresholds::default().probe_result_ttl);
         }
         assert_eq!(w.at(61).verdict, Verdict::Healthy);
-        w.facts.record_probe("n", ProbeOutcome::Failure("500".into()), t(90));
+        w.facts.record_probe("n", ProbeOutcome::Failure("500".into()), t(90), Thresholds::default().probe_result_ttl);
         assert_eq!(w.at(91).verdict, Verdict::Suspect);
         for at in (120..=210).step_by(30) {
-            w.facts.record_probe("n", ProbeOutcome::Timeout, t(at));
+            w.facts.record_probe("n", ProbeOutcome::Timeout, t(at), Thresholds::default().probe_result_ttl);
         }
         // failing since 30, for 180 s at 210.
         assert_eq!(w.at(210).verdict, Verdict::Zombie);
         // A success resets the run.
-        w.facts.record_probe("n", ProbeOutcome::Success, t(240));
+        w.facts.record_probe("n", ProbeOutcome::Success, t(240), Thresholds::default().probe_result_ttl);
         assert_eq!(w.at(240).verdict, Verdict::Healthy);
+    }
+
+    #[test]
+    fn failures_before_a_gap_in_probing_do_not_add_up_with_one_after_it() {
+        let ttl = Thresholds::default().probe_result_ttl;
+        let mut w = World::new();
+        w.node(0, node("n").ready_at(t(0)));
+        w.renewing(0, 4000);
+        for at in [0, 30, 60] {
+            w.facts.record_probe("n", ProbeOutcome::Failure("500".into()), t(at), ttl);
+        }
+        // Not probed for an hour (its Lease was stale, say); then one failure, a blip.
+        w.node(3690, node("n").ready_at(t(3690)));
+        w.facts.record_probe("n", ProbeOutcome::Failure("connection refused".into()), t(3700), ttl);
+        let probes = &w.facts.probes["n"];
+        assert_eq!((probes.consecutive_failures, probes.failing_since), (1, Some(t(3700))));
+        assert_eq!(w.at(3701).verdict, Verdict::Healthy);
     }
 
     #[test]
@@ -541,7 +558,7 @@ mod tests {
         w.node(0, node("n").ready_at(t(0)));
         w.renewing(0, 400);
         for at in (30..=390).step_by(30) {
-            w.facts.record_probe("n", ProbeOutcome::Unauthorized("401".into()), t(at));
+            w.facts.record_probe("n", ProbeOutcome::Unauthorized("401".into()), t(at), Thresholds::default().probe_result_ttl);
         }
         assert_eq!(w.at(390).verdict, Verdict::Healthy);
     }
@@ -552,7 +569,7 @@ mod tests {
         w.node(0, node("n").ready_at(t(0)));
         w.renewing(0, 400);
         for at in [10, 20, 30] {
-            w.facts.record_probe("n", ProbeOutcome::Timeout, t(at));
+            w.facts.record_probe("n", ProbeOutcome::Timeout, t(at), Thresholds::default().probe_result_ttl);
         }
         assert_eq!(w.at(31).verdict, Verdict::Suspect);
         assert_eq!(w.at(130).verdict, Verdict::Healthy);
@@ -566,7 +583,7 @@ mod tests {
             facts.apply_node(&node(&name).ready_at(t(0)).build(), &scope(), t(0));
             facts.apply_lease(&lease(&name, t(0)), t(0));
             let outcome = if i < 6 { ProbeOutcome::Timeout } else { ProbeOutcome::Success };
-            facts.record_probe(&name, outcome, t(5));
+            facts.record_probe(&name, outcome, t(5), Thresholds::default().probe_result_ttl);
         }
         let th = Thresholds::default();
         assert_eq!(probe_partition(t(10), &facts, &th, 50.0), (false, 6, 10));

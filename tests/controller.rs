@@ -458,3 +458,35 @@ async fn cordon_only_on_a_node_a_person_cordoned_is_recorded_once_and_does_not_s
     running.stop().await;
     lab.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn excluding_a_tainted_zombie_releases_it_and_sets_the_condition_back_to_true() {
+    let lab = Lab::start(fast_fleet(3, "exc-")).await;
+    let running = controller(lab.client(), &[]).await;
+    let zombie = "exc-0001";
+    wait_evaluations(&running, 3, Duration::from_secs(30)).await;
+    lab.fleet.set_fault(zombie, Fault::Zombie).unwrap();
+    let client = lab.client();
+    eventually("zombie tainted", STALE_AFTER + Duration::from_secs(3) + TICK_SLACK, || {
+        let client = client.clone();
+        async move { has_our_taint(&get_node(&client, zombie).await).then_some(()) }
+    })
+    .await;
+    // A person takes the node out of pulsecheck's hands.
+    let label = serde_json::json!({"metadata": {"labels": {names::EXCLUDE_LABEL: "true"}}});
+    Api::<Node>::all(client.clone()).patch(zombie, &PatchParams::default(), &Patch::Merge(&label)).await.unwrap();
+    let node = eventually("released and condition no longer False", Duration::from_secs(20), || {
+        let client = client.clone();
+        async move {
+            let n = get_node(&client, zombie).await;
+            let condition = our_condition(&n).map(|(s, r, _)| (s, r));
+            (!has_our_taint(&n) && condition == Some(("True".into(), "Excluded".into()))).then_some(n)
+        }
+    })
+    .await;
+    let annotations = node.metadata.annotations.unwrap_or_default();
+    assert!(!annotations.contains_key(names::REMEDIATION_ANNOTATION), "{annotations:?}");
+    assert_eq!(node.metadata.labels.unwrap_or_default().get(names::EXCLUDE_LABEL).map(String::as_str), Some("true"));
+    running.stop().await;
+    lab.stop().await;
+}
