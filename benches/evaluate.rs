@@ -82,7 +82,7 @@ fn evaluation_pass(c: &mut Criterion) {
             let mut memory = Memory::default();
             b.iter(|| {
                 let e = verdict::evaluate(at(700), facts, &th, 50.0);
-                let plan = guard::plan(at(700), &e.assessments, facts, &mut memory, &cfg, false);
+                let plan = guard::plan(at(700), &e.assessments, facts, &mut memory, &cfg, guard::Stance::Act);
                 black_box((e, plan))
             })
         });

@@ -400,7 +400,12 @@ impl Controller {
             self.misconfigured_reported = denied.is_some();
             let assessments = evaluation.assessments;
             self.publish_metrics(&v.facts, &assessments);
-            let plan = guard::plan(now, &assessments, &v.facts, &mut self.memory, &cfg.guard, blind.is_some() || !leader);
+            let stance = match (blind.is_some(), leader) {
+                (true, _) => guard::Stance::Blind,
+                (false, true) => guard::Stance::Act,
+                (false, false) => guard::Stance::Watch,
+            };
+            let plan = guard::plan(now, &assessments, &v.facts, &mut self.memory, &cfg.guard, stance);
             self.memory.retain(|n| v.facts.nodes.contains_key(n));
             let notes: HashMap<NodeName, NodeNote> = v
                 .facts

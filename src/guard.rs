@@ -123,12 +123,25 @@ fn needs_remediation(verdict: Verdict, cfg: &GuardConfig) -> bool {
     verdict == Verdict::Zombie || (cfg.act_on_dead && verdict == Verdict::Dead)
 }
 
-/// Plans this tick. `blind` is true while pulsecheck cannot trust its view. Updates `memory`'s
-/// hysteresis clocks; the caller reports starts and releases back via [`Memory`].
-pub fn plan(now: Timestamp, assessments: &Assessments, facts: &FleetFacts, memory: &mut Memory, cfg: &GuardConfig, blind: bool) -> Plan {
-    // Hysteresis clocks follow the verdicts even while blind would be wrong: a blind view
-    // proves nothing, so the clocks are only advanced with sight.
-    if !blind {
+/// How this tick may use its view.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stance {
+    /// The leader, seeing: plans actions.
+    Act,
+    /// A follower, seeing: keeps the hysteresis clocks current (so a relapse it watched counts
+    /// when it becomes leader) but plans nothing.
+    Watch,
+    /// Cannot trust its view: plans nothing, and no node's health counts as continuous across it.
+    Blind,
+}
+
+/// Plans this tick. Updates `memory`'s hysteresis clocks; the caller reports starts and
+/// releases back via [`Memory`].
+pub fn plan(now: Timestamp, assessments: &Assessments, facts: &FleetFacts, memory: &mut Memory, cfg: &GuardConfig, stance: Stance) -> Plan {
+    if stance == Stance::Blind {
+        // A blind view proves nothing: health must be seen again for a whole --recover-after.
+        memory.healthy_since.clear();
+    } else {
         for (name, a) in assessments {
             if a.verdict == Verdict::Healthy {
                 if !memory.healthy_since.contains_key(name) {
@@ -153,7 +166,7 @@ pub fn plan(now: Timestamp, assessments: &Assessments, facts: &FleetFacts, memor
     wanting.sort_unstable();
     let circuit_open = active + wanting.len() > limit;
     let mut plan = Plan { circuit_open, limit, active, eligible, ..Default::default() };
-    if blind {
+    if stance != Stance::Act {
         return plan;
     }
 
@@ -232,7 +245,7 @@ mod tests {
         v[3].1 = Verdict::Zombie;
         let v: Vec<(&str, Verdict)> = v.iter().map(|(n, v)| (n.as_str(), *v)).collect();
         let names: Vec<&str> = v.iter().map(|(n, _)| *n).collect();
-        let p = plan(t(0), &assessments(&v), &fleet(&names), &mut Memory::default(), &GuardConfig::default(), false);
+        let p = plan(t(0), &assessments(&v), &fleet(&names), &mut Memory::default(), &GuardConfig::default(), Stance::Act);
         assert_eq!(p.remediate, vec!["n3".to_string()]);
         assert!(!p.circuit_open);
     }
@@ -244,7 +257,7 @@ mod tests {
         let refs: Vec<&str> = names.iter().map(String::as_str).collect();
         let mut f = fleet(&refs);
         mark_remediated(&mut f, "n0");
-        let p = plan(t(0), &assessments(&v), &f, &mut Memory::default(), &GuardConfig::default(), false);
+        let p = plan(t(0), &assessments(&v), &f, &mut Memory::default(), &GuardConfig::default(), Stance::Act);
         assert!(p.circuit_open);
         assert!(p.remediate.is_empty());
         assert_eq!(p.held.len(), 4);
@@ -260,15 +273,15 @@ mod tests {
         let f = fleet(&refs);
         let mut m = Memory::default();
         let cfg = GuardConfig::default();
-        let p = plan(t(0), &assessments(&v), &f, &mut m, &cfg, false);
+        let p = plan(t(0), &assessments(&v), &f, &mut m, &cfg, Stance::Act);
         assert_eq!(p.remediate.len(), 2);
         assert_eq!(p.held.iter().filter(|(_, h)| *h == Hold::RateLimited).count(), 3);
         for n in &p.remediate {
             m.remediation_started(n, t(0), true);
         }
-        let p = plan(t(30), &assessments(&v), &f, &mut m, &cfg, false);
+        let p = plan(t(30), &assessments(&v), &f, &mut m, &cfg, Stance::Act);
         assert!(p.remediate.is_empty());
-        let p = plan(t(60), &assessments(&v), &f, &mut m, &cfg, false);
+        let p = plan(t(60), &assessments(&v), &f, &mut m, &cfg, Stance::Act);
         assert_eq!(p.remediate.len(), 2);
     }
 
@@ -280,7 +293,7 @@ mod tests {
         f.nodes.get_mut("a").unwrap().remediation = Remediation { tainted: false, cordoned: false, since: Some(t(0)) };
         let mut m = Memory::default();
         let cfg = GuardConfig { max_unhealthy_percent: 40.0, ..GuardConfig::default() };
-        let p = plan(t(10), &assessments(&v), &f, &mut m, &cfg, false);
+        let p = plan(t(10), &assessments(&v), &f, &mut m, &cfg, Stance::Act);
         assert_eq!(p.remediate, vec!["b".to_string()], "a is held already; only b is new");
         assert_eq!(p.active, 1);
     }
@@ -291,8 +304,32 @@ mod tests {
         let mut f = fleet(&["a", "b", "c", "d", "e"]);
         mark_remediated(&mut f, "b");
         let mut m = Memory::default();
-        let p = plan(t(1000), &assessments(&v), &f, &mut m, &GuardConfig::default(), true);
+        let p = plan(t(1000), &assessments(&v), &f, &mut m, &GuardConfig::default(), Stance::Blind);
         assert!(p.remediate.is_empty() && p.release.is_empty());
+    }
+
+    #[test]
+    fn hysteresis_follows_what_a_follower_sees_and_restarts_after_blindness() {
+        let mut f = fleet(&["a", "b", "c", "d", "e"]);
+        mark_remediated(&mut f, "a");
+        f.nodes.get_mut("a").unwrap().status_seen_changing = true;
+        let cfg = GuardConfig { recover_after: std::time::Duration::from_secs(120), ..GuardConfig::default() };
+        let healthy = assessments(&[("a", Verdict::Healthy)]);
+        let zombie = assessments(&[("a", Verdict::Zombie)]);
+        let mut m = Memory::default();
+        // Healthy from 0 as leader; leadership lost; as a follower it sees a relapse at 200 and
+        // health again from 300; leader again at 310: 10 s of health is not 2 minutes.
+        plan(t(0), &healthy, &f, &mut m, &cfg, Stance::Act);
+        assert!(plan(t(200), &zombie, &f, &mut m, &cfg, Stance::Watch).release.is_empty());
+        assert!(plan(t(300), &healthy, &f, &mut m, &cfg, Stance::Watch).release.is_empty(), "a follower releases nothing");
+        assert!(plan(t(310), &healthy, &f, &mut m, &cfg, Stance::Act).release.is_empty());
+        assert_eq!(plan(t(420), &healthy, &f, &mut m, &cfg, Stance::Act).release, vec!["a".to_string()]);
+        // Blindness breaks continuity: after it, health must be seen for the whole period again.
+        let mut m = Memory::default();
+        plan(t(0), &healthy, &f, &mut m, &cfg, Stance::Act);
+        plan(t(100), &healthy, &f, &mut m, &cfg, Stance::Blind);
+        assert!(plan(t(130), &healthy, &f, &mut m, &cfg, Stance::Act).release.is_empty());
+        assert_eq!(plan(t(250), &healthy, &f, &mut m, &cfg, Stance::Act).release, vec!["a".to_string()]);
     }
 
     #[test]
@@ -304,13 +341,13 @@ mod tests {
         let healthy =
             assessments(&[("a", Verdict::Healthy), ("b", Verdict::Healthy), ("c", Verdict::Healthy), ("d", Verdict::Healthy), ("e", Verdict::Healthy)]);
         let zombie = assessments(&[("a", Verdict::Zombie), ("b", Verdict::Healthy), ("c", Verdict::Healthy), ("d", Verdict::Healthy), ("e", Verdict::Healthy)]);
-        assert!(plan(t(0), &healthy, &f, &mut m, &cfg, false).release.is_empty());
-        assert!(plan(t(100), &healthy, &f, &mut m, &cfg, false).release.is_empty());
+        assert!(plan(t(0), &healthy, &f, &mut m, &cfg, Stance::Act).release.is_empty());
+        assert!(plan(t(100), &healthy, &f, &mut m, &cfg, Stance::Act).release.is_empty());
         // Relapse restarts the clock.
-        plan(t(110), &zombie, &f, &mut m, &cfg, false);
-        assert!(plan(t(200), &healthy, &f, &mut m, &cfg, false).release.is_empty());
-        assert!(plan(t(319), &healthy, &f, &mut m, &cfg, false).release.is_empty());
-        assert_eq!(plan(t(320), &healthy, &f, &mut m, &cfg, false).release, vec!["a".to_string()]);
+        plan(t(110), &zombie, &f, &mut m, &cfg, Stance::Act);
+        assert!(plan(t(200), &healthy, &f, &mut m, &cfg, Stance::Act).release.is_empty());
+        assert!(plan(t(319), &healthy, &f, &mut m, &cfg, Stance::Act).release.is_empty());
+        assert_eq!(plan(t(320), &healthy, &f, &mut m, &cfg, Stance::Act).release, vec!["a".to_string()]);
     }
 
     #[test]
@@ -325,12 +362,12 @@ mod tests {
         let cfg = GuardConfig::default();
         let healthy =
             assessments(&[("a", Verdict::Healthy), ("b", Verdict::Healthy), ("c", Verdict::Healthy), ("d", Verdict::Healthy), ("e", Verdict::Healthy)]);
-        assert!(plan(t(0), &healthy, &f, &mut m, &cfg, false).release.is_empty());
-        assert!(plan(t(300), &healthy, &f, &mut m, &cfg, false).release.is_empty(), "released without proof");
+        assert!(plan(t(0), &healthy, &f, &mut m, &cfg, Stance::Act).release.is_empty());
+        assert!(plan(t(300), &healthy, &f, &mut m, &cfg, Stance::Act).release.is_empty(), "released without proof");
         // The kubelet posts status: now the node has earned its release.
         f.apply_node(&node("a").ready_at(t(-4000)).build(), &scope, t(310));
         mark_remediated(&mut f, "a");
-        assert_eq!(plan(t(310), &healthy, &f, &mut m, &cfg, false).release, vec!["a".to_string()]);
+        assert_eq!(plan(t(310), &healthy, &f, &mut m, &cfg, Stance::Act).release, vec!["a".to_string()]);
     }
 
     #[test]
@@ -348,7 +385,8 @@ mod tests {
     fn excluding_a_remediated_node_releases_it() {
         let mut f = fleet(&["a", "b"]);
         mark_remediated(&mut f, "a");
-        let p = plan(t(0), &assessments(&[("a", Verdict::Excluded), ("b", Verdict::Healthy)]), &f, &mut Memory::default(), &GuardConfig::default(), false);
+        let p =
+            plan(t(0), &assessments(&[("a", Verdict::Excluded), ("b", Verdict::Healthy)]), &f, &mut Memory::default(), &GuardConfig::default(), Stance::Act);
         assert_eq!(p.release, vec!["a".to_string()]);
     }
 
@@ -356,8 +394,8 @@ mod tests {
     fn dead_nodes_are_left_to_kubernetes_unless_asked() {
         let v = assessments(&[("a", Verdict::Dead), ("b", Verdict::Healthy), ("c", Verdict::Healthy), ("d", Verdict::Healthy), ("e", Verdict::Healthy)]);
         let f = fleet(&["a", "b", "c", "d", "e"]);
-        assert!(plan(t(0), &v, &f, &mut Memory::default(), &GuardConfig::default(), false).remediate.is_empty());
+        assert!(plan(t(0), &v, &f, &mut Memory::default(), &GuardConfig::default(), Stance::Act).remediate.is_empty());
         let cfg = GuardConfig { act_on_dead: true, ..Default::default() };
-        assert_eq!(plan(t(0), &v, &f, &mut Memory::default(), &cfg, false).remediate, vec!["a".to_string()]);
+        assert_eq!(plan(t(0), &v, &f, &mut Memory::default(), &cfg, Stance::Act).remediate, vec!["a".to_string()]);
     }
 }
