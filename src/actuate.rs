@@ -127,6 +127,25 @@ pub fn remediation_patch(node: &SlimNode, actions: &Actions, now: Timestamp) -> 
     Some((patch, change))
 }
 
+/// The patch that drops the cordon from pulsecheck's record once somebody else has uncordoned the
+/// node, or `None` when the record does not claim a cordon the node no longer has. From then on
+/// `spec.unschedulable` is theirs: a later cordon by a person is never undone at release. Pure.
+pub fn disown_cordon_patch(node: &SlimNode) -> Option<(Value, Change)> {
+    let mut record = remediation_from_annotations(node.metadata.annotations.as_ref());
+    let unschedulable = node.spec.as_ref().and_then(|s| s.unschedulable).unwrap_or(false);
+    if !record.cordoned || unschedulable {
+        return None;
+    }
+    record.cordoned = false;
+    let patch = json!({
+        "metadata": {
+            "resourceVersion": node.metadata.resource_version,
+            "annotations": { names::REMEDIATION_ANNOTATION: serde_json::to_string(&record).unwrap_or_default() },
+        },
+    });
+    Some((patch, Change::default()))
+}
+
 /// The patch that undoes pulsecheck's own actions on `node`, or `None` when there is nothing of
 /// ours on it. Pure.
 pub fn release_patch(node: &SlimNode, taint_key: &str) -> Option<(Value, Change)> {
@@ -247,6 +266,12 @@ impl Actuator {
     #[instrument(skip(self), fields(node = %name))]
     pub async fn remediate(&self, name: &str, now: Timestamp) -> Result<(SlimNode, Change)> {
         self.edit("remediate", name, |n| remediation_patch(n, &self.actions, now)).await
+    }
+
+    /// Forgets pulsecheck's cordon in its record after somebody else uncordoned the node.
+    #[instrument(skip(self), fields(node = %name))]
+    pub async fn disown_cordon(&self, name: &str) -> Result<(SlimNode, Change)> {
+        self.edit("record", name, disown_cordon_patch).await
     }
 
     /// Removes pulsecheck's taint, undoes its cordon, and deletes its record.
@@ -373,6 +398,25 @@ mod tests {
         assert_eq!(patch["spec"]["unschedulable"], false);
         assert!(patch["metadata"]["annotations"][names::REMEDIATION_ANNOTATION].is_null());
         assert_eq!(patch["metadata"]["resourceVersion"], "9");
+    }
+
+    #[test]
+    fn an_uncordon_by_somebody_else_is_written_into_the_record_and_nothing_else() {
+        let record = |json: &str| Some([(names::REMEDIATION_ANNOTATION.to_string(), json.to_string())].into());
+        let mut n = with_rv(node("n").ready_at(t(0)).taint(names::TAINT_KEY).build(), "7");
+        n.metadata.annotations = record(r#"{"tainted":true,"cordoned":true,"since":"2026-11-28T10:00:00Z"}"#);
+        let (patch, change) = disown_cordon_patch(&n).unwrap();
+        assert_eq!(change, Change::default());
+        assert!(patch.get("spec").is_none(), "{patch}");
+        assert_eq!(patch["metadata"]["resourceVersion"], "7");
+        let written: serde_json::Value = serde_json::from_str(patch["metadata"]["annotations"][names::REMEDIATION_ANNOTATION].as_str().unwrap()).unwrap();
+        assert_eq!(written, serde_json::json!({"tainted": true, "cordoned": false, "since": "2026-11-28T10:00:00Z"}));
+        // Still cordoned (ours), or never ours: nothing to write.
+        n.spec.get_or_insert_with(Default::default).unschedulable = Some(true);
+        assert_eq!(disown_cordon_patch(&n), None);
+        n.spec.get_or_insert_with(Default::default).unschedulable = Some(false);
+        n.metadata.annotations = record(r#"{"tainted":true,"cordoned":false}"#);
+        assert_eq!(disown_cordon_patch(&n), None);
     }
 
     #[test]

@@ -362,7 +362,7 @@ impl Controller {
     async fn tick(&mut self, now: Timestamp, leader: bool) {
         let started = std::time::Instant::now();
         let cfg = &self.config;
-        let (assessments, plan, blind, notes, targets) = {
+        let (assessments, plan, blind, notes, targets, cordon_taken_over) = {
             let mut v = lock(&self.view);
             while let Ok(report) = self.probe_results.try_recv() {
                 v.facts.record_probe(&report.node, report.outcome, report.at, cfg.thresholds.probe_result_ttl);
@@ -422,7 +422,10 @@ impl Controller {
                 .filter(|(n, a)| a.verdict != Verdict::Excluded && lease_alive(n))
                 .filter_map(|(n, _)| v.facts.nodes.get(n).map(|f| ProbeTarget { node: n.to_string(), endpoint: f.kubelet.clone() }))
                 .collect();
-            (assessments, plan, blind, notes, targets)
+            // Our cordon, undone by somebody else: the schedulability is theirs from now on.
+            let cordon_taken_over: Vec<String> =
+                v.facts.nodes.iter().filter(|(_, f)| f.remediation.cordoned && !f.unschedulable).map(|(n, _)| n.to_string()).collect();
+            (assessments, plan, blind, notes, targets, cordon_taken_over)
         };
         self.probe_targets.send_replace(targets);
         let counts: Vec<(Verdict, usize)> = Verdict::ALL.iter().map(|v| (*v, assessments.values().filter(|a| a.verdict == *v).count())).collect();
@@ -437,7 +440,39 @@ impl Controller {
         if !leader {
             return;
         }
+        if !self.config.dry_run {
+            for name in &cordon_taken_over {
+                self.disown_cordon(now, name, notes.get(name.as_str())).await;
+            }
+        }
         self.carry_out(now, plan, &assessments, &notes).await;
+    }
+
+    /// Records that somebody else uncordoned a node pulsecheck had cordoned, so that a later
+    /// cordon of theirs is never undone when pulsecheck releases the node.
+    async fn disown_cordon(&mut self, now: Timestamp, name: &str, note: Option<&NodeNote>) {
+        if self.backing_off(name, now) {
+            return;
+        }
+        match self.actuator.disown_cordon(name).await {
+            Ok((node, _)) => {
+                self.apply_fresh(&node, None, now);
+                if crate::facts::remediation_from_annotations(node.metadata.annotations.as_ref()).cordoned {
+                    // Cordoned again before we wrote (the fresh read saw it): nothing was disowned.
+                    return;
+                }
+                info!(node = name, "somebody else uncordoned the node; pulsecheck no longer owns spec.unschedulable");
+                let uid = note.and_then(|n| n.uid.as_deref());
+                let message =
+                    "spec.unschedulable was cleared by somebody else: pulsecheck will not cordon or uncordon this node again for this remediation".to_string();
+                self.actuator.event(name, uid, false, "CordonTakenOver", "Record", message).await;
+            }
+            Err(e) if e.is_not_found() => {}
+            Err(e) => {
+                warn!(node = name, error = %e, "could not update the remediation record after an uncordon by somebody else");
+                self.write_failed(name, now);
+            }
+        }
     }
 
     fn publish_metrics(&self, facts: &FleetFacts, assessments: &Assessments) {

@@ -490,3 +490,47 @@ async fn excluding_a_tainted_zombie_releases_it_and_sets_the_condition_back_to_t
     running.stop().await;
     lab.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cordon_a_person_makes_after_undoing_ours_survives_the_release() {
+    let lab = Lab::start(fast_fleet(4, "rec-")).await;
+    let client = lab.client();
+    let nodes: Api<Node> = Api::all(client.clone());
+    let node = "rec-0001";
+    let running = controller(client.clone(), &["--action=taint,cordon"]).await;
+    wait_evaluations(&running, 2, Duration::from_secs(30)).await;
+    lab.fleet.set_fault(node, Fault::Zombie).unwrap();
+    let record_of = |n: &Node| n.metadata.annotations.as_ref().and_then(|a| a.get(names::REMEDIATION_ANNOTATION)).cloned().unwrap_or_default();
+    eventually("cordoned by pulsecheck", STALE_AFTER + TICK_SLACK, || {
+        let client = client.clone();
+        async move {
+            let n = get_node(&client, node).await;
+            let cordoned = n.spec.as_ref().and_then(|s| s.unschedulable) == Some(true);
+            (cordoned && record_of(&n).contains("\"cordoned\":true")).then_some(())
+        }
+    })
+    .await;
+    // A person uncordons it; pulsecheck notices the cordon is no longer its own.
+    let cordon = |on: bool| serde_json::json!({"spec": {"unschedulable": on}});
+    nodes.patch(node, &PatchParams::default(), &Patch::Merge(&cordon(false))).await.unwrap();
+    eventually("record disowns the cordon", Duration::from_secs(10), || {
+        let client = client.clone();
+        async move { record_of(&get_node(&client, node).await).contains("\"cordoned\":false").then_some(()) }
+    })
+    .await;
+    assert!(events_for(&client, node).await.iter().any(|(r, _)| r == "CordonTakenOver"));
+    // Later the person cordons it for maintenance of their own; then the node recovers.
+    nodes.patch(node, &PatchParams::default(), &Patch::Merge(&cordon(true))).await.unwrap();
+    lab.fleet.set_fault(node, Fault::Recover).unwrap();
+    let released = eventually("released", Duration::from_secs(30), || {
+        let client = client.clone();
+        async move {
+            let n = get_node(&client, node).await;
+            (!has_our_taint(&n) && record_of(&n).is_empty()).then_some(n)
+        }
+    })
+    .await;
+    assert_eq!(released.spec.and_then(|s| s.unschedulable), Some(true), "the person's cordon was undone");
+    running.stop().await;
+    lab.stop().await;
+}
