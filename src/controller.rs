@@ -266,6 +266,7 @@ pub async fn start(client: kube::Client, settings: RunSettings) -> Result<Runnin
         backoff: HashMap::new(),
         probe_targets: targets_tx,
         probe_results: results_rx,
+        leading: None,
     };
     tasks.push(tokio::spawn(controller.run(leadership, shutdown.clone(), watch_shutdown)));
     Ok(Running { admin_addr, metrics, shutdown, tasks })
@@ -293,6 +294,9 @@ struct Controller {
     backoff: HashMap<String, (u32, Timestamp)>,
     probe_targets: tokio::sync::watch::Sender<Vec<ProbeTarget>>,
     probe_results: mpsc::Receiver<ProbeReport>,
+    /// Leadership as of now (not as of the tick's start): checked before every Node write, so a
+    /// tick slowed down by a struggling apiserver stops writing the moment leadership is lost.
+    leading: Option<tokio::sync::watch::Receiver<bool>>,
 }
 
 /// What a tick needs to know about a node after the view is unlocked.
@@ -338,6 +342,7 @@ impl Controller {
         let mut ticker = tokio::time::interval(self.config.evaluation_interval);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut was_leader = false;
+        self.leading = Some(leadership.current());
         loop {
             tokio::select! {
                 _ = shutdown.cancelled() => break,
@@ -442,6 +447,9 @@ impl Controller {
         }
         if !self.config.dry_run {
             for name in &cordon_taken_over {
+                if !self.still_leading() {
+                    return;
+                }
                 self.disown_cordon(now, name, notes.get(name.as_str())).await;
             }
         }
@@ -520,7 +528,7 @@ impl Controller {
                 let evidence = serde_json::to_string(&a.evidence).unwrap_or_default();
                 info!(node = &**name, verdict = a.verdict.as_str(), previous = previous.map(Verdict::as_str), evidence, why = a.explain(), "verdict");
             }
-            if !leader {
+            if !leader || !self.still_leading() {
                 continue;
             }
             let note = notes.get(name);
@@ -617,18 +625,31 @@ impl Controller {
 
         self.backoff.retain(|n, _| notes.contains_key(n.as_str()));
         for name in plan.remediate {
+            if !self.still_leading() {
+                warn!("leadership lost during the tick; remaining writes skipped");
+                return;
+            }
             if self.backing_off(&name, now) {
                 continue;
             }
             self.remediate(now, &name, notes.get(name.as_str())).await;
         }
         for name in plan.release {
+            if !self.still_leading() {
+                warn!("leadership lost during the tick; remaining writes skipped");
+                return;
+            }
             if self.backing_off(&name, now) {
                 continue;
             }
             let why = assessments.get(name.as_str()).map(Assessment::explain).unwrap_or_default();
             self.release(now, &name, notes.get(name.as_str()), &why).await;
         }
+    }
+
+    /// True while this instance is the leader right now (always, without leader election).
+    fn still_leading(&self) -> bool {
+        self.leading.as_ref().is_none_or(|l| *l.borrow())
     }
 
     /// True while a node's last write failed too recently to try again.

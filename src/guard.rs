@@ -84,6 +84,8 @@ pub struct Memory {
     recent_starts: VecDeque<Timestamp>,
     /// Nodes remediated in dry-run mode (nothing was written, so the Node cannot tell us).
     simulated: HashMap<String, Timestamp>,
+    /// The last plan was made as the acting leader.
+    acting: bool,
 }
 
 impl Memory {
@@ -153,6 +155,19 @@ pub fn plan(now: Timestamp, assessments: &Assessments, facts: &FleetFacts, memor
         }
     }
     let window = SignedDuration::from_secs(60);
+    if stance == Stance::Act && !memory.acting {
+        // Taking over (start, restart, failover): remediations another instance (or this one
+        // before a restart) started within the window are on the Nodes' records and count too.
+        let mut starts: Vec<Timestamp> = memory.recent_starts.iter().copied().collect();
+        for since in facts.nodes.values().filter_map(|n| n.remediation.since) {
+            if now.duration_since(since) < window && !starts.contains(&since) {
+                starts.push(since);
+            }
+        }
+        starts.sort_unstable();
+        memory.recent_starts = starts.into();
+    }
+    memory.acting = stance == Stance::Act;
     while memory.recent_starts.front().is_some_and(|t| now.duration_since(*t) >= window) {
         memory.recent_starts.pop_front();
     }
@@ -330,6 +345,25 @@ mod tests {
         plan(t(100), &healthy, &f, &mut m, &cfg, Stance::Blind);
         assert!(plan(t(130), &healthy, &f, &mut m, &cfg, Stance::Act).release.is_empty());
         assert_eq!(plan(t(250), &healthy, &f, &mut m, &cfg, Stance::Act).release, vec!["a".to_string()]);
+    }
+
+    #[test]
+    fn a_new_leader_counts_the_remediations_its_predecessor_started_within_the_minute() {
+        let names = ["a", "b", "c", "d", "e", "f", "g", "h", "i", "j"];
+        let mut f = fleet(&names);
+        for (node, since) in [("a", 950), ("b", 990)] {
+            mark_remediated(&mut f, node);
+            f.nodes.get_mut(node).unwrap().remediation.since = Some(t(since));
+        }
+        let v: Vec<(&str, Verdict)> = names.iter().map(|n| (*n, if ["c", "d"].contains(n) { Verdict::Zombie } else { Verdict::Healthy })).collect();
+        let cfg = GuardConfig { max_unhealthy_percent: 50.0, ..GuardConfig::default() };
+        let mut m = Memory::default();
+        // Two starts within the last minute by the previous leader: the budget of 2 is spent.
+        let p = plan(t(1000), &assessments(&v), &f, &mut m, &cfg, Stance::Act);
+        assert!(p.remediate.is_empty(), "{p:?}");
+        assert_eq!(p.held.len(), 2);
+        // Once the first start is a minute old, one more may start.
+        assert_eq!(plan(t(1010), &assessments(&v), &f, &mut m, &cfg, Stance::Act).remediate, vec!["c".to_string()]);
     }
 
     #[test]

@@ -70,6 +70,11 @@ impl Leadership {
         *self.receiver.borrow()
     }
 
+    /// A handle that answers [`Leadership::is_leader`] at any moment, for checks between writes.
+    pub fn current(&self) -> watch::Receiver<bool> {
+        self.receiver.clone()
+    }
+
     /// Resolves when leadership changes (or never, when it cannot change).
     pub async fn changed(&mut self) {
         if self.receiver.changed().await.is_err() {
