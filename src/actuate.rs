@@ -5,7 +5,9 @@
 //!   from a cache.
 //! * `spec.taints` is an atomic list: a taint edit starts from a fresh GET and carries that
 //!   GET's `resourceVersion`, so a concurrent change by anyone else yields 409 Conflict and the
-//!   edit is redone from a new GET. Only the taint with pulsecheck's key is ever added or removed.
+//!   edit is redone from a new GET. A remediation goes further: it patches the very read that
+//!   confirmed the verdict, and on a conflict the controller reads and judges again before
+//!   retrying. Only the taint with pulsecheck's key is ever added or removed.
 //! * What pulsecheck did is written in the same patch as the action (annotation
 //!   `pulsecheck.dev/remediation`), so a restarted controller knows its own actions, and a
 //!   cordon is undone only when the record says pulsecheck set it.
@@ -80,7 +82,7 @@ pub struct Change {
 }
 
 /// Attempts at a conflicting taint edit before giving up until the next tick.
-const CONFLICT_ATTEMPTS: u32 = 5;
+pub const CONFLICT_ATTEMPTS: u32 = 5;
 
 /// The patch that remediates `node`, or `None` when nothing needs to change. Pure: unit-tested
 /// for its shape.
@@ -245,6 +247,21 @@ impl Actuator {
         Ok((node, lease))
     }
 
+    /// Remediates from `confirmed`, the fresh read that confirmed the verdict: one patch carrying
+    /// that read's `resourceVersion`. A change to the Node since that read (the kubelet posting
+    /// status again, a person adding the exclude label) yields [`Error::Conflict`], and the
+    /// caller re-reads and re-judges before trying again — never a patch computed from a read
+    /// nobody judged.
+    #[instrument(skip(self, confirmed), fields(node = %name))]
+    pub async fn remediate_confirmed(&self, name: &str, confirmed: &SlimNode, now: Timestamp) -> Result<(SlimNode, Change)> {
+        let Some((patch, change)) = remediation_patch(confirmed, &self.actions, now) else { return Ok((confirmed.clone(), Change::default())) };
+        match self.bounded("remediate", name, self.nodes.patch(name, &Self::params(), &Patch::Merge(&patch))).await {
+            Ok(updated) => Ok((updated, change)),
+            Err(Error::Api { source: kube::Error::Api(s), .. }) if s.code == 409 => Err(Error::Conflict { what: "remediate", node: name.into(), attempts: 1 }),
+            Err(e) => Err(e),
+        }
+    }
+
     /// Applies an edit computed from a fresh GET, retrying on conflict.
     async fn edit(&self, what: &'static str, name: &str, compute: impl Fn(&SlimNode) -> Option<(Value, Change)>) -> Result<(SlimNode, Change)> {
         for _ in 0..CONFLICT_ATTEMPTS {
@@ -260,12 +277,6 @@ impl Actuator {
             }
         }
         Err(Error::Conflict { what, node: name.into(), attempts: CONFLICT_ATTEMPTS })
-    }
-
-    /// Taints and/or cordons `name` as configured and records it on the node.
-    #[instrument(skip(self), fields(node = %name))]
-    pub async fn remediate(&self, name: &str, now: Timestamp) -> Result<(SlimNode, Change)> {
-        self.edit("remediate", name, |n| remediation_patch(n, &self.actions, now)).await
     }
 
     /// Forgets pulsecheck's cordon in its record after somebody else uncordoned the node.

@@ -26,7 +26,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
 use crate::{
-    actuate::{Actuator, Change},
+    actuate::{Actuator, Change, Error as ActuateError},
     admin::{AdminServer, Readiness},
     cli::{ProbeMode, RunArgs},
     config::Config,
@@ -677,25 +677,34 @@ impl Controller {
         a
     }
 
-    async fn remediate(&mut self, now: Timestamp, name: &str, note: Option<&NodeNote>) {
-        // Confirm on a fresh read: a cached view may be stale (a missed watch event, a lagging
-        // cache); acting on it could condemn a live node.
-        match self.actuator.fresh(name).await {
-            Ok((node, lease)) => self.apply_fresh_read(name, &node, lease.as_ref(), now),
+    /// Confirms the verdict on a fresh read of the Node and its Lease: a cached view may be stale
+    /// (a missed watch event, a lagging cache), and acting on it could condemn a live node.
+    /// Returns the read and the verdict it confirms, or `None` when it does not.
+    async fn confirm(&mut self, now: Timestamp, name: &str) -> Option<(SlimNode, Assessment)> {
+        let node = match self.actuator.fresh(name).await {
+            Ok((node, lease)) => {
+                self.apply_fresh_read(name, &node, lease.as_ref(), now);
+                node
+            }
             Err(e) => {
                 warn!(node = name, error = %e, "could not confirm the verdict with a fresh read; not acting");
-                return;
+                return None;
             }
-        }
-        let Some(confirmed) = self.reassess(name, now) else { return };
+        };
+        let confirmed = self.reassess(name, now)?;
         let wanted = confirmed.verdict == Verdict::Zombie || (self.config.guard.act_on_dead && confirmed.verdict == Verdict::Dead);
         if !wanted {
             info!(node = name, verdict = confirmed.verdict.as_str(), "fresh read does not confirm the verdict; not acting");
-            return;
+            return None;
         }
+        Some((node, confirmed))
+    }
+
+    async fn remediate(&mut self, now: Timestamp, name: &str, note: Option<&NodeNote>) {
+        let Some((mut node, mut confirmed)) = self.confirm(now, name).await else { return };
         let uid = note.and_then(|n| n.uid.as_deref());
-        let why = confirmed.explain();
         if self.config.dry_run {
+            let why = confirmed.explain();
             for action in self.actions() {
                 self.metrics.remediation(action, ResultLabel::DryRun);
             }
@@ -704,7 +713,20 @@ impl Controller {
             self.actuator.event(name, uid, true, "WouldRemediate", "Remediate", format!("dry run: would {} ({why})", self.describe_actions())).await;
             return;
         }
-        match self.actuator.remediate(name, now).await {
+        // Patch exactly the read that was judged; when the Node changed meanwhile, read and
+        // judge again.
+        let mut outcome = self.actuator.remediate_confirmed(name, &node, now).await;
+        for _ in 1..crate::actuate::CONFLICT_ATTEMPTS {
+            if !matches!(outcome, Err(ActuateError::Conflict { .. })) {
+                break;
+            }
+            tracing::debug!(node = name, "the node changed since the confirming read; judging it again");
+            let Some(again) = self.confirm(now, name).await else { return };
+            (node, confirmed) = again;
+            outcome = self.actuator.remediate_confirmed(name, &node, now).await;
+        }
+        let why = confirmed.explain();
+        match outcome {
             Ok((node, change)) => {
                 self.backoff.remove(name);
                 self.apply_fresh(&node, None, now);
