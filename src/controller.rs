@@ -259,6 +259,7 @@ pub async fn start(client: kube::Client, settings: RunSettings) -> Result<Runnin
         memory: Memory::default(),
         verdicts: HashMap::new(),
         held_reported: HashSet::new(),
+        would_release_reported: HashSet::new(),
         blind_reported: None,
         circuit_reported: false,
         partition_reported: false,
@@ -284,6 +285,9 @@ struct Controller {
     verdicts: HashMap<NodeName, Verdict>,
     /// Nodes whose hold was reported (once per episode).
     held_reported: HashSet<String>,
+    /// Dry run: nodes whose `WouldRelease` was reported (a real taint from an earlier run stays, so
+    /// the release is planned on every tick; it is reported once).
+    would_release_reported: HashSet<String>,
     blind_reported: Option<String>,
     circuit_reported: bool,
     /// A probe partition was reported and has not ended yet.
@@ -634,6 +638,8 @@ impl Controller {
             }
             self.remediate(now, &name, notes.get(name.as_str())).await;
         }
+        let releasing: HashSet<&str> = plan.release.iter().map(String::as_str).collect();
+        self.would_release_reported.retain(|n| releasing.contains(n.as_str()));
         for name in plan.release {
             if !self.still_leading() {
                 warn!("leadership lost during the tick; remaining writes skipped");
@@ -765,6 +771,9 @@ impl Controller {
         let uid = note.and_then(|n| n.uid.as_deref());
         if self.config.dry_run {
             self.memory.released(name);
+            if !self.would_release_reported.insert(name.to_string()) {
+                return;
+            }
             info!(node = name, "dry run: would release");
             self.actuator.event(name, uid, false, "WouldRelease", "Release", format!("dry run: would release ({why})")).await;
             return;

@@ -534,3 +534,42 @@ async fn a_cordon_a_person_makes_after_undoing_ours_survives_the_release() {
     running.stop().await;
     lab.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dry_run_reports_the_release_of_an_earlier_real_taint_once_and_keeps_it() {
+    let lab = Lab::start(fast_fleet(3, "wrl-")).await;
+    let client = lab.client();
+    let node = "wrl-0001";
+    let real = controller(client.clone(), &[]).await;
+    wait_evaluations(&real, 2, Duration::from_secs(30)).await;
+    lab.fleet.set_fault(node, Fault::Zombie).unwrap();
+    eventually("tainted by the real run", STALE_AFTER + TICK_SLACK, || {
+        let client = client.clone();
+        async move { has_our_taint(&get_node(&client, node).await).then_some(()) }
+    })
+    .await;
+    real.stop().await;
+    lab.fleet.set_fault(node, Fault::Recover).unwrap();
+    // Now a dry run: the node is healthy, the release is planned on every tick, nothing is written.
+    let dry = controller(client.clone(), &["--dry-run"]).await;
+    eventually("WouldRelease reported", Duration::from_secs(30), || {
+        let client = client.clone();
+        async move { events_for(&client, node).await.iter().any(|(r, _)| r == "WouldRelease").then_some(()) }
+    })
+    .await;
+    wait_evaluations(&dry, 10, Duration::from_secs(30)).await;
+    let events: Api<k8s_openapi::api::events::v1::Event> = Api::namespaced(client.clone(), "default");
+    let would_release: Vec<_> = events
+        .list(&Default::default())
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .filter(|e| e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(node) && e.reason.as_deref() == Some("WouldRelease"))
+        .collect();
+    assert_eq!(would_release.len(), 1, "{would_release:?}");
+    assert!(would_release[0].series.is_none(), "reported again on later ticks: {:?}", would_release[0].series);
+    assert!(has_our_taint(&get_node(&client, node).await), "the dry run removed the taint");
+    dry.stop().await;
+    lab.stop().await;
+}
