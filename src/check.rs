@@ -444,7 +444,7 @@ pub fn facts_from_snapshot(nodes: &[SlimNode], leases: &[SlimLease], scope: &Sco
         // A snapshot takes the renewTime the kubelet wrote as the renewal itself (that is what
         // "rests on the nodes' own timestamps" means); there is nothing to wait for.
         if let Some(l) = lease.metadata.name.as_deref().and_then(|name| facts.leases.get_mut(name)) {
-            l.seen_renewing = true;
+            l.renew.seen_changing = true;
         }
     }
     facts
@@ -470,7 +470,7 @@ pub fn build_report(now: Timestamp, facts: &FleetFacts, th: &Thresholds, clock: 
                 lease_age_seconds: lease.map(|l| now.duration_since(l.renew.observed_at).as_secs()),
                 lease_age_is_lower_bound: matches!((lease, leases_synced_at), (Some(l), Some(at)) if l.renew.observed_at <= at),
                 status_age_seconds: now.duration_since(n.status.observed_at).as_secs(),
-                status_age_is_lower_bound: clock == Clock::Observed && !n.status_seen_changing,
+                status_age_is_lower_bound: clock == Clock::Observed && !n.status.seen_changing,
                 os_image: n.os_image.current.clone(),
                 probe: facts.probes.get(name).and_then(|p| p.last.as_ref()).map(|(o, _)| ProbeResult::from_outcome(o)),
                 verdict: a.verdict,

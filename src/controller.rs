@@ -259,7 +259,6 @@ pub async fn start(client: kube::Client, settings: RunSettings) -> Result<Runnin
         memory: Memory::default(),
         verdicts: HashMap::new(),
         held_reported: HashSet::new(),
-        would_release_reported: HashSet::new(),
         blind_reported: None,
         circuit_reported: false,
         partition_reported: false,
@@ -285,9 +284,6 @@ struct Controller {
     verdicts: HashMap<NodeName, Verdict>,
     /// Nodes whose hold was reported (once per episode).
     held_reported: HashSet<String>,
-    /// Dry run: nodes whose `WouldRelease` was reported (a real taint from an earlier run stays, so
-    /// the release is planned on every tick; it is reported once).
-    would_release_reported: HashSet<String>,
     blind_reported: Option<String>,
     circuit_reported: bool,
     /// A probe partition was reported and has not ended yet.
@@ -638,8 +634,6 @@ impl Controller {
             }
             self.remediate(now, &name, notes.get(name.as_str())).await;
         }
-        let releasing: HashSet<&str> = plan.release.iter().map(String::as_str).collect();
-        self.would_release_reported.retain(|n| releasing.contains(n.as_str()));
         for name in plan.release {
             if !self.still_leading() {
                 warn!("leadership lost during the tick; remaining writes skipped");
@@ -770,10 +764,7 @@ impl Controller {
     async fn release(&mut self, now: Timestamp, name: &str, note: Option<&NodeNote>, why: &str) {
         let uid = note.and_then(|n| n.uid.as_deref());
         if self.config.dry_run {
-            self.memory.released(name);
-            if !self.would_release_reported.insert(name.to_string()) {
-                return;
-            }
+            self.memory.released(name, true);
             info!(node = name, "dry run: would release");
             self.actuator.event(name, uid, false, "WouldRelease", "Release", format!("dry run: would release ({why})")).await;
             return;
@@ -782,7 +773,7 @@ impl Controller {
             Ok((node, change)) => {
                 self.backoff.remove(name);
                 self.apply_fresh(&node, None, now);
-                self.memory.released(name);
+                self.memory.released(name, false);
                 self.count(&change, ActionLabel::Untaint, ActionLabel::Uncordon, ResultLabel::Success);
                 info!(node = name, untainted = change.taint, uncordoned = change.cordon, why, "released");
                 let mut done = Vec::new();
@@ -797,7 +788,7 @@ impl Controller {
                 }
                 self.actuator.event(name, uid, false, "Released", "Release", format!("{} ({why})", done.join(", "))).await;
             }
-            Err(e) if e.is_not_found() => self.memory.released(name),
+            Err(e) if e.is_not_found() => self.memory.released(name, false),
             Err(e) => {
                 for action in self.actions() {
                     let undo = if action == ActionLabel::Cordon { ActionLabel::Uncordon } else { ActionLabel::Untaint };

@@ -207,6 +207,10 @@ pub struct Heartbeat {
     pub value: Option<Timestamp>,
     /// pulsecheck's own clock when this value was first seen.
     pub observed_at: Timestamp,
+    /// pulsecheck has seen the value change at least once since it first saw it: positive proof
+    /// of a working loop on the node. First sight alone proves nothing — after a restart a dead
+    /// heartbeat looks as fresh as a live one until it fails to change.
+    pub seen_changing: bool,
 }
 
 impl Heartbeat {
@@ -214,7 +218,8 @@ impl Heartbeat {
     pub fn advance(previous: Option<&Heartbeat>, value: Option<Timestamp>, now: Timestamp) -> Heartbeat {
         match previous {
             Some(p) if p.value == value => *p,
-            _ => Heartbeat { value, observed_at: now },
+            Some(_) => Heartbeat { value, observed_at: now, seen_changing: true },
+            None => Heartbeat { value, observed_at: now, seen_changing: false },
         }
     }
 }
@@ -306,12 +311,10 @@ pub struct NodeFacts {
     pub ready: ReadyState,
     /// Ready `reason`, e.g. `KubeletReady` or `NodeStatusUnknown`.
     pub ready_reason: String,
-    /// The status heartbeat: Ready's `lastHeartbeatTime`.
+    /// The status heartbeat: Ready's `lastHeartbeatTime`. `seen_changing` is the proof of a
+    /// working status loop a release waits for (a restarted pulsecheck must not release a zombie
+    /// because it has not watched it long).
     pub status: Heartbeat,
-    /// pulsecheck has seen the status heartbeat change at least once since it first saw the
-    /// node: positive proof of a working status loop. First sight alone proves nothing (a
-    /// restarted pulsecheck must not release a zombie because it has not watched it long).
-    pub status_seen_changing: bool,
     /// `status.nodeInfo.osImage`.
     pub os_image: OsImage,
     /// Problem conditions currently True.
@@ -391,12 +394,10 @@ impl ProbeFacts {
 /// Everything pulsecheck keeps about one node Lease.
 #[derive(Debug, Clone, Copy)]
 pub struct LeaseFacts {
-    /// `spec.renewTime` and when pulsecheck saw it change.
+    /// `spec.renewTime` and when pulsecheck saw it change. Until it has been seen changing, the
+    /// node is not judged: a Lease listed after a restart looks as fresh as a live one for a
+    /// whole `--lease-grace`.
     pub renew: Heartbeat,
-    /// pulsecheck has seen `renewTime` advance at least once since it first saw the Lease. Until
-    /// then the first sight is all it knows: a Lease listed after a restart looks as fresh as a
-    /// live one for a whole `--lease-grace`, so the node is not judged yet.
-    pub seen_renewing: bool,
 }
 
 /// Which nodes are pulsecheck's to judge: the label selector and the taint key it owns.
@@ -525,7 +526,6 @@ impl NodeFacts {
             ready,
             ready_reason: ready_condition.and_then(|c| c.reason.clone()).unwrap_or_default(),
             status: Heartbeat::advance(previous.map(|p| &p.status), heartbeat_value, now),
-            status_seen_changing: previous.is_some_and(|p| p.status_seen_changing || p.status.value != heartbeat_value),
             os_image: OsImage::advance(previous.map(|p| &p.os_image), os_image_value, now),
             problems,
             unschedulable: spec.and_then(|s| s.unschedulable).unwrap_or(false),
@@ -598,12 +598,9 @@ impl FleetFacts {
     /// Applies one observed `renewTime` of the Lease `name` (the hot path: one per renewal).
     pub fn apply_lease_renewal(&mut self, name: &str, renew_time: Option<Timestamp>, now: Timestamp) {
         match self.leases.get_mut(name) {
-            Some(l) => {
-                l.seen_renewing |= l.renew.value != renew_time;
-                l.renew = Heartbeat::advance(Some(&l.renew), renew_time, now);
-            }
+            Some(l) => l.renew = Heartbeat::advance(Some(&l.renew), renew_time, now),
             None => {
-                self.leases.insert(NodeName::from(name), LeaseFacts { renew: Heartbeat { value: renew_time, observed_at: now }, seen_renewing: false });
+                self.leases.insert(NodeName::from(name), LeaseFacts { renew: Heartbeat::advance(None, renew_time, now) });
             }
         }
     }

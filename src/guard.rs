@@ -16,7 +16,7 @@
 //! Like [`crate::verdict`], this is pure: `now` is passed in, and [`Memory`] is the only state.
 
 use std::{
-    collections::{HashMap, VecDeque},
+    collections::{HashMap, HashSet, VecDeque},
     time::Duration,
 };
 
@@ -84,6 +84,9 @@ pub struct Memory {
     recent_starts: VecDeque<Timestamp>,
     /// Nodes remediated in dry-run mode (nothing was written, so the Node cannot tell us).
     simulated: HashMap<String, Timestamp>,
+    /// Nodes released in dry-run mode whose real remediation (from an earlier run) stays on the
+    /// Node: the simulation counts them released, so the release is not planned on every tick.
+    simulated_released: HashSet<String>,
     /// The last plan was made as the acting leader.
     acting: bool,
 }
@@ -95,23 +98,29 @@ impl Memory {
         self.recent_starts.push_back(now);
         if simulated {
             self.simulated.insert(node.to_string(), now);
+            self.simulated_released.remove(node);
         }
     }
 
-    /// Records that `node` was released.
-    pub fn released(&mut self, node: &str) {
+    /// Records that `node` was released (`simulated` in dry-run mode: nothing was written).
+    pub fn released(&mut self, node: &str, simulated: bool) {
         self.simulated.remove(node);
+        if simulated {
+            self.simulated_released.insert(node.to_string());
+        }
     }
 
     /// Forgets nodes that no longer exist.
     pub fn retain(&mut self, exists: impl Fn(&str) -> bool) {
         self.healthy_since.retain(|n, _| exists(n));
         self.simulated.retain(|n, _| exists(n));
+        self.simulated_released.retain(|n| exists(n));
     }
 
     /// True when pulsecheck holds (or, in dry-run, pretends to hold) a remediation on `node`.
     pub fn holds(&self, facts: &FleetFacts, node: &str) -> bool {
-        self.simulated.contains_key(node) || facts.nodes.get(node).is_some_and(|n| n.remediation.is_active() || n.has_our_taint)
+        self.simulated.contains_key(node)
+            || (!self.simulated_released.contains(node) && facts.nodes.get(node).is_some_and(|n| n.remediation.is_active() || n.has_our_taint))
     }
 }
 
@@ -191,7 +200,7 @@ pub fn plan(now: Timestamp, assessments: &Assessments, facts: &FleetFacts, memor
             continue;
         }
         // Recovery needs proof: a status refresh seen by pulsecheck, and continuous health since.
-        let proven = facts.nodes.get(name).is_some_and(|n| n.status_seen_changing);
+        let proven = facts.nodes.get(name).is_some_and(|n| n.status.seen_changing);
         let recovered = proven && memory.healthy_since.get(name).is_some_and(|since| now.duration_since(*since) >= recover);
         if recovered || a.verdict == Verdict::Excluded {
             plan.release.push(name.to_string());
@@ -327,7 +336,7 @@ mod tests {
     fn hysteresis_follows_what_a_follower_sees_and_restarts_after_blindness() {
         let mut f = fleet(&["a", "b", "c", "d", "e"]);
         mark_remediated(&mut f, "a");
-        f.nodes.get_mut("a").unwrap().status_seen_changing = true;
+        f.nodes.get_mut("a").unwrap().status.seen_changing = true;
         let cfg = GuardConfig { recover_after: std::time::Duration::from_secs(120), ..GuardConfig::default() };
         let healthy = assessments(&[("a", Verdict::Healthy)]);
         let zombie = assessments(&[("a", Verdict::Zombie)]);
@@ -413,6 +422,25 @@ mod tests {
         let m = Memory::default();
         assert!(m.holds(&f, "a"));
         assert!(!m.holds(&f, "b"));
+    }
+
+    #[test]
+    fn a_dry_run_release_of_a_real_remediation_is_planned_once() {
+        let mut f = fleet(&["a", "b"]);
+        mark_remediated(&mut f, "a");
+        f.nodes.get_mut("a").unwrap().status.seen_changing = true;
+        let cfg = GuardConfig { recover_after: std::time::Duration::from_secs(10), ..GuardConfig::default() };
+        let healthy = assessments(&[("a", Verdict::Healthy), ("b", Verdict::Healthy)]);
+        let mut m = Memory::default();
+        plan(t(0), &healthy, &f, &mut m, &cfg, Stance::Act);
+        assert_eq!(plan(t(10), &healthy, &f, &mut m, &cfg, Stance::Act).release, vec!["a".to_string()]);
+        m.released("a", true);
+        // The taint is still on the Node (nothing was written), but the simulation released it.
+        let p = plan(t(20), &healthy, &f, &mut m, &cfg, Stance::Act);
+        assert!(p.release.is_empty() && p.active == 0, "{p:?}");
+        // Were it to relapse, the dry run would remediate it again.
+        let zombie = assessments(&[("a", Verdict::Zombie), ("b", Verdict::Healthy)]);
+        assert_eq!(plan(t(30), &zombie, &f, &mut m, &cfg, Stance::Act).remediate, vec!["a".to_string()]);
     }
 
     #[test]

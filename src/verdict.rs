@@ -245,7 +245,7 @@ pub fn assess(now: Timestamp, node: &NodeFacts, lease: Option<&LeaseFacts>, prob
         // The status is still fresh: the kubelet works, only its Lease does not. Odd, not dead.
         return Assessment::new(Verdict::Suspect, vec![lease_stale]);
     }
-    if !lease.seen_renewing {
+    if !lease.renew.seen_changing {
         // First sight only (a restart, a new node): a dead Lease looks as fresh as a live one
         // until it renews or --lease-grace passes. Judging now would call a dead node healthy.
         return Assessment::new(Verdict::Unknown, vec![Evidence::NotObservedYet { for_seconds: lease_age.as_secs() }]);

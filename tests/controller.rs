@@ -123,11 +123,7 @@ async fn os_image_unknown_from_the_start_stays_suspect_and_becomes_zombie_with_s
     assert_eq!((status.as_str(), reason.as_str()), ("True", "Suspect"));
     assert!(message.contains("osImage"), "{message}");
     lab.fleet.set_fault(node, Fault::Zombie).unwrap();
-    eventually("tainted once the status is stale too", STALE_AFTER + TICK_SLACK, || {
-        let client = client.clone();
-        async move { has_our_taint(&get_node(&client, node).await).then_some(()) }
-    })
-    .await;
+    wait_tainted(&client, node, "tainted once the status is stale too", STALE_AFTER + TICK_SLACK).await;
     running.stop().await;
     lab.stop().await;
 }
@@ -358,11 +354,7 @@ async fn restarted_controller_does_not_taint_twice_and_still_releases() {
     let first = controller(client.clone(), &[]).await;
     wait_evaluations(&first, 2, Duration::from_secs(30)).await;
     lab.fleet.set_fault(node, Fault::Zombie).unwrap();
-    eventually("tainted", STALE_AFTER + TICK_SLACK, || {
-        let client = client.clone();
-        async move { has_our_taint(&get_node(&client, node).await).then_some(()) }
-    })
-    .await;
+    wait_tainted(&client, node, "tainted", STALE_AFTER + TICK_SLACK).await;
     first.stop().await;
 
     let second = controller(client.clone(), &[]).await;
@@ -467,11 +459,7 @@ async fn excluding_a_tainted_zombie_releases_it_and_sets_the_condition_back_to_t
     wait_evaluations(&running, 3, Duration::from_secs(30)).await;
     lab.fleet.set_fault(zombie, Fault::Zombie).unwrap();
     let client = lab.client();
-    eventually("zombie tainted", STALE_AFTER + Duration::from_secs(3) + TICK_SLACK, || {
-        let client = client.clone();
-        async move { has_our_taint(&get_node(&client, zombie).await).then_some(()) }
-    })
-    .await;
+    wait_tainted(&client, zombie, "zombie tainted", STALE_AFTER + Duration::from_secs(3) + TICK_SLACK).await;
     // A person takes the node out of pulsecheck's hands.
     let label = serde_json::json!({"metadata": {"labels": {names::EXCLUDE_LABEL: "true"}}});
     Api::<Node>::all(client.clone()).patch(zombie, &PatchParams::default(), &Patch::Merge(&label)).await.unwrap();
@@ -543,11 +531,7 @@ async fn a_dry_run_reports_the_release_of_an_earlier_real_taint_once_and_keeps_i
     let real = controller(client.clone(), &[]).await;
     wait_evaluations(&real, 2, Duration::from_secs(30)).await;
     lab.fleet.set_fault(node, Fault::Zombie).unwrap();
-    eventually("tainted by the real run", STALE_AFTER + TICK_SLACK, || {
-        let client = client.clone();
-        async move { has_our_taint(&get_node(&client, node).await).then_some(()) }
-    })
-    .await;
+    wait_tainted(&client, node, "tainted by the real run", STALE_AFTER + TICK_SLACK).await;
     real.stop().await;
     lab.fleet.set_fault(node, Fault::Recover).unwrap();
     // Now a dry run: the node is healthy, the release is planned on every tick, nothing is written.

@@ -243,3 +243,12 @@ pub fn text(bytes: &[u8]) -> String {
 pub fn describe(out: &std::process::Output) -> String {
     format!("exit {:?}\nstdout:\n{}\nstderr:\n{}", out.status.code(), text(&out.stdout), text(&out.stderr))
 }
+
+/// Waits until pulsecheck's taint is on `node`, or panics after `timeout` naming `what`.
+pub async fn wait_tainted(client: &kube::Client, node: &str, what: &str, timeout: Duration) {
+    eventually(what, timeout, || {
+        let client = client.clone();
+        async move { has_our_taint(&get_node(&client, node).await).then_some(()) }
+    })
+    .await;
+}
