@@ -14,9 +14,12 @@ RUN apt-get update \
  && apt-get install -y --no-install-recommends musl-tools \
  && rm -rf /var/lib/apt/lists/*
 WORKDIR /build
+# The workspace: the product (src/) and the lab crate (lab/), which Cargo needs to resolve the
+# workspace; only the `pulsecheck` binary is built and shipped.
 COPY Cargo.toml Cargo.lock ./
 COPY benches ./benches
 COPY src ./src
+COPY lab ./lab
 RUN --mount=type=cache,target=/usr/local/cargo/registry,sharing=locked \
     --mount=type=cache,target=/build/target,sharing=locked \
     set -eux; \

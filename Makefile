@@ -23,10 +23,10 @@ test-deploy:
 	bash .ci/check-deploy.sh
 
 demo: tools
-	$(CARGO) run --locked --release -- demo
+	$(CARGO) run --locked --release --bin pulsecheck-lab -- demo
 
 lab: tools
-	$(CARGO) run --locked -- lab up --dir .cache/lab --nodes 5
+	$(CARGO) run --locked --bin pulsecheck-lab -- up --dir .cache/lab --nodes 5
 
 bench:
 	$(CARGO) bench --locked --bench evaluate

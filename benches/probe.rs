@@ -23,12 +23,11 @@ use std::{
 };
 
 use pulsecheck::{
-    cli::ProbeMode,
     facts::{KubeletEndpoint, ProbeOutcome},
-    lab::{certs::CertificateAuthority, kubelet},
     metrics::Metrics,
-    probe::{ProbeSettings, ProbeTarget, Prober, run_scheduler},
+    probe::{ProbeMode, ProbeSettings, ProbeTarget, Prober, run_scheduler},
 };
+use pulsecheck_lab::{certs::CertificateAuthority, kubelet};
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
@@ -196,7 +195,7 @@ fn status_kib(field: &str) -> u64 {
 // -------------------------------------------------------------------------------------------
 // The endpoint process
 
-/// Serves `endpoints` healthy lab kubelets (`pulsecheck::lab::kubelet`); writes `ca.pem` and
+/// Serves `endpoints` healthy lab kubelets (`pulsecheck_lab::kubelet`); writes `ca.pem` and
 /// `endpoints.txt` into `dir`, prints `ready`, and serves until its parent goes away.
 fn serve(dir: &Path, endpoints: usize) {
     // The parent holds our stdin open; when it goes away (even by a panic), so do we.

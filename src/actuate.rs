@@ -31,11 +31,94 @@ use kube::{
 use serde_json::{Value, json};
 use tracing::instrument;
 
+use clap::ArgAction;
+
 use crate::{
-    config::Actions,
     facts::{SlimLease, SlimNode, remediation_from_annotations},
     names,
 };
+
+/// What pulsecheck does to a zombie node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, clap::ValueEnum)]
+pub enum Action {
+    /// Add the pulsecheck taint.
+    Taint,
+    /// Set `spec.unschedulable` (recorded so only our cordons are undone).
+    Cordon,
+}
+
+/// Effect of the pulsecheck taint.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum TaintEffect {
+    /// New pods are not scheduled on the node; running pods stay.
+    #[value(name = "NoSchedule")]
+    NoSchedule,
+    /// Like NoSchedule, and pods without a matching toleration are evicted.
+    #[value(name = "NoExecute")]
+    NoExecute,
+}
+
+impl TaintEffect {
+    /// The effect as Kubernetes spells it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TaintEffect::NoSchedule => "NoSchedule",
+            TaintEffect::NoExecute => "NoExecute",
+        }
+    }
+}
+
+/// Which nodes pulsecheck looks after and what it does to zombies.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ActionArgs {
+    /// Only nodes matching this label selector are eligible (the rest are Excluded).
+    #[arg(long, env = "PULSECHECK_NODE_SELECTOR", value_name = "SELECTOR", default_value = "")]
+    pub node_selector: String,
+    /// What to do to a zombie: taint, cordon, or both (comma-separated).
+    #[arg(long, env = "PULSECHECK_ACTION", value_enum, value_delimiter = ',', default_value = "taint")]
+    pub action: Vec<Action>,
+    /// Key of the taint pulsecheck adds.
+    #[arg(long, env = "PULSECHECK_TAINT_KEY", value_name = "KEY", default_value = crate::names::TAINT_KEY, value_parser = crate::parse::taint_key)]
+    pub taint_key: String,
+    /// Effect of the taint.
+    #[arg(long, env = "PULSECHECK_TAINT_EFFECT", value_enum, default_value = "NoSchedule")]
+    pub taint_effect: TaintEffect,
+    /// Decide and report everything, write nothing to any Node.
+    #[arg(long, env = "PULSECHECK_DRY_RUN", value_name = "BOOL", default_value_t = false, action = ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
+    pub dry_run: bool,
+}
+
+/// What pulsecheck does to a zombie.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Actions {
+    /// Add the taint.
+    pub taint: bool,
+    /// Cordon.
+    pub cordon: bool,
+    /// Taint key.
+    pub taint_key: String,
+    /// Taint effect.
+    pub taint_effect: TaintEffect,
+}
+
+impl Default for Actions {
+    /// `--action=taint`, pulsecheck's own taint key, `NoSchedule`: the flags' defaults.
+    fn default() -> Self {
+        Actions { taint: true, cordon: false, taint_key: names::TAINT_KEY.into(), taint_effect: TaintEffect::NoSchedule }
+    }
+}
+
+impl Actions {
+    /// What `args` ask for; `None` when `--action` names nothing.
+    pub fn from_args(args: &ActionArgs) -> Option<Actions> {
+        (!args.action.is_empty()).then(|| Actions {
+            taint: args.action.contains(&Action::Taint),
+            cordon: args.action.contains(&Action::Cordon),
+            taint_key: args.taint_key.clone(),
+            taint_effect: args.taint_effect,
+        })
+    }
+}
 
 /// Errors writing to the cluster.
 #[derive(Debug, thiserror::Error)]
@@ -345,7 +428,6 @@ fn truncate(mut s: String, max: usize) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::cli::TaintEffect;
     use crate::facts::{Remediation, fixtures::*};
 
     fn actions(taint: bool, cordon: bool) -> Actions {

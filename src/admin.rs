@@ -21,7 +21,30 @@ use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use crate::{cli::LogFormat, metrics::Metrics};
+use crate::metrics::Metrics;
+
+/// Log line format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Plain,
+    /// One JSON object per line.
+    Json,
+}
+
+/// Logging and the admin HTTP server.
+#[derive(Debug, Clone, clap::Args)]
+pub struct AdminArgs {
+    /// Address of the admin server (/metrics, /livez, /readyz).
+    #[arg(long, env = "PULSECHECK_ADMIN_ADDR", value_name = "ADDR", default_value = "0.0.0.0:8080")]
+    pub admin_addr: SocketAddr,
+    /// Log line format.
+    #[arg(long, env = "PULSECHECK_LOG_FORMAT", value_enum, default_value = "plain")]
+    pub log_format: LogFormat,
+    /// Log filter in tracing's env-filter syntax.
+    #[arg(long, env = "PULSECHECK_LOG", value_name = "FILTER", default_value = "info")]
+    pub log_filter: String,
+}
 
 /// Errors of the admin edge.
 #[derive(Debug, thiserror::Error)]

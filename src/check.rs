@@ -27,7 +27,6 @@ use std::{
     io::Write,
     path::{Path, PathBuf},
     pin::Pin,
-    process::ExitCode,
     time::Duration,
 };
 
@@ -42,11 +41,13 @@ use kube::{
 use serde::Serialize;
 
 use crate::{
-    cli::{ClientArgs, ProbeMode, ThresholdArgs, positive_duration, taint_key},
+    Outcome,
+    connect::ClientArgs,
     facts::{FleetFacts, ProbeOutcome, Scope, SlimLease, SlimNode},
     names,
-    probe::{ProbeSettings, ProbeTarget, Prober},
-    verdict::{self, Evidence, Thresholds, Verdict},
+    parse::{positive_duration, taint_key},
+    probe::{ProbeMode, ProbeSettings, ProbeTarget, Prober},
+    verdict::{self, Evidence, ThresholdArgs, Thresholds, Verdict},
 };
 
 /// Percentage of failing probes beyond which probe evidence is ignored (as `run`'s default).
@@ -60,10 +61,6 @@ const NOTE_NAMES: usize = 5;
 
 /// Arguments of `pulsecheck check`.
 #[derive(Debug, Clone, clap::Args)]
-#[command(
-    mut_arg("recover_after", |a| a.hide(true)),
-    mut_arg("evaluation_interval", |a| a.hide(true))
-)]
 pub struct CheckArgs {
     #[command(flatten)]
     pub client: ClientArgs,
@@ -294,48 +291,24 @@ pub fn argv_as_check(mut args: Vec<OsString>) -> Vec<OsString> {
 }
 
 /// Runs `pulsecheck check`: prints the report on stdout and notes on stderr.
-pub async fn main(args: CheckArgs) -> ExitCode {
-    match check(&args).await {
-        Ok(report) => {
-            if args.notes {
-                for note in &report.notes {
-                    eprintln!("note: {note}");
-                }
-            }
-            let text = match render(&report, args.output) {
-                Ok(text) => text,
-                Err(e) => {
-                    eprintln!("error: {e}");
-                    return ExitCode::from(2);
-                }
-            };
-            let mut out = std::io::stdout().lock();
-            // A closed pipe (`| head`) is not an error worth reporting.
-            let _ = out.write_all(text.as_bytes()).and_then(|()| out.flush());
-            ExitCode::from(u8::from(report.needs_attention()))
-        }
-        Err(e) => {
-            eprintln!("error: {e}");
-            ExitCode::from(2)
+/// [`Outcome::Findings`] when some node is suspect, zombie or dead.
+pub async fn run(args: CheckArgs) -> Result<Outcome> {
+    let report = check(&args).await?;
+    if args.notes {
+        for note in &report.notes {
+            eprintln!("note: {note}");
         }
     }
+    let text = render(&report, args.output)?;
+    let mut out = std::io::stdout().lock();
+    // A closed pipe (`| head`) is not an error worth reporting.
+    let _ = out.write_all(text.as_bytes()).and_then(|()| out.flush());
+    Ok(if report.needs_attention() { Outcome::Findings } else { Outcome::Clean })
 }
 
-/// The thresholds `check` judges with: `run`'s threshold flags, and `run`'s probe defaults.
+/// The thresholds `check` judges with: `run`'s threshold flags and rules, and `run`'s probe defaults.
 pub fn thresholds(args: &ThresholdArgs) -> Result<Thresholds> {
-    if args.lease_grace >= args.status_stale_after {
-        return Err(Error::Usage(format!(
-            "--lease-grace ({}) must be smaller than --status-stale-after ({})",
-            humantime::format_duration(args.lease_grace),
-            humantime::format_duration(args.status_stale_after)
-        )));
-    }
-    Ok(Thresholds {
-        lease_grace: args.lease_grace,
-        status_stale_after: args.status_stale_after,
-        os_image_unknown_after: args.os_image_unknown_after,
-        ..Thresholds::default()
-    })
+    args.thresholds().map_err(|e| Error::Usage(e.to_string()))
 }
 
 /// Reads the cluster (once, or for `--observe`), judges every node and builds the report.
@@ -343,11 +316,7 @@ pub async fn check(args: &CheckArgs) -> Result<Report> {
     let th = thresholds(&args.thresholds)?;
     let client = crate::connect::client(&args.client).await?;
     let prober = kubelet_prober(args, &client)?;
-    let scope = Scope {
-        taint_key: args.taint_key.clone(),
-        problem_conditions: args.thresholds.problem_conditions.iter().map(|s| s.trim().to_string()).filter(|s| !s.is_empty()).collect(),
-        ..Scope::default()
-    };
+    let scope = Scope { taint_key: args.taint_key.clone(), problem_conditions: args.thresholds.problem_conditions(), ..Scope::default() };
     let reader = Reader { client, timeout: args.client.request_timeout };
     let mut notes = Vec::new();
     let (mut facts, clock, lower_bounds) = match args.observe {
@@ -886,7 +855,7 @@ mod tests {
     #[test]
     fn thresholds_and_their_defaults_are_those_of_run() {
         let run = match Cli::try_parse_from(["pulsecheck", "run"]).unwrap().command {
-            Command::Run(a) => crate::config::Config::from_args(&a).unwrap(),
+            Command::Run(a) => crate::config::Settings::from_args(&a).unwrap(),
             _ => unreachable!(),
         };
         assert_eq!(thresholds(&args(&[]).thresholds).unwrap(), run.thresholds);
@@ -917,12 +886,15 @@ mod tests {
     }
 
     #[test]
-    fn run_only_flags_are_hidden_from_check_help() {
+    fn run_only_flags_are_not_flags_of_check() {
         use clap::CommandFactory;
         let cli = Cli::command();
         let check = cli.find_subcommand("check").unwrap();
-        let hidden: Vec<_> = check.get_arguments().filter(|a| a.is_hide_set()).filter_map(|a| a.get_long()).collect();
-        assert_eq!(hidden, ["recover-after", "evaluation-interval"]);
+        let longs: Vec<_> = check.get_arguments().filter_map(|a| a.get_long()).collect();
+        for run_only in ["recover-after", "evaluation-interval", "max-unhealthy", "leader-elect"] {
+            assert!(!longs.contains(&run_only), "check accepts --{run_only}");
+        }
+        assert!(longs.contains(&"lease-grace") && longs.contains(&"status-stale-after"), "check judges with run's thresholds");
     }
 
     #[test]

@@ -8,12 +8,25 @@
 use kube::{Api, api::ListParams};
 
 use crate::{
-    actuate::{self, Actuator, release_patch},
-    cli::{CleanupArgs, TaintEffect},
-    config::Actions,
+    Outcome,
+    actuate::{self, Actions, Actuator, release_patch},
+    connect::ClientArgs,
     facts::SlimNode,
     names,
 };
+
+/// `pulsecheck cleanup`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct CleanupArgs {
+    #[command(flatten)]
+    pub client: ClientArgs,
+    /// Key of the taint to remove (as configured for `run`).
+    #[arg(long, env = "PULSECHECK_TAINT_KEY", value_name = "KEY", default_value = crate::names::TAINT_KEY, value_parser = crate::parse::taint_key)]
+    pub taint_key: String,
+    /// Say what would be removed, remove nothing.
+    #[arg(long, env = "PULSECHECK_DRY_RUN", value_name = "BOOL", default_value_t = false, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
+    pub dry_run: bool,
+}
 
 /// Errors of `cleanup`.
 #[derive(Debug, thiserror::Error)]
@@ -27,13 +40,6 @@ pub enum Error {
     /// Some nodes could not be cleaned.
     #[error("{0} node(s) could not be cleaned; see the lines above")]
     Partial(usize),
-}
-
-impl Error {
-    /// True for errors in the user's input (exit code 2), as for `run` and `check`.
-    pub fn is_usage(&self) -> bool {
-        matches!(self, Error::Connect(crate::connect::Error::Kubeconfig { .. }))
-    }
 }
 
 /// What `cleanup` found on one node.
@@ -55,14 +61,14 @@ pub fn leftovers(node: &SlimNode, taint_key: &str) -> Option<Leftovers> {
 }
 
 /// Runs `pulsecheck cleanup`; prints one line per node it cleans (or would clean).
-pub async fn run(args: CleanupArgs) -> Result<(), Error> {
+pub async fn run(args: CleanupArgs) -> Result<Outcome, Error> {
     let client = crate::connect::client(&args.client).await?;
     let nodes: Api<SlimNode> = Api::all(client.clone());
     let list = tokio::time::timeout(args.client.request_timeout * 6, nodes.list(&ListParams::default()))
         .await
         .map_err(|_| Error::List(kube::Error::Service("listing nodes timed out".into())))?
         .map_err(Error::List)?;
-    let actions = Actions { taint: true, cordon: false, taint_key: args.taint_key.clone(), taint_effect: TaintEffect::NoSchedule };
+    let actions = Actions { taint_key: args.taint_key.clone(), ..Actions::default() };
     let actuator = Actuator::new(client, actions, args.client.request_timeout, None);
     let mut failed = 0;
     let mut cleaned = 0;
@@ -87,7 +93,7 @@ pub async fn run(args: CleanupArgs) -> Result<(), Error> {
         println!("{verb} node {}: {}", found.node, what.join(", "));
     }
     println!("{} node(s) {}", cleaned, if args.dry_run { "would be cleaned (dry run)" } else { "cleaned" });
-    if failed > 0 { Err(Error::Partial(failed)) } else { Ok(()) }
+    if failed > 0 { Err(Error::Partial(failed)) } else { Ok(Outcome::Clean) }
 }
 
 async fn clean(actuator: &Actuator, found: &Leftovers) -> Result<(), actuate::Error> {

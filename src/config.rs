@@ -1,25 +1,67 @@
-//! Validated configuration of `pulsecheck run`.
+//! The settings of `pulsecheck run`: one value, built from the flags in one place
+//! ([`Settings::from_args`]) or written directly (the demo, the tests).
 //!
 //! clap rejects what one flag can get wrong on its own; this module rejects what flags get wrong
 //! together (a Lease grace not shorter than the status threshold, a probe timeout longer than
-//! its interval) and turns the flags into the typed settings each part of pulsecheck takes.
-//! Every error names the flags involved; `main` exits 2 on it.
+//! its interval) and turns the flag groups into the typed settings each part of pulsecheck
+//! takes. Every error names the flags involved; the process exits 2 on it.
+//! [`Settings::default`] is what `pulsecheck run` does without flags (a unit test holds the two
+//! together).
 
-use std::time::Duration;
+use std::{net::SocketAddr, time::Duration};
+
+use clap::Args;
 
 use crate::{
-    cli::{Action, ProbeMode, RunArgs, TaintEffect},
+    actuate::{ActionArgs, Actions},
+    admin::AdminArgs,
+    connect::ClientArgs,
     facts::{Scope, Selector, SelectorError},
-    guard::GuardConfig,
-    verdict::Thresholds,
+    guard::{GuardArgs, GuardConfig},
+    leader::{LeaderArgs, LeaderSettings},
+    metrics::MetricsArgs,
+    parse::{Contradiction, below, positive_duration},
+    probe::{ProbeArgs, ProbeMode, ProbeSettings},
+    verdict::{ThresholdArgs, Thresholds},
 };
+
+/// `pulsecheck run`.
+#[derive(Debug, Clone, Args)]
+pub struct RunArgs {
+    #[command(flatten)]
+    pub client: ClientArgs,
+    #[command(flatten)]
+    pub thresholds: ThresholdArgs,
+    #[command(flatten)]
+    pub tick: TickArgs,
+    #[command(flatten)]
+    pub guard: GuardArgs,
+    #[command(flatten)]
+    pub action: ActionArgs,
+    #[command(flatten)]
+    pub probe: ProbeArgs,
+    #[command(flatten)]
+    pub leader: LeaderArgs,
+    #[command(flatten)]
+    pub admin: AdminArgs,
+    #[command(flatten)]
+    pub metrics: MetricsArgs,
+}
+
+/// The decision loop's own flags.
+#[derive(Debug, Clone, Args)]
+pub struct TickArgs {
+    /// How often every node is judged.
+    #[arg(long, env = "PULSECHECK_EVALUATION_INTERVAL", value_name = "DURATION", default_value = "5s", value_parser = positive_duration)]
+    pub evaluation_interval: Duration,
+}
 
 /// A configuration that cannot work.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// Two flags contradict each other.
-    #[error("{flag} ({value}) must be {relation} {other} ({other_value})")]
-    Contradiction { flag: &'static str, value: String, relation: &'static str, other: &'static str, other_value: String },
+    #[error(transparent)]
+    Contradiction(#[from] Contradiction),
     /// `--node-selector` does not parse.
     #[error("--node-selector: {0}")]
     Selector(#[from] SelectorError),
@@ -34,22 +76,9 @@ pub enum Error {
     UnknownValue { flag: &'static str, value: String, expected: &'static str },
 }
 
-/// What pulsecheck does to a zombie.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Actions {
-    /// Add the taint.
-    pub taint: bool,
-    /// Cordon.
-    pub cordon: bool,
-    /// Taint key.
-    pub taint_key: String,
-    /// Taint effect.
-    pub taint_effect: TaintEffect,
-}
-
-/// Validated settings of the controller.
+/// Everything `pulsecheck run` needs besides a client.
 #[derive(Debug, Clone)]
-pub struct Config {
+pub struct Settings {
     /// Decision thresholds.
     pub thresholds: Thresholds,
     /// Fleet guard.
@@ -68,20 +97,69 @@ pub struct Config {
     pub settle_after_blindness: Duration,
     /// Timeout of each non-watch request.
     pub request_timeout: Duration,
-    /// Probe mode and limits.
-    pub probe: ProbeMode,
+    /// The prober's settings.
+    pub probe: ProbeSettings,
     /// Probe percentage beyond which pulsecheck assumes its own network is cut off.
     pub probe_partition_threshold: f64,
+    /// Leader election.
+    pub leader: LeaderSettings,
+    /// Admin server address (port 0 for any).
+    pub admin_addr: SocketAddr,
+    /// Per-node metric series.
+    pub per_node_metrics: bool,
 }
+
+impl Default for Settings {
+    /// `pulsecheck run` without flags, except that leader election is off (there is no Pod to
+    /// take the identity and namespace from).
+    fn default() -> Self {
+        let thresholds = Thresholds::default();
+        Settings {
+            guard: GuardConfig::default(),
+            scope: Scope {
+                taint_key: crate::names::TAINT_KEY.into(),
+                problem_conditions: DEFAULT_PROBLEM_CONDITIONS.iter().map(|s| s.to_string()).collect(),
+                ..Scope::default()
+            },
+            node_selector: String::new(),
+            actions: Actions::default(),
+            dry_run: false,
+            evaluation_interval: Duration::from_secs(5),
+            settle_after_blindness: thresholds.lease_grace,
+            request_timeout: Duration::from_secs(10),
+            probe: ProbeSettings::default(),
+            probe_partition_threshold: 50.0,
+            leader: LeaderSettings::disabled("pulsecheck"),
+            admin_addr: SocketAddr::from(([0, 0, 0, 0], 8080)),
+            per_node_metrics: true,
+            thresholds,
+        }
+    }
+}
+
+/// `--problem-conditions`' default.
+const DEFAULT_PROBLEM_CONDITIONS: &[&str] = &["ReadonlyFilesystem", "KernelDeadlock", "FilesystemCorruption"];
 
 const ADDRESS_TYPES: &[&str] = &["InternalIP", "ExternalIP", "Hostname", "InternalDNS", "ExternalDNS"];
 
-impl Config {
+impl Settings {
+    /// Probes every `interval`: results then expire after three intervals, so a hanging prober
+    /// never leaves old evidence behind.
+    pub fn probe_every(&mut self, interval: Duration) {
+        self.probe.interval = interval;
+        self.thresholds.probe_result_ttl = interval * 3;
+    }
+
+    /// The Lease grace; sight regained after blindness settles for as long.
+    pub fn lease_grace(&mut self, grace: Duration) {
+        self.thresholds.lease_grace = grace;
+        self.settle_after_blindness = grace;
+    }
+
     /// Validates `pulsecheck run`'s flags.
-    pub fn from_args(args: &RunArgs) -> Result<Config, Error> {
-        let th = &args.thresholds;
+    pub fn from_args(args: &RunArgs) -> Result<Settings, Error> {
         let p = &args.probe;
-        below(("--lease-grace", th.lease_grace), ("--status-stale-after", th.status_stale_after))?;
+        let mut thresholds = args.thresholds.thresholds()?;
         below(("--probe-timeout", p.probe_timeout), ("--probe-interval", p.probe_interval))?;
         if p.probe != ProbeMode::None {
             below(("--probe-interval", p.probe_interval), ("--probe-zombie-after", p.probe_zombie_after))?;
@@ -98,59 +176,29 @@ impl Config {
         if let Some(ca) = &p.kubelet_certificate_authority {
             std::fs::metadata(ca).map_err(|source| Error::File { flag: "--kubelet-certificate-authority", path: ca.display().to_string(), source })?;
         }
-        if args.action.action.is_empty() {
-            return Err(Error::NoAction);
-        }
+        let actions = Actions::from_args(&args.action).ok_or(Error::NoAction)?;
         let selector = Selector::parse(&args.action.node_selector)?;
-        // Probe results expire after three intervals: a hanging prober never leaves old evidence behind.
-        let probe_result_ttl = p.probe_interval * 3;
-        Ok(Config {
-            thresholds: Thresholds {
-                lease_grace: th.lease_grace,
-                status_stale_after: th.status_stale_after,
-                os_image_unknown_after: th.os_image_unknown_after,
-                probe_failure_threshold: p.probe_failure_threshold,
-                probe_zombie_after: p.probe_zombie_after,
-                probe_result_ttl,
-            },
-            guard: GuardConfig {
-                max_unhealthy_percent: args.guard.max_unhealthy,
-                max_per_minute: args.guard.max_remediations_per_minute,
-                act_on_dead: args.guard.act_on_dead,
-                recover_after: th.recover_after,
-            },
-            scope: Scope {
-                selector,
-                taint_key: args.action.taint_key.clone(),
-                problem_conditions: th.problem_conditions.iter().map(|s| s.trim().to_string()).filter(|s| !s.is_empty()).collect(),
-            },
+        thresholds.probe_failure_threshold = p.probe_failure_threshold;
+        thresholds.probe_zombie_after = p.probe_zombie_after;
+        let mut settings = Settings {
+            guard: GuardConfig::from_args(&args.guard),
+            scope: Scope { selector, taint_key: actions.taint_key.clone(), problem_conditions: args.thresholds.problem_conditions() },
             node_selector: args.action.node_selector.clone(),
-            actions: Actions {
-                taint: args.action.action.contains(&Action::Taint),
-                cordon: args.action.action.contains(&Action::Cordon),
-                taint_key: args.action.taint_key.clone(),
-                taint_effect: args.action.taint_effect,
-            },
-            dry_run: args.guard.dry_run,
-            evaluation_interval: th.evaluation_interval,
-            settle_after_blindness: th.lease_grace,
+            actions,
+            dry_run: args.action.dry_run,
+            evaluation_interval: args.tick.evaluation_interval,
+            settle_after_blindness: thresholds.lease_grace,
             request_timeout: args.client.request_timeout,
-            probe: p.probe,
+            probe: ProbeSettings::from_args(p),
             probe_partition_threshold: p.probe_partition_threshold,
-        })
+            leader: LeaderSettings::from_args(&args.leader),
+            admin_addr: args.admin.admin_addr,
+            per_node_metrics: args.metrics.per_node_metrics,
+            thresholds,
+        };
+        settings.probe_every(p.probe_interval);
+        Ok(settings)
     }
-}
-
-/// `Ok` when the first duration flag is strictly smaller than the second.
-fn below((flag, value): (&'static str, Duration), (other, other_value): (&'static str, Duration)) -> Result<(), Error> {
-    if value < other_value {
-        return Ok(());
-    }
-    Err(Error::Contradiction { flag, value: show(value), relation: "smaller than", other, other_value: show(other_value) })
-}
-
-fn show(d: Duration) -> String {
-    humantime::format_duration(d).to_string()
 }
 
 #[cfg(test)]
@@ -170,35 +218,62 @@ mod tests {
 
     #[test]
     fn defaults_are_valid() {
-        let c = Config::from_args(&args(&[])).unwrap();
+        let c = Settings::from_args(&args(&[])).unwrap();
         assert_eq!(c.thresholds.status_stale_after, Duration::from_secs(600));
         assert!(c.actions.taint && !c.actions.cordon);
         assert_eq!(c.scope.problem_conditions.len(), 3);
     }
 
     #[test]
+    fn settings_written_directly_default_to_what_the_flags_default_to() {
+        let set: Vec<String> = std::env::vars().map(|(k, _)| k).filter(|k| k.starts_with("PULSECHECK_")).collect();
+        assert!(set.is_empty(), "unset {set:?} to compare the flags' defaults with Settings::default()");
+        let parsed = Settings::from_args(&args(&["--leader-elect=false", "--identity=pulsecheck"])).unwrap();
+        let written = Settings::default();
+        assert_eq!(parsed.thresholds, written.thresholds);
+        assert_eq!(parsed.guard, written.guard);
+        assert_eq!(parsed.scope.problem_conditions, written.scope.problem_conditions);
+        assert_eq!(parsed.scope.taint_key, written.scope.taint_key);
+        assert!(parsed.scope.selector.is_empty() && written.scope.selector.is_empty());
+        assert_eq!(parsed.node_selector, written.node_selector);
+        assert_eq!(parsed.actions, written.actions);
+        assert_eq!(parsed.dry_run, written.dry_run);
+        assert_eq!(parsed.evaluation_interval, written.evaluation_interval);
+        assert_eq!(parsed.settle_after_blindness, written.settle_after_blindness);
+        assert_eq!(parsed.request_timeout, written.request_timeout);
+        assert_eq!(parsed.probe, written.probe);
+        assert_eq!(parsed.probe_partition_threshold, written.probe_partition_threshold);
+        assert_eq!(parsed.leader.enabled, written.leader.enabled);
+        assert_eq!(parsed.leader.identity, written.leader.identity);
+        assert_eq!(parsed.leader.name, written.leader.name);
+        assert_eq!(parsed.leader.duration, written.leader.duration);
+        assert_eq!(parsed.admin_addr, written.admin_addr);
+        assert_eq!(parsed.per_node_metrics, written.per_node_metrics);
+    }
+
+    #[test]
     fn lease_grace_must_be_below_status_threshold() {
-        let e = Config::from_args(&args(&["--lease-grace", "10m"])).unwrap_err().to_string();
+        let e = Settings::from_args(&args(&["--lease-grace", "10m"])).unwrap_err().to_string();
         assert!(e.contains("--lease-grace") && e.contains("--status-stale-after"), "{e}");
     }
 
     #[test]
     fn probe_timeout_must_be_below_interval() {
-        let e = Config::from_args(&args(&["--probe-timeout", "30s"])).unwrap_err().to_string();
+        let e = Settings::from_args(&args(&["--probe-timeout", "30s"])).unwrap_err().to_string();
         assert!(e.contains("--probe-timeout"), "{e}");
     }
 
     #[test]
     fn bad_selector_and_address_type_name_their_flag() {
-        let e = Config::from_args(&args(&["--node-selector", "a in (b)"])).unwrap_err().to_string();
+        let e = Settings::from_args(&args(&["--node-selector", "a in (b)"])).unwrap_err().to_string();
         assert!(e.starts_with("--node-selector"), "{e}");
-        let e = Config::from_args(&args(&["--kubelet-preferred-address-types", "InternalIP,Bogus"])).unwrap_err().to_string();
+        let e = Settings::from_args(&args(&["--kubelet-preferred-address-types", "InternalIP,Bogus"])).unwrap_err().to_string();
         assert!(e.contains("--kubelet-preferred-address-types") && e.contains("Bogus"), "{e}");
     }
 
     #[test]
     fn missing_ca_file_names_the_flag() {
-        let e = Config::from_args(&args(&["--kubelet-certificate-authority", "/nonexistent/ca.pem"])).unwrap_err().to_string();
+        let e = Settings::from_args(&args(&["--kubelet-certificate-authority", "/nonexistent/ca.pem"])).unwrap_err().to_string();
         assert!(e.contains("--kubelet-certificate-authority") && e.contains("/nonexistent/ca.pem"), "{e}");
     }
 }

@@ -1,11 +1,27 @@
 //! How pulsecheck reaches the apiserver: one place that turns `--kubeconfig`/`--context` (or the
-//! in-cluster ServiceAccount) into a `kube::Client` with timeouts on every request.
+//! in-cluster ServiceAccount) into a `kube::Client` with timeouts on every request. Every command
+//! (and the lab) builds its client here.
 
-use std::time::Duration;
+use std::{path::PathBuf, time::Duration};
 
+use clap::Args;
 use kube::config::{KubeConfigOptions, Kubeconfig};
 
-use crate::cli::ClientArgs;
+use crate::parse::positive_duration;
+
+/// How to reach the cluster.
+#[derive(Debug, Clone, Args, Default)]
+pub struct ClientArgs {
+    /// Kubeconfig file; without it, the in-cluster config, then $KUBECONFIG / ~/.kube/config.
+    #[arg(long, env = "PULSECHECK_KUBECONFIG", value_name = "PATH")]
+    pub kubeconfig: Option<PathBuf>,
+    /// Kubeconfig context to use instead of the current one.
+    #[arg(long, env = "PULSECHECK_CONTEXT", value_name = "NAME")]
+    pub context: Option<String>,
+    /// Timeout of every non-watch request to the apiserver.
+    #[arg(long, env = "PULSECHECK_REQUEST_TIMEOUT", value_name = "DURATION", default_value = "10s", value_parser = positive_duration)]
+    pub request_timeout: Duration,
+}
 
 /// Errors building a client.
 #[derive(Debug, thiserror::Error)]

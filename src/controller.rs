@@ -26,17 +26,17 @@ use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
 use crate::{
+    Outcome,
     actuate::{Actuator, Change, Error as ActuateError},
     admin::{AdminServer, Readiness},
-    cli::{ProbeMode, RunArgs},
-    config::Config,
+    config::{RunArgs, Settings},
     facts::{FleetFacts, NodeName, ProbeOutcome, SlimLease, SlimNode},
     guard::{self, Hold, Memory, Plan},
     leader::Leadership,
     metrics::{ActionLabel, Metrics, NodeHeartbeats, ResultLabel},
     names,
     observe::{self, SharedView, lock},
-    probe::{self, ProbeReport, ProbeTarget, Prober},
+    probe::{self, ProbeMode, ProbeReport, ProbeTarget, Prober},
     verdict::{self, Assessment, Assessments, Verdict},
 };
 
@@ -65,100 +65,16 @@ pub enum Error {
     Probe(#[from] crate::probe::Error),
 }
 
-impl Error {
-    /// True for errors in the user's input (exit code 2).
-    pub fn is_usage(&self) -> bool {
-        matches!(
-            self,
-            Error::Config(_)
-                | Error::Admin(_)
-                | Error::Connect(crate::connect::Error::Kubeconfig { .. })
-                | Error::Leader(crate::leader::Error::TooShort(_))
-                | Error::Probe(_)
-        )
-    }
-}
-
-/// Leader election settings.
-#[derive(Debug, Clone)]
-pub struct LeaderSettings {
-    /// Elect at all.
-    pub enabled: bool,
-    /// Namespace of the leader Lease.
-    pub namespace: String,
-    /// Name of the leader Lease.
-    pub name: String,
-    /// This instance's identity.
-    pub identity: String,
-    /// Lease duration.
-    pub duration: Duration,
-}
-
-/// Everything `start` needs besides a client.
-#[derive(Debug, Clone)]
-pub struct RunSettings {
-    /// Validated controller configuration.
-    pub config: Config,
-    /// Leader election.
-    pub leader: LeaderSettings,
-    /// Admin server address (port 0 for any).
-    pub admin_addr: SocketAddr,
-    /// Per-node metric series.
-    pub per_node_metrics: bool,
-    /// The prober's settings.
-    pub probe: probe::ProbeSettings,
-    /// Probe interval and concurrency.
-    pub probe_interval: Duration,
-    /// At most this many probes in flight.
-    pub probe_concurrency: usize,
-}
-
-impl RunSettings {
-    /// Validates `pulsecheck run`'s flags.
-    pub fn from_args(args: &RunArgs) -> Result<RunSettings, Error> {
-        let config = Config::from_args(args)?;
-        let identity = args
-            .leader
-            .identity
-            .clone()
-            .or_else(|| std::env::var("POD_NAME").ok().filter(|s| !s.is_empty()))
-            .or_else(|| nix::unistd::gethostname().ok().and_then(|h| h.into_string().ok()))
-            .unwrap_or_else(|| "pulsecheck".into());
-        let namespace = args
-            .leader
-            .leader_election_namespace
-            .clone()
-            .or_else(|| std::env::var("POD_NAMESPACE").ok().filter(|s| !s.is_empty()))
-            .or_else(|| std::fs::read_to_string("/var/run/secrets/kubernetes.io/serviceaccount/namespace").ok().map(|s| s.trim().to_string()))
-            .unwrap_or_else(|| "pulsecheck".into());
-        Ok(RunSettings {
-            config,
-            leader: LeaderSettings {
-                enabled: args.leader.leader_elect,
-                namespace,
-                name: args.leader.leader_election_name.clone(),
-                identity,
-                duration: args.leader.leader_election_lease_duration,
-            },
-            admin_addr: args.admin.admin_addr,
-            per_node_metrics: args.admin.per_node_metrics,
-            probe: probe::ProbeSettings::from_args(&args.probe),
-            probe_interval: args.probe.probe_interval,
-            probe_concurrency: args.probe.probe_concurrency as usize,
-        })
-    }
-}
-
 /// `pulsecheck run`: runs until SIGINT/SIGTERM.
-pub async fn run(args: RunArgs) -> Result<(), Error> {
+pub async fn run(args: RunArgs) -> Result<Outcome, Error> {
     crate::admin::init_logging(args.admin.log_format, &args.admin.log_filter)?;
-    let settings = RunSettings::from_args(&args)?;
+    let settings = Settings::from_args(&args)?;
     let client = crate::connect::client(&args.client).await?;
     let running = start(client, settings).await?;
     wait_for_signal().await;
     info!("shutting down: finishing in-flight writes");
     running.stop().await;
-    Ok(())
+    Ok(Outcome::Clean)
 }
 
 /// Resolves on SIGINT or SIGTERM.
@@ -198,7 +114,7 @@ impl Running {
 }
 
 /// Starts watches, prober, admin server, leader election and the decision loop.
-pub async fn start(client: kube::Client, settings: RunSettings) -> Result<Running, Error> {
+pub async fn start(client: kube::Client, settings: Settings) -> Result<Running, Error> {
     let metrics = Metrics::new(settings.per_node_metrics);
     let readiness = Readiness::default();
     let shutdown = CancellationToken::new();
@@ -208,23 +124,12 @@ pub async fn start(client: kube::Client, settings: RunSettings) -> Result<Runnin
         ProbeMode::None => None,
         _ => Some(Prober::new(settings.probe.clone(), client.clone())?),
     };
-    let leadership = if settings.leader.enabled {
-        let l = &settings.leader;
-        Leadership::elect(client.clone(), &l.namespace, &l.name, &l.identity, l.duration).await?
-    } else {
-        Leadership::always()
-    };
+    let leadership = Leadership::start(client.clone(), &settings.leader).await?;
 
     let view: SharedView = SharedView::default();
     let mut tasks = vec![tokio::spawn(server.serve(shutdown.clone()))];
     let watch_shutdown = shutdown.child_token();
-    tasks.push(tokio::spawn(observe::watch_nodes(
-        Api::all(client.clone()),
-        view.clone(),
-        settings.config.scope.clone(),
-        metrics.clone(),
-        watch_shutdown.clone(),
-    )));
+    tasks.push(tokio::spawn(observe::watch_nodes(Api::all(client.clone()), view.clone(), settings.scope.clone(), metrics.clone(), watch_shutdown.clone())));
     tasks.push(tokio::spawn(observe::watch_leases(
         Api::namespaced(client.clone(), names::NODE_LEASE_NAMESPACE),
         view.clone(),
@@ -235,13 +140,13 @@ pub async fn start(client: kube::Client, settings: RunSettings) -> Result<Runnin
     let (targets_tx, targets_rx) = tokio::sync::watch::channel(Vec::new());
     let (results_tx, results_rx) = mpsc::channel(4096);
     let effective = prober.as_ref().map_or(ProbeMode::None, Prober::effective_mode);
-    metrics.set_probe_mode(clap::ValueEnum::to_possible_value(&effective).map(|v| v.get_name().to_string()).unwrap_or_default().as_str());
+    metrics.set_probe_mode(effective.as_str());
     if let Some(prober) = prober {
         // The fallback itself was logged once by Prober::new; the gauge keeps it visible.
         tasks.push(tokio::spawn(probe::run_scheduler(
             prober,
-            settings.probe_interval,
-            settings.probe_concurrency,
+            settings.probe.interval,
+            settings.probe.concurrency,
             targets_rx,
             results_tx,
             metrics.clone(),
@@ -249,9 +154,9 @@ pub async fn start(client: kube::Client, settings: RunSettings) -> Result<Runnin
         )));
     }
 
-    let actuator = Actuator::new(client, settings.config.actions.clone(), settings.config.request_timeout, Some(settings.leader.identity.clone()));
+    let actuator = Actuator::new(client, settings.actions.clone(), settings.request_timeout, Some(settings.leader.identity.clone()));
     let controller = Controller {
-        config: settings.config,
+        config: settings,
         view,
         actuator,
         metrics: metrics.clone(),
@@ -274,7 +179,7 @@ pub async fn start(client: kube::Client, settings: RunSettings) -> Result<Runnin
 
 /// The decision loop's state.
 struct Controller {
-    config: Config,
+    config: Settings,
     view: SharedView,
     actuator: Actuator,
     metrics: Metrics,

@@ -24,8 +24,38 @@ use k8s_openapi::jiff::{SignedDuration, Timestamp};
 
 use crate::{
     facts::{FleetFacts, NodeName},
+    parse::{percentage, positive_duration},
     verdict::{Assessments, Verdict},
 };
+
+/// Limits that keep pulsecheck from ever causing a remediation storm.
+#[derive(Debug, Clone, clap::Args)]
+pub struct GuardArgs {
+    /// At most this percentage of eligible nodes (at least one) is remediated at once; beyond it the circuit opens.
+    #[arg(long, env = "PULSECHECK_MAX_UNHEALTHY", value_name = "PERCENT", default_value = "20", value_parser = percentage)]
+    pub max_unhealthy: f64,
+    /// At most this many new remediations start per minute.
+    #[arg(long, env = "PULSECHECK_MAX_REMEDIATIONS_PER_MINUTE", value_name = "N", default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_remediations_per_minute: u32,
+    /// Also remediate Dead nodes (Lease and status both stale), which kube-controller-manager already taints.
+    #[arg(long, env = "PULSECHECK_ACT_ON_DEAD", value_name = "BOOL", default_value_t = false, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
+    pub act_on_dead: bool,
+    /// A zombie must be healthy continuously this long before pulsecheck releases it.
+    #[arg(long, env = "PULSECHECK_RECOVER_AFTER", value_name = "DURATION", default_value = "2m", value_parser = positive_duration)]
+    pub recover_after: Duration,
+}
+
+impl GuardConfig {
+    /// The guard `args` ask for.
+    pub fn from_args(args: &GuardArgs) -> GuardConfig {
+        GuardConfig {
+            max_unhealthy_percent: args.max_unhealthy,
+            max_per_minute: args.max_remediations_per_minute,
+            act_on_dead: args.act_on_dead,
+            recover_after: args.recover_after,
+        }
+    }
+}
 
 /// Guard settings (validated by [`crate::config`]).
 #[derive(Debug, Clone, PartialEq)]

@@ -11,8 +11,8 @@
 //! Layout: [`facts`] turns API objects into compact observations, [`verdict`] is the pure
 //! decision core (`evaluate(now, ..)`), [`guard`] limits how much may be remediated at once,
 //! [`observe`] runs the watches, [`actuate`] writes to Nodes, [`probe`] asks kubelets,
-//! [`controller`] ties them into the `run` loop; [`lab`] is the real local control plane and
-//! simulated kubelet fleet used by the tests, the demo and the benchmarks.
+//! [`controller`] ties them into the `run` loop. The real local control plane, the simulated
+//! kubelet fleet and the demo live in the `pulsecheck-lab` crate, which this crate never uses.
 
 pub mod actuate;
 pub mod admin;
@@ -22,15 +22,24 @@ pub mod cli;
 pub mod config;
 pub mod connect;
 pub mod controller;
-pub mod demo;
 pub mod facts;
 pub mod guard;
-pub mod lab;
 pub mod leader;
 pub mod metrics;
 pub mod observe;
+pub mod parse;
 pub mod probe;
 pub mod verdict;
+
+/// How a command ended without an error: the process exits 0 for [`Outcome::Clean`] and 1 for
+/// [`Outcome::Findings`]; every error exits 2 (see [`cli`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// Nothing to report.
+    Clean,
+    /// The command found something that needs attention (`check`: unhealthy nodes).
+    Findings,
+}
 
 /// Well-known names pulsecheck puts on (or reads from) Nodes.
 pub mod names {
@@ -46,6 +55,4 @@ pub mod names {
     pub const CONDITION_TYPE: &str = "HeartbeatConsistent";
     /// Namespace that holds the kubelets' Leases.
     pub const NODE_LEASE_NAMESPACE: &str = "kube-node-lease";
-    /// Label set on every Node the simulated fleet creates.
-    pub const FLEET_LABEL: &str = "lab.pulsecheck.dev/simulated";
 }

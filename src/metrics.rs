@@ -90,6 +90,14 @@ impl ResultLabel {
     }
 }
 
+/// What pulsecheck exports.
+#[derive(Debug, Clone, clap::Args)]
+pub struct MetricsArgs {
+    /// Export per-node series (verdict, heartbeat times, probe success); turn off in very large clusters.
+    #[arg(long, env = "PULSECHECK_PER_NODE_METRICS", value_name = "BOOL", default_value_t = true, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
+    pub per_node_metrics: bool,
+}
+
 /// All of pulsecheck's metrics, registered in their own registry.
 #[derive(Clone)]
 pub struct Metrics {

@@ -25,7 +25,10 @@ use std::time::Duration;
 use k8s_openapi::jiff::{SignedDuration, Timestamp};
 use serde::Serialize;
 
-use crate::facts::{FleetFacts, LeaseFacts, NodeFacts, ProbeFacts, ProbeOutcome, ReadyState};
+use crate::{
+    facts::{FleetFacts, LeaseFacts, NodeFacts, ProbeFacts, ProbeOutcome, ReadyState},
+    parse::{Contradiction, below, positive_duration},
+};
 
 /// What pulsecheck concludes about a node.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
@@ -178,6 +181,49 @@ impl Assessment {
             };
         }
         self.evidence.iter().map(ToString::to_string).collect::<Vec<_>>().join("; ")
+    }
+}
+
+/// Thresholds of the decision core; defaults follow kubelet and kube-controller-manager defaults.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ThresholdArgs {
+    /// A Lease seen renewed (by pulsecheck's clock) within this long counts as alive (kube-controller-manager's node-monitor-grace-period).
+    #[arg(long, env = "PULSECHECK_LEASE_GRACE", value_name = "DURATION", default_value = "50s", value_parser = positive_duration)]
+    pub lease_grace: Duration,
+    /// NodeStatus not seen refreshed for this long while the Lease is alive makes a node a zombie (kubelet reports every 5m with up to 50% jitter).
+    #[arg(long, env = "PULSECHECK_STATUS_STALE_AFTER", value_name = "DURATION", default_value = "10m", value_parser = positive_duration)]
+    pub status_stale_after: Duration,
+    /// osImage that turned from a real value to "Unknown" and stayed so this long is conclusive on its own.
+    #[arg(long, env = "PULSECHECK_OS_IMAGE_UNKNOWN_AFTER", value_name = "DURATION", default_value = "2m", value_parser = positive_duration)]
+    pub os_image_unknown_after: Duration,
+    /// Node condition types that, when True, are evidence of a broken node (as node-problem-detector sets them).
+    #[arg(
+        long,
+        env = "PULSECHECK_PROBLEM_CONDITIONS",
+        value_name = "TYPES",
+        value_delimiter = ',',
+        default_value = "ReadonlyFilesystem,KernelDeadlock,FilesystemCorruption"
+    )]
+    pub problem_conditions: Vec<String>,
+}
+
+impl ThresholdArgs {
+    /// The thresholds these flags give (the probe thresholds keep their defaults; `run` sets
+    /// them from its probe flags). The rule `run` and `check` share: the Lease grace must be
+    /// shorter than the status threshold, or a live Lease could never outlast a stale status.
+    pub fn thresholds(&self) -> Result<Thresholds, Contradiction> {
+        below(("--lease-grace", self.lease_grace), ("--status-stale-after", self.status_stale_after))?;
+        Ok(Thresholds {
+            lease_grace: self.lease_grace,
+            status_stale_after: self.status_stale_after,
+            os_image_unknown_after: self.os_image_unknown_after,
+            ..Thresholds::default()
+        })
+    }
+
+    /// The problem condition types, trimmed, without empty entries.
+    pub fn problem_conditions(&self) -> Vec<String> {
+        self.problem_conditions.iter().map(|s| s.trim().to_string()).filter(|s| !s.is_empty()).collect()
     }
 }
 

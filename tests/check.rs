@@ -15,7 +15,7 @@ use kube::{
     Api,
     api::{ObjectMeta, PostParams},
 };
-use pulsecheck::lab::fleet::{Fault, FleetOptions};
+use pulsecheck_lab::fleet::{Fault, FleetOptions};
 
 /// Compressed thresholds for the snapshot mode: the fast fleet reports status at least every
 /// ~4 s, so 6 s of silence is stale.
@@ -161,7 +161,7 @@ async fn observe_catches_a_zombie_whose_skewed_clock_makes_its_stale_status_look
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn identity_without_lease_access_gets_exit_2_naming_the_missing_permission() {
     init();
-    let cp = pulsecheck::lab::controlplane::ControlPlane::start(Default::default()).await.expect("control plane starts");
+    let cp = pulsecheck_lab::controlplane::ControlPlane::start(Default::default()).await.expect("control plane starts");
     let token = cp.service_account_token("check-test", "node-reader").await.expect("token");
     let roles: Api<ClusterRole> = Api::all(cp.client());
     let role = ClusterRole {

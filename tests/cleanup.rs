@@ -20,7 +20,8 @@ use kube::{
     Api,
     api::{Patch, PatchParams},
 };
-use pulsecheck::{lab::fleet::Fault, names};
+use pulsecheck::names;
+use pulsecheck_lab::fleet::Fault;
 
 const TICK_SLACK: Duration = Duration::from_secs(15);
 
@@ -135,7 +136,11 @@ async fn cleanup_removes_only_what_pulsecheck_put_on_nodes_and_dry_run_changes_n
 
     // 1. The controller taints, cordons, records and conditions both zombies (2 of 4 nodes, so
     //    the limit is raised), then stops.
-    let running = controller(client.clone(), &["--action=taint,cordon", "--max-unhealthy=50"]).await;
+    let running = controller(client.clone(), |s| {
+        s.actions.cordon = true;
+        s.guard.max_unhealthy_percent = 50.0;
+    })
+    .await;
     wait_evaluations(&running, 2, Duration::from_secs(30)).await;
     lab.fleet.set_fault(zombie, Fault::Zombie).unwrap();
     lab.fleet.set_fault(person, Fault::Zombie).unwrap();

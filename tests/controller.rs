@@ -11,14 +11,15 @@ use kube::{
     Api,
     api::{Patch, PatchParams},
 };
-use pulsecheck::{lab::fleet::Fault, names};
+use pulsecheck::names;
+use pulsecheck_lab::fleet::Fault;
 
 const TICK_SLACK: Duration = Duration::from_secs(15);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn zombie_node_gets_tainted_with_an_event_and_a_condition_that_say_why() {
     let lab = Lab::start(fast_fleet(4, "zmb-")).await;
-    let running = controller(lab.client(), &[]).await;
+    let running = controller(lab.client(), |_| {}).await;
     let zombie = "zmb-0002";
     wait_evaluations(&running, 3, Duration::from_secs(30)).await;
     lab.fleet.set_fault(zombie, Fault::Zombie).unwrap();
@@ -60,7 +61,7 @@ async fn zombie_node_gets_tainted_with_an_event_and_a_condition_that_say_why() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn healthy_fleet_of_50_nodes_gets_no_action_across_several_report_periods() {
     let lab = Lab::start(fast_fleet(50, "hlt-")).await;
-    let running = controller(lab.client(), &[]).await;
+    let running = controller(lab.client(), |_| {}).await;
     // Several report periods (2 s each) beyond the status threshold, under the controller's eyes.
     let start = tokio::time::Instant::now();
     while start.elapsed() < STALE_AFTER + Duration::from_secs(8) {
@@ -83,7 +84,7 @@ async fn healthy_fleet_of_50_nodes_gets_no_action_across_several_report_periods(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dead_node_is_reported_dead_and_left_to_kubernetes() {
     let lab = Lab::start(fast_fleet(4, "ded-")).await;
-    let running = controller(lab.client(), &[]).await;
+    let running = controller(lab.client(), |_| {}).await;
     wait_evaluations(&running, 2, Duration::from_secs(30)).await;
     lab.fleet.set_fault("ded-0001", Fault::Dead).unwrap();
     wait_verdict(&running, "ded-0001", "dead", STALE_AFTER + TICK_SLACK).await;
@@ -112,7 +113,7 @@ async fn os_image_unknown_from_the_start_stays_suspect_and_becomes_zombie_with_s
         }
     })
     .await;
-    let running = controller(lab.client(), &[]).await;
+    let running = controller(lab.client(), |_| {}).await;
     wait_verdict(&running, node, "suspect", Duration::from_secs(20)).await;
     // Longer than --os-image-unknown-after: still only suspect, because it never turned.
     wait_evaluations(&running, 10, Duration::from_secs(30)).await;
@@ -133,7 +134,7 @@ async fn healthy_nodes_with_clocks_an_hour_off_stay_healthy() {
     let lab = Lab::start(fast_fleet(4, "skw-")).await;
     lab.fleet.set_fault("skw-0001", Fault::ClockSkew(k8s_openapi::jiff::SignedDuration::from_hours(1))).unwrap();
     lab.fleet.set_fault("skw-0002", Fault::ClockSkew(k8s_openapi::jiff::SignedDuration::from_hours(-1))).unwrap();
-    let running = controller(lab.client(), &[]).await;
+    let running = controller(lab.client(), |_| {}).await;
     let start = tokio::time::Instant::now();
     while start.elapsed() < STALE_AFTER + Duration::from_secs(6) {
         wait_evaluations(&running, 4, Duration::from_secs(30)).await;
@@ -148,7 +149,7 @@ async fn healthy_nodes_with_clocks_an_hour_off_stay_healthy() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mass_staleness_taints_nothing_beyond_the_limit_and_opens_the_circuit() {
     let lab = Lab::start(fast_fleet(10, "mas-")).await;
-    let running = controller(lab.client(), &["--max-unhealthy=20"]).await;
+    let running = controller(lab.client(), |s| s.guard.max_unhealthy_percent = 20.0).await;
     wait_evaluations(&running, 2, Duration::from_secs(30)).await;
     let victims: Vec<String> = lab.fleet.node_names().into_iter().take(5).collect();
     for v in &victims {
@@ -190,7 +191,7 @@ async fn dry_run_changes_nothing_on_any_node_and_an_excluded_node_is_never_touch
     nodes.patch(excluded, &PatchParams::default(), &Patch::Merge(&label)).await.unwrap();
     let before: Vec<Node> = futures::future::join_all(lab.fleet.node_names().iter().map(|n| nodes.get(n))).await.into_iter().map(Result::unwrap).collect();
 
-    let dry = controller(client.clone(), &["--dry-run"]).await;
+    let dry = controller(client.clone(), |s| s.dry_run = true).await;
     wait_evaluations(&dry, 2, Duration::from_secs(30)).await;
     lab.fleet.set_fault("dry-0001", Fault::Zombie).unwrap();
     lab.fleet.set_fault(excluded, Fault::Zombie).unwrap();
@@ -212,7 +213,7 @@ async fn dry_run_changes_nothing_on_any_node_and_an_excluded_node_is_never_touch
     dry.stop().await;
 
     // For real now: the zombie is tainted, the excluded zombie never is.
-    let real = controller(client.clone(), &[]).await;
+    let real = controller(client.clone(), |_| {}).await;
     eventually("real zombie tainted", STALE_AFTER + TICK_SLACK, || {
         let client = client.clone();
         async move { has_our_taint(&get_node(&client, "dry-0001").await).then_some(()) }
@@ -250,7 +251,7 @@ async fn person_cordoned_node_stays_cordoned_and_foreign_taints_survive_taint_an
     let node = "own-0002";
     // A person cordons the node before anything happens.
     nodes.patch(node, &PatchParams::default(), &Patch::Merge(&serde_json::json!({"spec": {"unschedulable": true}}))).await.unwrap();
-    let running = controller(client.clone(), &["--action=taint,cordon"]).await;
+    let running = controller(client.clone(), |s| s.actions.cordon = true).await;
     wait_evaluations(&running, 2, Duration::from_secs(30)).await;
     lab.fleet.set_fault(node, Fault::Zombie).unwrap();
     // Another controller keeps adding taints, every 250 ms, all through pulsecheck's taint and
@@ -312,7 +313,7 @@ async fn release_removes_exactly_what_pulsecheck_added() {
     let lab = Lab::start(fast_fleet(4, "rel-")).await;
     let client = lab.client();
     let node = "rel-0001";
-    let running = controller(client.clone(), &["--action=taint,cordon"]).await;
+    let running = controller(client.clone(), |s| s.actions.cordon = true).await;
     wait_evaluations(&running, 2, Duration::from_secs(30)).await;
     let before = get_node(&client, node).await;
     lab.fleet.set_fault(node, Fault::Zombie).unwrap();
@@ -351,13 +352,13 @@ async fn restarted_controller_does_not_taint_twice_and_still_releases() {
     let lab = Lab::start(fast_fleet(4, "rst-")).await;
     let client = lab.client();
     let node = "rst-0003";
-    let first = controller(client.clone(), &[]).await;
+    let first = controller(client.clone(), |_| {}).await;
     wait_evaluations(&first, 2, Duration::from_secs(30)).await;
     lab.fleet.set_fault(node, Fault::Zombie).unwrap();
     wait_tainted(&client, node, "tainted", STALE_AFTER + TICK_SLACK).await;
     first.stop().await;
 
-    let second = controller(client.clone(), &[]).await;
+    let second = controller(client.clone(), |_| {}).await;
     wait_verdict(&second, node, "zombie", STALE_AFTER + TICK_SLACK).await;
     wait_evaluations(&second, 6, Duration::from_secs(30)).await;
     let n = get_node(&client, node).await;
@@ -378,9 +379,8 @@ async fn restarted_controller_does_not_taint_twice_and_still_releases() {
 async fn two_instances_with_leader_election_only_one_acts() {
     let lab = Lab::start(fast_fleet(4, "ldr-")).await;
     let client = lab.client();
-    let elect = ["--leader-elect=true", "--leader-election-namespace=default", "--leader-election-lease-duration=4s"];
-    let a = controller(client.clone(), &[&elect[..], &["--identity=replica-a"]].concat()).await;
-    let b = controller(client.clone(), &[&elect[..], &["--identity=replica-b"]].concat()).await;
+    let a = controller(client.clone(), |s| s.leader = elect("replica-a")).await;
+    let b = controller(client.clone(), |s| s.leader = elect("replica-b")).await;
     let leaders = eventually("exactly one leader", Duration::from_secs(30), || {
         let la = metric(&a.metrics.render(), "pulsecheck_leader");
         let lb = metric(&b.metrics.render(), "pulsecheck_leader");
@@ -413,7 +413,13 @@ async fn cordon_only_on_a_node_a_person_cordoned_is_recorded_once_and_does_not_s
     let second = "cdn-0003";
     nodes.patch(first, &PatchParams::default(), &Patch::Merge(&serde_json::json!({"spec": {"unschedulable": true}}))).await.unwrap();
     // Two remediations a minute: the already-cordoned node may use one, once.
-    let running = controller(client.clone(), &["--action=cordon", "--max-unhealthy=40", "--max-remediations-per-minute=2"]).await;
+    let running = controller(client.clone(), |s| {
+        s.actions.taint = false;
+        s.actions.cordon = true;
+        s.guard.max_unhealthy_percent = 40.0;
+        s.guard.max_per_minute = 2;
+    })
+    .await;
     wait_evaluations(&running, 2, Duration::from_secs(30)).await;
     lab.fleet.set_fault(first, Fault::Zombie).unwrap();
     eventually("AlreadyCordoned event for the person-cordoned zombie", STALE_AFTER + TICK_SLACK, || {
@@ -454,7 +460,7 @@ async fn cordon_only_on_a_node_a_person_cordoned_is_recorded_once_and_does_not_s
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn excluding_a_tainted_zombie_releases_it_and_sets_the_condition_back_to_true() {
     let lab = Lab::start(fast_fleet(3, "exc-")).await;
-    let running = controller(lab.client(), &[]).await;
+    let running = controller(lab.client(), |_| {}).await;
     let zombie = "exc-0001";
     wait_evaluations(&running, 3, Duration::from_secs(30)).await;
     lab.fleet.set_fault(zombie, Fault::Zombie).unwrap();
@@ -485,7 +491,7 @@ async fn a_cordon_a_person_makes_after_undoing_ours_survives_the_release() {
     let client = lab.client();
     let nodes: Api<Node> = Api::all(client.clone());
     let node = "rec-0001";
-    let running = controller(client.clone(), &["--action=taint,cordon"]).await;
+    let running = controller(client.clone(), |s| s.actions.cordon = true).await;
     wait_evaluations(&running, 2, Duration::from_secs(30)).await;
     lab.fleet.set_fault(node, Fault::Zombie).unwrap();
     let record_of = |n: &Node| n.metadata.annotations.as_ref().and_then(|a| a.get(names::REMEDIATION_ANNOTATION)).cloned().unwrap_or_default();
@@ -528,14 +534,14 @@ async fn a_dry_run_reports_the_release_of_an_earlier_real_taint_once_and_keeps_i
     let lab = Lab::start(fast_fleet(3, "wrl-")).await;
     let client = lab.client();
     let node = "wrl-0001";
-    let real = controller(client.clone(), &[]).await;
+    let real = controller(client.clone(), |_| {}).await;
     wait_evaluations(&real, 2, Duration::from_secs(30)).await;
     lab.fleet.set_fault(node, Fault::Zombie).unwrap();
     wait_tainted(&client, node, "tainted by the real run", STALE_AFTER + TICK_SLACK).await;
     real.stop().await;
     lab.fleet.set_fault(node, Fault::Recover).unwrap();
     // Now a dry run: the node is healthy, the release is planned on every tick, nothing is written.
-    let dry = controller(client.clone(), &["--dry-run"]).await;
+    let dry = controller(client.clone(), |s| s.dry_run = true).await;
     eventually("WouldRelease reported", Duration::from_secs(30), || {
         let client = client.clone();
         async move { events_for(&client, node).await.iter().any(|(r, _)| r == "WouldRelease").then_some(()) }

@@ -15,7 +15,7 @@ use std::{
 
 use k8s_openapi::api::core::v1::Namespace;
 use kube::api::{Api, ObjectMeta, PostParams};
-use pulsecheck::lab::controlplane::{ControlPlane, ControlPlaneOptions};
+use pulsecheck_lab::controlplane::{ControlPlane, ControlPlaneOptions};
 use tokio::io::AsyncWriteExt;
 
 /// Generous: CI runs several control planes on two cores.
@@ -315,7 +315,7 @@ fn container_args(rendered: &str) -> Vec<String> {
     panic!("no Deployment in:\n{rendered}");
 }
 
-fn parse_run(what: &str, args: &[String]) -> Box<pulsecheck::cli::RunArgs> {
+fn parse_run(what: &str, args: &[String]) -> Box<pulsecheck::config::RunArgs> {
     use clap::Parser;
     let argv = std::iter::once("pulsecheck".to_owned()).chain(args.iter().cloned());
     match pulsecheck::cli::Cli::try_parse_from(argv) {
@@ -330,7 +330,7 @@ async fn container_args_of_chart_and_manifests_are_accepted_by_pulsecheck_run() 
     let manifests = std::fs::read_to_string(repo().join("manifests/deployment.yaml")).expect("read manifests/deployment.yaml");
     let from_manifests = container_args(&manifests);
     let run = parse_run("manifests/deployment.yaml", &from_manifests);
-    assert!(run.leader.leader_elect && run.admin.per_node_metrics && !run.guard.dry_run, "{run:?}");
+    assert!(run.leader.leader_elect && run.metrics.per_node_metrics && !run.action.dry_run, "{run:?}");
     assert_eq!(run.admin.admin_addr.port(), 8080, "the admin port must be the container port 8080");
 
     let from_chart = container_args(&helm_template(&[]).await);
@@ -351,12 +351,12 @@ async fn container_args_of_chart_and_manifests_are_accepted_by_pulsecheck_run() 
         .await,
     );
     let run = parse_run("helm template with tuned values", &tuned);
-    assert_eq!(run.action.action, vec![pulsecheck::cli::Action::Taint, pulsecheck::cli::Action::Cordon]);
-    assert_eq!(run.action.taint_effect, pulsecheck::cli::TaintEffect::NoExecute);
+    assert_eq!(run.action.action, vec![pulsecheck::actuate::Action::Taint, pulsecheck::actuate::Action::Cordon]);
+    assert_eq!(run.action.taint_effect, pulsecheck::actuate::TaintEffect::NoExecute);
     assert_eq!(run.thresholds.status_stale_after, Duration::from_secs(15 * 60));
     assert_eq!(run.guard.max_unhealthy, 12.5);
-    assert!(!run.admin.per_node_metrics && run.guard.dry_run);
+    assert!(!run.metrics.per_node_metrics && run.action.dry_run);
     assert_eq!(run.action.node_selector, "pool=general");
     assert_eq!(run.leader.identity.as_deref(), Some("me"));
-    assert_eq!(run.admin.log_format, pulsecheck::cli::LogFormat::Json);
+    assert_eq!(run.admin.log_format, pulsecheck::admin::LogFormat::Json);
 }

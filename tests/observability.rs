@@ -8,12 +8,12 @@ use std::time::Duration;
 use common::*;
 use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, PolicyRule, RoleRef, Subject};
 use kube::{Api, api::PostParams};
-use pulsecheck::lab::fleet::Fault;
+use pulsecheck_lab::fleet::Fault;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_show_the_zombie_its_remediation_and_the_leader_and_pass_promtool() {
     let lab = Lab::start(fast_fleet(4, "obs-")).await;
-    let running = controller(lab.client(), &[]).await;
+    let running = controller(lab.client(), |_| {}).await;
     wait_evaluations(&running, 2, Duration::from_secs(30)).await;
     lab.fleet.set_fault("obs-0001", Fault::Zombie).unwrap();
     let body = eventually("zombie remediated in /metrics", STALE_AFTER + Duration::from_secs(20), || async {
@@ -60,7 +60,7 @@ async fn readyz_is_503_until_the_watches_sync_and_200_after() {
     // An identity that may not list anything yet: the watches cannot sync.
     let token = lab.cp.service_account_token("pulsecheck", "pulsecheck").await.unwrap();
     let restricted = lab.cp.client_with_token(&token).await.unwrap();
-    let running = controller(restricted, &[]).await;
+    let running = controller(restricted, |_| {}).await;
     assert_eq!(http_get(running.admin_addr, "/livez").await.0, 200);
     wait_evaluations(&running, 3, Duration::from_secs(30)).await;
     let (code, body) = http_get(running.admin_addr, "/readyz").await;

@@ -1,6 +1,6 @@
 //! Kubelet probes against real local HTTPS endpoints and a real kube-apiserver.
 //!
-//! The kubelets are the lab's fake kubelet endpoints (`pulsecheck::lab::kubelet`): HTTPS on
+//! The kubelets are the lab's fake kubelet endpoints (`pulsecheck_lab::kubelet`): HTTPS on
 //! their own loopback address with a certificate for that IP, answering `/healthz` like a
 //! kubelet with anonymous auth off, and recording every request with its Authorization header.
 //! So the tests check what a kubelet would actually receive — above all, that pulsecheck's
@@ -25,17 +25,16 @@ use k8s_openapi::{
 };
 use kube::api::{Api, ListParams, ObjectMeta, PostParams};
 use pulsecheck::{
-    cli::ProbeMode,
     facts::{KubeletEndpoint, NodeFacts, ProbeOutcome, Scope, SlimNode},
-    lab::{
-        certs::CertificateAuthority,
-        controlplane::{ControlPlane, ControlPlaneOptions},
-        fleet::{Fault, Fleet, FleetOptions},
-        kubelet::{self, EndpointFaults},
-    },
     metrics::Metrics,
-    names::FLEET_LABEL,
-    probe::{ProbeReport, ProbeSettings, ProbeTarget, Prober, run_scheduler},
+    probe::{ProbeMode, ProbeReport, ProbeSettings, ProbeTarget, Prober, run_scheduler},
+};
+use pulsecheck_lab::{
+    FLEET_LABEL,
+    certs::CertificateAuthority,
+    controlplane::{ControlPlane, ControlPlaneOptions},
+    fleet::{Fault, Fleet, FleetOptions},
+    kubelet::{self, EndpointFaults},
 };
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject};
 use tokio::{
@@ -143,7 +142,7 @@ impl Setup {
 }
 
 fn rand_suffix() -> String {
-    pulsecheck::lab::certs::random_token().chars().take(8).collect()
+    pulsecheck_lab::certs::random_token().chars().take(8).collect()
 }
 
 /// A client for modes that never reach the apiserver.

@@ -9,7 +9,15 @@ mod common;
 use std::{path::PathBuf, time::Duration};
 
 use common::*;
-use pulsecheck::lab::fleet::{Fault, FleetOptions};
+use pulsecheck::{config::Settings, probe::ProbeMode};
+use pulsecheck_lab::fleet::{Fault, FleetOptions};
+
+/// Probes every 500 ms, each bounded by 400 ms, three failures in a row as evidence.
+fn probe_fast(s: &mut Settings) {
+    s.probe_every(Duration::from_millis(500));
+    s.probe.timeout = Duration::from_millis(400);
+    s.thresholds.probe_failure_threshold = 3;
+}
 
 /// Far beyond anything these tests wait for: no verdict here may rest on a stale NodeStatus.
 const STATUS_STALE_AFTER: Duration = Duration::from_secs(120);
@@ -33,22 +41,17 @@ impl ProbedLab {
         ProbedLab { lab, _files: files, ca, token }
     }
 
-    /// The controller probing every 500 ms; `extra` flags win.
-    async fn controller(&self, extra: &[&str]) -> pulsecheck::controller::Running {
-        let ca = format!("--kubelet-certificate-authority={}", self.ca.display());
-        let token = format!("--token-file={}", self.token.display());
-        let stale = format!("--status-stale-after={}s", STATUS_STALE_AFTER.as_secs());
-        let mut flags = vec![
-            "--probe=kubelet-healthz",
-            ca.as_str(),
-            token.as_str(),
-            "--probe-interval=500ms",
-            "--probe-timeout=400ms",
-            "--probe-failure-threshold=3",
-            stale.as_str(),
-        ];
-        flags.extend_from_slice(extra);
-        controller(self.lab.client(), &flags).await
+    /// The controller probing every 500 ms with verified TLS; `tweak` changes the rest.
+    async fn controller(&self, tweak: impl FnOnce(&mut Settings)) -> pulsecheck::controller::Running {
+        controller(self.lab.client(), |s| {
+            s.probe.mode = ProbeMode::KubeletHealthz;
+            s.probe.ca = Some(self.ca.clone());
+            s.probe.token_file = self.token.clone();
+            probe_fast(s);
+            s.thresholds.status_stale_after = STATUS_STALE_AFTER;
+            tweak(s);
+        })
+        .await
     }
 
     /// Waits until `node`'s kubelet endpoint has answered `n` more probes.
@@ -69,7 +72,7 @@ fn series(name: &str, node: &str) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn zombie_with_failing_probes_is_suspect_then_tainted_before_the_status_stale_threshold() {
     let lab = ProbedLab::start(5, "pev-").await;
-    let running = lab.controller(&["--probe-zombie-after=6s"]).await;
+    let running = lab.controller(|s| s.thresholds.probe_zombie_after = Duration::from_secs(6)).await;
     let client = lab.lab.client();
     wait_verdict(&running, "pev-0001", "healthy", Duration::from_secs(30)).await;
     eventually("pev-0001 probed successfully", Duration::from_secs(20), || {
@@ -122,7 +125,7 @@ async fn zombie_with_failing_probes_is_suspect_then_tainted_before_the_status_st
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kubelet_refusing_the_token_is_a_missing_permission_not_a_dead_node() {
     let lab = ProbedLab::start(4, "pdn-").await;
-    let running = lab.controller(&["--probe-zombie-after=2s"]).await;
+    let running = lab.controller(|s| s.thresholds.probe_zombie_after = Duration::from_secs(2)).await;
     let client = lab.lab.client();
     wait_verdict(&running, "pdn-0001", "healthy", Duration::from_secs(30)).await;
 
@@ -158,7 +161,12 @@ async fn kubelet_refusing_the_token_is_a_missing_permission_not_a_dead_node() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn probes_failing_on_most_nodes_taint_nothing_and_report_a_partition() {
     let lab = ProbedLab::start(4, "ppt-").await;
-    let running = lab.controller(&["--probe-zombie-after=2s", "--probe-partition-threshold=50"]).await;
+    let running = lab
+        .controller(|s| {
+            s.thresholds.probe_zombie_after = Duration::from_secs(2);
+            s.probe_partition_threshold = 50.0;
+        })
+        .await;
     let client = lab.lab.client();
     wait_verdict(&running, "ppt-0000", "healthy", Duration::from_secs(30)).await;
 
@@ -201,9 +209,13 @@ async fn probes_failing_on_most_nodes_taint_nothing_and_report_a_partition() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kubelet_healthz_without_a_way_to_trust_kubelets_probes_by_handshake_and_sends_no_token() {
     let lab = ProbedLab::start(3, "pfb-").await;
-    let token = format!("--token-file={}", lab.token.display());
     // Neither --kubelet-certificate-authority nor --kubelet-insecure-tls.
-    let running = controller(lab.lab.client(), &["--probe=kubelet-healthz", &token, "--probe-interval=500ms", "--probe-timeout=400ms"]).await;
+    let running = controller(lab.lab.client(), |s| {
+        s.probe.mode = ProbeMode::KubeletHealthz;
+        s.probe.token_file = lab.token.clone();
+        probe_fast(s);
+    })
+    .await;
     let text = running.metrics.render();
     assert_eq!(metric(&text, r#"pulsecheck_probe_mode{mode="tcp"}"#), Some(1.0), "{text}");
     assert_eq!(metric(&text, r#"pulsecheck_probe_mode{mode="kubelet-healthz"}"#), Some(0.0), "{text}");

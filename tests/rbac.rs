@@ -19,7 +19,7 @@ use kube::{
     Api,
     api::{DeleteParams, ListParams, Patch, PatchParams},
 };
-use pulsecheck::lab::fleet::Fault;
+use pulsecheck_lab::fleet::Fault;
 
 fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))

@@ -12,7 +12,7 @@
 #
 # Cache: ${PULSECHECK_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/pulsecheck}/bin/<tool>-<version>/
 # When KUBEBUILDER_ASSETS names a folder with kube-apiserver and etcd, the lab uses
-# those instead (see src/lab/binaries.rs); this script still builds the other tools.
+# those instead (see lab/src/binaries.rs); this script still builds the other tools.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 cache=${PULSECHECK_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/pulsecheck}

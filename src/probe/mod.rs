@@ -46,9 +46,78 @@ use tracing::{instrument, warn};
 pub use scheduler::{ProbeReport, run_scheduler};
 
 use crate::{
-    cli::{ProbeArgs, ProbeMode},
     facts::{KubeletEndpoint, ProbeOutcome},
+    parse::{percentage, positive_duration},
 };
+
+/// How pulsecheck asks a kubelet whether it still works.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ProbeMode {
+    /// HTTPS GET /healthz on the kubelet port with the ServiceAccount token (RBAC: nodes/healthz).
+    KubeletHealthz,
+    /// A TCP connect and TLS handshake with the kubelet port; no credentials are sent.
+    Tcp,
+    /// GET /api/v1/nodes/NAME/proxy/healthz through the apiserver (RBAC: nodes/proxy, which also allows exec!).
+    ApiserverProxy,
+    /// No probes.
+    None,
+}
+
+impl ProbeMode {
+    /// The mode as `--probe` spells it (and the `mode` label of `pulsecheck_probe_mode`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ProbeMode::KubeletHealthz => "kubelet-healthz",
+            ProbeMode::Tcp => "tcp",
+            ProbeMode::ApiserverProxy => "apiserver-proxy",
+            ProbeMode::None => "none",
+        }
+    }
+}
+
+/// Kubelet probes: faster, independent evidence.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ProbeArgs {
+    /// How to probe kubelets.
+    #[arg(long = "probe", env = "PULSECHECK_PROBE", value_enum, default_value = "kubelet-healthz")]
+    pub probe: ProbeMode,
+    /// How often each node with a live Lease is probed (with jitter).
+    #[arg(long, env = "PULSECHECK_PROBE_INTERVAL", value_name = "DURATION", default_value = "30s", value_parser = positive_duration)]
+    pub probe_interval: Duration,
+    /// Timeout of one probe.
+    #[arg(long, env = "PULSECHECK_PROBE_TIMEOUT", value_name = "DURATION", default_value = "5s", value_parser = positive_duration)]
+    pub probe_timeout: Duration,
+    /// At most this many probes in flight.
+    #[arg(long, env = "PULSECHECK_PROBE_CONCURRENCY", value_name = "N", default_value_t = 32, value_parser = clap::value_parser!(u32).range(1..))]
+    pub probe_concurrency: u32,
+    /// Consecutive failed probes (while the Lease is alive) that become evidence.
+    #[arg(long, env = "PULSECHECK_PROBE_FAILURE_THRESHOLD", value_name = "N", default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..))]
+    pub probe_failure_threshold: u32,
+    /// Probes failing this long make a node a zombie without other evidence.
+    #[arg(long, env = "PULSECHECK_PROBE_ZOMBIE_AFTER", value_name = "DURATION", default_value = "3m", value_parser = positive_duration)]
+    pub probe_zombie_after: Duration,
+    /// When probes fail for more than this percentage of nodes with live Leases, pulsecheck assumes its own network is cut off.
+    #[arg(long, env = "PULSECHECK_PROBE_PARTITION_THRESHOLD", value_name = "PERCENT", default_value = "50", value_parser = percentage)]
+    pub probe_partition_threshold: f64,
+    /// Order of node address types to probe.
+    #[arg(
+        long,
+        env = "PULSECHECK_KUBELET_PREFERRED_ADDRESS_TYPES",
+        value_name = "TYPES",
+        value_delimiter = ',',
+        default_value = "InternalIP,ExternalIP,Hostname"
+    )]
+    pub kubelet_preferred_address_types: Vec<String>,
+    /// CA bundle that signs kubelet serving certificates; with it the token is sent over verified TLS.
+    #[arg(long, env = "PULSECHECK_KUBELET_CERTIFICATE_AUTHORITY", value_name = "PATH")]
+    pub kubelet_certificate_authority: Option<PathBuf>,
+    /// Send the token to kubelets without verifying their certificates (the metrics-server precedent). Insecure.
+    #[arg(long, env = "PULSECHECK_KUBELET_INSECURE_TLS", value_name = "BOOL", default_value_t = false, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
+    pub kubelet_insecure_tls: bool,
+    /// Bearer token file for kubelet-healthz probes, re-read on every probe (projected tokens rotate).
+    #[arg(long, env = "PULSECHECK_TOKEN_FILE", value_name = "PATH", default_value = "/var/run/secrets/kubernetes.io/serviceaccount/token")]
+    pub token_file: PathBuf,
+}
 
 /// What can stop the prober from starting.
 #[derive(Debug, thiserror::Error)]
@@ -111,6 +180,22 @@ pub struct ProbeSettings {
     pub insecure_tls: bool,
     /// Bearer token file, re-read on every probe (`--token-file`).
     pub token_file: PathBuf,
+}
+
+impl Default for ProbeSettings {
+    /// The flags' defaults.
+    fn default() -> Self {
+        ProbeSettings {
+            mode: ProbeMode::KubeletHealthz,
+            timeout: Duration::from_secs(5),
+            interval: Duration::from_secs(30),
+            concurrency: 32,
+            preferred_address_types: ["InternalIP", "ExternalIP", "Hostname"].map(String::from).to_vec(),
+            ca: None,
+            insecure_tls: false,
+            token_file: PathBuf::from("/var/run/secrets/kubernetes.io/serviceaccount/token"),
+        }
+    }
 }
 
 impl ProbeSettings {
@@ -497,6 +582,16 @@ fn is_dns_subdomain(name: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_mode_spells_its_flag_value_and_its_metric_label() {
+        use clap::ValueEnum;
+        for mode in ProbeMode::value_variants() {
+            assert_eq!(mode.to_possible_value().unwrap().get_name(), mode.as_str());
+        }
+        let spelled: Vec<&str> = ProbeMode::value_variants().iter().map(|m| m.as_str()).collect();
+        assert_eq!(spelled, crate::metrics::PROBE_MODES);
+    }
 
     fn endpoint(addresses: &[(&str, &str)], port: Option<u16>) -> KubeletEndpoint {
         KubeletEndpoint { addresses: addresses.iter().map(|(t, a)| (t.to_string(), a.to_string())).collect(), port }

@@ -24,7 +24,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::info;
 
 use super::{ProbeTarget, Prober};
-use crate::{cli::ProbeMode, facts::ProbeOutcome, metrics::Metrics};
+use crate::{facts::ProbeOutcome, metrics::Metrics, probe::ProbeMode};
 
 /// One probe result, as delivered to the controller.
 #[derive(Debug, Clone, PartialEq, Eq)]

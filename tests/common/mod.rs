@@ -4,17 +4,18 @@
 
 use std::{future::Future, time::Duration};
 
-use clap::Parser;
 use k8s_openapi::api::{core::v1::Node, events::v1::Event};
 use kube::{Api, api::ListParams};
 use pulsecheck::{
-    cli::{Cli, Command, RunArgs},
-    controller::{self, RunSettings, Running},
-    lab::{
-        controlplane::{ControlPlane, ControlPlaneOptions},
-        fleet::{Fleet, FleetOptions},
-    },
+    config::Settings,
+    controller::{self, Running},
+    leader::LeaderSettings,
     names,
+    probe::ProbeMode,
+};
+use pulsecheck_lab::{
+    controlplane::{ControlPlane, ControlPlaneOptions},
+    fleet::{Fleet, FleetOptions},
 };
 
 /// A kubelet with compressed periods: Lease every 1 s, status computed every 1 s and reported
@@ -32,7 +33,8 @@ pub fn fast_fleet(nodes: usize, prefix: &str) -> FleetOptions {
     }
 }
 
-/// Thresholds compressed in the same proportion as the fleet: stale after 8 s (kubelet reports
+/// The flags of [`fast_settings`], for tests that run the `pulsecheck` binary. Thresholds
+/// compressed in the same proportion as the fleet: stale after 8 s (kubelet reports
 /// at least every 3 s here), Lease grace 3 s, recovery after 3 s, a tick every 500 ms.
 pub const FAST: &[&str] = &[
     "--lease-grace=3s",
@@ -79,23 +81,31 @@ pub fn init() {
     let _ = tracing_subscriber::fmt().with_env_filter(std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into())).with_test_writer().try_init();
 }
 
-/// `pulsecheck run` arguments: [`FAST`] then `extra` (later flags win).
-pub fn run_args(extra: &[&str]) -> RunArgs {
-    let name = |flag: &str| flag.split('=').next().unwrap_or(flag).to_string();
-    let overridden: Vec<String> = extra.iter().map(|f| name(f)).collect();
-    let mut argv = vec!["pulsecheck", "run"];
-    argv.extend(FAST.iter().filter(|f| !overridden.contains(&name(f))));
-    argv.extend_from_slice(extra);
-    match Cli::try_parse_from(argv).expect("valid test flags").command {
-        Command::Run(args) => *args,
-        _ => unreachable!(),
-    }
+/// The settings [`FAST`] stands for, written directly: what the in-process controller runs with.
+pub fn fast_settings() -> Settings {
+    let mut s = Settings::default();
+    s.lease_grace(Duration::from_secs(3));
+    s.thresholds.status_stale_after = STALE_AFTER;
+    s.thresholds.os_image_unknown_after = Duration::from_secs(3);
+    s.guard.recover_after = Duration::from_secs(3);
+    s.guard.max_per_minute = 100;
+    s.evaluation_interval = Duration::from_millis(500);
+    s.probe.mode = ProbeMode::None;
+    s.admin_addr = std::net::SocketAddr::from(([127, 0, 0, 1], 0));
+    s.request_timeout = Duration::from_secs(5);
+    s
 }
 
-/// Starts the controller in-process.
-pub async fn controller(client: kube::Client, extra: &[&str]) -> Running {
-    let settings = RunSettings::from_args(&run_args(extra)).expect("valid settings");
+/// Starts the controller in-process with [`fast_settings`], changed by `tweak`.
+pub async fn controller(client: kube::Client, tweak: impl FnOnce(&mut Settings)) -> Running {
+    let mut settings = fast_settings();
+    tweak(&mut settings);
     controller::start(client, settings).await.expect("controller starts")
+}
+
+/// Leader election in namespace `default` with a 4 s Lease, as `identity`.
+pub fn elect(identity: &str) -> LeaderSettings {
+    LeaderSettings { enabled: true, namespace: "default".into(), name: "pulsecheck".into(), identity: identity.into(), duration: Duration::from_secs(4) }
 }
 
 /// Polls `check` every 200 ms until it returns `Some`, or panics after `timeout` naming `what`.

@@ -26,7 +26,6 @@ use std::{
     io,
     net::{IpAddr, Ipv4Addr, TcpListener},
     path::{Path, PathBuf},
-    process::Stdio,
     time::{Duration, Instant},
 };
 
@@ -35,13 +34,12 @@ use k8s_openapi::api::{
     core::v1::{Namespace, ServiceAccount},
 };
 use kube::api::{Api, ListParams, ObjectMeta, PostParams};
-use nix::{
-    sys::signal::{Signal, kill},
-    unistd::Pid,
-};
-use tokio::process::{Child, Command};
 
-use super::{binaries, binaries::Binaries, certs, certs::CertificateAuthority};
+use crate::{
+    binaries::{self, Binaries},
+    certs::{self, CertificateAuthority},
+    process::{self, Process, log_tail},
+};
 
 /// How long a start may take before it is reported as stuck (generous: CI machines have two
 /// cores and several apiservers may start at once).
@@ -52,12 +50,8 @@ const NODE_LEASE_NAMESPACE_GRACE: Duration = Duration::from_secs(5);
 const POLL_INTERVAL: Duration = Duration::from_millis(50);
 /// How long [`ControlPlane::stop`] waits after SIGTERM before SIGKILL, per process.
 const STOP_GRACE: Duration = Duration::from_secs(5);
-/// How long dropping waits for killed processes to be reaped.
-const REAP_TIMEOUT: Duration = Duration::from_secs(5);
 /// Start attempts when another program grabs one of our free ports first.
 const START_ATTEMPTS: usize = 3;
-/// Lines of a program's log quoted in start errors.
-const LOG_TAIL_LINES: usize = 20;
 
 /// Timeouts of the clients handed out: connect and write are short; read is per read on the
 /// connection, so it must outlast an idle watch (kube's watcher asks for 290 s).
@@ -100,16 +94,8 @@ pub enum Error {
     #[error("cannot find a free port on 127.0.0.1: {0}")]
     NoFreePort(#[source] io::Error),
     /// A program could not be started at all.
-    #[error("cannot start {program} ({}): {source}", .path.display())]
-    Spawn {
-        /// "etcd" or "kube-apiserver".
-        program: &'static str,
-        /// The executable.
-        path: PathBuf,
-        /// The operating system's reason.
-        #[source]
-        source: io::Error,
-    },
+    #[error(transparent)]
+    Process(#[from] process::Error),
     /// A program exited during start-up.
     #[error("{program} exited during start-up ({status}); last lines of {}:\n{tail}", .log.display())]
     Exited {
@@ -286,7 +272,7 @@ impl ControlPlane {
     /// The process ids of etcd and kube-apiserver (for checking that none outlives the
     /// control plane).
     pub fn pids(&self) -> Vec<u32> {
-        self.processes.iter().map(|p| p.pid).collect()
+        self.processes.iter().map(|p| p.pid()).collect()
     }
 
     /// A client configuration for `token` against this apiserver, verifying its certificate.
@@ -343,7 +329,7 @@ impl ControlPlane {
     /// If etcd or kube-apiserver has exited, which one and how (the control plane is then
     /// unusable). Does not block.
     pub fn exited(&mut self) -> Option<String> {
-        self.processes.iter_mut().find_map(|p| p.exit_status().map(|status| format!("{} exited ({status})", p.program)))
+        self.processes.iter_mut().find_map(|p| p.exit_status().map(|status| format!("{} exited ({status})", p.program())))
     }
 
     /// GET /readyz until 200, then wait for the namespaces `default` and `kube-node-lease`.
@@ -367,11 +353,11 @@ impl ControlPlane {
             match namespaces.list_metadata(&ListParams::default()).await {
                 Ok(list) => {
                     let has = |name: &str| list.items.iter().any(|ns| ns.metadata.name.as_deref() == Some(name));
-                    if has("default") && has(crate::names::NODE_LEASE_NAMESPACE) {
+                    if has("default") && has(pulsecheck::names::NODE_LEASE_NAMESPACE) {
                         return Ok(());
                     }
-                    if !has(crate::names::NODE_LEASE_NAMESPACE) && ready_at.elapsed() > NODE_LEASE_NAMESPACE_GRACE {
-                        let ns = Namespace { metadata: named(crate::names::NODE_LEASE_NAMESPACE), ..Default::default() };
+                    if !has(pulsecheck::names::NODE_LEASE_NAMESPACE) && ready_at.elapsed() > NODE_LEASE_NAMESPACE_GRACE {
+                        let ns = Namespace { metadata: named(pulsecheck::names::NODE_LEASE_NAMESPACE), ..Default::default() };
                         create_if_missing(&namespaces, &ns, "create namespace kube-node-lease".to_owned()).await?;
                     }
                     last = format!("namespaces so far: {:?}", list.items.iter().filter_map(|ns| ns.metadata.name.clone()).collect::<Vec<_>>());
@@ -385,7 +371,7 @@ impl ControlPlane {
     fn fail_if_exited(&mut self) -> Result<()> {
         for process in &mut self.processes {
             if let Some(status) = process.exit_status() {
-                return Err(Error::Exited { program: process.program, status, tail: log_tail(&process.log), log: process.log.clone() });
+                return Err(Error::Exited { program: process.program(), status, tail: process.log_tail(), log: process.log().to_path_buf() });
             }
         }
         Ok(())
@@ -628,7 +614,7 @@ async fn launch(binaries: &Binaries, root: &Path, credentials: &Credentials, por
         format!("--initial-cluster=lab={etcd_peer_url}"),
         "--unsafe-no-fsync=true".to_owned(),
     ];
-    let etcd = Process::spawn("etcd", &binaries.etcd, &etcd_args, &root.join(ETCD_LOG))?;
+    let etcd = Process::spawn("etcd", &binaries.etcd, &etcd_args, &root.join(ETCD_LOG)).map_err(Error::from)?;
 
     let apiserver_args = vec![
         format!("--etcd-servers={etcd_client_url}"),
@@ -652,7 +638,7 @@ async fn launch(binaries: &Binaries, root: &Path, credentials: &Credentials, por
         // without this the log fills with that error.
         "--endpoint-reconciler-type=none".to_owned(),
     ];
-    let apiserver = Process::spawn("kube-apiserver", &binaries.kube_apiserver, &apiserver_args, &root.join(APISERVER_LOG))?;
+    let apiserver = Process::spawn("kube-apiserver", &binaries.kube_apiserver, &apiserver_args, &root.join(APISERVER_LOG)).map_err(Error::from)?;
     let mut processes = vec![apiserver, etcd];
 
     // Until the apiserver accepts TCP connections, watch for a port clash in either program.
@@ -660,11 +646,11 @@ async fn launch(binaries: &Binaries, root: &Path, credentials: &Credentials, por
     loop {
         for process in &mut processes {
             if let Some(status) = process.exit_status() {
-                let tail = log_tail(&process.log);
+                let tail = process.log_tail();
                 if tail.contains("address already in use") {
-                    return Err(Launch::PortTaken { log: process.log.clone(), tail });
+                    return Err(Launch::PortTaken { log: process.log().to_path_buf(), tail });
                 }
-                return Err(Launch::Failed(Error::Exited { program: process.program, status, tail, log: process.log.clone() }));
+                return Err(Launch::Failed(Error::Exited { program: process.program(), status, tail, log: process.log().to_path_buf() }));
             }
         }
         if tokio::net::TcpStream::connect((Ipv4Addr::LOCALHOST, ports.apiserver)).await.is_ok() {
@@ -680,111 +666,6 @@ async fn launch(binaries: &Binaries, root: &Path, credentials: &Credentials, por
             }));
         }
         tokio::time::sleep(POLL_INTERVAL).await;
-    }
-}
-
-/// One child program, killed and reaped when dropped.
-struct Process {
-    program: &'static str,
-    pid: u32,
-    child: Child,
-    log: PathBuf,
-}
-
-impl Process {
-    fn spawn(program: &'static str, path: &Path, args: &[String], log: &Path) -> Result<Process> {
-        let io_err = |source| Error::Io { action: "create", path: log.to_path_buf(), source };
-        let out = std::fs::File::create(log).map_err(io_err)?;
-        let err = out.try_clone().map_err(io_err)?;
-        let parent = std::process::id();
-        let mut command = Command::new(path);
-        command
-            .args(args)
-            .stdin(Stdio::null())
-            .stdout(out)
-            .stderr(err)
-            // Its own process group: a Ctrl-C in a terminal reaches only pulsecheck, which then
-            // stops the programs in the right order.
-            .process_group(0)
-            .kill_on_drop(true);
-        // SAFETY: the closure runs in the forked child before exec and only makes
-        // async-signal-safe system calls (prctl, getppid); it allocates only on the error path.
-        unsafe {
-            command.pre_exec(move || {
-                nix::sys::prctl::set_pdeathsig(Signal::SIGKILL)?;
-                // The parent may have died between fork and prctl; then nobody would kill us.
-                if nix::unistd::getppid().as_raw() as u32 != parent {
-                    return Err(io::Error::other("parent exited during spawn"));
-                }
-                Ok(())
-            });
-        }
-        let child = command.spawn().map_err(|source| Error::Spawn { program, path: path.to_path_buf(), source })?;
-        let pid =
-            child.id().ok_or_else(|| Error::Spawn { program, path: path.to_path_buf(), source: io::Error::other("exited before its pid could be read") })?;
-        tracing::debug!(program, pid, log = %log.display(), "started");
-        Ok(Process { program, pid, child, log: log.to_path_buf() })
-    }
-
-    /// Its exit status if it has exited (reaping it), else `None`.
-    fn exit_status(&mut self) -> Option<String> {
-        match self.child.try_wait() {
-            Ok(Some(status)) => Some(status.to_string()),
-            Ok(None) => None,
-            Err(err) => Some(format!("unknown: {err}")),
-        }
-    }
-
-    /// SIGTERM, wait up to `grace`, then SIGKILL; returns once it is reaped.
-    async fn terminate(mut self, grace: Duration) {
-        if self.exit_status().is_some() {
-            return;
-        }
-        let pid = Pid::from_raw(self.pid as i32);
-        if kill(pid, Signal::SIGTERM).is_ok()
-            && let Ok(Ok(status)) = tokio::time::timeout(grace, self.child.wait()).await
-        {
-            tracing::debug!(program = self.program, %status, "stopped");
-            return;
-        }
-        tracing::debug!(program = self.program, "did not stop within {grace:?}, killing it");
-        if let Err(err) = self.child.kill().await {
-            tracing::warn!(program = self.program, "cannot kill: {err}");
-        }
-    }
-}
-
-impl Drop for Process {
-    fn drop(&mut self) {
-        if self.exit_status().is_some() {
-            return;
-        }
-        if let Err(err) = self.child.start_kill() {
-            tracing::warn!(program = self.program, pid = self.pid, "cannot kill: {err}");
-            return;
-        }
-        // Reap it here, so no zombie or half-dead process outlives the drop. A SIGKILLed
-        // process exits within milliseconds; this blocks the thread that long.
-        let deadline = Instant::now() + REAP_TIMEOUT;
-        while self.exit_status().is_none() {
-            if Instant::now() >= deadline {
-                tracing::warn!(program = self.program, pid = self.pid, "still running {REAP_TIMEOUT:?} after SIGKILL");
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(5));
-        }
-    }
-}
-
-/// The last [`LOG_TAIL_LINES`] lines of a log file (or why it cannot be read).
-fn log_tail(path: &Path) -> String {
-    match std::fs::read(path) {
-        Ok(bytes) => {
-            let text = String::from_utf8_lossy(&bytes);
-            let lines: Vec<&str> = text.lines().collect();
-            lines[lines.len().saturating_sub(LOG_TAIL_LINES)..].join("\n")
-        }
-        Err(err) => format!("(cannot read {}: {err})", path.display()),
     }
 }
 
@@ -849,18 +730,6 @@ mod tests {
         assert_ne!(ports.etcd_client, ports.etcd_peer);
         assert_ne!(ports.etcd_client, ports.apiserver);
         assert_ne!(ports.etcd_peer, ports.apiserver);
-    }
-
-    #[test]
-    fn log_tail_keeps_the_last_lines() {
-        let tmp = tempfile::tempdir().unwrap();
-        let log = tmp.path().join("x.log");
-        let text: String = (1..=30).map(|i| format!("line {i}\n")).collect();
-        std::fs::write(&log, text).unwrap();
-        let tail = log_tail(&log);
-        assert!(tail.starts_with("line 11\n"), "{tail}");
-        assert!(tail.ends_with("line 30"), "{tail}");
-        assert!(log_tail(&tmp.path().join("missing")).contains("cannot read"));
     }
 
     #[test]

@@ -2,9 +2,9 @@
 //!
 //! Telling someone "Kubernetes keeps a node Ready while it is dead" convinces nobody; showing it
 //! does. The demo starts the real programs a cluster runs — kube-apiserver and etcd
-//! ([`crate::lab::controlplane`]) and kube-controller-manager running only the node lifecycle
-//! controller — next to a simulated fleet of 20 kubelets in 3 zones ([`crate::lab::fleet`]) and
-//! the pulsecheck controller in-process ([`crate::controller::start`]), every period compressed
+//! ([`crate::controlplane`]) and kube-controller-manager running only the node lifecycle
+//! controller — next to a simulated fleet of 20 kubelets in 3 zones ([`crate::fleet`]) and
+//! the pulsecheck controller in-process ([`pulsecheck::controller::start`]), every period compressed
 //! from minutes to seconds. Then it injects faults on a timeline: a zombie (status loop wedged,
 //! Lease still renewing), a node whose osImage turns "Unknown", a dead node, and later the
 //! zombie's recovery. Each node's row shows Ready and taints as Kubernetes reports them beside
@@ -22,28 +22,34 @@ use std::{
     collections::{BTreeMap, BTreeSet, HashMap, VecDeque},
     io::{IsTerminal, Write},
     path::{Path, PathBuf},
-    process::{ExitCode, Stdio},
     time::Duration,
 };
 
-use clap::{ArgAction, Parser};
+use clap::ArgAction;
 use k8s_openapi::{
     api::core::v1::{Event, Node},
     jiff::Timestamp,
 };
 use kube::{Api, api::ListParams};
-use tokio::{process::Child, time::Instant};
+use tokio::time::Instant;
+
+use pulsecheck::{
+    Outcome,
+    actuate::Actions,
+    config::Settings,
+    controller::{self, Running},
+    guard::GuardConfig,
+    names,
+    parse::positive_duration,
+    probe::{ProbeMode, ProbeSettings},
+    verdict::{Thresholds, Verdict},
+};
 
 use crate::{
-    cli::{Cli, Command, positive_duration},
-    controller::{self, RunSettings, Running},
-    lab::{
-        binaries::{self, Binaries},
-        controlplane::{self, ControlPlane, ControlPlaneOptions},
-        fleet::{self, Fault, Fleet, FleetOptions},
-    },
-    names,
-    verdict::Verdict,
+    binaries::{self, Binaries},
+    controlplane::{self, ControlPlane, ControlPlaneOptions},
+    fleet::{self, Fault, Fleet, FleetOptions},
+    process::{Process, log_tail},
 };
 
 /// Simulated nodes.
@@ -57,35 +63,12 @@ const OS_IMAGE: usize = 7;
 const DEAD: usize = 11;
 /// kube-controller-manager's grace before it marks a silent node Unknown (default 50 s).
 const KCM_GRACE: &str = "6s";
-/// pulsecheck's compressed thresholds (the fleet's kubelets report status at least every 3 s).
-const CONTROLLER_FLAGS: &[&str] = &[
-    "--lease-grace=3s",
-    "--status-stale-after=8s",
-    "--os-image-unknown-after=5s",
-    "--recover-after=4s",
-    "--evaluation-interval=500ms",
-    "--probe=tcp",
-    "--probe-interval=3s",
-    "--probe-timeout=1s",
-    "--probe-zombie-after=60s",
-    "--leader-elect=false",
-    "--admin-addr=127.0.0.1:0",
-    "--request-timeout=5s",
-    "--max-remediations-per-minute=100",
-    "--max-unhealthy=20",
-    "--dry-run=false",
-    "--act-on-dead=false",
-    "--action=taint",
-    "--node-selector=",
-];
 /// How long after the last expectation held the final view stays up.
 const LINGER: Duration = Duration::from_secs(3);
 /// The shortest `--duration` that fits the timeline.
 const MIN_DURATION: Duration = Duration::from_secs(45);
 /// How long each start-up step may take.
 const STARTUP_TIMEOUT: Duration = Duration::from_secs(90);
-/// Lines of a log quoted in errors.
-const LOG_TAIL_LINES: usize = 15;
 /// Lines of recent happenings kept under the live view.
 const RECENT_LINES: usize = 8;
 /// How often `--no-tty` prints a status line when nothing changes.
@@ -159,30 +142,23 @@ pub enum Error {
 /// Result of this module's operations.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
-/// Runs `pulsecheck demo`: 0 when every expectation of the summary held, 1 otherwise, 2 on bad flags.
-pub async fn main(args: DemoArgs) -> ExitCode {
+/// Runs the demo: [`Outcome::Clean`] when every expectation of the summary held,
+/// [`Outcome::Findings`] when one did not; bad flags and failures to start are errors.
+pub async fn run(args: DemoArgs) -> Result<Outcome> {
     if args.duration < MIN_DURATION {
-        eprintln!(
-            "error: --duration {} is too short: the timeline needs at least {}",
+        return Err(Error::Usage(format!(
+            "--duration {} is too short: the timeline needs at least {}",
             humantime::format_duration(args.duration),
             humantime::format_duration(MIN_DURATION)
-        );
-        return ExitCode::from(2);
+        )));
     }
     let tty = !args.no_tty && std::io::stdout().is_terminal();
     let mut screen = Screen { tty, out: std::io::stdout() };
-    let outcome = tokio::select! {
-        r = run(&args, &mut screen) => r,
-        _ = controller::wait_for_signal() => Err(Error::Interrupted),
+    let held = tokio::select! {
+        r = tour(&args, &mut screen) => r?,
+        _ = controller::wait_for_signal() => return Err(Error::Interrupted),
     };
-    match outcome {
-        Ok(true) => ExitCode::SUCCESS,
-        Ok(false) => ExitCode::from(1),
-        Err(e) => {
-            eprintln!("error: {e}");
-            ExitCode::from(1)
-        }
-    }
+    Ok(if held { Outcome::Clean } else { Outcome::Findings })
 }
 
 /// The lab folder: the one given, or a temporary one removed after a successful run.
@@ -201,7 +177,7 @@ impl LabDir {
 }
 
 /// Starts everything, plays the timeline, stops everything, prints the summary.
-async fn run(args: &DemoArgs, screen: &mut Screen) -> Result<bool> {
+async fn tour(args: &DemoArgs, screen: &mut Screen) -> Result<bool> {
     let binaries = Binaries::locate()?;
     let kcm_program = binaries.require_kube_controller_manager()?.to_path_buf();
     let dir = match &args.dir {
@@ -253,7 +229,7 @@ async fn with_control_plane(cp: &ControlPlane, dir: &Path, kcm_program: &Path, d
     let mut kcm = KubeControllerManager::start(kcm_program, cp.kubeconfig_path(), &dir.join(KCM_LOG))?;
     wait_registered(&client, &names, &mut kcm).await?;
     screen.line("starting the pulsecheck controller in-process …");
-    let running = controller::start(client.clone(), controller_settings()?).await?;
+    let running = controller::start(client.clone(), controller_settings()).await?;
     let world = World { client: client.clone(), running: &running };
     let first = wait_agreement(&world, &names, &mut kcm).await?;
 
@@ -295,14 +271,29 @@ fn fleet_options() -> FleetOptions {
     }
 }
 
-/// pulsecheck's settings: [`CONTROLLER_FLAGS`] (flags given explicitly so that `PULSECHECK_*`
-/// variables in the environment cannot change the story).
-fn controller_settings() -> Result<RunSettings> {
-    let argv = ["pulsecheck", "run"].into_iter().chain(CONTROLLER_FLAGS.iter().copied());
-    match Cli::try_parse_from(argv).map_err(|e| Error::Usage(e.to_string()))?.command {
-        Command::Run(args) => Ok(RunSettings::from_args(&args)?),
-        _ => Err(Error::Usage("internal: the demo's controller flags are not `run` flags".into())),
-    }
+/// pulsecheck's settings, compressed like the fleet (its kubelets report status at least every
+/// 3 s): written out in full, so `PULSECHECK_*` variables in the environment cannot change the
+/// story.
+fn controller_settings() -> Settings {
+    let mut s = Settings {
+        thresholds: Thresholds {
+            status_stale_after: Duration::from_secs(8),
+            os_image_unknown_after: Duration::from_secs(5),
+            probe_zombie_after: Duration::from_secs(60),
+            ..Thresholds::default()
+        },
+        guard: GuardConfig { max_unhealthy_percent: 20.0, max_per_minute: 100, act_on_dead: false, recover_after: Duration::from_secs(4) },
+        actions: Actions::default(),
+        dry_run: false,
+        evaluation_interval: Duration::from_millis(500),
+        request_timeout: Duration::from_secs(5),
+        probe: ProbeSettings { mode: ProbeMode::Tcp, timeout: Duration::from_secs(1), ..ProbeSettings::default() },
+        admin_addr: std::net::SocketAddr::from(([127, 0, 0, 1], 0)),
+        ..Settings::default()
+    };
+    s.lease_grace(Duration::from_secs(3));
+    s.probe_every(Duration::from_secs(3));
+    s
 }
 
 /// Logs of the in-process controller, fleet and control plane go to a file, not the screen.
@@ -314,17 +305,10 @@ fn log_to_file(path: &Path) -> Result<()> {
 }
 
 /// kube-controller-manager as a child process that dies with the demo.
-struct KubeControllerManager {
-    child: Child,
-    pid: u32,
-    log: PathBuf,
-}
+struct KubeControllerManager(Process);
 
 impl KubeControllerManager {
     fn start(program: &Path, kubeconfig: &Path, log: &Path) -> Result<KubeControllerManager> {
-        let io = |source| Error::Io { action: "create", path: log.to_path_buf(), source };
-        let out = std::fs::File::create(log).map_err(io)?;
-        let err = out.try_clone().map_err(io)?;
         let args = [
             format!("--kubeconfig={}", kubeconfig.display()),
             "--controllers=node-lifecycle-controller".to_string(),
@@ -335,61 +319,30 @@ impl KubeControllerManager {
             "--secure-port=0".to_string(),
             "--v=2".to_string(),
         ];
-        let parent = std::process::id();
-        let mut command = tokio::process::Command::new(program);
-        command.args(&args).stdin(Stdio::null()).stdout(out).stderr(err).process_group(0).kill_on_drop(true);
-        // SAFETY: the closure runs in the forked child before exec and only makes
-        // async-signal-safe system calls (prctl, getppid); it allocates only on the error path.
-        unsafe {
-            command.pre_exec(move || {
-                nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL)?;
-                // The parent may have died between fork and prctl; then nobody would kill us.
-                if nix::unistd::getppid().as_raw() as u32 != parent {
-                    return Err(std::io::Error::other("parent exited during spawn"));
-                }
-                Ok(())
-            });
-        }
-        let fail = |what: String| Error::KubeControllerManager { what, log: log.to_path_buf(), tail: log_tail(log) };
-        let child = command.spawn().map_err(|e| fail(format!("cannot start ({}): {e}", program.display())))?;
-        let pid = child.id().ok_or_else(|| fail("exited before its pid could be read".into()))?;
-        tracing::info!(pid, log = %log.display(), "kube-controller-manager started");
-        Ok(KubeControllerManager { child, pid, log: log.to_path_buf() })
+        let process = Process::spawn("kube-controller-manager", program, &args, log).map_err(|e| Error::KubeControllerManager {
+            what: e.to_string(),
+            log: log.to_path_buf(),
+            tail: log_tail(log),
+        })?;
+        tracing::info!(pid = process.pid(), log = %log.display(), "kube-controller-manager started");
+        Ok(KubeControllerManager(process))
+    }
+
+    fn log(&self) -> PathBuf {
+        self.0.log().to_path_buf()
     }
 
     /// An error when it has exited.
     fn check_alive(&mut self) -> Result<()> {
-        match self.child.try_wait() {
-            Ok(None) => Ok(()),
-            Ok(Some(status)) => Err(Error::KubeControllerManager { what: format!("exited ({status})"), log: self.log.clone(), tail: log_tail(&self.log) }),
-            Err(e) => Err(Error::KubeControllerManager { what: format!("cannot be waited for: {e}"), log: self.log.clone(), tail: String::new() }),
+        match self.0.exit_status() {
+            None => Ok(()),
+            Some(status) => Err(Error::KubeControllerManager { what: format!("exited ({status})"), log: self.log(), tail: self.0.log_tail() }),
         }
     }
 
     /// SIGTERM, up to 5 s to exit, then SIGKILL.
-    async fn stop(mut self) {
-        if matches!(self.child.try_wait(), Ok(Some(_))) {
-            return;
-        }
-        let pid = nix::unistd::Pid::from_raw(self.pid as i32);
-        if nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).is_ok()
-            && tokio::time::timeout(Duration::from_secs(5), self.child.wait()).await.is_ok()
-        {
-            return;
-        }
-        let _ = self.child.kill().await;
-    }
-}
-
-/// The last lines of a log file.
-fn log_tail(path: &Path) -> String {
-    match std::fs::read(path) {
-        Ok(bytes) => {
-            let text = String::from_utf8_lossy(&bytes);
-            let lines: Vec<&str> = text.lines().collect();
-            lines[lines.len().saturating_sub(LOG_TAIL_LINES)..].join("\n")
-        }
-        Err(e) => format!("(cannot read it: {e})"),
+    async fn stop(self) {
+        self.0.terminate(Duration::from_secs(5)).await;
     }
 }
 
@@ -409,8 +362,8 @@ async fn wait_registered(client: &kube::Client, names: &[String], kcm: &mut Kube
         if Instant::now() >= deadline {
             return Err(Error::KubeControllerManager {
                 what: format!("registered only {} of {} nodes within {STARTUP_TIMEOUT:?}", registered.len(), names.len()),
-                log: kcm.log.clone(),
-                tail: log_tail(&kcm.log),
+                log: kcm.log(),
+                tail: kcm.0.log_tail(),
             });
         }
         tokio::time::sleep(Duration::from_millis(250)).await;
@@ -993,10 +946,12 @@ mod tests {
     }
 
     #[test]
-    fn controller_flags_make_valid_settings() {
-        let s = controller_settings().unwrap();
-        assert_eq!(s.config.thresholds.status_stale_after, Duration::from_secs(8));
-        assert!(!s.leader.enabled && !s.config.dry_run);
+    fn controller_settings_keep_the_rules_the_flags_are_held_to() {
+        let s = controller_settings();
+        assert!(s.thresholds.lease_grace < s.thresholds.status_stale_after);
+        assert!(s.probe.timeout < s.probe.interval && s.probe.interval < s.thresholds.probe_zombie_after);
+        assert!(!s.leader.enabled && !s.dry_run);
+        assert!(s.admin_addr.ip().is_loopback(), "the demo serves its metrics on loopback only");
     }
 
     #[test]

@@ -1,4 +1,4 @@
-//! `pulsecheck demo` end to end: the built binary starts its own kube-apiserver, etcd,
+//! `pulsecheck-lab demo` end to end: the built binary starts its own kube-apiserver, etcd,
 //! kube-controller-manager, simulated fleet and controller, plays its timeline, and its printed
 //! summary says what an operator would check.
 
@@ -7,7 +7,7 @@ use std::time::Duration;
 #[tokio::test]
 async fn demo_shows_the_zombie_tainted_and_released_and_agrees_with_kubernetes_on_the_dead_node() {
     let dir = tempfile::tempdir().unwrap();
-    let run = tokio::process::Command::new(env!("CARGO_BIN_EXE_pulsecheck"))
+    let run = tokio::process::Command::new(env!("CARGO_BIN_EXE_pulsecheck-lab"))
         .args(["demo", "--no-tty", "--duration=100s"])
         .arg(format!("--dir={}", dir.path().display()))
         .kill_on_drop(true)

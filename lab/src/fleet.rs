@@ -59,7 +59,9 @@ use super::{
     certs::{self, CertificateAuthority},
     kubelet::{self, EndpointFaults, KubeletEndpoint},
 };
-use crate::names::{FLEET_LABEL, NODE_LEASE_NAMESPACE};
+use pulsecheck::names::NODE_LEASE_NAMESPACE;
+
+use crate::FLEET_LABEL;
 
 /// Field manager of every write the simulated kubelets make.
 pub const FIELD_MANAGER: &str = "pulsecheck-lab-kubelet";

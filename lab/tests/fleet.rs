@@ -24,12 +24,11 @@ use kube::{
     api::PostParams,
     runtime::{WatchStreamExt, watcher},
 };
-use pulsecheck::{
-    lab::{
-        controlplane::{ControlPlane, ControlPlaneOptions},
-        fleet::{Fault, Fleet, FleetOptions},
-    },
-    names::{FLEET_LABEL, NODE_LEASE_NAMESPACE},
+use pulsecheck::names::NODE_LEASE_NAMESPACE;
+use pulsecheck_lab::{
+    FLEET_LABEL,
+    controlplane::{ControlPlane, ControlPlaneOptions},
+    fleet::{Fault, Fleet, FleetOptions},
 };
 use rustls::pki_types::{CertificateDer, ServerName, pem::PemObject};
 
@@ -275,7 +274,7 @@ async fn kubelet_endpoint_refuses_a_request_without_token_answers_one_with_it_an
     assert!(requests.windows(2).all(|w| w[0].at <= w[1].at));
 
     // The certificate is for the node's IP only: a client checking another name fails.
-    let other_ca = pulsecheck::lab::certs::CertificateAuthority::new("someone else").unwrap().cert_pem();
+    let other_ca = pulsecheck_lab::certs::CertificateAuthority::new("someone else").unwrap().cert_pem();
     let err = https_get(addr, &other_ca, "/healthz", Some("s3cr3t")).await.unwrap_err();
     assert!(err.starts_with("TLS"), "{err}");
     assert_eq!(fleet.kubelet_requests("sim-0000").len(), 3, "no request reached it over unverified TLS");
@@ -355,9 +354,9 @@ async fn lab_fleet_refuses_a_cluster_with_foreign_nodes_unless_forced() {
     let foreign = Node { metadata: kube::api::ObjectMeta { name: Some("real-node-1".into()), ..Default::default() }, ..Node::default() };
     Api::<Node>::all(client.clone()).create(&PostParams::default(), &foreign).await.unwrap();
 
-    let bin = env!("CARGO_BIN_EXE_pulsecheck");
+    let bin = env!("CARGO_BIN_EXE_pulsecheck-lab");
     let kubeconfig = lab.kubeconfig_path().to_str().unwrap().to_string();
-    let args = ["lab", "fleet", "--kubeconfig", kubeconfig.as_str(), "--nodes", "2"];
+    let args = ["fleet", "--kubeconfig", kubeconfig.as_str(), "--nodes", "2"];
     let refusal = tokio::process::Command::new(bin).args(args).kill_on_drop(true).output();
     let refused = tokio::time::timeout(DEADLINE, refusal).await.expect("lab fleet exits at once").unwrap();
     let stderr = String::from_utf8_lossy(&refused.stderr);
@@ -397,9 +396,9 @@ async fn lab_fleet_refuses_a_cluster_with_foreign_nodes_unless_forced() {
 #[tokio::test]
 async fn lab_up_with_nodes_is_ready_only_once_its_fleet_is() {
     let dir = tempfile::tempdir().unwrap();
-    let bin = env!("CARGO_BIN_EXE_pulsecheck");
+    let bin = env!("CARGO_BIN_EXE_pulsecheck-lab");
     let mut up = tokio::process::Command::new(bin)
-        .args(["lab", "up", "--dir", dir.path().to_str().unwrap(), "--nodes", "3", "--lease-duration", "4s"])
+        .args(["up", "--dir", dir.path().to_str().unwrap(), "--nodes", "3", "--lease-duration", "4s"])
         .args(["--status-update-frequency", "1s", "--status-report-frequency", "1s", "--zombie", "sim-0002"])
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::null())
@@ -420,7 +419,7 @@ async fn lab_up_with_nodes_is_ready_only_once_its_fleet_is() {
     let names: Vec<_> = nodes.items.iter().filter_map(|n| n.metadata.name.clone()).collect();
     assert_eq!(names, ["sim-0000", "sim-0001", "sim-0002"]);
     assert!(nodes.items.iter().all(|n| ready_heartbeat(n).is_some()));
-    let ca = std::fs::read_to_string(dir.path().join(pulsecheck::lab::args::KUBELET_CA_FILE)).expect("kubelet CA written");
+    let ca = std::fs::read_to_string(dir.path().join(pulsecheck_lab::args::KUBELET_CA_FILE)).expect("kubelet CA written");
     let addr = kubelet_addr(&nodes.items[0]);
     assert_eq!(https_get(addr, &ca, "/healthz", Some("t")).await, Ok((200, "ok".into())));
 
@@ -438,5 +437,5 @@ async fn lab_up_with_nodes_is_ready_only_once_its_fleet_is() {
     nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
     let status = tokio::time::timeout(DEADLINE, up.wait()).await.unwrap().unwrap();
     assert!(status.success(), "{status}");
-    assert!(!dir.path().join(pulsecheck::lab::args::KUBELET_CA_FILE).exists(), "lab up removes what it wrote");
+    assert!(!dir.path().join(pulsecheck_lab::args::KUBELET_CA_FILE).exists(), "lab up removes what it wrote");
 }

@@ -1,30 +1,48 @@
-//! Command-line arguments of `pulsecheck lab …` and their entry point.
+//! The `pulsecheck-lab` command line and its entry point.
 //!
-//! `pulsecheck lab up` gives a person (or a script, or CI) the same real control plane the
+//! `pulsecheck-lab up` gives a person (or a script, or CI) the same real control plane the
 //! tests use, for as long as they want it: it prints one machine-readable line on stdout once
 //! the kubeconfig works (`ready: <path>`), logs everything else to stderr, and on SIGINT or
 //! SIGTERM stops the processes and removes what it created. Scripts can wait for that line
 //! instead of sleeping.
 //!
-//! `pulsecheck lab fleet` plays N kubelets against any cluster it is pointed at (refusing one
-//! that already has real Nodes unless forced); `lab up --nodes N` does the same next to its own
+//! `pulsecheck-lab fleet` plays N kubelets against any cluster it is pointed at (refusing one
+//! that already has real Nodes unless forced); `up --nodes N` does the same next to its own
 //! control plane. Faults given on the command line are applied once the fleet is up.
 //!
-//! This module only parses and wires; starting and stopping live in [`super::controlplane`]
-//! (and, for simulated nodes, in [`super::fleet`]).
+//! `pulsecheck-lab demo` is [`crate::demo`].
+//!
+//! Exit codes, as for `pulsecheck`: 0 success, 1 findings (a demo expectation that did not
+//! hold), 2 errors (bad flags, or the lab could not do its job).
+//!
+//! This module only parses and wires; starting and stopping live in [`crate::controlplane`]
+//! (and, for simulated nodes, in [`crate::fleet`]).
 
 use std::{collections::HashSet, path::PathBuf, time::Duration};
 
 use anyhow::Context as _;
-use clap::{ArgAction, Args, Subcommand};
+use std::process::ExitCode;
+
+use clap::{ArgAction, Args, Parser, Subcommand};
 use k8s_openapi::jiff::SignedDuration;
 use tokio::signal::unix::{SignalKind, signal};
 
-use super::controlplane::{ControlPlane, ControlPlaneOptions};
-use super::fleet::{self, Fault, Fleet, FleetOptions};
-use crate::cli::{ClientArgs, positive_duration};
+use crate::{
+    controlplane::{ControlPlane, ControlPlaneOptions},
+    demo::DemoArgs,
+    fleet::{self, Fault, Fleet, FleetOptions},
+};
+use pulsecheck::{connect::ClientArgs, parse::positive_duration};
 
-/// `pulsecheck lab` subcommands.
+/// pulsecheck's lab: a real local control plane, a simulated kubelet fleet, and the demo.
+#[derive(Debug, Parser)]
+#[command(name = "pulsecheck-lab", version, about, long_about = None, propagate_version = true)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: LabCommand,
+}
+
+/// `pulsecheck-lab` subcommands.
 #[derive(Debug, Subcommand)]
 pub enum LabCommand {
     /// Start a local kube-apiserver + etcd (and optionally a simulated fleet) until SIGINT/SIGTERM.
@@ -35,9 +53,26 @@ pub enum LabCommand {
     ///
     /// Prints `fleet up: N nodes …` on stdout once every node is Ready; logs go to stderr.
     Fleet(Box<FleetArgs>),
+    /// A one-minute tour: a local control plane, a simulated fleet and pulsecheck at work.
+    Demo(Box<DemoArgs>),
 }
 
-/// Arguments of `pulsecheck lab up`.
+/// Why a lab command did not succeed.
+#[derive(Debug)]
+pub enum Error {
+    /// Bad input (exit code 2 before anything started).
+    Usage(String),
+    /// The lab could not do its job.
+    Failed(anyhow::Error),
+}
+
+impl From<anyhow::Error> for Error {
+    fn from(e: anyhow::Error) -> Self {
+        Error::Failed(e)
+    }
+}
+
+/// Arguments of `pulsecheck-lab up`.
 #[derive(Debug, Clone, Args)]
 pub struct LabUpArgs {
     /// Folder for the kubeconfig, certificates, etcd data and logs (created if missing; kept,
@@ -61,17 +96,38 @@ impl LabUpArgs {
     }
 }
 
-/// Runs a `pulsecheck lab` subcommand to completion.
-pub async fn run(command: LabCommand) -> anyhow::Result<()> {
-    init_stderr_logging();
-    match command {
-        LabCommand::Up(args) => up(args).await,
-        LabCommand::Fleet(args) => run_fleet(*args).await,
+/// Runs a `pulsecheck-lab` subcommand to completion and says how it ended.
+pub async fn run(cli: Cli) -> ExitCode {
+    let outcome = match cli.command {
+        LabCommand::Demo(args) => match crate::demo::run(*args).await {
+            Ok(pulsecheck::Outcome::Clean) => Ok(()),
+            Ok(pulsecheck::Outcome::Findings) => return ExitCode::from(1),
+            Err(e) => Err(Error::Failed(e.into())),
+        },
+        LabCommand::Up(args) => {
+            init_stderr_logging();
+            up(args).await
+        }
+        LabCommand::Fleet(args) => {
+            init_stderr_logging();
+            run_fleet(*args).await
+        }
+    };
+    match outcome {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(Error::Usage(message)) => {
+            eprintln!("error: {message}");
+            ExitCode::from(2)
+        }
+        Err(Error::Failed(e)) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(2)
+        }
     }
 }
 
-/// `pulsecheck lab up`: start, print the ready line, wait for SIGINT/SIGTERM, clean up.
-async fn up(args: LabUpArgs) -> anyhow::Result<()> {
+/// `pulsecheck-lab up`: start, print the ready line, wait for SIGINT/SIGTERM, clean up.
+async fn up(args: LabUpArgs) -> Result<(), Error> {
     // Listen before starting, so a signal during start-up also ends in a clean exit.
     let mut terminate = signal(SignalKind::terminate()).context("cannot listen for SIGTERM")?;
     let mut interrupt = signal(SignalKind::interrupt()).context("cannot listen for SIGINT")?;
@@ -80,12 +136,8 @@ async fn up(args: LabUpArgs) -> anyhow::Result<()> {
     let fleet_plan = if args.nodes > 0 {
         let options = args.fleet.options(args.nodes, false);
         let faults = args.faults.faults();
-        if let Err(e) = options.validate() {
-            exit_usage(e);
-        }
-        if let Err(e) = check_fault_targets(&faults, &options) {
-            exit_usage(e);
-        }
+        options.validate().map_err(|e| Error::Usage(e.to_string()))?;
+        check_fault_targets(&faults, &options).map_err(Error::Usage)?;
         Some((options, faults))
     } else {
         None
@@ -104,8 +156,8 @@ async fn up(args: LabUpArgs) -> anyhow::Result<()> {
     if let Some((options, faults)) = fleet_plan {
         let started = tokio::select! {
             started = start_fleet(control_plane.client(), options, &faults) => started,
-            _ = terminate.recv() => return control_plane.stop().await.context("cannot clean up the lab control plane"),
-            _ = interrupt.recv() => return control_plane.stop().await.context("cannot clean up the lab control plane"),
+            _ = terminate.recv() => return Ok(control_plane.stop().await.context("cannot clean up the lab control plane")?),
+            _ = interrupt.recv() => return Ok(control_plane.stop().await.context("cannot clean up the lab control plane")?),
         };
         let started = started.context("cannot start the simulated fleet")?;
         let path = control_plane.dir().join(KUBELET_CA_FILE);
@@ -145,7 +197,7 @@ async fn up(args: LabUpArgs) -> anyhow::Result<()> {
     control_plane.stop().await.context("cannot clean up the lab control plane")?;
     match died {
         None => Ok(()),
-        Some(what) => anyhow::bail!("the lab control plane died: {what}"),
+        Some(what) => Err(Error::Failed(anyhow::anyhow!("the lab control plane died: {what}"))),
     }
 }
 
@@ -305,20 +357,6 @@ pub fn check_fault_targets(faults: &[(String, Fault)], options: &FleetOptions) -
     ))
 }
 
-/// Builds an admin client from --kubeconfig/--context (else the usual inference).
-async fn client(args: &ClientArgs) -> anyhow::Result<kube::Client> {
-    let options = kube::config::KubeConfigOptions { context: args.context.clone(), ..Default::default() };
-    let config = match &args.kubeconfig {
-        Some(path) => {
-            let kubeconfig = kube::config::Kubeconfig::read_from(path).with_context(|| format!("reading kubeconfig {}", path.display()))?;
-            kube::Config::from_custom_kubeconfig(kubeconfig, &options).await?
-        }
-        None if args.context.is_some() => kube::Config::from_kubeconfig(&options).await?,
-        None => kube::Config::infer().await?,
-    };
-    Ok(kube::Client::try_from(config)?)
-}
-
 /// Starts the fleet, applies the command line's faults and logs what it did.
 pub async fn start_fleet(client: kube::Client, options: FleetOptions, faults: &[(String, Fault)]) -> Result<Fleet, fleet::Error> {
     let fleet = Fleet::start(client, options).await?;
@@ -328,25 +366,15 @@ pub async fn start_fleet(client: kube::Client, options: FleetOptions, faults: &[
     Ok(fleet)
 }
 
-/// Prints a usage error and exits 2 (what clap does for bad flags).
-fn exit_usage(message: impl std::fmt::Display) -> ! {
-    eprintln!("error: {message}");
-    std::process::exit(2)
-}
-
-/// `pulsecheck lab fleet`: start, apply faults, print the `fleet up:` line, wait for SIGINT/SIGTERM.
-async fn run_fleet(args: FleetArgs) -> anyhow::Result<()> {
+/// `pulsecheck-lab fleet`: start, apply faults, print the `fleet up:` line, wait for SIGINT/SIGTERM.
+async fn run_fleet(args: FleetArgs) -> Result<(), Error> {
     let mut terminate = signal(SignalKind::terminate()).context("cannot listen for SIGTERM")?;
     let mut interrupt = signal(SignalKind::interrupt()).context("cannot listen for SIGINT")?;
     let options = args.shape.options(args.nodes as usize, args.force);
-    if let Err(e) = options.validate() {
-        exit_usage(e);
-    }
+    options.validate().map_err(|e| Error::Usage(e.to_string()))?;
     let faults = args.faults.faults();
-    if let Err(e) = check_fault_targets(&faults, &options) {
-        exit_usage(e);
-    }
-    let client = client(&args.client).await?;
+    check_fault_targets(&faults, &options).map_err(Error::Usage)?;
+    let client = pulsecheck::connect::client(&args.client).await.map_err(|e| Error::Usage(e.to_string()))?;
     let started = tokio::select! {
         started = start_fleet(client, options, &faults) => started,
         // Dropping the start future stops whatever it had started; created objects stay.
@@ -355,8 +383,8 @@ async fn run_fleet(args: FleetArgs) -> anyhow::Result<()> {
     };
     let fleet = match started {
         Ok(fleet) => fleet,
-        Err(e @ fleet::Error::ForeignNodes { .. }) => exit_usage(e),
-        Err(e) => return Err(e).context("cannot start the simulated fleet"),
+        Err(e @ fleet::Error::ForeignNodes { .. }) => return Err(Error::Usage(e.to_string())),
+        Err(e) => return Err(anyhow::Error::new(e).context("cannot start the simulated fleet").into()),
     };
     if let Some(path) = &args.kubelet_ca_out {
         std::fs::write(path, fleet.kubelet_ca_pem()).with_context(|| format!("cannot write {}", path.display()))?;
@@ -380,15 +408,9 @@ async fn run_fleet(args: FleetArgs) -> anyhow::Result<()> {
 
 #[cfg(test)]
 mod tests {
-    use clap::{CommandFactory, Parser};
+    use clap::CommandFactory;
 
     use super::*;
-
-    #[derive(Debug, Parser)]
-    struct Cli {
-        #[command(subcommand)]
-        lab: LabCommand,
-    }
 
     #[test]
     fn command_line_is_consistent() {
@@ -396,27 +418,26 @@ mod tests {
     }
 
     fn up_args(argv: &[&str]) -> LabUpArgs {
-        match Cli::try_parse_from(argv).unwrap().lab {
+        match Cli::try_parse_from(argv).unwrap().command {
             LabCommand::Up(args) => args,
-            #[allow(unreachable_patterns)] // once `lab fleet` exists
             other => panic!("parsed as {other:?}"),
         }
     }
 
     #[test]
     fn up_defaults_to_a_temporary_folder_and_no_nodes() {
-        let args = up_args(&["lab", "up"]);
+        let args = up_args(&["pulsecheck-lab", "up"]);
         assert_eq!(args.dir, None);
         assert_eq!(args.nodes, 0);
-        let args = up_args(&["lab", "up", "--dir", "/tmp/x", "--nodes", "3"]);
+        let args = up_args(&["pulsecheck-lab", "up", "--dir", "/tmp/x", "--nodes", "3"]);
         assert_eq!(args.dir, Some(PathBuf::from("/tmp/x")));
         assert_eq!(args.nodes, 3);
     }
 
     fn parse(args: &[&str]) -> Result<FleetArgs, clap::Error> {
-        let cli = crate::cli::Cli::try_parse_from([&["pulsecheck", "lab", "fleet"], args].concat())?;
+        let cli = Cli::try_parse_from([&["pulsecheck-lab", "fleet"], args].concat())?;
         match cli.command {
-            crate::cli::Command::Lab(LabCommand::Fleet(args)) => Ok(*args),
+            LabCommand::Fleet(args) => Ok(*args),
             other => panic!("not lab fleet: {other:?}"),
         }
     }

@@ -21,7 +21,7 @@ use nix::{
     sys::signal::{Signal, kill},
     unistd::Pid,
 };
-use pulsecheck::lab::{
+use pulsecheck_lab::{
     binaries::Binaries,
     controlplane::{ControlPlane, ControlPlaneOptions},
 };
@@ -241,8 +241,8 @@ impl Drop for LabUp {
 }
 
 fn lab_up(dir: &Path) -> LabUp {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_pulsecheck"))
-        .args(["lab", "up", "--dir"])
+    let mut child = Command::new(env!("CARGO_BIN_EXE_pulsecheck-lab"))
+        .args(["up", "--dir"])
         .arg(dir)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -353,4 +353,20 @@ async fn lab_up_killed_with_sigkill_takes_etcd_and_apiserver_along() {
     lab.child.kill().unwrap(); // SIGKILL: no cleanup code runs in pulsecheck
     lab.child.wait().unwrap();
     wait_gone(&children, "etcd and kube-apiserver must die with their parent");
+}
+
+#[test]
+fn lab_help_lists_up_fleet_and_demo() {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_pulsecheck-lab")).arg("--help").output().expect("pulsecheck-lab runs");
+    assert!(out.status.success());
+    let text = String::from_utf8_lossy(&out.stdout);
+    let listed: Vec<&str> = text
+        .lines()
+        .skip_while(|l| !l.starts_with("Commands:"))
+        .skip(1)
+        .take_while(|l| l.starts_with("  "))
+        .filter_map(|l| l.split_whitespace().next())
+        .filter(|s| *s != "help")
+        .collect();
+    assert_eq!(listed, ["up", "fleet", "demo"], "{text}");
 }
