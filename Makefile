@@ -6,7 +6,7 @@
 SHELL := bash
 CARGO ?= cargo
 
-.PHONY: all tools test lint test-rust test-deploy demo lab bench fmt clippy
+.PHONY: all tools test lint test-rust test-deploy demo lab bench fmt clippy product-deps
 
 all: test
 
@@ -31,7 +31,14 @@ lab: tools
 bench:
 	$(CARGO) bench --locked --bench evaluate
 
-lint: fmt clippy
+lint: fmt clippy product-deps
+
+# The product ships only the product: no lab crate, certificate minting or test helpers in the
+# normal dependency tree of the crate the image is built from.
+product-deps:
+	@if $(CARGO) tree --locked -e normal -p pulsecheck --prefix none | grep -E '^(pulsecheck-lab|rcgen|anyhow|tempfile) '; then \
+	  echo "make product-deps: the pulsecheck crate depends on test-only crates (above)" >&2; exit 1; \
+	else echo "product-deps: no test-only crate in pulsecheck's dependencies"; fi
 
 fmt:
 	$(CARGO) fmt --all -- --check

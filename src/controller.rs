@@ -518,6 +518,9 @@ impl Controller {
                     plan.eligible
                 ),
                 Hold::RateLimited => "not remediated yet: --max-remediations-per-minute reached; will retry".to_string(),
+                Hold::LastCapacity => {
+                    format!("not remediated: it would leave fewer than {} schedulable node(s) (--min-available-nodes)", self.config.guard.min_available)
+                }
             };
             warn!(node = name.as_str(), hold = ?hold, "{why}");
             for action in self.actions() {

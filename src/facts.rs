@@ -323,6 +323,9 @@ pub struct NodeFacts {
     pub unschedulable: bool,
     /// The pulsecheck taint is on the node.
     pub has_our_taint: bool,
+    /// A taint that takes the node out of service for everyone (kube-controller-manager's
+    /// `not-ready`/`unreachable`, `unschedulable`, `out-of-service`), whoever set it.
+    pub out_of_service_taint: bool,
     /// What pulsecheck recorded on the node.
     pub remediation: Remediation,
     /// Label `pulsecheck.dev/exclude=true`.
@@ -510,7 +513,9 @@ impl NodeFacts {
             .map(|c| ProblemCondition { kind: c.type_.clone(), reason: c.reason.clone().unwrap_or_default() })
             .collect();
         let spec = node.spec.as_ref();
-        let has_our_taint = spec.and_then(|s| s.taints.as_ref()).is_some_and(|ts| ts.iter().any(|t| t.key == scope.taint_key));
+        let taints = spec.and_then(|s| s.taints.as_deref()).unwrap_or(&[]);
+        let has_our_taint = taints.iter().any(|t| t.key == scope.taint_key);
+        let out_of_service_taint = taints.iter().any(|t| OUT_OF_SERVICE_TAINTS.contains(&t.key.as_str()) && t.effect != "PreferNoSchedule");
         let kubelet = KubeletEndpoint {
             addresses: status.and_then(|s| s.addresses.as_ref()).map(|a| a.iter().map(|a| (a.type_.clone(), a.address.clone())).collect()).unwrap_or_default(),
             port: status
@@ -530,6 +535,7 @@ impl NodeFacts {
             problems,
             unschedulable: spec.and_then(|s| s.unschedulable).unwrap_or(false),
             has_our_taint,
+            out_of_service_taint,
             remediation: remediation_from_annotations(meta.annotations.as_ref()),
             excluded_by_label: labels.get(names::EXCLUDE_LABEL).is_some_and(|v| v == "true"),
             selected: scope.selector.matches(labels),
@@ -538,6 +544,20 @@ impl NodeFacts {
             our_condition,
             kubelet_version: status.and_then(|s| s.node_info.as_ref()).map(|i| i.kubelet_version.clone()).unwrap_or_default(),
         }
+    }
+}
+
+/// Taint keys that mean "this node takes no work" whoever set them: the node lifecycle
+/// controller's, kubectl cordon's, and the non-graceful shutdown one. Taints with other keys
+/// (dedicated pools, GPUs, control-plane nodes) restrict who runs there, not whether anyone can.
+pub const OUT_OF_SERVICE_TAINTS: &[&str] =
+    &["node.kubernetes.io/not-ready", "node.kubernetes.io/unreachable", "node.kubernetes.io/unschedulable", "node.kubernetes.io/out-of-service"];
+
+impl NodeFacts {
+    /// True while the node can take new pods: Ready, not cordoned, no out-of-service taint and
+    /// no pulsecheck taint.
+    pub fn schedulable(&self) -> bool {
+        self.ready == ReadyState::True && !self.unschedulable && !self.out_of_service_taint && !self.has_our_taint
     }
 }
 

@@ -9,6 +9,11 @@
 //!   nothing new is remediated — many nodes failing together points at a shared cause
 //!   (pulsecheck, the apiserver, the network) more than at many dead disks. This is Cluster
 //!   API's `maxUnhealthy` short-circuit and medik8s' `minHealthy`.
+//!   The nodes counted are every unavailable eligible node, not only pulsecheck's: Dead and
+//!   not-ready nodes, nodes a person cordoned, nodes kube-controller-manager tainted — after a
+//!   zone outage took a third of the fleet out, pulsecheck takes no more.
+//! * A remediation never leaves fewer than `min_available` schedulable nodes in the pool
+//!   (`--min-available-nodes`, default 1): a one-node cluster keeps its only node.
 //! * At most `max_per_minute` new remediations start in any 60 s window.
 //! * A remediated node is released only after it has been Healthy continuously for
 //!   `recover_after` (hysteresis), or at once when a person excludes it.
@@ -31,12 +36,15 @@ use crate::{
 /// Limits that keep pulsecheck from ever causing a remediation storm.
 #[derive(Debug, Clone, clap::Args)]
 pub struct GuardArgs {
-    /// At most this percentage of eligible nodes (at least one) is remediated at once; beyond it the circuit opens.
+    /// At most this percentage of eligible nodes (at least one) may be unavailable — dead, not ready, cordoned, out-of-service or remediated by pulsecheck; beyond it the circuit opens.
     #[arg(long, env = "PULSECHECK_MAX_UNHEALTHY", value_name = "PERCENT", default_value = "20", value_parser = percentage)]
     pub max_unhealthy: f64,
     /// At most this many new remediations start per minute.
     #[arg(long, env = "PULSECHECK_MAX_REMEDIATIONS_PER_MINUTE", value_name = "N", default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..))]
     pub max_remediations_per_minute: u32,
+    /// Never remediate a node if that leaves fewer schedulable nodes than this in the pool (0 allows taking the last one).
+    #[arg(long, env = "PULSECHECK_MIN_AVAILABLE_NODES", value_name = "N", default_value_t = 1)]
+    pub min_available_nodes: usize,
     /// Also remediate Dead nodes (Lease and status both stale), which kube-controller-manager already taints.
     #[arg(long, env = "PULSECHECK_ACT_ON_DEAD", value_name = "BOOL", default_value_t = false, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
     pub act_on_dead: bool,
@@ -53,6 +61,7 @@ impl GuardConfig {
             max_per_minute: args.max_remediations_per_minute,
             act_on_dead: args.act_on_dead,
             recover_after: args.recover_after,
+            min_available: args.min_available_nodes,
         }
     }
 }
@@ -68,11 +77,13 @@ pub struct GuardConfig {
     pub act_on_dead: bool,
     /// A zombie must be Healthy this long before release.
     pub recover_after: Duration,
+    /// Schedulable nodes a remediation must leave (in the `--node-selector` pool).
+    pub min_available: usize,
 }
 
 impl Default for GuardConfig {
     fn default() -> Self {
-        GuardConfig { max_unhealthy_percent: 20.0, max_per_minute: 2, act_on_dead: false, recover_after: Duration::from_secs(120) }
+        GuardConfig { max_unhealthy_percent: 20.0, max_per_minute: 2, act_on_dead: false, recover_after: Duration::from_secs(120), min_available: 1 }
     }
 }
 
@@ -84,6 +95,8 @@ pub enum Hold {
     CircuitOpen,
     /// The per-minute rate is used up; it will be tried again.
     RateLimited,
+    /// Remediating it would leave fewer schedulable nodes than `--min-available-nodes`.
+    LastCapacity,
 }
 
 /// What to do this tick.
@@ -103,6 +116,9 @@ pub struct Plan {
     pub active: usize,
     /// Nodes not excluded.
     pub eligible: usize,
+    /// Eligible nodes that are unavailable for any reason: pulsecheck's own remediations, nodes
+    /// kube-controller-manager or people took out, dead and not-ready nodes.
+    pub unavailable: usize,
 }
 
 /// The guard's memory between ticks.
@@ -214,12 +230,19 @@ pub fn plan(now: Timestamp, assessments: &Assessments, facts: &FleetFacts, memor
     let eligible = assessments.values().filter(|a| a.verdict != Verdict::Excluded).count();
     let limit = limit(eligible, cfg.max_unhealthy_percent);
     let active = assessments.keys().filter(|n| memory.holds(facts, n)).count();
+    // The budget bounds every unavailable node, not only pulsecheck's: after a zone outage took
+    // a third of the fleet out, taking more would make the outage worse.
+    let unavailable_now =
+        |n: &NodeName, verdict: Verdict| memory.holds(facts, n) || verdict == Verdict::Dead || facts.nodes.get(n).is_none_or(|f| !f.schedulable());
+    let unavailable = assessments.iter().filter(|(n, a)| a.verdict != Verdict::Excluded && unavailable_now(n, a.verdict)).count();
     let mut wanting: Vec<&NodeName> =
         assessments.iter().filter(|(n, a)| needs_remediation(a.verdict, cfg) && !memory.holds(facts, n)).map(|(n, _)| n).collect();
     // Deterministic order: the same nodes are chosen first on every tick.
     wanting.sort_unstable();
-    let circuit_open = active + wanting.len() > limit;
-    let mut plan = Plan { circuit_open, limit, active, eligible, ..Default::default() };
+    // A zombie someone else already took out costs no capacity when pulsecheck marks it too.
+    let costly = |n: &NodeName| assessments.get(n).is_some_and(|a| !unavailable_now(n, a.verdict));
+    let circuit_open = unavailable + wanting.iter().filter(|n| costly(n)).count() > limit;
+    let mut plan = Plan { circuit_open, limit, active, eligible, unavailable, ..Default::default() };
     if stance != Stance::Act {
         return plan;
     }
@@ -239,13 +262,19 @@ pub fn plan(now: Timestamp, assessments: &Assessments, facts: &FleetFacts, memor
     plan.release.sort_unstable();
 
     let mut budget = (cfg.max_per_minute as usize).saturating_sub(memory.recent_starts.len());
+    // Schedulable capacity left in the pool: never take the last of it unless told to.
+    let mut available = eligible.saturating_sub(unavailable);
     for name in wanting {
+        let cost = usize::from(costly(name));
         if circuit_open {
             plan.held.push((name.to_string(), Hold::CircuitOpen));
         } else if budget == 0 {
             plan.held.push((name.to_string(), Hold::RateLimited));
+        } else if available.saturating_sub(cost) < cfg.min_available && cost > 0 {
+            plan.held.push((name.to_string(), Hold::LastCapacity));
         } else {
             budget -= 1;
+            available -= cost;
             plan.remediate.push(name.to_string());
         }
     }
@@ -317,6 +346,63 @@ mod tests {
         assert_eq!(p.held.len(), 4);
         assert!(p.held.iter().all(|(_, h)| *h == Hold::CircuitOpen));
         assert_eq!((p.limit, p.active), (2, 1));
+    }
+
+    fn named(n: usize) -> Vec<String> {
+        (0..n).map(|i| format!("n{i}")).collect()
+    }
+
+    #[test]
+    fn nodes_a_zone_outage_took_out_count_against_the_budget() {
+        // 10 nodes; a zone outage left 3 Dead (kube-controller-manager's case); then one zombie.
+        // At most 20 % (2 nodes) may be unavailable: 3 already are, so pulsecheck takes none.
+        let names = named(10);
+        let refs: Vec<&str> = names.iter().map(String::as_str).collect();
+        let v: Vec<(&str, Verdict)> = refs
+            .iter()
+            .enumerate()
+            .map(|(i, n)| (*n, [Verdict::Dead, Verdict::Dead, Verdict::Dead, Verdict::Zombie].get(i).copied().unwrap_or(Verdict::Healthy)))
+            .collect();
+        let p = plan(t(0), &assessments(&v), &fleet(&refs), &mut Memory::default(), &GuardConfig::default(), Stance::Act);
+        assert!(p.remediate.is_empty(), "{p:?}");
+        assert_eq!(p.held, vec![("n3".to_string(), Hold::CircuitOpen)]);
+        assert_eq!((p.unavailable, p.limit), (3, 2));
+    }
+
+    #[test]
+    fn cordons_by_people_and_kube_controller_manager_taints_count_against_the_budget() {
+        let names = named(10);
+        let refs: Vec<&str> = names.iter().map(String::as_str).collect();
+        let scope = Scope { taint_key: names::TAINT_KEY.into(), ..Default::default() };
+        let mut f = fleet(&refs);
+        let mut cordoned = node("n0").ready_at(t(1)).build();
+        cordoned.spec.get_or_insert_with(Default::default).unschedulable = Some(true);
+        f.apply_node(&cordoned, &scope, t(1));
+        f.apply_node(&node("n1").ready_at(t(1)).taint("node.kubernetes.io/unreachable").build(), &scope, t(1));
+        // Another actor's own taint with a key of its own does not make the node unavailable.
+        f.apply_node(&node("n2").ready_at(t(1)).taint("example.com/gpu").build(), &scope, t(1));
+        let v: Vec<(&str, Verdict)> = refs.iter().map(|n| (*n, if *n == "n5" { Verdict::Zombie } else { Verdict::Healthy })).collect();
+        let p = plan(t(2), &assessments(&v), &f, &mut Memory::default(), &GuardConfig::default(), Stance::Act);
+        assert_eq!((p.unavailable, p.limit), (2, 2));
+        assert!(p.circuit_open && p.remediate.is_empty(), "{p:?}");
+    }
+
+    #[test]
+    fn the_last_schedulable_node_is_never_taken_unless_allowed() {
+        let cfg = GuardConfig { max_unhealthy_percent: 100.0, ..GuardConfig::default() };
+        // One node, a zombie: tainting it leaves the cluster no node to schedule on.
+        let p = plan(t(0), &assessments(&[("a", Verdict::Zombie)]), &fleet(&["a"]), &mut Memory::default(), &cfg, Stance::Act);
+        assert!(p.remediate.is_empty(), "{p:?}");
+        assert_eq!(p.held, vec![("a".to_string(), Hold::LastCapacity)]);
+        // Three nodes, one Dead, two zombies: one may go, the other is the last schedulable node.
+        let v = [("a", Verdict::Dead), ("b", Verdict::Zombie), ("c", Verdict::Zombie)];
+        let p = plan(t(0), &assessments(&v), &fleet(&["a", "b", "c"]), &mut Memory::default(), &cfg, Stance::Act);
+        assert_eq!(p.remediate, vec!["b".to_string()]);
+        assert_eq!(p.held, vec![("c".to_string(), Hold::LastCapacity)]);
+        // Told to (--min-available-nodes=0), it may take the last one too.
+        let told = GuardConfig { min_available: 0, ..cfg };
+        let p = plan(t(0), &assessments(&[("a", Verdict::Zombie)]), &fleet(&["a"]), &mut Memory::default(), &told, Stance::Act);
+        assert_eq!(p.remediate, vec!["a".to_string()]);
     }
 
     #[test]

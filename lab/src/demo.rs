@@ -282,7 +282,7 @@ fn controller_settings() -> Settings {
             probe_zombie_after: Duration::from_secs(60),
             ..Thresholds::default()
         },
-        guard: GuardConfig { max_unhealthy_percent: 20.0, max_per_minute: 100, act_on_dead: false, recover_after: Duration::from_secs(4) },
+        guard: GuardConfig { max_per_minute: 100, recover_after: Duration::from_secs(4), ..GuardConfig::default() },
         actions: Actions::default(),
         dry_run: false,
         evaluation_interval: Duration::from_millis(500),

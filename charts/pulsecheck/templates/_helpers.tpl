@@ -64,6 +64,7 @@ recover-after=recoverAfter
 evaluation-interval=evaluationInterval
 max-unhealthy=maxUnhealthy
 max-remediations-per-minute=maxRemediationsPerMinute
+min-available-nodes=minAvailableNodes
 act-on-dead=actOnDead
 dry-run=dryRun
 node-selector=nodeSelector
