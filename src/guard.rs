@@ -215,7 +215,10 @@ pub fn plan(now: Timestamp, assessments: &Assessments, facts: &FleetFacts, memor
         // before a restart) started within the window are on the Nodes' records and count too.
         let mut starts: Vec<Timestamp> = memory.recent_starts.iter().copied().collect();
         for since in facts.nodes.values().filter_map(|n| n.remediation.since) {
-            if now.duration_since(since) < window && !starts.contains(&since) {
+            // A `since` in the future (a leader with a fast clock, a hand edit) is no start
+            // within the window: it would eat the budget for as long as it stays ahead.
+            let age = now.duration_since(since);
+            if age >= SignedDuration::ZERO && age < window && !starts.contains(&since) {
                 starts.push(since);
             }
         }
@@ -489,6 +492,21 @@ mod tests {
         assert_eq!(p.held.len(), 2);
         // Once the first start is a minute old, one more may start.
         assert_eq!(plan(t(1010), &assessments(&v), &f, &mut m, &cfg, Stance::Act).remediate, vec!["c".to_string()]);
+    }
+
+    #[test]
+    fn a_record_from_the_future_does_not_eat_the_per_minute_budget() {
+        // A leader with a fast clock, or a hand edit, left `since` an hour ahead of now.
+        let names = ["a", "b", "c", "d", "e", "f", "g", "h", "i", "j"];
+        let mut f = fleet(&names);
+        for (node, ahead) in [("a", 3600), ("b", 3601)] {
+            mark_remediated(&mut f, node);
+            f.nodes.get_mut(node).unwrap().remediation.since = Some(t(1000 + ahead));
+        }
+        let v: Vec<(&str, Verdict)> = names.iter().map(|n| (*n, if *n == "c" { Verdict::Zombie } else { Verdict::Healthy })).collect();
+        let cfg = GuardConfig { max_unhealthy_percent: 50.0, ..GuardConfig::default() };
+        let p = plan(t(1000), &assessments(&v), &f, &mut Memory::default(), &cfg, Stance::Act);
+        assert_eq!(p.remediate, vec!["c".to_string()], "{p:?}");
     }
 
     #[test]

@@ -179,6 +179,9 @@ pub enum Fault {
     ProbeHang,
     /// The kubelet endpoint answers `/healthz` with 500 (sync loop failed).
     ProbeFail,
+    /// The kubelet port refuses connections while the node is otherwise healthy: a NetworkPolicy
+    /// or security group that blocks port 10250 from the controller.
+    ProbeRefuse,
     /// The kubelet endpoint answers 401 even to a token (the prober lacks permission).
     Unauthorized,
     /// Alternates zombie and healthy every [`FLAP_PHASE_REPORT_PERIODS`] report periods, zombie first.
@@ -194,7 +197,7 @@ pub enum Fault {
 impl FromStr for Fault {
     type Err = Error;
 
-    /// Parses `zombie`, `dead`, `os-image-unknown`, `probe-hang`, `probe-fail`, `unauthorized`,
+    /// Parses `zombie`, `dead`, `os-image-unknown`, `probe-hang`, `probe-fail`, `probe-refuse`, `unauthorized`,
     /// `flapping`, `clock-skew=+1h` (or `-90s`, `2m`), `no-lease`, `recover`.
     fn from_str(s: &str) -> Result<Fault> {
         let input = s.trim();
@@ -208,6 +211,7 @@ impl FromStr for Fault {
             "os-image-unknown" => Fault::OsImageUnknown,
             "probe-hang" => Fault::ProbeHang,
             "probe-fail" => Fault::ProbeFail,
+            "probe-refuse" => Fault::ProbeRefuse,
             "unauthorized" => Fault::Unauthorized,
             "flapping" => Fault::Flapping,
             "no-lease" => Fault::NoLease,
@@ -215,7 +219,7 @@ impl FromStr for Fault {
             "clock-skew" => return Err(invalid("clock-skew needs an offset, like clock-skew=+1h")),
             _ => {
                 return Err(invalid(
-                    "want one of zombie, dead, os-image-unknown, probe-hang, probe-fail, unauthorized, \
+                    "want one of zombie, dead, os-image-unknown, probe-hang, probe-fail, probe-refuse, unauthorized, \
                      flapping, clock-skew=+1h, no-lease, recover",
                 ));
             }
@@ -231,6 +235,7 @@ impl std::fmt::Display for Fault {
             Fault::OsImageUnknown => f.write_str("os-image-unknown"),
             Fault::ProbeHang => f.write_str("probe-hang"),
             Fault::ProbeFail => f.write_str("probe-fail"),
+            Fault::ProbeRefuse => f.write_str("probe-refuse"),
             Fault::Unauthorized => f.write_str("unauthorized"),
             Fault::Flapping => f.write_str("flapping"),
             Fault::ClockSkew(offset) => {
@@ -269,6 +274,8 @@ pub struct NodeFaults {
     pub probe_hang: bool,
     /// [`Fault::ProbeFail`].
     pub probe_fail: bool,
+    /// [`Fault::ProbeRefuse`].
+    pub probe_refuse: bool,
     /// [`Fault::Unauthorized`].
     pub unauthorized: bool,
     /// [`Fault::Flapping`].
@@ -288,6 +295,7 @@ impl NodeFaults {
             Fault::OsImageUnknown => self.os_image_unknown = true,
             Fault::ProbeHang => self.probe_hang = true,
             Fault::ProbeFail => self.probe_fail = true,
+            Fault::ProbeRefuse => self.probe_refuse = true,
             Fault::Unauthorized => self.unauthorized = true,
             Fault::Flapping => self.flapping = true,
             Fault::ClockSkew(offset) => self.clock_skew = offset,
@@ -554,7 +562,7 @@ impl Fleet {
         let faults = *sim.faults.borrow();
         if let Some(endpoint) = &sim.endpoint {
             endpoint.set_faults(faults.endpoint());
-            if faults.dead {
+            if faults.dead || faults.probe_refuse {
                 endpoint.close();
             } else {
                 endpoint.reopen()?;
@@ -1144,6 +1152,7 @@ mod tests {
             "os-image-unknown",
             "probe-hang",
             "probe-fail",
+            "probe-refuse",
             "unauthorized",
             "flapping",
             "no-lease",
