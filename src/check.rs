@@ -206,6 +206,8 @@ impl ProbeResult {
             ProbeOutcome::Success => ("ok", None),
             ProbeOutcome::Failure(e) => ("fail", Some(e.clone())),
             ProbeOutcome::Timeout => ("timeout", None),
+            ProbeOutcome::Unreachable(e) => ("unreachable", Some(e.clone())),
+            ProbeOutcome::Untrusted(e) => ("untrusted", Some(e.clone())),
             ProbeOutcome::Unauthorized(e) => ("denied", Some(e.clone())),
             ProbeOutcome::NotProbed(e) => ("n/a", Some(e.clone())),
         };

@@ -167,7 +167,7 @@ pub async fn start(client: kube::Client, settings: Settings) -> Result<Running, 
         blind_reported: None,
         circuit_reported: false,
         partition_reported: false,
-        misconfigured_reported: false,
+        misconfigured_reported: HashSet::new(),
         backoff: HashMap::new(),
         probe_targets: targets_tx,
         probe_results: results_rx,
@@ -193,8 +193,8 @@ struct Controller {
     circuit_reported: bool,
     /// A probe partition was reported and has not ended yet.
     partition_reported: bool,
-    /// Probes were refused (401/403) and that was reported.
-    misconfigured_reported: bool,
+    /// Nodes whose probes are pulsecheck's own problem, already reported.
+    misconfigured_reported: HashSet<String>,
     /// Nodes whose last remediation or release failed: failures in a row, and the next attempt.
     backoff: HashMap<String, (u32, Timestamp)>,
     probe_targets: tokio::sync::watch::Sender<Vec<ProbeTarget>>,
@@ -295,19 +295,20 @@ impl Controller {
                 info!(failing = evaluation.probes_failing, probed = evaluation.probes_recent, "probe partition over: probe evidence counts again");
             }
             self.partition_reported = !evaluation.probes_trusted;
-            let denied = v.facts.probes.iter().find_map(|(node, p)| match &p.last {
-                Some((ProbeOutcome::Unauthorized(why), _)) => Some((node.clone(), why.clone())),
-                _ => None,
-            });
-            self.metrics.set_probe_misconfigured(denied.is_some());
-            match (&denied, self.misconfigured_reported) {
-                (Some((node, why)), false) => {
-                    error!(node = %node, why = %why, "kubelet probes are refused: a configuration problem of pulsecheck, not evidence against the node")
+            // Probes that are pulsecheck's own problem (refused, certificate not trusted, a kubelet
+            // never reached): reported once per node and episode, never evidence.
+            let misconfigured: HashMap<String, String> =
+                v.facts.probes.iter().filter_map(|(node, p)| p.misconfiguration().map(|why| (node.to_string(), why.to_string()))).collect();
+            self.metrics.set_probe_misconfigured(!misconfigured.is_empty());
+            for (node, why) in &misconfigured {
+                if !self.misconfigured_reported.contains(node) {
+                    error!(node = %node, why = %why, "kubelet probes of this node cannot work: a configuration problem of pulsecheck (RBAC, kubelet CA, network path to port 10250), not evidence against the node");
                 }
-                (None, true) => info!("kubelet probes are accepted again"),
-                _ => {}
             }
-            self.misconfigured_reported = denied.is_some();
+            if misconfigured.is_empty() && !self.misconfigured_reported.is_empty() {
+                info!("kubelet probes work again on every node");
+            }
+            self.misconfigured_reported = misconfigured.into_keys().collect();
             let assessments = evaluation.assessments;
             self.publish_metrics(&v.facts, &assessments);
             let stance = match (blind.is_some(), leader) {
@@ -397,7 +398,7 @@ impl Controller {
                 remediated: self.memory.holds(facts, name),
                 probe_success: facts.probes.get(name).and_then(|p| match &p.last {
                     Some((ProbeOutcome::Success, _)) => Some(true),
-                    Some((ProbeOutcome::Failure(_) | ProbeOutcome::Timeout, _)) => Some(false),
+                    Some((ProbeOutcome::Failure(_) | ProbeOutcome::Timeout | ProbeOutcome::Unreachable(_), _)) => Some(false),
                     _ => None,
                 }),
             };

@@ -347,10 +347,19 @@ pub struct NodeFacts {
 pub enum ProbeOutcome {
     /// The kubelet answered healthy.
     Success,
-    /// The kubelet answered unhealthy, refused the connection or failed the handshake.
+    /// The kubelet answered unhealthy, or broke off the connection after the TLS handshake.
     Failure(String),
     /// No answer within the probe timeout.
     Timeout,
+    /// No TCP connection to any of the node's addresses (refused, no route, no answer). Evidence
+    /// only on a node whose kubelet pulsecheck has reached before: a port that a NetworkPolicy or
+    /// security group blocks from the start is pulsecheck's problem, not the node's.
+    Unreachable(String),
+    /// The kubelet's serving certificate was not accepted (signed by another CA than
+    /// `--kubelet-certificate-authority`, a serving certificate still pending under
+    /// serverTLSBootstrap, a name or address it does not cover). Never evidence: pulsecheck's
+    /// trust configuration is wrong, or the kubelet has no certificate yet.
+    Untrusted(String),
     /// 401/403: pulsecheck lacks permission. Never evidence against the node.
     Unauthorized(String),
     /// pulsecheck could not probe at all (no address, no port, bad configuration). Never evidence.
@@ -366,6 +375,22 @@ pub struct ProbeFacts {
     pub consecutive_failures: u32,
     /// When the current run of failures began.
     pub failing_since: Option<Timestamp>,
+    /// The kubelet answered a probe at least once (healthy or not): pulsecheck can reach it, so
+    /// failing to reach it later says something about the node.
+    pub reached: bool,
+}
+
+impl ProbeFacts {
+    /// Why pulsecheck itself cannot probe this node usefully, if that is the case: its last
+    /// answer was a refusal (401/403) or an untrusted certificate, or its kubelet was never
+    /// reached at all. Such nodes are reported as pulsecheck's misconfiguration, never judged.
+    pub fn misconfiguration(&self) -> Option<&str> {
+        match &self.last {
+            Some((ProbeOutcome::Unauthorized(why) | ProbeOutcome::Untrusted(why), _)) => Some(why),
+            Some((ProbeOutcome::Unreachable(why), _)) if !self.reached => Some(why),
+            _ => None,
+        }
+    }
 }
 
 impl ProbeFacts {
@@ -382,13 +407,16 @@ impl ProbeFacts {
             ProbeOutcome::Success => {
                 self.consecutive_failures = 0;
                 self.failing_since = None;
+                self.reached = true;
             }
-            ProbeOutcome::Failure(_) | ProbeOutcome::Timeout => {
+            ProbeOutcome::Failure(_) | ProbeOutcome::Timeout | ProbeOutcome::Unreachable(_) => {
                 self.consecutive_failures = self.consecutive_failures.saturating_add(1);
                 self.failing_since.get_or_insert(now);
+                // An unhealthy answer is an answer: the kubelet is reachable.
+                self.reached |= matches!(outcome, ProbeOutcome::Failure(_));
             }
             // Neither speaks about the node's health: leave the failure run as it was.
-            ProbeOutcome::Unauthorized(_) | ProbeOutcome::NotProbed(_) => {}
+            ProbeOutcome::Unauthorized(_) | ProbeOutcome::Untrusted(_) | ProbeOutcome::NotProbed(_) => {}
         }
         self.last = Some((outcome, now));
     }

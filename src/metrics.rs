@@ -369,6 +369,8 @@ impl Metrics {
             ProbeOutcome::Success => "success",
             ProbeOutcome::Failure(_) => "failure",
             ProbeOutcome::Timeout => "timeout",
+            ProbeOutcome::Unreachable(_) => "unreachable",
+            ProbeOutcome::Untrusted(_) => "untrusted",
             ProbeOutcome::Unauthorized(_) => "unauthorized",
             ProbeOutcome::NotProbed(_) => "error",
         };

@@ -369,12 +369,15 @@ pub fn evaluate(now: Timestamp, facts: &FleetFacts, th: &Thresholds, partition_t
 /// Probe evidence, when the failures reached the threshold and the latest result is recent.
 fn probe_evidence(now: Timestamp, probe: &ProbeFacts, th: &Thresholds) -> Option<Evidence> {
     let (last, at) = probe.last.as_ref()?;
-    if at_least(age(now, *at), th.probe_result_ttl) || probe.consecutive_failures < th.probe_failure_threshold {
+    // Failures count only against a kubelet pulsecheck has reached before: a port blocked from
+    // the start, a certificate never trusted, an address of the wrong family say nothing about
+    // the node (they are reported as pulsecheck's misconfiguration instead).
+    if !probe.reached || at_least(age(now, *at), th.probe_result_ttl) || probe.consecutive_failures < th.probe_failure_threshold {
         return None;
     }
     let since = probe.failing_since?;
     let last_error = match last {
-        ProbeOutcome::Failure(e) => e.clone(),
+        ProbeOutcome::Failure(e) | ProbeOutcome::Unreachable(e) => e.clone(),
         ProbeOutcome::Timeout => "timed out".into(),
         _ => return None,
     };
@@ -395,11 +398,11 @@ pub fn probe_partition(now: Timestamp, facts: &FleetFacts, th: &Thresholds, part
         }
         match last {
             ProbeOutcome::Success => probed += 1,
-            ProbeOutcome::Failure(_) | ProbeOutcome::Timeout => {
+            ProbeOutcome::Failure(_) | ProbeOutcome::Timeout | ProbeOutcome::Unreachable(_) => {
                 probed += 1;
                 failing += 1;
             }
-            ProbeOutcome::Unauthorized(_) | ProbeOutcome::NotProbed(_) => {}
+            ProbeOutcome::Unauthorized(_) | ProbeOutcome::Untrusted(_) | ProbeOutcome::NotProbed(_) => {}
         }
     }
     // A single node cannot be a partition; below two probed nodes the guard stays closed.
@@ -599,6 +602,41 @@ mod tests {
     }
 
     #[test]
+    fn a_kubelet_never_reached_is_no_evidence_until_it_answered_once() {
+        let ttl = Thresholds::default().probe_result_ttl;
+        let mut w = World::new();
+        w.node(0, node("n").ready_at(t(0)));
+        w.renewing(0, 1000);
+        // Port 10250 blocked from the start, or an untrusted certificate: never evidence.
+        for at in (30..=390).step_by(30) {
+            let outcome = if at % 60 == 0 { ProbeOutcome::Unreachable("refused".into()) } else { ProbeOutcome::Untrusted("unknown issuer".into()) };
+            w.facts.record_probe("n", outcome, t(at), ttl);
+        }
+        assert_eq!(w.at(390).verdict, Verdict::Healthy);
+        assert!(w.facts.probes["n"].misconfiguration().is_some());
+        // Once the kubelet has answered, losing it is evidence again.
+        w.facts.record_probe("n", ProbeOutcome::Success, t(420), ttl);
+        assert_eq!(w.facts.probes["n"].misconfiguration(), None);
+        for at in [450, 480, 510] {
+            w.facts.record_probe("n", ProbeOutcome::Unreachable("refused".into()), t(at), ttl);
+        }
+        assert_eq!(w.at(511).verdict, Verdict::Suspect);
+        assert_eq!(w.facts.probes["n"].misconfiguration(), None, "a kubelet reached before is not a misconfiguration");
+    }
+
+    #[test]
+    fn a_kubelet_that_answers_unhealthy_from_the_start_is_evidence() {
+        let ttl = Thresholds::default().probe_result_ttl;
+        let mut w = World::new();
+        w.node(0, node("n").ready_at(t(0)));
+        w.renewing(0, 400);
+        for at in [30, 60, 90] {
+            w.facts.record_probe("n", ProbeOutcome::Failure("kubelet answered 500".into()), t(at), ttl);
+        }
+        assert_eq!(w.at(91).verdict, Verdict::Suspect, "an answer is an answer: the kubelet was reached");
+    }
+
+    #[test]
     fn unauthorized_probes_are_never_evidence() {
         let mut w = World::new();
         w.node(0, node("n").ready_at(t(0)));
@@ -614,6 +652,7 @@ mod tests {
         let mut w = World::new();
         w.node(0, node("n").ready_at(t(0)));
         w.renewing(0, 400);
+        w.facts.record_probe("n", ProbeOutcome::Success, t(5), Thresholds::default().probe_result_ttl);
         for at in [10, 20, 30] {
             w.facts.record_probe("n", ProbeOutcome::Timeout, t(at), Thresholds::default().probe_result_ttl);
         }

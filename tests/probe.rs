@@ -226,7 +226,7 @@ async fn without_ca_or_insecure_flag_no_token_is_sent_and_the_probe_is_a_tls_han
     // listener goes away under a pending connection).
     kubelet.close();
     let outcome = prober.probe(&target(kubelet.addr(), "node-1")).await;
-    assert!(matches!(&outcome, ProbeOutcome::Failure(why) if why.contains("cannot connect to kubelet")), "{outcome:?}");
+    assert!(matches!(&outcome, ProbeOutcome::Unreachable(why) if why.contains("kubelet")), "{outcome:?}");
 }
 
 #[tokio::test]
@@ -244,25 +244,26 @@ async fn insecure_flag_sends_the_token_to_an_unverified_kubelet() {
 }
 
 #[tokio::test]
-async fn kubelet_certificate_from_another_ca_fails_tls_and_gets_no_token() {
+async fn kubelet_certificate_from_another_ca_is_untrusted_not_a_failure_and_gets_no_token() {
     let kubelet_ca = CertificateAuthority::new("kubelet-ca").unwrap();
     let other_ca = CertificateAuthority::new("some-other-ca").unwrap();
     let kubelet = kubelet(&kubelet_ca, loopback(7)).await;
     let s = Setup::new("secret-token");
     let outcome = s.verifying(&other_ca).probe(&target(kubelet.addr(), "node-1")).await;
-    let ProbeOutcome::Failure(why) = &outcome else { panic!("expected a TLS failure, got {outcome:?}") };
-    assert!(why.contains("TLS handshake") && why.contains("certificate"), "{why}");
+    // pulsecheck's trust configuration (or a pending serving certificate), never evidence.
+    let ProbeOutcome::Untrusted(why) = &outcome else { panic!("expected an untrusted certificate, got {outcome:?}") };
+    assert!(why.contains("certificate") && why.contains("--kubelet-certificate-authority"), "{why}");
     assert!(kubelet.requests().is_empty(), "{:?}", kubelet.requests());
 }
 
 #[tokio::test]
-async fn certificate_for_another_address_fails_tls_and_gets_no_token() {
+async fn certificate_for_another_address_is_untrusted_and_gets_no_token() {
     // Signed by the right CA, but for a different node's address.
     let ca = CertificateAuthority::new("kubelet-ca").unwrap();
     let kubelet = kubelet_with_cert_for(&ca, loopback(8), loopback(99)).await;
     let s = Setup::new("secret-token");
     let outcome = s.verifying(&ca).probe(&target(kubelet.addr(), "node-1")).await;
-    assert!(matches!(&outcome, ProbeOutcome::Failure(why) if why.contains("TLS handshake")), "{outcome:?}");
+    assert!(matches!(&outcome, ProbeOutcome::Untrusted(why) if why.contains("certificate")), "{outcome:?}");
     assert!(kubelet.requests().is_empty(), "{:?}", kubelet.requests());
 }
 
@@ -297,18 +298,37 @@ async fn unreadable_token_file_is_not_probed_and_the_kubelet_hears_nothing() {
 }
 
 #[tokio::test]
-async fn closed_kubelet_port_is_a_failure_and_a_node_without_port_is_not_probed() {
+async fn closed_kubelet_port_is_unreachable_and_a_node_without_port_is_not_probed() {
     let ca = CertificateAuthority::new("kubelet-ca").unwrap();
     let kubelet = kubelet(&ca, loopback(11)).await;
     kubelet.close();
     let s = Setup::new("t");
     let prober = s.verifying(&ca);
     let outcome = prober.probe(&target(kubelet.addr(), "node-1")).await;
-    assert!(matches!(&outcome, ProbeOutcome::Failure(why) if why.contains("cannot connect to kubelet")), "{outcome:?}");
+    assert!(matches!(&outcome, ProbeOutcome::Unreachable(why) if why.contains("cannot connect to the kubelet")), "{outcome:?}");
     let mut portless = target(kubelet.addr(), "node-1");
     portless.endpoint.port = None;
     let outcome = prober.probe(&portless).await;
     assert!(matches!(&outcome, ProbeOutcome::NotProbed(why) if why.contains("kubelet port")), "{outcome:?}");
+}
+
+#[tokio::test]
+async fn a_dual_stack_node_is_reached_on_its_second_address_when_the_first_is_unreachable() {
+    // The node lists an InternalIP of each family; the first one (the other family, or a
+    // blocked address) does not answer, the second does.
+    let ca = CertificateAuthority::new("kubelet-ca").unwrap();
+    let serving = ca.issue_server("kubelet", &[loopback(12), loopback(13)], &[]).unwrap();
+    let kubelet = kubelet::KubeletEndpoint::start(loopback(12), &serving).await.unwrap();
+    let s = Setup::new("t");
+    let node = ProbeTarget {
+        node: "node-1".into(),
+        endpoint: KubeletEndpoint {
+            addresses: vec![("InternalIP".into(), loopback(13).to_string()), ("InternalIP".into(), loopback(12).to_string())],
+            port: Some(kubelet.addr().port()),
+        },
+    };
+    assert_eq!(s.verifying(&ca).probe(&node).await, ProbeOutcome::Success);
+    assert_eq!(authorizations(&kubelet), vec![Some("Bearer t".to_string())]);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -521,10 +541,10 @@ async fn apiserver_proxy_asks_the_node_proxy_healthz_path_and_maps_the_answers()
     apiserver.set_answer((500, "[+]ping ok\n[-]syncloop failed: reason withheld\nhealthz check failed"));
     let outcome = prober.probe(&node).await;
     assert!(matches!(&outcome, ProbeOutcome::Failure(why) if why.contains("500") && why.contains("syncloop")), "{outcome:?}");
-    // The apiserver cannot reach the kubelet.
+    // The apiserver cannot reach the kubelet: no answer of the kubelet's own.
     apiserver.set_answer((503, r#"{"kind":"Status","message":"error trying to reach service: dial tcp 10.0.0.7:10250: i/o timeout","code":503}"#));
     let outcome = prober.probe(&node).await;
-    assert!(matches!(&outcome, ProbeOutcome::Failure(why) if why.contains("503") && why.contains("i/o timeout")), "{outcome:?}");
+    assert!(matches!(&outcome, ProbeOutcome::Unreachable(why) if why.contains("503") && why.contains("i/o timeout")), "{outcome:?}");
 }
 
 #[tokio::test]
@@ -539,7 +559,7 @@ async fn apiserver_proxy_probe_stays_bounded_when_the_client_retries_503() {
     let node = ProbeTarget { node: "node-1".into(), endpoint: KubeletEndpoint::default() };
     let started = Instant::now();
     let outcome = prober.probe(&node).await;
-    assert!(matches!(outcome, ProbeOutcome::Timeout | ProbeOutcome::Failure(_)), "{outcome:?}");
+    assert!(matches!(outcome, ProbeOutcome::Timeout | ProbeOutcome::Unreachable(_)), "{outcome:?}");
     assert!(started.elapsed() < Duration::from_secs(3), "a 1s probe took {:?}", started.elapsed());
 }
 

@@ -231,3 +231,25 @@ async fn kubelet_healthz_without_a_way_to_trust_kubelets_probes_by_handshake_and
     running.stop().await;
     lab.lab.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_kubelet_port_blocked_from_the_start_is_pulsecheck_s_misconfiguration_not_a_zombie() {
+    let lab = ProbedLab::start(5, "pbk-").await;
+    // A NetworkPolicy or security group blocks port 10250 of one node from pulsecheck, from the
+    // start: pulsecheck never reached that kubelet, so failing to reach it says nothing about it.
+    lab.lab.fleet.set_fault("pbk-0001", Fault::ProbeRefuse).unwrap();
+    let running = lab.controller(|s| s.thresholds.probe_zombie_after = Duration::from_secs(2)).await;
+    let client = lab.lab.client();
+    wait_verdict(&running, "pbk-0001", "healthy", Duration::from_secs(30)).await;
+    // Probes fail every 500 ms, far past --probe-zombie-after (2 s) and the failure threshold.
+    wait_evaluations(&running, 16, Duration::from_secs(30)).await;
+    let text = running.metrics.render();
+    assert_eq!(metric(&text, &verdict_series("pbk-0001", "healthy")), Some(1.0), "{text}");
+    assert_eq!(metric(&text, "pulsecheck_probe_partition"), Some(0.0), "one node of five is no partition: {text}");
+    assert_eq!(metric(&text, "pulsecheck_probe_misconfigured"), Some(1.0), "reported as pulsecheck's own problem: {text}");
+    let node = get_node(&client, "pbk-0001").await;
+    assert!(!has_our_taint(&node), "tainted a healthy node whose kubelet port pulsecheck cannot reach");
+    assert!(our_condition(&node).is_none_or(|(status, _, _)| status == "True"), "{:?}", our_condition(&node));
+    running.stop().await;
+    lab.lab.stop().await;
+}

@@ -351,16 +351,16 @@ impl Prober {
     }
 }
 
-/// True when any of `outcomes` says pulsecheck lacks permission to probe
-/// (`pulsecheck_probe_misconfigured`).
+/// True when any of `outcomes` says pulsecheck itself cannot probe: it lacks permission or does
+/// not trust the kubelet's certificate (`pulsecheck_probe_misconfigured`).
 pub fn is_misconfigured<'a>(outcomes: impl IntoIterator<Item = &'a ProbeOutcome>) -> bool {
-    outcomes.into_iter().any(|o| matches!(o, ProbeOutcome::Unauthorized(_)))
+    outcomes.into_iter().any(|o| matches!(o, ProbeOutcome::Unauthorized(_) | ProbeOutcome::Untrusted(_)))
 }
 
 impl Inner {
     async fn healthz(&self, tls: &TlsConnector, target: &ProbeTarget) -> ProbeOutcome {
-        let peer = match Peer::choose(&target.endpoint, &self.preferred_address_types) {
-            Ok(peer) => peer,
+        let peers = match Peer::candidates(&target.endpoint, &self.preferred_address_types) {
+            Ok(peers) => peers,
             Err(reason) => return ProbeOutcome::NotProbed(reason),
         };
         // Read before connecting: a missing token must not cost the kubelet a connection.
@@ -368,8 +368,8 @@ impl Inner {
             Ok(bearer) => bearer,
             Err(reason) => return ProbeOutcome::NotProbed(reason),
         };
-        let stream = match peer.connect_tls(tls).await {
-            Ok(stream) => stream,
+        let (peer, stream) = match connect_first(&peers, tls, self.timeout).await {
+            Ok(connected) => connected,
             Err(outcome) => return outcome,
         };
         match get_healthz(stream, &peer.authority(), bearer).await {
@@ -379,11 +379,11 @@ impl Inner {
     }
 
     async fn handshake(&self, tls: &TlsConnector, target: &ProbeTarget) -> ProbeOutcome {
-        let peer = match Peer::choose(&target.endpoint, &self.preferred_address_types) {
-            Ok(peer) => peer,
+        let peers = match Peer::candidates(&target.endpoint, &self.preferred_address_types) {
+            Ok(peers) => peers,
             Err(reason) => return ProbeOutcome::NotProbed(reason),
         };
-        match peer.connect_tls(tls).await {
+        match connect_first(&peers, tls, self.timeout).await {
             // Dropping the stream closes the connection; nothing was sent but the handshake.
             Ok(_stream) => ProbeOutcome::Success,
             Err(outcome) => outcome,
@@ -400,7 +400,7 @@ impl Inner {
         };
         let response = match self.client.send(request).await {
             Ok(response) => response,
-            Err(e) => return ProbeOutcome::Failure(format!("apiserver proxy request for node {node} failed: {e}")),
+            Err(e) => return ProbeOutcome::Unreachable(format!("apiserver proxy request for node {node} failed: {e}")),
         };
         let status = response.status();
         let body = if status.is_success() { Bytes::new() } else { read_limited(response.into_body()).await };
@@ -423,20 +423,42 @@ enum Host {
 
 impl Peer {
     /// The first address of the first preferred type the node lists, with its kubelet port.
+    #[cfg(test)]
     fn choose(endpoint: &KubeletEndpoint, preferred: &[String]) -> Result<Peer, String> {
+        Peer::candidates(endpoint, preferred).map(|mut peers| peers.remove(0))
+    }
+
+    /// Every usable address of the preferred types, in preference order (type first, then the
+    /// node's own order), with its kubelet port. A dual-stack node lists an InternalIP of each
+    /// family; the prober tries them in turn, so an address of a family pulsecheck's pod cannot
+    /// reach does not make the node look dead.
+    fn candidates(endpoint: &KubeletEndpoint, preferred: &[String]) -> Result<Vec<Peer>, String> {
         let Some(port) = endpoint.port else {
             return Err("node has no kubelet port (status.daemonEndpoints.kubeletEndpoint.Port)".into());
         };
-        let address = preferred.iter().find_map(|kind| endpoint.addresses.iter().find(|(t, a)| t == kind && !a.trim().is_empty())).map(|(_, a)| a.trim());
-        let Some(address) = address else {
-            return Err(format!("node lists no address of a preferred type ({})", preferred.join(", ")));
-        };
-        let host = match address.parse::<IpAddr>() {
-            Ok(ip) => Host::Ip(ip),
-            Err(_) if ServerName::try_from(address).is_ok() => Host::Name(address.to_string()),
-            Err(_) => return Err(format!("node address {address:?} is neither an IP address nor a host name")),
-        };
-        Ok(Peer { host, port })
+        let mut peers: Vec<Peer> = Vec::new();
+        let mut rejected = None;
+        for kind in preferred {
+            for (_, address) in endpoint.addresses.iter().filter(|(t, a)| t == kind && !a.trim().is_empty()) {
+                let address = address.trim();
+                let host = match address.parse::<IpAddr>() {
+                    Ok(ip) => Host::Ip(ip),
+                    Err(_) if ServerName::try_from(address).is_ok() => Host::Name(address.to_string()),
+                    Err(_) => {
+                        rejected.get_or_insert_with(|| format!("node address {address:?} is neither an IP address nor a host name"));
+                        continue;
+                    }
+                };
+                let peer = Peer { host, port };
+                if !peers.contains(&peer) {
+                    peers.push(peer);
+                }
+            }
+        }
+        if peers.is_empty() {
+            return Err(rejected.unwrap_or_else(|| format!("node lists no address of a preferred type ({})", preferred.join(", "))));
+        }
+        Ok(peers)
     }
 
     /// `host:port` as it goes into the Host header and messages (IPv6 in brackets).
@@ -456,17 +478,60 @@ impl Peer {
         }
     }
 
-    async fn connect_tls(&self, tls: &TlsConnector) -> Result<TlsStream<TcpStream>, ProbeOutcome> {
+    /// A TCP connection within `within`, or why not.
+    async fn connect_tcp(&self, within: Duration) -> Result<TcpStream, String> {
+        let connect = async {
+            match &self.host {
+                Host::Ip(ip) => TcpStream::connect(SocketAddr::new(*ip, self.port)).await,
+                Host::Name(name) => TcpStream::connect((name.as_str(), self.port)).await,
+            }
+        };
+        match tokio::time::timeout(within, connect).await {
+            Ok(Ok(tcp)) => Ok(tcp),
+            Ok(Err(e)) => Err(format!("{}: {e}", self.authority())),
+            Err(_) => Err(format!("{}: no TCP connection within {within:?}", self.authority())),
+        }
+    }
+
+    /// The TLS handshake on a connected stream. A certificate pulsecheck does not accept is
+    /// [`ProbeOutcome::Untrusted`] (its trust configuration, or a serving certificate still
+    /// pending); any other handshake failure means the kubelet could not be talked to.
+    async fn handshake(&self, tls: &TlsConnector, tcp: TcpStream) -> Result<TlsStream<TcpStream>, ProbeOutcome> {
         let authority = self.authority();
         let server_name = self.server_name().map_err(ProbeOutcome::NotProbed)?;
-        let tcp = match &self.host {
-            Host::Ip(ip) => TcpStream::connect(SocketAddr::new(*ip, self.port)).await,
-            Host::Name(name) => TcpStream::connect((name.as_str(), self.port)).await,
-        }
-        .map_err(|e| ProbeOutcome::Failure(format!("cannot connect to kubelet at {authority}: {e}")))?;
         let _ = tcp.set_nodelay(true);
-        tls.connect(server_name, tcp).await.map_err(|e| ProbeOutcome::Failure(format!("TLS handshake with kubelet at {authority} failed: {e}")))
+        tls.connect(server_name, tcp).await.map_err(|e| {
+            if is_certificate_problem(&e) {
+                ProbeOutcome::Untrusted(format!(
+                    "kubelet at {authority} presented a certificate pulsecheck does not accept ({e}): check --kubelet-certificate-authority, or whether the node's serving certificate is still pending (serverTLSBootstrap)"
+                ))
+            } else {
+                ProbeOutcome::Unreachable(format!("TLS handshake with kubelet at {authority} failed: {e}"))
+            }
+        })
     }
+}
+
+/// Connects to the first of `peers` that accepts a TCP connection (each gets an equal share of
+/// `timeout`, at least 250 ms) and completes the TLS handshake with it. With no connection at
+/// all: [`ProbeOutcome::Unreachable`] naming every address tried.
+async fn connect_first(peers: &[Peer], tls: &TlsConnector, timeout: Duration) -> Result<(Peer, TlsStream<TcpStream>), ProbeOutcome> {
+    let share = (timeout / u32::try_from(peers.len()).unwrap_or(u32::MAX).max(1)).max(Duration::from_millis(250));
+    let mut errors = Vec::new();
+    for peer in peers {
+        match peer.connect_tcp(share).await {
+            Ok(tcp) => return peer.handshake(tls, tcp).await.map(|stream| (peer.clone(), stream)),
+            Err(e) => errors.push(e),
+        }
+    }
+    Err(ProbeOutcome::Unreachable(format!("cannot connect to the kubelet: {}", errors.join("; "))))
+}
+
+/// True when a TLS handshake failed because the peer's certificate was not accepted.
+fn is_certificate_problem(e: &std::io::Error) -> bool {
+    e.get_ref()
+        .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+        .is_some_and(|r| matches!(r, rustls::Error::InvalidCertificate(_) | rustls::Error::NoCertificatesPresented | rustls::Error::UnsupportedNameType))
 }
 
 /// `Bearer <token>` from the token file, read afresh (projected tokens rotate).
@@ -542,6 +607,11 @@ fn apiserver_answer(status: StatusCode, body: &[u8]) -> ProbeOutcome {
             "apiserver answered {code}: pulsecheck's ServiceAccount needs `get` on `nodes/proxy` for --probe=apiserver-proxy{}",
             summary(body)
         )),
+        // The apiserver's own "cannot reach the kubelet" (dial errors, no route): no answer from
+        // the kubelet itself, so only evidence where pulsecheck has reached this kubelet before.
+        StatusCode::BAD_GATEWAY | StatusCode::SERVICE_UNAVAILABLE | StatusCode::GATEWAY_TIMEOUT => {
+            ProbeOutcome::Unreachable(format!("apiserver proxy could not reach the kubelet ({code}){}", summary(body)))
+        }
         _ => ProbeOutcome::Failure(format!("apiserver proxy to the kubelet answered {code}{}", summary(body))),
     }
 }
@@ -665,8 +735,11 @@ mod tests {
         let ProbeOutcome::Unauthorized(why) = apiserver_answer(StatusCode::FORBIDDEN, body) else { panic!() };
         assert!(why.contains("`nodes/proxy`") && why.contains("cannot get resource"), "{why}");
         let body = br#"{"kind":"Status","message":"error trying to reach service: dial tcp 10.0.0.7:10250: connect: connection refused","code":503}"#;
-        let ProbeOutcome::Failure(why) = apiserver_answer(StatusCode::SERVICE_UNAVAILABLE, body) else { panic!() };
+        // The apiserver could not reach the kubelet: no answer of the kubelet's own.
+        let ProbeOutcome::Unreachable(why) = apiserver_answer(StatusCode::SERVICE_UNAVAILABLE, body) else { panic!() };
         assert!(why.contains("503") && why.contains("connection refused"), "{why}");
+        let ProbeOutcome::Failure(why) = apiserver_answer(StatusCode::INTERNAL_SERVER_ERROR, b"[-]syncloop failed: reason withheld") else { panic!() };
+        assert!(why.contains("500") && why.contains("syncloop"), "{why}");
     }
 
     #[test]
