@@ -608,6 +608,11 @@ impl FleetFacts {
     pub fn apply_node(&mut self, node: &SlimNode, scope: &Scope, now: Timestamp) {
         let Some(name) = node.metadata.name.as_deref() else { return };
         let facts = NodeFacts::observe(node, self.nodes.get(name), scope, now);
+        if self.nodes.get(name).is_some_and(|old| old.uid != facts.uid) {
+            // Re-created under the same name (a Delete the watch never delivered): the old
+            // machine's probe record says nothing about the new one.
+            self.probes.remove(name);
+        }
         match self.nodes.get_mut(name) {
             Some(existing) => *existing = facts,
             None => {
@@ -755,6 +760,22 @@ pub(crate) mod fixtures {
 #[cfg(test)]
 mod tests {
     use super::{fixtures::*, *};
+
+    #[test]
+    fn a_node_re_created_with_the_same_name_starts_without_the_old_node_s_probe_record() {
+        let scope = Scope::default();
+        let mut f = FleetFacts::default();
+        f.apply_node(&node("n").uid("old").ready_at(t(0)).build(), &scope, t(0));
+        f.record_probe("n", ProbeOutcome::Success, t(1), Duration::from_secs(90));
+        f.record_probe("n", ProbeOutcome::Timeout, t(2), Duration::from_secs(90));
+        // Deleted and re-created between two watch events (a missed Delete): a new uid.
+        f.apply_node(&node("n").uid("new").ready_at(t(3)).build(), &scope, t(3));
+        assert_eq!(f.probes.get("n"), None, "the new node inherited the old node's probes");
+        // The same node seen again keeps its record.
+        f.record_probe("n", ProbeOutcome::Success, t(4), Duration::from_secs(90));
+        f.apply_node(&node("n").uid("new").ready_at(t(5)).build(), &scope, t(5));
+        assert!(f.probes.get("n").is_some_and(|p| p.reached));
+    }
 
     fn scope() -> Scope {
         Scope {
