@@ -35,8 +35,8 @@ pub enum LogFormat {
 /// Logging and the admin HTTP server.
 #[derive(Debug, Clone, clap::Args)]
 pub struct AdminArgs {
-    /// Address of the admin server (/metrics, /livez, /readyz).
-    #[arg(long, env = "PULSECHECK_ADMIN_ADDR", value_name = "ADDR", default_value = "0.0.0.0:8080")]
+    /// Address of the admin server (/metrics, /livez, /readyz); the default [::]:8080 serves IPv4 and IPv6, and falls back to 0.0.0.0:8080 where IPv6 is off.
+    #[arg(long, env = "PULSECHECK_ADMIN_ADDR", value_name = "ADDR", default_value = "[::]:8080")]
     pub admin_addr: SocketAddr,
     /// Log line format.
     #[arg(long, env = "PULSECHECK_LOG_FORMAT", value_enum, default_value = "plain")]
@@ -95,9 +95,20 @@ pub struct AdminServer {
 }
 
 impl AdminServer {
-    /// Binds `addr` (port 0 picks a free port; see [`AdminServer::local_addr`]).
+    /// Binds `addr` (port 0 picks a free port; see [`AdminServer::local_addr`]). The IPv6
+    /// wildcard `[::]` also accepts IPv4 on Linux (unless `net.ipv6.bindv6only` is set), so one
+    /// listener serves both single-stack and dual-stack Pods; where the kernel has no IPv6 at
+    /// all it falls back to `0.0.0.0` on the same port.
     pub async fn bind(addr: SocketAddr, metrics: Metrics, readiness: Readiness) -> Result<AdminServer, Error> {
-        let listener = TcpListener::bind(addr).await.map_err(|source| Error::Bind { addr, source })?;
+        let listener = match TcpListener::bind(addr).await {
+            Ok(listener) => listener,
+            Err(e) if addr.ip() == std::net::Ipv6Addr::UNSPECIFIED && is_no_ipv6(&e) => {
+                let v4 = SocketAddr::from(([0, 0, 0, 0], addr.port()));
+                tracing::info!(%addr, fallback = %v4, error = %e, "no IPv6 on this host; serving on IPv4 only");
+                TcpListener::bind(v4).await.map_err(|source| Error::Bind { addr: v4, source })?
+            }
+            Err(source) => return Err(Error::Bind { addr, source }),
+        };
         Ok(AdminServer { listener, metrics, readiness })
     }
 
@@ -131,6 +142,12 @@ impl AdminServer {
     }
 }
 
+/// True when binding failed because the host has no IPv6 (module off, `ipv6.disable=1`).
+fn is_no_ipv6(e: &std::io::Error) -> bool {
+    // EAFNOSUPPORT (97 on Linux): the address family is not supported at all.
+    e.raw_os_error() == Some(97) || e.kind() == std::io::ErrorKind::AddrNotAvailable
+}
+
 fn text(status: StatusCode, content_type: &'static str, body: String) -> Response<Full<Bytes>> {
     let mut r = Response::new(Full::new(Bytes::from(body)));
     *r.status_mut() = status;
@@ -148,5 +165,27 @@ fn route(req: &Request<Incoming>, metrics: &Metrics, readiness: &Readiness) -> R
         "/readyz" if readiness.get() => text(StatusCode::OK, "text/plain", "ok\n".into()),
         "/readyz" => text(StatusCode::SERVICE_UNAVAILABLE, "text/plain", "not ready: the Node and Lease watches are not synced and delivering\n".into()),
         _ => text(StatusCode::NOT_FOUND, "text/plain", "not found; try /metrics, /livez, /readyz\n".into()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Flags {
+        #[command(flatten)]
+        admin: AdminArgs,
+    }
+
+    #[tokio::test]
+    async fn the_default_admin_address_serves_ipv4_and_ipv6_pods() {
+        let default = Flags::try_parse_from(["pulsecheck"]).unwrap().admin.admin_addr;
+        let server = AdminServer::bind(SocketAddr::new(default.ip(), 0), Metrics::new(false), Readiness::default()).await.unwrap();
+        let port = server.local_addr().unwrap().port();
+        // An IPv4-only Pod (or kubelet probe) and an IPv6-only one both reach it.
+        tokio::net::TcpStream::connect((std::net::Ipv4Addr::LOCALHOST, port)).await.expect("reachable over IPv4");
+        tokio::net::TcpStream::connect((std::net::Ipv6Addr::LOCALHOST, port)).await.expect("reachable over IPv6");
     }
 }

@@ -130,7 +130,7 @@ impl Default for Settings {
             probe: ProbeSettings::default(),
             probe_partition_threshold: 50.0,
             leader: LeaderSettings::disabled("pulsecheck"),
-            admin_addr: SocketAddr::from(([0, 0, 0, 0], 8080)),
+            admin_addr: SocketAddr::from((std::net::Ipv6Addr::UNSPECIFIED, 8080)),
             per_node_metrics: true,
             thresholds,
         }
