@@ -382,11 +382,11 @@ pub struct ProbeFacts {
 
 impl ProbeFacts {
     /// Why pulsecheck itself cannot probe this node usefully, if that is the case: its last
-    /// answer was a refusal (401/403) or an untrusted certificate, or its kubelet was never
-    /// reached at all. Such nodes are reported as pulsecheck's misconfiguration, never judged.
+    /// answer was a refusal (401/403) or an untrusted certificate, it could not probe at all (no
+    /// address or port, an unreadable `--token-file`), or its kubelet was never reached. Such nodes are reported as pulsecheck's misconfiguration, never judged.
     pub fn misconfiguration(&self) -> Option<&str> {
         match &self.last {
-            Some((ProbeOutcome::Unauthorized(why) | ProbeOutcome::Untrusted(why), _)) => Some(why),
+            Some((ProbeOutcome::Unauthorized(why) | ProbeOutcome::Untrusted(why) | ProbeOutcome::NotProbed(why), _)) => Some(why),
             Some((ProbeOutcome::Unreachable(why), _)) if !self.reached => Some(why),
             _ => None,
         }

@@ -16,7 +16,8 @@
 //!   (`--min-available-nodes`, default 1): a one-node cluster keeps its only node.
 //! * At most `max_per_minute` new remediations start in any 60 s window.
 //! * A remediated node is released only after it has been Healthy continuously for
-//!   `recover_after` (hysteresis), or at once when a person excludes it.
+//!   `recover_after` (hysteresis) — health the probes can confirm, with a status refresh seen
+//!   after health returned — or at once when a person excludes it.
 //!
 //! Like [`crate::verdict`], this is pure: `now` is passed in, and [`Memory`] is the only state.
 
@@ -200,7 +201,10 @@ pub fn plan(now: Timestamp, assessments: &Assessments, facts: &FleetFacts, memor
         memory.healthy_since.clear();
     } else {
         for (name, a) in assessments {
-            if a.verdict == Verdict::Healthy {
+            // Health counts towards a release only where the evidence that would catch the
+            // failure again is there: health the probes cannot confirm (a partition, an expired
+            // result) is the absence of evidence, not evidence.
+            if a.verdict == Verdict::Healthy && a.unconfirmed.is_none() {
                 if !memory.healthy_since.contains_key(name) {
                     memory.healthy_since.insert(name.clone(), now);
                 }
@@ -255,9 +259,14 @@ pub fn plan(now: Timestamp, assessments: &Assessments, facts: &FleetFacts, memor
         if !memory.holds(facts, name) {
             continue;
         }
-        // Recovery needs proof: a status refresh seen by pulsecheck, and continuous health since.
-        let proven = facts.nodes.get(name).is_some_and(|n| n.status.seen_changing);
-        let recovered = proven && memory.healthy_since.get(name).is_some_and(|since| now.duration_since(*since) >= recover);
+        // Recovery needs proof that the status loop works again: a status refresh seen by
+        // pulsecheck after health returned (the refresh that ended the staleness is not enough:
+        // a zombie whose loop completes a write every 15 minutes looks fresh after each), and
+        // continuous health for --recover-after.
+        let recovered = memory.healthy_since.get(name).is_some_and(|since| {
+            let refreshed_since = facts.nodes.get(name).is_some_and(|n| n.status.seen_changing && n.status.observed_at > *since);
+            refreshed_since && now.duration_since(*since) >= recover
+        });
         if recovered || a.verdict == Verdict::Excluded {
             plan.release.push(name.to_string());
         }
@@ -293,7 +302,7 @@ mod tests {
     use crate::verdict::Assessment;
 
     fn assessments(verdicts: &[(&str, Verdict)]) -> Assessments {
-        verdicts.iter().map(|(n, v)| (NodeName::from(*n), Assessment { verdict: *v, evidence: vec![] })).collect()
+        verdicts.iter().map(|(n, v)| (NodeName::from(*n), Assessment { verdict: *v, evidence: vec![], unconfirmed: None })).collect()
     }
 
     fn fleet(names: &[&str]) -> FleetFacts {
@@ -311,6 +320,13 @@ mod tests {
         let node = f.nodes.get_mut(n).unwrap();
         node.remediation = Remediation { tainted: true, cordoned: false, since: Some(t(0)) };
         node.has_our_taint = true;
+    }
+
+    /// The kubelet of remediated node `n` posts its status at `at` (pulsecheck's clock).
+    fn refresh(f: &mut FleetFacts, n: &str, at: i64) {
+        let scope = Scope { taint_key: names::TAINT_KEY.into(), ..Default::default() };
+        f.apply_node(&node(n).ready_at(t(at)).build(), &scope, t(at));
+        mark_remediated(f, n);
     }
 
     fn healthy_fleet(n: usize) -> Vec<(String, Verdict)> {
@@ -466,12 +482,14 @@ mod tests {
         assert!(plan(t(200), &zombie, &f, &mut m, &cfg, Stance::Watch).release.is_empty());
         assert!(plan(t(300), &healthy, &f, &mut m, &cfg, Stance::Watch).release.is_empty(), "a follower releases nothing");
         assert!(plan(t(310), &healthy, &f, &mut m, &cfg, Stance::Act).release.is_empty());
+        refresh(&mut f, "a", 350);
         assert_eq!(plan(t(420), &healthy, &f, &mut m, &cfg, Stance::Act).release, vec!["a".to_string()]);
         // Blindness breaks continuity: after it, health must be seen for the whole period again.
         let mut m = Memory::default();
         plan(t(0), &healthy, &f, &mut m, &cfg, Stance::Act);
         plan(t(100), &healthy, &f, &mut m, &cfg, Stance::Blind);
         assert!(plan(t(130), &healthy, &f, &mut m, &cfg, Stance::Act).release.is_empty());
+        refresh(&mut f, "a", 140);
         assert_eq!(plan(t(250), &healthy, &f, &mut m, &cfg, Stance::Act).release, vec!["a".to_string()]);
     }
 
@@ -510,6 +528,46 @@ mod tests {
     }
 
     #[test]
+    fn one_status_write_of_a_zombie_whose_loop_writes_now_and_then_does_not_release_it() {
+        // The zombie's status loop completes a write every 15 minutes: each write makes it look
+        // fresh for --status-stale-after. One write is no proof the loop works again.
+        let scope = Scope { taint_key: names::TAINT_KEY.into(), ..Default::default() };
+        let mut f = fleet(&["a", "b", "c", "d", "e"]);
+        mark_remediated(&mut f, "a");
+        let cfg = GuardConfig::default();
+        let healthy =
+            assessments(&[("a", Verdict::Healthy), ("b", Verdict::Healthy), ("c", Verdict::Healthy), ("d", Verdict::Healthy), ("e", Verdict::Healthy)]);
+        let mut m = Memory::default();
+        // The write at 1000 ends the staleness: healthy from then on, but only that one write.
+        f.apply_node(&node("a").ready_at(t(1000)).build(), &scope, t(1000));
+        mark_remediated(&mut f, "a");
+        plan(t(1000), &healthy, &f, &mut m, &cfg, Stance::Act);
+        assert!(plan(t(1300), &healthy, &f, &mut m, &cfg, Stance::Act).release.is_empty(), "released on one status write");
+        // A second write while it stays healthy: the status loop works.
+        f.apply_node(&node("a").ready_at(t(1310)).build(), &scope, t(1310));
+        mark_remediated(&mut f, "a");
+        assert_eq!(plan(t(1310), &healthy, &f, &mut m, &cfg, Stance::Act).release, vec!["a".to_string()]);
+    }
+
+    #[test]
+    fn health_the_probes_cannot_confirm_releases_nothing() {
+        let mut f = fleet(&["a", "b"]);
+        mark_remediated(&mut f, "a");
+        f.nodes.get_mut("a").unwrap().status.seen_changing = true;
+        let cfg = GuardConfig { recover_after: std::time::Duration::from_secs(10), ..GuardConfig::default() };
+        let mut healthy = assessments(&[("a", Verdict::Healthy), ("b", Verdict::Healthy)]);
+        healthy.get_mut("a").unwrap().unconfirmed = Some("probe evidence is ignored (probe partition)");
+        let mut m = Memory::default();
+        plan(t(0), &healthy, &f, &mut m, &cfg, Stance::Act);
+        assert!(plan(t(100), &healthy, &f, &mut m, &cfg, Stance::Act).release.is_empty(), "released on the absence of evidence");
+        healthy.get_mut("a").unwrap().unconfirmed = None;
+        // Confirmed health starts the recovery clock only now.
+        assert!(plan(t(101), &healthy, &f, &mut m, &cfg, Stance::Act).release.is_empty());
+        refresh(&mut f, "a", 105);
+        assert_eq!(plan(t(111), &healthy, &f, &mut m, &cfg, Stance::Act).release, vec!["a".to_string()]);
+    }
+
+    #[test]
     fn release_only_after_recover_after_of_continuous_health() {
         let mut f = fleet(&["a", "b", "c", "d", "e"]);
         mark_remediated(&mut f, "a");
@@ -523,6 +581,7 @@ mod tests {
         // Relapse restarts the clock.
         plan(t(110), &zombie, &f, &mut m, &cfg, Stance::Act);
         assert!(plan(t(200), &healthy, &f, &mut m, &cfg, Stance::Act).release.is_empty());
+        refresh(&mut f, "a", 250);
         assert!(plan(t(319), &healthy, &f, &mut m, &cfg, Stance::Act).release.is_empty());
         assert_eq!(plan(t(320), &healthy, &f, &mut m, &cfg, Stance::Act).release, vec!["a".to_string()]);
     }

@@ -387,7 +387,7 @@ mod tests {
     #[test]
     fn every_listed_family_is_exported_and_nothing_else() {
         let m = Metrics::new(true);
-        let a = Assessment { verdict: Verdict::Zombie, evidence: vec![Evidence::StatusStale { for_seconds: 700 }] };
+        let a = Assessment { verdict: Verdict::Zombie, evidence: vec![Evidence::StatusStale { for_seconds: 700 }], unconfirmed: None };
         m.node("n1", &a, NodeHeartbeats { lease_observed: Some(1.0), status_observed: 2.0, remediated: true, probe_success: Some(false) });
         m.fleet(&[(Verdict::Zombie, 1)], 1, 1, false);
         m.remediation(ActionLabel::Taint, ResultLabel::Success);
@@ -405,7 +405,7 @@ mod tests {
     #[test]
     fn verdict_is_a_state_set_and_a_deleted_node_leaves_no_series() {
         let m = Metrics::new(true);
-        let a = Assessment { verdict: Verdict::Suspect, evidence: vec![Evidence::OsImageUnknown { for_seconds: 1, turned: false }] };
+        let a = Assessment { verdict: Verdict::Suspect, evidence: vec![Evidence::OsImageUnknown { for_seconds: 1, turned: false }], unconfirmed: None };
         m.node("n1", &a, NodeHeartbeats { lease_observed: None, status_observed: 2.0, remediated: false, probe_success: Some(false) });
         assert!(m.render().contains(r#"pulsecheck_node_probe_success{node="n1"} 0"#));
         let text = m.render();
@@ -419,7 +419,7 @@ mod tests {
     #[test]
     fn per_node_series_can_be_switched_off() {
         let m = Metrics::new(false);
-        let a = Assessment { verdict: Verdict::Zombie, evidence: vec![] };
+        let a = Assessment { verdict: Verdict::Zombie, evidence: vec![], unconfirmed: None };
         m.node("n1", &a, NodeHeartbeats { lease_observed: Some(1.0), status_observed: 2.0, remediated: true, probe_success: Some(true) });
         m.probe(&ProbeOutcome::Success, 0.1);
         assert!(!m.render().contains("node=\"n1\""));

@@ -158,11 +158,16 @@ pub struct Assessment {
     pub verdict: Verdict,
     /// Why; empty for a healthy node.
     pub evidence: Vec<Evidence>,
+    /// For a Healthy node that is probed: why the probes cannot confirm its health right now
+    /// (a probe partition, an expired result, a last probe that did not succeed). Health that
+    /// rests on ignored or missing evidence never releases a node.
+    #[serde(skip)]
+    pub unconfirmed: Option<&'static str>,
 }
 
 impl Assessment {
     fn new(verdict: Verdict, evidence: Vec<Evidence>) -> Self {
-        Assessment { verdict, evidence }
+        Assessment { verdict, evidence, unconfirmed: None }
     }
 
     /// The node is only waiting for its first observed Lease renewal: not a verdict anyone
@@ -339,7 +344,29 @@ pub fn assess(now: Timestamp, node: &NodeFacts, lease: Option<&LeaseFacts>, prob
     } else {
         Verdict::Healthy
     };
-    Assessment::new(verdict, evidence)
+    let mut assessment = Assessment::new(verdict, evidence);
+    if verdict == Verdict::Healthy {
+        assessment.unconfirmed = probe.and_then(|p| unconfirmed_by_probes(now, p, th, probes_trusted));
+    }
+    assessment
+}
+
+/// Why the probes of a node pulsecheck can probe do not confirm its health right now, if they
+/// do not. Nodes it cannot probe at all (never reached, refused, untrusted) need no confirmation.
+fn unconfirmed_by_probes(now: Timestamp, probe: &ProbeFacts, th: &Thresholds, probes_trusted: bool) -> Option<&'static str> {
+    if !probe.reached || probe.misconfiguration().is_some() {
+        return None;
+    }
+    let Some((last, at)) = &probe.last else { return Some("not probed yet") };
+    if !probes_trusted {
+        Some("probe evidence is ignored during a probe partition")
+    } else if at_least(age(now, *at), th.probe_result_ttl) {
+        Some("the latest probe result expired")
+    } else if *last != ProbeOutcome::Success {
+        Some("the latest probe did not succeed")
+    } else {
+        None
+    }
 }
 
 /// Verdicts by node name.
@@ -622,6 +649,9 @@ mod tests {
         }
         assert_eq!(w.at(511).verdict, Verdict::Suspect);
         assert_eq!(w.facts.probes["n"].misconfiguration(), None, "a kubelet reached before is not a misconfiguration");
+        // No probe at all (an unreadable --token-file outside a Pod) is pulsecheck's problem too.
+        w.facts.record_probe("n", ProbeOutcome::NotProbed("cannot read the token file".into()), t(540), ttl);
+        assert_eq!(w.facts.probes["n"].misconfiguration(), Some("cannot read the token file"));
     }
 
     #[test]
@@ -634,6 +664,25 @@ mod tests {
             w.facts.record_probe("n", ProbeOutcome::Failure("kubelet answered 500".into()), t(at), ttl);
         }
         assert_eq!(w.at(91).verdict, Verdict::Suspect, "an answer is an answer: the kubelet was reached");
+    }
+
+    #[test]
+    fn health_the_probes_cannot_confirm_is_marked_unconfirmed() {
+        let ttl = Thresholds::default().probe_result_ttl;
+        let mut w = World::new();
+        w.node(0, node("n").ready_at(t(0)));
+        w.renewing(0, 400);
+        // Never probed: nothing to confirm with.
+        assert_eq!((w.at(10).verdict, w.at(10).unconfirmed), (Verdict::Healthy, None));
+        w.facts.record_probe("n", ProbeOutcome::Success, t(20), ttl);
+        assert_eq!(w.at(21).unconfirmed, None);
+        // During a probe partition the same record confirms nothing.
+        let during_partition = assess(t(21), &w.facts.nodes["n"], w.facts.leases.get("n"), w.facts.probes.get("n"), &w.th, false);
+        assert_eq!((during_partition.verdict, during_partition.unconfirmed.is_some()), (Verdict::Healthy, true));
+        // An expired result, or a failure below the threshold, confirms nothing either.
+        assert!(w.at(20 + ttl.as_secs() as i64).unconfirmed.is_some());
+        w.facts.record_probe("n", ProbeOutcome::Timeout, t(200), ttl);
+        assert_eq!((w.at(201).verdict, w.at(201).unconfirmed.is_some()), (Verdict::Healthy, true));
     }
 
     #[test]

@@ -291,6 +291,15 @@ impl Prober {
             ProbeMode::ApiserverProxy => Transport::ApiserverProxy,
             ProbeMode::None => Transport::Disabled,
         };
+        if matches!(transport, Transport::Healthz { .. })
+            && let Err(why) = read_bearer(&settings.token_file)
+        {
+            // Outside a Pod there is no ServiceAccount token: every probe would be NotProbed.
+            warn!(
+                why,
+                "kubelet-healthz probes cannot send a token, so no kubelet will be probed until --token-file is readable (pulsecheck_probe_misconfigured stays 1)"
+            );
+        }
         Ok(Prober {
             inner: Arc::new(Inner {
                 transport,
