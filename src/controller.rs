@@ -201,7 +201,7 @@ struct Controller {
     probe_results: mpsc::Receiver<ProbeReport>,
     /// Leadership as of now (not as of the tick's start): checked before every Node write, so a
     /// tick slowed down by a struggling apiserver stops writing the moment leadership is lost.
-    leading: Option<tokio::sync::watch::Receiver<bool>>,
+    leading: Option<crate::leader::LeaderCheck>,
 }
 
 /// What a tick needs to know about a node after the view is unlocked.
@@ -558,7 +558,7 @@ impl Controller {
 
     /// True while this instance is the leader right now (always, without leader election).
     fn still_leading(&self) -> bool {
-        self.leading.as_ref().is_none_or(|l| *l.borrow())
+        self.leading.as_ref().is_none_or(crate::leader::LeaderCheck::is_leader)
     }
 
     /// True while a node's last write failed too recently to try again.

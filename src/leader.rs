@@ -1,18 +1,47 @@
 //! Leader election: one active pulsecheck at a time.
 //!
-//! Two replicas acting at once would race each other's taints (harmlessly, thanks to
-//! resourceVersion preconditions, but confusingly) and double the Events. A
-//! `coordination.k8s.io` Lease, held through kube-lease-manager, makes exactly one instance the
-//! actor; the others keep watching and evaluating (so their metrics are warm and a failover is
-//! instant) but write nothing. Without `--leader-elect` the instance is always the leader.
+//! Two replicas acting at once would race each other's taints and double the Events, and a
+//! leader that only believes it leads is the worst of both: it writes Nodes while another
+//! instance does. A `coordination.k8s.io` Lease makes exactly one instance the actor; the others
+//! keep watching and evaluating (so their metrics are warm and a failover is quick) but write
+//! nothing. Without `--leader-elect` the instance is always the leader.
 //!
-//! RBAC: `leases` get, create and patch in the leader Lease's namespace.
+//! The rules, client-go's (`leaderelection.LeaderElector`), because they are what makes "never
+//! two leaders" hold on a half-open connection:
+//! * every read and write of the Lease carries a timeout, and every write the resourceVersion of
+//!   the read it was computed from, so two instances can never both succeed;
+//! * a leader leads only until its last confirmed renewal plus the *renew deadline* (two thirds
+//!   of `--leader-election-lease-duration`), by its own clock, checked before every Node write —
+//!   a renewal hanging on a dead connection cannot keep it leading;
+//! * a follower takes the Lease over only after it has watched it go unrenewed for the Lease's
+//!   whole duration, by its own clock: the last third of the duration is the margin between the
+//!   old leader stopping and the new one starting, and clocks of different machines are never
+//!   compared;
+//! * each instance has an identity of its own (`--identity`, else the pod or host name with a
+//!   random suffix), and on shutdown the leader gives the Lease up, so a rolling update hands
+//!   over at once instead of a Lease duration later.
+//!
+//! kube-lease-manager was dropped for this: it keeps reporting "leading" while its renewals
+//! fail or hang, and has no renew deadline.
+//!
+//! RBAC: `leases` get, create and update in the leader Lease's namespace.
 
 use std::time::Duration;
 
+use std::sync::{Arc, Mutex};
+
 use clap::{ArgAction, Args};
-use kube_lease_manager::{LeaseManagerBuilder, LeaseManagerError};
-use tokio::{sync::watch, task::JoinHandle};
+use k8s_openapi::{
+    api::coordination::v1::{Lease, LeaseSpec as Spec},
+    apimachinery::pkg::apis::meta::v1::MicroTime,
+    jiff::Timestamp,
+};
+use kube::{
+    Api,
+    api::{ObjectMeta, PostParams},
+};
+use tokio::{sync::watch, task::JoinHandle, time::Instant};
+use tokio_util::sync::CancellationToken;
 
 use crate::parse::positive_duration;
 
@@ -55,12 +84,16 @@ impl LeaderSettings {
     /// The settings `args` ask for; the identity defaults to `$POD_NAME`, then the host name,
     /// the namespace to `$POD_NAMESPACE`, then the ServiceAccount's namespace file.
     pub fn from_args(args: &LeaderArgs) -> LeaderSettings {
-        let identity = args
-            .identity
-            .clone()
-            .or_else(|| std::env::var("POD_NAME").ok().filter(|s| !s.is_empty()))
-            .or_else(|| nix::unistd::gethostname().ok().and_then(|h| h.into_string().ok()))
-            .unwrap_or_else(|| "pulsecheck".into());
+        // Unique per instance unless given: two processes on one host (or a pod restarted under
+        // the same name) must not both believe they hold the Lease.
+        let identity = args.identity.clone().unwrap_or_else(|| {
+            let base = std::env::var("POD_NAME")
+                .ok()
+                .filter(|s| !s.is_empty())
+                .or_else(|| nix::unistd::gethostname().ok().and_then(|h| h.into_string().ok()))
+                .unwrap_or_else(|| "pulsecheck".into());
+            format!("{base}_{:08x}", rand::random::<u32>())
+        });
         let namespace = args
             .leader_election_namespace
             .clone()
@@ -91,26 +124,76 @@ impl LeaderSettings {
 /// Errors setting up leader election.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    /// The lease could not be created or read.
+    /// The lease could not be read.
     #[error("leader election Lease {namespace}/{name}: {source}")]
-    Lease { namespace: String, name: String, source: LeaseManagerError },
+    Lease { namespace: String, name: String, source: kube::Error },
+    /// The lease could not be read in time.
+    #[error("leader election Lease {namespace}/{name}: no answer within {waited:?}")]
+    Timeout { namespace: String, name: String, waited: Duration },
     /// The lease duration is too short to renew in time.
     #[error("--leader-election-lease-duration must be at least 2s, got {0:?}")]
     TooShort(Duration),
 }
 
-/// Leadership as the controller sees it: `is_leader()` right now, `changed()` to wait.
+/// How long a leader may go without a confirmed renewal before it stops acting: two thirds of
+/// the Lease duration (client-go's 10 s of 15 s). The remaining third is the margin by which a
+/// leader that cannot renew stops before anyone else may take the Lease over.
+fn renew_deadline(duration: Duration) -> Duration {
+    duration * 2 / 3
+}
+
+/// How often the Lease is renewed or, by a follower, looked at (client-go's 2 s of 15 s).
+fn retry_period(duration: Duration) -> Duration {
+    (duration / 7).max(Duration::from_millis(200))
+}
+
+/// Leadership as the controller sees it: [`Leadership::is_leader`] right now, `changed()` to wait.
 pub struct Leadership {
-    receiver: watch::Receiver<bool>,
+    check: LeaderCheck,
+    changed: watch::Receiver<bool>,
     task: Option<JoinHandle<()>>,
-    _always: Option<watch::Sender<bool>>,
+    stop: CancellationToken,
+}
+
+/// Answers "may I write now?" at any moment, by the clock: the instance leads only until its
+/// last confirmed renewal plus the renew deadline, whatever its election task is doing (a renewal
+/// hanging on a half-open connection cannot keep it leading).
+#[derive(Debug, Clone)]
+pub struct LeaderCheck(Arc<Mutex<Option<Instant>>>);
+
+impl LeaderCheck {
+    fn always() -> LeaderCheck {
+        LeaderCheck(Arc::new(Mutex::new(None)))
+    }
+
+    /// True while this instance may act.
+    pub fn is_leader(&self) -> bool {
+        match *self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner) {
+            Some(until) => Instant::now() < until,
+            // Without leader election there is no deadline.
+            None => true,
+        }
+    }
+
+    fn lead_until(&self, until: Instant) {
+        *self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(until);
+    }
+
+    fn lead_until_now(&self) {
+        self.lead_until(Instant::now());
+    }
 }
 
 impl Leadership {
     /// Always the leader (`--leader-elect=false`).
     pub fn always() -> Leadership {
         let (tx, rx) = watch::channel(true);
-        Leadership { receiver: rx, task: None, _always: Some(tx) }
+        // The sender lives in a task that never ends, so `changed()` never fires.
+        let task = tokio::spawn(async move {
+            std::future::pending::<()>().await;
+            drop(tx);
+        });
+        Leadership { check: LeaderCheck::always(), changed: rx, task: Some(task), stop: CancellationToken::new() }
     }
 
     /// Campaigns for the leader Lease, or is always the leader when election is off.
@@ -118,56 +201,191 @@ impl Leadership {
         if !settings.enabled {
             return Ok(Leadership::always());
         }
-        let LeaderSettings { namespace, name, identity, duration, .. } = settings;
-        let duration = *duration;
-        let secs = duration.as_secs();
-        if secs < 2 {
-            return Err(Error::TooShort(duration));
+        if settings.duration < Duration::from_secs(2) {
+            return Err(Error::TooShort(settings.duration));
         }
-        let grace = (secs / 3).max(1);
-        let manager = LeaseManagerBuilder::new(client, name.as_str())
-            .with_namespace(namespace.as_str())
-            .with_identity(identity.as_str())
-            .with_duration(secs)
-            .with_grace(grace)
-            .with_field_manager(crate::names::FIELD_MANAGER)
-            .build()
-            .await
-            .map_err(|source| Error::Lease { namespace: namespace.clone(), name: name.clone(), source })?;
-        let (receiver, handle) = manager.watch().await;
-        let task = tokio::spawn(async move {
-            match handle.await {
-                Ok(Ok(_)) => tracing::info!("leader election stopped; Lease released"),
-                Ok(Err(e)) => tracing::warn!(error = %e, "leader election ended with an error"),
-                Err(e) => tracing::warn!(error = %e, "leader election task failed"),
+        let check = LeaderCheck(Arc::new(Mutex::new(Some(Instant::now()))));
+        let (tx, rx) = watch::channel(false);
+        let stop = CancellationToken::new();
+        let elector = Elector {
+            leases: Api::namespaced(client, &settings.namespace),
+            name: settings.name.clone(),
+            identity: settings.identity.clone(),
+            duration: settings.duration,
+            check: check.clone(),
+            observed: None,
+        };
+        // Fail early on a Lease that cannot be read at all (RBAC, a missing namespace).
+        match tokio::time::timeout(renew_deadline(settings.duration), elector.leases.get_opt(&settings.name)).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(source)) => return Err(Error::Lease { namespace: settings.namespace.clone(), name: settings.name.clone(), source }),
+            Err(_) => {
+                return Err(Error::Timeout { namespace: settings.namespace.clone(), name: settings.name.clone(), waited: renew_deadline(settings.duration) });
             }
-        });
-        Ok(Leadership { receiver, task: Some(task), _always: None })
+        }
+        let task = tokio::spawn(elector.run(tx, stop.clone()));
+        Ok(Leadership { check, changed: rx, task: Some(task), stop })
     }
 
     /// True while this instance may act.
     pub fn is_leader(&self) -> bool {
-        *self.receiver.borrow()
+        self.check.is_leader()
     }
 
     /// A handle that answers [`Leadership::is_leader`] at any moment, for checks between writes.
-    pub fn current(&self) -> watch::Receiver<bool> {
-        self.receiver.clone()
+    pub fn current(&self) -> LeaderCheck {
+        self.check.clone()
     }
 
     /// Resolves when leadership changes (or never, when it cannot change).
     pub async fn changed(&mut self) {
-        if self.receiver.changed().await.is_err() {
+        if self.changed.changed().await.is_err() {
             std::future::pending::<()>().await;
         }
     }
 
-    /// Gives the Lease up (on shutdown) and waits briefly for the release to be written.
+    /// Stops campaigning and, if this instance holds the Lease, gives it up so another instance
+    /// takes over at once instead of a Lease duration later (a rolling update). Waits at most
+    /// `within`.
     pub async fn resign(self, within: Duration) {
-        let Leadership { receiver, task, _always } = self;
-        drop(receiver);
+        let Leadership { stop, task, .. } = self;
+        stop.cancel();
         if let Some(task) = task {
             let _ = tokio::time::timeout(within, task).await;
+        }
+    }
+}
+
+/// The election loop of one instance (client-go's LeaderElector, on `coordination.k8s.io`
+/// Leases): acquire or renew every retry period with the resourceVersion of a fresh read, so two
+/// instances can never both succeed; a follower takes over only a Lease it has watched go
+/// unrenewed for its whole duration by its own clock (clocks of different machines are never
+/// compared).
+struct Elector {
+    leases: Api<Lease>,
+    name: String,
+    identity: String,
+    duration: Duration,
+    check: LeaderCheck,
+    /// The holder and renew time last seen, and when (this instance's clock) they were first seen.
+    observed: Option<(Option<String>, Option<MicroTime>, Instant)>,
+}
+
+impl Elector {
+    async fn run(mut self, leading: watch::Sender<bool>, stop: CancellationToken) {
+        let mut was = false;
+        loop {
+            let attempt_started = Instant::now();
+            let deadline = attempt_started + renew_deadline(self.duration);
+            let outcome = tokio::select! {
+                _ = stop.cancelled() => break,
+                r = tokio::time::timeout_at(deadline, self.try_acquire_or_renew(attempt_started)) => r,
+            };
+            match outcome {
+                Ok(Ok(true)) => self.check.lead_until(attempt_started + renew_deadline(self.duration)),
+                Ok(Ok(false)) => self.check.lead_until_now(),
+                Ok(Err(e)) => tracing::warn!(lease = %self.name, error = %e, "leader election: cannot read or write the Lease"),
+                Err(_) => tracing::warn!(lease = %self.name, "leader election: the Lease request did not finish within the renew deadline"),
+            }
+            let now = self.check.is_leader();
+            if now != was {
+                if now {
+                    tracing::info!(identity = %self.identity, lease = %self.name, "became the leader");
+                } else {
+                    tracing::warn!(identity = %self.identity, lease = %self.name, "no longer the leader: stopped acting");
+                }
+                was = now;
+                leading.send_replace(now);
+            }
+            tokio::select! {
+                _ = stop.cancelled() => break,
+                _ = tokio::time::sleep(retry_period(self.duration).min(self.until_deadline_or_retry())) => {}
+            }
+        }
+        self.release().await;
+        self.check.lead_until_now();
+        leading.send_replace(false);
+    }
+
+    /// Wakes at the renew deadline at the latest, so a lost leadership is announced in time.
+    fn until_deadline_or_retry(&self) -> Duration {
+        let until = *self.check.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        until.map_or(retry_period(self.duration), |u| u.saturating_duration_since(Instant::now()).max(Duration::from_millis(50)))
+    }
+
+    fn params() -> PostParams {
+        PostParams { field_manager: Some(crate::names::FIELD_MANAGER.into()), ..Default::default() }
+    }
+
+    /// One round: `Ok(true)` when this instance holds the Lease after it.
+    async fn try_acquire_or_renew(&mut self, now: Instant) -> kube::Result<bool> {
+        let wall = Timestamp::now();
+        let Some(mut lease) = self.leases.get_opt(&self.name).await? else {
+            let lease = Lease { metadata: ObjectMeta { name: Some(self.name.clone()), ..Default::default() }, spec: Some(self.spec(None, wall, 0)) };
+            return match self.leases.create(&Self::params(), &lease).await {
+                Ok(_) => Ok(true),
+                Err(kube::Error::Api(s)) if s.code == 409 => Ok(false),
+                Err(e) => Err(e),
+            };
+        };
+        let spec = lease.spec.clone().unwrap_or_default();
+        let holder = spec.holder_identity.clone().filter(|h| !h.is_empty());
+        let record = (holder.clone(), spec.renew_time.clone());
+        if self.observed.as_ref().is_none_or(|(h, r, _)| (h, r) != (&record.0, &record.1)) {
+            self.observed = Some((record.0, record.1, now));
+        }
+        let ours = holder.as_deref() == Some(self.identity.as_str());
+        if !ours && let Some(other) = &holder {
+            let held_for = Duration::from_secs(u64::try_from(spec.lease_duration_seconds.unwrap_or(0)).unwrap_or(0));
+            let seen_since = self.observed.as_ref().map_or(now, |(_, _, at)| *at);
+            if now.saturating_duration_since(seen_since) < held_for {
+                tracing::trace!(holder = %other, "the Lease is held");
+                return Ok(false);
+            }
+            tracing::info!(holder = %other, "the Lease was not renewed for its whole duration; taking it over");
+        }
+        let transitions = spec.lease_transitions.unwrap_or(0) + i32::from(!ours);
+        let acquired = if ours { spec.acquire_time.clone() } else { None };
+        lease.spec = Some(Spec { acquire_time: acquired.or(Some(MicroTime(wall))), ..self.spec(None, wall, transitions) });
+        // The resourceVersion of the read travels with the write: if anyone changed the Lease
+        // meanwhile, this write fails with 409 and nobody holds it twice.
+        match self.leases.replace(&self.name, &Self::params(), &lease).await {
+            Ok(_) => Ok(true),
+            Err(kube::Error::Api(s)) if s.code == 409 => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
+    fn spec(&self, acquire: Option<MicroTime>, now: Timestamp, transitions: i32) -> Spec {
+        Spec {
+            holder_identity: Some(self.identity.clone()),
+            lease_duration_seconds: Some(i32::try_from(self.duration.as_secs()).unwrap_or(i32::MAX)),
+            acquire_time: acquire.or(Some(MicroTime(now))),
+            renew_time: Some(MicroTime(now)),
+            lease_transitions: Some(transitions),
+            ..Spec::default()
+        }
+    }
+
+    /// Gives the Lease up if this instance holds it: no holder, so the next instance acquires at
+    /// once. Bounded by the renew deadline; a failure only costs the others a Lease duration.
+    async fn release(&self) {
+        let release = async {
+            let Some(mut lease) = self.leases.get_opt(&self.name).await? else { return Ok(()) };
+            let mut spec = lease.spec.clone().unwrap_or_default();
+            if spec.holder_identity.as_deref() != Some(self.identity.as_str()) {
+                return Ok(());
+            }
+            spec.holder_identity = None;
+            spec.lease_duration_seconds = Some(1);
+            spec.renew_time = Some(MicroTime(Timestamp::now()));
+            lease.spec = Some(spec);
+            self.leases.replace(&self.name, &Self::params(), &lease).await.map(|_| ())
+        };
+        match tokio::time::timeout(renew_deadline(self.duration), release).await {
+            Ok(Ok(())) => tracing::info!(lease = %self.name, "leader Lease released"),
+            Ok(Err(e)) => tracing::warn!(lease = %self.name, error = %e, "could not release the leader Lease; the next leader waits for it to expire"),
+            Err(_) => tracing::warn!(lease = %self.name, "releasing the leader Lease timed out; the next leader waits for it to expire"),
         }
     }
 }

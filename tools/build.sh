@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Builds the Go programs pulsecheck's tests, demo and CI run (kube-apiserver,
-# kube-controller-manager, kubectl, etcd, helm, promtool) from the pinned Go
+# kube-controller-manager, kubectl, etcd, helm, promtool, toxiproxy) from the pinned Go
 # modules under tools/, into a cache folder keyed on each tool's version.
 # A tool that is already in the cache is not built again.
 #
@@ -27,6 +27,7 @@ kube_version=$(modver kube k8s.io/kubernetes)
 etcd_version=$(modver etcd go.etcd.io/etcd/server/v3)
 helm_version=$(modver helm helm.sh/helm/v3)
 prom_version=$(modver promtool github.com/prometheus/prometheus)
+toxiproxy_version=$(modver toxiproxy github.com/Shopify/toxiproxy/v2)
 
 export CGO_ENABLED=0 GOFLAGS=-buildvcs=false GOTOOLCHAIN=local
 
@@ -54,15 +55,20 @@ link() { # link NAME VERSION: a stable path bin/current/NAME for scripts
 
 what=${1:-all}
 case "$what" in
-  --print) echo "$out/current"; exit 0 ;;
+  --print) if { [ "$what" = all ] || [ "$what" = toxiproxy ]; } && [ -n "$toxiproxy_version" ]; then
+  # A TCP proxy whose traffic tests can stall or cut (leader election under a half-open connection).
+  build_one toxiproxy-server "$toxiproxy_version" toxiproxy github.com/Shopify/toxiproxy/v2/cmd/server -ldflags "-s -w"
+  link toxiproxy-server "$toxiproxy_version"
+fi
+echo "$out/current"; exit 0 ;;
   crds)
     # The CRDs (ServiceMonitor, PrometheusRule, ...) ship in the module's source tree;
     # `go mod download` verifies them against tools/crds/go.sum.
     (cd "$here/crds" && go mod download github.com/prometheus-operator/prometheus-operator >&2 \
       && echo "$(go list -m -f '{{.Dir}}' github.com/prometheus-operator/prometheus-operator)/example/prometheus-operator-crd")
     exit 0 ;;
-  control|all|kubectl|helm|promtool) ;;
-  *) echo "tools/build.sh: unknown target '$what' (want all, control, kubectl, helm, promtool, crds, --print)" >&2; exit 2 ;;
+  control|all|kubectl|helm|promtool|toxiproxy) ;;
+  *) echo "tools/build.sh: unknown target '$what' (want all, control, kubectl, helm, promtool, toxiproxy, crds, --print)" >&2; exit 2 ;;
 esac
 
 if [ "$what" = control ] || [ "$what" = all ]; then
@@ -92,5 +98,10 @@ fi
 if { [ "$what" = all ] || [ "$what" = promtool ]; } && [ -n "$prom_version" ]; then
   build_one promtool "$prom_version" promtool github.com/prometheus/prometheus/cmd/promtool -ldflags "-s -w -X github.com/prometheus/common/version.Version=$prom_version"
   link promtool "$prom_version"
+fi
+if { [ "$what" = all ] || [ "$what" = toxiproxy ]; } && [ -n "$toxiproxy_version" ]; then
+  # A TCP proxy whose traffic tests can stall or cut (leader election under a half-open connection).
+  build_one toxiproxy-server "$toxiproxy_version" toxiproxy github.com/Shopify/toxiproxy/v2/cmd/server -ldflags "-s -w"
+  link toxiproxy-server "$toxiproxy_version"
 fi
 echo "$out/current"

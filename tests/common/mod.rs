@@ -200,6 +200,7 @@ pub fn tool(name: &str) -> std::path::PathBuf {
     let target = match name {
         "kube-apiserver" | "etcd" => "control",
         "kube-controller-manager" => "all",
+        "toxiproxy-server" => "toxiproxy",
         other => other,
     };
     let out = std::process::Command::new("bash")
