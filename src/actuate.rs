@@ -1,12 +1,20 @@
 //! The write edge: taints, cordons, pulsecheck's node condition, and Events.
 //!
+//! The controller decides; this module carries out. A decision arrives as data — one [`Step`]
+//! for one node ([`Planned`]) — and [`Actuator::carry_out`] takes it the whole way: the confirming
+//! fresh read, the patch, the retries, the log line and the Event that report it. It hands back an
+//! [`Outcome`] (what changed, the freshest Node it saw, the error if it failed) and keeps no state:
+//! the controller folds the outcome into its view, the guard's memory, the back-off and the
+//! metrics. So a write has one shape whatever it is, and every write to a Node passes the
+//! controller as a planned step before it happens.
+//!
 //! Rules this module keeps, because a node is shared with people and other controllers:
 //! * Every write is a patch with field manager `pulsecheck` and a timeout; nothing is ever PUT
 //!   from a cache.
 //! * `spec.taints` is an atomic list: a taint edit starts from a fresh GET and carries that
 //!   GET's `resourceVersion`, so a concurrent change by anyone else yields 409 Conflict and the
 //!   edit is redone from a new GET. A remediation goes further: it patches the very read that
-//!   confirmed the verdict, and on a conflict the controller reads and judges again before
+//!   confirmed the verdict, and on a conflict it reads and has the controller judge again before
 //!   retrying. Only the taint with pulsecheck's key is ever added or removed.
 //! * What pulsecheck did is written in the same patch as the action (annotation
 //!   `pulsecheck.dev/remediation`), so a restarted controller knows its own actions, and a
@@ -14,7 +22,8 @@
 //! * The `HeartbeatConsistent` condition is written with a strategic-merge patch on
 //!   `nodes/status` that names only that condition: the kubelet's conditions are untouched.
 //!
-//! This module decides nothing; it is handed decisions by [`crate::controller`].
+//! This module decides nothing: whether a fresh read still calls for a remediation is asked of
+//! the judge the controller passes in, and what to write comes from [`crate::controller`].
 
 use std::time::Duration;
 
@@ -29,13 +38,14 @@ use kube::{
     runtime::events::{Event, EventType, Recorder},
 };
 use serde_json::{Value, json};
-use tracing::instrument;
+use tracing::{debug, error, info, instrument, warn};
 
 use clap::ArgAction;
 
 use crate::{
     facts::{SlimLease, SlimNode, remediation_from_annotations},
     names,
+    verdict::Assessment,
 };
 
 /// What pulsecheck does to a zombie node.
@@ -118,6 +128,18 @@ impl Actions {
             taint_effect: args.taint_effect,
         })
     }
+
+    /// The actions in words, for Events: `taint pulsecheck.dev/zombie:NoSchedule and cordon`.
+    pub fn describe(&self) -> String {
+        let mut parts = Vec::new();
+        if self.taint {
+            parts.push(format!("taint {}:{}", self.taint_key, self.taint_effect.as_str()));
+        }
+        if self.cordon {
+            parts.push("cordon".into());
+        }
+        parts.join(" and ")
+    }
 }
 
 /// Errors writing to the cluster.
@@ -166,6 +188,105 @@ pub struct Change {
 
 /// Attempts at a conflicting taint edit before giving up until the next tick.
 pub const CONFLICT_ATTEMPTS: u32 = 5;
+
+/// One step the controller planned for one node: what [`Actuator::carry_out`] takes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Planned {
+    /// The node's name.
+    pub node: String,
+    /// The node's `metadata.uid`, so its Events name this node and not a namesake created later.
+    pub uid: Option<String>,
+    /// What to do.
+    pub step: Step,
+}
+
+/// A write to a Node, or an Event about it, as data.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Step {
+    /// Taint and/or cordon the node (`--action`) once a fresh read confirms the verdict: the
+    /// patch carries that read's `resourceVersion`, and a conflict means read and judge again.
+    /// With `dry_run`, confirm and only report what would be done.
+    Remediate {
+        /// `--dry-run`: write nothing.
+        dry_run: bool,
+    },
+    /// Undo pulsecheck's taint, its cordon and its record. With `dry_run`, only report it.
+    Release {
+        /// Why the node is released (its verdict, explained), for the log and the Event.
+        why: String,
+        /// `--dry-run`: write nothing.
+        dry_run: bool,
+    },
+    /// Drop the cordon from pulsecheck's record after somebody else uncordoned the node: from
+    /// then on `spec.unschedulable` is theirs.
+    DisownCordon,
+    /// Set pulsecheck's `HeartbeatConsistent` condition.
+    SetCondition {
+        /// `True` or `False`.
+        status: &'static str,
+        /// The condition's reason.
+        reason: &'static str,
+        /// The condition's message.
+        message: String,
+        /// The status the node has now, if the condition is there (`lastTransitionTime` moves
+        /// only when the status changes).
+        previous_status: Option<String>,
+    },
+    /// Publish an Event on the node.
+    Report {
+        /// A Warning Event (else Normal).
+        warning: bool,
+        /// The Event's reason.
+        reason: &'static str,
+        /// The Event's action.
+        action: &'static str,
+        /// The Event's note.
+        note: String,
+    },
+}
+
+/// What carrying out one step did.
+#[derive(Debug)]
+pub struct Outcome {
+    /// What changed.
+    pub effect: Effect,
+    /// The Node as the step last read or wrote it — fresher than any watch, for the view.
+    pub node: Option<SlimNode>,
+}
+
+/// What changed on the cluster (or would have, in a dry run).
+#[derive(Debug)]
+pub enum Effect {
+    /// The node was remediated: the taint and/or cordon written (or, when nothing needed to
+    /// change, only the record).
+    Remediated(Change),
+    /// Dry run: the verdict was confirmed on a fresh read; nothing was written.
+    WouldRemediate,
+    /// The fresh read did not confirm the verdict, or could not be made: nothing was written.
+    Unconfirmed,
+    /// pulsecheck's taint, cordon and record were removed (the change says which were there).
+    Released(Change),
+    /// Dry run: the release was reported; nothing was written.
+    WouldRelease,
+    /// pulsecheck's record no longer claims the cordon.
+    CordonDisowned,
+    /// The node was cordoned again before the record could be changed: nothing was disowned.
+    CordonKept,
+    /// The condition was set.
+    ConditionSet,
+    /// The Event was published, or its failure logged: an Event is a report, not an action.
+    Reported,
+    /// The node no longer exists.
+    Gone,
+    /// The write failed (logged, and for a remediation reported in an Event).
+    Failed(Error),
+}
+
+impl Outcome {
+    fn of(effect: Effect, node: Option<SlimNode>) -> Outcome {
+        Outcome { effect, node }
+    }
+}
 
 /// The patch that remediates `node`, or `None` when nothing needs to change. Pure: unit-tested
 /// for its shape.
@@ -321,10 +442,164 @@ impl Actuator {
         PatchParams { field_manager: Some(names::FIELD_MANAGER.into()), ..Default::default() }
     }
 
+    /// Carries out one planned step from its first read to the Event that reports it.
+    ///
+    /// `confirm` is the controller's judgement of a fresh read of the Node and its Lease
+    /// (`None` when the Lease is missing): `Some(assessment)` when the read still calls for the
+    /// remediation planned. It is asked before every remediation patch, again after each 409,
+    /// and never for any other step.
+    #[instrument(skip_all, fields(node = %planned.node))]
+    pub async fn carry_out(&self, planned: &Planned, now: Timestamp, confirm: impl Fn(&SlimNode, Option<&SlimLease>) -> Option<Assessment>) -> Outcome {
+        let (name, uid) = (planned.node.as_str(), planned.uid.as_deref());
+        match &planned.step {
+            Step::Remediate { dry_run } => self.remediate(name, uid, *dry_run, now, confirm).await,
+            Step::Release { why, dry_run: true } => {
+                info!(node = name, "dry run: would release");
+                self.event(name, uid, false, "WouldRelease", "Release", format!("dry run: would release ({why})")).await;
+                Outcome::of(Effect::WouldRelease, None)
+            }
+            Step::Release { why, dry_run: false } => self.release_reported(name, uid, why).await,
+            Step::DisownCordon => self.disown_reported(name, uid).await,
+            Step::SetCondition { status, reason, message, previous_status } => {
+                match self.set_condition(name, status, reason, message, previous_status.as_deref(), now).await {
+                    Ok(node) => Outcome::of(Effect::ConditionSet, Some(node)),
+                    Err(e) if e.is_not_found() => Outcome::of(Effect::Gone, None),
+                    Err(e) => {
+                        warn!(node = name, error = %e, "could not set the HeartbeatConsistent condition");
+                        Outcome::of(Effect::Failed(e), None)
+                    }
+                }
+            }
+            Step::Report { warning, reason, action, note } => {
+                self.event(name, uid, *warning, reason, action, note.clone()).await;
+                Outcome::of(Effect::Reported, None)
+            }
+        }
+    }
+
+    /// Remediates on a read `confirm` has judged, and on a 409 reads and asks again: a patch is
+    /// only ever computed from a read that was judged.
+    async fn remediate(
+        &self,
+        name: &str,
+        uid: Option<&str>,
+        dry_run: bool,
+        now: Timestamp,
+        confirm: impl Fn(&SlimNode, Option<&SlimLease>) -> Option<Assessment>,
+    ) -> Outcome {
+        let mut attempt = 1;
+        loop {
+            // A cached view may be stale (a missed watch event, a lagging cache), and acting on
+            // it could condemn a live node: only a read of the cluster itself is judged here.
+            let (node, lease) = match self.fresh(name).await {
+                Ok(read) => read,
+                Err(e) => {
+                    warn!(node = name, error = %e, "could not confirm the verdict with a fresh read; not acting");
+                    return Outcome::of(Effect::Unconfirmed, None);
+                }
+            };
+            let Some(confirmed) = confirm(&node, lease.as_ref()) else { return Outcome::of(Effect::Unconfirmed, Some(node)) };
+            let why = confirmed.explain();
+            if dry_run {
+                let actions = self.actions.describe();
+                info!(node = name, actions, why, "dry run: would remediate");
+                self.event(name, uid, true, "WouldRemediate", "Remediate", format!("dry run: would {actions} ({why})")).await;
+                return Outcome::of(Effect::WouldRemediate, Some(node));
+            }
+            match self.remediate_confirmed(name, &node, now).await {
+                Ok((updated, change)) => {
+                    self.report_remediation(name, uid, &change, &why).await;
+                    return Outcome::of(Effect::Remediated(change), Some(updated));
+                }
+                Err(Error::Conflict { .. }) if attempt < CONFLICT_ATTEMPTS => {
+                    debug!(node = name, "the node changed since the confirming read; judging it again");
+                    attempt += 1;
+                }
+                Err(e) => {
+                    let e = match e {
+                        Error::Conflict { what, node, .. } => Error::Conflict { what, node, attempts: CONFLICT_ATTEMPTS },
+                        e => e,
+                    };
+                    error!(node = name, error = %e, kind = e.label(), "remediation failed");
+                    self.event(name, uid, true, "RemediationFailed", "Remediate", e.to_string()).await;
+                    return Outcome::of(Effect::Failed(e), Some(node));
+                }
+            }
+        }
+    }
+
+    /// The log line and Events of a remediation that was written.
+    async fn report_remediation(&self, name: &str, uid: Option<&str>, change: &Change, why: &str) {
+        if !change.taint && !change.cordon {
+            info!(
+                node = name,
+                why, "remediation recorded; nothing to change: the node is already unschedulable (cordoned by someone else, who keeps that cordon)"
+            );
+            let msg = format!("already cordoned by someone else; pulsecheck records the remediation and will not uncordon it ({why})");
+            self.event(name, uid, true, "AlreadyCordoned", "Remediate", msg).await;
+            return;
+        }
+        info!(node = name, tainted = change.taint, cordoned = change.cordon, why, "remediated");
+        if change.taint {
+            let msg = format!("added taint {}:{} ({why})", self.actions.taint_key, self.actions.taint_effect.as_str());
+            self.event(name, uid, true, "Tainted", "Taint", msg).await;
+        }
+        if change.cordon {
+            self.event(name, uid, true, "Cordoned", "Cordon", format!("cordoned ({why})")).await;
+        }
+    }
+
+    /// Releases the node and reports what was undone.
+    async fn release_reported(&self, name: &str, uid: Option<&str>, why: &str) -> Outcome {
+        match self.release(name).await {
+            Ok((node, change)) => {
+                info!(node = name, untainted = change.taint, uncordoned = change.cordon, why, "released");
+                let mut done = Vec::new();
+                if change.taint {
+                    done.push(format!("removed taint {}", self.actions.taint_key));
+                }
+                if change.cordon {
+                    done.push("uncordoned".to_string());
+                }
+                if done.is_empty() {
+                    done.push("cleared pulsecheck's record".into());
+                }
+                self.event(name, uid, false, "Released", "Release", format!("{} ({why})", done.join(", "))).await;
+                Outcome::of(Effect::Released(change), Some(node))
+            }
+            Err(e) if e.is_not_found() => Outcome::of(Effect::Gone, None),
+            Err(e) => {
+                error!(node = name, error = %e, why, "release failed");
+                Outcome::of(Effect::Failed(e), None)
+            }
+        }
+    }
+
+    /// Records that somebody else uncordoned a node pulsecheck had cordoned, so that a later
+    /// cordon of theirs is never undone when pulsecheck releases the node.
+    async fn disown_reported(&self, name: &str, uid: Option<&str>) -> Outcome {
+        match self.disown_cordon(name).await {
+            // Cordoned again before we wrote (the fresh read saw it): nothing was disowned.
+            Ok((node, _)) if remediation_from_annotations(node.metadata.annotations.as_ref()).cordoned => Outcome::of(Effect::CordonKept, Some(node)),
+            Ok((node, _)) => {
+                info!(node = name, "somebody else uncordoned the node; pulsecheck no longer owns spec.unschedulable");
+                let message =
+                    "spec.unschedulable was cleared by somebody else: pulsecheck will not cordon or uncordon this node again for this remediation".to_string();
+                self.event(name, uid, false, "CordonTakenOver", "Record", message).await;
+                Outcome::of(Effect::CordonDisowned, Some(node))
+            }
+            Err(e) if e.is_not_found() => Outcome::of(Effect::Gone, None),
+            Err(e) => {
+                warn!(node = name, error = %e, "could not update the remediation record after an uncordon by somebody else");
+                Outcome::of(Effect::Failed(e), None)
+            }
+        }
+    }
+
     /// A fresh read of the Node and its Lease (the Lease may be missing), bypassing every cache:
     /// the view is confirmed before pulsecheck acts on it.
     #[instrument(skip(self), fields(node = %name))]
-    pub async fn fresh(&self, name: &str) -> Result<(SlimNode, Option<SlimLease>)> {
+    async fn fresh(&self, name: &str) -> Result<(SlimNode, Option<SlimLease>)> {
         let node = self.bounded("read", name, self.nodes.get(name)).await?;
         let lease = self.bounded("read lease of", name, self.leases.get_opt(name)).await?;
         Ok((node, lease))
@@ -332,11 +607,11 @@ impl Actuator {
 
     /// Remediates from `confirmed`, the fresh read that confirmed the verdict: one patch carrying
     /// that read's `resourceVersion`. A change to the Node since that read (the kubelet posting
-    /// status again, a person adding the exclude label) yields [`Error::Conflict`], and the
-    /// caller re-reads and re-judges before trying again — never a patch computed from a read
-    /// nobody judged.
+    /// status again, a person adding the exclude label) yields [`Error::Conflict`], and
+    /// [`Actuator::remediate`] re-reads and re-judges before trying again — never a patch
+    /// computed from a read nobody judged.
     #[instrument(skip(self, confirmed), fields(node = %name))]
-    pub async fn remediate_confirmed(&self, name: &str, confirmed: &SlimNode, now: Timestamp) -> Result<(SlimNode, Change)> {
+    async fn remediate_confirmed(&self, name: &str, confirmed: &SlimNode, now: Timestamp) -> Result<(SlimNode, Change)> {
         let Some((patch, change)) = remediation_patch(confirmed, &self.actions, now) else { return Ok((confirmed.clone(), Change::default())) };
         match self.bounded("remediate", name, self.nodes.patch(name, &Self::params(), &Patch::Merge(&patch))).await {
             Ok(updated) => Ok((updated, change)),
@@ -353,7 +628,7 @@ impl Actuator {
             match self.bounded(what, name, self.nodes.patch(name, &Self::params(), &Patch::Merge(&patch))).await {
                 Ok(updated) => return Ok((updated, change)),
                 Err(Error::Api { source: kube::Error::Api(s), .. }) if s.code == 409 => {
-                    tracing::debug!(node = name, "conflict; re-reading the node");
+                    debug!(node = name, "conflict; re-reading the node");
                     continue;
                 }
                 Err(e) => return Err(e),
@@ -364,7 +639,7 @@ impl Actuator {
 
     /// Forgets pulsecheck's cordon in its record after somebody else uncordoned the node.
     #[instrument(skip(self), fields(node = %name))]
-    pub async fn disown_cordon(&self, name: &str) -> Result<(SlimNode, Change)> {
+    async fn disown_cordon(&self, name: &str) -> Result<(SlimNode, Change)> {
         self.edit("record", name, disown_cordon_patch).await
     }
 
@@ -376,15 +651,7 @@ impl Actuator {
 
     /// Sets the `HeartbeatConsistent` condition.
     #[instrument(skip(self, message), fields(node = %name))]
-    pub async fn set_condition(
-        &self,
-        name: &str,
-        status: &str,
-        reason: &str,
-        message: &str,
-        previous_status: Option<&str>,
-        now: Timestamp,
-    ) -> Result<SlimNode> {
+    async fn set_condition(&self, name: &str, status: &str, reason: &str, message: &str, previous_status: Option<&str>, now: Timestamp) -> Result<SlimNode> {
         let patch = condition_patch(status, reason, message, previous_status, now);
         self.bounded("set condition on", name, self.nodes.patch_status(name, &Self::params(), &Patch::Strategic(&patch))).await
     }
@@ -397,7 +664,7 @@ impl Actuator {
 
     /// Publishes an Event on the node. Failures are logged, never fatal: an Event is a report,
     /// not an action.
-    pub async fn event(&self, name: &str, uid: Option<&str>, warning: bool, reason: &str, action: &str, note: String) {
+    async fn event(&self, name: &str, uid: Option<&str>, warning: bool, reason: &str, action: &str, note: String) {
         let event = Event {
             type_: if warning { EventType::Warning } else { EventType::Normal },
             reason: reason.into(),
@@ -408,8 +675,8 @@ impl Actuator {
         let reference = node_reference(name, uid);
         match tokio::time::timeout(self.timeout, self.recorder.publish(&event, &reference)).await {
             Ok(Ok(())) => {}
-            Ok(Err(e)) => tracing::warn!(node = name, reason, error = %e, "could not publish event"),
-            Err(_) => tracing::warn!(node = name, reason, "publishing event timed out"),
+            Ok(Err(e)) => warn!(node = name, reason, error = %e, "could not publish event"),
+            Err(_) => warn!(node = name, reason, "publishing event timed out"),
         }
     }
 }

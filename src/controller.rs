@@ -2,13 +2,26 @@
 //!
 //! Death is silence, so decisions are time-driven: every `--evaluation-interval` the whole
 //! fleet is judged from the shared [`View`](crate::observe::View) (the watches only update
-//! facts). One tick:
-//! 1. folds in probe results, checks sight ([`crate::observe::Sight::blindness`]) and the probe
-//!    partition guard;
-//! 2. judges every node ([`crate::verdict::assess`]) and publishes metrics;
-//! 3. reports verdict changes (log line, Event, `HeartbeatConsistent` condition);
-//! 4. asks the guard for a plan ([`crate::guard::plan`]) and carries it out — each new
-//!    remediation only after a fresh GET of the Node and its Lease confirms the verdict.
+//! facts). A tick reads as three stages:
+//! 1. **Judge**, under the view's lock and without I/O: fold in probe results, check sight
+//!    ([`crate::observe::Sight::blindness`]) and the probe partition guard, judge every node
+//!    ([`crate::verdict::evaluate`]), publish metrics, and ask the guard for a plan
+//!    ([`crate::guard::plan`]). The result is one `Judgement`.
+//! 2. **Plan**: turn the judgement, the verdict changes and the guard's plan into planned steps
+//!    ([`Step`]): every write to a Node — the `HeartbeatConsistent` condition included — and
+//!    every Event is one step for one node, data the loop can check before it happens
+//!    (`plan_steps`, pure).
+//! 3. **Carry out**: hand each step to the [`Actuator`], which takes it from the confirming
+//!    fresh read to the Event and returns an [`Outcome`]; the controller folds the outcome into
+//!    the view, the guard's [`Memory`], the write back-off and the metrics (`Ledger::settle`,
+//!    pure).
+//!
+//! Why this shape: a write is one value passing one loop, so the rules that hold for every
+//! write are written once — leadership is checked before each step (a tick slowed down by a
+//! struggling apiserver stops writing the moment leadership is lost), a node whose writes keep
+//! failing waits out its back-off — and the decisions stay here while the actuator only carries
+//! them out. Even the question the actuator must ask mid-write ("does this fresh read still call
+//! for a remediation?") is answered by the controller's judge, passed in as a closure.
 //!
 //! Only the leader writes or publishes Events; while blind nothing new is decided. On shutdown
 //! the current tick (and its in-flight writes) finishes, then the loop stops.
@@ -26,8 +39,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
 use crate::{
-    Outcome,
-    actuate::{Actuator, Change, Error as ActuateError},
+    actuate::{Actions, Actuator, Change, Effect, Outcome, Planned, Step},
     admin::{AdminServer, Readiness},
     config::{RunArgs, Settings},
     facts::{FleetFacts, NodeName, ProbeOutcome, SlimLease, SlimNode},
@@ -66,7 +78,7 @@ pub enum Error {
 }
 
 /// `pulsecheck run`: runs until SIGINT/SIGTERM.
-pub async fn run(args: RunArgs) -> Result<Outcome, Error> {
+pub async fn run(args: RunArgs) -> Result<crate::Outcome, Error> {
     crate::admin::init_logging(args.admin.log_format, &args.admin.log_filter)?;
     let settings = Settings::from_args(&args)?;
     let client = crate::connect::client(&args.client).await?;
@@ -74,7 +86,7 @@ pub async fn run(args: RunArgs) -> Result<Outcome, Error> {
     wait_for_signal().await;
     info!("shutting down: finishing in-flight writes");
     running.stop().await;
-    Ok(Outcome::Clean)
+    Ok(crate::Outcome::Clean)
 }
 
 /// Resolves on SIGINT or SIGTERM.
@@ -161,14 +173,13 @@ pub async fn start(client: kube::Client, settings: Settings) -> Result<Running, 
         actuator,
         metrics: metrics.clone(),
         readiness,
-        memory: Memory::default(),
+        ledger: Ledger::default(),
         verdicts: HashMap::new(),
         held_reported: HashSet::new(),
         blind_reported: None,
         circuit_reported: false,
         partition_reported: false,
         misconfigured_reported: HashSet::new(),
-        backoff: HashMap::new(),
         probe_targets: targets_tx,
         probe_results: results_rx,
         leading: None,
@@ -184,7 +195,8 @@ struct Controller {
     actuator: Actuator,
     metrics: Metrics,
     readiness: Readiness,
-    memory: Memory,
+    /// What pulsecheck remembers of its own writes between ticks.
+    ledger: Ledger,
     /// Last reported verdict per node.
     verdicts: HashMap<NodeName, Verdict>,
     /// Nodes whose hold was reported (once per episode).
@@ -195,19 +207,55 @@ struct Controller {
     partition_reported: bool,
     /// Nodes whose probes are pulsecheck's own problem, already reported.
     misconfigured_reported: HashSet<String>,
-    /// Nodes whose last remediation or release failed: failures in a row, and the next attempt.
-    backoff: HashMap<String, (u32, Timestamp)>,
     probe_targets: tokio::sync::watch::Sender<Vec<ProbeTarget>>,
     probe_results: mpsc::Receiver<ProbeReport>,
-    /// Leadership as of now (not as of the tick's start): checked before every Node write, so a
+    /// Leadership as of now (not as of the tick's start): checked before every step, so a
     /// tick slowed down by a struggling apiserver stops writing the moment leadership is lost.
     leading: Option<crate::leader::LeaderCheck>,
 }
 
-/// What a tick needs to know about a node after the view is unlocked.
+/// What the judging stage of a tick concluded, for the stages that run after the view is
+/// unlocked.
+struct Judgement {
+    /// Every node's verdict.
+    assessments: Assessments,
+    /// The guard's plan.
+    plan: Plan,
+    /// Why pulsecheck cannot trust its view, if it cannot: then nothing is planned.
+    blindness: Option<observe::Blindness>,
+    /// What the steps need to know about each node.
+    notes: HashMap<NodeName, NodeNote>,
+    /// The nodes the prober asks next.
+    probe_targets: Vec<ProbeTarget>,
+    /// Nodes whose cordon pulsecheck set and somebody else undid: the cordon is theirs now.
+    cordons_taken_over: Vec<String>,
+}
+
+/// What the steps need to know about a node after the view is unlocked.
+#[derive(Debug, Clone, Default, PartialEq)]
 struct NodeNote {
+    /// `metadata.uid`, for Events.
     uid: Option<String>,
+    /// pulsecheck's condition on the node, `(status, reason)`, if it is there.
     our_condition: Option<(String, String)>,
+}
+
+/// The notes on every node in `facts`.
+fn notes(facts: &FleetFacts) -> HashMap<NodeName, NodeNote> {
+    facts
+        .nodes
+        .iter()
+        .map(|(n, f)| (n.clone(), NodeNote { uid: Some(f.uid.clone()).filter(|u| !u.is_empty()), our_condition: f.our_condition.clone() }))
+        .collect()
+}
+
+/// A verdict worth reporting: it changed, and it is not the first sight of a node with nothing
+/// to report.
+#[derive(Debug, Clone, PartialEq)]
+struct VerdictChange {
+    node: NodeName,
+    previous: Option<Verdict>,
+    verdict: Verdict,
 }
 
 /// The condition pulsecheck wants on a node for a verdict: `(status, reason)`.
@@ -216,21 +264,22 @@ struct NodeNote {
 /// A Suspect node is still `True` (reason `Suspect`, the signal in the message): tools that key on
 /// the condition (a NodeHealthCheck, draino) must not act on a signal pulsecheck itself does not
 /// yet act on, and must not bypass its fleet guard. `NotJudged` and `Excluded` are only written
-/// to replace a condition pulsecheck wrote earlier, so a stale `False` never outlives the verdict.
-fn desired_condition(verdict: Verdict) -> Option<(&'static str, &'static str)> {
+/// to replace a condition pulsecheck wrote earlier ([`condition_step`]), so a stale `False`
+/// never outlives the verdict.
+fn desired_condition(verdict: Verdict) -> (&'static str, &'static str) {
     match verdict {
-        Verdict::Healthy => Some(("True", "HeartbeatsConsistent")),
-        Verdict::Suspect => Some(("True", "Suspect")),
-        Verdict::Zombie => Some(("False", "ZombieDetected")),
-        Verdict::Dead => Some(("False", "LeaseAndStatusStale")),
-        Verdict::Unknown => Some(("True", "NotJudged")),
+        Verdict::Healthy => ("True", "HeartbeatsConsistent"),
+        Verdict::Suspect => ("True", "Suspect"),
+        Verdict::Zombie => ("False", "ZombieDetected"),
+        Verdict::Dead => ("False", "LeaseAndStatusStale"),
+        Verdict::Unknown => ("True", "NotJudged"),
         // Only over a condition pulsecheck wrote earlier: a stale False must not outlive the
         // exclusion (tools keyed on it would act on a node a person excluded).
-        Verdict::Excluded => Some(("True", "Excluded")),
+        Verdict::Excluded => ("True", "Excluded"),
     }
 }
 
-/// The Event reason for a verdict change.
+/// The Event reason for a verdict change, and whether it is a Warning.
 fn verdict_reason(verdict: Verdict) -> (&'static str, bool) {
     match verdict {
         Verdict::Healthy => ("HeartbeatsConsistent", false),
@@ -240,6 +289,211 @@ fn verdict_reason(verdict: Verdict) -> (&'static str, bool) {
         Verdict::Unknown => ("NotJudged", false),
         Verdict::Excluded => ("Excluded", false),
     }
+}
+
+/// Compares this tick's verdicts with the ones reported before, and remembers them: the changes
+/// worth reporting, by node name. A node only waiting for its first Lease renewal is not judged
+/// yet and is skipped; the first sight of a node that is healthy, excluded or unjudged is not a
+/// change (a restart must not flood the log or the cluster with one line or Event per node).
+fn verdict_changes(reported: &mut HashMap<NodeName, Verdict>, assessments: &Assessments) -> Vec<VerdictChange> {
+    reported.retain(|n, _| assessments.contains_key(n));
+    let mut changes = Vec::new();
+    for (name, a) in assessments {
+        if a.awaiting_first_renewal() {
+            continue;
+        }
+        let previous = reported.insert(name.clone(), a.verdict);
+        let first_sight_of_nothing = previous.is_none() && matches!(a.verdict, Verdict::Healthy | Verdict::Excluded | Verdict::Unknown);
+        if previous != Some(a.verdict) && !first_sight_of_nothing {
+            changes.push(VerdictChange { node: name.clone(), previous, verdict: a.verdict });
+        }
+    }
+    changes.sort_unstable_by(|a, b| a.node.cmp(&b.node));
+    changes
+}
+
+/// The step that brings a node's condition in line with its verdict, if it differs. Healthy,
+/// unjudged and excluded nodes that never had the condition are left alone: a healthy fleet
+/// costs no writes.
+fn condition_step(a: &Assessment, current: Option<&(String, String)>) -> Option<Step> {
+    let (status, reason) = desired_condition(a.verdict);
+    if current.is_none() && matches!(a.verdict, Verdict::Healthy | Verdict::Unknown | Verdict::Excluded) {
+        return None;
+    }
+    if current.is_some_and(|(s, r)| s == status && r == reason) {
+        return None;
+    }
+    Some(Step::SetCondition { status, reason, message: a.explain(), previous_status: current.map(|(s, _)| s.clone()) })
+}
+
+/// Why a held node is not remediated now, for its log line and Event.
+fn hold_message(plan: &Plan, hold: Hold, min_available: usize) -> String {
+    match hold {
+        Hold::CircuitOpen => format!(
+            "not remediated: the circuit is open ({} nodes would be unavailable, the limit is {} of {} eligible; --max-unhealthy)",
+            plan.unavailable + plan.held.iter().filter(|(_, h)| *h == Hold::CircuitOpen).count(),
+            plan.limit,
+            plan.eligible
+        ),
+        Hold::RateLimited => "not remediated yet: --max-remediations-per-minute reached; will retry".to_string(),
+        Hold::LastCapacity => format!("not remediated: it would leave fewer than {min_available} schedulable node(s) (--min-available-nodes)"),
+    }
+}
+
+/// The steps of one tick as leader, in the order they are carried out: per node (by name) its
+/// verdict-change Event and its condition; the cordons others took over; the Events of nodes
+/// newly held back by the guard; the guard's remediations; its releases. A dry run writes
+/// nothing to a Node: no condition, no record, and remediations and releases only reported.
+fn plan_steps(judgement: &Judgement, changes: &[VerdictChange], newly_held: &[(String, String)], dry_run: bool) -> Vec<Planned> {
+    let uid = |name: &str| judgement.notes.get(name).and_then(|n| n.uid.clone());
+    let planned = |name: &str, step: Step| Planned { node: name.to_string(), uid: uid(name), step };
+    let changed: HashSet<&str> = changes.iter().map(|c| &*c.node).collect();
+    let mut judged: Vec<(&NodeName, &Assessment)> = judgement.assessments.iter().filter(|(_, a)| !a.awaiting_first_renewal()).collect();
+    judged.sort_unstable_by(|a, b| a.0.cmp(b.0));
+    let mut steps = Vec::new();
+    for (name, a) in judged {
+        if changed.contains(&**name) {
+            let (reason, warning) = verdict_reason(a.verdict);
+            steps.push(planned(name, Step::Report { warning, reason, action: "Evaluate", note: format!("{}: {}", a.verdict, a.explain()) }));
+        }
+        if !dry_run && let Some(step) = condition_step(a, judgement.notes.get(name).and_then(|n| n.our_condition.as_ref())) {
+            steps.push(planned(name, step));
+        }
+    }
+    if !dry_run {
+        let mut taken_over: Vec<&String> = judgement.cordons_taken_over.iter().collect();
+        taken_over.sort_unstable();
+        steps.extend(taken_over.into_iter().map(|name| planned(name, Step::DisownCordon)));
+    }
+    for (name, why) in newly_held {
+        steps.push(planned(name, Step::Report { warning: true, reason: "RemediationBlocked", action: "Remediate", note: why.clone() }));
+    }
+    for name in &judgement.plan.remediate {
+        steps.push(planned(name, Step::Remediate { dry_run }));
+    }
+    for name in &judgement.plan.release {
+        let why = judgement.assessments.get(name.as_str()).map(Assessment::explain).unwrap_or_default();
+        steps.push(planned(name, Step::Release { why, dry_run }));
+    }
+    steps
+}
+
+/// The steps a node waits out its write back-off for: the ones that edit its spec or record.
+fn waits_for_backoff(step: &Step) -> bool {
+    matches!(step, Step::Remediate { .. } | Step::Release { .. } | Step::DisownCordon)
+}
+
+/// The metric labels of the configured actions.
+fn action_labels(actions: &Actions) -> Vec<ActionLabel> {
+    let mut labels = Vec::new();
+    if actions.taint {
+        labels.push(ActionLabel::Taint);
+    }
+    if actions.cordon {
+        labels.push(ActionLabel::Cordon);
+    }
+    labels
+}
+
+/// Nodes whose last remediation, release or record update failed: failures in a row, and the
+/// earliest next attempt. The first wait is 5 s, doubling per failure, at most 5 min — so a
+/// missing permission costs one Event and one error line per back-off step, not per tick.
+#[derive(Debug, Default)]
+struct WriteBackoff(HashMap<String, (u32, Timestamp)>);
+
+impl WriteBackoff {
+    /// True while a node's last write failed too recently to try again.
+    fn waiting(&self, node: &str, now: Timestamp) -> bool {
+        self.0.get(node).is_some_and(|(_, next)| now < *next)
+    }
+
+    /// Records a failed write at `now`.
+    fn failed(&mut self, node: &str, now: Timestamp) {
+        let failures = self.0.get(node).map_or(0, |(n, _)| *n) + 1;
+        let wait = (WRITE_BACKOFF_BASE * 2u32.saturating_pow(failures.min(16) - 1)).min(WRITE_BACKOFF_MAX);
+        let next = now.checked_add(SignedDuration::try_from(wait).unwrap_or(SignedDuration::ZERO)).unwrap_or(now);
+        self.0.insert(node.to_string(), (failures, next));
+    }
+
+    /// A write succeeded: the next failure starts from 5 s again.
+    fn succeeded(&mut self, node: &str) {
+        self.0.remove(node);
+    }
+
+    /// Forgets nodes that no longer exist.
+    fn retain(&mut self, exists: impl Fn(&str) -> bool) {
+        self.0.retain(|n, _| exists(n));
+    }
+}
+
+/// What pulsecheck remembers of its own writes: the guard's [`Memory`] (remediations started,
+/// releases, dry-run simulations) and the write back-off.
+#[derive(Debug, Default)]
+struct Ledger {
+    memory: Memory,
+    backoff: WriteBackoff,
+}
+
+impl Ledger {
+    /// Books the outcome of one step at `now`; returns the remediation counts the metrics record.
+    fn settle(&mut self, now: Timestamp, planned: &Planned, effect: &Effect, actions: &Actions) -> Vec<(ActionLabel, ResultLabel)> {
+        let node = planned.node.as_str();
+        let each = |result| action_labels(actions).into_iter().map(|a| (a, result)).collect::<Vec<_>>();
+        match (&planned.step, effect) {
+            (_, Effect::Remediated(change)) => {
+                self.backoff.succeeded(node);
+                self.memory.remediation_started(node, now, false);
+                written(change, ActionLabel::Taint, ActionLabel::Cordon)
+            }
+            (_, Effect::WouldRemediate) => {
+                self.memory.remediation_started(node, now, true);
+                each(ResultLabel::DryRun)
+            }
+            (_, Effect::Released(change)) => {
+                self.backoff.succeeded(node);
+                self.memory.released(node, false);
+                written(change, ActionLabel::Untaint, ActionLabel::Uncordon)
+            }
+            (_, Effect::WouldRelease) => {
+                self.memory.released(node, true);
+                Vec::new()
+            }
+            (Step::Release { .. }, Effect::Gone) => {
+                self.memory.released(node, false);
+                Vec::new()
+            }
+            (Step::Remediate { .. }, Effect::Failed(_)) => {
+                self.backoff.failed(node, now);
+                each(ResultLabel::Error)
+            }
+            (Step::Release { .. }, Effect::Failed(_)) => {
+                self.backoff.failed(node, now);
+                action_labels(actions)
+                    .into_iter()
+                    .map(|a| (if a == ActionLabel::Cordon { ActionLabel::Uncordon } else { ActionLabel::Untaint }, ResultLabel::Error))
+                    .collect()
+            }
+            (Step::DisownCordon, Effect::Failed(_)) => {
+                self.backoff.failed(node, now);
+                Vec::new()
+            }
+            // A condition that could not be set is simply tried again on the next tick; an
+            // unconfirmed remediation, an Event, a kept cordon leave nothing to remember.
+            _ => Vec::new(),
+        }
+    }
+}
+
+/// The success counts of what a remediation or release changed.
+fn written(change: &Change, taint: ActionLabel, cordon: ActionLabel) -> Vec<(ActionLabel, ResultLabel)> {
+    let mut counts = Vec::new();
+    if change.taint {
+        counts.push((taint, ResultLabel::Success));
+    }
+    if change.cordon {
+        counts.push((cordon, ResultLabel::Success));
+    }
+    counts
 }
 
 impl Controller {
@@ -268,142 +522,92 @@ impl Controller {
         self.metrics.set_leader(false);
     }
 
-    /// One evaluation and the actions it calls for.
+    /// One evaluation and the actions it calls for: judge, plan, carry out.
     async fn tick(&mut self, now: Timestamp, leader: bool) {
         let started = std::time::Instant::now();
-        let cfg = &self.config;
-        let (assessments, plan, blind, notes, targets, cordon_taken_over) = {
-            let mut v = lock(&self.view);
-            while let Ok(report) = self.probe_results.try_recv() {
-                v.facts.record_probe(&report.node, report.outcome, report.at, cfg.thresholds.probe_result_ttl);
-            }
-            let blind = v.sight.blindness(now, &v.facts, cfg.thresholds.lease_grace, cfg.thresholds.status_stale_after, cfg.settle_after_blindness);
-            let can_see_at_all = v.sight.nodes.synced && v.sight.leases.synced;
-            self.readiness.set(
-                can_see_at_all
-                    && !matches!(blind, Some(observe::Blindness::WatchFailing(..) | observe::Blindness::LeasesSilent(_) | observe::Blindness::NodesSilent(_))),
-            );
-            let evaluation = verdict::evaluate(now, &v.facts, &cfg.thresholds, cfg.probe_partition_threshold);
-            self.metrics.set_probe_partition(!evaluation.probes_trusted);
-            if !evaluation.probes_trusted && !self.partition_reported {
-                warn!(
-                    failing = evaluation.probes_failing,
-                    probed = evaluation.probes_recent,
-                    "probe partition: most kubelet probes fail; pulsecheck assumes its own network is cut off and ignores probe evidence"
-                );
-            } else if evaluation.probes_trusted && self.partition_reported {
-                info!(failing = evaluation.probes_failing, probed = evaluation.probes_recent, "probe partition over: probe evidence counts again");
-            }
-            self.partition_reported = !evaluation.probes_trusted;
-            // Probes that are pulsecheck's own problem (refused, certificate not trusted, a kubelet
-            // never reached): reported once per node and episode, never evidence.
-            let misconfigured: HashMap<String, String> =
-                v.facts.probes.iter().filter_map(|(node, p)| p.misconfiguration().map(|why| (node.to_string(), why.to_string()))).collect();
-            self.metrics.set_probe_misconfigured(!misconfigured.is_empty());
-            for (node, why) in &misconfigured {
-                if !self.misconfigured_reported.contains(node) {
-                    error!(node = %node, why = %why, "kubelet probes of this node cannot work: a configuration problem of pulsecheck (RBAC, kubelet CA, network path to port 10250), not evidence against the node");
-                }
-            }
-            if misconfigured.is_empty() && !self.misconfigured_reported.is_empty() {
-                info!("kubelet probes work again on every node");
-            }
-            self.misconfigured_reported = misconfigured.into_keys().collect();
-            let assessments = evaluation.assessments;
-            self.publish_metrics(&v.facts, &assessments);
-            let stance = match (blind.is_some(), leader) {
-                (true, _) => guard::Stance::Blind,
-                (false, true) => guard::Stance::Act,
-                (false, false) => guard::Stance::Watch,
-            };
-            let plan = guard::plan(now, &assessments, &v.facts, &mut self.memory, &cfg.guard, stance);
-            self.memory.retain(|n| v.facts.nodes.contains_key(n));
-            let notes: HashMap<NodeName, NodeNote> = v
-                .facts
-                .nodes
-                .iter()
-                .map(|(n, f)| (n.clone(), NodeNote { uid: Some(f.uid.clone()).filter(|u| !u.is_empty()), our_condition: f.our_condition.clone() }))
-                .collect();
-            // Probed: every node in scope whose Lease pulsecheck saw renewed within the grace. A node
-            // with a stale or missing Lease is kube-controller-manager's case; probing it adds nothing.
-            let lease_grace = SignedDuration::try_from(cfg.thresholds.lease_grace).unwrap_or(SignedDuration::MAX);
-            let lease_alive = |n: &NodeName| v.facts.leases.get(n).is_some_and(|l| now.duration_since(l.renew.observed_at) < lease_grace);
-            let targets: Vec<ProbeTarget> = assessments
-                .iter()
-                .filter(|(n, a)| a.verdict != Verdict::Excluded && lease_alive(n))
-                .filter_map(|(n, _)| v.facts.nodes.get(n).map(|f| ProbeTarget { node: n.to_string(), endpoint: f.kubelet.clone() }))
-                .collect();
-            // Our cordon, undone by somebody else: the schedulability is theirs from now on.
-            let cordon_taken_over: Vec<String> =
-                v.facts.nodes.iter().filter(|(_, f)| f.remediation.cordoned && !f.unschedulable).map(|(n, _)| n.to_string()).collect();
-            (assessments, plan, blind, notes, targets, cordon_taken_over)
-        };
-        self.probe_targets.send_replace(targets);
-        let counts: Vec<(Verdict, usize)> = Verdict::ALL.iter().map(|v| (*v, assessments.values().filter(|a| a.verdict == *v).count())).collect();
-        self.metrics.fleet(&counts, plan.active, plan.limit, plan.circuit_open);
+        let mut judgement = self.judge(now, leader);
+        self.probe_targets.send_replace(std::mem::take(&mut judgement.probe_targets));
+        let counts: Vec<(Verdict, usize)> = Verdict::ALL.iter().map(|v| (*v, judgement.assessments.values().filter(|a| a.verdict == *v).count())).collect();
+        self.metrics.fleet(&counts, judgement.plan.active, judgement.plan.limit, judgement.plan.circuit_open);
         self.metrics.evaluation(started.elapsed().as_secs_f64());
 
-        self.report_blindness(blind.as_ref());
-        if blind.is_some() {
+        self.report_blindness(judgement.blindness.as_ref());
+        if judgement.blindness.is_some() {
             return;
         }
-        self.report_verdicts(now, &assessments, &notes, leader).await;
+        let changes = verdict_changes(&mut self.verdicts, &judgement.assessments);
+        report_verdicts(&judgement.assessments, &changes);
         if !leader {
             return;
         }
-        if !self.config.dry_run {
-            for name in &cordon_taken_over {
-                if !self.still_leading() {
-                    return;
-                }
-                self.disown_cordon(now, name, notes.get(name.as_str())).await;
-            }
-        }
-        self.carry_out(now, plan, &assessments, &notes).await;
+        let newly_held = self.report_holds(&judgement.plan);
+        let steps = plan_steps(&judgement, &changes, &newly_held, self.config.dry_run);
+        self.ledger.backoff.retain(|n| judgement.notes.contains_key(n));
+        self.carry_out(now, steps).await;
     }
 
-    /// Records that somebody else uncordoned a node pulsecheck had cordoned, so that a later
-    /// cordon of theirs is never undone when pulsecheck releases the node.
-    async fn disown_cordon(&mut self, now: Timestamp, name: &str, note: Option<&NodeNote>) {
-        if self.backing_off(name, now) {
-            return;
+    /// The judging stage: everything decided under the view's lock.
+    fn judge(&mut self, now: Timestamp, leader: bool) -> Judgement {
+        let cfg = &self.config;
+        let mut v = lock(&self.view);
+        while let Ok(report) = self.probe_results.try_recv() {
+            v.facts.record_probe(&report.node, report.outcome, report.at, cfg.thresholds.probe_result_ttl);
         }
-        match self.actuator.disown_cordon(name).await {
-            Ok((node, _)) => {
-                self.apply_fresh(&node, None, now);
-                if crate::facts::remediation_from_annotations(node.metadata.annotations.as_ref()).cordoned {
-                    // Cordoned again before we wrote (the fresh read saw it): nothing was disowned.
-                    return;
-                }
-                info!(node = name, "somebody else uncordoned the node; pulsecheck no longer owns spec.unschedulable");
-                let uid = note.and_then(|n| n.uid.as_deref());
-                let message =
-                    "spec.unschedulable was cleared by somebody else: pulsecheck will not cordon or uncordon this node again for this remediation".to_string();
-                self.actuator.event(name, uid, false, "CordonTakenOver", "Record", message).await;
+        let blindness = v.sight.blindness(now, &v.facts, cfg.thresholds.lease_grace, cfg.thresholds.status_stale_after, cfg.settle_after_blindness);
+        let can_see_at_all = v.sight.nodes.synced && v.sight.leases.synced;
+        self.readiness.set(
+            can_see_at_all
+                && !matches!(blindness, Some(observe::Blindness::WatchFailing(..) | observe::Blindness::LeasesSilent(_) | observe::Blindness::NodesSilent(_))),
+        );
+        let evaluation = verdict::evaluate(now, &v.facts, &cfg.thresholds, cfg.probe_partition_threshold);
+        self.metrics.set_probe_partition(!evaluation.probes_trusted);
+        if !evaluation.probes_trusted && !self.partition_reported {
+            warn!(
+                failing = evaluation.probes_failing,
+                probed = evaluation.probes_recent,
+                "probe partition: most kubelet probes fail; pulsecheck assumes its own network is cut off and ignores probe evidence"
+            );
+        } else if evaluation.probes_trusted && self.partition_reported {
+            info!(failing = evaluation.probes_failing, probed = evaluation.probes_recent, "probe partition over: probe evidence counts again");
+        }
+        self.partition_reported = !evaluation.probes_trusted;
+        // Probes that are pulsecheck's own problem (refused, certificate not trusted, a kubelet
+        // never reached, no probe at all): reported once per node and episode, never evidence.
+        let misconfigured: HashMap<String, String> =
+            v.facts.probes.iter().filter_map(|(node, p)| p.misconfiguration().map(|why| (node.to_string(), why.to_string()))).collect();
+        self.metrics.set_probe_misconfigured(!misconfigured.is_empty());
+        for (node, why) in &misconfigured {
+            if !self.misconfigured_reported.contains(node) {
+                error!(node = %node, why = %why, "kubelet probes of this node cannot work: a configuration problem of pulsecheck (RBAC, kubelet CA, network path to port 10250, token file), not evidence against the node");
             }
-            Err(e) if e.is_not_found() => {}
-            Err(e) => {
-                warn!(node = name, error = %e, "could not update the remediation record after an uncordon by somebody else");
-                self.write_failed(name, now);
-            }
         }
-    }
-
-    fn publish_metrics(&self, facts: &FleetFacts, assessments: &Assessments) {
-        for (name, a) in assessments {
-            let Some(n) = facts.nodes.get(name) else { continue };
-            let heartbeats = NodeHeartbeats {
-                lease_observed: facts.leases.get(name).map(|l| l.renew.observed_at.as_millisecond() as f64 / 1000.0),
-                status_observed: n.status.observed_at.as_millisecond() as f64 / 1000.0,
-                remediated: self.memory.holds(facts, name),
-                probe_success: facts.probes.get(name).and_then(|p| match &p.last {
-                    Some((ProbeOutcome::Success, _)) => Some(true),
-                    Some((ProbeOutcome::Failure(_) | ProbeOutcome::Timeout | ProbeOutcome::Unreachable(_), _)) => Some(false),
-                    _ => None,
-                }),
-            };
-            self.metrics.node(name, a, heartbeats);
+        if misconfigured.is_empty() && !self.misconfigured_reported.is_empty() {
+            info!("kubelet probes work again on every node");
         }
+        self.misconfigured_reported = misconfigured.into_keys().collect();
+        let assessments = evaluation.assessments;
+        publish_metrics(&self.metrics, &self.ledger.memory, &v.facts, &assessments);
+        let stance = match (blindness.is_some(), leader) {
+            (true, _) => guard::Stance::Blind,
+            (false, true) => guard::Stance::Act,
+            (false, false) => guard::Stance::Watch,
+        };
+        let plan = guard::plan(now, &assessments, &v.facts, &mut self.ledger.memory, &cfg.guard, stance);
+        self.ledger.memory.retain(|n| v.facts.nodes.contains_key(n));
+        let notes = notes(&v.facts);
+        // Probed: every node in scope whose Lease pulsecheck saw renewed within the grace. A node
+        // with a stale or missing Lease is kube-controller-manager's case; probing it adds nothing.
+        let lease_grace = SignedDuration::try_from(cfg.thresholds.lease_grace).unwrap_or(SignedDuration::MAX);
+        let lease_alive = |n: &NodeName| v.facts.leases.get(n).is_some_and(|l| now.duration_since(l.renew.observed_at) < lease_grace);
+        let probe_targets: Vec<ProbeTarget> = assessments
+            .iter()
+            .filter(|(n, a)| a.verdict != Verdict::Excluded && lease_alive(n))
+            .filter_map(|(n, _)| v.facts.nodes.get(n).map(|f| ProbeTarget { node: n.to_string(), endpoint: f.kubelet.clone() }))
+            .collect();
+        // Our cordon, undone by somebody else: the schedulability is theirs from now on.
+        let cordons_taken_over: Vec<String> =
+            v.facts.nodes.iter().filter(|(_, f)| f.remediation.cordoned && !f.unschedulable).map(|(n, _)| n.to_string()).collect();
+        Judgement { assessments, plan, blindness, notes, probe_targets, cordons_taken_over }
     }
 
     fn report_blindness(&mut self, blind: Option<&observe::Blindness>) {
@@ -418,80 +622,10 @@ impl Controller {
         }
     }
 
-    async fn report_verdicts(&mut self, now: Timestamp, assessments: &Assessments, notes: &HashMap<NodeName, NodeNote>, leader: bool) {
-        self.verdicts.retain(|n, _| assessments.contains_key(n));
-        for (name, a) in assessments {
-            if a.awaiting_first_renewal() {
-                // Not judged yet (first sight of its Lease): nothing changed that anyone should hear.
-                continue;
-            }
-            let previous = self.verdicts.insert(name.clone(), a.verdict);
-            let changed = previous != Some(a.verdict);
-            // The first sight of a node that is healthy, excluded or unjudged is not a change: a
-            // restart must not flood the log or the cluster with one line or Event per node.
-            let first_sight_of_nothing = previous.is_none() && matches!(a.verdict, Verdict::Healthy | Verdict::Excluded | Verdict::Unknown);
-            if changed && !first_sight_of_nothing {
-                let evidence = serde_json::to_string(&a.evidence).unwrap_or_default();
-                info!(node = &**name, verdict = a.verdict.as_str(), previous = previous.map(Verdict::as_str), evidence, why = a.explain(), "verdict");
-            }
-            if !leader || !self.still_leading() {
-                continue;
-            }
-            let note = notes.get(name);
-            if changed && !first_sight_of_nothing {
-                let (reason, warning) = verdict_reason(a.verdict);
-                self.actuator.event(name, note.and_then(|n| n.uid.as_deref()), warning, reason, "Evaluate", format!("{}: {}", a.verdict, a.explain())).await;
-            }
-            if !self.config.dry_run {
-                self.sync_condition(now, name, a, note).await;
-            }
-        }
-    }
-
-    /// Writes the node condition when it differs from what the verdict calls for. Healthy
-    /// nodes that never had the condition are left alone: a healthy fleet costs no writes.
-    async fn sync_condition(&self, now: Timestamp, name: &str, a: &Assessment, note: Option<&NodeNote>) {
-        let Some((status, reason)) = desired_condition(a.verdict) else { return };
-        let current = note.and_then(|n| n.our_condition.as_ref());
-        if current.is_none() && matches!(a.verdict, Verdict::Healthy | Verdict::Unknown | Verdict::Excluded) {
-            return;
-        }
-        if current.is_some_and(|(s, r)| s == status && r == reason) {
-            return;
-        }
-        match self.actuator.set_condition(name, status, reason, &a.explain(), current.map(|(s, _)| s.as_str()), now).await {
-            Ok(node) => self.apply_fresh(&node, None, now),
-            Err(e) if e.is_not_found() => {}
-            Err(e) => warn!(node = name, error = %e, "could not set the HeartbeatConsistent condition"),
-        }
-    }
-
-    fn apply_fresh(&self, node: &SlimNode, lease: Option<&SlimLease>, now: Timestamp) {
-        let mut v = lock(&self.view);
-        v.facts.apply_node(node, &self.config.scope, now);
-        if let Some(l) = lease {
-            v.facts.apply_lease(l, now);
-        }
-    }
-
-    /// Applies a fresh read of a node and its Lease: a Lease the read did not find is gone (the
-    /// cached one must not confirm a verdict the cluster no longer supports).
-    fn apply_fresh_read(&self, name: &str, node: &SlimNode, lease: Option<&SlimLease>, now: Timestamp) {
-        self.apply_fresh(node, lease, now);
-        if lease.is_none() {
-            lock(&self.view).facts.delete_lease(name);
-        }
-    }
-
-    /// Re-judges one node after a fresh read.
-    fn reassess(&self, name: &str, now: Timestamp) -> Option<Assessment> {
-        let v = lock(&self.view);
-        let n = v.facts.nodes.get(name)?;
-        let (trusted, _, _) = verdict::probe_partition(now, &v.facts, &self.config.thresholds, self.config.probe_partition_threshold);
-        Some(verdict::assess(now, n, v.facts.leases.get(name), v.facts.probes.get(name), &self.config.thresholds, trusted))
-    }
-
-    async fn carry_out(&mut self, now: Timestamp, plan: Plan, assessments: &Assessments, notes: &HashMap<NodeName, NodeNote>) {
+    /// Logs the circuit opening or closing and each node newly held back (with its metric);
+    /// returns the newly held nodes with the reason, for their Events. A hold is reported once
+    /// per episode.
+    fn report_holds(&mut self, plan: &Plan) -> Vec<(String, String)> {
         if plan.circuit_open != self.circuit_reported {
             if plan.circuit_open {
                 warn!(
@@ -506,227 +640,362 @@ impl Controller {
             }
             self.circuit_reported = plan.circuit_open;
         }
-        let held_now: HashSet<String> = plan.held.iter().map(|(n, _)| n.clone()).collect();
+        let mut newly_held = Vec::new();
         for (name, hold) in &plan.held {
             if self.held_reported.contains(name) {
                 continue;
             }
-            let why = match hold {
-                Hold::CircuitOpen => format!(
-                    "not remediated: the circuit is open ({} nodes need remediation, the limit is {} of {} eligible; --max-unhealthy)",
-                    plan.active + plan.held.iter().filter(|(_, h)| *h == Hold::CircuitOpen).count(),
-                    plan.limit,
-                    plan.eligible
-                ),
-                Hold::RateLimited => "not remediated yet: --max-remediations-per-minute reached; will retry".to_string(),
-                Hold::LastCapacity => {
-                    format!("not remediated: it would leave fewer than {} schedulable node(s) (--min-available-nodes)", self.config.guard.min_available)
-                }
-            };
+            let why = hold_message(plan, *hold, self.config.guard.min_available);
             warn!(node = name.as_str(), hold = ?hold, "{why}");
-            for action in self.actions() {
+            for action in action_labels(&self.config.actions) {
                 self.metrics.remediation(action, ResultLabel::Blocked);
             }
-            self.actuator.event(name, notes.get(name.as_str()).and_then(|n| n.uid.as_deref()), true, "RemediationBlocked", "Remediate", why).await;
             self.held_reported.insert(name.clone());
+            newly_held.push((name.clone(), why));
         }
-        self.held_reported.retain(|n| held_now.contains(n));
+        let held_now: HashSet<&str> = plan.held.iter().map(|(n, _)| n.as_str()).collect();
+        self.held_reported.retain(|n| held_now.contains(n.as_str()));
+        newly_held
+    }
 
-        self.backoff.retain(|n, _| notes.contains_key(n.as_str()));
-        for name in plan.remediate {
+    /// The carrying-out stage: each step goes to the actuator, and its outcome is booked.
+    async fn carry_out(&mut self, now: Timestamp, steps: Vec<Planned>) {
+        for planned in steps {
             if !self.still_leading() {
                 warn!("leadership lost during the tick; remaining writes skipped");
                 return;
             }
-            if self.backing_off(&name, now) {
+            if waits_for_backoff(&planned.step) && self.ledger.backoff.waiting(&planned.node, now) {
                 continue;
             }
-            self.remediate(now, &name, notes.get(name.as_str())).await;
-        }
-        for name in plan.release {
-            if !self.still_leading() {
-                warn!("leadership lost during the tick; remaining writes skipped");
-                return;
+            let outcome: Outcome = self.actuator.carry_out(&planned, now, |node, lease| self.confirm(now, &planned.node, node, lease)).await;
+            if let Some(node) = &outcome.node {
+                lock(&self.view).facts.apply_node(node, &self.config.scope, now);
             }
-            if self.backing_off(&name, now) {
-                continue;
+            for (action, result) in self.ledger.settle(now, &planned, &outcome.effect, &self.config.actions) {
+                self.metrics.remediation(action, result);
             }
-            let why = assessments.get(name.as_str()).map(Assessment::explain).unwrap_or_default();
-            self.release(now, &name, notes.get(name.as_str()), &why).await;
         }
+    }
+
+    /// The judge the actuator asks before each remediation patch. The fresh read of the Node and
+    /// its Lease is taken as the truth and folded into the view — a Lease the read did not find
+    /// is gone: the cached one must not confirm a verdict the cluster no longer supports — and
+    /// the node is judged again. Returns the assessment when it still calls for remediation.
+    fn confirm(&self, now: Timestamp, name: &str, node: &SlimNode, lease: Option<&SlimLease>) -> Option<Assessment> {
+        let cfg = &self.config;
+        let confirmed = {
+            let mut v = lock(&self.view);
+            v.facts.apply_node(node, &cfg.scope, now);
+            match lease {
+                Some(l) => v.facts.apply_lease(l, now),
+                None => v.facts.delete_lease(name),
+            }
+            let n = v.facts.nodes.get(name)?;
+            let (trusted, _, _) = verdict::probe_partition(now, &v.facts, &cfg.thresholds, cfg.probe_partition_threshold);
+            verdict::assess(now, n, v.facts.leases.get(name), v.facts.probes.get(name), &cfg.thresholds, trusted)
+        };
+        if !guard::needs_remediation(confirmed.verdict, &cfg.guard) {
+            info!(node = name, verdict = confirmed.verdict.as_str(), "fresh read does not confirm the verdict; not acting");
+            return None;
+        }
+        Some(confirmed)
     }
 
     /// True while this instance is the leader right now (always, without leader election).
     fn still_leading(&self) -> bool {
         self.leading.as_ref().is_none_or(crate::leader::LeaderCheck::is_leader)
     }
+}
 
-    /// True while a node's last write failed too recently to try again.
-    fn backing_off(&self, name: &str, now: Timestamp) -> bool {
-        self.backoff.get(name).is_some_and(|(_, next)| now < *next)
-    }
-
-    /// Records a failed write: the next attempt waits 5 s, doubling per failure, at most 5 min —
-    /// so a missing permission costs one Event and one error line per back-off step, not per tick.
-    fn write_failed(&mut self, name: &str, now: Timestamp) {
-        let failures = self.backoff.get(name).map_or(0, |(n, _)| *n) + 1;
-        let wait = (WRITE_BACKOFF_BASE * 2u32.saturating_pow(failures.min(16) - 1)).min(WRITE_BACKOFF_MAX);
-        let next = now.checked_add(SignedDuration::try_from(wait).unwrap_or(SignedDuration::ZERO)).unwrap_or(now);
-        self.backoff.insert(name.to_string(), (failures, next));
-    }
-
-    fn actions(&self) -> Vec<ActionLabel> {
-        let mut a = Vec::new();
-        if self.config.actions.taint {
-            a.push(ActionLabel::Taint);
-        }
-        if self.config.actions.cordon {
-            a.push(ActionLabel::Cordon);
-        }
-        a
-    }
-
-    /// Confirms the verdict on a fresh read of the Node and its Lease: a cached view may be stale
-    /// (a missed watch event, a lagging cache), and acting on it could condemn a live node.
-    /// Returns the read and the verdict it confirms, or `None` when it does not.
-    async fn confirm(&mut self, now: Timestamp, name: &str) -> Option<(SlimNode, Assessment)> {
-        let node = match self.actuator.fresh(name).await {
-            Ok((node, lease)) => {
-                self.apply_fresh_read(name, &node, lease.as_ref(), now);
-                node
-            }
-            Err(e) => {
-                warn!(node = name, error = %e, "could not confirm the verdict with a fresh read; not acting");
-                return None;
-            }
+/// Publishes the per-node metrics of this tick's verdicts.
+fn publish_metrics(metrics: &Metrics, memory: &Memory, facts: &FleetFacts, assessments: &Assessments) {
+    for (name, a) in assessments {
+        let Some(n) = facts.nodes.get(name) else { continue };
+        let heartbeats = NodeHeartbeats {
+            lease_observed: facts.leases.get(name).map(|l| l.renew.observed_at.as_millisecond() as f64 / 1000.0),
+            status_observed: n.status.observed_at.as_millisecond() as f64 / 1000.0,
+            remediated: memory.holds(facts, name),
+            probe_success: facts.probes.get(name).and_then(|p| match &p.last {
+                Some((ProbeOutcome::Success, _)) => Some(true),
+                Some((ProbeOutcome::Failure(_) | ProbeOutcome::Timeout | ProbeOutcome::Unreachable(_), _)) => Some(false),
+                _ => None,
+            }),
         };
-        let confirmed = self.reassess(name, now)?;
-        let wanted = confirmed.verdict == Verdict::Zombie || (self.config.guard.act_on_dead && confirmed.verdict == Verdict::Dead);
-        if !wanted {
-            info!(node = name, verdict = confirmed.verdict.as_str(), "fresh read does not confirm the verdict; not acting");
-            return None;
-        }
-        Some((node, confirmed))
+        metrics.node(name, a, heartbeats);
+    }
+}
+
+/// One log line per verdict change.
+fn report_verdicts(assessments: &Assessments, changes: &[VerdictChange]) {
+    for c in changes {
+        let Some(a) = assessments.get(&c.node) else { continue };
+        let evidence = serde_json::to_string(&a.evidence).unwrap_or_default();
+        info!(node = &*c.node, verdict = c.verdict.as_str(), previous = c.previous.map(Verdict::as_str), evidence, why = a.explain(), "verdict");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{
+        actuate::Error as ActuateError,
+        facts::{Scope, fixtures::*},
+        guard::GuardConfig,
+        verdict::Evidence,
+    };
+
+    fn assessments(verdicts: &[(&str, Verdict)]) -> Assessments {
+        verdicts.iter().map(|(n, v)| (NodeName::from(*n), Assessment { verdict: *v, evidence: vec![], unconfirmed: None })).collect()
     }
 
-    async fn remediate(&mut self, now: Timestamp, name: &str, note: Option<&NodeNote>) {
-        let Some((mut node, mut confirmed)) = self.confirm(now, name).await else { return };
-        let uid = note.and_then(|n| n.uid.as_deref());
-        if self.config.dry_run {
-            let why = confirmed.explain();
-            for action in self.actions() {
-                self.metrics.remediation(action, ResultLabel::DryRun);
-            }
-            self.memory.remediation_started(name, now, true);
-            info!(node = name, actions = ?self.actions(), why, "dry run: would remediate");
-            self.actuator.event(name, uid, true, "WouldRemediate", "Remediate", format!("dry run: would {} ({why})", self.describe_actions())).await;
-            return;
+    /// A fleet of nodes seen by the watch at t(0), then refreshed at t(1).
+    fn fleet(names: &[&str]) -> FleetFacts {
+        let scope = Scope { taint_key: names::TAINT_KEY.into(), ..Default::default() };
+        let mut facts = FleetFacts::default();
+        for n in names {
+            facts.apply_node(&node(n).ready_at(t(0)).build(), &scope, t(0));
+            facts.apply_node(&node(n).ready_at(t(1)).build(), &scope, t(1));
         }
-        // Patch exactly the read that was judged; when the Node changed meanwhile, read and
-        // judge again.
-        let mut outcome = self.actuator.remediate_confirmed(name, &node, now).await;
-        for _ in 1..crate::actuate::CONFLICT_ATTEMPTS {
-            if !matches!(outcome, Err(ActuateError::Conflict { .. })) {
-                break;
-            }
-            tracing::debug!(node = name, "the node changed since the confirming read; judging it again");
-            let Some(again) = self.confirm(now, name).await else { return };
-            (node, confirmed) = again;
-            outcome = self.actuator.remediate_confirmed(name, &node, now).await;
-        }
-        let why = confirmed.explain();
-        match outcome {
-            Ok((node, change)) => {
-                self.backoff.remove(name);
-                self.apply_fresh(&node, None, now);
-                self.memory.remediation_started(name, now, false);
-                self.count(&change, ActionLabel::Taint, ActionLabel::Cordon, ResultLabel::Success);
-                if !change.taint && !change.cordon {
-                    info!(
-                        node = name,
-                        why, "remediation recorded; nothing to change: the node is already unschedulable (cordoned by someone else, who keeps that cordon)"
-                    );
-                    let msg = format!("already cordoned by someone else; pulsecheck records the remediation and will not uncordon it ({why})");
-                    self.actuator.event(name, uid, true, "AlreadyCordoned", "Remediate", msg).await;
-                    return;
-                }
-                info!(node = name, tainted = change.taint, cordoned = change.cordon, why, "remediated");
-                if change.taint {
-                    let msg = format!("added taint {}:{} ({why})", self.config.actions.taint_key, self.config.actions.taint_effect.as_str());
-                    self.actuator.event(name, uid, true, "Tainted", "Taint", msg).await;
-                }
-                if change.cordon {
-                    self.actuator.event(name, uid, true, "Cordoned", "Cordon", format!("cordoned ({why})")).await;
-                }
-            }
-            Err(e) => {
-                for action in self.actions() {
-                    self.metrics.remediation(action, ResultLabel::Error);
-                }
-                self.write_failed(name, now);
-                error!(node = name, error = %e, kind = e.label(), "remediation failed");
-                self.actuator.event(name, uid, true, "RemediationFailed", "Remediate", e.to_string()).await;
-            }
-        }
+        facts
     }
 
-    async fn release(&mut self, now: Timestamp, name: &str, note: Option<&NodeNote>, why: &str) {
-        let uid = note.and_then(|n| n.uid.as_deref());
-        if self.config.dry_run {
-            self.memory.released(name, true);
-            info!(node = name, "dry run: would release");
-            self.actuator.event(name, uid, false, "WouldRelease", "Release", format!("dry run: would release ({why})")).await;
-            return;
+    /// A judgement of `verdicts` on a fleet of those nodes, with pulsecheck's condition already
+    /// on the nodes named in `conditions`.
+    fn judgement(verdicts: &[(&str, Verdict)], conditions: &[(&str, &str, &str)], plan: Plan) -> Judgement {
+        let names: Vec<&str> = verdicts.iter().map(|(n, _)| *n).collect();
+        let mut notes = notes(&fleet(&names));
+        for (n, status, reason) in conditions {
+            notes.get_mut(*n).expect("a node of the fleet").our_condition = Some((status.to_string(), reason.to_string()));
         }
-        match self.actuator.release(name).await {
-            Ok((node, change)) => {
-                self.backoff.remove(name);
-                self.apply_fresh(&node, None, now);
-                self.memory.released(name, false);
-                self.count(&change, ActionLabel::Untaint, ActionLabel::Uncordon, ResultLabel::Success);
-                info!(node = name, untainted = change.taint, uncordoned = change.cordon, why, "released");
-                let mut done = Vec::new();
-                if change.taint {
-                    done.push(format!("removed taint {}", self.config.actions.taint_key));
-                }
-                if change.cordon {
-                    done.push("uncordoned".to_string());
-                }
-                if done.is_empty() {
-                    done.push("cleared pulsecheck's record".into());
-                }
-                self.actuator.event(name, uid, false, "Released", "Release", format!("{} ({why})", done.join(", "))).await;
-            }
-            Err(e) if e.is_not_found() => self.memory.released(name, false),
-            Err(e) => {
-                for action in self.actions() {
-                    let undo = if action == ActionLabel::Cordon { ActionLabel::Uncordon } else { ActionLabel::Untaint };
-                    self.metrics.remediation(undo, ResultLabel::Error);
-                }
-                self.write_failed(name, now);
-                error!(node = name, error = %e, why, "release failed");
-            }
+        Judgement { assessments: assessments(verdicts), plan, blindness: None, notes, probe_targets: Vec::new(), cordons_taken_over: Vec::new() }
+    }
+
+    fn planned(node: &str, step: Step) -> Planned {
+        Planned { node: node.into(), uid: Some(format!("uid-{node}")), step }
+    }
+
+    /// The steps of a tick on `j` when `previous` were the verdicts reported before.
+    fn steps(j: &Judgement, previous: &[(&str, Verdict)], dry_run: bool) -> Vec<Planned> {
+        let mut reported: HashMap<NodeName, Verdict> = previous.iter().map(|(n, v)| (NodeName::from(*n), *v)).collect();
+        let changes = verdict_changes(&mut reported, &j.assessments);
+        plan_steps(j, &changes, &[], dry_run)
+    }
+
+    #[test]
+    fn every_verdict_has_its_condition_and_event_reason() {
+        let table = [
+            (Verdict::Healthy, ("True", "HeartbeatsConsistent"), ("HeartbeatsConsistent", false)),
+            (Verdict::Suspect, ("True", "Suspect"), ("NodeSuspect", true)),
+            (Verdict::Zombie, ("False", "ZombieDetected"), ("ZombieDetected", true)),
+            (Verdict::Dead, ("False", "LeaseAndStatusStale"), ("NodeDead", true)),
+            (Verdict::Unknown, ("True", "NotJudged"), ("NotJudged", false)),
+            (Verdict::Excluded, ("True", "Excluded"), ("Excluded", false)),
+        ];
+        for verdict in Verdict::ALL {
+            let (_, condition, reason) = table.iter().find(|(v, _, _)| *v == verdict).unwrap_or_else(|| panic!("{verdict} missing from the table"));
+            assert_eq!(desired_condition(verdict), *condition, "{verdict}");
+            assert_eq!(verdict_reason(verdict), *reason, "{verdict}");
         }
     }
 
-    fn count(&self, change: &Change, taint: ActionLabel, cordon: ActionLabel, result: ResultLabel) {
-        if change.taint {
-            self.metrics.remediation(taint, result);
+    #[test]
+    fn write_backoff_doubles_from_5s_to_5min_resets_on_success_and_forgets_deleted_nodes() {
+        let mut backoff = WriteBackoff::default();
+        assert!(!backoff.waiting("n", t(0)));
+        let mut at = 0;
+        for wait in [5, 10, 20, 40, 80, 160, 300, 300, 300] {
+            backoff.failed("n", t(at));
+            assert!(backoff.waiting("n", t(at + wait - 1)), "failure at {at}: still waiting at {}", at + wait - 1);
+            assert!(!backoff.waiting("n", t(at + wait)), "failure at {at}: the wait is {wait}s");
+            at += wait;
         }
-        if change.cordon {
-            self.metrics.remediation(cordon, result);
+        assert!(!backoff.waiting("other", t(at)), "a node's back-off is its own");
+        backoff.succeeded("n");
+        backoff.failed("n", t(at));
+        assert!(!backoff.waiting("n", t(at + 5)), "a success starts the doubling from 5 s again");
+        backoff.failed("gone", t(at));
+        backoff.retain(|n| n != "gone");
+        assert!(!backoff.waiting("gone", t(at)), "a deleted node is forgotten");
+        assert!(backoff.waiting("n", t(at + 4)), "the others stay");
+    }
+
+    #[test]
+    fn the_first_sight_of_a_node_with_nothing_to_report_is_no_change() {
+        let mut reported = HashMap::new();
+        let first = assessments(&[("h", Verdict::Healthy), ("x", Verdict::Excluded), ("u", Verdict::Unknown), ("s", Verdict::Suspect), ("z", Verdict::Zombie)]);
+        let changes = verdict_changes(&mut reported, &first);
+        assert_eq!(
+            changes.iter().map(|c| (&*c.node, c.previous, c.verdict)).collect::<Vec<_>>(),
+            [("s", None, Verdict::Suspect), ("z", None, Verdict::Zombie)]
+        );
+        assert!(verdict_changes(&mut reported, &first).is_empty(), "the same verdicts again are no change");
+        // No Event and no condition for a healthy node seen for the first time.
+        assert!(steps(&judgement(&[("h", Verdict::Healthy)], &[], Plan::default()), &[], false).is_empty());
+        // A real change is, with the verdict it replaces.
+        let later = assessments(&[("h", Verdict::Suspect), ("x", Verdict::Excluded), ("u", Verdict::Unknown), ("s", Verdict::Suspect), ("z", Verdict::Zombie)]);
+        let changes = verdict_changes(&mut reported, &later);
+        assert_eq!(changes, vec![VerdictChange { node: "h".into(), previous: Some(Verdict::Healthy), verdict: Verdict::Suspect }]);
+        // A node only waiting for its first Lease renewal is neither reported nor remembered.
+        let mut waiting = assessments(&[("w", Verdict::Unknown)]);
+        waiting.get_mut("w").unwrap().evidence = vec![Evidence::NotObservedYet { for_seconds: 3 }];
+        let mut reported = HashMap::new();
+        assert!(verdict_changes(&mut reported, &waiting).is_empty());
+        assert!(reported.is_empty());
+        // A deleted node is forgotten: when a node of that name appears, its verdict is news again.
+        let mut reported = HashMap::from([(NodeName::from("z"), Verdict::Zombie)]);
+        verdict_changes(&mut reported, &Assessments::new());
+        assert_eq!(verdict_changes(&mut reported, &assessments(&[("z", Verdict::Zombie)])).len(), 1);
+    }
+
+    #[test]
+    fn a_suspect_node_is_reported_and_its_condition_stays_true() {
+        let j = judgement(&[("s", Verdict::Suspect)], &[], Plan::default());
+        let steps = steps(&j, &[], false);
+        assert_eq!(steps.len(), 2, "{steps:?}");
+        assert!(matches!(&steps[0].step, Step::Report { warning: true, reason: "NodeSuspect", action: "Evaluate", note } if note.starts_with("suspect: ")));
+        assert_eq!(steps[1], planned("s", Step::SetCondition { status: "True", reason: "Suspect", message: "suspect".into(), previous_status: None }));
+    }
+
+    #[test]
+    fn a_condition_is_written_only_when_it_differs_and_excluded_only_replaces_one() {
+        // (verdict, pulsecheck's condition on the node, the condition the step writes)
+        type Condition = Option<(&'static str, &'static str)>;
+        let cases: [(Verdict, Condition, Condition); 8] = [
+            (Verdict::Excluded, None, None),
+            (Verdict::Excluded, Some(("False", "ZombieDetected")), Some(("True", "Excluded"))),
+            (Verdict::Healthy, None, None),
+            (Verdict::Healthy, Some(("True", "HeartbeatsConsistent")), None),
+            (Verdict::Healthy, Some(("False", "ZombieDetected")), Some(("True", "HeartbeatsConsistent"))),
+            (Verdict::Unknown, None, None),
+            (Verdict::Zombie, None, Some(("False", "ZombieDetected"))),
+            (Verdict::Zombie, Some(("False", "ZombieDetected")), None),
+        ];
+        for (verdict, current, wanted) in cases {
+            let a = Assessment { verdict, evidence: vec![], unconfirmed: None };
+            let current = current.map(|(s, r)| (s.to_string(), r.to_string()));
+            let step = condition_step(&a, current.as_ref());
+            let expected = wanted.map(|(status, reason)| Step::SetCondition {
+                status,
+                reason,
+                message: a.explain(),
+                previous_status: current.as_ref().map(|(s, _)| s.clone()),
+            });
+            assert_eq!(step, expected, "{verdict} over {current:?}");
         }
     }
 
-    fn describe_actions(&self) -> String {
-        let a = &self.config.actions;
-        let mut parts = Vec::new();
-        if a.taint {
-            parts.push(format!("taint {}:{}", a.taint_key, a.taint_effect.as_str()));
-        }
-        if a.cordon {
-            parts.push("cordon".into());
-        }
-        parts.join(" and ")
+    #[test]
+    fn the_plan_becomes_steps_in_order_and_a_dry_run_writes_nothing_to_a_node() {
+        let plan = Plan { remediate: vec!["z".into()], release: vec!["r".into()], held: vec![("y".into(), Hold::RateLimited)], ..Plan::default() };
+        let mut j = judgement(
+            &[("z", Verdict::Zombie), ("y", Verdict::Zombie), ("r", Verdict::Healthy), ("c", Verdict::Healthy)],
+            &[("r", "False", "ZombieDetected")],
+            plan,
+        );
+        j.cordons_taken_over = vec!["c".into()];
+        let mut reported =
+            HashMap::from([(NodeName::from("z"), Verdict::Suspect), (NodeName::from("y"), Verdict::Zombie), (NodeName::from("r"), Verdict::Zombie)]);
+        let changes = verdict_changes(&mut reported, &j.assessments);
+        let held = vec![("y".to_string(), hold_message(&j.plan, Hold::RateLimited, 1))];
+        let healthy = "Lease and NodeStatus heartbeats are consistent";
+        let condition = |status, reason: &'static str, message: &str, previous: Option<&str>| Step::SetCondition {
+            status,
+            reason,
+            message: message.into(),
+            previous_status: previous.map(Into::into),
+        };
+        let report = |warning, reason, action, note: &str| Step::Report { warning, reason, action, note: note.into() };
+        assert_eq!(
+            plan_steps(&j, &changes, &held, false),
+            vec![
+                planned("r", report(false, "HeartbeatsConsistent", "Evaluate", &format!("healthy: {healthy}"))),
+                planned("r", condition("True", "HeartbeatsConsistent", healthy, Some("False"))),
+                planned("y", condition("False", "ZombieDetected", "zombie", None)),
+                planned("z", report(true, "ZombieDetected", "Evaluate", "zombie: zombie")),
+                planned("z", condition("False", "ZombieDetected", "zombie", None)),
+                planned("c", Step::DisownCordon),
+                planned("y", report(true, "RemediationBlocked", "Remediate", "not remediated yet: --max-remediations-per-minute reached; will retry")),
+                planned("z", Step::Remediate { dry_run: false }),
+                planned("r", Step::Release { why: healthy.into(), dry_run: false }),
+            ]
+        );
+        // A dry run: the same Events, no condition and no record written, and the remediation and
+        // release only simulated.
+        assert_eq!(
+            plan_steps(&j, &changes, &held, true),
+            vec![
+                planned("r", report(false, "HeartbeatsConsistent", "Evaluate", &format!("healthy: {healthy}"))),
+                planned("z", report(true, "ZombieDetected", "Evaluate", "zombie: zombie")),
+                planned("y", report(true, "RemediationBlocked", "Remediate", "not remediated yet: --max-remediations-per-minute reached; will retry")),
+                planned("z", Step::Remediate { dry_run: true }),
+                planned("r", Step::Release { why: healthy.into(), dry_run: true }),
+            ]
+        );
+        assert!(
+            [Step::Remediate { dry_run: false }, Step::Release { why: String::new(), dry_run: false }, Step::DisownCordon].iter().all(waits_for_backoff)
+                && !waits_for_backoff(&condition("True", "Suspect", "", None))
+                && !waits_for_backoff(&report(true, "NodeSuspect", "Evaluate", "")),
+            "only spec and record edits wait out a back-off"
+        );
+    }
+
+    #[test]
+    fn outcomes_are_booked_in_the_guards_memory_and_the_write_backoff() {
+        let both = Actions { cordon: true, ..Actions::default() };
+        let failed = || Effect::Failed(ActuateError::Timeout { what: "remediate", node: "n".into(), timeout: Duration::from_secs(10) });
+        let remediate = |n: &str, dry_run| planned(n, Step::Remediate { dry_run });
+        let release = |n: &str, dry_run| planned(n, Step::Release { why: "healthy".into(), dry_run });
+        let mut ledger = Ledger::default();
+
+        // A failed remediation: every configured action counts an error, and the node backs off.
+        let counts = ledger.settle(t(0), &remediate("a", false), &failed(), &both);
+        assert_eq!(counts, [(ActionLabel::Taint, ResultLabel::Error), (ActionLabel::Cordon, ResultLabel::Error)]);
+        assert!(ledger.backoff.waiting("a", t(4)));
+        // A success: what changed counts, the back-off is over, and the start counts against the rate.
+        let counts = ledger.settle(t(5), &remediate("a", false), &Effect::Remediated(Change { taint: true, cordon: false }), &both);
+        assert_eq!(counts, [(ActionLabel::Taint, ResultLabel::Success)]);
+        assert!(!ledger.backoff.waiting("a", t(5)));
+        let facts = fleet(&["a", "b", "c", "d", "e"]);
+        let cfg = GuardConfig { max_per_minute: 1, max_unhealthy_percent: 100.0, ..GuardConfig::default() };
+        let zombie_b =
+            assessments(&[("a", Verdict::Healthy), ("b", Verdict::Zombie), ("c", Verdict::Healthy), ("d", Verdict::Healthy), ("e", Verdict::Healthy)]);
+        let p = guard::plan(t(10), &zombie_b, &facts, &mut ledger.memory, &cfg, guard::Stance::Act);
+        assert_eq!(p.held, [("b".to_string(), Hold::RateLimited)], "the remediation of a started the minute");
+        assert_eq!(guard::plan(t(65), &zombie_b, &facts, &mut ledger.memory, &cfg, guard::Stance::Act).remediate, ["b".to_string()]);
+
+        // A failed release counts an error for each undo, and backs off.
+        let counts = ledger.settle(t(100), &release("d", false), &failed(), &both);
+        assert_eq!(counts, [(ActionLabel::Untaint, ResultLabel::Error), (ActionLabel::Uncordon, ResultLabel::Error)]);
+        assert!(ledger.backoff.waiting("d", t(104)));
+        let counts = ledger.settle(t(105), &release("d", false), &Effect::Released(Change { taint: true, cordon: true }), &both);
+        assert_eq!(counts, [(ActionLabel::Untaint, ResultLabel::Success), (ActionLabel::Uncordon, ResultLabel::Success)]);
+        assert!(!ledger.backoff.waiting("d", t(105)));
+
+        // A failed record update backs off; a failed condition does not (it is tried next tick).
+        assert!(ledger.settle(t(200), &planned("e", Step::DisownCordon), &failed(), &both).is_empty());
+        assert!(ledger.backoff.waiting("e", t(204)));
+        let condition = Step::SetCondition { status: "False", reason: "ZombieDetected", message: String::new(), previous_status: None };
+        assert!(ledger.settle(t(200), &planned("c", condition), &failed(), &both).is_empty());
+        assert!(!ledger.backoff.waiting("c", t(200)));
+
+        // Dry run: the guard's memory holds the simulated remediation until the simulated release.
+        let counts = ledger.settle(t(300), &remediate("c", true), &Effect::WouldRemediate, &both);
+        assert_eq!(counts, [(ActionLabel::Taint, ResultLabel::DryRun), (ActionLabel::Cordon, ResultLabel::DryRun)]);
+        assert!(ledger.memory.holds(&facts, "c"));
+        assert!(ledger.settle(t(310), &release("c", true), &Effect::WouldRelease, &both).is_empty());
+        assert!(!ledger.memory.holds(&facts, "c"));
+        // A node gone by its release holds nothing any more.
+        ledger.settle(t(320), &remediate("b", true), &Effect::WouldRemediate, &both);
+        ledger.settle(t(330), &release("b", false), &Effect::Gone, &both);
+        assert!(!ledger.memory.holds(&facts, "b"));
+
+        // A remediation the fresh read did not confirm, and an Event, leave nothing behind.
+        let before = guard::plan(t(400), &zombie_b, &facts, &mut ledger.memory.clone(), &cfg, guard::Stance::Act);
+        assert!(ledger.settle(t(400), &remediate("b", false), &Effect::Unconfirmed, &both).is_empty());
+        let report = Step::Report { warning: true, reason: "NodeSuspect", action: "Evaluate", note: String::new() };
+        assert!(ledger.settle(t(400), &planned("b", report), &Effect::Reported, &both).is_empty());
+        assert_eq!(guard::plan(t(400), &zombie_b, &facts, &mut ledger.memory, &cfg, guard::Stance::Act), before);
+        assert!(!ledger.backoff.waiting("b", t(400)));
     }
 }

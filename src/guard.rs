@@ -177,7 +177,8 @@ pub fn limit(eligible: usize, max_unhealthy_percent: f64) -> usize {
     (allowed as usize).max(1)
 }
 
-fn needs_remediation(verdict: Verdict, cfg: &GuardConfig) -> bool {
+/// True when a node with `verdict` is to be remediated: a Zombie, or a Dead node with `--act-on-dead`.
+pub fn needs_remediation(verdict: Verdict, cfg: &GuardConfig) -> bool {
     verdict == Verdict::Zombie || (cfg.act_on_dead && verdict == Verdict::Dead)
 }
 
