@@ -229,6 +229,8 @@ struct Judgement {
     probe_targets: Vec<ProbeTarget>,
     /// Nodes whose cordon pulsecheck set and somebody else undid: the cordon is theirs now.
     cordons_taken_over: Vec<String>,
+    /// Why the guard holds each held node back (for the node's condition).
+    holds: HashMap<String, String>,
 }
 
 /// What the steps need to know about a node after the view is unlocked.
@@ -238,14 +240,20 @@ struct NodeNote {
     uid: Option<String>,
     /// pulsecheck's condition on the node, `(status, reason)`, if it is there.
     our_condition: Option<(String, String)>,
+    /// pulsecheck holds a remediation on the node (its taint, cordon or record is on it).
+    remediated: bool,
 }
 
 /// The notes on every node in `facts`.
-fn notes(facts: &FleetFacts) -> HashMap<NodeName, NodeNote> {
+fn notes(facts: &FleetFacts, memory: &Memory) -> HashMap<NodeName, NodeNote> {
     facts
         .nodes
         .iter()
-        .map(|(n, f)| (n.clone(), NodeNote { uid: Some(f.uid.clone()).filter(|u| !u.is_empty()), our_condition: f.our_condition.clone() }))
+        .map(|(n, f)| {
+            let note =
+                NodeNote { uid: Some(f.uid.clone()).filter(|u| !u.is_empty()), our_condition: f.our_condition.clone(), remediated: memory.holds(facts, n) };
+            (n.clone(), note)
+        })
         .collect()
 }
 
@@ -258,20 +266,26 @@ struct VerdictChange {
     verdict: Verdict,
 }
 
-/// The condition pulsecheck wants on a node for a verdict: `(status, reason)`.
+/// The condition pulsecheck wants on a node for a verdict: `(status, reason)`. `remediated`
+/// says whether pulsecheck holds a remediation on the node.
 ///
-/// `False` means exactly "pulsecheck has concluded this node is not alive" (Zombie or Dead).
-/// A Suspect node is still `True` (reason `Suspect`, the signal in the message): tools that key on
-/// the condition (a NodeHealthCheck, draino) must not act on a signal pulsecheck itself does not
-/// yet act on, and must not bypass its fleet guard. `NotJudged` and `Excluded` are only written
-/// to replace a condition pulsecheck wrote earlier ([`condition_step`]), so a stale `False`
-/// never outlives the verdict.
-fn desired_condition(verdict: Verdict) -> (&'static str, &'static str) {
+/// `False` means exactly "pulsecheck concluded this node is not alive **and acted on it**": it is
+/// written only on a node pulsecheck remediated, after the confirming fresh read and behind the
+/// fleet guard. Tools that key on the condition (a NodeHealthCheck, draino) therefore never act
+/// beyond the guard or before that read — after a mass false positive (an outage, a clock step of
+/// pulsecheck's pod) the circuit opens and no node says `False`. A Zombie or Dead node that
+/// pulsecheck has not remediated (held by the guard, not yet confirmed, or dead and left to
+/// kube-controller-manager) is `Unknown`, with the reason in the message. A Suspect node is still
+/// `True` (reason `Suspect`). `NotJudged` and `Excluded` are only written to replace a condition
+/// pulsecheck wrote earlier ([`condition_step`]), so a stale `False` never outlives the verdict.
+fn desired_condition(verdict: Verdict, remediated: bool) -> (&'static str, &'static str) {
     match verdict {
         Verdict::Healthy => ("True", "HeartbeatsConsistent"),
         Verdict::Suspect => ("True", "Suspect"),
-        Verdict::Zombie => ("False", "ZombieDetected"),
-        Verdict::Dead => ("False", "LeaseAndStatusStale"),
+        Verdict::Zombie if remediated => ("False", "ZombieDetected"),
+        Verdict::Zombie => ("Unknown", "ZombieNotRemediated"),
+        Verdict::Dead if remediated => ("False", "LeaseAndStatusStale"),
+        Verdict::Dead => ("Unknown", "LeaseAndStatusStale"),
         Verdict::Unknown => ("True", "NotJudged"),
         // Only over a condition pulsecheck wrote earlier: a stale False must not outlive the
         // exclusion (tools keyed on it would act on a node a person excluded).
@@ -315,15 +329,23 @@ fn verdict_changes(reported: &mut HashMap<NodeName, Verdict>, assessments: &Asse
 /// The step that brings a node's condition in line with its verdict, if it differs. Healthy,
 /// unjudged and excluded nodes that never had the condition are left alone: a healthy fleet
 /// costs no writes.
-fn condition_step(a: &Assessment, current: Option<&(String, String)>) -> Option<Step> {
-    let (status, reason) = desired_condition(a.verdict);
+fn condition_step(a: &Assessment, note: Option<&NodeNote>, hold: Option<&str>) -> Option<Step> {
+    let current = note.and_then(|n| n.our_condition.as_ref());
+    let remediated = note.is_some_and(|n| n.remediated);
+    let (status, reason) = desired_condition(a.verdict, remediated);
     if current.is_none() && matches!(a.verdict, Verdict::Healthy | Verdict::Unknown | Verdict::Excluded) {
         return None;
     }
     if current.is_some_and(|(s, r)| s == status && r == reason) {
         return None;
     }
-    Some(Step::SetCondition { status, reason, message: a.explain(), previous_status: current.map(|(s, _)| s.clone()) })
+    let message = match (status, hold) {
+        ("Unknown", Some(hold)) => format!("{hold}; {}", a.explain()),
+        ("Unknown", None) if a.verdict == Verdict::Dead => format!("not remediated: a dead node is kube-controller-manager's (--act-on-dead); {}", a.explain()),
+        ("Unknown", None) => format!("not remediated yet: waiting for the fresh read that confirms it; {}", a.explain()),
+        _ => a.explain(),
+    };
+    Some(Step::SetCondition { status, reason, message, previous_status: current.map(|(s, _)| s.clone()) })
 }
 
 /// Why a held node is not remediated now, for its log line and Event.
@@ -356,7 +378,7 @@ fn plan_steps(judgement: &Judgement, changes: &[VerdictChange], newly_held: &[(S
             let (reason, warning) = verdict_reason(a.verdict);
             steps.push(planned(name, Step::Report { warning, reason, action: "Evaluate", note: format!("{}: {}", a.verdict, a.explain()) }));
         }
-        if !dry_run && let Some(step) = condition_step(a, judgement.notes.get(name).and_then(|n| n.our_condition.as_ref())) {
+        if !dry_run && let Some(step) = condition_step(a, judgement.notes.get(name), judgement.holds.get(&**name).map(String::as_str)) {
             steps.push(planned(name, step));
         }
     }
@@ -594,7 +616,8 @@ impl Controller {
         };
         let plan = guard::plan(now, &assessments, &v.facts, &mut self.ledger.memory, &cfg.guard, stance);
         self.ledger.memory.retain(|n| v.facts.nodes.contains_key(n));
-        let notes = notes(&v.facts);
+        let notes = notes(&v.facts, &self.ledger.memory);
+        let holds = plan.held.iter().map(|(n, h)| (n.clone(), hold_message(&plan, *h, cfg.guard.min_available))).collect();
         // Probed: every node in scope whose Lease pulsecheck saw renewed within the grace. A node
         // with a stale or missing Lease is kube-controller-manager's case; probing it adds nothing.
         let lease_grace = SignedDuration::try_from(cfg.thresholds.lease_grace).unwrap_or(SignedDuration::MAX);
@@ -607,7 +630,7 @@ impl Controller {
         // Our cordon, undone by somebody else: the schedulability is theirs from now on.
         let cordons_taken_over: Vec<String> =
             v.facts.nodes.iter().filter(|(_, f)| f.remediation.cordoned && !f.unschedulable).map(|(n, _)| n.to_string()).collect();
-        Judgement { assessments, plan, blindness, notes, probe_targets, cordons_taken_over }
+        Judgement { assessments, plan, blindness, notes, probe_targets, cordons_taken_over, holds }
     }
 
     fn report_blindness(&mut self, blind: Option<&observe::Blindness>) {
@@ -764,11 +787,19 @@ mod tests {
     /// on the nodes named in `conditions`.
     fn judgement(verdicts: &[(&str, Verdict)], conditions: &[(&str, &str, &str)], plan: Plan) -> Judgement {
         let names: Vec<&str> = verdicts.iter().map(|(n, _)| *n).collect();
-        let mut notes = notes(&fleet(&names));
+        let mut notes = notes(&fleet(&names), &Memory::default());
         for (n, status, reason) in conditions {
             notes.get_mut(*n).expect("a node of the fleet").our_condition = Some((status.to_string(), reason.to_string()));
         }
-        Judgement { assessments: assessments(verdicts), plan, blindness: None, notes, probe_targets: Vec::new(), cordons_taken_over: Vec::new() }
+        Judgement {
+            assessments: assessments(verdicts),
+            plan,
+            blindness: None,
+            notes,
+            probe_targets: Vec::new(),
+            cordons_taken_over: Vec::new(),
+            holds: HashMap::new(),
+        }
     }
 
     fn planned(node: &str, step: Step) -> Planned {
@@ -784,18 +815,22 @@ mod tests {
 
     #[test]
     fn every_verdict_has_its_condition_and_event_reason() {
+        // (verdict, condition while not remediated, condition once remediated, Event reason)
         let table = [
-            (Verdict::Healthy, ("True", "HeartbeatsConsistent"), ("HeartbeatsConsistent", false)),
-            (Verdict::Suspect, ("True", "Suspect"), ("NodeSuspect", true)),
-            (Verdict::Zombie, ("False", "ZombieDetected"), ("ZombieDetected", true)),
-            (Verdict::Dead, ("False", "LeaseAndStatusStale"), ("NodeDead", true)),
-            (Verdict::Unknown, ("True", "NotJudged"), ("NotJudged", false)),
-            (Verdict::Excluded, ("True", "Excluded"), ("Excluded", false)),
+            (Verdict::Healthy, ("True", "HeartbeatsConsistent"), ("True", "HeartbeatsConsistent"), ("HeartbeatsConsistent", false)),
+            (Verdict::Suspect, ("True", "Suspect"), ("True", "Suspect"), ("NodeSuspect", true)),
+            (Verdict::Zombie, ("Unknown", "ZombieNotRemediated"), ("False", "ZombieDetected"), ("ZombieDetected", true)),
+            (Verdict::Dead, ("Unknown", "LeaseAndStatusStale"), ("False", "LeaseAndStatusStale"), ("NodeDead", true)),
+            (Verdict::Unknown, ("True", "NotJudged"), ("True", "NotJudged"), ("NotJudged", false)),
+            (Verdict::Excluded, ("True", "Excluded"), ("True", "Excluded"), ("Excluded", false)),
         ];
         for verdict in Verdict::ALL {
-            let (_, condition, reason) = table.iter().find(|(v, _, _)| *v == verdict).unwrap_or_else(|| panic!("{verdict} missing from the table"));
-            assert_eq!(desired_condition(verdict), *condition, "{verdict}");
+            let (_, before, after, reason) = table.iter().find(|(v, ..)| *v == verdict).unwrap_or_else(|| panic!("{verdict} missing from the table"));
+            assert_eq!(desired_condition(verdict, false), *before, "{verdict}");
+            assert_eq!(desired_condition(verdict, true), *after, "{verdict}");
             assert_eq!(verdict_reason(verdict), *reason, "{verdict}");
+            // False only where pulsecheck itself acted.
+            assert!(desired_condition(verdict, false).0 != "False", "{verdict} says False before pulsecheck acted");
         }
     }
 
@@ -859,30 +894,45 @@ mod tests {
 
     #[test]
     fn a_condition_is_written_only_when_it_differs_and_excluded_only_replaces_one() {
-        // (verdict, pulsecheck's condition on the node, the condition the step writes)
+        // (verdict, pulsecheck remediated it, pulsecheck's condition on the node, the condition the step writes)
         type Condition = Option<(&'static str, &'static str)>;
-        let cases: [(Verdict, Condition, Condition); 8] = [
-            (Verdict::Excluded, None, None),
-            (Verdict::Excluded, Some(("False", "ZombieDetected")), Some(("True", "Excluded"))),
-            (Verdict::Healthy, None, None),
-            (Verdict::Healthy, Some(("True", "HeartbeatsConsistent")), None),
-            (Verdict::Healthy, Some(("False", "ZombieDetected")), Some(("True", "HeartbeatsConsistent"))),
-            (Verdict::Unknown, None, None),
-            (Verdict::Zombie, None, Some(("False", "ZombieDetected"))),
-            (Verdict::Zombie, Some(("False", "ZombieDetected")), None),
+        let cases: [(Verdict, bool, Condition, Condition); 10] = [
+            (Verdict::Excluded, false, None, None),
+            (Verdict::Excluded, false, Some(("False", "ZombieDetected")), Some(("True", "Excluded"))),
+            (Verdict::Healthy, false, None, None),
+            (Verdict::Healthy, false, Some(("True", "HeartbeatsConsistent")), None),
+            (Verdict::Healthy, true, Some(("False", "ZombieDetected")), Some(("True", "HeartbeatsConsistent"))),
+            (Verdict::Unknown, false, None, None),
+            (Verdict::Zombie, false, None, Some(("Unknown", "ZombieNotRemediated"))),
+            (Verdict::Zombie, true, Some(("Unknown", "ZombieNotRemediated")), Some(("False", "ZombieDetected"))),
+            (Verdict::Zombie, true, Some(("False", "ZombieDetected")), None),
+            (Verdict::Dead, false, None, Some(("Unknown", "LeaseAndStatusStale"))),
         ];
-        for (verdict, current, wanted) in cases {
+        for (verdict, remediated, current, wanted) in cases {
             let a = Assessment { verdict, evidence: vec![], unconfirmed: None };
             let current = current.map(|(s, r)| (s.to_string(), r.to_string()));
-            let step = condition_step(&a, current.as_ref());
-            let expected = wanted.map(|(status, reason)| Step::SetCondition {
-                status,
-                reason,
-                message: a.explain(),
-                previous_status: current.as_ref().map(|(s, _)| s.clone()),
-            });
-            assert_eq!(step, expected, "{verdict} over {current:?}");
+            let note = NodeNote { uid: None, our_condition: current.clone(), remediated };
+            let step = condition_step(&a, Some(&note), None);
+            let status_written = match &step {
+                Some(Step::SetCondition { status, reason, .. }) => Some((*status, *reason)),
+                _ => None,
+            };
+            assert_eq!(status_written, wanted, "{verdict} (remediated: {remediated}) over {current:?}");
+            if let Some(Step::SetCondition { previous_status, .. }) = &step {
+                assert_eq!(previous_status, &current.as_ref().map(|(s, _)| s.clone()));
+            }
         }
+    }
+
+    #[test]
+    fn a_zombie_the_guard_holds_says_why_in_an_unknown_condition() {
+        let a = Assessment { verdict: Verdict::Zombie, evidence: vec![], unconfirmed: None };
+        let note = NodeNote::default();
+        let Some(Step::SetCondition { status, reason, message, .. }) = condition_step(&a, Some(&note), Some("not remediated: the circuit is open")) else {
+            panic!("no condition step")
+        };
+        assert_eq!((status, reason), ("Unknown", "ZombieNotRemediated"));
+        assert!(message.starts_with("not remediated: the circuit is open"), "{message}");
     }
 
     #[test]
@@ -898,6 +948,7 @@ mod tests {
             HashMap::from([(NodeName::from("z"), Verdict::Suspect), (NodeName::from("y"), Verdict::Zombie), (NodeName::from("r"), Verdict::Zombie)]);
         let changes = verdict_changes(&mut reported, &j.assessments);
         let held = vec![("y".to_string(), hold_message(&j.plan, Hold::RateLimited, 1))];
+        j.holds = held.iter().cloned().collect();
         let healthy = "Lease and NodeStatus heartbeats are consistent";
         let condition = |status, reason: &'static str, message: &str, previous: Option<&str>| Step::SetCondition {
             status,
@@ -911,9 +962,13 @@ mod tests {
             vec![
                 planned("r", report(false, "HeartbeatsConsistent", "Evaluate", &format!("healthy: {healthy}"))),
                 planned("r", condition("True", "HeartbeatsConsistent", healthy, Some("False"))),
-                planned("y", condition("False", "ZombieDetected", "zombie", None)),
+                // Held back by the guard, or not yet confirmed by a fresh read: never False.
+                planned(
+                    "y",
+                    condition("Unknown", "ZombieNotRemediated", "not remediated yet: --max-remediations-per-minute reached; will retry; zombie", None)
+                ),
                 planned("z", report(true, "ZombieDetected", "Evaluate", "zombie: zombie")),
-                planned("z", condition("False", "ZombieDetected", "zombie", None)),
+                planned("z", condition("Unknown", "ZombieNotRemediated", "not remediated yet: waiting for the fresh read that confirms it; zombie", None)),
                 planned("c", Step::DisownCordon),
                 planned("y", report(true, "RemediationBlocked", "Remediate", "not remediated yet: --max-remediations-per-minute reached; will retry")),
                 planned("z", Step::Remediate { dry_run: false }),

@@ -149,7 +149,7 @@ async fn cleanup_removes_only_what_pulsecheck_put_on_nodes_and_dry_run_changes_n
             let client = client.clone();
             async move {
                 let n = get_node(&client, name).await;
-                (has_our_taint(&n) && record(&n).is_some() && our_condition(&n).is_some()).then_some(())
+                (has_our_taint(&n) && record(&n).is_some() && our_condition(&n).is_some_and(|(s, _, _)| s == "False")).then_some(())
             }
         })
         .await;

@@ -25,11 +25,12 @@ async fn zombie_node_gets_tainted_with_an_event_and_a_condition_that_say_why() {
     lab.fleet.set_fault(zombie, Fault::Zombie).unwrap();
     let client = lab.client();
     // Tainted within the status threshold plus ticks (and the fleet's last report before the fault).
-    let node = eventually("zombie tainted", STALE_AFTER + Duration::from_secs(3) + TICK_SLACK, || {
+    // The condition says False once pulsecheck has acted (the tick after the taint).
+    let node = eventually("zombie tainted and its condition False", STALE_AFTER + Duration::from_secs(3) + TICK_SLACK, || {
         let client = client.clone();
         async move {
             let n = get_node(&client, zombie).await;
-            has_our_taint(&n).then_some(n)
+            (has_our_taint(&n) && our_condition(&n).is_some_and(|(s, _, _)| s == "False")).then_some(n)
         }
     })
     .await;
@@ -92,8 +93,10 @@ async fn dead_node_is_reported_dead_and_left_to_kubernetes() {
     wait_evaluations(&running, 6, Duration::from_secs(30)).await;
     let n = get_node(&lab.client(), "ded-0001").await;
     assert!(!has_our_taint(&n));
-    let (status, reason, _) = our_condition(&n).expect("condition reports it");
-    assert_eq!((status.as_str(), reason.as_str()), ("False", "LeaseAndStatusStale"));
+    let (status, reason, message) = our_condition(&n).expect("condition reports it");
+    // Not False: pulsecheck did not act on it (tools keyed on False must not either).
+    assert_eq!((status.as_str(), reason.as_str()), ("Unknown", "LeaseAndStatusStale"), "{message}");
+    assert!(message.contains("kube-controller-manager"), "{message}");
     assert!(events_for(&lab.client(), "ded-0001").await.iter().any(|(r, _)| r == "NodeDead"));
     running.stop().await;
     lab.stop().await;

@@ -254,7 +254,8 @@ async fn shipped_rbac_lets_pulsecheck_do_its_job_and_nothing_more() {
         ("patch", "events.events.k8s.io", "", "default", true),
         ("get", "leases.coordination.k8s.io", "", "pulsecheck", true),
         ("create", "leases.coordination.k8s.io", "", "pulsecheck", true),
-        ("patch", "leases.coordination.k8s.io", "", "pulsecheck", true),
+        ("update", "leases.coordination.k8s.io", "", "pulsecheck", true),
+        ("patch", "leases.coordination.k8s.io", "", "pulsecheck", false),
         // What it must never be able to do.
         ("delete", "nodes", "", "", false),
         ("update", "nodes", "", "", false),

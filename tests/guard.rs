@@ -65,3 +65,38 @@ async fn the_last_schedulable_node_is_never_tainted() {
     running.stop().await;
     lab.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_condition_never_says_false_on_a_node_the_guard_held_back() {
+    // Tools keyed on HeartbeatConsistent=False (NodeHealthCheck, draino) must never act beyond
+    // pulsecheck's guard: with 5 zombies among 10 nodes and room for 2, only what pulsecheck
+    // itself remediated may carry False.
+    let lab = Lab::start(fast_fleet(10, "cnd-")).await;
+    let client = lab.client();
+    let running = controller(client.clone(), |s| s.guard.max_unhealthy_percent = 40.0).await;
+    wait_evaluations(&running, 2, Duration::from_secs(30)).await;
+    let zombies: Vec<String> = lab.fleet.node_names().into_iter().take(5).collect();
+    for z in &zombies {
+        lab.fleet.set_fault(z, Fault::Zombie).unwrap();
+    }
+    for z in &zombies {
+        wait_verdict(&running, z, "zombie", STALE_AFTER + SLACK).await;
+    }
+    wait_blocked(&client, &zombies[4], "").await;
+    wait_evaluations(&running, 6, Duration::from_secs(30)).await;
+    let mut held = 0;
+    for z in &zombies {
+        let node = get_node(&client, z).await;
+        let condition = our_condition(&node);
+        if has_our_taint(&node) {
+            continue;
+        }
+        held += 1;
+        let (status, reason, message) = condition.expect("a held zombie says so in the condition");
+        assert_ne!(status, "False", "{z} is held by the guard but its condition says False ({reason}: {message})");
+        assert!(message.contains("not remediated"), "{z}: the condition says why it is held: {reason}: {message}");
+    }
+    assert!(held >= 3, "only {held} held");
+    running.stop().await;
+    lab.stop().await;
+}

@@ -99,6 +99,11 @@ async fn zombie_with_failing_probes_is_suspect_then_tainted_before_the_status_st
     })
     .await;
     let took = fault_at.elapsed();
+    eventually("pev-0001's condition False once it is tainted", Duration::from_secs(10), || {
+        let client = client.clone();
+        async move { our_condition(&get_node(&client, "pev-0001").await).is_some_and(|(s, _, _)| s == "False").then_some(()) }
+    })
+    .await;
     assert!(took < STATUS_STALE_AFTER, "tainted after {took:?}: probe evidence must beat --status-stale-after");
     let (status, _, message) = our_condition(&get_node(&client, "pev-0001").await).expect("our condition is written");
     assert_eq!(status, "False");

@@ -151,8 +151,11 @@ async fn controller_under_its_own_service_account_does_a_whole_cycle_and_nothing
         async move { events_for(&admin, "rbac-0001").await.iter().any(|(r, _)| r == "Tainted").then_some(()) }
     })
     .await;
-    let (status, _, _) = our_condition(&get_node(&admin, "rbac-0001").await).expect("condition written through nodes/status");
-    assert_eq!(status, "False");
+    eventually("condition False, written through nodes/status", Duration::from_secs(10), || {
+        let admin = admin.clone();
+        async move { our_condition(&get_node(&admin, "rbac-0001").await).is_some_and(|(s, _, _)| s == "False").then_some(()) }
+    })
+    .await;
     lab.fleet.set_fault("rbac-0001", Fault::Recover).unwrap();
     eventually("released", Duration::from_secs(40), || {
         let admin = admin.clone();
