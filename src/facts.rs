@@ -662,17 +662,6 @@ impl FleetFacts {
     pub fn delete_lease(&mut self, name: &str) {
         self.leases.remove(name);
     }
-
-    /// After a re-list of Nodes: drops nodes the re-list no longer contains.
-    pub fn retain_nodes(&mut self, names: &std::collections::HashSet<String>) {
-        self.nodes.retain(|n, _| names.contains(&**n));
-        self.probes.retain(|n, _| names.contains(&**n));
-    }
-
-    /// After a re-list of Leases: drops leases the re-list no longer contains.
-    pub fn retain_leases(&mut self, names: &std::collections::HashSet<String>) {
-        self.leases.retain(|n, _| names.contains(&**n));
-    }
 }
 
 #[cfg(test)]

@@ -3,6 +3,9 @@
 //! Two kube-runtime watchers feed one [`View`]: every object is distilled into
 //! [`crate::facts`] at once (the objects themselves are dropped), and [`Sight`] records whether
 //! each watch has finished its initial list, when it last delivered, and whether it is failing.
+//! [`Relist`] is the one fold of watch events into a store — apply, delete, and after a
+//! (re-)list forget what it no longer contains — shared with `pulsecheck check --observe`, so the
+//! command and the controller cannot disagree about which objects exist.
 //!
 //! pulsecheck must never act on a view it cannot trust. [`Sight::blindness`] says why it is
 //! blind, if it is: a watch not (re)synced, a watch erroring, the Lease watch silent for longer
@@ -150,6 +153,89 @@ pub fn lock(view: &SharedView) -> std::sync::MutexGuard<'_, View> {
     view.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
+/// The "re-list and prune" fold of one watch, shared by the controller's watches and by
+/// `pulsecheck check --observe`.
+///
+/// kube-runtime's watcher announces a (re-)list with `Init`, delivers every listed object as
+/// `InitApply` and ends with `InitDone`; between lists it delivers `Apply` and `Delete`. A
+/// re-list after a broken watch is the only way to learn of objects deleted during the gap, so
+/// whatever the store holds that the re-list did not contain must be forgotten at `InitDone` —
+/// and only then: until the list is complete, a missing object may simply not have arrived yet.
+/// `Relist` remembers the names seen since `Init` and prunes the rest; it decides nothing else
+/// and reads no clock (the store applies objects at the time its owner gives it).
+#[derive(Debug, Default)]
+pub struct Relist {
+    /// Names delivered since the current (re-)list began; `None` outside a (re-)list.
+    seen: Option<HashSet<String>>,
+}
+
+/// What a watch's objects are folded into: the facts of a view, or a test's map.
+pub trait RelistStore<K> {
+    /// Applies an object that was listed, added or changed.
+    fn apply(&mut self, object: &K);
+    /// Forgets the object `name`: deleted, or missing from a completed re-list.
+    fn forget(&mut self, name: &str);
+    /// The names held now, for pruning after a re-list.
+    fn names(&self) -> Vec<String>;
+}
+
+/// What one event did, for the watch's own bookkeeping (sight, metrics, logs).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Folded {
+    /// `Init`: a (re-)list began; the watch is not in sync until it is done.
+    ListStarted,
+    /// `InitApply`: an object of the (re-)list was applied.
+    Listed,
+    /// `Apply`: an added or changed object was applied.
+    Applied,
+    /// `Delete`: a deleted object was forgotten.
+    Deleted,
+    /// `InitDone`: the (re-)list is complete with `listed` objects, and what it did not contain
+    /// was forgotten.
+    Synced {
+        /// Objects the (re-)list delivered.
+        listed: usize,
+    },
+}
+
+impl Relist {
+    /// Folds one watch event into `store`.
+    pub fn fold<K: kube::Resource>(&mut self, event: watcher::Event<K>, store: &mut impl RelistStore<K>) -> Folded {
+        match event {
+            watcher::Event::Init => {
+                self.seen = Some(HashSet::new());
+                Folded::ListStarted
+            }
+            watcher::Event::InitApply(object) => {
+                if let (Some(seen), Some(name)) = (self.seen.as_mut(), object.meta().name.clone()) {
+                    seen.insert(name);
+                }
+                store.apply(&object);
+                Folded::Listed
+            }
+            watcher::Event::InitDone => {
+                let listed = self.seen.as_ref().map_or(0, HashSet::len);
+                if let Some(seen) = self.seen.take() {
+                    for gone in store.names().into_iter().filter(|n| !seen.contains(n)) {
+                        store.forget(&gone);
+                    }
+                }
+                Folded::Synced { listed }
+            }
+            watcher::Event::Apply(object) => {
+                store.apply(&object);
+                Folded::Applied
+            }
+            watcher::Event::Delete(object) => {
+                if let Some(name) = object.meta().name.as_deref() {
+                    store.forget(name);
+                }
+                Folded::Deleted
+            }
+        }
+    }
+}
+
 fn watcher_config() -> watcher::Config {
     // Page large lists so 100k-node clusters do not produce one giant response.
     watcher::Config::default().page_size(500)
@@ -180,14 +266,34 @@ impl Watched for SlimLease {
     }
 }
 
-/// Runs one watch until `shutdown`: every event updates the view and the watch's sight.
-/// `apply` turns an object into facts (nodes need their scope, leases do not). A re-list
-/// re-applies every object (unchanged values keep their observation times) and then forgets
-/// the objects it no longer contains.
+/// One watch's objects in the shared view, as [`Relist`] folds events into them.
+struct InView<'a, F> {
+    view: &'a mut View,
+    metrics: &'a Metrics,
+    apply: &'a F,
+    now: Timestamp,
+}
+
+impl<K: Watched, F: Fn(&K, &mut View, Timestamp)> RelistStore<K> for InView<'_, F> {
+    fn apply(&mut self, object: &K) {
+        (self.apply)(object, self.view, self.now)
+    }
+    fn forget(&mut self, name: &str) {
+        K::forget(name, self.view, self.metrics)
+    }
+    fn names(&self) -> Vec<String> {
+        K::known(self.view)
+    }
+}
+
+/// Runs one watch until `shutdown`: every event updates the view (through [`Relist`]) and the
+/// watch's sight. `apply` turns an object into facts (nodes need their scope, leases do not). A
+/// re-list re-applies every object (unchanged values keep their observation times) and then
+/// forgets the objects it no longer contains.
 async fn run_watch<K: Watched>(api: Api<K>, view: SharedView, metrics: Metrics, shutdown: CancellationToken, apply: impl Fn(&K, &mut View, Timestamp)) {
     let stream = watcher(api, watcher_config()).default_backoff();
     let mut stream = std::pin::pin!(stream);
-    let mut relisted: Option<HashSet<String>> = None;
+    let mut relist = Relist::default();
     loop {
         let event = tokio::select! {
             _ = shutdown.cancelled() => return,
@@ -195,47 +301,27 @@ async fn run_watch<K: Watched>(api: Api<K>, view: SharedView, metrics: Metrics, 
         };
         let now = Timestamp::now();
         let mut v = lock(&view);
-        match event {
-            Ok(watcher::Event::Init) => {
-                K::sight(&mut v).synced = false;
-                relisted = Some(HashSet::new());
+        let event = match event {
+            Ok(event) => event,
+            Err(e) => {
+                warn!(resource = K::RESOURCE, error = %e, "watch failed; retrying");
+                K::sight(&mut v).error = Some((e.to_string(), now));
+                continue;
             }
-            Ok(watcher::Event::InitApply(obj)) => {
+        };
+        match relist.fold(event, &mut InView { view: &mut v, metrics: &metrics, apply: &apply, now }) {
+            Folded::ListStarted => K::sight(&mut v).synced = false,
+            Folded::Listed => metrics.watch_event(K::RESOURCE),
+            Folded::Applied | Folded::Deleted => {
                 metrics.watch_event(K::RESOURCE);
-                if let (Some(set), Some(name)) = (relisted.as_mut(), obj.meta().name.clone()) {
-                    set.insert(name);
-                }
-                apply(&obj, &mut v, now);
+                K::sight(&mut v).error = None;
             }
-            Ok(watcher::Event::InitDone) => {
-                let listed = relisted.as_ref().map_or(0, HashSet::len);
-                if let Some(set) = relisted.take() {
-                    for gone in K::known(&v).into_iter().filter(|n| !set.contains(n)) {
-                        K::forget(&gone, &mut v, &metrics);
-                    }
-                }
+            Folded::Synced { listed } => {
                 let sight = K::sight(&mut v);
                 sight.synced = true;
                 sight.error = None;
                 v.sight.synced_now(now);
                 info!(resource = K::RESOURCE, objects = listed, "watch synced");
-            }
-            Ok(watcher::Event::Apply(obj)) => {
-                metrics.watch_event(K::RESOURCE);
-                apply(&obj, &mut v, now);
-                K::sight(&mut v).error = None;
-            }
-            Ok(watcher::Event::Delete(obj)) => {
-                metrics.watch_event(K::RESOURCE);
-                if let Some(name) = obj.meta().name.as_deref() {
-                    K::forget(name, &mut v, &metrics);
-                }
-                K::sight(&mut v).error = None;
-            }
-            Err(e) => {
-                warn!(resource = K::RESOURCE, error = %e, "watch failed; retrying");
-                K::sight(&mut v).error = Some((e.to_string(), now));
-                continue;
             }
         }
         K::sight(&mut v).last_event = Some(now);
@@ -284,6 +370,72 @@ mod tests {
         let mut f = FleetFacts::default();
         f.apply_lease(&lease("n", t(0)), t(0));
         f
+    }
+
+    /// A test store: Lease name → renewTime, as last applied.
+    #[derive(Default)]
+    struct Renewals(std::collections::BTreeMap<String, Option<Timestamp>>);
+
+    impl RelistStore<SlimLease> for Renewals {
+        fn apply(&mut self, lease: &SlimLease) {
+            if let Some(name) = lease.metadata.name.clone() {
+                self.0.insert(name, lease.renew_time());
+            }
+        }
+        fn forget(&mut self, name: &str) {
+            self.0.remove(name);
+        }
+        fn names(&self) -> Vec<String> {
+            self.0.keys().cloned().collect()
+        }
+    }
+
+    impl Renewals {
+        fn held(&self) -> Vec<(&str, Option<Timestamp>)> {
+            self.0.iter().map(|(n, r)| (n.as_str(), *r)).collect()
+        }
+    }
+
+    #[test]
+    fn relist_prunes_at_init_done_what_the_relist_did_not_deliver() {
+        use watcher::Event;
+        let (mut relist, mut store) = (Relist::default(), Renewals::default());
+        // The initial list.
+        assert_eq!(relist.fold(Event::Init, &mut store), Folded::ListStarted);
+        for name in ["a", "b", "c"] {
+            assert_eq!(relist.fold(Event::InitApply(lease(name, t(1))), &mut store), Folded::Listed);
+        }
+        assert_eq!(relist.fold(Event::InitDone, &mut store), Folded::Synced { listed: 3 });
+        assert_eq!(store.held(), [("a", Some(t(1))), ("b", Some(t(1))), ("c", Some(t(1)))]);
+        // Between lists: changes and deletions apply at once.
+        assert_eq!(relist.fold(Event::Apply(lease("b", t(2))), &mut store), Folded::Applied);
+        assert_eq!(relist.fold(Event::Apply(lease("d", t(2))), &mut store), Folded::Applied);
+        assert_eq!(relist.fold(Event::Delete(lease("a", t(1))), &mut store), Folded::Deleted);
+        assert_eq!(relist.fold(Event::Delete(lease("never-seen", t(1))), &mut store), Folded::Deleted);
+        assert_eq!(store.held(), [("b", Some(t(2))), ("c", Some(t(1))), ("d", Some(t(2)))]);
+        // A re-list after a broken watch: c and d were deleted during the gap. Nothing is
+        // forgotten before the list is complete…
+        assert_eq!(relist.fold(Event::Init, &mut store), Folded::ListStarted);
+        assert_eq!(relist.fold(Event::InitApply(lease("b", t(3))), &mut store), Folded::Listed);
+        assert_eq!(relist.fold(Event::InitApply(lease("e", t(3))), &mut store), Folded::Listed);
+        assert_eq!(store.held(), [("b", Some(t(3))), ("c", Some(t(1))), ("d", Some(t(2))), ("e", Some(t(3)))]);
+        // …and at InitDone exactly what it did not deliver is.
+        assert_eq!(relist.fold(Event::InitDone, &mut store), Folded::Synced { listed: 2 });
+        assert_eq!(store.held(), [("b", Some(t(3))), ("e", Some(t(3)))]);
+        // The seen set does not outlive its list: a later Apply is not pruned by a stray InitDone.
+        assert_eq!(relist.fold(Event::Apply(lease("f", t(4))), &mut store), Folded::Applied);
+        assert_eq!(relist.fold(Event::InitDone, &mut store), Folded::Synced { listed: 0 });
+        assert_eq!(store.held(), [("b", Some(t(3))), ("e", Some(t(3))), ("f", Some(t(4)))]);
+    }
+
+    #[test]
+    fn an_empty_relist_forgets_everything() {
+        use watcher::Event;
+        let (mut relist, mut store) = (Relist::default(), Renewals::default());
+        relist.fold(Event::Apply(lease("a", t(1))), &mut store);
+        relist.fold(Event::Init, &mut store);
+        assert_eq!(relist.fold(Event::InitDone, &mut store), Folded::Synced { listed: 0 });
+        assert!(store.held().is_empty());
     }
 
     #[test]
