@@ -412,8 +412,9 @@ impl ProbeFacts {
             ProbeOutcome::Failure(_) | ProbeOutcome::Timeout | ProbeOutcome::Unreachable(_) => {
                 self.consecutive_failures = self.consecutive_failures.saturating_add(1);
                 self.failing_since.get_or_insert(now);
-                // An unhealthy answer is an answer: the kubelet is reachable.
-                self.reached |= matches!(outcome, ProbeOutcome::Failure(_));
+                // An unhealthy answer is an answer, and a timeout comes only after the connection
+                // was made (a kubelet that accepts and then hangs): the kubelet is reachable.
+                self.reached |= matches!(outcome, ProbeOutcome::Failure(_) | ProbeOutcome::Timeout);
             }
             // Neither speaks about the node's health: leave the failure run as it was.
             ProbeOutcome::Unauthorized(_) | ProbeOutcome::Untrusted(_) | ProbeOutcome::NotProbed(_) => {}

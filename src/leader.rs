@@ -310,7 +310,10 @@ impl Elector {
     /// Wakes at the renew deadline at the latest, so a lost leadership is announced in time.
     fn until_deadline_or_retry(&self) -> Duration {
         let until = *self.check.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        until.map_or(retry_period(self.duration), |u| u.saturating_duration_since(Instant::now()).max(Duration::from_millis(50)))
+        // A follower (deadline already past) waits the retry period, not a busy 50 ms.
+        until
+            .filter(|u| *u > Instant::now())
+            .map_or(retry_period(self.duration), |u| u.saturating_duration_since(Instant::now()).max(Duration::from_millis(50)))
     }
 
     fn params() -> PostParams {
@@ -318,9 +321,13 @@ impl Elector {
     }
 
     /// One round: `Ok(true)` when this instance holds the Lease after it.
-    async fn try_acquire_or_renew(&mut self, now: Instant) -> kube::Result<bool> {
+    async fn try_acquire_or_renew(&mut self, _started: Instant) -> kube::Result<bool> {
         let wall = Timestamp::now();
-        let Some(mut lease) = self.leases.get_opt(&self.name).await? else {
+        let read = self.leases.get_opt(&self.name).await?;
+        // When the record was seen is when the read came back, not when it was asked for: a read
+        // that hangs for seconds must not count as seconds of watching the holder not renew.
+        let now = Instant::now();
+        let Some(mut lease) = read else {
             let lease = Lease { metadata: ObjectMeta { name: Some(self.name.clone()), ..Default::default() }, spec: Some(self.spec(None, wall, 0)) };
             return match self.leases.create(&Self::params(), &lease).await {
                 Ok(_) => Ok(true),
@@ -359,7 +366,9 @@ impl Elector {
     fn spec(&self, acquire: Option<MicroTime>, now: Timestamp, transitions: i32) -> Spec {
         Spec {
             holder_identity: Some(self.identity.clone()),
-            lease_duration_seconds: Some(i32::try_from(self.duration.as_secs()).unwrap_or(i32::MAX)),
+            // Rounded up: a Lease that says less than this instance's duration would shrink the
+            // margin between its renew deadline and another's takeover.
+            lease_duration_seconds: Some(i32::try_from(self.duration.as_secs() + u64::from(self.duration.subsec_nanos() > 0)).unwrap_or(i32::MAX)),
             acquire_time: acquire.or(Some(MicroTime(now))),
             renew_time: Some(MicroTime(now)),
             lease_transitions: Some(transitions),

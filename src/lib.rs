@@ -49,7 +49,7 @@ pub mod names {
     pub const TAINT_KEY: &str = "pulsecheck.dev/zombie";
     /// Label that keeps a node out of pulsecheck's hands (`pulsecheck.dev/exclude=true`).
     pub const EXCLUDE_LABEL: &str = "pulsecheck.dev/exclude";
-    /// Annotation recording what pulsecheck did to a node (JSON [`crate::actuate::Remediation`]).
+    /// Annotation recording what pulsecheck did to a node (JSON [`crate::facts::Remediation`]).
     pub const REMEDIATION_ANNOTATION: &str = "pulsecheck.dev/remediation";
     /// Node condition type pulsecheck owns on `nodes/status`.
     pub const CONDITION_TYPE: &str = "HeartbeatConsistent";

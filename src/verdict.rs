@@ -423,6 +423,11 @@ pub fn probe_partition(now: Timestamp, facts: &FleetFacts, th: &Thresholds, part
         if !alive || at_least(age(now, *at), th.probe_result_ttl) {
             continue;
         }
+        // Nodes pulsecheck never reached are its own configuration problem (a blocked port, a
+        // wrong address family), reported as such: they must not switch the guard on for all.
+        if probe.misconfiguration().is_some() {
+            continue;
+        }
         match last {
             ProbeOutcome::Success => probed += 1,
             ProbeOutcome::Failure(_) | ProbeOutcome::Timeout | ProbeOutcome::Unreachable(_) => {
@@ -652,6 +657,34 @@ mod tests {
         // No probe at all (an unreadable --token-file outside a Pod) is pulsecheck's problem too.
         w.facts.record_probe("n", ProbeOutcome::NotProbed("cannot read the token file".into()), t(540), ttl);
         assert_eq!(w.facts.probes["n"].misconfiguration(), Some("cannot read the token file"));
+    }
+
+    #[test]
+    fn a_kubelet_that_accepts_and_then_hangs_is_evidence_even_for_a_freshly_started_pulsecheck() {
+        // A restarted pulsecheck (or a new leader) has no probe history: a kubelet that accepts
+        // the connection and never answers is still reached, and its timeouts count.
+        let ttl = Thresholds::default().probe_result_ttl;
+        let mut w = World::new();
+        w.node(0, node("n").ready_at(t(0)));
+        w.renewing(0, 400);
+        for at in [30, 60, 90] {
+            w.facts.record_probe("n", ProbeOutcome::Timeout, t(at), ttl);
+        }
+        assert_eq!(w.at(91).verdict, Verdict::Suspect);
+    }
+
+    #[test]
+    fn kubelets_pulsecheck_never_reached_do_not_switch_the_partition_guard_on() {
+        let mut facts = FleetFacts::default();
+        for i in 0..10 {
+            let name = format!("n{i}");
+            facts.apply_node(&node(&name).ready_at(t(0)).build(), &scope(), t(0));
+            facts.apply_lease(&lease(&name, t(0)), t(0));
+            // A pool of six whose port 10250 a security group blocks from the start.
+            let outcome = if i < 6 { ProbeOutcome::Unreachable("refused".into()) } else { ProbeOutcome::Success };
+            facts.record_probe(&name, outcome, t(5), Thresholds::default().probe_result_ttl);
+        }
+        assert_eq!(probe_partition(t(10), &facts, &Thresholds::default(), 50.0), (true, 0, 4));
     }
 
     #[test]

@@ -522,10 +522,13 @@ impl Peer {
 }
 
 /// Connects to the first of `peers` that accepts a TCP connection (each gets an equal share of
-/// `timeout`, at least 250 ms) and completes the TLS handshake with it. With no connection at
+/// three quarters of `timeout`, at least 100 ms) and completes the TLS handshake with it. With no connection at
 /// all: [`ProbeOutcome::Unreachable`] naming every address tried.
 async fn connect_first(peers: &[Peer], tls: &TlsConnector, timeout: Duration) -> Result<(Peer, TlsStream<TcpStream>), ProbeOutcome> {
-    let share = (timeout / u32::try_from(peers.len()).unwrap_or(u32::MAX).max(1)).max(Duration::from_millis(250));
+    // Connecting gets three quarters of the probe timeout, so a port that drops packets ends as
+    // Unreachable (no connection) rather than as the probe's Timeout, which is kept for a kubelet
+    // that accepted the connection and then did not answer.
+    let share = (timeout * 3 / 4 / u32::try_from(peers.len()).unwrap_or(u32::MAX).max(1)).max(Duration::from_millis(100));
     let mut errors = Vec::new();
     for peer in peers {
         match peer.connect_tcp(share).await {
@@ -536,11 +539,22 @@ async fn connect_first(peers: &[Peer], tls: &TlsConnector, timeout: Duration) ->
     Err(ProbeOutcome::Unreachable(format!("cannot connect to the kubelet: {}", errors.join("; "))))
 }
 
-/// True when a TLS handshake failed because the peer's certificate was not accepted.
+/// True when a TLS handshake failed over the certificate: pulsecheck did not accept the
+/// kubelet's, or the kubelet refused the handshake with an alert.
 fn is_certificate_problem(e: &std::io::Error) -> bool {
     e.get_ref()
         .and_then(|inner| inner.downcast_ref::<rustls::Error>())
-        .is_some_and(|r| matches!(r, rustls::Error::InvalidCertificate(_) | rustls::Error::NoCertificatesPresented | rustls::Error::UnsupportedNameType))
+        // An alert from the kubelet is its TLS stack refusing the handshake — typically a serving
+        // certificate that expired or was never issued (an unapproved CSR): the kubelet answered.
+        .is_some_and(|r| {
+            matches!(
+                r,
+                rustls::Error::InvalidCertificate(_)
+                    | rustls::Error::NoCertificatesPresented
+                    | rustls::Error::UnsupportedNameType
+                    | rustls::Error::AlertReceived(_)
+            )
+        })
 }
 
 /// `Bearer <token>` from the token file, read afresh (projected tokens rotate).
