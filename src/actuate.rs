@@ -44,6 +44,7 @@ use clap::ArgAction;
 
 use crate::{
     facts::{SlimLease, SlimNode, remediation_from_annotations},
+    leader::LeaderCheck,
     names,
     verdict::Assessment,
 };
@@ -151,6 +152,9 @@ pub enum Error {
     /// The request did not finish within the request timeout.
     #[error("{what} node {node}: no answer within {timeout:?}")]
     Timeout { what: &'static str, node: String, timeout: Duration },
+    /// This instance is no longer the leader: nothing was sent.
+    #[error("{what} node {node}: not sent, this instance is no longer the leader")]
+    NotLeader { what: &'static str, node: String },
     /// The node kept changing under us.
     #[error("{what} node {node}: still conflicting after {attempts} fresh reads")]
     Conflict { what: &'static str, node: String, attempts: u32 },
@@ -164,6 +168,7 @@ impl Error {
             Error::Api { source: kube::Error::Api(s), .. } if s.code == 404 => "not_found",
             Error::Api { .. } => "api",
             Error::Timeout { .. } => "timeout",
+            Error::NotLeader { .. } => "not_leader",
             Error::Conflict { .. } => "conflict",
         }
     }
@@ -415,6 +420,9 @@ pub struct Actuator {
     recorder: Recorder,
     actions: Actions,
     timeout: Duration,
+    /// Leadership, checked right before every write (a step that started as leader must not
+    /// finish as a follower); `None` without leader election.
+    leading: Option<LeaderCheck>,
 }
 
 impl Actuator {
@@ -427,6 +435,29 @@ impl Actuator {
             recorder: Recorder::new(client, reporter),
             actions,
             timeout,
+            leading: None,
+        }
+    }
+
+    /// Writes only while `leading` says this instance leads, each write bounded by the
+    /// leadership left.
+    pub fn with_leadership(mut self, leading: LeaderCheck) -> Actuator {
+        self.leading = Some(leading);
+        self
+    }
+
+    /// Like `bounded`, for a write: refused without sending when leadership has ended, and
+    /// bounded by the leadership left.
+    async fn write<T>(&self, what: &'static str, node: &str, fut: impl Future<Output = kube::Result<T>>) -> Result<T> {
+        let timeout = match self.leading.as_ref().and_then(LeaderCheck::remaining) {
+            Some(left) if left.is_zero() => return Err(Error::NotLeader { what, node: node.into() }),
+            Some(left) => self.timeout.min(left),
+            None => self.timeout,
+        };
+        match tokio::time::timeout(timeout, fut).await {
+            Ok(Ok(v)) => Ok(v),
+            Ok(Err(source)) => Err(Error::Api { what, node: node.into(), source }),
+            Err(_) => Err(Error::Timeout { what, node: node.into(), timeout }),
         }
     }
 
@@ -613,7 +644,7 @@ impl Actuator {
     #[instrument(skip(self, confirmed), fields(node = %name))]
     async fn remediate_confirmed(&self, name: &str, confirmed: &SlimNode, now: Timestamp) -> Result<(SlimNode, Change)> {
         let Some((patch, change)) = remediation_patch(confirmed, &self.actions, now) else { return Ok((confirmed.clone(), Change::default())) };
-        match self.bounded("remediate", name, self.nodes.patch(name, &Self::params(), &Patch::Merge(&patch))).await {
+        match self.write("remediate", name, self.nodes.patch(name, &Self::params(), &Patch::Merge(&patch))).await {
             Ok(updated) => Ok((updated, change)),
             Err(Error::Api { source: kube::Error::Api(s), .. }) if s.code == 409 => Err(Error::Conflict { what: "remediate", node: name.into(), attempts: 1 }),
             Err(e) => Err(e),
@@ -625,7 +656,7 @@ impl Actuator {
         for _ in 0..CONFLICT_ATTEMPTS {
             let node = self.bounded("read", name, self.nodes.get(name)).await?;
             let Some((patch, change)) = compute(&node) else { return Ok((node, Change::default())) };
-            match self.bounded(what, name, self.nodes.patch(name, &Self::params(), &Patch::Merge(&patch))).await {
+            match self.write(what, name, self.nodes.patch(name, &Self::params(), &Patch::Merge(&patch))).await {
                 Ok(updated) => return Ok((updated, change)),
                 Err(Error::Api { source: kube::Error::Api(s), .. }) if s.code == 409 => {
                     debug!(node = name, "conflict; re-reading the node");
@@ -653,7 +684,7 @@ impl Actuator {
     #[instrument(skip(self, message), fields(node = %name))]
     async fn set_condition(&self, name: &str, status: &str, reason: &str, message: &str, previous_status: Option<&str>, now: Timestamp) -> Result<SlimNode> {
         let patch = condition_patch(status, reason, message, previous_status, now);
-        self.bounded("set condition on", name, self.nodes.patch_status(name, &Self::params(), &Patch::Strategic(&patch))).await
+        self.write("set condition on", name, self.nodes.patch_status(name, &Self::params(), &Patch::Strategic(&patch))).await
     }
 
     /// Removes the `HeartbeatConsistent` condition (used by `cleanup`).
@@ -673,6 +704,10 @@ impl Actuator {
             secondary: None,
         };
         let reference = node_reference(name, uid);
+        if self.leading.as_ref().and_then(LeaderCheck::remaining).is_some_and(|left| left.is_zero()) {
+            tracing::debug!(node = name, reason, "no longer the leader: Event not published");
+            return;
+        }
         match tokio::time::timeout(self.timeout, self.recorder.publish(&event, &reference)).await {
             Ok(Ok(())) => {}
             Ok(Err(e)) => warn!(node = name, reason, error = %e, "could not publish event"),
@@ -695,6 +730,18 @@ fn truncate(mut s: String, max: usize) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn a_deposed_leader_sends_no_write_and_publishes_no_event() {
+        // Leadership ended a moment ago; the client points nowhere, so any request sent would
+        // fail with a connection error instead of NotLeader.
+        let client = kube::Client::try_from(kube::Config::new("https://127.0.0.1:9".parse().unwrap())).unwrap();
+        let ended = crate::leader::LeaderCheck::leading_until(tokio::time::Instant::now());
+        let actuator = Actuator::new(client, Actions::default(), Duration::from_secs(5), None).with_leadership(ended);
+        let written = actuator.write("set condition on", "n", std::future::pending::<kube::Result<()>>()).await;
+        assert!(matches!(written, Err(Error::NotLeader { .. })), "{written:?}");
+        assert_eq!(written.unwrap_err().label(), "not_leader");
+    }
     use crate::facts::{Remediation, fixtures::*};
 
     fn actions(taint: bool, cordon: bool) -> Actions {

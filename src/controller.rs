@@ -166,7 +166,10 @@ pub async fn start(client: kube::Client, settings: Settings) -> Result<Running, 
         )));
     }
 
-    let actuator = Actuator::new(client, settings.actions.clone(), settings.request_timeout, Some(settings.leader.identity.clone()));
+    // Every write checks leadership right before it is sent, and is bounded by the leadership
+    // left: a step that began as leader cannot finish as a follower.
+    let actuator =
+        Actuator::new(client, settings.actions.clone(), settings.request_timeout, Some(settings.leader.identity.clone())).with_leadership(leadership.current());
     let controller = Controller {
         config: settings,
         view,

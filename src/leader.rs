@@ -175,6 +175,18 @@ impl LeaderCheck {
         }
     }
 
+    /// How long this instance may still act: `None` without leader election (no deadline),
+    /// zero once leadership has ended. A write is bounded by it, so a request cannot outlast
+    /// the leadership it was sent under by more than the takeover margin.
+    pub fn remaining(&self) -> Option<Duration> {
+        self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner).map(|until| until.saturating_duration_since(Instant::now()))
+    }
+
+    /// A check that leads until `until` and never renews (for tests of what depends on it).
+    pub fn leading_until(until: Instant) -> LeaderCheck {
+        LeaderCheck(Arc::new(Mutex::new(Some(until))))
+    }
+
     fn lead_until(&self, until: Instant) {
         *self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(until);
     }
