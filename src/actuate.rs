@@ -454,19 +454,11 @@ impl Actuator {
             Some(left) => self.timeout.min(left),
             None => self.timeout,
         };
-        match tokio::time::timeout(timeout, fut).await {
-            Ok(Ok(v)) => Ok(v),
-            Ok(Err(source)) => Err(Error::Api { what, node: node.into(), source }),
-            Err(_) => Err(Error::Timeout { what, node: node.into(), timeout }),
-        }
+        within(timeout, what, node, fut).await
     }
 
     async fn bounded<T>(&self, what: &'static str, node: &str, fut: impl Future<Output = kube::Result<T>>) -> Result<T> {
-        match tokio::time::timeout(self.timeout, fut).await {
-            Ok(Ok(v)) => Ok(v),
-            Ok(Err(source)) => Err(Error::Api { what, node: node.into(), source }),
-            Err(_) => Err(Error::Timeout { what, node: node.into(), timeout: self.timeout }),
-        }
+        within(self.timeout, what, node, fut).await
     }
 
     fn params() -> PatchParams {
@@ -713,6 +705,15 @@ impl Actuator {
             Ok(Err(e)) => warn!(node = name, reason, error = %e, "could not publish event"),
             Err(_) => warn!(node = name, reason, "publishing event timed out"),
         }
+    }
+}
+
+/// `fut` bounded by `timeout`, its errors naming what was done to which node.
+async fn within<T>(timeout: Duration, what: &'static str, node: &str, fut: impl Future<Output = kube::Result<T>>) -> Result<T> {
+    match tokio::time::timeout(timeout, fut).await {
+        Ok(Ok(v)) => Ok(v),
+        Ok(Err(source)) => Err(Error::Api { what, node: node.into(), source }),
+        Err(_) => Err(Error::Timeout { what, node: node.into(), timeout }),
     }
 }
 

@@ -291,7 +291,7 @@ impl Elector {
             let deadline = attempt_started + renew_deadline(self.duration);
             let outcome = tokio::select! {
                 _ = stop.cancelled() => break,
-                r = tokio::time::timeout_at(deadline, self.try_acquire_or_renew(attempt_started)) => r,
+                r = tokio::time::timeout_at(deadline, self.try_acquire_or_renew()) => r,
             };
             match outcome {
                 Ok(Ok(true)) => self.check.lead_until(attempt_started + renew_deadline(self.duration)),
@@ -333,14 +333,14 @@ impl Elector {
     }
 
     /// One round: `Ok(true)` when this instance holds the Lease after it.
-    async fn try_acquire_or_renew(&mut self, _started: Instant) -> kube::Result<bool> {
+    async fn try_acquire_or_renew(&mut self) -> kube::Result<bool> {
         let wall = Timestamp::now();
         let read = self.leases.get_opt(&self.name).await?;
         // When the record was seen is when the read came back, not when it was asked for: a read
         // that hangs for seconds must not count as seconds of watching the holder not renew.
         let now = Instant::now();
         let Some(mut lease) = read else {
-            let lease = Lease { metadata: ObjectMeta { name: Some(self.name.clone()), ..Default::default() }, spec: Some(self.spec(None, wall, 0)) };
+            let lease = Lease { metadata: ObjectMeta { name: Some(self.name.clone()), ..Default::default() }, spec: Some(self.spec(wall, 0)) };
             return match self.leases.create(&Self::params(), &lease).await {
                 Ok(_) => Ok(true),
                 Err(kube::Error::Api(s)) if s.code == 409 => Ok(false),
@@ -365,7 +365,7 @@ impl Elector {
         }
         let transitions = spec.lease_transitions.unwrap_or(0) + i32::from(!ours);
         let acquired = if ours { spec.acquire_time.clone() } else { None };
-        lease.spec = Some(Spec { acquire_time: acquired.or(Some(MicroTime(wall))), ..self.spec(None, wall, transitions) });
+        lease.spec = Some(Spec { acquire_time: acquired.or(Some(MicroTime(wall))), ..self.spec(wall, transitions) });
         // The resourceVersion of the read travels with the write: if anyone changed the Lease
         // meanwhile, this write fails with 409 and nobody holds it twice.
         match self.leases.replace(&self.name, &Self::params(), &lease).await {
@@ -375,13 +375,13 @@ impl Elector {
         }
     }
 
-    fn spec(&self, acquire: Option<MicroTime>, now: Timestamp, transitions: i32) -> Spec {
+    fn spec(&self, now: Timestamp, transitions: i32) -> Spec {
         Spec {
             holder_identity: Some(self.identity.clone()),
             // Rounded up: a Lease that says less than this instance's duration would shrink the
             // margin between its renew deadline and another's takeover.
             lease_duration_seconds: Some(i32::try_from(self.duration.as_secs() + u64::from(self.duration.subsec_nanos() > 0)).unwrap_or(i32::MAX)),
-            acquire_time: acquire.or(Some(MicroTime(now))),
+            acquire_time: Some(MicroTime(now)),
             renew_time: Some(MicroTime(now)),
             lease_transitions: Some(transitions),
             ..Spec::default()
