@@ -103,6 +103,7 @@ async fn measure(plan: Plan) {
         ca: Some(dir.path().join("ca.pem")).filter(|_| plan.mode == ProbeMode::KubeletHealthz),
         insecure_tls: false,
         token_file,
+        kubeconfig_credential: Err("the bench reads its token file".into()),
     };
     let client = kube::Client::try_from(kube::Config::new("https://127.0.0.1:9".parse().expect("url"))).expect("client");
     let prober = Prober::new(settings, client).expect("prober");

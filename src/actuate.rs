@@ -45,6 +45,7 @@ use clap::ArgAction;
 use crate::{
     facts::{SlimLease, SlimNode, remediation_from_annotations},
     leader::LeaderCheck,
+    metrics::{Metrics, WriteKind, WriteResult},
     names,
     verdict::Assessment,
 };
@@ -267,7 +268,7 @@ pub enum Effect {
     Remediated(Change),
     /// Dry run: the verdict was confirmed on a fresh read; nothing was written.
     WouldRemediate,
-    /// The fresh read did not confirm the verdict, or could not be made: nothing was written.
+    /// The fresh read did not confirm the verdict: nothing was written.
     Unconfirmed,
     /// pulsecheck's taint, cordon and record were removed (the change says which were there).
     Released(Change),
@@ -279,7 +280,7 @@ pub enum Effect {
     CordonKept,
     /// The condition was set.
     ConditionSet,
-    /// The Event was published, or its failure logged: an Event is a report, not an action.
+    /// The Event was published.
     Reported,
     /// The node no longer exists.
     Gone,
@@ -336,6 +337,30 @@ pub fn remediation_patch(node: &SlimNode, actions: &Actions, now: Timestamp) -> 
         patch["spec"] = Value::Object(spec_patch);
     }
     Some((patch, change))
+}
+
+/// What a written (or found already written) remediation is reported as.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RemediationReport {
+    /// The taint and/or cordon were written: one Event each.
+    Changed,
+    /// Nothing to change because somebody else's cordon already keeps pods off the node (and
+    /// pulsecheck was asked to cordon): an `AlreadyCordoned` Event, as that cordon stays theirs.
+    AlreadyCordoned,
+    /// Nothing to change because pulsecheck's own remediation is already there (the watch had not
+    /// delivered it yet): only a log line — nobody else did anything.
+    AlreadyDone,
+}
+
+/// How to report the remediation `change` that left `node` as it is. Pure.
+pub fn remediation_report(change: &Change, node: &SlimNode, actions: &Actions) -> RemediationReport {
+    if change.taint || change.cordon {
+        return RemediationReport::Changed;
+    }
+    // Unschedulable, and not by pulsecheck's own cordon on record: somebody else's.
+    let unschedulable = node.spec.as_ref().and_then(|s| s.unschedulable).unwrap_or(false);
+    let ours = remediation_from_annotations(node.metadata.annotations.as_ref()).cordoned;
+    if actions.cordon && unschedulable && !ours { RemediationReport::AlreadyCordoned } else { RemediationReport::AlreadyDone }
 }
 
 /// The patch that drops the cordon from pulsecheck's record once somebody else has uncordoned the
@@ -423,6 +448,8 @@ pub struct Actuator {
     /// Leadership, checked right before every write (a step that started as leader must not
     /// finish as a follower); `None` without leader election.
     leading: Option<LeaderCheck>,
+    /// Where Events are counted; `None` in `cleanup` and unit tests.
+    metrics: Option<Metrics>,
 }
 
 impl Actuator {
@@ -436,7 +463,14 @@ impl Actuator {
             actions,
             timeout,
             leading: None,
+            metrics: None,
         }
+    }
+
+    /// Counts every Event it publishes (or fails to) in `pulsecheck_writes_total{kind="event"}`.
+    pub fn with_metrics(mut self, metrics: Metrics) -> Actuator {
+        self.metrics = Some(metrics);
+        self
     }
 
     /// Writes only while `leading` says this instance leads, each write bounded by the
@@ -478,7 +512,7 @@ impl Actuator {
             Step::Remediate { dry_run } => self.remediate(name, uid, *dry_run, now, confirm).await,
             Step::Release { why, dry_run: true } => {
                 info!(node = name, "dry run: would release");
-                self.event(name, uid, false, "WouldRelease", "Release", format!("dry run: would release ({why})")).await;
+                let _ = self.event(name, uid, false, "WouldRelease", "Release", format!("dry run: would release ({why})")).await;
                 Outcome::of(Effect::WouldRelease, None)
             }
             Step::Release { why, dry_run: false } => self.release_reported(name, uid, why).await,
@@ -493,10 +527,10 @@ impl Actuator {
                     }
                 }
             }
-            Step::Report { warning, reason, action, note } => {
-                self.event(name, uid, *warning, reason, action, note.clone()).await;
-                Outcome::of(Effect::Reported, None)
-            }
+            Step::Report { warning, reason, action, note } => match self.event(name, uid, *warning, reason, action, note.clone()).await {
+                Ok(()) => Outcome::of(Effect::Reported, None),
+                Err(e) => Outcome::of(Effect::Failed(e), None),
+            },
         }
     }
 
@@ -517,8 +551,11 @@ impl Actuator {
             let (node, lease) = match self.fresh(name).await {
                 Ok(read) => read,
                 Err(e) => {
+                    // Not "unconfirmed": the read failed. As a failure it backs off and counts
+                    // as an error, so a node whose reads keep timing out cannot take every
+                    // tick's time for writes first.
                     warn!(node = name, error = %e, "could not confirm the verdict with a fresh read; not acting");
-                    return Outcome::of(Effect::Unconfirmed, None);
+                    return Outcome::of(Effect::Failed(e), None);
                 }
             };
             let Some(confirmed) = confirm(&node, lease.as_ref()) else { return Outcome::of(Effect::Unconfirmed, Some(node)) };
@@ -526,12 +563,12 @@ impl Actuator {
             if dry_run {
                 let actions = self.actions.describe();
                 info!(node = name, actions, why, "dry run: would remediate");
-                self.event(name, uid, true, "WouldRemediate", "Remediate", format!("dry run: would {actions} ({why})")).await;
+                let _ = self.event(name, uid, true, "WouldRemediate", "Remediate", format!("dry run: would {actions} ({why})")).await;
                 return Outcome::of(Effect::WouldRemediate, Some(node));
             }
             match self.remediate_confirmed(name, &node, now).await {
                 Ok((updated, change)) => {
-                    self.report_remediation(name, uid, &change, &why).await;
+                    self.report_remediation(name, uid, &change, &why, &updated).await;
                     return Outcome::of(Effect::Remediated(change), Some(updated));
                 }
                 Err(Error::Conflict { .. }) if attempt < CONFLICT_ATTEMPTS => {
@@ -544,7 +581,7 @@ impl Actuator {
                         e => e,
                     };
                     error!(node = name, error = %e, kind = e.label(), "remediation failed");
-                    self.event(name, uid, true, "RemediationFailed", "Remediate", e.to_string()).await;
+                    let _ = self.event(name, uid, true, "RemediationFailed", "Remediate", e.to_string()).await;
                     return Outcome::of(Effect::Failed(e), Some(node));
                 }
             }
@@ -552,23 +589,29 @@ impl Actuator {
     }
 
     /// The log line and Events of a remediation that was written.
-    async fn report_remediation(&self, name: &str, uid: Option<&str>, change: &Change, why: &str) {
-        if !change.taint && !change.cordon {
-            info!(
-                node = name,
-                why, "remediation recorded; nothing to change: the node is already unschedulable (cordoned by someone else, who keeps that cordon)"
-            );
-            let msg = format!("already cordoned by someone else; pulsecheck records the remediation and will not uncordon it ({why})");
-            self.event(name, uid, true, "AlreadyCordoned", "Remediate", msg).await;
-            return;
-        }
-        info!(node = name, tainted = change.taint, cordoned = change.cordon, why, "remediated");
-        if change.taint {
-            let msg = format!("added taint {}:{} ({why})", self.actions.taint_key, self.actions.taint_effect.as_str());
-            self.event(name, uid, true, "Tainted", "Taint", msg).await;
-        }
-        if change.cordon {
-            self.event(name, uid, true, "Cordoned", "Cordon", format!("cordoned ({why})")).await;
+    async fn report_remediation(&self, name: &str, uid: Option<&str>, change: &Change, why: &str, node: &SlimNode) {
+        match remediation_report(change, node, &self.actions) {
+            RemediationReport::AlreadyCordoned => {
+                info!(
+                    node = name,
+                    why, "remediation recorded; nothing to change: the node is already unschedulable (cordoned by someone else, who keeps that cordon)"
+                );
+                let msg = format!("already cordoned by someone else; pulsecheck records the remediation and will not uncordon it ({why})");
+                let _ = self.event(name, uid, true, "AlreadyCordoned", "Remediate", msg).await;
+            }
+            RemediationReport::AlreadyDone => {
+                info!(node = name, why, "already remediated: the fresh read shows pulsecheck's remediation, which the watch had not delivered yet");
+            }
+            RemediationReport::Changed => {
+                info!(node = name, tainted = change.taint, cordoned = change.cordon, why, "remediated");
+                if change.taint {
+                    let msg = format!("added taint {}:{} ({why})", self.actions.taint_key, self.actions.taint_effect.as_str());
+                    let _ = self.event(name, uid, true, "Tainted", "Taint", msg).await;
+                }
+                if change.cordon {
+                    let _ = self.event(name, uid, true, "Cordoned", "Cordon", format!("cordoned ({why})")).await;
+                }
+            }
         }
     }
 
@@ -587,7 +630,7 @@ impl Actuator {
                 if done.is_empty() {
                     done.push("cleared pulsecheck's record".into());
                 }
-                self.event(name, uid, false, "Released", "Release", format!("{} ({why})", done.join(", "))).await;
+                let _ = self.event(name, uid, false, "Released", "Release", format!("{} ({why})", done.join(", "))).await;
                 Outcome::of(Effect::Released(change), Some(node))
             }
             Err(e) if e.is_not_found() => Outcome::of(Effect::Gone, None),
@@ -608,7 +651,7 @@ impl Actuator {
                 info!(node = name, "somebody else uncordoned the node; pulsecheck no longer owns spec.unschedulable");
                 let message =
                     "spec.unschedulable was cleared by somebody else: pulsecheck will not cordon or uncordon this node again for this remediation".to_string();
-                self.event(name, uid, false, "CordonTakenOver", "Record", message).await;
+                let _ = self.event(name, uid, false, "CordonTakenOver", "Record", message).await;
                 Outcome::of(Effect::CordonDisowned, Some(node))
             }
             Err(e) if e.is_not_found() => Outcome::of(Effect::Gone, None),
@@ -687,7 +730,7 @@ impl Actuator {
 
     /// Publishes an Event on the node. Failures are logged, never fatal: an Event is a report,
     /// not an action.
-    async fn event(&self, name: &str, uid: Option<&str>, warning: bool, reason: &str, action: &str, note: String) {
+    async fn event(&self, name: &str, uid: Option<&str>, warning: bool, reason: &str, action: &str, note: String) -> Result<()> {
         let event = Event {
             type_: if warning { EventType::Warning } else { EventType::Normal },
             reason: reason.into(),
@@ -696,14 +739,25 @@ impl Actuator {
             secondary: None,
         };
         let reference = node_reference(name, uid);
-        if self.leading.as_ref().and_then(LeaderCheck::remaining).is_some_and(|left| left.is_zero()) {
-            tracing::debug!(node = name, reason, "no longer the leader: Event not published");
-            return;
+        let published = self.write("publish an Event about", name, self.recorder.publish(&event, &reference)).await;
+        match &published {
+            Ok(()) => self.count(WriteKind::Event, WriteResult::Success),
+            Err(Error::NotLeader { .. }) => {
+                tracing::debug!(node = name, reason, "no longer the leader: Event not published");
+                self.count(WriteKind::Event, WriteResult::Error);
+            }
+            Err(e) => {
+                warn!(node = name, reason, error = %e, "could not publish event");
+                self.count(WriteKind::Event, WriteResult::Error);
+            }
         }
-        match tokio::time::timeout(self.timeout, self.recorder.publish(&event, &reference)).await {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => warn!(node = name, reason, error = %e, "could not publish event"),
-            Err(_) => warn!(node = name, reason, "publishing event timed out"),
+        published
+    }
+
+    /// Counts a write in `pulsecheck_writes_total`, when metrics were given.
+    fn count(&self, kind: WriteKind, result: WriteResult) {
+        if let Some(m) = &self.metrics {
+            m.write(kind, result);
         }
     }
 }
@@ -752,6 +806,27 @@ mod tests {
     fn with_rv(mut n: SlimNode, rv: &str) -> SlimNode {
         n.metadata.resource_version = Some(rv.into());
         n
+    }
+
+    #[test]
+    fn already_cordoned_is_reported_only_for_a_cordon_somebody_else_made() {
+        // Taint only, and the fresh read shows pulsecheck's own taint (the watch lagged).
+        let ours = node("n").ready_at(t(0)).taint(names::TAINT_KEY).build();
+        assert_eq!(remediation_report(&Change::default(), &ours, &actions(true, false)), RemediationReport::AlreadyDone);
+        // Cordon asked for, and a person's cordon is there.
+        let mut cordoned = node("n").ready_at(t(0)).build();
+        cordoned.spec.get_or_insert_default().unschedulable = Some(true);
+        assert_eq!(remediation_report(&Change::default(), &cordoned, &actions(false, true)), RemediationReport::AlreadyCordoned);
+        // Both asked for, our taint there, somebody's cordon: still theirs, still said.
+        let mut both = ours.clone();
+        both.spec.get_or_insert_default().unschedulable = Some(true);
+        assert_eq!(remediation_report(&Change::default(), &both, &actions(true, true)), RemediationReport::AlreadyCordoned);
+        // Our own cordon on record: nothing new to say.
+        let mut own = cordoned.clone();
+        own.metadata.annotations =
+            Some([(names::REMEDIATION_ANNOTATION.to_string(), r#"{"tainted":false,"cordoned":true,"since":"2026-01-01T00:00:00Z"}"#.to_string())].into());
+        assert_eq!(remediation_report(&Change::default(), &own, &actions(false, true)), RemediationReport::AlreadyDone);
+        assert_eq!(remediation_report(&Change { taint: true, cordon: false }, &ours, &actions(true, false)), RemediationReport::Changed);
     }
 
     #[test]

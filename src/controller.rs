@@ -45,7 +45,7 @@ use crate::{
     facts::{FleetFacts, NodeName, ProbeOutcome, SlimLease, SlimNode},
     guard::{self, Hold, Memory, Plan},
     leader::Leadership,
-    metrics::{ActionLabel, Metrics, NodeHeartbeats, ResultLabel},
+    metrics::{ActionLabel, Metrics, NodeHeartbeats, ResultLabel, WriteKind, WriteResult},
     names,
     observe::{self, SharedView, lock},
     probe::{self, ProbeMode, ProbeReport, ProbeTarget, Prober},
@@ -56,6 +56,9 @@ use crate::{
 const WRITE_BACKOFF_BASE: Duration = Duration::from_secs(5);
 /// Longest wait between attempts to write a Node whose writes keep failing.
 const WRITE_BACKOFF_MAX: Duration = Duration::from_secs(300);
+/// Events that could not be published in their tick (it ran out of time) wait for the next
+/// one; beyond this many the oldest are dropped, with a log line.
+const DEFERRED_EVENTS_MAX: usize = 1000;
 
 /// Errors starting the controller.
 #[derive(Debug, thiserror::Error)]
@@ -80,8 +83,12 @@ pub enum Error {
 /// `pulsecheck run`: runs until SIGINT/SIGTERM.
 pub async fn run(args: RunArgs) -> Result<crate::Outcome, Error> {
     crate::admin::init_logging(args.admin.log_format, &args.admin.log_filter)?;
-    let settings = Settings::from_args(&args)?;
-    let client = crate::connect::client(&args.client).await?;
+    let mut settings = Settings::from_args(&args)?;
+    let config = crate::connect::config(&args.client).await?;
+    // Outside a Pod (no ServiceAccount token to read), kubelet probes may send the kubeconfig
+    // user's bearer token instead.
+    settings.probe.kubeconfig_credential = crate::connect::kubelet_credential(&config).map_err(str::to_string);
+    let client = kube::Client::try_from(config).map_err(crate::connect::Error::Client)?;
     let running = start(client, settings).await?;
     wait_for_signal().await;
     info!("shutting down: finishing in-flight writes");
@@ -168,8 +175,9 @@ pub async fn start(client: kube::Client, settings: Settings) -> Result<Running, 
 
     // Every write checks leadership right before it is sent, and is bounded by the leadership
     // left: a step that began as leader cannot finish as a follower.
-    let actuator =
-        Actuator::new(client, settings.actions.clone(), settings.request_timeout, Some(settings.leader.identity.clone())).with_leadership(leadership.current());
+    let actuator = Actuator::new(client, settings.actions.clone(), settings.request_timeout, Some(settings.leader.identity.clone()))
+        .with_leadership(leadership.current())
+        .with_metrics(metrics.clone());
     let controller = Controller {
         config: settings,
         view,
@@ -183,9 +191,11 @@ pub async fn start(client: kube::Client, settings: Settings) -> Result<Running, 
         circuit_reported: false,
         partition_reported: false,
         misconfigured_reported: HashSet::new(),
+        misconfigured_evented: HashSet::new(),
         probe_targets: targets_tx,
         probe_results: results_rx,
         leading: None,
+        deferred_events: Vec::new(),
     };
     tasks.push(tokio::spawn(controller.run(leadership, shutdown.clone(), watch_shutdown)));
     Ok(Running { admin_addr, metrics, shutdown, tasks })
@@ -208,13 +218,17 @@ struct Controller {
     circuit_reported: bool,
     /// A probe partition was reported and has not ended yet.
     partition_reported: bool,
-    /// Nodes whose probes are pulsecheck's own problem, already reported.
+    /// Nodes whose probes are pulsecheck's own problem, already logged.
     misconfigured_reported: HashSet<String>,
+    /// Nodes whose probes are pulsecheck's own problem whose Event a leader's tick planned.
+    misconfigured_evented: HashSet<String>,
     probe_targets: tokio::sync::watch::Sender<Vec<ProbeTarget>>,
     probe_results: mpsc::Receiver<ProbeReport>,
     /// Leadership as of now (not as of the tick's start): checked before every step, so a
     /// tick slowed down by a struggling apiserver stops writing the moment leadership is lost.
     leading: Option<crate::leader::LeaderCheck>,
+    /// Events planned in an earlier tick that ran out of time before publishing them.
+    deferred_events: Vec<Planned>,
 }
 
 /// What the judging stage of a tick concluded, for the stages that run after the view is
@@ -234,6 +248,9 @@ struct Judgement {
     cordons_taken_over: Vec<String>,
     /// Why the guard holds each held node back (for the node's condition).
     holds: HashMap<String, String>,
+    /// Nodes whose probes just turned out to be pulsecheck's own problem, and why (one Event
+    /// each, per episode).
+    newly_misconfigured: Vec<(String, String)>,
 }
 
 /// What the steps need to know about a node after the view is unlocked.
@@ -331,10 +348,17 @@ fn verdict_changes(reported: &mut HashMap<NodeName, Verdict>, assessments: &Asse
 
 /// The step that brings a node's condition in line with its verdict, if it differs. Healthy,
 /// unjudged and excluded nodes that never had the condition are left alone: a healthy fleet
-/// costs no writes.
+/// costs no writes. A provisional verdict ([`Assessment::provisional`]) never changes a
+/// condition that is there: the record and condition on the Node are the memory that survives
+/// a restart, and a fresh instance has not seen enough to overrule them.
 fn condition_step(a: &Assessment, note: Option<&NodeNote>, hold: Option<&str>) -> Option<Step> {
     let current = note.and_then(|n| n.our_condition.as_ref());
     let remediated = note.is_some_and(|n| n.remediated);
+    if a.provisional && remediated && current.is_some() {
+        // Not watched long enough to contradict what an earlier run left on a node it
+        // remediated (its False). A False with no remediation behind it is corrected at once.
+        return None;
+    }
     let (status, reason) = desired_condition(a.verdict, remediated);
     if current.is_none() && matches!(a.verdict, Verdict::Healthy | Verdict::Unknown | Verdict::Excluded) {
         return None;
@@ -365,34 +389,18 @@ fn hold_message(plan: &Plan, hold: Hold, min_available: usize) -> String {
     }
 }
 
-/// The steps of one tick as leader, in the order they are carried out: per node (by name) its
-/// verdict-change Event and its condition; the cordons others took over; the Events of nodes
-/// newly held back by the guard; the guard's remediations; its releases. A dry run writes
-/// nothing to a Node: no condition, no record, and remediations and releases only reported.
+/// The steps of one tick as leader, in the order they are carried out — most urgent first,
+/// because a tick whose time runs out leaves the rest to the next one: the guard's
+/// remediations; its releases; the cordons others took over; per node (by name) its
+/// condition; then the Events — verdict changes, and the nodes newly held back by the guard.
+/// A dry run writes nothing to a Node: no condition, no record, and remediations and releases
+/// only reported.
 fn plan_steps(judgement: &Judgement, changes: &[VerdictChange], newly_held: &[(String, String)], dry_run: bool) -> Vec<Planned> {
     let uid = |name: &str| judgement.notes.get(name).and_then(|n| n.uid.clone());
     let planned = |name: &str, step: Step| Planned { node: name.to_string(), uid: uid(name), step };
-    let changed: HashSet<&str> = changes.iter().map(|c| &*c.node).collect();
     let mut judged: Vec<(&NodeName, &Assessment)> = judgement.assessments.iter().filter(|(_, a)| !a.awaiting_first_renewal()).collect();
     judged.sort_unstable_by(|a, b| a.0.cmp(b.0));
     let mut steps = Vec::new();
-    for (name, a) in judged {
-        if changed.contains(&**name) {
-            let (reason, warning) = verdict_reason(a.verdict);
-            steps.push(planned(name, Step::Report { warning, reason, action: "Evaluate", note: format!("{}: {}", a.verdict, a.explain()) }));
-        }
-        if !dry_run && let Some(step) = condition_step(a, judgement.notes.get(name), judgement.holds.get(&**name).map(String::as_str)) {
-            steps.push(planned(name, step));
-        }
-    }
-    if !dry_run {
-        let mut taken_over: Vec<&String> = judgement.cordons_taken_over.iter().collect();
-        taken_over.sort_unstable();
-        steps.extend(taken_over.into_iter().map(|name| planned(name, Step::DisownCordon)));
-    }
-    for (name, why) in newly_held {
-        steps.push(planned(name, Step::Report { warning: true, reason: "RemediationBlocked", action: "Remediate", note: why.clone() }));
-    }
     for name in &judgement.plan.remediate {
         steps.push(planned(name, Step::Remediate { dry_run }));
     }
@@ -400,12 +408,49 @@ fn plan_steps(judgement: &Judgement, changes: &[VerdictChange], newly_held: &[(S
         let why = judgement.assessments.get(name.as_str()).map(Assessment::explain).unwrap_or_default();
         steps.push(planned(name, Step::Release { why, dry_run }));
     }
+    if !dry_run {
+        let mut taken_over: Vec<&String> = judgement.cordons_taken_over.iter().collect();
+        taken_over.sort_unstable();
+        steps.extend(taken_over.into_iter().map(|name| planned(name, Step::DisownCordon)));
+        for (name, a) in &judged {
+            if let Some(step) = condition_step(a, judgement.notes.get(*name), judgement.holds.get(&***name).map(String::as_str)) {
+                steps.push(planned(name, step));
+            }
+        }
+    }
+    for change in changes {
+        let Some(a) = judgement.assessments.get(&change.node) else { continue };
+        let (reason, warning) = verdict_reason(a.verdict);
+        steps.push(planned(&change.node, Step::Report { warning, reason, action: "Evaluate", note: format!("{}: {}", a.verdict, a.explain()) }));
+    }
+    for (name, why) in newly_held {
+        steps.push(planned(name, Step::Report { warning: true, reason: "RemediationBlocked", action: "Remediate", note: why.clone() }));
+    }
+    for (name, why) in &judgement.newly_misconfigured {
+        let note = format!("kubelet probes of this node cannot work for a reason on pulsecheck's side, so they are no evidence against it: {why}");
+        steps.push(planned(name, Step::Report { warning: true, reason: "ProbeMisconfigured", action: "Probe", note }));
+    }
     steps
 }
 
-/// The steps a node waits out its write back-off for: the ones that edit its spec or record.
-fn waits_for_backoff(step: &Step) -> bool {
-    matches!(step, Step::Remediate { .. } | Step::Release { .. } | Step::DisownCordon)
+/// The kind of write a step is, for its back-off and its metric.
+fn write_kind(step: &Step) -> WriteKind {
+    match step {
+        Step::Remediate { .. } => WriteKind::Remediation,
+        Step::Release { .. } => WriteKind::Release,
+        Step::DisownCordon => WriteKind::Record,
+        Step::SetCondition { .. } => WriteKind::Condition,
+        Step::Report { .. } => WriteKind::Event,
+    }
+}
+
+/// What became of a step that was carried out, for `pulsecheck_writes_total`.
+fn write_result(effect: &Effect) -> WriteResult {
+    match effect {
+        Effect::Failed(_) => WriteResult::Error,
+        Effect::Unconfirmed | Effect::Gone | Effect::CordonKept => WriteResult::Superseded,
+        _ => WriteResult::Success,
+    }
 }
 
 /// The metric labels of the configured actions.
@@ -420,34 +465,36 @@ fn action_labels(actions: &Actions) -> Vec<ActionLabel> {
     labels
 }
 
-/// Nodes whose last remediation, release or record update failed: failures in a row, and the
-/// earliest next attempt. The first wait is 5 s, doubling per failure, at most 5 min — so a
-/// missing permission costs one Event and one error line per back-off step, not per tick.
+/// Writes that failed, per node and kind: failures in a row, and the earliest next attempt.
+/// The first wait is 5 s, doubling per failure, at most 5 min — so a missing permission costs
+/// one error line (and metric) per back-off step, not per tick, and a kind of write that fails
+/// (Events, say) never holds back another (a taint).
 #[derive(Debug, Default)]
-struct WriteBackoff(HashMap<String, (u32, Timestamp)>);
+struct WriteBackoff(HashMap<(String, WriteKind), (u32, Timestamp)>);
 
 impl WriteBackoff {
-    /// True while a node's last write failed too recently to try again.
-    fn waiting(&self, node: &str, now: Timestamp) -> bool {
-        self.0.get(node).is_some_and(|(_, next)| now < *next)
+    /// True while a node's last write of `kind` failed too recently to try again.
+    fn waiting(&self, node: &str, kind: WriteKind, now: Timestamp) -> bool {
+        self.0.get(&(node.to_string(), kind)).is_some_and(|(_, next)| now < *next)
     }
 
-    /// Records a failed write at `now`.
-    fn failed(&mut self, node: &str, now: Timestamp) {
-        let failures = self.0.get(node).map_or(0, |(n, _)| *n) + 1;
+    /// Records a failed write of `kind` at `now`.
+    fn failed(&mut self, node: &str, kind: WriteKind, now: Timestamp) {
+        let key = (node.to_string(), kind);
+        let failures = self.0.get(&key).map_or(0, |(n, _)| *n) + 1;
         let wait = (WRITE_BACKOFF_BASE * 2u32.saturating_pow(failures.min(16) - 1)).min(WRITE_BACKOFF_MAX);
         let next = now.checked_add(SignedDuration::try_from(wait).unwrap_or(SignedDuration::ZERO)).unwrap_or(now);
-        self.0.insert(node.to_string(), (failures, next));
+        self.0.insert(key, (failures, next));
     }
 
-    /// A write succeeded: the next failure starts from 5 s again.
-    fn succeeded(&mut self, node: &str) {
-        self.0.remove(node);
+    /// A write of `kind` succeeded: the next failure starts from 5 s again.
+    fn succeeded(&mut self, node: &str, kind: WriteKind) {
+        self.0.remove(&(node.to_string(), kind));
     }
 
     /// Forgets nodes that no longer exist.
     fn retain(&mut self, exists: impl Fn(&str) -> bool) {
-        self.0.retain(|n, _| exists(n));
+        self.0.retain(|(n, _), _| exists(n));
     }
 }
 
@@ -463,10 +510,15 @@ impl Ledger {
     /// Books the outcome of one step at `now`; returns the remediation counts the metrics record.
     fn settle(&mut self, now: Timestamp, planned: &Planned, effect: &Effect, actions: &Actions) -> Vec<(ActionLabel, ResultLabel)> {
         let node = planned.node.as_str();
+        let kind = write_kind(&planned.step);
+        match effect {
+            Effect::Failed(_) => self.backoff.failed(node, kind, now),
+            Effect::Unconfirmed | Effect::WouldRemediate | Effect::WouldRelease => {}
+            _ => self.backoff.succeeded(node, kind),
+        }
         let each = |result| action_labels(actions).into_iter().map(|a| (a, result)).collect::<Vec<_>>();
         match (&planned.step, effect) {
             (_, Effect::Remediated(change)) => {
-                self.backoff.succeeded(node);
                 self.memory.remediation_started(node, now, false);
                 written(change, ActionLabel::Taint, ActionLabel::Cordon)
             }
@@ -475,7 +527,6 @@ impl Ledger {
                 each(ResultLabel::DryRun)
             }
             (_, Effect::Released(change)) => {
-                self.backoff.succeeded(node);
                 self.memory.released(node, false);
                 written(change, ActionLabel::Untaint, ActionLabel::Uncordon)
             }
@@ -487,23 +538,13 @@ impl Ledger {
                 self.memory.released(node, false);
                 Vec::new()
             }
-            (Step::Remediate { .. }, Effect::Failed(_)) => {
-                self.backoff.failed(node, now);
-                each(ResultLabel::Error)
-            }
-            (Step::Release { .. }, Effect::Failed(_)) => {
-                self.backoff.failed(node, now);
-                action_labels(actions)
-                    .into_iter()
-                    .map(|a| (if a == ActionLabel::Cordon { ActionLabel::Uncordon } else { ActionLabel::Untaint }, ResultLabel::Error))
-                    .collect()
-            }
-            (Step::DisownCordon, Effect::Failed(_)) => {
-                self.backoff.failed(node, now);
-                Vec::new()
-            }
-            // A condition that could not be set is simply tried again on the next tick; an
-            // unconfirmed remediation, an Event, a kept cordon leave nothing to remember.
+            (Step::Remediate { .. }, Effect::Failed(_)) => each(ResultLabel::Error),
+            (Step::Release { .. }, Effect::Failed(_)) => action_labels(actions)
+                .into_iter()
+                .map(|a| (if a == ActionLabel::Cordon { ActionLabel::Uncordon } else { ActionLabel::Untaint }, ResultLabel::Error))
+                .collect(),
+            // An unconfirmed remediation, an Event, a condition, a kept cordon leave nothing
+            // else to remember.
             _ => Vec::new(),
         }
     }
@@ -552,8 +593,10 @@ impl Controller {
         let started = std::time::Instant::now();
         let mut judgement = self.judge(now, leader);
         self.probe_targets.send_replace(std::mem::take(&mut judgement.probe_targets));
-        let counts: Vec<(Verdict, usize)> = Verdict::ALL.iter().map(|v| (*v, judgement.assessments.values().filter(|a| a.verdict == *v).count())).collect();
-        self.metrics.fleet(&counts, judgement.plan.active, judgement.plan.limit, judgement.plan.circuit_open);
+        if judgement.blindness.is_none() {
+            let counts: Vec<(Verdict, usize)> = Verdict::ALL.iter().map(|v| (*v, judgement.assessments.values().filter(|a| a.verdict == *v).count())).collect();
+            self.metrics.fleet(&counts, judgement.plan.active, judgement.plan.limit, judgement.plan.circuit_open);
+        }
         self.metrics.evaluation(started.elapsed().as_secs_f64());
 
         self.report_blindness(judgement.blindness.as_ref());
@@ -562,13 +605,21 @@ impl Controller {
         }
         let changes = verdict_changes(&mut self.verdicts, &judgement.assessments);
         report_verdicts(&judgement.assessments, &changes);
+        for change in &changes {
+            self.metrics.verdict_changed(change.verdict);
+        }
         if !leader {
+            self.deferred_events.clear();
             return;
         }
         let newly_held = self.report_holds(&judgement.plan);
-        let steps = plan_steps(&judgement, &changes, &newly_held, self.config.dry_run);
+        self.misconfigured_evented.extend(judgement.newly_misconfigured.iter().map(|(n, _)| n.clone()));
+        let mut steps = plan_steps(&judgement, &changes, &newly_held, self.config.dry_run);
+        // Events an earlier tick had no time for go before this tick's, oldest first.
+        let first_event = steps.iter().position(|p| matches!(p.step, Step::Report { .. })).unwrap_or(steps.len());
+        steps.splice(first_event..first_event, std::mem::take(&mut self.deferred_events));
         self.ledger.backoff.retain(|n| judgement.notes.contains_key(n));
-        self.carry_out(now, steps).await;
+        self.carry_out(now, &judgement, steps).await;
     }
 
     /// The judging stage: everything decided under the view's lock.
@@ -578,13 +629,17 @@ impl Controller {
         while let Ok(report) = self.probe_results.try_recv() {
             v.facts.record_probe(&report.node, report.outcome, report.at, cfg.thresholds.probe_result_ttl);
         }
-        let blindness = v.sight.blindness(now, &v.facts, cfg.thresholds.lease_grace, cfg.thresholds.status_stale_after, cfg.settle_after_blindness);
+        let blindness = v.see(now, cfg.thresholds.lease_grace, cfg.thresholds.status_stale_after, cfg.settle_after_blindness);
+        // Judged as of the last instant the Lease watch proved it could see (a blink behind
+        // `now` in a live fleet): a silence the watch has not had the chance to break is no
+        // node's fault, and the fleet-wide silence rule wins the race against it.
+        let at = v.sight.horizon(now, &v.facts);
         let can_see_at_all = v.sight.nodes.synced && v.sight.leases.synced;
         self.readiness.set(
             can_see_at_all
                 && !matches!(blindness, Some(observe::Blindness::WatchFailing(..) | observe::Blindness::LeasesSilent(_) | observe::Blindness::NodesSilent(_))),
         );
-        let evaluation = verdict::evaluate(now, &v.facts, &cfg.thresholds, cfg.probe_partition_threshold);
+        let evaluation = verdict::evaluate(at, &v.facts, &cfg.thresholds, cfg.probe_partition_threshold);
         self.metrics.set_probe_partition(!evaluation.probes_trusted);
         if !evaluation.probes_trusted && !self.partition_reported {
             warn!(
@@ -606,12 +661,22 @@ impl Controller {
                 error!(node = %node, why = %why, "kubelet probes of this node cannot work: a configuration problem of pulsecheck (RBAC, kubelet CA, network path to port 10250, token file), not evidence against the node");
             }
         }
+        // The Event goes out from the leader, once per node and episode: a node counts as told
+        // only once a leader's tick has planned its Event (see `tick`).
+        self.misconfigured_evented.retain(|n| misconfigured.contains_key(n));
+        let mut newly_misconfigured: Vec<(String, String)> =
+            misconfigured.iter().filter(|(n, _)| !self.misconfigured_evented.contains(*n)).map(|(n, w)| (n.clone(), w.clone())).collect();
+        newly_misconfigured.sort_unstable();
         if misconfigured.is_empty() && !self.misconfigured_reported.is_empty() {
             info!("kubelet probes work again on every node");
         }
         self.misconfigured_reported = misconfigured.into_keys().collect();
         let assessments = evaluation.assessments;
-        publish_metrics(&self.metrics, &self.ledger.memory, &v.facts, &assessments);
+        if blindness.is_none() {
+            // A blind view's verdicts are not verdicts: the series keep what was last seen, and
+            // pulsecheck_blind says why they do not move (no zombie alert fires on a blind spell).
+            publish_metrics(&self.metrics, &self.ledger.memory, &v.facts, &assessments);
+        }
         let stance = match (blindness.is_some(), leader) {
             (true, _) => guard::Stance::Blind,
             (false, true) => guard::Stance::Act,
@@ -624,7 +689,7 @@ impl Controller {
         // Probed: every node in scope whose Lease pulsecheck saw renewed within the grace. A node
         // with a stale or missing Lease is kube-controller-manager's case; probing it adds nothing.
         let lease_grace = SignedDuration::try_from(cfg.thresholds.lease_grace).unwrap_or(SignedDuration::MAX);
-        let lease_alive = |n: &NodeName| v.facts.leases.get(n).is_some_and(|l| now.duration_since(l.renew.observed_at) < lease_grace);
+        let lease_alive = |n: &NodeName| v.facts.leases.get(n).is_some_and(|l| at.duration_since(l.renew.observed_at) < lease_grace);
         let probe_targets: Vec<ProbeTarget> = assessments
             .iter()
             .filter(|(n, a)| a.verdict != Verdict::Excluded && lease_alive(n))
@@ -633,7 +698,7 @@ impl Controller {
         // Our cordon, undone by somebody else: the schedulability is theirs from now on.
         let cordons_taken_over: Vec<String> =
             v.facts.nodes.iter().filter(|(_, f)| f.remediation.cordoned && !f.unschedulable).map(|(n, _)| n.to_string()).collect();
-        Judgement { assessments, plan, blindness, notes, probe_targets, cordons_taken_over, holds }
+        Judgement { assessments, plan, blindness, notes, probe_targets, cordons_taken_over, holds, newly_misconfigured }
     }
 
     fn report_blindness(&mut self, blind: Option<&observe::Blindness>) {
@@ -685,22 +750,99 @@ impl Controller {
     }
 
     /// The carrying-out stage: each step goes to the actuator, and its outcome is booked.
-    async fn carry_out(&mut self, now: Timestamp, steps: Vec<Planned>) {
-        for planned in steps {
+    ///
+    /// Its time is bounded: no step starts once `--evaluation-interval` has passed since the
+    /// stage began (so a tick takes at most that plus the one step in flight, each request of
+    /// which is bounded by `--request-timeout`). The steps left over are not carried out late
+    /// from an old plan: the next tick judges again and plans them anew — except Events, which
+    /// report what happened and wait for the next tick. Each step is judged again right before
+    /// it is carried out ([`Controller::rejudge`]), and a node whose writes of a kind keep
+    /// failing waits out its back-off for that kind.
+    async fn carry_out(&mut self, now: Timestamp, judgement: &Judgement, steps: Vec<Planned>) {
+        let started = std::time::Instant::now();
+        let budget = self.config.evaluation_interval;
+        let mut steps = steps.into_iter();
+        while let Some(planned) = steps.next() {
             if !self.still_leading() {
                 warn!("leadership lost during the tick; remaining writes skipped");
-                return;
+                break;
             }
-            if waits_for_backoff(&planned.step) && self.ledger.backoff.waiting(&planned.node, now) {
+            let kind = write_kind(&planned.step);
+            if started.elapsed() >= budget {
+                let left: Vec<Planned> = std::iter::once(planned).chain(steps.by_ref()).collect();
+                warn!(left = left.len(), budget = ?budget, "the tick's time for writes is used up (--evaluation-interval); the rest are planned again from the next judgement");
+                for p in left {
+                    self.metrics.write(write_kind(&p.step), WriteResult::Deadline);
+                    if matches!(p.step, Step::Report { .. }) {
+                        self.deferred_events.push(p);
+                    }
+                }
+                if self.deferred_events.len() > DEFERRED_EVENTS_MAX {
+                    let dropped = self.deferred_events.len() - DEFERRED_EVENTS_MAX;
+                    self.deferred_events.drain(..dropped);
+                    warn!(dropped, "too many Events waiting for a tick with time to publish them; the oldest are dropped");
+                }
+                break;
+            }
+            if self.ledger.backoff.waiting(&planned.node, kind, now) {
+                self.metrics.write(kind, WriteResult::Backoff);
                 continue;
             }
+            let Some(planned) = self.rejudge(now, judgement, planned) else {
+                self.metrics.write(kind, WriteResult::Superseded);
+                continue;
+            };
             let outcome: Outcome = self.actuator.carry_out(&planned, now, |node, lease| self.confirm(now, &planned.node, node, lease)).await;
             if let Some(node) = &outcome.node {
                 lock(&self.view).facts.apply_node(node, &self.config.scope, now);
             }
+            // Events are counted by the actuator, with the ones it publishes inside other steps.
+            if kind != WriteKind::Event {
+                self.metrics.write(kind, write_result(&outcome.effect));
+            }
             for (action, result) in self.ledger.settle(now, &planned, &outcome.effect, &self.config.actions) {
                 self.metrics.remediation(action, result);
             }
+        }
+        self.metrics.write_stage(started.elapsed().as_secs_f64());
+    }
+
+    /// A step as it should be carried out now, or `None` when it is no longer called for. The
+    /// plan was made at the start of the tick, and earlier steps (or the watches) may have
+    /// changed the node since: a condition is worked out again from the node as the view holds
+    /// it now (after this tick's remediation of it, `False` at once), and a release happens only
+    /// while the node is still pulsecheck's and still judged healthy on evidence — never from a
+    /// plan whose premise no longer holds. A remediation needs nothing here: the actuator judges
+    /// it on a fresh read of the cluster ([`Controller::confirm`]).
+    fn rejudge(&self, now: Timestamp, judgement: &Judgement, planned: Planned) -> Option<Planned> {
+        let name = planned.node.as_str();
+        match &planned.step {
+            Step::SetCondition { .. } => {
+                let v = lock(&self.view);
+                let facts = v.facts.nodes.get(name)?;
+                let note =
+                    NodeNote { uid: planned.uid.clone(), our_condition: facts.our_condition.clone(), remediated: self.ledger.memory.holds(&v.facts, name) };
+                let step = condition_step(judgement.assessments.get(name)?, Some(&note), judgement.holds.get(name).map(String::as_str))?;
+                Some(Planned { step, ..planned })
+            }
+            Step::Release { .. } => {
+                let cfg = &self.config;
+                let v = lock(&self.view);
+                let n = v.facts.nodes.get(name)?;
+                if !self.ledger.memory.holds(&v.facts, name) {
+                    return None;
+                }
+                let (trusted, _, _) = verdict::probe_partition(now, &v.facts, &cfg.thresholds, cfg.probe_partition_threshold);
+                let a = verdict::assess(now, n, v.facts.leases.get(name), v.facts.probes.get(name), &cfg.thresholds, trusted);
+                let still_healthy = a.verdict == Verdict::Healthy && a.unconfirmed.is_none() && !a.provisional;
+                if still_healthy || a.verdict == Verdict::Excluded {
+                    Some(planned)
+                } else {
+                    info!(node = name, verdict = a.verdict.as_str(), "release no longer called for when its turn came; not releasing");
+                    None
+                }
+            }
+            _ => Some(planned),
         }
     }
 
@@ -772,7 +914,7 @@ mod tests {
     };
 
     fn assessments(verdicts: &[(&str, Verdict)]) -> Assessments {
-        verdicts.iter().map(|(n, v)| (NodeName::from(*n), Assessment { verdict: *v, evidence: vec![], unconfirmed: None })).collect()
+        verdicts.iter().map(|(n, v)| (NodeName::from(*n), Assessment::new(*v, vec![]))).collect()
     }
 
     /// A fleet of nodes seen by the watch at t(0), then refreshed at t(1).
@@ -802,6 +944,7 @@ mod tests {
             probe_targets: Vec::new(),
             cordons_taken_over: Vec::new(),
             holds: HashMap::new(),
+            newly_misconfigured: Vec::new(),
         }
     }
 
@@ -839,23 +982,27 @@ mod tests {
 
     #[test]
     fn write_backoff_doubles_from_5s_to_5min_resets_on_success_and_forgets_deleted_nodes() {
+        const R: WriteKind = WriteKind::Remediation;
         let mut backoff = WriteBackoff::default();
-        assert!(!backoff.waiting("n", t(0)));
+        assert!(!backoff.waiting("n", R, t(0)));
         let mut at = 0;
         for wait in [5, 10, 20, 40, 80, 160, 300, 300, 300] {
-            backoff.failed("n", t(at));
-            assert!(backoff.waiting("n", t(at + wait - 1)), "failure at {at}: still waiting at {}", at + wait - 1);
-            assert!(!backoff.waiting("n", t(at + wait)), "failure at {at}: the wait is {wait}s");
+            backoff.failed("n", R, t(at));
+            assert!(backoff.waiting("n", R, t(at + wait - 1)), "failure at {at}: still waiting at {}", at + wait - 1);
+            assert!(!backoff.waiting("n", R, t(at + wait)), "failure at {at}: the wait is {wait}s");
             at += wait;
         }
-        assert!(!backoff.waiting("other", t(at)), "a node's back-off is its own");
-        backoff.succeeded("n");
-        backoff.failed("n", t(at));
-        assert!(!backoff.waiting("n", t(at + 5)), "a success starts the doubling from 5 s again");
-        backoff.failed("gone", t(at));
+        assert!(!backoff.waiting("other", R, t(at)), "a node's back-off is its own");
+        for other in WriteKind::ALL.into_iter().filter(|k| *k != R) {
+            assert!(!backoff.waiting("n", other, t(at)), "a failing kind of write holds back no other ({other:?})");
+        }
+        backoff.succeeded("n", R);
+        backoff.failed("n", R, t(at));
+        assert!(!backoff.waiting("n", R, t(at + 5)), "a success starts the doubling from 5 s again");
+        backoff.failed("gone", R, t(at));
         backoff.retain(|n| n != "gone");
-        assert!(!backoff.waiting("gone", t(at)), "a deleted node is forgotten");
-        assert!(backoff.waiting("n", t(at + 4)), "the others stay");
+        assert!(!backoff.waiting("gone", R, t(at)), "a deleted node is forgotten");
+        assert!(backoff.waiting("n", R, t(at + 4)), "the others stay");
     }
 
     #[test]
@@ -891,8 +1038,8 @@ mod tests {
         let j = judgement(&[("s", Verdict::Suspect)], &[], Plan::default());
         let steps = steps(&j, &[], false);
         assert_eq!(steps.len(), 2, "{steps:?}");
-        assert!(matches!(&steps[0].step, Step::Report { warning: true, reason: "NodeSuspect", action: "Evaluate", note } if note.starts_with("suspect: ")));
-        assert_eq!(steps[1], planned("s", Step::SetCondition { status: "True", reason: "Suspect", message: "suspect".into(), previous_status: None }));
+        assert_eq!(steps[0], planned("s", Step::SetCondition { status: "True", reason: "Suspect", message: "suspect".into(), previous_status: None }));
+        assert!(matches!(&steps[1].step, Step::Report { warning: true, reason: "NodeSuspect", action: "Evaluate", note } if note.starts_with("suspect: ")));
     }
 
     #[test]
@@ -912,7 +1059,7 @@ mod tests {
             (Verdict::Dead, false, None, Some(("Unknown", "LeaseAndStatusStale"))),
         ];
         for (verdict, remediated, current, wanted) in cases {
-            let a = Assessment { verdict, evidence: vec![], unconfirmed: None };
+            let a = Assessment::new(verdict, vec![]);
             let current = current.map(|(s, r)| (s.to_string(), r.to_string()));
             let note = NodeNote { uid: None, our_condition: current.clone(), remediated };
             let step = condition_step(&a, Some(&note), None);
@@ -928,8 +1075,24 @@ mod tests {
     }
 
     #[test]
+    fn a_provisional_verdict_never_changes_a_condition_that_is_there() {
+        for verdict in [Verdict::Healthy, Verdict::Suspect] {
+            let mut a = Assessment::new(verdict, vec![]);
+            a.provisional = true;
+            let over_false = NodeNote { uid: None, our_condition: Some(("False".into(), "ZombieDetected".into())), remediated: true };
+            assert_eq!(condition_step(&a, Some(&over_false), None), None, "{verdict} over an earlier run's False");
+            // Where there is nothing to contradict, the verdict is written as usual…
+            let nothing = NodeNote::default();
+            assert_eq!(condition_step(&a, Some(&nothing), None).is_some(), verdict == Verdict::Suspect, "{verdict} over nothing");
+            // …and a False no remediation backs (taint and record gone) never stays.
+            let unbacked = NodeNote { remediated: false, ..over_false.clone() };
+            assert!(condition_step(&a, Some(&unbacked), None).is_some(), "{verdict} over a False nothing backs");
+        }
+    }
+
+    #[test]
     fn a_zombie_the_guard_holds_says_why_in_an_unknown_condition() {
-        let a = Assessment { verdict: Verdict::Zombie, evidence: vec![], unconfirmed: None };
+        let a = Assessment::new(Verdict::Zombie, vec![]);
         let note = NodeNote::default();
         let Some(Step::SetCondition { status, reason, message, .. }) = condition_step(&a, Some(&note), Some("not remediated: the circuit is open")) else {
             panic!("no condition step")
@@ -947,6 +1110,7 @@ mod tests {
             plan,
         );
         j.cordons_taken_over = vec!["c".into()];
+        j.newly_misconfigured = vec![("c".into(), "certificate not trusted".into())];
         let mut reported =
             HashMap::from([(NodeName::from("z"), Verdict::Suspect), (NodeName::from("y"), Verdict::Zombie), (NodeName::from("r"), Verdict::Zombie)]);
         let changes = verdict_changes(&mut reported, &j.assessments);
@@ -960,22 +1124,26 @@ mod tests {
             previous_status: previous.map(Into::into),
         };
         let report = |warning, reason, action, note: &str| Step::Report { warning, reason, action, note: note.into() };
+        let misconfigured =
+            "kubelet probes of this node cannot work for a reason on pulsecheck's side, so they are no evidence against it: certificate not trusted";
+        // Most urgent first: remediations, releases, records, conditions, then Events.
         assert_eq!(
             plan_steps(&j, &changes, &held, false),
             vec![
-                planned("r", report(false, "HeartbeatsConsistent", "Evaluate", &format!("healthy: {healthy}"))),
+                planned("z", Step::Remediate { dry_run: false }),
+                planned("r", Step::Release { why: healthy.into(), dry_run: false }),
+                planned("c", Step::DisownCordon),
                 planned("r", condition("True", "HeartbeatsConsistent", healthy, Some("False"))),
                 // Held back by the guard, or not yet confirmed by a fresh read: never False.
                 planned(
                     "y",
                     condition("Unknown", "ZombieNotRemediated", "not remediated yet: --max-remediations-per-minute reached; will retry; zombie", None)
                 ),
-                planned("z", report(true, "ZombieDetected", "Evaluate", "zombie: zombie")),
                 planned("z", condition("Unknown", "ZombieNotRemediated", "not remediated yet: waiting for the fresh read that confirms it; zombie", None)),
-                planned("c", Step::DisownCordon),
+                planned("r", report(false, "HeartbeatsConsistent", "Evaluate", &format!("healthy: {healthy}"))),
+                planned("z", report(true, "ZombieDetected", "Evaluate", "zombie: zombie")),
                 planned("y", report(true, "RemediationBlocked", "Remediate", "not remediated yet: --max-remediations-per-minute reached; will retry")),
-                planned("z", Step::Remediate { dry_run: false }),
-                planned("r", Step::Release { why: healthy.into(), dry_run: false }),
+                planned("c", report(true, "ProbeMisconfigured", "Probe", misconfigured)),
             ]
         );
         // A dry run: the same Events, no condition and no record written, and the remediation and
@@ -983,19 +1151,16 @@ mod tests {
         assert_eq!(
             plan_steps(&j, &changes, &held, true),
             vec![
+                planned("z", Step::Remediate { dry_run: true }),
+                planned("r", Step::Release { why: healthy.into(), dry_run: true }),
                 planned("r", report(false, "HeartbeatsConsistent", "Evaluate", &format!("healthy: {healthy}"))),
                 planned("z", report(true, "ZombieDetected", "Evaluate", "zombie: zombie")),
                 planned("y", report(true, "RemediationBlocked", "Remediate", "not remediated yet: --max-remediations-per-minute reached; will retry")),
-                planned("z", Step::Remediate { dry_run: true }),
-                planned("r", Step::Release { why: healthy.into(), dry_run: true }),
+                planned("c", report(true, "ProbeMisconfigured", "Probe", misconfigured)),
             ]
         );
-        assert!(
-            [Step::Remediate { dry_run: false }, Step::Release { why: String::new(), dry_run: false }, Step::DisownCordon].iter().all(waits_for_backoff)
-                && !waits_for_backoff(&condition("True", "Suspect", "", None))
-                && !waits_for_backoff(&report(true, "NodeSuspect", "Evaluate", "")),
-            "only spec and record edits wait out a back-off"
-        );
+        let kinds: Vec<WriteKind> = plan_steps(&j, &changes, &held, false).iter().map(|p| write_kind(&p.step)).collect();
+        assert_eq!(kinds.iter().collect::<HashSet<_>>().len(), WriteKind::ALL.len(), "every kind of write has its own back-off and metric");
     }
 
     #[test]
@@ -1009,11 +1174,11 @@ mod tests {
         // A failed remediation: every configured action counts an error, and the node backs off.
         let counts = ledger.settle(t(0), &remediate("a", false), &failed(), &both);
         assert_eq!(counts, [(ActionLabel::Taint, ResultLabel::Error), (ActionLabel::Cordon, ResultLabel::Error)]);
-        assert!(ledger.backoff.waiting("a", t(4)));
+        assert!(ledger.backoff.waiting("a", WriteKind::Remediation, t(4)));
         // A success: what changed counts, the back-off is over, and the start counts against the rate.
         let counts = ledger.settle(t(5), &remediate("a", false), &Effect::Remediated(Change { taint: true, cordon: false }), &both);
         assert_eq!(counts, [(ActionLabel::Taint, ResultLabel::Success)]);
-        assert!(!ledger.backoff.waiting("a", t(5)));
+        assert!(!ledger.backoff.waiting("a", WriteKind::Remediation, t(5)));
         let facts = fleet(&["a", "b", "c", "d", "e"]);
         let cfg = GuardConfig { max_per_minute: 1, max_unhealthy_percent: 100.0, ..GuardConfig::default() };
         let zombie_b =
@@ -1025,17 +1190,24 @@ mod tests {
         // A failed release counts an error for each undo, and backs off.
         let counts = ledger.settle(t(100), &release("d", false), &failed(), &both);
         assert_eq!(counts, [(ActionLabel::Untaint, ResultLabel::Error), (ActionLabel::Uncordon, ResultLabel::Error)]);
-        assert!(ledger.backoff.waiting("d", t(104)));
+        assert!(ledger.backoff.waiting("d", WriteKind::Release, t(104)));
+        assert!(!ledger.backoff.waiting("d", WriteKind::Condition, t(104)), "a failed release holds back no condition");
         let counts = ledger.settle(t(105), &release("d", false), &Effect::Released(Change { taint: true, cordon: true }), &both);
         assert_eq!(counts, [(ActionLabel::Untaint, ResultLabel::Success), (ActionLabel::Uncordon, ResultLabel::Success)]);
-        assert!(!ledger.backoff.waiting("d", t(105)));
+        assert!(!ledger.backoff.waiting("d", WriteKind::Release, t(105)));
 
-        // A failed record update backs off; a failed condition does not (it is tried next tick).
+        // Failed record updates, conditions and Events back off too, each kind on its own.
         assert!(ledger.settle(t(200), &planned("e", Step::DisownCordon), &failed(), &both).is_empty());
-        assert!(ledger.backoff.waiting("e", t(204)));
+        assert!(ledger.backoff.waiting("e", WriteKind::Record, t(204)));
         let condition = Step::SetCondition { status: "False", reason: "ZombieDetected", message: String::new(), previous_status: None };
-        assert!(ledger.settle(t(200), &planned("c", condition), &failed(), &both).is_empty());
-        assert!(!ledger.backoff.waiting("c", t(200)));
+        assert!(ledger.settle(t(200), &planned("c", condition.clone()), &failed(), &both).is_empty());
+        assert!(ledger.backoff.waiting("c", WriteKind::Condition, t(204)));
+        assert!(!ledger.backoff.waiting("c", WriteKind::Remediation, t(204)));
+        ledger.settle(t(205), &planned("c", condition), &Effect::ConditionSet, &both);
+        assert!(!ledger.backoff.waiting("c", WriteKind::Condition, t(205)));
+        let event = Step::Report { warning: true, reason: "NodeSuspect", action: "Evaluate", note: String::new() };
+        ledger.settle(t(206), &planned("c", event), &failed(), &both);
+        assert!(ledger.backoff.waiting("c", WriteKind::Event, t(210)));
 
         // Dry run: the guard's memory holds the simulated remediation until the simulated release.
         let counts = ledger.settle(t(300), &remediate("c", true), &Effect::WouldRemediate, &both);
@@ -1054,6 +1226,6 @@ mod tests {
         let report = Step::Report { warning: true, reason: "NodeSuspect", action: "Evaluate", note: String::new() };
         assert!(ledger.settle(t(400), &planned("b", report), &Effect::Reported, &both).is_empty());
         assert_eq!(guard::plan(t(400), &zombie_b, &facts, &mut ledger.memory, &cfg, guard::Stance::Act), before);
-        assert!(!ledger.backoff.waiting("b", t(400)));
+        assert!(!ledger.backoff.waiting("b", WriteKind::Remediation, t(400)));
     }
 }

@@ -663,6 +663,45 @@ impl FleetFacts {
     pub fn delete_lease(&mut self, name: &str) {
         self.leases.remove(name);
     }
+
+    /// Takes the blind spell `from..until` off every age pulsecheck measures from the
+    /// apiserver: time it could not see is no evidence of silence. Each observation moves
+    /// forward by the part of the spell that came after it — one made before the spell by the
+    /// whole spell, one made during it to `until` — so a status 9 minutes old before a
+    /// 15-minute outage is 9 minutes old after it, and no heartbeat ever moves past `until`.
+    pub fn discount(&mut self, from: Timestamp, until: Timestamp) {
+        self.discount_heartbeats(from, until, true);
+    }
+
+    /// [`FleetFacts::discount`] for NodeStatus alone: a Node watch that was silent on its own
+    /// hid status changes, while the Lease watch kept seeing renewals (and their absence).
+    pub fn discount_status(&mut self, from: Timestamp, until: Timestamp) {
+        self.discount_heartbeats(from, until, false);
+    }
+
+    fn discount_heartbeats(&mut self, from: Timestamp, until: Timestamp, leases: bool) {
+        if until <= from {
+            return;
+        }
+        let shifted = |at: Timestamp| -> Timestamp {
+            if at >= until {
+                return at;
+            }
+            let blind_after_it = until.duration_since(at.max(from));
+            at.checked_add(blind_after_it).unwrap_or(until).min(until)
+        };
+        for node in self.nodes.values_mut() {
+            node.status.observed_at = shifted(node.status.observed_at);
+            if let Some(since) = node.os_image.unknown_since {
+                node.os_image.unknown_since = Some(shifted(since));
+            }
+        }
+        if leases {
+            for lease in self.leases.values_mut() {
+                lease.renew.observed_at = shifted(lease.renew.observed_at);
+            }
+        }
+    }
 }
 
 #[cfg(test)]
@@ -750,6 +789,25 @@ pub(crate) mod fixtures {
 #[cfg(test)]
 mod tests {
     use super::{fixtures::*, *};
+
+    #[test]
+    fn a_blind_spell_is_taken_off_every_age_but_never_moves_an_observation_past_its_end() {
+        let scope = Scope { taint_key: "t".into(), ..Default::default() };
+        let mut fleet = FleetFacts::default();
+        fleet.apply_node(&node("before").ready_at(t(0)).os_image("Unknown").build(), &scope, t(100));
+        fleet.apply_node(&node("during").ready_at(t(0)).build(), &scope, t(1050));
+        fleet.apply_node(&node("after").ready_at(t(0)).build(), &scope, t(2000));
+        fleet.apply_lease(&lease("before", t(90)), t(900));
+        fleet.discount(t(1000), t(1100));
+        assert_eq!(fleet.nodes["before"].status.observed_at, t(200));
+        assert_eq!(fleet.nodes["before"].os_image.unknown_since, Some(t(200)));
+        assert_eq!(fleet.leases["before"].renew.observed_at, t(1000));
+        assert_eq!(fleet.nodes["during"].status.observed_at, t(1100));
+        assert_eq!(fleet.nodes["after"].status.observed_at, t(2000));
+        // No spell, no change.
+        fleet.discount(t(3000), t(3000));
+        assert_eq!(fleet.nodes["before"].status.observed_at, t(200));
+    }
 
     #[test]
     fn a_node_re_created_with_the_same_name_starts_without_the_old_node_s_probe_record() {

@@ -17,7 +17,8 @@
 //! * At most `max_per_minute` new remediations start in any 60 s window.
 //! * A remediated node is released only after it has been Healthy continuously for
 //!   `recover_after` (hysteresis) — health the probes can confirm, with a status refresh seen
-//!   after health returned — or at once when a person excludes it.
+//!   after health returned, counted from the first status change this instance saw (a restarted
+//!   instance starts counting anew) — or at once when a person excludes it.
 //!
 //! Like [`crate::verdict`], this is pure: `now` is passed in, and [`Memory`] is the only state.
 
@@ -204,8 +205,9 @@ pub fn plan(now: Timestamp, assessments: &Assessments, facts: &FleetFacts, memor
         for (name, a) in assessments {
             // Health counts towards a release only where the evidence that would catch the
             // failure again is there: health the probes cannot confirm (a partition, an expired
-            // result) is the absence of evidence, not evidence.
-            if a.verdict == Verdict::Healthy && a.unconfirmed.is_none() {
+            // result) is the absence of evidence, not evidence — and so is a status this instance
+            // has not yet seen change (after a restart, a frozen status looks fresh for a while).
+            if a.verdict == Verdict::Healthy && a.unconfirmed.is_none() && !a.provisional {
                 if !memory.healthy_since.contains_key(name) {
                     memory.healthy_since.insert(name.clone(), now);
                 }
@@ -303,7 +305,7 @@ mod tests {
     use crate::verdict::Assessment;
 
     fn assessments(verdicts: &[(&str, Verdict)]) -> Assessments {
-        verdicts.iter().map(|(n, v)| (NodeName::from(*n), Assessment { verdict: *v, evidence: vec![], unconfirmed: None })).collect()
+        verdicts.iter().map(|(n, v)| (NodeName::from(*n), Assessment::new(*v, vec![]))).collect()
     }
 
     fn fleet(names: &[&str]) -> FleetFacts {
@@ -605,6 +607,25 @@ mod tests {
         f.apply_node(&node("a").ready_at(t(-4000)).build(), &scope, t(310));
         mark_remediated(&mut f, "a");
         assert_eq!(plan(t(310), &healthy, &f, &mut m, &cfg, Stance::Act).release, vec!["a".to_string()]);
+    }
+
+    #[test]
+    fn provisional_health_does_not_start_the_recovery_clock() {
+        let mut f = fleet(&["a", "b", "c", "d", "e"]);
+        mark_remediated(&mut f, "a");
+        f.nodes.get_mut("a").unwrap().status.seen_changing = true;
+        let cfg = GuardConfig::default();
+        let mut healthy =
+            assessments(&[("a", Verdict::Healthy), ("b", Verdict::Healthy), ("c", Verdict::Healthy), ("d", Verdict::Healthy), ("e", Verdict::Healthy)]);
+        healthy.get_mut("a").unwrap().provisional = true;
+        let mut m = Memory::default();
+        plan(t(0), &healthy, &f, &mut m, &cfg, Stance::Act);
+        refresh(&mut f, "a", 200);
+        assert!(plan(t(300), &healthy, &f, &mut m, &cfg, Stance::Act).release.is_empty(), "provisional health counted towards a release");
+        healthy.get_mut("a").unwrap().provisional = false;
+        plan(t(300), &healthy, &f, &mut m, &cfg, Stance::Act);
+        refresh(&mut f, "a", 400);
+        assert_eq!(plan(t(420), &healthy, &f, &mut m, &cfg, Stance::Act).release, vec!["a".to_string()]);
     }
 
     #[test]

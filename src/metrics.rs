@@ -31,6 +31,9 @@ pub const METRIC_NAMES: &[&str] = &[
     "pulsecheck_probe_misconfigured",
     "pulsecheck_probe_mode",
     "pulsecheck_remediations_total",
+    "pulsecheck_verdict_changes_total",
+    "pulsecheck_writes_total",
+    "pulsecheck_write_stage_duration_seconds",
     "pulsecheck_probes_total",
     "pulsecheck_probe_duration_seconds",
     "pulsecheck_watch_events_total",
@@ -90,6 +93,66 @@ impl ResultLabel {
     }
 }
 
+/// A kind of write to the cluster, as a metric label; each kind backs off on its own.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum WriteKind {
+    /// Taint and/or cordon a node, with the record.
+    Remediation,
+    /// Remove pulsecheck's taint, cordon and record.
+    Release,
+    /// Update the record alone (a cordon somebody else took over).
+    Record,
+    /// The `HeartbeatConsistent` node condition.
+    Condition,
+    /// An Event about a node.
+    Event,
+}
+
+impl WriteKind {
+    /// Every kind, for tests and documentation.
+    pub const ALL: [WriteKind; 5] = [WriteKind::Remediation, WriteKind::Release, WriteKind::Record, WriteKind::Condition, WriteKind::Event];
+
+    /// The label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            WriteKind::Remediation => "remediation",
+            WriteKind::Release => "release",
+            WriteKind::Record => "record",
+            WriteKind::Condition => "condition",
+            WriteKind::Event => "event",
+        }
+    }
+}
+
+/// What became of one planned write, as a metric label.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WriteResult {
+    /// Written (or, in a dry run, reported).
+    Success,
+    /// Sent and failed (refused, timed out, conflicting, or leadership ended first).
+    Error,
+    /// Not sent: no longer called for when its turn came (judged again, or the fresh read did
+    /// not confirm it, or the node is gone).
+    Superseded,
+    /// Not sent: this node's writes of this kind failed recently and are backing off.
+    Backoff,
+    /// Not sent: the tick's time for writes was used up; the next tick plans it again.
+    Deadline,
+}
+
+impl WriteResult {
+    /// The label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            WriteResult::Success => "success",
+            WriteResult::Error => "error",
+            WriteResult::Superseded => "superseded",
+            WriteResult::Backoff => "backoff",
+            WriteResult::Deadline => "deadline",
+        }
+    }
+}
+
 /// What pulsecheck exports.
 #[derive(Debug, Clone, clap::Args)]
 pub struct MetricsArgs {
@@ -118,6 +181,9 @@ pub struct Metrics {
     probe_misconfigured: IntGauge,
     probe_mode: IntGaugeVec,
     remediations: IntCounterVec,
+    verdict_changes: IntCounterVec,
+    writes: IntCounterVec,
+    write_stage_duration: Histogram,
     probes: IntCounterVec,
     probe_duration: Histogram,
     watch_events: IntCounterVec,
@@ -226,6 +292,27 @@ impl Metrics {
                 &registry,
                 IntCounterVec::new(Opts::new("pulsecheck_remediations_total", "Remediation actions by action and result"), &["action", "result"])
                     .expect("valid metric"),
+            ),
+            verdict_changes: reg(
+                &registry,
+                IntCounterVec::new(
+                    Opts::new("pulsecheck_verdict_changes_total", "Verdict changes reported (log line and Event), by the new verdict"),
+                    &["verdict"],
+                )
+                .expect("valid metric"),
+            ),
+            writes: reg(
+                &registry,
+                IntCounterVec::new(Opts::new("pulsecheck_writes_total", "Planned writes to the cluster by kind and what became of them"), &["kind", "result"])
+                    .expect("valid metric"),
+            ),
+            write_stage_duration: reg(
+                &registry,
+                Histogram::with_opts(
+                    HistogramOpts::new("pulsecheck_write_stage_duration_seconds", "Time one tick spent carrying out its writes")
+                        .buckets(vec![0.01, 0.05, 0.1, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0]),
+                )
+                .expect("valid metric"),
             ),
             probes: reg(&registry, IntCounterVec::new(Opts::new("pulsecheck_probes_total", "Kubelet probes by result"), &["result"]).expect("valid metric")),
             probe_duration: reg(
@@ -351,6 +438,21 @@ impl Metrics {
         self.remediations.with_label_values(&[action.as_str(), result.as_str()]).inc();
     }
 
+    /// Counts one planned write by what became of it.
+    pub fn write(&self, kind: WriteKind, result: WriteResult) {
+        self.writes.with_label_values(&[kind.as_str(), result.as_str()]).inc();
+    }
+
+    /// Records how long one tick's write stage took.
+    pub fn write_stage(&self, seconds: f64) {
+        self.write_stage_duration.observe(seconds);
+    }
+
+    /// Counts one reported verdict change, by the new verdict.
+    pub fn verdict_changed(&self, verdict: Verdict) {
+        self.verdict_changes.with_label_values(&[verdict.as_str()]).inc();
+    }
+
     /// Counts one object delivered by a watch (`nodes` or `leases`).
     pub fn watch_event(&self, resource: &str) {
         self.watch_events.with_label_values(&[resource]).inc();
@@ -387,10 +489,13 @@ mod tests {
     #[test]
     fn every_listed_family_is_exported_and_nothing_else() {
         let m = Metrics::new(true);
-        let a = Assessment { verdict: Verdict::Zombie, evidence: vec![Evidence::StatusStale { for_seconds: 700 }], unconfirmed: None };
+        let a = Assessment::new(Verdict::Zombie, vec![Evidence::StatusStale { for_seconds: 700 }]);
         m.node("n1", &a, NodeHeartbeats { lease_observed: Some(1.0), status_observed: 2.0, remediated: true, probe_success: Some(false) });
         m.fleet(&[(Verdict::Zombie, 1)], 1, 1, false);
         m.remediation(ActionLabel::Taint, ResultLabel::Success);
+        m.verdict_changed(Verdict::Zombie);
+        m.write(WriteKind::Condition, WriteResult::Backoff);
+        m.write_stage(0.5);
         m.probe(&ProbeOutcome::Timeout, 5.0);
         m.set_probe_mode("tcp");
         m.watch_event("leases");
@@ -405,7 +510,7 @@ mod tests {
     #[test]
     fn verdict_is_a_state_set_and_a_deleted_node_leaves_no_series() {
         let m = Metrics::new(true);
-        let a = Assessment { verdict: Verdict::Suspect, evidence: vec![Evidence::OsImageUnknown { for_seconds: 1, turned: false }], unconfirmed: None };
+        let a = Assessment::new(Verdict::Suspect, vec![Evidence::OsImageUnknown { for_seconds: 1, turned: false }]);
         m.node("n1", &a, NodeHeartbeats { lease_observed: None, status_observed: 2.0, remediated: false, probe_success: Some(false) });
         assert!(m.render().contains(r#"pulsecheck_node_probe_success{node="n1"} 0"#));
         let text = m.render();
@@ -419,7 +524,7 @@ mod tests {
     #[test]
     fn per_node_series_can_be_switched_off() {
         let m = Metrics::new(false);
-        let a = Assessment { verdict: Verdict::Zombie, evidence: vec![], unconfirmed: None };
+        let a = Assessment::new(Verdict::Zombie, vec![]);
         m.node("n1", &a, NodeHeartbeats { lease_observed: Some(1.0), status_observed: 2.0, remediated: true, probe_success: Some(true) });
         m.probe(&ProbeOutcome::Success, 0.1);
         assert!(!m.render().contains("node=\"n1\""));

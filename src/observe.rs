@@ -45,6 +45,23 @@ pub struct WatchSight {
     pub last_event: Option<Timestamp>,
     /// The latest error and when it happened, until the watch delivers again.
     pub error: Option<(String, Timestamp)>,
+    /// The longest wait between two deliveries since [`View::see`] last looked: `(the delivery
+    /// before, the delivery after)`. A stall of the apiserver shorter than the silence rule shows
+    /// only here.
+    pub longest_gap: Option<(Timestamp, Timestamp)>,
+}
+
+impl WatchSight {
+    /// Records a delivery at `now`.
+    pub fn delivered(&mut self, now: Timestamp) {
+        if let Some(before) = self.last_event {
+            let longer = self.longest_gap.is_none_or(|(from, to)| now.duration_since(before) > to.duration_since(from));
+            if longer && now > before {
+                self.longest_gap = Some((before, now));
+            }
+        }
+        self.last_event = Some(now);
+    }
 }
 
 /// Why pulsecheck cannot trust its view right now.
@@ -85,6 +102,18 @@ pub struct Sight {
     pub regained_at: Option<Timestamp>,
     /// The first sync after start-up counts as regained too, but needs no settling: there was no gap.
     pub ever_synced: bool,
+    /// The current blind spell, while one lasts: see [`View::see`].
+    pub spell: Option<Spell>,
+}
+
+/// A blind spell: when it began (pulsecheck's clock), and whether the Lease watch was blind too
+/// (a Node watch silent on its own hides status changes, not renewals).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Spell {
+    /// When pulsecheck stopped seeing.
+    pub since: Timestamp,
+    /// Leases were not seen either.
+    pub leases: bool,
 }
 
 impl Sight {
@@ -125,6 +154,31 @@ impl Sight {
         None
     }
 
+    /// The instant up to which pulsecheck knows it saw everything: the Lease watch's latest
+    /// delivery (never later than `now`). Every kubelet renews its Lease every few seconds, so a
+    /// working Lease watch delivers all the time, and nothing the watch has not had the chance
+    /// to deliver can count as silence: judged at the horizon, no node's Lease or status can
+    /// cross a threshold before the fleet-wide silence rule sees the watch itself go quiet.
+    pub fn horizon(&self, now: Timestamp, facts: &FleetFacts) -> Timestamp {
+        match self.leases.last_event {
+            Some(at) if !facts.leases.is_empty() => at.min(now),
+            _ => now,
+        }
+    }
+
+    /// When a blind spell that is `blindness` at `now` began: when the silent watch last
+    /// delivered, when the failing watch failed, or now.
+    fn spell_start(&self, now: Timestamp, blindness: &Blindness) -> Timestamp {
+        let ago = |s: i64| now.checked_sub(SignedDuration::from_secs(s)).unwrap_or(now);
+        let watch = |name: &str| if name == "Node" { &self.nodes } else { &self.leases };
+        match blindness {
+            Blindness::LeasesSilent(s) | Blindness::NodesSilent(s) => ago(*s),
+            // Only the failing watch's own (recent: `blindness` checked that) error.
+            Blindness::WatchFailing(name, _) => watch(name).error.as_ref().map_or(now, |(_, at)| *at).min(now),
+            Blindness::NotSynced(_) | Blindness::Settling(_) => now,
+        }
+    }
+
     fn synced_now(&mut self, now: Timestamp) {
         if self.nodes.synced && self.leases.synced {
             if self.ever_synced {
@@ -142,6 +196,76 @@ pub struct View {
     pub facts: FleetFacts,
     /// Whether it can be trusted.
     pub sight: Sight,
+}
+
+impl View {
+    /// Why pulsecheck is blind at `now`, if it is ([`Sight::blindness`]), and the bookkeeping of
+    /// blind spells: however a spell ends — a re-list, or the watches simply delivering again
+    /// after an etcd stall or a stopped apiserver — the time it lasted is taken off every
+    /// heartbeat's age ([`FleetFacts::discount`]), and sight settles for `settle` before anything
+    /// is decided, so kubelets can post the status they could not post while the apiserver was
+    /// away. A stall too short for the silence rule to catch at a tick shows as a gap between two
+    /// Lease deliveries; what exceeds half of `silence` (kubelets renew several times within it)
+    /// is taken off too. Time pulsecheck could not see never counts as staleness.
+    pub fn see(&mut self, now: Timestamp, silence: Duration, node_silence: Duration, settle: Duration) -> Option<Blindness> {
+        let gap = self.sight.leases.longest_gap.take();
+        self.sight.nodes.longest_gap = None;
+        let blindness = self.sight.blindness(now, &self.facts, silence, node_silence, settle);
+        if !self.sight.ever_synced {
+            // Start-up: nothing was seen before, so there is no gap to take off.
+            return blindness;
+        }
+        match &blindness {
+            Some(Blindness::Settling(_)) | None => {
+                let Some(spell) = self.sight.spell.take() else {
+                    self.discount_gap(gap, now, silence);
+                    return self.sight.blindness(now, &self.facts, silence, node_silence, settle);
+                };
+                match self.sight.regained_at.filter(|at| *at >= spell.since) {
+                    // Ended by a re-list: sight came back when it completed.
+                    Some(at) => {
+                        self.discount(spell, at);
+                        blindness
+                    }
+                    // Ended without a re-list: the watches deliver again. Settle from now.
+                    None => {
+                        info!(blind_for = %now.duration_since(spell.since), "watches deliver again without a re-list; settling before deciding");
+                        self.discount(spell, now);
+                        self.sight.regained_at = Some(now);
+                        self.sight.blindness(now, &self.facts, silence, node_silence, settle)
+                    }
+                }
+            }
+            Some(other) => {
+                let since = self.sight.spell_start(now, other);
+                let leases = !matches!(other, Blindness::NodesSilent(_));
+                let spell = self.sight.spell.get_or_insert(Spell { since, leases });
+                spell.leases |= leases;
+                blindness
+            }
+        }
+    }
+
+    fn discount(&mut self, spell: Spell, until: Timestamp) {
+        if spell.leases {
+            self.facts.discount(spell.since, until);
+        } else {
+            self.facts.discount_status(spell.since, until);
+        }
+    }
+
+    /// Takes off the part of a gap between two Lease deliveries beyond half of `silence`, and
+    /// settles after a gap the silence rule should have caught but no tick saw.
+    fn discount_gap(&mut self, gap: Option<(Timestamp, Timestamp)>, now: Timestamp, silence: Duration) {
+        let Some((before, after)) = gap else { return };
+        let allowance = SignedDuration::try_from(silence / 2).unwrap_or(SignedDuration::MAX);
+        let Some(from) = before.checked_add(allowance).ok().filter(|from| *from < after) else { return };
+        self.facts.discount(from, after);
+        if SignedDuration::try_from(silence).is_ok_and(|s| after.duration_since(before) >= s) {
+            info!(gap = %after.duration_since(before), "the Lease watch was silent for a whole --lease-grace between two ticks; settling before deciding");
+            self.sight.regained_at = Some(now);
+        }
+    }
 }
 
 /// The view shared between tasks. Locked briefly: one object applied, or one evaluation pass.
@@ -324,7 +448,7 @@ async fn run_watch<K: Watched>(api: Api<K>, view: SharedView, metrics: Metrics, 
                 info!(resource = K::RESOURCE, objects = listed, "watch synced");
             }
         }
-        K::sight(&mut v).last_event = Some(now);
+        K::sight(&mut v).delivered(now);
     }
 }
 
@@ -362,8 +486,8 @@ mod tests {
     const NODE_SILENCE: Duration = Duration::from_secs(600);
 
     fn synced(at: i64) -> Sight {
-        let w = WatchSight { synced: true, last_event: Some(t(at)), error: None };
-        Sight { nodes: w.clone(), leases: w, regained_at: None, ever_synced: true }
+        let w = WatchSight { synced: true, last_event: Some(t(at)), error: None, longest_gap: None };
+        Sight { nodes: w.clone(), leases: w, regained_at: None, ever_synced: true, spell: None }
     }
 
     fn fleet_with_lease() -> FleetFacts {
@@ -491,5 +615,110 @@ mod tests {
         assert_eq!(s.blindness(t(120), &fleet_with_lease(), SILENCE, NODE_SILENCE, SETTLE), Some(Blindness::Settling(20)));
         s.leases.last_event = Some(t(150));
         assert_eq!(s.blindness(t(150), &fleet_with_lease(), SILENCE, NODE_SILENCE, SETTLE), None);
+    }
+
+    /// A view of one node renewing its Lease and posting status at t(0), both watches synced.
+    fn seen_view() -> View {
+        let mut v = View { facts: fleet_with_lease(), sight: synced(0) };
+        v.facts.apply_node(&node("n").ready_at(t(0)).build(), &Scope::default(), t(0));
+        v
+    }
+
+    #[test]
+    fn a_stopped_apiserver_is_blindness_before_any_lease_is_stale_and_its_time_is_not_staleness() {
+        let mut v = seen_view();
+        // The apiserver stops at t(0): nothing more arrives. Judged at the horizon, the Lease
+        // never looks older than the silence that the fleet-wide rule catches.
+        assert_eq!(v.sight.horizon(t(49), &v.facts), t(0));
+        assert_eq!(v.see(t(49), SILENCE, NODE_SILENCE, SETTLE), None);
+        assert_eq!(v.see(t(50), SILENCE, NODE_SILENCE, SETTLE), Some(Blindness::LeasesSilent(50)));
+        assert_eq!(v.sight.spell, Some(Spell { since: t(0), leases: true }));
+        // It comes back at t(900) without a 410: the watches simply deliver again.
+        v.sight.leases.last_event = Some(t(900));
+        v.sight.nodes.last_event = Some(t(900));
+        assert_eq!(v.see(t(900), SILENCE, NODE_SILENCE, SETTLE), Some(Blindness::Settling(0)));
+        assert_eq!(v.sight.spell, None);
+        // The 900 s pulsecheck could not see are not the node's silence.
+        assert_eq!(v.facts.nodes["n"].status.observed_at, t(900));
+        assert_eq!(v.facts.leases["n"].renew.observed_at, t(900));
+        assert_eq!(v.see(t(949), SILENCE, NODE_SILENCE, SETTLE), Some(Blindness::Settling(49)));
+        v.sight.leases.last_event = Some(t(950));
+        assert_eq!(v.see(t(950), SILENCE, NODE_SILENCE, SETTLE), None);
+    }
+
+    #[test]
+    fn a_spell_ended_by_a_relist_is_discounted_up_to_the_relist_and_settles_once() {
+        let mut v = seen_view();
+        v.sight.nodes.error = Some(("410 Gone".into(), t(100)));
+        v.sight.leases.last_event = Some(t(100));
+        assert!(matches!(v.see(t(100), SILENCE, NODE_SILENCE, SETTLE), Some(Blindness::WatchFailing("Node", _))));
+        v.sight.nodes.synced = false;
+        assert_eq!(v.see(t(110), SILENCE, NODE_SILENCE, SETTLE), Some(Blindness::NotSynced("Node")));
+        // The re-list completes at t(130).
+        v.sight.nodes.synced = true;
+        v.sight.nodes.error = None;
+        v.sight.synced_now(t(130));
+        v.sight.leases.last_event = Some(t(131));
+        assert_eq!(v.see(t(131), SILENCE, NODE_SILENCE, SETTLE), Some(Blindness::Settling(1)));
+        assert_eq!(v.facts.nodes["n"].status.observed_at, t(30), "the 30 s blind spell is taken off");
+        v.sight.leases.last_event = Some(t(180));
+        assert_eq!(v.see(t(180), SILENCE, NODE_SILENCE, SETTLE), None, "settled once, from the re-list");
+    }
+
+    #[test]
+    fn the_first_sync_after_start_is_no_blind_spell() {
+        let mut v = seen_view();
+        v.sight = Sight::default();
+        assert_eq!(v.see(t(5), SILENCE, NODE_SILENCE, SETTLE), Some(Blindness::NotSynced("Node")));
+        v.sight.nodes.synced = true;
+        v.sight.leases.synced = true;
+        v.sight.synced_now(t(6));
+        v.sight.nodes.last_event = Some(t(6));
+        v.sight.leases.last_event = Some(t(6));
+        assert_eq!(v.see(t(6), SILENCE, NODE_SILENCE, SETTLE), None);
+        assert_eq!(v.facts.nodes["n"].status.observed_at, t(0));
+    }
+
+    #[test]
+    fn a_stall_shorter_than_the_silence_rule_is_taken_off_beyond_half_the_grace() {
+        let mut v = seen_view();
+        v.sight.leases.delivered(t(0));
+        // A 40 s stall (the silence rule needs 50 s): no tick saw it, the gap between two
+        // deliveries did. 15 s of it (beyond 25 s) are taken off: the Lease seen at 0 is 25 s
+        // old at 40, not 40.
+        v.sight.leases.delivered(t(40));
+        assert_eq!(v.see(t(40), SILENCE, NODE_SILENCE, SETTLE), None);
+        assert_eq!(v.facts.leases["n"].renew.observed_at, t(15));
+        assert_eq!(v.facts.nodes["n"].status.observed_at, t(15));
+        // Normal gaps (kubelets renew every 10 s) take nothing off.
+        v.sight.leases.delivered(t(50));
+        assert_eq!(v.see(t(50), SILENCE, NODE_SILENCE, SETTLE), None);
+        assert_eq!(v.facts.leases["n"].renew.observed_at, t(15));
+        // A gap as long as the grace that fell between two ticks also settles.
+        v.sight.leases.delivered(t(110));
+        assert_eq!(v.see(t(110), SILENCE, NODE_SILENCE, SETTLE), Some(Blindness::Settling(0)));
+    }
+
+    #[test]
+    fn a_node_watch_silent_on_its_own_discounts_status_but_not_renewals() {
+        let mut v = seen_view();
+        v.sight.leases.last_event = Some(t(600));
+        assert_eq!(v.see(t(600), SILENCE, NODE_SILENCE, SETTLE), Some(Blindness::NodesSilent(600)));
+        v.sight.nodes.last_event = Some(t(700));
+        v.sight.leases.last_event = Some(t(700));
+        assert_eq!(v.see(t(700), SILENCE, NODE_SILENCE, SETTLE), Some(Blindness::Settling(0)));
+        assert_eq!(v.facts.nodes["n"].status.observed_at, t(700));
+        assert_eq!(v.facts.leases["n"].renew.observed_at, t(0), "the Lease watch saw no renewal: its age stands");
+    }
+
+    #[test]
+    fn a_watch_error_starts_the_spell_when_that_watch_failed_not_at_an_older_error_of_the_other() {
+        let mut v = seen_view();
+        v.sight.nodes.error = Some(("old".into(), t(10)));
+        v.sight.leases.error = Some(("reset".into(), t(100)));
+        v.sight.leases.last_event = Some(t(100));
+        v.sight.nodes.last_event = Some(t(100));
+        assert!(matches!(v.see(t(100), SILENCE, NODE_SILENCE, SETTLE), Some(Blindness::WatchFailing("Lease", _))));
+        assert_eq!(v.sight.spell.map(|s| s.since), Some(t(100)));
     }
 }

@@ -163,11 +163,19 @@ pub struct Assessment {
     /// rests on ignored or missing evidence never releases a node.
     #[serde(skip)]
     pub unconfirmed: Option<&'static str>,
+    /// A Healthy or Suspect verdict that rests on a NodeStatus this instance has not yet seen
+    /// change: right after a start (or a re-created node) a frozen status looks as fresh as a
+    /// live one until it has been watched for `--status-stale-after`. Such a verdict is shown
+    /// but changes nothing — no condition write, no step towards a release — so a restart never
+    /// undoes what an earlier run concluded before it has seen for itself.
+    #[serde(skip)]
+    pub provisional: bool,
 }
 
 impl Assessment {
-    fn new(verdict: Verdict, evidence: Vec<Evidence>) -> Self {
-        Assessment { verdict, evidence, unconfirmed: None }
+    /// A verdict with its evidence, confirmed and not provisional.
+    pub fn new(verdict: Verdict, evidence: Vec<Evidence>) -> Self {
+        Assessment { verdict, evidence, unconfirmed: None, provisional: false }
     }
 
     /// The node is only waiting for its first observed Lease renewal: not a verdict anyone
@@ -348,6 +356,10 @@ pub fn assess(now: Timestamp, node: &NodeFacts, lease: Option<&LeaseFacts>, prob
     if verdict == Verdict::Healthy {
         assessment.unconfirmed = probe.and_then(|p| unconfirmed_by_probes(now, p, th, probes_trusted));
     }
+    // A Zombie rests on what pulsecheck saw for itself (a status it watched not change for the
+    // whole threshold, osImage turning, probes failing); the milder verdicts, on a status never
+    // seen changing, may rest on a frozen status not watched long enough yet.
+    assessment.provisional = matches!(verdict, Verdict::Healthy | Verdict::Suspect) && !node.status.seen_changing;
     assessment
 }
 
@@ -512,6 +524,24 @@ mod tests {
         let a = w.at(600);
         assert_eq!(a.verdict, Verdict::Zombie);
         assert_eq!(a.evidence, vec![Evidence::StatusStale { for_seconds: 600 }]);
+    }
+
+    #[test]
+    fn health_on_a_status_never_seen_changing_is_provisional() {
+        // A (re)start at 1000 sees a status written at 900 and a renewing Lease: a frozen
+        // status and a live one look the same until one changes or the threshold passes.
+        let mut w = World::new();
+        w.node(1000, node("n").ready_at(t(900)));
+        w.renewing(1000, 1700);
+        let a = w.at(1100);
+        assert_eq!((a.verdict, a.provisional), (Verdict::Healthy, true));
+        // Watched for the whole threshold without a change: a Zombie, on pulsecheck's own sight.
+        let a = w.at(1600);
+        assert_eq!((a.verdict, a.provisional), (Verdict::Zombie, false));
+        // Seen changing: health is confirmed.
+        w.node(1650, node("n").ready_at(t(1650)));
+        let a = w.at(1660);
+        assert_eq!((a.verdict, a.provisional), (Verdict::Healthy, false));
     }
 
     #[test]

@@ -378,6 +378,52 @@ async fn restarted_controller_does_not_taint_twice_and_still_releases() {
     lab.stop().await;
 }
 
+/// A restarted instance has not watched a remediated node long enough to call it healthy: its
+/// status looks fresh to an instance that has just started, frozen or not. Until it sees the
+/// status change it must neither rewrite the condition nor release the node, and once the node
+/// recovers it waits out the whole `--recover-after` from the recovery it saw, not from its start.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_instance_keeps_its_remediation_until_it_has_seen_the_node_recover_for_recover_after() {
+    let lab = Lab::start(fast_fleet(4, "rsw-")).await;
+    let client = lab.client();
+    let node = "rsw-0001";
+    let first = controller(client.clone(), |_| {}).await;
+    wait_evaluations(&first, 2, Duration::from_secs(30)).await;
+    lab.fleet.set_fault(node, Fault::Zombie).unwrap();
+    eventually("zombie tainted and False", STALE_AFTER + TICK_SLACK, || {
+        let client = client.clone();
+        async move {
+            let n = get_node(&client, node).await;
+            (has_our_taint(&n) && our_condition(&n).is_some_and(|(s, _, _)| s == "False")).then_some(())
+        }
+    })
+    .await;
+    first.stop().await;
+
+    let recover_after = Duration::from_secs(15);
+    let second = controller(client.clone(), |s| s.guard.recover_after = recover_after).await;
+    // Its first observation window (shorter than --status-stale-after): the frozen status looks
+    // fresh to it, and it must not say otherwise on the node.
+    let window_ends = evaluations(&second) + 8;
+    while evaluations(&second) < window_ends {
+        let n = get_node(&client, node).await;
+        assert!(has_our_taint(&n), "the restarted instance released a node it had not seen recover");
+        let condition = our_condition(&n).expect("the condition stays");
+        assert_eq!(condition.0, "False", "the restarted instance rewrote the condition of a node it had not watched long enough: {condition:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    lab.fleet.set_fault(node, Fault::Recover).unwrap();
+    let recovered = tokio::time::Instant::now();
+    eventually("released after the recovery", recover_after + TICK_SLACK, || {
+        let client = client.clone();
+        async move { (!has_our_taint(&get_node(&client, node).await)).then_some(()) }
+    })
+    .await;
+    assert!(recovered.elapsed() >= recover_after, "released {:?} after the recovery, before --recover-after ({recover_after:?})", recovered.elapsed());
+    second.stop().await;
+    lab.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_instances_with_leader_election_only_one_acts() {
     let lab = Lab::start(fast_fleet(4, "ldr-")).await;

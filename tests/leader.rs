@@ -6,7 +6,6 @@
 mod common;
 
 use std::{
-    net::SocketAddr,
     sync::{
         Arc,
         atomic::{AtomicBool, Ordering},
@@ -14,75 +13,16 @@ use std::{
     time::Duration,
 };
 
-use common::*;
+use common::{
+    toxiproxy::{Toxiproxy, client_through},
+    *,
+};
 use pulsecheck::leader::{LeaderSettings, Leadership};
-use pulsecheck_lab::{controlplane::ControlPlane, process::Process};
+use pulsecheck_lab::controlplane::ControlPlane;
 use tokio::time::Instant;
 
 /// The Lease duration of both instances: renew deadline 4 s, retry about 0.86 s.
 const LEASE: Duration = Duration::from_secs(6);
-
-/// A toxiproxy server and its HTTP API.
-struct Toxiproxy {
-    api: SocketAddr,
-    _process: Process,
-    _dir: tempfile::TempDir,
-}
-
-impl Toxiproxy {
-    async fn start() -> Toxiproxy {
-        let program = tool("toxiproxy-server");
-        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-        let dir = tempfile::tempdir().unwrap();
-        let args = ["-host".to_string(), "127.0.0.1".to_string(), "-port".to_string(), port.to_string()];
-        let process = Process::spawn("toxiproxy-server", &program, &args, &dir.path().join("toxiproxy.log")).expect("toxiproxy starts");
-        let api = SocketAddr::from(([127, 0, 0, 1], port));
-        eventually("toxiproxy answers", Duration::from_secs(20), || async move { tokio::net::TcpStream::connect(api).await.ok().map(drop) }).await;
-        Toxiproxy { api, _process: process, _dir: dir }
-    }
-
-    async fn call(&self, method: &str, path: &str, body: &str) -> (u16, String) {
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        let mut stream = tokio::net::TcpStream::connect(self.api).await.expect("toxiproxy API reachable");
-        let request = format!(
-            "{method} {path} HTTP/1.1\r\nHost: {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-            self.api,
-            body.len()
-        );
-        stream.write_all(request.as_bytes()).await.unwrap();
-        let mut raw = Vec::new();
-        stream.read_to_end(&mut raw).await.unwrap();
-        let text = String::from_utf8_lossy(&raw).into_owned();
-        let code = text.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
-        (code, text.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default())
-    }
-
-    /// A proxy to `upstream`; returns where it listens.
-    async fn proxy(&self, upstream: &str) -> SocketAddr {
-        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-        let listen = SocketAddr::from(([127, 0, 0, 1], port));
-        let body = format!(r#"{{"name":"apiserver","listen":"{listen}","upstream":"{upstream}","enabled":true}}"#);
-        let (code, answer) = self.call("POST", "/proxies", &body).await;
-        assert!(code == 201 || code == 200, "creating the proxy: {code} {answer}");
-        listen
-    }
-
-    /// Every byte in both directions is held back, the connections stay open: a half-open link.
-    async fn stall(&self) {
-        for stream in ["upstream", "downstream"] {
-            let body = format!(r#"{{"name":"stall-{stream}","type":"timeout","stream":"{stream}","toxicity":1.0,"attributes":{{"timeout":0}}}}"#);
-            let (code, answer) = self.call("POST", "/proxies/apiserver/toxics", &body).await;
-            assert!(code == 200 || code == 201, "adding the toxic: {code} {answer}");
-        }
-    }
-
-    async fn heal(&self) {
-        for stream in ["upstream", "downstream"] {
-            let (code, answer) = self.call("DELETE", &format!("/proxies/apiserver/toxics/stall-{stream}"), "").await;
-            assert!(code == 204 || code == 200, "removing the toxic: {code} {answer}");
-        }
-    }
-}
 
 fn settings(identity: &str) -> LeaderSettings {
     LeaderSettings { enabled: true, namespace: "default".into(), name: "pulsecheck".into(), identity: identity.into(), duration: LEASE }
@@ -103,13 +43,8 @@ async fn a_leader_whose_connection_stalls_stops_acting_before_another_takes_over
     init();
     let cp = ControlPlane::start(Default::default()).await.expect("control plane starts");
     let toxiproxy = Toxiproxy::start().await;
-    let upstream = cp.server_url().trim_start_matches("https://").to_string();
-    let listen = toxiproxy.proxy(&upstream).await;
     // Instance A reaches the apiserver only through the proxy; B directly.
-    let kubeconfig = kube::config::Kubeconfig::read_from(cp.kubeconfig_path()).unwrap();
-    let mut config = kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default()).await.unwrap();
-    config.cluster_url = format!("https://{listen}").parse().unwrap();
-    let through_proxy = kube::Client::try_from(config).unwrap();
+    let through_proxy = client_through(&toxiproxy, &cp).await;
 
     let a = Arc::new(Leadership::start(through_proxy, &settings("replica-a")).await.expect("A campaigns"));
     wait_until("A leads", Duration::from_secs(20), || a.is_leader()).await;

@@ -24,6 +24,7 @@ use k8s_openapi::{
     jiff::Timestamp,
 };
 use kube::api::{Api, ListParams, ObjectMeta, PostParams};
+use pulsecheck::probe::KubeletCredential;
 use pulsecheck::{
     facts::{KubeletEndpoint, NodeFacts, ProbeOutcome, Scope, SlimNode},
     metrics::Metrics,
@@ -128,6 +129,7 @@ impl Setup {
             ca,
             insecure_tls,
             token_file: self.token_file.clone(),
+            kubeconfig_credential: Err("no kubeconfig in this test".into()),
         }
     }
 
@@ -168,6 +170,25 @@ async fn healthy_kubelet_is_a_success_and_gets_the_token_over_verified_tls() {
     assert_eq!(seen.len(), 1);
     assert_eq!(seen[0].path, "/healthz");
     assert_eq!(seen[0].authorization.as_deref(), Some("Bearer token-one"));
+}
+
+#[tokio::test]
+async fn outside_a_pod_the_kubeconfig_token_is_sent_and_without_any_token_nothing_is() {
+    let ca = CertificateAuthority::new("kubelet-ca").unwrap();
+    let kubelet = kubelet(&ca, loopback(1)).await;
+    let s = Setup::new("unused");
+    let ca_file = s.ca_file(&ca.cert_pem());
+    let no_token_file =
+        || ProbeSettings { token_file: s.dir.path().join("no-such-token"), ..s.settings(ProbeMode::KubeletHealthz, Some(ca_file.clone()), false) };
+    // No ServiceAccount token to read, a kubeconfig whose user has a bearer token: that one.
+    let with_kubeconfig = ProbeSettings { kubeconfig_credential: Ok(KubeletCredential::Token("kubeconfig-token".into())), ..no_token_file() };
+    assert_eq!(s.prober(with_kubeconfig).probe(&target(kubelet.addr(), "node-1")).await, ProbeOutcome::Success);
+    assert_eq!(authorizations(&kubelet), vec![Some("Bearer kubeconfig-token".to_string())]);
+    // Neither: not probed, both reasons named, and the kubelet never even gets a connection.
+    let neither = ProbeSettings { kubeconfig_credential: Err("the kubeconfig's user authenticates with a client certificate".into()), ..no_token_file() };
+    let ProbeOutcome::NotProbed(why) = s.prober(neither).probe(&target(kubelet.addr(), "node-1")).await else { panic!("probed without a token") };
+    assert!(why.contains("--token-file") && why.contains("client certificate"), "{why}");
+    assert_eq!(kubelet.requests().len(), 1);
 }
 
 #[tokio::test]

@@ -255,6 +255,11 @@ async fn a_kubelet_port_blocked_from_the_start_is_pulsecheck_s_misconfiguration_
     let node = get_node(&client, "pbk-0001").await;
     assert!(!has_our_taint(&node), "tainted a healthy node whose kubelet port pulsecheck cannot reach");
     assert!(our_condition(&node).is_none_or(|(status, _, _)| status == "True"), "{:?}", our_condition(&node));
+    // The Event names the node and the cause, once.
+    let events = events_for(&client, "pbk-0001").await;
+    let told: Vec<&(String, String)> = events.iter().filter(|(reason, _)| reason == "ProbeMisconfigured").collect();
+    assert_eq!(told.len(), 1, "{events:?}");
+    assert!(told[0].1.contains("no evidence against it"), "{events:?}");
     running.stop().await;
     lab.lab.stop().await;
 }

@@ -155,6 +155,41 @@ pub enum Error {
 /// Result of this module's operations.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
+/// A kube-apiserver frozen by [`ControlPlane::pause_apiserver`]; resumes it when dropped.
+#[derive(Debug)]
+pub struct PausedApiserver {
+    pid: u32,
+    resumed: bool,
+}
+
+impl PausedApiserver {
+    /// Lets kube-apiserver carry on (SIGCONT).
+    pub fn resume(mut self) {
+        self.continue_now();
+    }
+
+    fn continue_now(&mut self) {
+        if !self.resumed {
+            self.resumed = true;
+            match signal(self.pid, nix::sys::signal::Signal::SIGCONT) {
+                Ok(()) => tracing::info!(pid = self.pid, "kube-apiserver resumed (SIGCONT)"),
+                Err(e) => tracing::warn!(pid = self.pid, error = %e, "cannot resume kube-apiserver"),
+            }
+        }
+    }
+}
+
+impl Drop for PausedApiserver {
+    fn drop(&mut self) {
+        self.continue_now();
+    }
+}
+
+fn signal(pid: u32, sig: nix::sys::signal::Signal) -> io::Result<()> {
+    let pid = i32::try_from(pid).map_err(io::Error::other)?;
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), sig).map_err(io::Error::from)
+}
+
 /// How to start a [`ControlPlane`].
 #[derive(Debug, Clone, Default)]
 pub struct ControlPlaneOptions {
@@ -324,6 +359,25 @@ impl ControlPlane {
             process.terminate(STOP_GRACE).await;
         }
         self.workspace.remove()
+    }
+
+    /// Freezes kube-apiserver with SIGSTOP: every connection stays open and nothing answers —
+    /// an apiserver stuck on a stalled etcd, or a process that stopped being scheduled. It
+    /// carries on (SIGCONT) when the returned guard is resumed or dropped, so a failing test
+    /// never leaves it frozen.
+    pub fn pause_apiserver(&self) -> Result<PausedApiserver> {
+        let pid = self.processes.first().map(Process::pid).ok_or_else(|| Error::Io {
+            action: "pause kube-apiserver",
+            path: self.dir().to_path_buf(),
+            source: io::Error::other("kube-apiserver is not running"),
+        })?;
+        signal(pid, nix::sys::signal::Signal::SIGSTOP).map_err(|source| Error::Io {
+            action: "pause kube-apiserver (SIGSTOP)",
+            path: self.dir().to_path_buf(),
+            source,
+        })?;
+        tracing::info!(pid, "kube-apiserver paused (SIGSTOP)");
+        Ok(PausedApiserver { pid, resumed: false })
     }
 
     /// If etcd or kube-apiserver has exited, which one and how (the control plane is then

@@ -41,10 +41,11 @@ use hyper_util::rt::TokioIo;
 use rustls::pki_types::ServerName;
 use tokio::net::TcpStream;
 use tokio_rustls::{TlsConnector, client::TlsStream};
-use tracing::{instrument, warn};
+use tracing::{info, instrument, warn};
 
 pub use scheduler::{ProbeReport, run_scheduler};
 
+pub use crate::connect::KubeletCredential;
 use crate::{
     facts::{KubeletEndpoint, ProbeOutcome},
     parse::{percentage, positive_duration},
@@ -180,6 +181,10 @@ pub struct ProbeSettings {
     pub insecure_tls: bool,
     /// Bearer token file, re-read on every probe (`--token-file`).
     pub token_file: PathBuf,
+    /// What to send when `--token-file` cannot be read: the kubeconfig user's bearer token
+    /// (`pulsecheck run` outside a Pod), or why there is none. Set by `run` from its client
+    /// configuration, not by a flag.
+    pub kubeconfig_credential: Result<KubeletCredential, String>,
 }
 
 impl Default for ProbeSettings {
@@ -194,9 +199,13 @@ impl Default for ProbeSettings {
             ca: None,
             insecure_tls: false,
             token_file: PathBuf::from("/var/run/secrets/kubernetes.io/serviceaccount/token"),
+            kubeconfig_credential: Err(NO_KUBECONFIG_CREDENTIAL.into()),
         }
     }
 }
+
+/// Why probes have no kubeconfig credential before `run` looked for one.
+const NO_KUBECONFIG_CREDENTIAL: &str = "no kubeconfig credential was looked up";
 
 impl ProbeSettings {
     /// The settings as given on the command line.
@@ -210,6 +219,7 @@ impl ProbeSettings {
             ca: args.kubelet_certificate_authority.clone(),
             insecure_tls: args.kubelet_insecure_tls,
             token_file: args.token_file.clone(),
+            kubeconfig_credential: Err(NO_KUBECONFIG_CREDENTIAL.into()),
         }
     }
 }
@@ -238,6 +248,7 @@ struct Inner {
     timeout: Duration,
     preferred_address_types: Vec<String>,
     token_file: PathBuf,
+    kubeconfig_credential: Result<KubeletCredential, String>,
     client: kube::Client,
 }
 
@@ -292,13 +303,24 @@ impl Prober {
             ProbeMode::None => Transport::Disabled,
         };
         if matches!(transport, Transport::Healthz { .. })
-            && let Err(why) = read_bearer(&settings.token_file)
+            && let Err(why) = read_bearer(&settings.token_file, "--token-file")
         {
-            // Outside a Pod there is no ServiceAccount token: every probe would be NotProbed.
-            warn!(
-                why,
-                "kubelet-healthz probes cannot send a token, so no kubelet will be probed until --token-file is readable (pulsecheck_probe_misconfigured stays 1)"
-            );
+            // Outside a Pod there is no ServiceAccount token: the kubeconfig's, or no probe at all.
+            match &settings.kubeconfig_credential {
+                Ok(credential) => match bearer_of(credential) {
+                    Ok(_) => info!(why, "kubelet-healthz probes send the kubeconfig user's bearer token instead of --token-file"),
+                    Err(also) => warn!(
+                        why,
+                        also,
+                        "kubelet-healthz probes cannot send a token, so no kubelet will be probed until one is readable (pulsecheck_probe_misconfigured stays 1)"
+                    ),
+                },
+                Err(also) => warn!(
+                    why,
+                    also = also.as_str(),
+                    "kubelet-healthz probes cannot send a token, so no kubelet will be probed until --token-file is readable (pulsecheck_probe_misconfigured stays 1)"
+                ),
+            }
         }
         Ok(Prober {
             inner: Arc::new(Inner {
@@ -307,6 +329,7 @@ impl Prober {
                 timeout: settings.timeout,
                 preferred_address_types: settings.preferred_address_types,
                 token_file: settings.token_file,
+                kubeconfig_credential: settings.kubeconfig_credential,
                 client,
             }),
         })
@@ -373,7 +396,7 @@ impl Inner {
             Err(reason) => return ProbeOutcome::NotProbed(reason),
         };
         // Read before connecting: a missing token must not cost the kubelet a connection.
-        let bearer = match read_bearer(&self.token_file) {
+        let bearer = match self.bearer() {
             Ok(bearer) => bearer,
             Err(reason) => return ProbeOutcome::NotProbed(reason),
         };
@@ -385,6 +408,14 @@ impl Inner {
             Ok((status, body)) => kubelet_answer(status, &body, &peer.authority()),
             Err(e) => ProbeOutcome::Failure(format!("kubelet at {} did not answer /healthz: {e}", peer.authority())),
         }
+    }
+
+    /// The `Authorization` header: `--token-file`, else the kubeconfig user's bearer token.
+    fn bearer(&self) -> std::result::Result<HeaderValue, String> {
+        read_bearer(&self.token_file, "--token-file").or_else(|why| match &self.kubeconfig_credential {
+            Ok(credential) => bearer_of(credential).map_err(|also| format!("{why}; {also}")),
+            Err(also) => Err(format!("{why}; {also}")),
+        })
     }
 
     async fn handshake(&self, tls: &TlsConnector, target: &ProbeTarget) -> ProbeOutcome {
@@ -557,15 +588,28 @@ fn is_certificate_problem(e: &std::io::Error) -> bool {
         })
 }
 
-/// `Bearer <token>` from the token file, read afresh (projected tokens rotate).
-fn read_bearer(path: &Path) -> Result<HeaderValue, String> {
-    let raw = std::fs::read_to_string(path).map_err(|e| format!("cannot read the token file {} (--token-file): {e}", path.display()))?;
+/// `Bearer <token>` from the token file, read afresh (projected tokens rotate); `source` names
+/// where the path came from in errors.
+fn read_bearer(path: &Path, source: &str) -> std::result::Result<HeaderValue, String> {
+    let raw = std::fs::read_to_string(path).map_err(|e| format!("cannot read the token file {} ({source}): {e}", path.display()))?;
+    bearer_header(&raw, &format!("the token file {} ({source})", path.display()))
+}
+
+/// The header for a kubeconfig credential.
+fn bearer_of(credential: &KubeletCredential) -> std::result::Result<HeaderValue, String> {
+    match credential {
+        KubeletCredential::Token(token) => bearer_header(token, "the kubeconfig's token"),
+        KubeletCredential::TokenFile(path) => read_bearer(path, "the kubeconfig's tokenFile"),
+    }
+}
+
+/// `Bearer <token>`, marked sensitive (never logged); `what` names the token in errors.
+fn bearer_header(raw: &str, what: &str) -> std::result::Result<HeaderValue, String> {
     let token = raw.trim();
     if token.is_empty() {
-        return Err(format!("the token file {} (--token-file) is empty", path.display()));
+        return Err(format!("{what} is empty"));
     }
-    let mut value = HeaderValue::try_from(format!("Bearer {token}"))
-        .map_err(|_| format!("the token in {} (--token-file) holds characters an HTTP header cannot carry", path.display()))?;
+    let mut value = HeaderValue::try_from(format!("Bearer {token}")).map_err(|_| format!("{what} holds characters an HTTP header cannot carry"))?;
     value.set_sensitive(true);
     Ok(value)
 }
@@ -727,12 +771,12 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("token");
         std::fs::write(&path, "abc.def\n").unwrap();
-        let v = read_bearer(&path).unwrap();
+        let v = read_bearer(&path, "--token-file").unwrap();
         assert_eq!(v.to_str().unwrap(), "Bearer abc.def");
         assert!(v.is_sensitive());
         std::fs::write(&path, "  \n").unwrap();
-        assert!(read_bearer(&path).unwrap_err().contains("is empty"));
-        let missing = read_bearer(&dir.path().join("nope")).unwrap_err();
+        assert!(read_bearer(&path, "--token-file").unwrap_err().contains("is empty"));
+        let missing = read_bearer(&dir.path().join("nope"), "--token-file").unwrap_err();
         assert!(missing.contains("--token-file") && missing.contains("nope"), "{missing}");
     }
 
@@ -789,6 +833,7 @@ mod tests {
             ca,
             insecure_tls,
             token_file: "/nonexistent/token".into(),
+            kubeconfig_credential: Err("none".into()),
         }
     }
 

@@ -301,6 +301,7 @@ mod tests {
             ca: None,
             insecure_tls: false,
             token_file: "/nonexistent".into(),
+            kubeconfig_credential: Err("none".into()),
         };
         let client = kube::Client::try_from(kube::Config::new("https://127.0.0.1:9".parse().unwrap())).unwrap();
         Prober::new(settings, client).unwrap()

@@ -2,6 +2,8 @@
 //! the controller in-process with compressed thresholds, and polling with deadlines.
 #![allow(dead_code)]
 
+pub mod toxiproxy;
+
 use std::{future::Future, time::Duration};
 
 use k8s_openapi::api::{core::v1::Node, events::v1::Event};
