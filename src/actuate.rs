@@ -226,6 +226,12 @@ pub enum Step {
     /// Drop the cordon from pulsecheck's record after somebody else uncordoned the node: from
     /// then on `spec.unschedulable` is theirs.
     DisownCordon,
+    /// Write back pulsecheck's record of its cordon after somebody deleted it while the cordon
+    /// stayed (`since`: the record's start), so that the cordon is undone on recovery.
+    RestoreRecord {
+        /// When the remediation started, as the deleted record said.
+        since: Option<Timestamp>,
+    },
     /// Set pulsecheck's `HeartbeatConsistent` condition.
     SetCondition {
         /// `True` or `False`.
@@ -278,6 +284,8 @@ pub enum Effect {
     CordonDisowned,
     /// The node was cordoned again before the record could be changed: nothing was disowned.
     CordonKept,
+    /// pulsecheck's record of its cordon was written back.
+    RecordRestored,
     /// The condition was set.
     ConditionSet,
     /// The Event was published.
@@ -337,6 +345,26 @@ pub fn remediation_patch(node: &SlimNode, actions: &Actions, now: Timestamp) -> 
         patch["spec"] = Value::Object(spec_patch);
     }
     Some((patch, change))
+}
+
+/// The patch that writes back pulsecheck's record of its cordon (started `since`), or `None`
+/// when the fresh read shows no cordon or a record already there. The change says `cordon`
+/// when the record's claim of the cordon is written. Pure.
+pub fn restore_record_patch(node: &SlimNode, since: Timestamp, taint_key: &str) -> Option<(Value, Change)> {
+    let unschedulable = node.spec.as_ref().and_then(|s| s.unschedulable).unwrap_or(false);
+    if !unschedulable || remediation_from_annotations(node.metadata.annotations.as_ref()).is_active() {
+        return None;
+    }
+    let tainted = node.spec.as_ref().and_then(|s| s.taints.as_ref()).is_some_and(|t| t.iter().any(|t| t.key == taint_key));
+    let record = crate::facts::Remediation { tainted, cordoned: true, since: Some(since) };
+    let patch = json!({
+        "metadata": {
+            "resourceVersion": node.metadata.resource_version,
+            "annotations": { names::REMEDIATION_ANNOTATION: serde_json::to_string(&record).unwrap_or_default() },
+        },
+    });
+    // `cordon`: the record's claim of the cordon is what was written.
+    Some((patch, Change { taint: false, cordon: true }))
 }
 
 /// What a written (or found already written) remediation is reported as.
@@ -517,6 +545,7 @@ impl Actuator {
             }
             Step::Release { why, dry_run: false } => self.release_reported(name, uid, why).await,
             Step::DisownCordon => self.disown_reported(name, uid).await,
+            Step::RestoreRecord { since } => self.restore_reported(name, uid, *since, now).await,
             Step::SetCondition { status, reason, message, previous_status } => {
                 match self.set_condition(name, status, reason, message, previous_status.as_deref(), now).await {
                     Ok(node) => Outcome::of(Effect::ConditionSet, Some(node)),
@@ -657,6 +686,25 @@ impl Actuator {
             Err(e) if e.is_not_found() => Outcome::of(Effect::Gone, None),
             Err(e) => {
                 warn!(node = name, error = %e, "could not update the remediation record after an uncordon by somebody else");
+                Outcome::of(Effect::Failed(e), None)
+            }
+        }
+    }
+
+    /// Writes back the record of pulsecheck's cordon that somebody deleted.
+    async fn restore_reported(&self, name: &str, uid: Option<&str>, since: Option<Timestamp>, now: Timestamp) -> Outcome {
+        match self.edit("record", name, |node| restore_record_patch(node, since.unwrap_or(now), &self.actions.taint_key)).await {
+            Ok((node, change)) if change.cordon => {
+                info!(node = name, "pulsecheck's record of its cordon was deleted; written back so the cordon is undone on recovery");
+                let message = "pulsecheck's record of its own cordon was removed while the cordon stayed; it is written back so that pulsecheck uncordons the node once it is healthy. To keep the node cordoned yourself, uncordon and cordon it again".to_string();
+                let _ = self.event(name, uid, false, "RecordRestored", "Record", message).await;
+                Outcome::of(Effect::RecordRestored, Some(node))
+            }
+            // Uncordoned, or a record already there, by the fresh read: nothing to restore.
+            Ok((node, _)) => Outcome::of(Effect::CordonKept, Some(node)),
+            Err(e) if e.is_not_found() => Outcome::of(Effect::Gone, None),
+            Err(e) => {
+                warn!(node = name, error = %e, "could not update the remediation record (writing back a deleted record)");
                 Outcome::of(Effect::Failed(e), None)
             }
         }
@@ -806,6 +854,27 @@ mod tests {
     fn with_rv(mut n: SlimNode, rv: &str) -> SlimNode {
         n.metadata.resource_version = Some(rv.into());
         n
+    }
+
+    #[test]
+    fn a_deleted_record_is_written_back_only_over_a_cordon_without_one() {
+        let mut cordoned = with_rv(node("n").ready_at(t(0)).build(), "9");
+        cordoned.spec.get_or_insert_default().unschedulable = Some(true);
+        let (patch, change) = restore_record_patch(&cordoned, t(3), names::TAINT_KEY).unwrap();
+        assert!(change.cordon && !change.taint);
+        assert_eq!(patch["metadata"]["resourceVersion"], "9");
+        let record: Remediation = serde_json::from_str(patch["metadata"]["annotations"][names::REMEDIATION_ANNOTATION].as_str().unwrap()).unwrap();
+        assert_eq!(record, Remediation { tainted: false, cordoned: true, since: Some(t(3)) });
+        assert!(patch.get("spec").is_none(), "only the record is written");
+        // Uncordoned meanwhile, or a record there already: nothing to write back.
+        assert_eq!(restore_record_patch(&node("n").ready_at(t(0)).build(), t(3), names::TAINT_KEY), None);
+        let (with_record, _) = remediation_patch(&cordoned, &actions(false, true), t(1)).unwrap();
+        let mut recorded = cordoned.clone();
+        recorded.metadata.annotations = Some(
+            [(names::REMEDIATION_ANNOTATION.to_string(), with_record["metadata"]["annotations"][names::REMEDIATION_ANNOTATION].as_str().unwrap().to_string())]
+                .into(),
+        );
+        assert_eq!(restore_record_patch(&recorded, t(3), names::TAINT_KEY), None);
     }
 
     #[test]

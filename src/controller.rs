@@ -251,6 +251,8 @@ struct Judgement {
     /// Nodes whose probes just turned out to be pulsecheck's own problem, and why (one Event
     /// each, per episode).
     newly_misconfigured: Vec<(String, String)>,
+    /// Nodes still under pulsecheck's cordon whose record somebody deleted, with its start.
+    records_lost: Vec<(String, Option<Timestamp>)>,
 }
 
 /// What the steps need to know about a node after the view is unlocked.
@@ -412,6 +414,7 @@ fn plan_steps(judgement: &Judgement, changes: &[VerdictChange], newly_held: &[(S
         let mut taken_over: Vec<&String> = judgement.cordons_taken_over.iter().collect();
         taken_over.sort_unstable();
         steps.extend(taken_over.into_iter().map(|name| planned(name, Step::DisownCordon)));
+        steps.extend(judgement.records_lost.iter().map(|(name, since)| planned(name, Step::RestoreRecord { since: *since })));
         for (name, a) in &judged {
             if let Some(step) = condition_step(a, judgement.notes.get(*name), judgement.holds.get(&***name).map(String::as_str)) {
                 steps.push(planned(name, step));
@@ -438,7 +441,7 @@ fn write_kind(step: &Step) -> WriteKind {
     match step {
         Step::Remediate { .. } => WriteKind::Remediation,
         Step::Release { .. } => WriteKind::Release,
-        Step::DisownCordon => WriteKind::Record,
+        Step::DisownCordon | Step::RestoreRecord { .. } => WriteKind::Record,
         Step::SetCondition { .. } => WriteKind::Condition,
         Step::Report { .. } => WriteKind::Event,
     }
@@ -520,6 +523,9 @@ impl Ledger {
         match (&planned.step, effect) {
             (_, Effect::Remediated(change)) => {
                 self.memory.remediation_started(node, now, false);
+                if change.cordon {
+                    self.memory.cordoned_now(node, now);
+                }
                 written(change, ActionLabel::Taint, ActionLabel::Cordon)
             }
             (_, Effect::WouldRemediate) => {
@@ -682,8 +688,10 @@ impl Controller {
             (false, true) => guard::Stance::Act,
             (false, false) => guard::Stance::Watch,
         };
+        self.ledger.memory.note_cordons(&v.facts);
         let plan = guard::plan(now, &assessments, &v.facts, &mut self.ledger.memory, &cfg.guard, stance);
         self.ledger.memory.retain(|n| v.facts.nodes.contains_key(n));
+        let records_lost = self.ledger.memory.lost_records(&v.facts);
         let notes = notes(&v.facts, &self.ledger.memory);
         let holds = plan.held.iter().map(|(n, h)| (n.clone(), hold_message(&plan, *h, cfg.guard.min_available))).collect();
         // Probed: every node in scope whose Lease pulsecheck saw renewed within the grace. A node
@@ -698,7 +706,7 @@ impl Controller {
         // Our cordon, undone by somebody else: the schedulability is theirs from now on.
         let cordons_taken_over: Vec<String> =
             v.facts.nodes.iter().filter(|(_, f)| f.remediation.cordoned && !f.unschedulable).map(|(n, _)| n.to_string()).collect();
-        Judgement { assessments, plan, blindness, notes, probe_targets, cordons_taken_over, holds, newly_misconfigured }
+        Judgement { assessments, plan, blindness, notes, probe_targets, cordons_taken_over, holds, newly_misconfigured, records_lost }
     }
 
     fn report_blindness(&mut self, blind: Option<&observe::Blindness>) {
@@ -945,6 +953,7 @@ mod tests {
             cordons_taken_over: Vec::new(),
             holds: HashMap::new(),
             newly_misconfigured: Vec::new(),
+            records_lost: Vec::new(),
         }
     }
 

@@ -137,6 +137,10 @@ pub struct Memory {
     simulated_released: HashSet<String>,
     /// The last plan was made as the acting leader.
     acting: bool,
+    /// Nodes whose record claimed pulsecheck's cordon when last seen, with the record's start:
+    /// `spec.unschedulable` is a bare flag, so if the record is deleted while the cordon stays,
+    /// this is what still knows the cordon is pulsecheck's (see [`Memory::lost_records`]).
+    cordoned: HashMap<String, Option<Timestamp>>,
 }
 
 impl Memory {
@@ -153,13 +157,47 @@ impl Memory {
     /// Records that `node` was released (`simulated` in dry-run mode: nothing was written).
     pub fn released(&mut self, node: &str, simulated: bool) {
         self.simulated.remove(node);
+        if !simulated {
+            self.cordoned.remove(node);
+        }
         if simulated {
             self.simulated_released.insert(node.to_string());
         }
     }
 
+    /// Notes that pulsecheck has just cordoned `node` (its record says so from `since`), before
+    /// any watch event shows it.
+    pub fn cordoned_now(&mut self, node: &str, since: Timestamp) {
+        self.cordoned.insert(node.to_string(), Some(since));
+    }
+
+    /// Notes which cordons are pulsecheck's by their records, and forgets the ones that are
+    /// gone (uncordoned, by anyone).
+    pub fn note_cordons(&mut self, facts: &FleetFacts) {
+        self.cordoned.retain(|n, _| facts.nodes.get(n.as_str()).is_some_and(|f| f.unschedulable));
+        for (name, f) in &facts.nodes {
+            if f.remediation.cordoned && f.unschedulable {
+                self.cordoned.insert(name.to_string(), f.remediation.since);
+            }
+        }
+    }
+
+    /// Nodes still cordoned by pulsecheck whose record somebody deleted, with the record's start:
+    /// the record is written back, or the cordon would never be undone.
+    pub fn lost_records(&self, facts: &FleetFacts) -> Vec<(String, Option<Timestamp>)> {
+        let mut lost: Vec<(String, Option<Timestamp>)> = self
+            .cordoned
+            .iter()
+            .filter(|(n, _)| facts.nodes.get(n.as_str()).is_some_and(|f| f.unschedulable && !f.remediation.is_active()))
+            .map(|(n, since)| (n.clone(), *since))
+            .collect();
+        lost.sort_unstable();
+        lost
+    }
+
     /// Forgets nodes that no longer exist.
     pub fn retain(&mut self, exists: impl Fn(&str) -> bool) {
+        self.cordoned.retain(|n, _| exists(n));
         self.healthy_since.retain(|n, _| exists(n));
         self.simulated.retain(|n, _| exists(n));
         self.simulated_released.retain(|n| exists(n));
@@ -168,7 +206,8 @@ impl Memory {
     /// True when pulsecheck holds (or, in dry-run, pretends to hold) a remediation on `node`.
     pub fn holds(&self, facts: &FleetFacts, node: &str) -> bool {
         self.simulated.contains_key(node)
-            || (!self.simulated_released.contains(node) && facts.nodes.get(node).is_some_and(|n| n.remediation.is_active() || n.has_our_taint))
+            || (!self.simulated_released.contains(node)
+                && facts.nodes.get(node).is_some_and(|n| n.remediation.is_active() || n.has_our_taint || (self.cordoned.contains_key(node) && n.unschedulable)))
     }
 }
 
@@ -626,6 +665,27 @@ mod tests {
         plan(t(300), &healthy, &f, &mut m, &cfg, Stance::Act);
         refresh(&mut f, "a", 400);
         assert_eq!(plan(t(420), &healthy, &f, &mut m, &cfg, Stance::Act).release, vec!["a".to_string()]);
+    }
+
+    #[test]
+    fn a_cordon_whose_record_was_deleted_is_still_ours_until_it_is_undone() {
+        let mut f = fleet(&["a", "b"]);
+        let record = Remediation { tainted: false, cordoned: true, since: Some(t(0)) };
+        f.nodes.get_mut("a").unwrap().remediation = record;
+        f.nodes.get_mut("a").unwrap().unschedulable = true;
+        let mut m = Memory::default();
+        m.note_cordons(&f);
+        assert!(m.lost_records(&f).is_empty());
+        // Somebody deletes the record; the cordon stays.
+        f.nodes.get_mut("a").unwrap().remediation = Remediation::default();
+        m.note_cordons(&f);
+        assert!(m.holds(&f, "a"), "the cordon is still pulsecheck's");
+        assert_eq!(m.lost_records(&f), vec![("a".to_string(), Some(t(0)))]);
+        // Uncordoned by anyone: nothing of it is pulsecheck's any more.
+        f.nodes.get_mut("a").unwrap().unschedulable = false;
+        m.note_cordons(&f);
+        f.nodes.get_mut("a").unwrap().unschedulable = true;
+        assert!(!m.holds(&f, "a") && m.lost_records(&f).is_empty(), "a later cordon is somebody else's");
     }
 
     #[test]

@@ -424,6 +424,58 @@ async fn a_restarted_instance_keeps_its_remediation_until_it_has_seen_the_node_r
     lab.stop().await;
 }
 
+/// pulsecheck's record is the only mark of its own cordon (`spec.unschedulable` is a bare flag).
+/// Deleted by hand or by a tool, it would leave the cordon orphaned for ever: pulsecheck writes
+/// it back while it remembers the cordon as its own, and undoes the cordon on recovery.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deleted_record_of_a_cordon_only_remediation_is_restored_and_the_cordon_undone_on_recovery() {
+    let lab = Lab::start(fast_fleet(4, "rec-")).await;
+    let client = lab.client();
+    let node = "rec-0002";
+    let running = controller(client.clone(), |s| {
+        s.actions.taint = false;
+        s.actions.cordon = true;
+    })
+    .await;
+    wait_evaluations(&running, 2, Duration::from_secs(30)).await;
+    lab.fleet.set_fault(node, Fault::Zombie).unwrap();
+    let has_record = |n: &Node| n.metadata.annotations.as_ref().is_some_and(|a| a.contains_key(names::REMEDIATION_ANNOTATION));
+    // The record claims the cordon as pulsecheck's (not merely "already cordoned by someone").
+    let claims_cordon =
+        |n: &Node| n.metadata.annotations.as_ref().and_then(|a| a.get(names::REMEDIATION_ANNOTATION)).is_some_and(|r| r.contains("\"cordoned\":true"));
+    let cordoned = |n: &Node| n.spec.as_ref().and_then(|s| s.unschedulable).unwrap_or(false);
+    eventually("cordoned with a record", STALE_AFTER + TICK_SLACK, || {
+        let client = client.clone();
+        async move {
+            let n = get_node(&client, node).await;
+            (cordoned(&n) && claims_cordon(&n)).then_some(())
+        }
+    })
+    .await;
+    let nodes: Api<Node> = Api::all(client.clone());
+    let forget = serde_json::json!({"metadata": {"annotations": {names::REMEDIATION_ANNOTATION: null}}});
+    nodes.patch(node, &PatchParams::default(), &Patch::Merge(&forget)).await.expect("delete the record");
+    eventually("the record of pulsecheck's cordon written back", Duration::from_secs(20), || {
+        let client = client.clone();
+        async move {
+            let n = get_node(&client, node).await;
+            (cordoned(&n) && claims_cordon(&n)).then_some(())
+        }
+    })
+    .await;
+    lab.fleet.set_fault(node, Fault::Recover).unwrap();
+    eventually("uncordoned on recovery", Duration::from_secs(30), || {
+        let client = client.clone();
+        async move {
+            let n = get_node(&client, node).await;
+            (!cordoned(&n) && !has_record(&n)).then_some(())
+        }
+    })
+    .await;
+    running.stop().await;
+    lab.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_instances_with_leader_election_only_one_acts() {
     let lab = Lab::start(fast_fleet(4, "ldr-")).await;
