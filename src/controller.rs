@@ -635,7 +635,11 @@ impl Controller {
         while let Ok(report) = self.probe_results.try_recv() {
             v.facts.record_probe(&report.node, report.outcome, report.at, cfg.thresholds.probe_result_ttl);
         }
-        let blindness = v.see(now, cfg.thresholds.lease_grace, cfg.thresholds.status_stale_after, cfg.settle_after_blindness);
+        // The Lease watch may be quiet for as long as the most often renewing Lease allows: a
+        // fleet whose every kubelet renews every 50 s (nodeLeaseDurationSeconds: 200) is not a
+        // silent watch after 50 s.
+        let silence = v.facts.leases.values().map(|l| cfg.thresholds.lease_grace_for(l)).min().unwrap_or(cfg.thresholds.lease_grace);
+        let blindness = v.see(now, silence, cfg.thresholds.status_stale_after, cfg.settle_after_blindness);
         // Judged as of the last instant the Lease watch proved it could see (a blink behind
         // `now` in a live fleet): a silence the watch has not had the chance to break is no
         // node's fault, and the fleet-wide silence rule wins the race against it.
@@ -696,8 +700,11 @@ impl Controller {
         let holds = plan.held.iter().map(|(n, h)| (n.clone(), hold_message(&plan, *h, cfg.guard.min_available))).collect();
         // Probed: every node in scope whose Lease pulsecheck saw renewed within the grace. A node
         // with a stale or missing Lease is kube-controller-manager's case; probing it adds nothing.
-        let lease_grace = SignedDuration::try_from(cfg.thresholds.lease_grace).unwrap_or(SignedDuration::MAX);
-        let lease_alive = |n: &NodeName| v.facts.leases.get(n).is_some_and(|l| at.duration_since(l.renew.observed_at) < lease_grace);
+        let lease_alive = |n: &NodeName| {
+            v.facts.leases.get(n).is_some_and(|l| {
+                at.duration_since(l.renew.observed_at) < SignedDuration::try_from(cfg.thresholds.lease_grace_for(l)).unwrap_or(SignedDuration::MAX)
+            })
+        };
         let probe_targets: Vec<ProbeTarget> = assessments
             .iter()
             .filter(|(n, a)| a.verdict != Verdict::Excluded && lease_alive(n))

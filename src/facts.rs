@@ -90,6 +90,10 @@ pub struct SlimLeaseSpec {
     /// The kubelet holding the Lease.
     #[serde(default)]
     pub holder_identity: Option<String>,
+    /// How long the holder's claim lasts (the kubelet's `nodeLeaseDurationSeconds`; it renews
+    /// every quarter of it).
+    #[serde(default)]
+    pub lease_duration_seconds: Option<i32>,
 }
 
 /// Deserializes the metadata fields pulsecheck uses, skipping `managedFields` and the rest.
@@ -172,6 +176,13 @@ impl SlimLease {
     /// `spec.renewTime`.
     pub fn renew_time(&self) -> Option<Timestamp> {
         self.spec.as_ref()?.renew_time.as_ref().map(|t| t.0)
+    }
+
+    /// `spec.leaseDurationSeconds`, when it is a sane duration (1 s … 1 h); anything else is
+    /// ignored rather than trusted.
+    pub fn duration(&self) -> Option<Duration> {
+        let seconds = self.spec.as_ref()?.lease_duration_seconds?;
+        u64::try_from(seconds).ok().filter(|s| (1..=3600).contains(s)).map(Duration::from_secs)
     }
 }
 
@@ -430,6 +441,8 @@ pub struct LeaseFacts {
     /// node is not judged: a Lease listed after a restart looks as fresh as a live one for a
     /// whole `--lease-grace`.
     pub renew: Heartbeat,
+    /// `spec.leaseDurationSeconds`, when sane: the node's own Lease cadence.
+    pub duration: Option<Duration>,
 }
 
 /// Which nodes are pulsecheck's to judge: the label selector and the taint key it owns.
@@ -647,6 +660,9 @@ impl FleetFacts {
     pub fn apply_lease(&mut self, lease: &SlimLease, now: Timestamp) {
         let Some(name) = lease.metadata.name.as_deref() else { return };
         self.apply_lease_renewal(name, lease.renew_time(), now);
+        if let Some(l) = self.leases.get_mut(name) {
+            l.duration = lease.duration();
+        }
     }
 
     /// Applies one observed `renewTime` of the Lease `name` (the hot path: one per renewal).
@@ -654,7 +670,7 @@ impl FleetFacts {
         match self.leases.get_mut(name) {
             Some(l) => l.renew = Heartbeat::advance(Some(&l.renew), renew_time, now),
             None => {
-                self.leases.insert(NodeName::from(name), LeaseFacts { renew: Heartbeat::advance(None, renew_time, now) });
+                self.leases.insert(NodeName::from(name), LeaseFacts { renew: Heartbeat::advance(None, renew_time, now), duration: None });
             }
         }
     }
@@ -778,6 +794,19 @@ pub(crate) mod fixtures {
         super::SlimLease::from_lease(&Lease {
             metadata: ObjectMeta { name: Some(name.into()), namespace: Some("kube-node-lease".into()), ..Default::default() },
             spec: Some(LeaseSpec { renew_time: Some(MicroTime(renew)), holder_identity: Some(name.into()), ..Default::default() }),
+        })
+    }
+
+    /// A Lease with `spec.leaseDurationSeconds`.
+    pub fn lease_lasting(name: &str, renew: Timestamp, seconds: i32) -> super::SlimLease {
+        super::SlimLease::from_lease(&Lease {
+            metadata: ObjectMeta { name: Some(name.into()), namespace: Some("kube-node-lease".into()), ..Default::default() },
+            spec: Some(LeaseSpec {
+                renew_time: Some(MicroTime(renew)),
+                holder_identity: Some(name.into()),
+                lease_duration_seconds: Some(seconds),
+                ..Default::default()
+            }),
         })
     }
 

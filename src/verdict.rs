@@ -5,7 +5,8 @@
 //! `docs/design.md`; in short:
 //!
 //! * A node is judged only while it claims `Ready=True` and its Lease is alive (seen renewed,
-//!   by pulsecheck's clock, within `lease_grace`). That is exactly the case the node lifecycle
+//!   by pulsecheck's clock, within `lease_grace`, or within a quarter more than the Lease's own
+//!   `leaseDurationSeconds` when that is longer). That is exactly the case the node lifecycle
 //!   controller accepts as healthy.
 //! * Evidence is either **conclusive** (enough alone) or **supporting** (two different kinds
 //!   together are conclusive; one alone makes the node Suspect):
@@ -200,7 +201,7 @@ impl Assessment {
 /// Thresholds of the decision core; defaults follow kubelet and kube-controller-manager defaults.
 #[derive(Debug, Clone, clap::Args)]
 pub struct ThresholdArgs {
-    /// A Lease seen renewed (by pulsecheck's clock) within this long counts as alive (kube-controller-manager's node-monitor-grace-period).
+    /// A Lease seen renewed (by pulsecheck's clock) within this long counts as alive (kube-controller-manager's node-monitor-grace-period); a Lease whose own leaseDurationSeconds is longer gets that plus a quarter.
     #[arg(long, env = "PULSECHECK_LEASE_GRACE", value_name = "DURATION", default_value = "50s", value_parser = positive_duration)]
     pub lease_grace: Duration,
     /// NodeStatus not seen refreshed for this long while the Lease is alive makes a node a zombie (kubelet reports every 5m with up to 50% jitter).
@@ -270,6 +271,17 @@ impl Default for Thresholds {
     }
 }
 
+impl Thresholds {
+    /// How long `lease` may go unrenewed and still count as alive: `--lease-grace`, or a quarter
+    /// more than the Lease's own `leaseDurationSeconds` when that is longer. A kubelet renews
+    /// every quarter of its duration, so with `nodeLeaseDurationSeconds: 200` it renews every
+    /// 50 s and a fixed 50 s grace would call every such Lease stale between renewals; the
+    /// default 40 s duration gives exactly the default 50 s.
+    pub fn lease_grace_for(&self, lease: &LeaseFacts) -> Duration {
+        lease.duration.map_or(self.lease_grace, |d| self.lease_grace.max(d + d / 4))
+    }
+}
+
 fn age(now: Timestamp, since: Timestamp) -> SignedDuration {
     now.duration_since(since)
 }
@@ -292,7 +304,7 @@ pub fn assess(now: Timestamp, node: &NodeFacts, lease: Option<&LeaseFacts>, prob
     let status_stale = at_least(status_age, th.status_stale_after);
     let stale_status = Evidence::StatusStale { for_seconds: status_age.as_secs() };
 
-    if at_least(lease_age, th.lease_grace) {
+    if at_least(lease_age, th.lease_grace_for(lease)) {
         let lease_stale = Evidence::LeaseStale { for_seconds: lease_age.as_secs() };
         if status_stale || node.ready == ReadyState::Unknown {
             let mut evidence = vec![lease_stale];
@@ -430,7 +442,7 @@ pub fn probe_partition(now: Timestamp, facts: &FleetFacts, th: &Thresholds, part
     let mut probed = 0usize;
     let mut failing = 0usize;
     for (name, probe) in &facts.probes {
-        let alive = facts.leases.get(name).is_some_and(|l| !at_least(age(now, l.renew.observed_at), th.lease_grace));
+        let alive = facts.leases.get(name).is_some_and(|l| !at_least(age(now, l.renew.observed_at), th.lease_grace_for(l)));
         let Some((last, at)) = &probe.last else { continue };
         if !alive || at_least(age(now, *at), th.probe_result_ttl) {
             continue;
@@ -542,6 +554,28 @@ mod tests {
         w.node(1650, node("n").ready_at(t(1650)));
         let a = w.at(1660);
         assert_eq!((a.verdict, a.provisional), (Verdict::Healthy, false));
+    }
+
+    #[test]
+    fn a_lease_is_judged_against_its_own_duration_when_that_is_longer_than_the_grace() {
+        // nodeLeaseDurationSeconds: 200 — the kubelet renews every 50 s.
+        let mut w = World::new();
+        w.node(0, node("n").ready_at(t(0)));
+        for at in (0..=600).step_by(50) {
+            w.facts.apply_lease(&lease_lasting("n", t(at), 200), t(at));
+        }
+        for at in 1..=8 {
+            w.node(at * 60, node("n").ready_at(t(at * 60)));
+        }
+        for now in (600..650).step_by(5) {
+            assert_eq!(w.at(now).verdict, Verdict::Healthy, "at {now}: between renewals every 50 s is no staleness");
+        }
+        // Unrenewed for its duration and a quarter (250 s): stale; the status is fresh, so Suspect.
+        assert_eq!(w.at(849).verdict, Verdict::Healthy);
+        assert_eq!(w.at(850).verdict, Verdict::Suspect);
+        // A short duration never shortens the grace below --lease-grace.
+        let short = LeaseFacts { renew: w.facts.leases["n"].renew, duration: Some(Duration::from_secs(10)) };
+        assert_eq!(w.th.lease_grace_for(&short), Duration::from_secs(50));
     }
 
     #[test]

@@ -12,7 +12,7 @@ use kube::{
     api::{Patch, PatchParams},
 };
 use pulsecheck::names;
-use pulsecheck_lab::fleet::Fault;
+use pulsecheck_lab::fleet::{Fault, FleetOptions};
 
 const TICK_SLACK: Duration = Duration::from_secs(15);
 
@@ -472,6 +472,32 @@ async fn a_deleted_record_of_a_cordon_only_remediation_is_restored_and_the_cordo
         }
     })
     .await;
+    running.stop().await;
+    lab.stop().await;
+}
+
+/// Kubelets are configured per node pool: `nodeLeaseDurationSeconds` four times the default
+/// means renewals four times apart — longer than `--lease-grace`. Each Lease is judged against
+/// its own `leaseDurationSeconds`, so such a fleet is not stale between renewals.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kubelets_with_long_lease_durations_are_not_judged_stale_between_renewals() {
+    // Renewals every 4 s against a 3 s --lease-grace (as 200 s Leases renew every 50 s against 50 s).
+    let lab = Lab::start(FleetOptions { lease_duration: Duration::from_secs(16), ..fast_fleet(4, "lld-") }).await;
+    let running = controller(lab.client(), |_| {}).await;
+    for node in lab.fleet.node_names() {
+        wait_verdict(&running, &node, "healthy", Duration::from_secs(30)).await;
+    }
+    // Five renewal periods.
+    wait_evaluations(&running, 40, Duration::from_secs(60)).await;
+    let text = running.metrics.render();
+    for verdict in ["suspect", "dead", "zombie"] {
+        assert_eq!(metric(&text, &format!(r#"pulsecheck_verdict_changes_total{{verdict="{verdict}"}}"#)), None, "{text}");
+    }
+    assert_eq!(metric(&text, "pulsecheck_blind"), Some(0.0), "{text}");
+    let client = lab.client();
+    for node in lab.fleet.node_names() {
+        assert!(events_for(&client, &node).await.is_empty(), "{node} got Events");
+    }
     running.stop().await;
     lab.stop().await;
 }
