@@ -392,12 +392,13 @@ pub fn remediation_report(change: &Change, node: &SlimNode, actions: &Actions) -
 }
 
 /// The patch that drops the cordon from pulsecheck's record once somebody else has uncordoned the
-/// node, or `None` when the record does not claim a cordon the node no longer has. From then on
+/// node (the change says `cordon`), or `None` when the record does not claim the cordon. From then on
 /// `spec.unschedulable` is theirs: a later cordon by a person is never undone at release. Pure.
 pub fn disown_cordon_patch(node: &SlimNode) -> Option<(Value, Change)> {
     let mut record = remediation_from_annotations(node.metadata.annotations.as_ref());
-    let unschedulable = node.spec.as_ref().and_then(|s| s.unschedulable).unwrap_or(false);
-    if !record.cordoned || unschedulable {
+    // Planned only after an uncordon was seen on a node whose record claims the cordon: a cordon
+    // there now came after it, and is somebody else's.
+    if !record.cordoned {
         return None;
     }
     record.cordoned = false;
@@ -407,7 +408,8 @@ pub fn disown_cordon_patch(node: &SlimNode) -> Option<(Value, Change)> {
             "annotations": { names::REMEDIATION_ANNOTATION: serde_json::to_string(&record).unwrap_or_default() },
         },
     });
-    Some((patch, Change::default()))
+    // `cordon`: the record's claim of the cordon is what was dropped.
+    Some((patch, Change { taint: false, cordon: true }))
 }
 
 /// The patch that undoes pulsecheck's own actions on `node`, or `None` when there is nothing of
@@ -674,8 +676,8 @@ impl Actuator {
     /// cordon of theirs is never undone when pulsecheck releases the node.
     async fn disown_reported(&self, name: &str, uid: Option<&str>) -> Outcome {
         match self.disown_cordon(name).await {
-            // Cordoned again before we wrote (the fresh read saw it): nothing was disowned.
-            Ok((node, _)) if remediation_from_annotations(node.metadata.annotations.as_ref()).cordoned => Outcome::of(Effect::CordonKept, Some(node)),
+            // The fresh read's record no longer claims the cordon: nothing to disown.
+            Ok((node, change)) if !change.cordon => Outcome::of(Effect::CordonKept, Some(node)),
             Ok((node, _)) => {
                 info!(node = name, "somebody else uncordoned the node; pulsecheck no longer owns spec.unschedulable");
                 let message =
@@ -958,15 +960,15 @@ mod tests {
         let mut n = with_rv(node("n").ready_at(t(0)).taint(names::TAINT_KEY).build(), "7");
         n.metadata.annotations = record(r#"{"tainted":true,"cordoned":true,"since":"2026-11-28T10:00:00Z"}"#);
         let (patch, change) = disown_cordon_patch(&n).unwrap();
-        assert_eq!(change, Change::default());
+        assert_eq!(change, Change { taint: false, cordon: true }, "the claim of the cordon is what changes");
         assert!(patch.get("spec").is_none(), "{patch}");
         assert_eq!(patch["metadata"]["resourceVersion"], "7");
         let written: serde_json::Value = serde_json::from_str(patch["metadata"]["annotations"][names::REMEDIATION_ANNOTATION].as_str().unwrap()).unwrap();
         assert_eq!(written, serde_json::json!({"tainted": true, "cordoned": false, "since": "2026-11-28T10:00:00Z"}));
-        // Still cordoned (ours), or never ours: nothing to write.
+        // Cordoned again after the uncordon that was seen: that cordon is somebody else's too.
         n.spec.get_or_insert_with(Default::default).unschedulable = Some(true);
-        assert_eq!(disown_cordon_patch(&n), None);
-        n.spec.get_or_insert_with(Default::default).unschedulable = Some(false);
+        assert_eq!(disown_cordon_patch(&n).map(|(p, _)| p["metadata"]["annotations"].clone()), Some(patch["metadata"]["annotations"].clone()));
+        // Never ours: nothing to write.
         n.metadata.annotations = record(r#"{"tainted":true,"cordoned":false}"#);
         assert_eq!(disown_cordon_patch(&n), None);
     }

@@ -406,7 +406,10 @@ fn plan_steps(judgement: &Judgement, changes: &[VerdictChange], newly_held: &[(S
     for name in &judgement.plan.remediate {
         steps.push(planned(name, Step::Remediate { dry_run }));
     }
-    for name in &judgement.plan.release {
+    // A node whose record is being written back is released on a later tick, from the record:
+    // released now, nothing would be undone and the cordon would be forgotten.
+    let restoring = |name: &str| !dry_run && judgement.records_lost.iter().any(|(n, _)| n == name);
+    for name in judgement.plan.release.iter().filter(|n| !restoring(n)) {
         let why = judgement.assessments.get(name.as_str()).map(Assessment::explain).unwrap_or_default();
         steps.push(planned(name, Step::Release { why, dry_run }));
     }
@@ -524,7 +527,7 @@ impl Ledger {
             (_, Effect::Remediated(change)) => {
                 self.memory.remediation_started(node, now, false);
                 if change.cordon {
-                    self.memory.cordoned_now(node, now);
+                    self.memory.cordoned_now(node, planned.uid.as_deref().unwrap_or_default(), now);
                 }
                 written(change, ActionLabel::Taint, ActionLabel::Cordon)
             }
@@ -635,15 +638,15 @@ impl Controller {
         while let Ok(report) = self.probe_results.try_recv() {
             v.facts.record_probe(&report.node, report.outcome, report.at, cfg.thresholds.probe_result_ttl);
         }
-        // The Lease watch may be quiet for as long as the most often renewing Lease allows: a
-        // fleet whose every kubelet renews every 50 s (nodeLeaseDurationSeconds: 200) is not a
-        // silent watch after 50 s.
-        let silence = v.facts.leases.values().map(|l| cfg.thresholds.lease_grace_for(l)).min().unwrap_or(cfg.thresholds.lease_grace);
-        let blindness = v.see(now, silence, cfg.thresholds.status_stale_after, cfg.settle_after_blindness);
         // Judged as of the last instant the Lease watch proved it could see (a blink behind
         // `now` in a live fleet): a silence the watch has not had the chance to break is no
         // node's fault, and the fleet-wide silence rule wins the race against it.
         let at = v.sight.horizon(now, &v.facts);
+        // The Lease watch may be quiet for as long as the most often renewing live Lease allows:
+        // a fleet whose every kubelet renews every 50 s (nodeLeaseDurationSeconds: 200) is not a
+        // silent watch after 50 s — and a dead node's short Lease sets nothing.
+        let silence = lease_silence(at, &v.facts, &cfg.thresholds);
+        let blindness = v.see(now, silence, cfg.thresholds.status_stale_after, cfg.settle_after_blindness);
         let can_see_at_all = v.sight.nodes.synced && v.sight.leases.synced;
         self.readiness.set(
             can_see_at_all
@@ -692,7 +695,8 @@ impl Controller {
             (false, true) => guard::Stance::Act,
             (false, false) => guard::Stance::Watch,
         };
-        self.ledger.memory.note_cordons(&v.facts);
+        let uncordoned = v.facts.take_uncordons();
+        self.ledger.memory.note_cordons(&v.facts, &uncordoned);
         let plan = guard::plan(now, &assessments, &v.facts, &mut self.ledger.memory, &cfg.guard, stance);
         self.ledger.memory.retain(|n| v.facts.nodes.contains_key(n));
         let records_lost = self.ledger.memory.lost_records(&v.facts);
@@ -712,7 +716,7 @@ impl Controller {
             .collect();
         // Our cordon, undone by somebody else: the schedulability is theirs from now on.
         let cordons_taken_over: Vec<String> =
-            v.facts.nodes.iter().filter(|(_, f)| f.remediation.cordoned && !f.unschedulable).map(|(n, _)| n.to_string()).collect();
+            v.facts.nodes.iter().filter(|(n, f)| f.remediation.cordoned && (!f.unschedulable || uncordoned.contains(n))).map(|(n, _)| n.to_string()).collect();
         Judgement { assessments, plan, blindness, notes, probe_targets, cordons_taken_over, holds, newly_misconfigured, records_lost }
     }
 
@@ -889,6 +893,21 @@ impl Controller {
     fn still_leading(&self) -> bool {
         self.leading.as_ref().is_none_or(crate::leader::LeaderCheck::is_leader)
     }
+}
+
+/// How long the Lease watch may deliver nothing before pulsecheck calls itself blind: the
+/// shortest grace among the Leases alive at `at` (the watch delivers at least that often while
+/// they live), or the longest grace of any Lease when none is alive.
+fn lease_silence(at: Timestamp, facts: &FleetFacts, th: &verdict::Thresholds) -> Duration {
+    let alive = |l: &&crate::facts::LeaseFacts| SignedDuration::try_from(th.lease_grace_for(l)).is_ok_and(|g| at.duration_since(l.renew.observed_at) < g);
+    facts
+        .leases
+        .values()
+        .filter(alive)
+        .map(|l| th.lease_grace_for(l))
+        .min()
+        .or_else(|| facts.leases.values().map(|l| th.lease_grace_for(l)).max())
+        .unwrap_or(th.lease_grace)
 }
 
 /// Publishes the per-node metrics of this tick's verdicts.
@@ -1088,6 +1107,22 @@ mod tests {
                 assert_eq!(previous_status, &current.as_ref().map(|(s, _)| s.clone()));
             }
         }
+    }
+
+    #[test]
+    fn the_lease_watch_silence_follows_the_live_leases_not_a_dead_node_s_short_one() {
+        use crate::facts::fixtures::lease_lasting;
+        let th = verdict::Thresholds::default();
+        let mut f = FleetFacts::default();
+        // A dead node with a default 40 s Lease, last renewed long ago; a live one renewing a 200 s Lease.
+        f.apply_lease(&lease_lasting("dead", t(0), 40), t(0));
+        f.apply_lease(&lease_lasting("live", t(990), 200), t(990));
+        assert_eq!(lease_silence(t(1000), &f, &th), Duration::from_secs(250));
+        f.apply_lease(&lease_lasting("default", t(995), 40), t(995));
+        assert_eq!(lease_silence(t(1000), &f, &th), Duration::from_secs(50));
+        // None alive: the longest grace.
+        assert_eq!(lease_silence(t(5000), &f, &th), Duration::from_secs(250));
+        assert_eq!(lease_silence(t(5000), &FleetFacts::default(), &th), th.lease_grace);
     }
 
     #[test]

@@ -178,11 +178,11 @@ impl SlimLease {
         self.spec.as_ref()?.renew_time.as_ref().map(|t| t.0)
     }
 
-    /// `spec.leaseDurationSeconds`, when it is a sane duration (1 s … 1 h); anything else is
-    /// ignored rather than trusted.
+    /// `spec.leaseDurationSeconds` when it is positive, at most an hour (a longer one is taken
+    /// as an hour: the safe direction, and the caller caps it further).
     pub fn duration(&self) -> Option<Duration> {
         let seconds = self.spec.as_ref()?.lease_duration_seconds?;
-        u64::try_from(seconds).ok().filter(|s| (1..=3600).contains(s)).map(Duration::from_secs)
+        u64::try_from(seconds).ok().filter(|s| *s >= 1).map(|s| Duration::from_secs(s.min(3600)))
     }
 }
 
@@ -332,6 +332,10 @@ pub struct NodeFacts {
     pub problems: Vec<ProblemCondition>,
     /// `spec.unschedulable`.
     pub unschedulable: bool,
+    /// An observation since [`FleetFacts::take_uncordons`] last looked showed the node go from
+    /// cordoned to schedulable: an uncordon followed by a cordon between two ticks is still an
+    /// uncordon (the cordon after it is somebody else's).
+    pub uncordon_seen: bool,
     /// The pulsecheck taint is on the node.
     pub has_our_taint: bool,
     /// A taint that takes the node out of service for everyone (kube-controller-manager's
@@ -566,6 +570,8 @@ impl NodeFacts {
                 .and_then(|e| u16::try_from(e.port).ok())
                 .filter(|p| *p != 0),
         };
+        let unschedulable = spec.and_then(|s| s.unschedulable).unwrap_or(false);
+        let uid_for_sticky = uid.clone();
         NodeFacts {
             uid,
             resource_version: meta.resource_version.clone(),
@@ -575,7 +581,9 @@ impl NodeFacts {
             status: Heartbeat::advance(previous.map(|p| &p.status), heartbeat_value, now),
             os_image: OsImage::advance(previous.map(|p| &p.os_image), os_image_value, now),
             problems,
-            unschedulable: spec.and_then(|s| s.unschedulable).unwrap_or(false),
+            unschedulable,
+            // Set by an uncordon (cordoned before, schedulable now), kept until taken.
+            uncordon_seen: previous.is_some_and(|p| p.uid == uid_for_sticky && (p.uncordon_seen || (p.unschedulable && !unschedulable))),
             has_our_taint,
             out_of_service_taint,
             remediation: remediation_from_annotations(meta.annotations.as_ref()),
@@ -673,6 +681,18 @@ impl FleetFacts {
                 self.leases.insert(NodeName::from(name), LeaseFacts { renew: Heartbeat::advance(None, renew_time, now), duration: None });
             }
         }
+    }
+
+    /// The nodes seen uncordoned since the last call (see [`NodeFacts::uncordon_seen`]), whatever
+    /// they are now; the marks are cleared.
+    pub fn take_uncordons(&mut self) -> Vec<NodeName> {
+        let mut seen = Vec::new();
+        for (name, f) in self.nodes.iter_mut() {
+            if std::mem::take(&mut f.uncordon_seen) {
+                seen.push(name.clone());
+            }
+        }
+        seen
     }
 
     /// Forgets a deleted Lease.
@@ -818,6 +838,24 @@ pub(crate) mod fixtures {
 #[cfg(test)]
 mod tests {
     use super::{fixtures::*, *};
+
+    #[test]
+    fn an_uncordon_is_remembered_until_taken_even_when_a_cordon_follows_it() {
+        let scope = Scope { taint_key: "t".into(), ..Default::default() };
+        let cordoned = |c: bool| {
+            let mut n = node("n").ready_at(t(0)).build();
+            n.spec.get_or_insert_default().unschedulable = Some(c);
+            n
+        };
+        let mut fleet = FleetFacts::default();
+        fleet.apply_node(&cordoned(false), &scope, t(0));
+        fleet.apply_node(&cordoned(true), &scope, t(1));
+        assert!(fleet.take_uncordons().is_empty(), "a cordon is no uncordon");
+        fleet.apply_node(&cordoned(false), &scope, t(2));
+        fleet.apply_node(&cordoned(true), &scope, t(3));
+        assert_eq!(fleet.take_uncordons(), vec![NodeName::from("n")]);
+        assert!(fleet.take_uncordons().is_empty(), "taken once");
+    }
 
     #[test]
     fn a_blind_spell_is_taken_off_every_age_but_never_moves_an_observation_past_its_end() {

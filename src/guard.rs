@@ -140,7 +140,7 @@ pub struct Memory {
     /// Nodes whose record claimed pulsecheck's cordon when last seen, with the record's start:
     /// `spec.unschedulable` is a bare flag, so if the record is deleted while the cordon stays,
     /// this is what still knows the cordon is pulsecheck's (see [`Memory::lost_records`]).
-    cordoned: HashMap<String, Option<Timestamp>>,
+    cordoned: HashMap<String, (String, Option<Timestamp>)>,
 }
 
 impl Memory {
@@ -165,19 +165,21 @@ impl Memory {
         }
     }
 
-    /// Notes that pulsecheck has just cordoned `node` (its record says so from `since`), before
-    /// any watch event shows it.
-    pub fn cordoned_now(&mut self, node: &str, since: Timestamp) {
-        self.cordoned.insert(node.to_string(), Some(since));
+    /// Notes that pulsecheck has just cordoned `node` (the Node `uid`; its record says so from
+    /// `since`), before any watch event shows it.
+    pub fn cordoned_now(&mut self, node: &str, uid: &str, since: Timestamp) {
+        self.cordoned.insert(node.to_string(), (uid.to_string(), Some(since)));
     }
 
-    /// Notes which cordons are pulsecheck's by their records, and forgets the ones that are
-    /// gone (uncordoned, by anyone).
-    pub fn note_cordons(&mut self, facts: &FleetFacts) {
-        self.cordoned.retain(|n, _| facts.nodes.get(n.as_str()).is_some_and(|f| f.unschedulable));
+    /// Notes which cordons are pulsecheck's by their records, and forgets those any observation
+    /// since the last tick showed undone (`uncordoned`, by anyone: a cordon after that is
+    /// somebody else's) or whose Node was re-created.
+    pub fn note_cordons(&mut self, facts: &FleetFacts, uncordoned: &[NodeName]) {
+        self.cordoned
+            .retain(|n, (uid, _)| !uncordoned.iter().any(|u| **u == **n) && facts.nodes.get(n.as_str()).is_some_and(|f| f.unschedulable && f.uid == *uid));
         for (name, f) in &facts.nodes {
-            if f.remediation.cordoned && f.unschedulable {
-                self.cordoned.insert(name.to_string(), f.remediation.since);
+            if f.remediation.cordoned && f.unschedulable && !uncordoned.contains(name) {
+                self.cordoned.insert(name.to_string(), (f.uid.clone(), f.remediation.since));
             }
         }
     }
@@ -188,8 +190,8 @@ impl Memory {
         let mut lost: Vec<(String, Option<Timestamp>)> = self
             .cordoned
             .iter()
-            .filter(|(n, _)| facts.nodes.get(n.as_str()).is_some_and(|f| f.unschedulable && !f.remediation.is_active()))
-            .map(|(n, since)| (n.clone(), *since))
+            .filter(|(n, (uid, _))| facts.nodes.get(n.as_str()).is_some_and(|f| f.unschedulable && f.uid == *uid && !f.remediation.is_active()))
+            .map(|(n, (_, since))| (n.clone(), *since))
             .collect();
         lost.sort_unstable();
         lost
@@ -207,7 +209,9 @@ impl Memory {
     pub fn holds(&self, facts: &FleetFacts, node: &str) -> bool {
         self.simulated.contains_key(node)
             || (!self.simulated_released.contains(node)
-                && facts.nodes.get(node).is_some_and(|n| n.remediation.is_active() || n.has_our_taint || (self.cordoned.contains_key(node) && n.unschedulable)))
+                && facts.nodes.get(node).is_some_and(|n| {
+                    n.remediation.is_active() || n.has_our_taint || (n.unschedulable && self.cordoned.get(node).is_some_and(|(uid, _)| *uid == n.uid))
+                }))
     }
 }
 
@@ -674,17 +678,20 @@ mod tests {
         f.nodes.get_mut("a").unwrap().remediation = record;
         f.nodes.get_mut("a").unwrap().unschedulable = true;
         let mut m = Memory::default();
-        m.note_cordons(&f);
+        m.note_cordons(&f, &[]);
         assert!(m.lost_records(&f).is_empty());
         // Somebody deletes the record; the cordon stays.
         f.nodes.get_mut("a").unwrap().remediation = Remediation::default();
-        m.note_cordons(&f);
+        m.note_cordons(&f, &[]);
         assert!(m.holds(&f, "a"), "the cordon is still pulsecheck's");
         assert_eq!(m.lost_records(&f), vec![("a".to_string(), Some(t(0)))]);
-        // Uncordoned by anyone: nothing of it is pulsecheck's any more.
-        f.nodes.get_mut("a").unwrap().unschedulable = false;
-        m.note_cordons(&f);
-        f.nodes.get_mut("a").unwrap().unschedulable = true;
+        // A Node re-created under the same name is another machine.
+        let mut recreated = f.clone();
+        recreated.nodes.get_mut("a").unwrap().uid = "another".into();
+        assert!(!m.holds(&recreated, "a") && m.lost_records(&recreated).is_empty());
+        // Uncordoned by anyone, even if cordoned again before the tick: nothing of it is
+        // pulsecheck's any more.
+        m.note_cordons(&f, &[NodeName::from("a")]);
         assert!(!m.holds(&f, "a") && m.lost_records(&f).is_empty(), "a later cordon is somebody else's");
     }
 

@@ -262,7 +262,7 @@ impl View {
         let Some(from) = before.checked_add(allowance).ok().filter(|from| *from < after) else { return };
         self.facts.discount(from, after);
         if SignedDuration::try_from(silence).is_ok_and(|s| after.duration_since(before) >= s) {
-            info!(gap = %after.duration_since(before), "the Lease watch was silent for a whole --lease-grace between two ticks; settling before deciding");
+            info!(gap = %after.duration_since(before), "the Lease watch was silent for a whole silence threshold between two ticks; settling before deciding");
             self.sight.regained_at = Some(now);
         }
     }

@@ -201,7 +201,7 @@ impl Assessment {
 /// Thresholds of the decision core; defaults follow kubelet and kube-controller-manager defaults.
 #[derive(Debug, Clone, clap::Args)]
 pub struct ThresholdArgs {
-    /// A Lease seen renewed (by pulsecheck's clock) within this long counts as alive (kube-controller-manager's node-monitor-grace-period); a Lease whose own leaseDurationSeconds is longer gets that plus a quarter.
+    /// A Lease seen renewed (by pulsecheck's clock) within this long counts as alive (kube-controller-manager's node-monitor-grace-period); a Lease whose own leaseDurationSeconds plus a quarter is longer gets that (at most half of --status-stale-after).
     #[arg(long, env = "PULSECHECK_LEASE_GRACE", value_name = "DURATION", default_value = "50s", value_parser = positive_duration)]
     pub lease_grace: Duration,
     /// NodeStatus not seen refreshed for this long while the Lease is alive makes a node a zombie (kubelet reports every 5m with up to 50% jitter).
@@ -273,12 +273,15 @@ impl Default for Thresholds {
 
 impl Thresholds {
     /// How long `lease` may go unrenewed and still count as alive: `--lease-grace`, or a quarter
-    /// more than the Lease's own `leaseDurationSeconds` when that is longer. A kubelet renews
+    /// more than the Lease's own `leaseDurationSeconds` when that is longer (at most half of
+    /// `--status-stale-after`). A kubelet renews
     /// every quarter of its duration, so with `nodeLeaseDurationSeconds: 200` it renews every
     /// 50 s and a fixed 50 s grace would call every such Lease stale between renewals; the
     /// default 40 s duration gives exactly the default 50 s.
     pub fn lease_grace_for(&self, lease: &LeaseFacts) -> Duration {
-        lease.duration.map_or(self.lease_grace, |d| self.lease_grace.max(d + d / 4))
+        // Never more than half the status threshold: a Lease must go stale well before a
+        // stopped node's status does, or a powered-off node would look like a zombie.
+        lease.duration.map_or(self.lease_grace, |d| self.lease_grace.max((d + d / 4).min(self.status_stale_after / 2)))
     }
 }
 
@@ -573,9 +576,12 @@ mod tests {
         // Unrenewed for its duration and a quarter (250 s): stale; the status is fresh, so Suspect.
         assert_eq!(w.at(849).verdict, Verdict::Healthy);
         assert_eq!(w.at(850).verdict, Verdict::Suspect);
-        // A short duration never shortens the grace below --lease-grace.
+        // A short duration never shortens the grace below --lease-grace, and a huge one never
+        // lengthens it beyond half the status threshold.
         let short = LeaseFacts { renew: w.facts.leases["n"].renew, duration: Some(Duration::from_secs(10)) };
         assert_eq!(w.th.lease_grace_for(&short), Duration::from_secs(50));
+        let huge = LeaseFacts { duration: Some(Duration::from_secs(3600)), ..short };
+        assert_eq!(w.th.lease_grace_for(&huge), Duration::from_secs(300));
     }
 
     #[test]
