@@ -390,12 +390,8 @@ async fn a_restarted_instance_keeps_its_remediation_until_it_has_seen_the_node_r
     let first = controller(client.clone(), |_| {}).await;
     wait_evaluations(&first, 2, Duration::from_secs(30)).await;
     lab.fleet.set_fault(node, Fault::Zombie).unwrap();
-    eventually("zombie tainted and False", STALE_AFTER + TICK_SLACK, || {
-        let client = client.clone();
-        async move {
-            let n = get_node(&client, node).await;
-            (has_our_taint(&n) && our_condition(&n).is_some_and(|(s, _, _)| s == "False")).then_some(())
-        }
+    wait_node(&client, node, "zombie tainted and False", STALE_AFTER + TICK_SLACK, |n| {
+        has_our_taint(n) && our_condition(n).is_some_and(|(s, _, _)| s == "False")
     })
     .await;
     first.stop().await;
@@ -414,11 +410,7 @@ async fn a_restarted_instance_keeps_its_remediation_until_it_has_seen_the_node_r
     }
     lab.fleet.set_fault(node, Fault::Recover).unwrap();
     let recovered = tokio::time::Instant::now();
-    eventually("released after the recovery", recover_after + TICK_SLACK, || {
-        let client = client.clone();
-        async move { (!has_our_taint(&get_node(&client, node).await)).then_some(()) }
-    })
-    .await;
+    wait_node(&client, node, "released after the recovery", recover_after + TICK_SLACK, |n| !has_our_taint(n)).await;
     assert!(recovered.elapsed() >= recover_after, "released {:?} after the recovery, before --recover-after ({recover_after:?})", recovered.elapsed());
     second.stop().await;
     lab.stop().await;
@@ -444,34 +436,13 @@ async fn a_deleted_record_of_a_cordon_only_remediation_is_restored_and_the_cordo
     let claims_cordon =
         |n: &Node| n.metadata.annotations.as_ref().and_then(|a| a.get(names::REMEDIATION_ANNOTATION)).is_some_and(|r| r.contains("\"cordoned\":true"));
     let cordoned = |n: &Node| n.spec.as_ref().and_then(|s| s.unschedulable).unwrap_or(false);
-    eventually("cordoned with a record", STALE_AFTER + TICK_SLACK, || {
-        let client = client.clone();
-        async move {
-            let n = get_node(&client, node).await;
-            (cordoned(&n) && claims_cordon(&n)).then_some(())
-        }
-    })
-    .await;
+    wait_node(&client, node, "cordoned with a record", STALE_AFTER + TICK_SLACK, |n| cordoned(n) && claims_cordon(n)).await;
     let nodes: Api<Node> = Api::all(client.clone());
     let forget = serde_json::json!({"metadata": {"annotations": {names::REMEDIATION_ANNOTATION: null}}});
     nodes.patch(node, &PatchParams::default(), &Patch::Merge(&forget)).await.expect("delete the record");
-    eventually("the record of pulsecheck's cordon written back", Duration::from_secs(20), || {
-        let client = client.clone();
-        async move {
-            let n = get_node(&client, node).await;
-            (cordoned(&n) && claims_cordon(&n)).then_some(())
-        }
-    })
-    .await;
+    wait_node(&client, node, "the record of pulsecheck's cordon written back", Duration::from_secs(20), |n| cordoned(n) && claims_cordon(n)).await;
     lab.fleet.set_fault(node, Fault::Recover).unwrap();
-    eventually("uncordoned on recovery", Duration::from_secs(30), || {
-        let client = client.clone();
-        async move {
-            let n = get_node(&client, node).await;
-            (!cordoned(&n) && !has_record(&n)).then_some(())
-        }
-    })
-    .await;
+    wait_node(&client, node, "uncordoned on recovery", Duration::from_secs(30), |n| !cordoned(n) && !has_record(n)).await;
     running.stop().await;
     lab.stop().await;
 }

@@ -130,6 +130,17 @@ pub async fn get_node(client: &kube::Client, name: &str) -> Node {
     Api::<Node>::all(client.clone()).get(name).await.expect("node exists")
 }
 
+/// Reads `name` every 200 ms until `check` holds for it (or panics after `timeout`, naming
+/// `what`), and returns it.
+pub async fn wait_node(client: &kube::Client, name: &str, what: &str, timeout: Duration, check: impl Fn(&Node) -> bool) -> Node {
+    let check = &check;
+    eventually(what, timeout, || async move {
+        let n = get_node(client, name).await;
+        check(&n).then_some(n)
+    })
+    .await
+}
+
 /// Keys of the node's taints.
 pub fn taint_keys(node: &Node) -> Vec<String> {
     node.spec.as_ref().and_then(|s| s.taints.as_ref()).map(|t| t.iter().map(|t| t.key.clone()).collect()).unwrap_or_default()
