@@ -704,11 +704,7 @@ impl Controller {
         let holds = plan.held.iter().map(|(n, h)| (n.clone(), hold_message(&plan, *h, cfg.guard.min_available))).collect();
         // Probed: every node in scope whose Lease pulsecheck saw renewed within the grace. A node
         // with a stale or missing Lease is kube-controller-manager's case; probing it adds nothing.
-        let lease_alive = |n: &NodeName| {
-            v.facts.leases.get(n).is_some_and(|l| {
-                at.duration_since(l.renew.observed_at) < SignedDuration::try_from(cfg.thresholds.lease_grace_for(l)).unwrap_or(SignedDuration::MAX)
-            })
-        };
+        let lease_alive = |n: &NodeName| v.facts.leases.get(n).is_some_and(|l| cfg.thresholds.lease_alive(at, l));
         let probe_targets: Vec<ProbeTarget> = assessments
             .iter()
             .filter(|(n, a)| a.verdict != Verdict::Excluded && lease_alive(n))
@@ -847,14 +843,11 @@ impl Controller {
             Step::Release { .. } => {
                 let cfg = &self.config;
                 let v = lock(&self.view);
-                let n = v.facts.nodes.get(name)?;
                 if !self.ledger.memory.holds(&v.facts, name) {
                     return None;
                 }
-                let (trusted, _, _) = verdict::probe_partition(now, &v.facts, &cfg.thresholds, cfg.probe_partition_threshold);
-                let a = verdict::assess(now, n, v.facts.leases.get(name), v.facts.probes.get(name), &cfg.thresholds, trusted);
-                let still_healthy = a.verdict == Verdict::Healthy && a.unconfirmed.is_none() && !a.provisional;
-                if still_healthy || a.verdict == Verdict::Excluded {
+                let a = verdict::assess_node(now, &v.facts, name, &cfg.thresholds, cfg.probe_partition_threshold)?;
+                if a.healthy_on_evidence() || a.verdict == Verdict::Excluded {
                     Some(planned)
                 } else {
                     info!(node = name, verdict = a.verdict.as_str(), "release no longer called for when its turn came; not releasing");
@@ -878,9 +871,7 @@ impl Controller {
                 Some(l) => v.facts.apply_lease(l, now),
                 None => v.facts.delete_lease(name),
             }
-            let n = v.facts.nodes.get(name)?;
-            let (trusted, _, _) = verdict::probe_partition(now, &v.facts, &cfg.thresholds, cfg.probe_partition_threshold);
-            verdict::assess(now, n, v.facts.leases.get(name), v.facts.probes.get(name), &cfg.thresholds, trusted)
+            verdict::assess_node(now, &v.facts, name, &cfg.thresholds, cfg.probe_partition_threshold)?
         };
         if !guard::needs_remediation(confirmed.verdict, &cfg.guard) {
             info!(node = name, verdict = confirmed.verdict.as_str(), "fresh read does not confirm the verdict; not acting");
@@ -899,11 +890,10 @@ impl Controller {
 /// shortest grace among the Leases alive at `at` (the watch delivers at least that often while
 /// they live), or the longest grace of any Lease when none is alive.
 fn lease_silence(at: Timestamp, facts: &FleetFacts, th: &verdict::Thresholds) -> Duration {
-    let alive = |l: &&crate::facts::LeaseFacts| SignedDuration::try_from(th.lease_grace_for(l)).is_ok_and(|g| at.duration_since(l.renew.observed_at) < g);
     facts
         .leases
         .values()
-        .filter(alive)
+        .filter(|l| th.lease_alive(at, l))
         .map(|l| th.lease_grace_for(l))
         .min()
         .or_else(|| facts.leases.values().map(|l| th.lease_grace_for(l)).max())

@@ -250,7 +250,7 @@ pub fn plan(now: Timestamp, assessments: &Assessments, facts: &FleetFacts, memor
             // failure again is there: health the probes cannot confirm (a partition, an expired
             // result) is the absence of evidence, not evidence — and so is a status this instance
             // has not yet seen change (after a restart, a frozen status looks fresh for a while).
-            if a.verdict == Verdict::Healthy && a.unconfirmed.is_none() && !a.provisional {
+            if a.healthy_on_evidence() {
                 if !memory.healthy_since.contains_key(name) {
                     memory.healthy_since.insert(name.clone(), now);
                 }

@@ -185,6 +185,13 @@ impl Assessment {
         matches!(self.evidence.as_slice(), [Evidence::NotObservedYet { .. }])
     }
 
+    /// Healthy on evidence that would catch the failure again: not resting on probes that
+    /// cannot confirm it, nor on a status this instance has not seen change. Only such health
+    /// counts towards a release.
+    pub fn healthy_on_evidence(&self) -> bool {
+        self.verdict == Verdict::Healthy && self.unconfirmed.is_none() && !self.provisional
+    }
+
     /// One line for Events, logs and the node condition.
     pub fn explain(&self) -> String {
         if self.evidence.is_empty() {
@@ -282,6 +289,11 @@ impl Thresholds {
         // Never more than half the status threshold: a Lease must go stale well before a
         // stopped node's status does, or a powered-off node would look like a zombie.
         lease.duration.map_or(self.lease_grace, |d| self.lease_grace.max((d + d / 4).min(self.status_stale_after / 2)))
+    }
+
+    /// True while `lease` counts as alive at `at`: seen renewed within its grace.
+    pub fn lease_alive(&self, at: Timestamp, lease: &LeaseFacts) -> bool {
+        !at_least(age(at, lease.renew.observed_at), self.lease_grace_for(lease))
     }
 }
 
@@ -420,6 +432,14 @@ pub fn evaluate(now: Timestamp, facts: &FleetFacts, th: &Thresholds, partition_t
     Evaluation { assessments, probes_trusted, probes_failing, probes_recent }
 }
 
+/// Judges node `name` alone, as [`evaluate`] would (the probe partition computed over the
+/// fleet): for a step that must be judged again on the view as it is now.
+pub fn assess_node(now: Timestamp, facts: &FleetFacts, name: &str, th: &Thresholds, partition_threshold_percent: f64) -> Option<Assessment> {
+    let node = facts.nodes.get(name)?;
+    let (trusted, _, _) = probe_partition(now, facts, th, partition_threshold_percent);
+    Some(assess(now, node, facts.leases.get(name), facts.probes.get(name), th, trusted))
+}
+
 /// Probe evidence, when the failures reached the threshold and the latest result is recent.
 fn probe_evidence(now: Timestamp, probe: &ProbeFacts, th: &Thresholds) -> Option<Evidence> {
     let (last, at) = probe.last.as_ref()?;
@@ -445,7 +465,7 @@ pub fn probe_partition(now: Timestamp, facts: &FleetFacts, th: &Thresholds, part
     let mut probed = 0usize;
     let mut failing = 0usize;
     for (name, probe) in &facts.probes {
-        let alive = facts.leases.get(name).is_some_and(|l| !at_least(age(now, l.renew.observed_at), th.lease_grace_for(l)));
+        let alive = facts.leases.get(name).is_some_and(|l| th.lease_alive(now, l));
         let Some((last, at)) = &probe.last else { continue };
         if !alive || at_least(age(now, *at), th.probe_result_ttl) {
             continue;
