@@ -103,6 +103,7 @@ async fn measure(plan: Plan) {
         ca: Some(dir.path().join("ca.pem")).filter(|_| plan.mode == ProbeMode::KubeletHealthz),
         insecure_tls: false,
         token_file,
+        configz: false,
         kubeconfig_credential: Err("the bench reads its token file".into()),
     };
     let client = kube::Client::try_from(kube::Config::new("https://127.0.0.1:9".parse().expect("url"))).expect("client");
@@ -212,7 +213,7 @@ fn serve(dir: &Path, endpoints: usize) {
         for i in 0..endpoints {
             let ip = endpoint_ip(i);
             let serving = ca.issue_server(&format!("kubelet@{ip}"), &[ip], &[]).expect("serving certificate");
-            running.push(kubelet::KubeletEndpoint::start(ip, &serving).await.expect("bind a loopback address"));
+            running.push(kubelet::KubeletEndpoint::start(ip, &serving, &kubelet::KubeletConfig::default()).await.expect("bind a loopback address"));
         }
         let lines: Vec<String> = running.iter().map(|e| e.addr().to_string()).collect();
         std::fs::write(dir.join("endpoints.txt"), lines.join("\n")).expect("endpoints.txt");

@@ -27,7 +27,7 @@
 //! the current tick (and its in-flight writes) finishes, then the loop stops.
 
 use std::{
-    collections::{HashMap, HashSet},
+    collections::{BTreeMap, HashMap, HashSet},
     net::SocketAddr,
     time::Duration,
 };
@@ -41,6 +41,7 @@ use tracing::{error, info, warn};
 use crate::{
     actuate::{Actions, Actuator, Change, Effect, Outcome, Planned, Step},
     admin::{AdminServer, Readiness},
+    cadence::CadenceSource,
     config::{RunArgs, Settings},
     facts::{FleetFacts, NodeName, ProbeOutcome, SlimLease, SlimNode},
     guard::{self, Hold, Memory, Plan},
@@ -191,6 +192,7 @@ pub async fn start(client: kube::Client, settings: Settings) -> Result<Running, 
         circuit_reported: false,
         partition_reported: false,
         misconfigured_reported: HashSet::new(),
+        configz_failure_reported: false,
         misconfigured_evented: HashSet::new(),
         probe_targets: targets_tx,
         probe_results: results_rx,
@@ -220,6 +222,8 @@ struct Controller {
     partition_reported: bool,
     /// Nodes whose probes are pulsecheck's own problem, already logged.
     misconfigured_reported: HashSet<String>,
+    /// A `/configz` read failed and was logged (once per run).
+    configz_failure_reported: bool,
     /// Nodes whose probes are pulsecheck's own problem whose Event a leader's tick planned.
     misconfigured_evented: HashSet<String>,
     probe_targets: tokio::sync::watch::Sender<Vec<ProbeTarget>>,
@@ -636,6 +640,16 @@ impl Controller {
         let cfg = &self.config;
         let mut v = lock(&self.view);
         while let Ok(report) = self.probe_results.try_recv() {
+            match report.cadence {
+                Some(Ok(cadence)) => v.facts.record_kubelet_cadence(&report.node, cadence),
+                Some(Err(why)) => {
+                    if !self.configz_failure_reported {
+                        warn!(node = %report.node, why = %why, "cannot read a kubelet's /configz: its status cadence is learned from the intervals pulsecheck sees instead (reported once; pulsecheck_kubelet_configz_reads_total counts the rest)");
+                        self.configz_failure_reported = true;
+                    }
+                }
+                None => {}
+            }
             v.facts.record_probe(&report.node, report.outcome, report.at, cfg.thresholds.probe_result_ttl);
         }
         // Judged as of the last instant the Lease watch proved it could see (a blink behind
@@ -646,7 +660,8 @@ impl Controller {
         // a fleet whose every kubelet renews every 50 s (nodeLeaseDurationSeconds: 200) is not a
         // silent watch after 50 s — and a dead node's short Lease sets nothing.
         let silence = lease_silence(at, &v.facts, &cfg.thresholds);
-        let blindness = v.see(now, silence, cfg.thresholds.status_stale_after, cfg.settle_after_blindness);
+        let node_silence = status_silence(at, &v.facts, &cfg.thresholds);
+        let blindness = v.see(now, silence, node_silence, cfg.settle_after_blindness);
         let can_see_at_all = v.sight.nodes.synced && v.sight.leases.synced;
         self.readiness.set(
             can_see_at_all
@@ -686,9 +701,10 @@ impl Controller {
         self.misconfigured_reported = misconfigured.into_keys().collect();
         let assessments = evaluation.assessments;
         if blindness.is_none() {
+            verdict::note_stale_statuses(&mut v.facts, &assessments);
             // A blind view's verdicts are not verdicts: the series keep what was last seen, and
             // pulsecheck_blind says why they do not move (no zombie alert fires on a blind spell).
-            publish_metrics(&self.metrics, &self.ledger.memory, &v.facts, &assessments);
+            publish_metrics(&self.metrics, &cfg.thresholds, &self.ledger.memory, &v.facts, &assessments);
         }
         let stance = match (blindness.is_some(), leader) {
             (true, _) => guard::Stance::Blind,
@@ -900,8 +916,28 @@ fn lease_silence(at: Timestamp, facts: &FleetFacts, th: &verdict::Thresholds) ->
         .unwrap_or(th.lease_grace)
 }
 
+/// How long the Node watch may deliver nothing before pulsecheck counts itself blind: the
+/// shortest status threshold of a node whose status is fresh (a fleet of kubelets reporting
+/// every 4 s is not quiet for minutes), else `--status-stale-after`; never longer than the flag.
+fn status_silence(at: Timestamp, facts: &FleetFacts, th: &verdict::Thresholds) -> Duration {
+    facts
+        .nodes
+        .iter()
+        .map(|(name, n)| (th.status_threshold_for(n, facts.leases.get(name)).after, n))
+        .filter(|(after, n)| SignedDuration::try_from(*after).is_ok_and(|after| at.duration_since(n.status.observed_at) < after))
+        .map(|(after, _)| after)
+        .min()
+        .unwrap_or(th.status_stale_after)
+        .min(th.status_stale_after)
+}
+
 /// Publishes the per-node metrics of this tick's verdicts.
-fn publish_metrics(metrics: &Metrics, memory: &Memory, facts: &FleetFacts, assessments: &Assessments) {
+fn publish_metrics(metrics: &Metrics, th: &verdict::Thresholds, memory: &Memory, facts: &FleetFacts, assessments: &Assessments) {
+    let mut sources: BTreeMap<CadenceSource, usize> = BTreeMap::new();
+    for n in facts.nodes.values() {
+        *sources.entry(n.cadence.threshold(th.status_stale_after, th.lease_grace, n.status.seen_changing).source).or_default() += 1;
+    }
+    metrics.status_threshold_sources(&sources.into_iter().collect::<Vec<_>>());
     for (name, a) in assessments {
         let Some(n) = facts.nodes.get(name) else { continue };
         let heartbeats = NodeHeartbeats {
@@ -913,6 +949,7 @@ fn publish_metrics(metrics: &Metrics, memory: &Memory, facts: &FleetFacts, asses
                 Some((ProbeOutcome::Failure(_) | ProbeOutcome::Timeout | ProbeOutcome::Unreachable(_), _)) => Some(false),
                 _ => None,
             }),
+            status_threshold: th.status_threshold_for(n, facts.leases.get(name)).after.as_secs_f64(),
         };
         metrics.node(name, a, heartbeats);
     }

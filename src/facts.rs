@@ -21,7 +21,10 @@ use k8s_openapi::{
 };
 use serde::Deserialize;
 
-use crate::names;
+use crate::{
+    cadence::{KubeletCadence, StatusCadence},
+    names,
+};
 
 /// A Node as pulsecheck reads it from the apiserver: the fields decisions need and nothing
 /// else. Deserializing into this type skips `managedFields`, `status.images`, capacity and the
@@ -355,6 +358,13 @@ pub struct NodeFacts {
     pub our_condition: Option<(String, String)>,
     /// `status.nodeInfo.kubeletVersion`.
     pub kubelet_version: String,
+    /// What pulsecheck knows of the node's status cadence (its kubelet's `/configz`, the
+    /// intervals it saw), from which [`crate::verdict::Thresholds::status_threshold_for`]
+    /// derives the node's own status threshold.
+    pub cadence: StatusCadence,
+    /// pulsecheck judged the current status value stale (set by the controller from the
+    /// verdicts, cleared by the next report): the interval that report ends is not learned.
+    pub status_judged_stale: bool,
 }
 
 /// The outcome of one kubelet probe, as the prober reports it.
@@ -572,13 +582,15 @@ impl NodeFacts {
         };
         let unschedulable = spec.and_then(|s| s.unschedulable).unwrap_or(false);
         let uid_for_sticky = uid.clone();
+        let status_heartbeat = Heartbeat::advance(previous.map(|p| &p.status), heartbeat_value, now);
+        let cadence = previous.map_or_else(StatusCadence::default, |p| learn_cadence(p, &status_heartbeat));
         NodeFacts {
             uid,
             resource_version: meta.resource_version.clone(),
             first_seen: previous.map_or(now, |p| p.first_seen),
             ready,
             ready_reason: ready_condition.and_then(|c| c.reason.clone()).unwrap_or_default(),
-            status: Heartbeat::advance(previous.map(|p| &p.status), heartbeat_value, now),
+            status: status_heartbeat,
             os_image: OsImage::advance(previous.map(|p| &p.os_image), os_image_value, now),
             problems,
             unschedulable,
@@ -593,7 +605,19 @@ impl NodeFacts {
             kubelet,
             our_condition,
             kubelet_version: status.and_then(|s| s.node_info.as_ref()).map(|i| i.kubelet_version.clone()).unwrap_or_default(),
+            cadence,
+            status_judged_stale: previous.is_some_and(|p| p.status_judged_stale && p.status.value == heartbeat_value),
         }
+    }
+}
+
+/// `previous`'s cadence after its status heartbeat became `now_seen`: a new report teaches the
+/// interval since the one before it, measured on the kubelet's clock, unless pulsecheck had
+/// already judged that status stale (the gap of a wedge it caught is not a cadence).
+fn learn_cadence(previous: &NodeFacts, now_seen: &Heartbeat) -> StatusCadence {
+    match (previous.status.value, now_seen.value) {
+        (Some(before), Some(after)) if before != after && !previous.status_judged_stale => previous.cadence.after_report(after.duration_since(before)),
+        _ => previous.cadence,
     }
 }
 
@@ -640,6 +664,20 @@ impl FleetFacts {
             None => {
                 self.nodes.insert(NodeName::from(name), facts);
             }
+        }
+    }
+
+    /// Records what node `name`'s kubelet says of its status cadence (`/configz`).
+    pub fn record_kubelet_cadence(&mut self, name: &str, cadence: KubeletCadence) {
+        if let Some(node) = self.nodes.get_mut(name) {
+            node.cadence.kubelet = Some(cadence);
+        }
+    }
+
+    /// Marks node `name`'s current status as judged stale (see [`NodeFacts::status_judged_stale`]).
+    pub fn mark_status_judged_stale(&mut self, name: &str) {
+        if let Some(node) = self.nodes.get_mut(name) {
+            node.status_judged_stale = true;
         }
     }
 

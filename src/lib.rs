@@ -16,6 +16,7 @@
 
 pub mod actuate;
 pub mod admin;
+pub mod cadence;
 pub mod check;
 pub mod cleanup;
 pub mod cli;

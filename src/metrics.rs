@@ -10,6 +10,7 @@
 use prometheus::{Encoder, Gauge, GaugeVec, Histogram, HistogramOpts, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder};
 
 use crate::{
+    cadence::CadenceSource,
     facts::ProbeOutcome,
     verdict::{Assessment, Verdict},
 };
@@ -22,7 +23,10 @@ pub const METRIC_NAMES: &[&str] = &[
     "pulsecheck_node_status_observed_timestamp_seconds",
     "pulsecheck_node_probe_success",
     "pulsecheck_node_remediated",
+    "pulsecheck_node_status_threshold_seconds",
     "pulsecheck_nodes",
+    "pulsecheck_status_threshold_nodes",
+    "pulsecheck_kubelet_configz_reads_total",
     "pulsecheck_remediations_active",
     "pulsecheck_remediation_limit",
     "pulsecheck_circuit_open",
@@ -172,7 +176,10 @@ pub struct Metrics {
     node_status_observed: GaugeVec,
     node_probe_success: IntGaugeVec,
     node_remediated: IntGaugeVec,
+    node_status_threshold: GaugeVec,
     nodes: IntGaugeVec,
+    status_threshold_sources: IntGaugeVec,
+    configz_reads: IntCounterVec,
     remediations_active: IntGauge,
     remediation_limit: IntGauge,
     circuit_open: IntGauge,
@@ -213,6 +220,8 @@ pub struct NodeHeartbeats {
     /// The last counted kubelet probe: `Some(true)` success, `Some(false)` failure or timeout,
     /// `None` when never probed or when the last answer carried no evidence (401/403, not probed).
     pub probe_success: Option<bool>,
+    /// The node's own status threshold (seconds), see [`crate::cadence`].
+    pub status_threshold: f64,
 }
 
 impl Metrics {
@@ -264,7 +273,28 @@ impl Metrics {
                 gauge_vec("pulsecheck_node_probe_success", "1 when the last kubelet probe of the node succeeded, 0 when it failed", &["node"]),
             ),
             node_remediated: reg(&registry, gauge_vec("pulsecheck_node_remediated", "1 while pulsecheck holds a taint or cordon on the node", &["node"])),
+            node_status_threshold: reg(
+                &registry,
+                float_vec(
+                    "pulsecheck_node_status_threshold_seconds",
+                    "How long the node's status may go unrefreshed before it is stale: from its kubelet's cadence, the intervals seen, or --status-stale-after",
+                    &["node"],
+                ),
+            ),
             nodes: reg(&registry, gauge_vec("pulsecheck_nodes", "Nodes per verdict", &["verdict"])),
+            status_threshold_sources: reg(
+                &registry,
+                gauge_vec(
+                    "pulsecheck_status_threshold_nodes",
+                    "Nodes by where their status threshold comes from (kubelet: /configz; observed: intervals seen; flag; flag-until-seen-changing: doubled)",
+                    &["source"],
+                ),
+            ),
+            configz_reads: reg(
+                &registry,
+                IntCounterVec::new(Opts::new("pulsecheck_kubelet_configz_reads_total", "Reads of kubelets' /configz (status cadence) by result"), &["result"])
+                    .expect("valid metric"),
+            ),
             remediations_active: reg(&registry, gauge("pulsecheck_remediations_active", "Nodes pulsecheck currently holds a remediation on")),
             remediation_limit: reg(
                 &registry,
@@ -374,6 +404,7 @@ impl Metrics {
         }
         self.node_status_observed.with_label_values(&[name]).set(heartbeats.status_observed);
         self.node_remediated.with_label_values(&[name]).set(i64::from(heartbeats.remediated));
+        self.node_status_threshold.with_label_values(&[name]).set(heartbeats.status_threshold);
         match heartbeats.probe_success {
             Some(ok) => self.node_probe_success.with_label_values(&[name]).set(i64::from(ok)),
             None => {
@@ -394,6 +425,20 @@ impl Metrics {
         let _ = self.node_status_observed.remove_label_values(&[name]);
         let _ = self.node_probe_success.remove_label_values(&[name]);
         let _ = self.node_remediated.remove_label_values(&[name]);
+        let _ = self.node_status_threshold.remove_label_values(&[name]);
+    }
+
+    /// Publishes how many nodes get their status threshold from each source.
+    pub fn status_threshold_sources(&self, counts: &[(CadenceSource, usize)]) {
+        for source in CadenceSource::ALL {
+            let n = counts.iter().find(|(s, _)| *s == source).map_or(0, |(_, n)| *n);
+            self.status_threshold_sources.with_label_values(&[source.as_str()]).set(n as i64);
+        }
+    }
+
+    /// Counts one read of a kubelet's `/configz`.
+    pub fn kubelet_configz_read(&self, ok: bool) {
+        self.configz_reads.with_label_values(&[if ok { "ok" } else { "error" }]).inc();
     }
 
     /// Publishes the fleet totals of one evaluation.
@@ -490,8 +535,14 @@ mod tests {
     fn every_listed_family_is_exported_and_nothing_else() {
         let m = Metrics::new(true);
         let a = Assessment::new(Verdict::Zombie, vec![Evidence::StatusStale { for_seconds: 700 }]);
-        m.node("n1", &a, NodeHeartbeats { lease_observed: Some(1.0), status_observed: 2.0, remediated: true, probe_success: Some(false) });
+        m.node(
+            "n1",
+            &a,
+            NodeHeartbeats { lease_observed: Some(1.0), status_observed: 2.0, remediated: true, probe_success: Some(false), status_threshold: 600.0 },
+        );
         m.fleet(&[(Verdict::Zombie, 1)], 1, 1, false);
+        m.status_threshold_sources(&[(CadenceSource::Kubelet, 1)]);
+        m.kubelet_configz_read(true);
         m.remediation(ActionLabel::Taint, ResultLabel::Success);
         m.verdict_changed(Verdict::Zombie);
         m.write(WriteKind::Condition, WriteResult::Backoff);
@@ -511,7 +562,7 @@ mod tests {
     fn verdict_is_a_state_set_and_a_deleted_node_leaves_no_series() {
         let m = Metrics::new(true);
         let a = Assessment::new(Verdict::Suspect, vec![Evidence::OsImageUnknown { for_seconds: 1, turned: false }]);
-        m.node("n1", &a, NodeHeartbeats { lease_observed: None, status_observed: 2.0, remediated: false, probe_success: Some(false) });
+        m.node("n1", &a, NodeHeartbeats { lease_observed: None, status_observed: 2.0, remediated: false, probe_success: Some(false), status_threshold: 600.0 });
         assert!(m.render().contains(r#"pulsecheck_node_probe_success{node="n1"} 0"#));
         let text = m.render();
         assert!(text.contains(r#"pulsecheck_node_verdict{node="n1",verdict="suspect"} 1"#), "{text}");
@@ -525,7 +576,11 @@ mod tests {
     fn per_node_series_can_be_switched_off() {
         let m = Metrics::new(false);
         let a = Assessment::new(Verdict::Zombie, vec![]);
-        m.node("n1", &a, NodeHeartbeats { lease_observed: Some(1.0), status_observed: 2.0, remediated: true, probe_success: Some(true) });
+        m.node(
+            "n1",
+            &a,
+            NodeHeartbeats { lease_observed: Some(1.0), status_observed: 2.0, remediated: true, probe_success: Some(true), status_threshold: 600.0 },
+        );
         m.probe(&ProbeOutcome::Success, 0.1);
         assert!(!m.render().contains("node=\"n1\""));
     }

@@ -10,7 +10,9 @@
 //!   controller accepts as healthy.
 //! * Evidence is either **conclusive** (enough alone) or **supporting** (two different kinds
 //!   together are conclusive; one alone makes the node Suspect):
-//!   - NodeStatus not seen refreshed for `status_stale_after` — conclusive;
+//!   - NodeStatus not seen refreshed for the node's own status threshold — conclusive (from
+//!     its kubelet's cadence, the intervals pulsecheck saw, else `status_stale_after`; see
+//!     [`crate::cadence`]);
 //!   - osImage "Unknown": conclusive when pulsecheck saw a real value turn into it and it stayed
 //!     for `os_image_unknown_after`; supporting when the node always said so or not yet long enough;
 //!   - a problem condition set by another tool (node-problem-detector) — supporting;
@@ -27,6 +29,7 @@ use k8s_openapi::jiff::{SignedDuration, Timestamp};
 use serde::Serialize;
 
 use crate::{
+    cadence::StatusThreshold,
     facts::{FleetFacts, LeaseFacts, NodeFacts, ProbeFacts, ProbeOutcome, ReadyState},
     parse::{Contradiction, below, positive_duration},
 };
@@ -211,7 +214,7 @@ pub struct ThresholdArgs {
     /// A Lease seen renewed (by pulsecheck's clock) within this long counts as alive (kube-controller-manager's node-monitor-grace-period); a Lease whose own leaseDurationSeconds plus a quarter is longer gets that (at most half of --status-stale-after).
     #[arg(long, env = "PULSECHECK_LEASE_GRACE", value_name = "DURATION", default_value = "50s", value_parser = positive_duration)]
     pub lease_grace: Duration,
-    /// NodeStatus not seen refreshed for this long while the Lease is alive makes a node a zombie (kubelet reports every 5m with up to 50% jitter).
+    /// NodeStatus not seen refreshed for this long while the Lease is alive makes a node a zombie, on nodes whose kubelet's cadence is not known (doubled until the node's status is seen changing); a kubelet's /configz or the report intervals seen override it (see docs/design.md).
     #[arg(long, env = "PULSECHECK_STATUS_STALE_AFTER", value_name = "DURATION", default_value = "10m", value_parser = positive_duration)]
     pub status_stale_after: Duration,
     /// osImage that turned from a real value to "Unknown" and stayed so this long is conclusive on its own.
@@ -291,6 +294,13 @@ impl Thresholds {
         lease.duration.map_or(self.lease_grace, |d| self.lease_grace.max((d + d / 4).min(self.status_stale_after / 2)))
     }
 
+    /// Node `node`'s own status threshold: from its kubelet's `/configz`, the intervals
+    /// pulsecheck saw, or `--status-stale-after` (see [`crate::cadence`]).
+    pub fn status_threshold_for(&self, node: &NodeFacts, lease: Option<&LeaseFacts>) -> StatusThreshold {
+        let grace = lease.map_or(self.lease_grace, |l| self.lease_grace_for(l));
+        node.cadence.threshold(self.status_stale_after, grace, node.status.seen_changing)
+    }
+
     /// True while `lease` counts as alive at `at`: seen renewed within its grace.
     pub fn lease_alive(&self, at: Timestamp, lease: &LeaseFacts) -> bool {
         !at_least(age(at, lease.renew.observed_at), self.lease_grace_for(lease))
@@ -316,7 +326,7 @@ pub fn assess(now: Timestamp, node: &NodeFacts, lease: Option<&LeaseFacts>, prob
     };
     let lease_age = age(now, lease.renew.observed_at);
     let status_age = age(now, node.status.observed_at);
-    let status_stale = at_least(status_age, th.status_stale_after);
+    let status_stale = at_least(status_age, th.status_threshold_for(node, Some(lease)).after);
     let stale_status = Evidence::StatusStale { for_seconds: status_age.as_secs() };
 
     if at_least(lease_age, th.lease_grace_for(lease)) {
@@ -405,6 +415,17 @@ fn unconfirmed_by_probes(now: Timestamp, probe: &ProbeFacts, th: &Thresholds, pr
         Some("the latest probe did not succeed")
     } else {
         None
+    }
+}
+
+/// Marks every node whose assessment holds its status stale (see
+/// [`NodeFacts::status_judged_stale`]): the report that ends such a status teaches no cadence.
+/// The controller calls this after every evaluation it can see by.
+pub fn note_stale_statuses(facts: &mut FleetFacts, assessments: &Assessments) {
+    for (name, a) in assessments {
+        if a.evidence.iter().any(|e| matches!(e, Evidence::StatusStale { .. })) {
+            facts.mark_status_judged_stale(name);
+        }
     }
 }
 
@@ -553,6 +574,7 @@ mod tests {
     #[test]
     fn zombie_when_lease_renews_but_status_stops() {
         let mut w = World::new();
+        w.node(-300, node("n").ready_at(t(-300)));
         w.node(0, node("n").ready_at(t(0)));
         w.renewing(0, 700);
         assert_eq!(w.at(599).verdict, Verdict::Healthy);
@@ -567,15 +589,19 @@ mod tests {
         // status and a live one look the same until one changes or the threshold passes.
         let mut w = World::new();
         w.node(1000, node("n").ready_at(t(900)));
-        w.renewing(1000, 1700);
+        w.renewing(1000, 2300);
         let a = w.at(1100);
         assert_eq!((a.verdict, a.provisional), (Verdict::Healthy, true));
-        // Watched for the whole threshold without a change: a Zombie, on pulsecheck's own sight.
+        // Not after --status-stale-after: a status never seen changing may be a slow reporter's
+        // whose next report is still to come, so it gets twice the flag.
         let a = w.at(1600);
+        assert_eq!((a.verdict, a.provisional), (Verdict::Healthy, true));
+        // Watched for twice the threshold without a change: a Zombie, on pulsecheck's own sight.
+        let a = w.at(2200);
         assert_eq!((a.verdict, a.provisional), (Verdict::Zombie, false));
         // Seen changing: health is confirmed.
-        w.node(1650, node("n").ready_at(t(1650)));
-        let a = w.at(1660);
+        w.node(2250, node("n").ready_at(t(2250)));
+        let a = w.at(2260);
         assert_eq!((a.verdict, a.provisional), (Verdict::Healthy, false));
     }
 
@@ -635,12 +661,13 @@ mod tests {
         dead.lease(1000, 400);
         assert_eq!(dead.at(1049).verdict, Verdict::Unknown);
         assert_eq!(dead.at(1050).verdict, Verdict::Suspect);
-        assert_eq!(dead.at(1600).verdict, Verdict::Dead);
+        assert_eq!(dead.at(2200).verdict, Verdict::Dead);
     }
 
     #[test]
     fn dead_when_lease_and_status_both_stale() {
         let mut w = World::new();
+        w.node(-300, node("n").ready_at(t(-300)));
         w.node(0, node("n").ready_at(t(0)));
         w.renewing(0, 100);
         // Lease stops at 100: suspect while the status is fresh, dead when both are stale.
@@ -655,11 +682,13 @@ mod tests {
     fn os_image_unknown_from_the_start_is_only_suspect_and_zombie_with_stale_status() {
         let mut w = World::new();
         w.node(0, node("n").ready_at(t(0)).os_image("Unknown"));
-        w.renewing(0, 700);
+        w.renewing(0, 1300);
         let a = w.at(300);
         assert_eq!(a.verdict, Verdict::Suspect);
         assert_eq!(a.evidence, vec![Evidence::OsImageUnknown { for_seconds: 300, turned: false }]);
-        assert_eq!(w.at(600).verdict, Verdict::Zombie);
+        // First sight: the status counts as stale after twice the flag.
+        assert_eq!(w.at(1199).verdict, Verdict::Suspect);
+        assert_eq!(w.at(1200).verdict, Verdict::Zombie);
     }
 
     #[test]

@@ -247,6 +247,7 @@ async fn shipped_rbac_lets_pulsecheck_do_its_job_and_nothing_more() {
         ("patch", "nodes", "", "", true),
         ("patch", "nodes", "status", "", true),
         ("get", "nodes", "healthz", "", true),
+        ("get", "nodes", "configz", "", true),
         ("get", "leases.coordination.k8s.io", "", "kube-node-lease", true),
         ("list", "leases.coordination.k8s.io", "", "kube-node-lease", true),
         ("watch", "leases.coordination.k8s.io", "", "kube-node-lease", true),

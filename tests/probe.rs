@@ -24,6 +24,7 @@ use k8s_openapi::{
     jiff::Timestamp,
 };
 use kube::api::{Api, ListParams, ObjectMeta, PostParams};
+use pulsecheck::cadence::KubeletCadence;
 use pulsecheck::probe::KubeletCredential;
 use pulsecheck::{
     facts::{KubeletEndpoint, NodeFacts, ProbeOutcome, Scope, SlimNode},
@@ -70,7 +71,7 @@ fn loopback(n: u8) -> IpAddr {
 /// A lab kubelet on `ip` with a serving certificate from `ca` for `cert_ip`.
 async fn kubelet_with_cert_for(ca: &CertificateAuthority, ip: IpAddr, cert_ip: IpAddr) -> kubelet::KubeletEndpoint {
     let serving = ca.issue_server("kubelet", &[cert_ip], &[]).unwrap();
-    kubelet::KubeletEndpoint::start(ip, &serving).await.unwrap()
+    kubelet::KubeletEndpoint::start(ip, &serving, &kubelet::KubeletConfig::default()).await.unwrap()
 }
 
 /// A healthy lab kubelet on `ip` whose certificate for that IP comes from `ca`.
@@ -129,6 +130,7 @@ impl Setup {
             ca,
             insecure_tls,
             token_file: self.token_file.clone(),
+            configz: true,
             kubeconfig_credential: Err("no kubeconfig in this test".into()),
         }
     }
@@ -170,6 +172,41 @@ async fn healthy_kubelet_is_a_success_and_gets_the_token_over_verified_tls() {
     assert_eq!(seen.len(), 1);
     assert_eq!(seen[0].path, "/healthz");
     assert_eq!(seen[0].authorization.as_deref(), Some("Bearer token-one"));
+}
+
+#[tokio::test]
+async fn the_kubelet_cadence_is_read_from_configz_only_where_the_token_may_go() {
+    let ca = CertificateAuthority::new("kubelet-ca").unwrap();
+    let serving = ca.issue_server("kubelet", &[loopback(60)], &[]).unwrap();
+    let config = kubelet::KubeletConfig {
+        status_update_frequency: Duration::from_secs(4),
+        status_report_frequency: Duration::from_secs(1200),
+        lease_duration: Duration::from_secs(40),
+    };
+    let kubelet = kubelet::KubeletEndpoint::start(loopback(60), &serving, &config).await.unwrap();
+    let s = Setup::new("token-configz");
+    let node = target(kubelet.addr(), "node-configz");
+
+    // Verified TLS: the token goes, and the kubelet's own cadence comes back.
+    let read = s.verifying(&ca).kubelet_cadence(&node).await;
+    assert_eq!(read, Some(Ok(KubeletCadence { report: Duration::from_secs(1200), update: Duration::from_secs(4) })));
+    let seen = kubelet.requests();
+    assert_eq!((seen[0].path.as_str(), seen[0].authorization.as_deref()), ("/configz", Some("Bearer token-configz")));
+
+    // A kubelet that refuses the token: an error naming the permission, not a cadence.
+    kubelet.set_faults(faulty(|f| f.unauthorized = true));
+    let refused = s.verifying(&ca).kubelet_cadence(&node).await.expect("kubelet-healthz reads /configz").unwrap_err();
+    assert!(refused.contains("nodes/configz"), "{refused}");
+    kubelet.set_faults(EndpointFaults::default());
+
+    // No way to trust the kubelet (tcp fallback), or --kubelet-configz=false: nothing is asked.
+    let before = kubelet.requests().len();
+    let untrusted = s.prober(s.settings(ProbeMode::KubeletHealthz, None, false));
+    assert_eq!(untrusted.kubelet_cadence(&node).await, None);
+    let off = s.prober(ProbeSettings { configz: false, ..s.settings(ProbeMode::KubeletHealthz, Some(s.ca_file(&ca.cert_pem())), false) });
+    assert!(!off.reads_configz());
+    assert_eq!(off.kubelet_cadence(&node).await, None);
+    assert_eq!(kubelet.requests().len(), before, "no request reaches the kubelet");
 }
 
 #[tokio::test]
@@ -339,7 +376,7 @@ async fn a_dual_stack_node_is_reached_on_its_second_address_when_the_first_is_un
     // blocked address) does not answer, the second does.
     let ca = CertificateAuthority::new("kubelet-ca").unwrap();
     let serving = ca.issue_server("kubelet", &[loopback(12), loopback(13)], &[]).unwrap();
-    let kubelet = kubelet::KubeletEndpoint::start(loopback(12), &serving).await.unwrap();
+    let kubelet = kubelet::KubeletEndpoint::start(loopback(12), &serving, &kubelet::KubeletConfig::default()).await.unwrap();
     let s = Setup::new("t");
     let node = ProbeTarget {
         node: "node-1".into(),

@@ -57,7 +57,7 @@ use tokio_util::sync::CancellationToken;
 pub use super::kubelet::KubeletRequest;
 use super::{
     certs::{self, CertificateAuthority},
-    kubelet::{self, EndpointFaults, KubeletEndpoint},
+    kubelet::{self, EndpointFaults, KubeletConfig, KubeletEndpoint},
 };
 use pulsecheck::names::NODE_LEASE_NAMESPACE;
 
@@ -505,7 +505,12 @@ impl Fleet {
             let ip = node_ip(index);
             let endpoint = if opts.kubelet_endpoints {
                 let serving = ca.issue_server(&name, &[IpAddr::V4(ip)], &[])?;
-                Some(KubeletEndpoint::start(IpAddr::V4(ip), &serving).await?)
+                let config = KubeletConfig {
+                    status_update_frequency: opts.status_update_frequency,
+                    status_report_frequency: opts.status_report_frequency,
+                    lease_duration: opts.lease_duration,
+                };
+                Some(KubeletEndpoint::start(IpAddr::V4(ip), &serving, &config).await?)
             } else {
                 None
             };

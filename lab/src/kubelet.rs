@@ -108,6 +108,8 @@ pub struct KubeletEndpoint {
 /// What the accept loop and every connection share.
 struct EndpointState {
     tls: TlsAcceptor,
+    /// The body of `/configz`.
+    configz: String,
     faults: Mutex<EndpointFaults>,
     requests: Mutex<VecDeque<KubeletRequest>>,
 }
@@ -120,14 +122,16 @@ struct ListenerTask {
 
 impl KubeletEndpoint {
     /// Starts an endpoint on `ip` (an ephemeral port) serving `serving` (certificate chain + key
-    /// PEM). Must be called within a tokio runtime; the endpoint serves on that runtime.
-    pub async fn start(ip: IpAddr, serving: &IssuedCert) -> Result<KubeletEndpoint> {
+    /// PEM) and answering `/configz` with `cadence` as a kubelet configured so would. Must be
+    /// called within a tokio runtime; the endpoint serves on that runtime.
+    pub async fn start(ip: IpAddr, serving: &IssuedCert, cadence: &KubeletConfig) -> Result<KubeletEndpoint> {
         let tls = server_config(serving)?;
         let requested = SocketAddr::new(ip, 0);
         let listener = TcpListener::bind(requested).await.map_err(|source| Error::Bind { addr: requested, source })?;
         let addr = listener.local_addr().map_err(|source| Error::Bind { addr: requested, source })?;
         let state = Arc::new(EndpointState {
             tls: TlsAcceptor::from(Arc::new(tls)),
+            configz: cadence.configz(),
             faults: Mutex::new(EndpointFaults::default()),
             requests: Mutex::new(VecDeque::new()),
         });
@@ -300,6 +304,11 @@ async fn answer(state: &EndpointState, request: &Request<Incoming>) -> Result<Re
             tokio::time::sleep(HANG_LIMIT).await;
             Err(Hung)
         }
+        Reply::Configz => Ok(Response::builder()
+            .status(StatusCode::OK)
+            .header(header::CONTENT_TYPE, "application/json")
+            .body(Full::new(Bytes::from(state.configz.clone())))
+            .unwrap_or_else(|_| Response::new(Full::new(Bytes::from(state.configz.clone()))))),
         Reply::Answer(status, body) => Ok(Response::builder()
             .status(status)
             .header(header::CONTENT_TYPE, "text/plain; charset=utf-8")
@@ -316,6 +325,8 @@ enum Reply {
     Hang,
     /// Answer with this status and body.
     Answer(StatusCode, &'static str),
+    /// Answer 200 with the endpoint's `/configz` body.
+    Configz,
 }
 
 impl Reply {
@@ -333,8 +344,63 @@ impl Reply {
         match path {
             "/healthz" | "/healthz/syncloop" if faults.fail => Reply::Answer(StatusCode::INTERNAL_SERVER_ERROR, SYNCLOOP_FAILED_BODY),
             "/healthz" | "/healthz/ping" | "/healthz/syncloop" => Reply::Answer(StatusCode::OK, "ok"),
+            "/configz" => Reply::Configz,
             _ => Reply::Answer(StatusCode::NOT_FOUND, "404 page not found"),
         }
+    }
+}
+
+/// The part of a kubelet's configuration the fake endpoint reports on `/configz`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct KubeletConfig {
+    /// `nodeStatusUpdateFrequency`.
+    pub status_update_frequency: Duration,
+    /// `nodeStatusReportFrequency`.
+    pub status_report_frequency: Duration,
+    /// `nodeLeaseDurationSeconds`.
+    pub lease_duration: Duration,
+}
+
+impl Default for KubeletConfig {
+    /// Kubelet's own defaults.
+    fn default() -> Self {
+        KubeletConfig {
+            status_update_frequency: Duration::from_secs(10),
+            status_report_frequency: Duration::from_secs(300),
+            lease_duration: Duration::from_secs(40),
+        }
+    }
+}
+
+impl KubeletConfig {
+    /// The `/configz` body a kubelet so configured answers: `{"kubeletconfig": {...}}`, durations
+    /// in Go's notation (`"5m0s"`), as kubelet serialises its v1beta1 KubeletConfiguration.
+    pub fn configz(&self) -> String {
+        serde_json::json!({
+            "kubeletconfig": {
+                "kind": "KubeletConfiguration",
+                "apiVersion": "kubelet.config.k8s.io/v1beta1",
+                "nodeStatusUpdateFrequency": go_duration(self.status_update_frequency),
+                "nodeStatusReportFrequency": go_duration(self.status_report_frequency),
+                "nodeLeaseDurationSeconds": self.lease_duration.as_secs(),
+            }
+        })
+        .to_string()
+    }
+}
+
+/// A duration as Go's `time.Duration.String` writes it: `10s`, `5m0s`, `1h0m0s`, `1.5s`, `500ms`.
+fn go_duration(d: Duration) -> String {
+    let millis = d.as_millis();
+    if millis < 1000 {
+        return format!("{millis}ms");
+    }
+    let (hours, minutes, seconds, fraction) = (millis / 3_600_000, millis / 60_000 % 60, millis / 1000 % 60, millis % 1000);
+    let seconds = if fraction == 0 { format!("{seconds}s") } else { format!("{seconds}.{}s", format!("{fraction:03}").trim_end_matches('0')) };
+    match (hours, minutes) {
+        (0, 0) => seconds,
+        (0, m) => format!("{m}m{seconds}"),
+        (h, m) => format!("{h}h{m}m{seconds}"),
     }
 }
 
@@ -374,6 +440,9 @@ mod tests {
             (healthy, "/healthz", Some("Basic YWJj"), UNAUTHORIZED),
             (healthy, "/pods", token, Reply::Answer(StatusCode::NOT_FOUND, "404 page not found")),
             (healthy, "/pods", None, UNAUTHORIZED),
+            (healthy, "/configz", token, Reply::Configz),
+            (healthy, "/configz", None, UNAUTHORIZED),
+            (faults(false, false, true), "/configz", token, UNAUTHORIZED),
             (faults(false, true, false), "/healthz", token, SYNCLOOP_FAILED),
             (faults(false, true, false), "/healthz/syncloop", token, SYNCLOOP_FAILED),
             (faults(false, true, false), "/healthz/ping", token, OK),
@@ -394,5 +463,22 @@ mod tests {
         let got = Reply::decide(EndpointFaults::default(), &Method::POST, "/healthz", Some("Bearer t"));
         assert_eq!(got, Reply::Answer(StatusCode::METHOD_NOT_ALLOWED, "Method Not Allowed"));
         assert_eq!(Reply::decide(EndpointFaults::default(), &Method::HEAD, "/healthz", Some("Bearer t")), OK);
+    }
+
+    #[test]
+    fn configz_is_written_like_kubelet_writes_it() {
+        let config = KubeletConfig {
+            status_update_frequency: Duration::from_secs(10),
+            status_report_frequency: Duration::from_secs(300),
+            lease_duration: Duration::from_secs(40),
+        };
+        let body: serde_json::Value = serde_json::from_str(&config.configz()).unwrap();
+        assert_eq!(body["kubeletconfig"]["nodeStatusReportFrequency"], "5m0s");
+        assert_eq!(body["kubeletconfig"]["nodeStatusUpdateFrequency"], "10s");
+        assert_eq!(body["kubeletconfig"]["nodeLeaseDurationSeconds"], 40);
+        let cases = [(500, "500ms"), (1500, "1.5s"), (4000, "4s"), (1_200_000, "20m0s"), (3_661_000, "1h1m1s"), (3_600_000, "1h0m0s")];
+        for (millis, want) in cases {
+            assert_eq!(go_duration(Duration::from_millis(millis)), want);
+        }
     }
 }

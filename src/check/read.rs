@@ -400,6 +400,7 @@ pub(super) fn kubelet_prober(mode: ProbeMode, timeout: Duration, client: &kube::
         ca: None,
         insecure_tls: false,
         token_file: PathBuf::new(),
+        configz: false,
         kubeconfig_credential: Err("check sends no credentials to kubelets".into()),
     };
     let prober = Prober::new(settings, client.clone())?;

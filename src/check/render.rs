@@ -42,13 +42,14 @@ pub fn render(report: &Report, format: OutputFormat) -> Result<String, Error> {
     }
 }
 
-/// The table: NODE, READY, LEASE (age), STATUS (age), OS-IMAGE, PROBE, VERDICT, WHY.
+/// The table: NODE, READY, LEASE (age), STATUS (age), STALE-AFTER (the node's status threshold
+/// and its source), OS-IMAGE, PROBE, VERDICT, WHY.
 pub fn render_table(report: &Report) -> String {
     if report.nodes.is_empty() {
         return "No nodes.\n".to_string();
     }
-    let header = ["NODE", "READY", "LEASE", "STATUS", "OS-IMAGE", "PROBE", "VERDICT", "WHY"].map(String::from);
-    let rows: Vec<[String; 8]> = report
+    let header = ["NODE", "READY", "LEASE", "STATUS", "STALE-AFTER", "OS-IMAGE", "PROBE", "VERDICT", "WHY"].map(String::from);
+    let rows: Vec<[String; 9]> = report
         .nodes
         .iter()
         .map(|n| {
@@ -57,6 +58,7 @@ pub fn render_table(report: &Report) -> String {
                 n.ready.clone(),
                 n.lease_age_seconds.map_or("-".to_string(), |s| age_cell(s, n.lease_age_is_lower_bound)),
                 age_cell(n.status_age_seconds, n.status_age_is_lower_bound),
+                format!("{} ({})", compact(i64::try_from(n.status_threshold_seconds).unwrap_or(i64::MAX)), n.status_threshold_source.as_str()),
                 if n.os_image.is_empty() { "-".to_string() } else { n.os_image.clone() },
                 n.probe.as_ref().map_or("-".to_string(), |p| p.result.to_string()),
                 n.verdict.to_string(),

@@ -15,6 +15,7 @@ use k8s_openapi::jiff::Timestamp;
 use serde::Serialize;
 
 use crate::{
+    cadence::CadenceSource,
     facts::{FleetFacts, ProbeOutcome, Scope, SlimLease, SlimNode},
     verdict::{self, Evidence, Thresholds, Verdict},
 };
@@ -79,6 +80,11 @@ pub struct NodeReport {
     pub status_age_seconds: i64,
     /// NodeStatus was never seen refreshed during `--observe`: its age is at least this.
     pub status_age_is_lower_bound: bool,
+    /// How old NodeStatus may be before it is stale, for this node (see `pulsecheck::cadence`).
+    pub status_threshold_seconds: u64,
+    /// Where that threshold comes from: `kubelet` (/configz), `observed`, `flag`, or
+    /// `flag-until-seen-changing` (doubled).
+    pub status_threshold_source: CadenceSource,
     /// `status.nodeInfo.osImage`.
     pub os_image: String,
     /// The kubelet probe, with `--probe`.
@@ -129,6 +135,11 @@ pub fn facts_from_snapshot(nodes: &[SlimNode], leases: &[SlimLease], scope: &Sco
     for node in nodes {
         let written = node.condition("Ready").and_then(|c| c.last_heartbeat_time.as_ref()).map_or(now, |t| t.0);
         facts.apply_node(node, scope, written);
+        // The status's age is the node's own, not one since pulsecheck's first sight: nothing to
+        // wait for either (see `crate::cadence`: the doubled threshold covers first sight).
+        if let Some(n) = node.metadata.name.as_deref().and_then(|name| facts.nodes.get_mut(name)) {
+            n.status.seen_changing = true;
+        }
     }
     for lease in leases {
         facts.apply_lease(lease, lease.renew_time().unwrap_or(now));
@@ -153,6 +164,7 @@ pub fn build_report(now: Timestamp, facts: &FleetFacts, th: &Thresholds, clock: 
             let n = facts.nodes.get(name)?;
             let lease = facts.leases.get(name);
             let why = if a.verdict == Verdict::Healthy { String::new() } else { a.explain() };
+            let threshold = th.status_threshold_for(n, lease);
             Some(NodeReport {
                 name: name.to_string(),
                 zone: n.zone.clone(),
@@ -162,6 +174,8 @@ pub fn build_report(now: Timestamp, facts: &FleetFacts, th: &Thresholds, clock: 
                 lease_age_is_lower_bound: matches!((lease, leases_synced_at), (Some(l), Some(at)) if l.renew.observed_at <= at),
                 status_age_seconds: now.duration_since(n.status.observed_at).as_secs(),
                 status_age_is_lower_bound: clock == Clock::Observed && !n.status.seen_changing,
+                status_threshold_seconds: threshold.after.as_secs(),
+                status_threshold_source: threshold.source,
                 os_image: n.os_image.current.clone(),
                 probe: facts.probes.get(name).and_then(|p| p.last.as_ref()).map(|(o, _)| ProbeResult::from_outcome(o)),
                 verdict: a.verdict,

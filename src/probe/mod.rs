@@ -47,6 +47,7 @@ pub use scheduler::{ProbeReport, run_scheduler};
 
 pub use crate::connect::KubeletCredential;
 use crate::{
+    cadence::KubeletCadence,
     facts::{KubeletEndpoint, ProbeOutcome},
     parse::{percentage, positive_duration},
 };
@@ -118,6 +119,9 @@ pub struct ProbeArgs {
     /// Bearer token file for kubelet-healthz probes, re-read on every probe (projected tokens rotate).
     #[arg(long, env = "PULSECHECK_TOKEN_FILE", value_name = "PATH", default_value = "/var/run/secrets/kubernetes.io/serviceaccount/token")]
     pub token_file: PathBuf,
+    /// With kubelet-healthz: also read each kubelet's /configz (RBAC nodes/configz, read-only) every 10m to judge the node against its own status cadence.
+    #[arg(long, env = "PULSECHECK_KUBELET_CONFIGZ", value_name = "BOOL", default_value_t = true, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
+    pub kubelet_configz: bool,
 }
 
 /// What can stop the prober from starting.
@@ -181,6 +185,8 @@ pub struct ProbeSettings {
     pub insecure_tls: bool,
     /// Bearer token file, re-read on every probe (`--token-file`).
     pub token_file: PathBuf,
+    /// Read kubelets' `/configz` for their status cadence (`--kubelet-configz`).
+    pub configz: bool,
     /// What to send when `--token-file` cannot be read: the kubeconfig user's bearer token
     /// (`pulsecheck run` outside a Pod), or why there is none. Set by `run` from its client
     /// configuration, not by a flag.
@@ -199,6 +205,7 @@ impl Default for ProbeSettings {
             ca: None,
             insecure_tls: false,
             token_file: PathBuf::from("/var/run/secrets/kubernetes.io/serviceaccount/token"),
+            configz: true,
             kubeconfig_credential: Err(NO_KUBECONFIG_CREDENTIAL.into()),
         }
     }
@@ -219,6 +226,7 @@ impl ProbeSettings {
             ca: args.kubelet_certificate_authority.clone(),
             insecure_tls: args.kubelet_insecure_tls,
             token_file: args.token_file.clone(),
+            configz: args.kubelet_configz,
             kubeconfig_credential: Err(NO_KUBECONFIG_CREDENTIAL.into()),
         }
     }
@@ -248,6 +256,7 @@ struct Inner {
     timeout: Duration,
     preferred_address_types: Vec<String>,
     token_file: PathBuf,
+    configz: bool,
     kubeconfig_credential: Result<KubeletCredential, String>,
     client: kube::Client,
 }
@@ -329,6 +338,7 @@ impl Prober {
                 timeout: settings.timeout,
                 preferred_address_types: settings.preferred_address_types,
                 token_file: settings.token_file,
+                configz: settings.configz,
                 kubeconfig_credential: settings.kubeconfig_credential,
                 client,
             }),
@@ -382,6 +392,53 @@ impl Prober {
         outcome
     }
 }
+
+impl Prober {
+    /// True when this prober reads kubelets' `/configz` (`--kubelet-configz`): only
+    /// `kubelet-healthz` sends a token to kubelets, over TLS that was verified (or explicitly not).
+    pub fn reads_configz(&self) -> bool {
+        self.inner.configz && matches!(self.inner.transport, Transport::Healthz { .. })
+    }
+
+    /// What node `target`'s kubelet says of its status cadence (`GET /configz`, RBAC
+    /// `nodes/configz` on 1.33+, `nodes/proxy` before), bounded by the probe timeout; why not,
+    /// when it cannot be read. `None` when this prober sends no token to kubelets.
+    #[instrument(level = "debug", skip_all, fields(node = %target.node))]
+    pub async fn kubelet_cadence(&self, target: &ProbeTarget) -> Option<std::result::Result<KubeletCadence, String>> {
+        let inner = &*self.inner;
+        let Transport::Healthz { tls, .. } = &inner.transport else { return None };
+        if !inner.configz {
+            return None;
+        }
+        let attempt = async {
+            let peers = Peer::candidates(&target.endpoint, &inner.preferred_address_types)?;
+            let bearer = inner.bearer()?;
+            let (peer, stream) = connect_first(&peers, tls, inner.timeout).await.map_err(|outcome| match outcome {
+                ProbeOutcome::Unreachable(why)
+                | ProbeOutcome::Untrusted(why)
+                | ProbeOutcome::NotProbed(why)
+                | ProbeOutcome::Failure(why)
+                | ProbeOutcome::Unauthorized(why) => why,
+                other => format!("{other:?}"),
+            })?;
+            let (status, body) = get(stream, &peer.authority(), bearer, "/configz", Some(CONFIGZ_LIMIT)).await?;
+            match status {
+                s if s.is_success() => KubeletCadence::from_configz(&body),
+                StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => Err(format!(
+                    "kubelet at {} answered {} to /configz: pulsecheck's ServiceAccount needs `get` on `nodes/configz` (1.33+) to learn the node's status cadence{}",
+                    peer.authority(),
+                    status.as_u16(),
+                    summary(&body)
+                )),
+                _ => Err(format!("kubelet at {} answered {} to /configz{}", peer.authority(), status.as_u16(), summary(&body))),
+            }
+        };
+        Some(tokio::time::timeout(inner.timeout, attempt).await.unwrap_or_else(|_| Err(format!("no /configz answer within {:?}", inner.timeout))))
+    }
+}
+
+/// The most of a `/configz` body pulsecheck reads (a kubelet's is a few KiB).
+const CONFIGZ_LIMIT: usize = 256 * 1024;
 
 /// True when any of `outcomes` says pulsecheck itself cannot probe: it lacks permission or does
 /// not trust the kubelet's certificate (`pulsecheck_probe_misconfigured`).
@@ -616,7 +673,19 @@ fn bearer_header(raw: &str, what: &str) -> std::result::Result<HeaderValue, Stri
 
 /// Sends `GET /healthz` over `stream` and returns the status and, for non-2xx, the start of the body.
 async fn get_healthz(stream: TlsStream<TcpStream>, authority: &str, bearer: HeaderValue) -> Result<(StatusCode, Bytes), String> {
-    let request = http::Request::get("/healthz")
+    get(stream, authority, bearer, "/healthz", None).await
+}
+
+/// Sends `GET path` over `stream` and returns the status and the start of the body: of a 2xx
+/// body, at most `success_limit` bytes (nothing when `None`); of any other, at most 4 KiB.
+async fn get(
+    stream: TlsStream<TcpStream>,
+    authority: &str,
+    bearer: HeaderValue,
+    path: &str,
+    success_limit: Option<usize>,
+) -> Result<(StatusCode, Bytes), String> {
+    let request = http::Request::get(path)
         .header(header::HOST, authority)
         .header(header::AUTHORIZATION, bearer)
         .header(header::USER_AGENT, concat!("pulsecheck/", env!("CARGO_PKG_VERSION")))
@@ -627,7 +696,15 @@ async fn get_healthz(stream: TlsStream<TcpStream>, authority: &str, bearer: Head
     let exchange = async move {
         let response = sender.send_request(request).await.map_err(|e| e.to_string())?;
         let status = response.status();
-        let body = if status.is_success() { Bytes::new() } else { read_limited(response.into_body()).await };
+        let body = match (status.is_success(), success_limit) {
+            (false, _) => read_limited(response.into_body()).await,
+            (true, Some(limit)) => Limited::new(response.into_body(), limit)
+                .collect()
+                .await
+                .map(|c| c.to_bytes())
+                .map_err(|e| format!("cannot read the body of {path} (at most {limit} bytes): {e}"))?,
+            (true, None) => Bytes::new(),
+        };
         Ok((status, body))
     };
     // Drive the connection in this task (no spawn), so that a timeout drops everything at once.
@@ -833,6 +910,7 @@ mod tests {
             ca,
             insecure_tls,
             token_file: "/nonexistent/token".into(),
+            configz: true,
             kubeconfig_credential: Err("none".into()),
         }
     }

@@ -24,7 +24,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::info;
 
 use super::{ProbeTarget, Prober};
-use crate::{facts::ProbeOutcome, metrics::Metrics, probe::ProbeMode};
+use crate::{cadence::KubeletCadence, facts::ProbeOutcome, metrics::Metrics, probe::ProbeMode};
 
 /// One probe result, as delivered to the controller.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -35,7 +35,14 @@ pub struct ProbeReport {
     pub outcome: ProbeOutcome,
     /// When the probe finished (pulsecheck's clock).
     pub at: Timestamp,
+    /// What the kubelet's `/configz` says of its status cadence, when it was read along with
+    /// this probe (at most every [`CADENCE_REFRESH`] per node, after a successful probe).
+    pub cadence: Option<Result<KubeletCadence, String>>,
 }
+
+/// How often a node's kubelet configuration is read again: kubelets change configuration only
+/// when restarted, and `/configz` is one more request to every kubelet.
+pub const CADENCE_REFRESH: Duration = Duration::from_secs(600);
 
 /// Runs probes until `shutdown` fires (or nobody listens to `results` any more).
 ///
@@ -68,6 +75,8 @@ pub async fn run_scheduler(
     let mut targets_open = true;
     let mut tasks = JoinSet::new();
     let mut running: HashMap<Id, String> = HashMap::new();
+    // When each node's /configz was last read (or tried after a successful probe).
+    let mut cadence_read: HashMap<String, Instant> = HashMap::new();
     loop {
         let wake = schedule.next_due();
         tokio::select! {
@@ -80,18 +89,24 @@ pub async fn run_scheduler(
                 Err(_) => targets_open = false,
             },
             Some(done) = tasks.join_next_with_id(), if !tasks.is_empty() => {
-                let id = match done {
-                    Ok((id, ())) => id,
-                    Err(e) => e.id(),
+                let (id, cadence_tried) = match done {
+                    Ok((id, tried)) => (id, tried),
+                    Err(e) => (e.id(), false),
                 };
                 if let Some(node) = running.remove(&id) {
                     schedule.finished(&node);
+                    if cadence_tried {
+                        cadence_read.insert(node, Instant::now());
+                    }
                 }
             }
             _ = tokio::time::sleep_until(wake.unwrap_or_else(Instant::now)), if wake.is_some() => {
-                for target in schedule.take_due(Instant::now(), &mut jitter) {
+                let now = Instant::now();
+                cadence_read.retain(|node, _| schedule.slots.contains_key(node));
+                for target in schedule.take_due(now, &mut jitter) {
                     let node = target.node.clone();
-                    let task = probe_one(prober.clone(), target, permits.clone(), results.clone(), metrics.clone());
+                    let read_cadence = prober.reads_configz() && cadence_read.get(&node).is_none_or(|at| now.duration_since(*at) >= CADENCE_REFRESH);
+                    let task = probe_one(prober.clone(), target, permits.clone(), results.clone(), metrics.clone(), read_cadence);
                     running.insert(tasks.spawn(task).id(), node);
                 }
             }
@@ -101,15 +116,32 @@ pub async fn run_scheduler(
     tasks.abort_all();
 }
 
-async fn probe_one(prober: Prober, target: ProbeTarget, permits: Arc<Semaphore>, results: mpsc::Sender<ProbeReport>, metrics: Metrics) {
+/// One probe, and with `read_cadence` a `/configz` read after a successful one; true when
+/// `/configz` was tried.
+async fn probe_one(
+    prober: Prober,
+    target: ProbeTarget,
+    permits: Arc<Semaphore>,
+    results: mpsc::Sender<ProbeReport>,
+    metrics: Metrics,
+    read_cadence: bool,
+) -> bool {
     // The semaphore is never closed; if it were, there would be nothing sensible to probe with.
-    let Ok(permit) = permits.acquire_owned().await else { return };
+    let Ok(permit) = permits.acquire_owned().await else { return false };
     let started = Instant::now();
     let outcome = prober.probe(&target).await;
     let seconds = started.elapsed().as_secs_f64();
+    // Only a kubelet that just answered is asked for its configuration: a dead one would cost
+    // a second timeout, and its cadence can wait until it answers again.
+    let cadence = if read_cadence && outcome == ProbeOutcome::Success { prober.kubelet_cadence(&target).await } else { None };
     drop(permit);
     metrics.probe(&outcome, seconds);
-    let _ = results.send(ProbeReport { node: target.node, outcome, at: Timestamp::now() }).await;
+    if let Some(read) = &cadence {
+        metrics.kubelet_configz_read(read.is_ok());
+    }
+    let tried = cadence.is_some();
+    let _ = results.send(ProbeReport { node: target.node, outcome, at: Timestamp::now(), cadence }).await;
+    tried
 }
 
 /// When each node is due next: a pure timetable driven by `now` and a jitter source
@@ -301,6 +333,7 @@ mod tests {
             ca: None,
             insecure_tls: false,
             token_file: "/nonexistent".into(),
+            configz: false,
             kubeconfig_credential: Err("none".into()),
         };
         let client = kube::Client::try_from(kube::Config::new("https://127.0.0.1:9".parse().unwrap())).unwrap();

@@ -82,6 +82,7 @@ kubelet-preferred-address-types=kubeletPreferredAddressTypes
 kubelet-certificate-authority=kubeletCertificateAuthority
 kubelet-insecure-tls=kubeletInsecureTls
 token-file=tokenFile
+kubelet-configz=kubeletConfigz
 leader-elect=leaderElect
 leader-election-namespace=leaderElectionNamespace
 leader-election-name=leaderElectionName
