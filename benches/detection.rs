@@ -116,18 +116,16 @@ fn run(report: i64, update: i64, configz: bool, wedged_before: bool, seed: u64) 
     while t <= end {
         for (i, k) in kubelets.iter_mut().enumerate() {
             let name = &names[i];
-            if t < k.wedged_at {
-                if (t - k.phase).rem_euclid(k.update) == 0 {
-                    let changed = t >= k.next_change;
-                    if changed {
-                        k.next_change = t + rng.random_range(60..7200);
-                    }
-                    if changed || t - k.last_report >= k.report + k.delay {
-                        k.delay = if changed { jitter(&mut rng) } else { 0 };
-                        k.last_report = t;
-                        if t >= 0 {
-                            facts.apply_node(&node_json(name, t), &scope, at(t));
-                        }
+            if t < k.wedged_at && (t - k.phase).rem_euclid(k.update) == 0 {
+                let changed = t >= k.next_change;
+                if changed {
+                    k.next_change = t + rng.random_range(60..7200);
+                }
+                if changed || t - k.last_report >= k.report + k.delay {
+                    k.delay = if changed { jitter(&mut rng) } else { 0 };
+                    k.last_report = t;
+                    if t >= 0 {
+                        facts.apply_node(&node_json(name, t), &scope, at(t));
                     }
                 }
             }

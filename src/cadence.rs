@@ -22,10 +22,11 @@
 //!    seen once proves nothing about the longest one to come. An interval that ends a status
 //!    pulsecheck had already judged stale is not learned: the gap of a wedge it caught is not
 //!    a cadence.
-//! 3. **the flag** `--status-stale-after`, doubled for a node whose status pulsecheck has not
-//!    yet seen change (its own start, a new node): such a node may be a 20-minute reporter
-//!    whose first interval is still to come, and a node wedged before pulsecheck started is
-//!    still caught within twice the default time.
+//! 3. **the flag** `--status-stale-after`, doubled until pulsecheck has seen two of the node's
+//!    report intervals (its own start, a new node): such a node may be a 20-minute reporter
+//!    whose first interval is still to come, or the one interval seen may have been cut short by
+//!    the jitter after a change; a node wedged before pulsecheck started is still caught within
+//!    twice the default time.
 //!
 //! Everything here is pure: no clock, no I/O.
 
@@ -78,6 +79,8 @@ pub struct StatusCadence {
     /// The longest interval between two reports pulsecheck saw while it still counted the
     /// status fresh (kubelet clock).
     pub longest_interval: Option<Duration>,
+    /// How many report intervals were learned (saturating).
+    pub intervals: u8,
 }
 
 /// Where a node's status threshold came from (the `source` label and `check`'s column).
@@ -90,13 +93,13 @@ pub enum CadenceSource {
     Observed,
     /// `--status-stale-after`.
     Flag,
-    /// `--status-stale-after`, doubled: the status has not been seen changing yet.
-    FlagUntilSeenChanging,
+    /// `--status-stale-after`, doubled: fewer than two report intervals seen yet.
+    FlagDoubled,
 }
 
 impl CadenceSource {
     /// Every source, in the order of the metric's series.
-    pub const ALL: [CadenceSource; 4] = [CadenceSource::Kubelet, CadenceSource::Observed, CadenceSource::Flag, CadenceSource::FlagUntilSeenChanging];
+    pub const ALL: [CadenceSource; 4] = [CadenceSource::Kubelet, CadenceSource::Observed, CadenceSource::Flag, CadenceSource::FlagDoubled];
 
     /// The source as metrics and `check` spell it.
     pub fn as_str(self) -> &'static str {
@@ -104,7 +107,7 @@ impl CadenceSource {
             CadenceSource::Kubelet => "kubelet",
             CadenceSource::Observed => "observed",
             CadenceSource::Flag => "flag",
-            CadenceSource::FlagUntilSeenChanging => "flag-until-seen-changing",
+            CadenceSource::FlagDoubled => "flag-doubled",
         }
     }
 }
@@ -119,25 +122,30 @@ pub struct StatusThreshold {
 }
 
 impl StatusCadence {
+    /// Two intervals seen: enough that the doubled flag is no longer needed.
+    const SETTLED: u8 = 2;
+
     /// The threshold for this node: `flag` is `--status-stale-after`, `lease_grace` the node's
-    /// Lease grace (the floor of a kubelet-given threshold), `seen_changing` whether pulsecheck
-    /// has seen this node's status change yet. See the module docs for the rules.
-    pub fn threshold(&self, flag: Duration, lease_grace: Duration, seen_changing: bool) -> StatusThreshold {
+    /// Lease grace (the floor of a kubelet-given threshold). See the module docs for the rules.
+    pub fn threshold(&self, flag: Duration, lease_grace: Duration) -> StatusThreshold {
         if let Some(k) = self.kubelet {
             let after = (2 * (k.report + k.update)).max(lease_grace + k.longest_quiet()).min(LONGEST_THRESHOLD);
             return StatusThreshold { after, source: CadenceSource::Kubelet };
         }
-        if let Some(longest) = self.longest_interval {
-            let after = (2 * longest).min(LONGEST_THRESHOLD);
-            if after > flag {
-                return StatusThreshold { after, source: CadenceSource::Observed };
-            }
+        let observed = self.longest_interval.map(|longest| (2 * longest).min(LONGEST_THRESHOLD)).filter(|after| *after > flag);
+        let doubled = (self.intervals < Self::SETTLED).then(|| (2 * flag).min(LONGEST_THRESHOLD.max(flag)));
+        match (observed, doubled) {
+            (Some(o), Some(d)) if d > o => StatusThreshold { after: d, source: CadenceSource::FlagDoubled },
+            (Some(o), _) => StatusThreshold { after: o, source: CadenceSource::Observed },
+            (None, Some(d)) => StatusThreshold { after: d, source: CadenceSource::FlagDoubled },
+            (None, None) => StatusThreshold { after: flag, source: CadenceSource::Flag },
         }
-        if seen_changing {
-            StatusThreshold { after: flag, source: CadenceSource::Flag }
-        } else {
-            StatusThreshold { after: (2 * flag).min(LONGEST_THRESHOLD.max(flag)), source: CadenceSource::FlagUntilSeenChanging }
-        }
+    }
+
+    /// For a view without history (`check` judging one snapshot by the nodes' own timestamps):
+    /// judged by the flag, as if the intervals had been watched.
+    pub fn assume_settled(&mut self) {
+        self.intervals = self.intervals.max(Self::SETTLED);
     }
 
     /// This cadence after a report that came `interval` after the previous one by the kubelet's
@@ -149,7 +157,11 @@ impl StatusCadence {
         if interval.is_zero() || interval > LONGEST_THRESHOLD {
             return self;
         }
-        StatusCadence { longest_interval: Some(self.longest_interval.map_or(interval, |l| l.max(interval))), ..self }
+        StatusCadence {
+            longest_interval: Some(self.longest_interval.map_or(interval, |l| l.max(interval))),
+            intervals: self.intervals.saturating_add(1),
+            ..self
+        }
     }
 }
 
@@ -161,7 +173,7 @@ mod tests {
     const GRACE: Duration = Duration::from_secs(50);
 
     fn kubelet(report: u64, update: u64) -> StatusCadence {
-        StatusCadence { kubelet: Some(KubeletCadence { report: Duration::from_secs(report), update: Duration::from_secs(update) }), longest_interval: None }
+        StatusCadence { kubelet: Some(KubeletCadence { report: Duration::from_secs(report), update: Duration::from_secs(update) }), ..Default::default() }
     }
 
     #[test]
@@ -185,30 +197,38 @@ mod tests {
     #[test]
     fn a_kubelet_given_cadence_covers_the_jitter_and_stays_above_the_lease_grace() {
         // Default kubelet: 2·(5m + 10s) = 10m20s, more than 1.5·5m + 10s + 50s.
-        assert_eq!(kubelet(300, 10).threshold(10 * MIN, GRACE, false), StatusThreshold { after: Duration::from_secs(620), source: CadenceSource::Kubelet });
+        assert_eq!(kubelet(300, 10).threshold(10 * MIN, GRACE), StatusThreshold { after: Duration::from_secs(620), source: CadenceSource::Kubelet });
         // 20-minute reporter: 40m20s, above the 30m10s a jittered report can take.
-        let slow = kubelet(1200, 10).threshold(10 * MIN, GRACE, true);
+        let slow = kubelet(1200, 10).threshold(10 * MIN, GRACE);
         assert_eq!(slow.after, Duration::from_secs(2420));
         assert!(slow.after > kubelet(1200, 10).kubelet.unwrap().longest_quiet());
         // 4-second reporter: the Lease grace floor (50s + 6s + 4s) beats 2·(4s + 4s).
-        assert_eq!(kubelet(4, 4).threshold(10 * MIN, GRACE, false).after, Duration::from_secs(60));
+        assert_eq!(kubelet(4, 4).threshold(10 * MIN, GRACE).after, Duration::from_secs(60));
     }
 
     #[test]
     fn observed_intervals_only_lengthen_the_flag() {
-        let short = StatusCadence { kubelet: None, longest_interval: Some(70 * Duration::from_secs(1)) };
-        assert_eq!(short.threshold(10 * MIN, GRACE, true), StatusThreshold { after: 10 * MIN, source: CadenceSource::Flag });
-        let long = StatusCadence { kubelet: None, longest_interval: Some(20 * MIN + Duration::from_secs(10)) };
-        assert_eq!(long.threshold(10 * MIN, GRACE, true), StatusThreshold { after: 40 * MIN + Duration::from_secs(20), source: CadenceSource::Observed });
-        let absurd = StatusCadence { kubelet: None, longest_interval: Some(LONGEST_THRESHOLD) };
-        assert_eq!(absurd.threshold(10 * MIN, GRACE, true).after, LONGEST_THRESHOLD);
+        let seen = |secs: u64| StatusCadence { kubelet: None, longest_interval: Some(Duration::from_secs(secs)), intervals: 2 };
+        assert_eq!(seen(70).threshold(10 * MIN, GRACE), StatusThreshold { after: 10 * MIN, source: CadenceSource::Flag });
+        assert_eq!(seen(1210).threshold(10 * MIN, GRACE), StatusThreshold { after: 40 * MIN + Duration::from_secs(20), source: CadenceSource::Observed });
+        assert_eq!(seen(3600).threshold(10 * MIN, GRACE).after, LONGEST_THRESHOLD);
     }
 
     #[test]
-    fn the_flag_is_doubled_until_the_status_is_seen_changing() {
+    fn the_flag_is_doubled_until_two_intervals_are_seen() {
         let none = StatusCadence::default();
-        assert_eq!(none.threshold(10 * MIN, GRACE, false), StatusThreshold { after: 20 * MIN, source: CadenceSource::FlagUntilSeenChanging });
-        assert_eq!(none.threshold(10 * MIN, GRACE, true), StatusThreshold { after: 10 * MIN, source: CadenceSource::Flag });
+        assert_eq!(none.threshold(10 * MIN, GRACE), StatusThreshold { after: 20 * MIN, source: CadenceSource::FlagDoubled });
+        // One interval, perhaps cut short by the jitter after a change: still doubled...
+        let one = none.after_report(SignedDuration::from_secs(190));
+        assert_eq!(one.threshold(10 * MIN, GRACE), StatusThreshold { after: 20 * MIN, source: CadenceSource::FlagDoubled });
+        // ...unless what it says is longer.
+        let long = none.after_report(SignedDuration::from_secs(1210));
+        assert_eq!(long.threshold(10 * MIN, GRACE).source, CadenceSource::Observed);
+        let two = one.after_report(SignedDuration::from_secs(290));
+        assert_eq!(two.threshold(10 * MIN, GRACE), StatusThreshold { after: 10 * MIN, source: CadenceSource::Flag });
+        let mut snapshot = StatusCadence::default();
+        snapshot.assume_settled();
+        assert_eq!(snapshot.threshold(10 * MIN, GRACE).source, CadenceSource::Flag);
     }
 
     #[test]

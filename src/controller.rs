@@ -642,13 +642,11 @@ impl Controller {
         while let Ok(report) = self.probe_results.try_recv() {
             match report.cadence {
                 Some(Ok(cadence)) => v.facts.record_kubelet_cadence(&report.node, cadence),
-                Some(Err(why)) => {
-                    if !self.configz_failure_reported {
-                        warn!(node = %report.node, why = %why, "cannot read a kubelet's /configz: its status cadence is learned from the intervals pulsecheck sees instead (reported once; pulsecheck_kubelet_configz_reads_total counts the rest)");
-                        self.configz_failure_reported = true;
-                    }
+                Some(Err(why)) if !self.configz_failure_reported => {
+                    warn!(node = %report.node, why = %why, "cannot read a kubelet's /configz: its status cadence is learned from the intervals pulsecheck sees instead (reported once; pulsecheck_kubelet_configz_reads_total counts the rest)");
+                    self.configz_failure_reported = true;
                 }
-                None => {}
+                Some(Err(_)) | None => {}
             }
             v.facts.record_probe(&report.node, report.outcome, report.at, cfg.thresholds.probe_result_ttl);
         }
@@ -935,7 +933,7 @@ fn status_silence(at: Timestamp, facts: &FleetFacts, th: &verdict::Thresholds) -
 fn publish_metrics(metrics: &Metrics, th: &verdict::Thresholds, memory: &Memory, facts: &FleetFacts, assessments: &Assessments) {
     let mut sources: BTreeMap<CadenceSource, usize> = BTreeMap::new();
     for n in facts.nodes.values() {
-        *sources.entry(n.cadence.threshold(th.status_stale_after, th.lease_grace, n.status.seen_changing).source).or_default() += 1;
+        *sources.entry(n.cadence.threshold(th.status_stale_after, th.lease_grace).source).or_default() += 1;
     }
     metrics.status_threshold_sources(&sources.into_iter().collect::<Vec<_>>());
     for (name, a) in assessments {

@@ -286,7 +286,7 @@ impl Metrics {
                 &registry,
                 gauge_vec(
                     "pulsecheck_status_threshold_nodes",
-                    "Nodes by where their status threshold comes from (kubelet: /configz; observed: intervals seen; flag; flag-until-seen-changing: doubled)",
+                    "Nodes by where their status threshold comes from (kubelet: /configz; observed: intervals seen; flag; flag-doubled: fewer than two report intervals seen)",
                     &["source"],
                 ),
             ),

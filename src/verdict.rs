@@ -214,7 +214,7 @@ pub struct ThresholdArgs {
     /// A Lease seen renewed (by pulsecheck's clock) within this long counts as alive (kube-controller-manager's node-monitor-grace-period); a Lease whose own leaseDurationSeconds plus a quarter is longer gets that (at most half of --status-stale-after).
     #[arg(long, env = "PULSECHECK_LEASE_GRACE", value_name = "DURATION", default_value = "50s", value_parser = positive_duration)]
     pub lease_grace: Duration,
-    /// NodeStatus not seen refreshed for this long while the Lease is alive makes a node a zombie, on nodes whose kubelet's cadence is not known (doubled until the node's status is seen changing); a kubelet's /configz or the report intervals seen override it (see docs/design.md).
+    /// NodeStatus not seen refreshed for this long while the Lease is alive makes a node a zombie, on nodes whose kubelet's cadence is not known (doubled until two of its report intervals are seen); a kubelet's /configz or the report intervals seen override it (see docs/design.md).
     #[arg(long, env = "PULSECHECK_STATUS_STALE_AFTER", value_name = "DURATION", default_value = "10m", value_parser = positive_duration)]
     pub status_stale_after: Duration,
     /// osImage that turned from a real value to "Unknown" and stayed so this long is conclusive on its own.
@@ -298,7 +298,7 @@ impl Thresholds {
     /// pulsecheck saw, or `--status-stale-after` (see [`crate::cadence`]).
     pub fn status_threshold_for(&self, node: &NodeFacts, lease: Option<&LeaseFacts>) -> StatusThreshold {
         let grace = lease.map_or(self.lease_grace, |l| self.lease_grace_for(l));
-        node.cadence.threshold(self.status_stale_after, grace, node.status.seen_changing)
+        node.cadence.threshold(self.status_stale_after, grace)
     }
 
     /// True while `lease` counts as alive at `at`: seen renewed within its grace.
@@ -574,6 +574,7 @@ mod tests {
     #[test]
     fn zombie_when_lease_renews_but_status_stops() {
         let mut w = World::new();
+        w.node(-600, node("n").ready_at(t(-600)));
         w.node(-300, node("n").ready_at(t(-300)));
         w.node(0, node("n").ready_at(t(0)));
         w.renewing(0, 700);
@@ -667,6 +668,7 @@ mod tests {
     #[test]
     fn dead_when_lease_and_status_both_stale() {
         let mut w = World::new();
+        w.node(-600, node("n").ready_at(t(-600)));
         w.node(-300, node("n").ready_at(t(-300)));
         w.node(0, node("n").ready_at(t(0)));
         w.renewing(0, 100);

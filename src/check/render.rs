@@ -124,9 +124,11 @@ mod tests {
         let report = build_report(t(60), &facts, &th, Clock::Observed, Some(t(1)));
         let table = render_table(&report);
         let lines: Vec<&str> = table.lines().collect();
-        assert_eq!(lines[0], "NODE      READY  LEASE  STATUS  OS-IMAGE            PROBE  VERDICT  WHY");
-        assert_eq!(lines[1], "a-zombie  True   1s     >=1m0s  Ubuntu 24.04.1 LTS  -      zombie   NodeStatus not refreshed for 1m");
-        assert_eq!(lines[2], "b-ok      True   1s     5s      Ubuntu 24.04.1 LTS  -      healthy");
+        // Watched for a minute: the flag (30 s) is still doubled, two intervals not yet seen; b-ok's
+        // one interval of 55 s, doubled, is longer still.
+        assert_eq!(lines[0], "NODE      READY  LEASE  STATUS  STALE-AFTER          OS-IMAGE            PROBE  VERDICT  WHY");
+        assert_eq!(lines[1], "a-zombie  True   1s     >=1m0s  1m0s (flag-doubled)  Ubuntu 24.04.1 LTS  -      zombie   NodeStatus not refreshed for 1m");
+        assert_eq!(lines[2], "b-ok      True   1s     5s      1m50s (observed)     Ubuntu 24.04.1 LTS  -      healthy");
         assert!(report.nodes[0].tainted);
         assert_eq!(render_table(&build_report(t(0), &FleetFacts::default(), &th, Clock::Observed, None)), "No nodes.\n");
     }

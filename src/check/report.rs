@@ -83,7 +83,7 @@ pub struct NodeReport {
     /// How old NodeStatus may be before it is stale, for this node (see `pulsecheck::cadence`).
     pub status_threshold_seconds: u64,
     /// Where that threshold comes from: `kubelet` (/configz), `observed`, `flag`, or
-    /// `flag-until-seen-changing` (doubled).
+    /// `flag-doubled` (fewer than two report intervals seen).
     pub status_threshold_source: CadenceSource,
     /// `status.nodeInfo.osImage`.
     pub os_image: String,
@@ -139,6 +139,7 @@ pub fn facts_from_snapshot(nodes: &[SlimNode], leases: &[SlimLease], scope: &Sco
         // wait for either (see `crate::cadence`: the doubled threshold covers first sight).
         if let Some(n) = node.metadata.name.as_deref().and_then(|name| facts.nodes.get_mut(name)) {
             n.status.seen_changing = true;
+            n.cadence.assume_settled();
         }
     }
     for lease in leases {
