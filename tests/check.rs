@@ -47,7 +47,7 @@ async fn check_exits_0_on_a_healthy_fleet_and_1_naming_a_zombie_and_an_os_image_
 
     let healthy = check(&kubeconfig, FAST_CHECK).await;
     assert_eq!(healthy.status.code(), Some(0), "{}", describe(&healthy));
-    assert_eq!(text(&healthy.stdout).lines().next(), Some("NODE      READY  LEASE  STATUS  OS-IMAGE            PROBE  VERDICT  WHY"));
+    assert_eq!(text(&healthy.stdout).lines().next(), Some("NODE      READY  LEASE  STATUS  STALE-AFTER  OS-IMAGE            PROBE  VERDICT  WHY"));
     assert_eq!(text(&healthy.stdout).lines().filter(|l| l.contains("healthy")).count(), 4, "{}", describe(&healthy));
     assert!(text(&healthy.stderr).contains("without --observe these verdicts rest on the nodes' own timestamps"), "{}", describe(&healthy));
 
@@ -81,12 +81,16 @@ async fn check_exits_0_on_a_healthy_fleet_and_1_naming_a_zombie_and_an_os_image_
     let order: Vec<&str> = table.lines().skip(1).filter_map(|l| l.split_whitespace().next()).collect();
     assert_eq!(order, ["chk-0001", "chk-0002", "chk-0000", "chk-0003"], "worst first:\n{table}");
     let z = row(&table, "chk-0001");
-    assert_eq!((z[1].as_str(), z[4].as_str(), z[5].as_str(), z[6].as_str()), ("True", "Ubuntu 24.04.1 LTS", "-", "zombie"), "{z:?}");
-    assert!(z[7].starts_with("NodeStatus not refreshed for"), "{z:?}");
+    assert_eq!(
+        (z[1].as_str(), z[4].as_str(), z[5].as_str(), z[6].as_str(), z[7].as_str()),
+        ("True", "6s (flag)", "Ubuntu 24.04.1 LTS", "-", "zombie"),
+        "{z:?}"
+    );
+    assert!(z[8].starts_with("NodeStatus not refreshed for"), "{z:?}");
     let o = row(&table, "chk-0002");
-    assert_eq!((o[4].as_str(), o[6].as_str()), ("Unknown", "suspect"), "{o:?}");
-    assert!(o[7].starts_with("osImage \"Unknown\""), "{o:?}");
-    assert_eq!(row(&table, "chk-0003")[6], "healthy");
+    assert_eq!((o[5].as_str(), o[7].as_str()), ("Unknown", "suspect"), "{o:?}");
+    assert!(o[8].starts_with("osImage \"Unknown\""), "{o:?}");
+    assert_eq!(row(&table, "chk-0003")[7], "healthy");
 
     // --node: one node, its own exit code; an unknown node is named with exit 2.
     let one = check(&kubeconfig, &[FAST_CHECK, &["--node", "chk-0002", "-o", "yaml"]].concat()).await;
@@ -143,16 +147,17 @@ async fn observe_catches_a_zombie_whose_skewed_clock_makes_its_stale_status_look
     assert!(node_json(&fooled, zombie)["status_age_seconds"].as_i64().unwrap() < -3000, "its status is from the future");
     assert!(text(&snapshot.stderr).contains(&format!("timestamps ahead of this machine's clock (negative ages): {zombie}")), "{}", describe(&snapshot));
 
-    // --observe judges by check's own clock: caught.
-    let observed = check(&kubeconfig, &[FAST_CHECK, &["--observe=12s"]].concat()).await;
+    // --observe judges by check's own clock: caught, once a status never seen refreshed has had
+    // twice the flag (6 s) under its eyes.
+    let observed = check(&kubeconfig, &[FAST_CHECK, &["--observe=14s"]].concat()).await;
     assert_eq!(observed.status.code(), Some(1), "{}", describe(&observed));
     let table = text(&observed.stdout);
     let z = row(&table, zombie);
-    assert_eq!((z[1].as_str(), z[6].as_str()), ("True", "zombie"), "{}", describe(&observed));
+    assert_eq!((z[1].as_str(), z[4].as_str(), z[7].as_str()), ("True", "12s (flag-doubled)", "zombie"), "{}", describe(&observed));
     assert!(z[3].starts_with(">="), "never seen refreshed: a lower bound: {z:?}");
-    assert!(z[7].starts_with("NodeStatus not refreshed for 1"), "{z:?}");
+    assert!(z[8].starts_with("NodeStatus not refreshed for 1"), "{z:?}");
     for healthy in ["obs-0000", "obs-0002"] {
-        assert_eq!(row(&table, healthy)[6], "healthy", "{}", describe(&observed));
+        assert_eq!(row(&table, healthy)[7], "healthy", "{}", describe(&observed));
     }
     assert!(!text(&observed.stderr).contains("without --observe"), "{}", describe(&observed));
     lab.stop().await;
@@ -261,8 +266,8 @@ async fn check_probe_reaches_every_kubelet_and_shows_a_dead_one_unreachable() {
     // to tcp rather than sending credentials anywhere, and still probes.
     let fallback = check(&kubeconfig, &[FAST_CHECK, &["--probe=kubelet-healthz", "--probe-timeout=3s"]].concat()).await;
     assert!(text(&fallback.stderr).contains("never sends its token to a kubelet whose certificate it cannot verify"), "{}", describe(&fallback));
-    assert_eq!(row(&text(&fallback.stdout), "prb-0000")[5], "ok", "{}", describe(&fallback));
-    assert_eq!(row(&text(&fallback.stdout), "prb-0002")[5], "unreachable", "{}", describe(&fallback));
+    assert_eq!(row(&text(&fallback.stdout), "prb-0000")[6], "ok", "{}", describe(&fallback));
+    assert_eq!(row(&text(&fallback.stdout), "prb-0002")[6], "unreachable", "{}", describe(&fallback));
     assert!(lab.fleet.kubelet_requests("prb-0000").iter().all(|r| r.authorization.is_none()), "no token reached a kubelet from check");
 }
 

@@ -199,17 +199,19 @@ pub fn build_report(now: Timestamp, facts: &FleetFacts, th: &Thresholds, clock: 
 pub(super) fn node_timestamps_note(status_stale_after: Duration) -> String {
     format!(
         "without --observe these verdicts rest on the nodes' own timestamps (Ready lastHeartbeatTime, Lease renewTime) against this machine's clock; a node whose clock is skewed can look fresh while it is dead. Run with --observe {} to judge by pulsecheck's own clock, as the controller does.",
-        humantime::format_duration(status_stale_after)
+        humantime::format_duration(2 * status_stale_after)
     )
 }
 
-/// The note of an observation too short to prove a stale NodeStatus, if it is.
+/// The note of an observation too short to prove a stale NodeStatus, if it is: a status never
+/// seen refreshed is stale only after twice `--status-stale-after` (see `crate::cadence`).
 pub(super) fn short_observation_note(observe: Duration, status_stale_after: Duration) -> Option<String> {
-    (observe < status_stale_after).then(|| {
+    (observe < 2 * status_stale_after).then(|| {
         format!(
-            "--observe {} is shorter than --status-stale-after {}: a stale NodeStatus cannot be proven in that time (observe longer, or lower --status-stale-after; a healthy kubelet reports every 5m ± 50%)",
+            "--observe {} is shorter than twice --status-stale-after {}: a NodeStatus never seen refreshed is stale only after {} (it may be a slow reporter's), so it cannot be proven stale in that time (observe longer, or lower --status-stale-after; a healthy kubelet reports every 5m ± 50%)",
             humantime::format_duration(observe),
-            humantime::format_duration(status_stale_after)
+            humantime::format_duration(status_stale_after),
+            humantime::format_duration(2 * status_stale_after)
         )
     })
 }
@@ -315,9 +317,10 @@ mod tests {
     fn an_observation_shorter_than_the_status_threshold_says_so() {
         let stale = Duration::from_secs(600);
         let note = short_observation_note(Duration::from_secs(60), stale).unwrap();
-        assert!(note.starts_with("--observe 1m is shorter than --status-stale-after 10m"), "{note}");
-        assert_eq!(short_observation_note(stale, stale), None);
-        assert!(node_timestamps_note(stale).contains("Run with --observe 10m"));
+        assert!(note.starts_with("--observe 1m is shorter than twice --status-stale-after 10m"), "{note}");
+        assert!(short_observation_note(stale, stale).is_some());
+        assert_eq!(short_observation_note(2 * stale, stale), None);
+        assert!(node_timestamps_note(stale).contains("Run with --observe 20m"));
     }
 
     #[test]
