@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
 # Builds the Go programs pulsecheck's tests, demo and CI run (kube-apiserver,
-# kube-controller-manager, kubectl, etcd, helm, promtool, toxiproxy) from the pinned Go
+# kube-controller-manager, kube-scheduler, kubelet, kubectl, etcd, helm, promtool, toxiproxy) from the pinned Go
 # modules under tools/, into a cache folder keyed on each tool's version.
 # A tool that is already in the cache is not built again.
 #
 #   tools/build.sh            build everything, print the bin folder
 #   tools/build.sh control    only kube-apiserver and etcd
+#   tools/build.sh nodes      only kubelet and kube-scheduler (the real-node lab)
 #   tools/build.sh --print    print the bin folder, build nothing
 #   tools/build.sh crds       download the prometheus-operator module pinned in tools/crds
 #                             and print the folder holding its CRD YAML files
@@ -67,8 +68,8 @@ echo "$out/current"; exit 0 ;;
     (cd "$here/crds" && go mod download github.com/prometheus-operator/prometheus-operator >&2 \
       && echo "$(go list -m -f '{{.Dir}}' github.com/prometheus-operator/prometheus-operator)/example/prometheus-operator-crd")
     exit 0 ;;
-  control|all|kubectl|helm|promtool|toxiproxy) ;;
-  *) echo "tools/build.sh: unknown target '$what' (want all, control, kubectl, helm, promtool, toxiproxy, crds, --print)" >&2; exit 2 ;;
+  control|nodes|all|kubectl|helm|promtool|toxiproxy) ;;
+  *) echo "tools/build.sh: unknown target '$what' (want all, control, nodes, kubectl, helm, promtool, toxiproxy, crds, --print)" >&2; exit 2 ;;
 esac
 
 if [ "$what" = control ] || [ "$what" = all ]; then
@@ -80,6 +81,13 @@ fi
 if [ "$what" = all ]; then
   build_one kube-controller-manager "$kube_version" kube k8s.io/kubernetes/cmd/kube-controller-manager -tags=selinux,notest,grpcnotrace -ldflags "$(kube_ldflags)"
   link kube-controller-manager "$kube_version"
+fi
+if [ "$what" = all ] || [ "$what" = nodes ]; then
+  # The real-node lab: a real kubelet per node, and the scheduler that places Pods on them.
+  build_one kubelet "$kube_version" kube k8s.io/kubernetes/cmd/kubelet -tags=selinux,notest,grpcnotrace -ldflags "$(kube_ldflags)"
+  link kubelet "$kube_version"
+  build_one kube-scheduler "$kube_version" kube k8s.io/kubernetes/cmd/kube-scheduler -tags=selinux,notest,grpcnotrace -ldflags "$(kube_ldflags)"
+  link kube-scheduler "$kube_version"
 fi
 if [ "$what" = all ] || [ "$what" = kubectl ]; then
   build_one kubectl "$kube_version" kube k8s.io/kubernetes/cmd/kubectl -tags=selinux,notest,grpcnotrace -ldflags "$(kube_ldflags)"

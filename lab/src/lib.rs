@@ -13,6 +13,7 @@ pub mod binaries;
 pub mod certs;
 pub mod controlplane;
 pub mod demo;
+pub mod faultfs;
 pub mod fleet;
 pub mod kubelet;
 pub mod process;

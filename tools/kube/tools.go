@@ -1,3 +1,3 @@
-// Package kube pins the kube-apiserver and kube-controller-manager that
-// pulsecheck's tests and demo run. Nothing here is compiled into pulsecheck.
+// Package kube pins the kube-apiserver, kube-controller-manager, kube-scheduler, kubelet and
+// kubectl that pulsecheck's tests and demo run (the `tool` lines of go.mod). Nothing here is compiled into pulsecheck.
 package kube
