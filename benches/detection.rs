@@ -1,6 +1,6 @@
 //! How soon a wedged node is caught, and whether a healthy one is ever called a zombie, per
 //! kubelet status cadence — measured in virtual time through the decision core itself
-//! (`FleetFacts` + `verdict::evaluate` + `verdict::note_stale_statuses`, as the controller
+//! (`FleetFacts` + `verdict::evaluate` + `verdict::note_uncadenced_gaps`, as the controller
 //! calls them every `--evaluation-interval`), with the default flags.
 //!
 //! Each row is a fleet of simulated kubelets with one cadence and random phases: each kubelet
@@ -143,7 +143,7 @@ fn run(report: i64, update: i64, configz: bool, wedged_before: bool, seed: u64) 
         }
         if t >= 0 && t % TICK == 0 {
             let evaluation = verdict::evaluate(at(t), &facts, &th, 50.0);
-            verdict::note_stale_statuses(&mut facts, &evaluation.assessments);
+            verdict::note_uncadenced_gaps(&mut facts, &evaluation.assessments);
             for (i, k) in kubelets.iter_mut().enumerate() {
                 let zombie = evaluation.assessments.get(names[i].as_str()).is_some_and(|a| a.verdict == Verdict::Zombie);
                 if zombie && t < k.wedged_at {

@@ -114,6 +114,7 @@ async fn measure(plan: Plan) {
             ProbeTarget {
                 node: format!("bench-node-{i:05}"),
                 endpoint: KubeletEndpoint { addresses: vec![("InternalIP".into(), addr.ip().to_string())], port: Some(addr.port()) },
+                recheck_cadence: false,
             }
         })
         .collect();

@@ -10,18 +10,23 @@
 //!
 //! So every node is judged against its own cadence, learned — most trusted first — from:
 //! 1. **its kubelet's own configuration** (`/configz`, read by the prober with the same verified
-//!    TLS and token as `/healthz`; RBAC `nodes/configz`): the threshold is
-//!    `max(2·(R + U), lease grace + 1.5·R + U)`. Twice the cadence leaves room for the jitter;
+//!    TLS and token as `/healthz`, never over `--kubelet-insecure-tls`; RBAC `nodes/configz`):
+//!    the threshold is `max(2·(R + U), lease grace + 1.5·R + U)` — unless an interval longer
+//!    than that configuration allows was seen (it was read before a restart changed it): then
+//!    what the intervals give, until `/configz` is read again. Twice the cadence leaves room for the jitter;
 //!    the floor keeps a powered-off node (whose last status can be `1.5·R + U` older than its
 //!    last Lease renewal) from turning Zombie before its Lease goes stale, so it is judged
 //!    Dead, as kube-controller-manager judges it. This is the only source that can make a
 //!    threshold *shorter* than the flag.
 //! 2. **the intervals pulsecheck saw** between two reports, measured on the kubelet's own clock
-//!    (the difference of two `lastHeartbeatTime`s, so clock skew cancels out): the longest,
-//!    doubled, when that is longer than the flag — lengthening only, because a short interval
-//!    seen once proves nothing about the longest one to come. An interval that ends a status
-//!    pulsecheck had already judged stale is not learned: the gap of a wedge it caught is not
-//!    a cadence.
+//!    (the difference of two `lastHeartbeatTime`s, so clock skew cancels out, and at most what
+//!    pulsecheck's own clock saw pass, so a step of the node's clock does not count): the longest
+//!    of the last [`RECENT`], doubled, when that is longer than the flag — lengthening only,
+//!    because a short interval seen once proves nothing about the longest one to come. A gap
+//!    that is not a cadence is never learned: one that ends a status pulsecheck had judged stale
+//!    (a wedge it caught), one during which the Lease was stale or the node did not claim Ready
+//!    (a reboot, a stopped kubelet), and one pulsecheck could not see all of (a blind spell).
+//!    Only the recent intervals count, so one long gap that slipped through ages out.
 //! 3. **the flag** `--status-stale-after`, doubled until pulsecheck has seen two of the node's
 //!    report intervals (its own start, a new node): such a node may be a 20-minute reporter
 //!    whose first interval is still to come, or the one interval seen may have been cut short by
@@ -34,6 +39,10 @@ use std::time::Duration;
 
 use k8s_openapi::jiff::SignedDuration;
 use serde::Serialize;
+
+/// How much longer than pulsecheck's own clock saw pass a learned interval may be: watch
+/// delivery and the kubelet's own timing.
+pub const CLOCK_SLACK: Duration = Duration::from_secs(30);
 
 /// The longest threshold any source may give: kubelets reporting less often than every half
 /// hour are outside what pulsecheck is built for, and a clock jump on a node must not make its
@@ -71,16 +80,23 @@ impl KubeletCadence {
     }
 }
 
+/// How many of the latest learned intervals count.
+pub const RECENT: usize = 8;
+
 /// What pulsecheck knows of one node's status cadence.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct StatusCadence {
     /// From the kubelet's `/configz`, when the prober could read it.
     pub kubelet: Option<KubeletCadence>,
-    /// The longest interval between two reports pulsecheck saw while it still counted the
-    /// status fresh (kubelet clock).
-    pub longest_interval: Option<Duration>,
+    /// The latest learned intervals between two reports (a ring; zero is empty).
+    recent: [Duration; RECENT],
+    /// Where the next learned interval goes in `recent`.
+    next: u8,
     /// How many report intervals were learned (saturating).
     pub intervals: u8,
+    /// A report came earlier than the kubelet's known report frequency allows without a change
+    /// or a restart: its configuration may have changed, so `/configz` is worth reading again.
+    pub recheck: bool,
 }
 
 /// Where a node's status threshold came from (the `source` label and `check`'s column).
@@ -128,11 +144,20 @@ impl StatusCadence {
     /// The threshold for this node: `flag` is `--status-stale-after`, `lease_grace` the node's
     /// Lease grace (the floor of a kubelet-given threshold). See the module docs for the rules.
     pub fn threshold(&self, flag: Duration, lease_grace: Duration) -> StatusThreshold {
+        let longest = self.longest_interval();
+        let observed_after = longest.map(|longest| (2 * longest).min(LONGEST_THRESHOLD));
         if let Some(k) = self.kubelet {
             let after = (2 * (k.report + k.update)).max(lease_grace + k.longest_quiet()).min(LONGEST_THRESHOLD);
-            return StatusThreshold { after, source: CadenceSource::Kubelet };
+            // An interval longer than the configuration allows says it is out of date (a restart
+            // that changed it since the last read): what was seen wins until it is read again.
+            return match (longest, observed_after) {
+                (Some(longest), Some(observed)) if longest > k.longest_quiet() + CLOCK_SLACK && observed > after => {
+                    StatusThreshold { after: observed, source: CadenceSource::Observed }
+                }
+                _ => StatusThreshold { after, source: CadenceSource::Kubelet },
+            };
         }
-        let observed = self.longest_interval.map(|longest| (2 * longest).min(LONGEST_THRESHOLD)).filter(|after| *after > flag);
+        let observed = observed_after.filter(|after| *after > flag);
         let doubled = (self.intervals < Self::SETTLED).then(|| (2 * flag).min(LONGEST_THRESHOLD.max(flag)));
         match (observed, doubled) {
             (Some(o), Some(d)) if d > o => StatusThreshold { after: d, source: CadenceSource::FlagDoubled },
@@ -142,6 +167,11 @@ impl StatusCadence {
         }
     }
 
+    /// The longest of the recent learned intervals.
+    pub fn longest_interval(&self) -> Option<Duration> {
+        self.recent.iter().copied().filter(|d| !d.is_zero()).max()
+    }
+
     /// For a view without history (`check` judging one snapshot by the nodes' own timestamps):
     /// judged by the flag, as if the intervals had been watched.
     pub fn assume_settled(&mut self) {
@@ -149,19 +179,36 @@ impl StatusCadence {
     }
 
     /// This cadence after a report that came `interval` after the previous one by the kubelet's
-    /// clock (the `lastHeartbeatTime` difference; the caller leaves out reports that end a gap it
-    /// judged stale). Only a plausible interval — positive, at most [`LONGEST_THRESHOLD`] — is
-    /// learned, and only ever lengthens what was learned before.
-    pub fn after_report(self, interval: SignedDuration) -> StatusCadence {
-        let Ok(interval) = Duration::try_from(interval) else { return self };
+    /// clock (the `lastHeartbeatTime` difference) and `watched` after it by pulsecheck's, when
+    /// pulsecheck watched the whole interval (`None` for the first one, which began before
+    /// pulsecheck looked). The caller leaves out gaps that are not a cadence (see the module
+    /// docs). Only a plausible interval — positive, at most [`LONGEST_THRESHOLD`] — is learned,
+    /// and never more than pulsecheck saw pass (plus [`CLOCK_SLACK`]): a node's clock stepping
+    /// forward is not a long interval. A report well before the kubelet's known report frequency
+    /// asks for `/configz` to be read again.
+    pub fn after_report(self, interval: SignedDuration, watched: Option<SignedDuration>) -> StatusCadence {
+        let Ok(mut interval) = Duration::try_from(interval) else { return self };
+        if let Some(watched) = watched.and_then(|w| Duration::try_from(w).ok()) {
+            interval = interval.min(watched + CLOCK_SLACK);
+        }
         if interval.is_zero() || interval > LONGEST_THRESHOLD {
             return self;
         }
+        let early = self.kubelet.is_some_and(|k| interval + k.update < k.report);
+        let mut recent = self.recent;
+        recent[usize::from(self.next) % RECENT] = interval;
         StatusCadence {
-            longest_interval: Some(self.longest_interval.map_or(interval, |l| l.max(interval))),
+            recent,
+            next: ((usize::from(self.next) + 1) % RECENT) as u8,
             intervals: self.intervals.saturating_add(1),
+            recheck: self.recheck || early,
             ..self
         }
+    }
+
+    /// The kubelet's configuration as just read from `/configz`.
+    pub fn with_kubelet(self, kubelet: KubeletCadence) -> StatusCadence {
+        StatusCadence { kubelet: Some(kubelet), recheck: false, ..self }
     }
 }
 
@@ -173,7 +220,7 @@ mod tests {
     const GRACE: Duration = Duration::from_secs(50);
 
     fn kubelet(report: u64, update: u64) -> StatusCadence {
-        StatusCadence { kubelet: Some(KubeletCadence { report: Duration::from_secs(report), update: Duration::from_secs(update) }), ..Default::default() }
+        StatusCadence::default().with_kubelet(KubeletCadence { report: Duration::from_secs(report), update: Duration::from_secs(update) })
     }
 
     #[test]
@@ -208,7 +255,7 @@ mod tests {
 
     #[test]
     fn observed_intervals_only_lengthen_the_flag() {
-        let seen = |secs: u64| StatusCadence { kubelet: None, longest_interval: Some(Duration::from_secs(secs)), intervals: 2 };
+        let seen = |secs: i64| StatusCadence::default().after_report(SignedDuration::from_secs(secs), None).after_report(SignedDuration::from_secs(secs), None);
         assert_eq!(seen(70).threshold(10 * MIN, GRACE), StatusThreshold { after: 10 * MIN, source: CadenceSource::Flag });
         assert_eq!(seen(1210).threshold(10 * MIN, GRACE), StatusThreshold { after: 40 * MIN + Duration::from_secs(20), source: CadenceSource::Observed });
         assert_eq!(seen(3600).threshold(10 * MIN, GRACE).after, LONGEST_THRESHOLD);
@@ -219,12 +266,12 @@ mod tests {
         let none = StatusCadence::default();
         assert_eq!(none.threshold(10 * MIN, GRACE), StatusThreshold { after: 20 * MIN, source: CadenceSource::FlagDoubled });
         // One interval, perhaps cut short by the jitter after a change: still doubled...
-        let one = none.after_report(SignedDuration::from_secs(190));
+        let one = none.after_report(SignedDuration::from_secs(190), None);
         assert_eq!(one.threshold(10 * MIN, GRACE), StatusThreshold { after: 20 * MIN, source: CadenceSource::FlagDoubled });
         // ...unless what it says is longer.
-        let long = none.after_report(SignedDuration::from_secs(1210));
+        let long = none.after_report(SignedDuration::from_secs(1210), None);
         assert_eq!(long.threshold(10 * MIN, GRACE).source, CadenceSource::Observed);
-        let two = one.after_report(SignedDuration::from_secs(290));
+        let two = one.after_report(SignedDuration::from_secs(290), None);
         assert_eq!(two.threshold(10 * MIN, GRACE), StatusThreshold { after: 10 * MIN, source: CadenceSource::Flag });
         let mut snapshot = StatusCadence::default();
         snapshot.assume_settled();
@@ -232,14 +279,37 @@ mod tests {
     }
 
     #[test]
-    fn only_plausible_intervals_are_learned_and_only_ever_lengthen() {
+    fn only_plausible_intervals_are_learned_and_only_the_recent_ones_count() {
         let s = SignedDuration::from_secs;
         let none = StatusCadence::default();
-        assert_eq!(none.after_report(s(1210)).longest_interval, Some(Duration::from_secs(1210)));
+        assert_eq!(none.after_report(s(1210), None).longest_interval(), Some(Duration::from_secs(1210)));
         // Nonsense from a kubelet's clock (a step backwards, a jump of days) is not learned.
-        assert_eq!(none.after_report(s(-5)), none);
-        assert_eq!(none.after_report(s(86_400)), none);
-        let learned = none.after_report(s(500));
-        assert_eq!(learned.after_report(s(60)).longest_interval, Some(Duration::from_secs(500)));
+        assert_eq!(none.after_report(s(-5), None), none);
+        assert_eq!(none.after_report(s(86_400), None), none);
+        // A step forward of the node's clock: no more than pulsecheck saw pass, plus the slack.
+        assert_eq!(none.after_report(s(3000), Some(s(300))).longest_interval(), Some(Duration::from_secs(300) + CLOCK_SLACK));
+        // The longest of the recent intervals: a long one ages out after RECENT shorter ones.
+        let mut c = none.after_report(s(500), None);
+        assert_eq!(c.after_report(s(60), None).longest_interval(), Some(Duration::from_secs(500)));
+        for _ in 0..RECENT {
+            c = c.after_report(s(60), Some(s(60)));
+        }
+        assert_eq!(c.longest_interval(), Some(Duration::from_secs(60)));
+    }
+
+    #[test]
+    fn a_kubelet_given_threshold_never_undercuts_what_was_seen_and_an_early_report_asks_again() {
+        let s = SignedDuration::from_secs;
+        // /configz said 1m; the kubelet was reconfigured to 5m and restarted: intervals of 5m10s.
+        let stale = kubelet(60, 10).after_report(s(310), Some(s(310)));
+        assert_eq!(stale.threshold(10 * MIN, GRACE), StatusThreshold { after: Duration::from_secs(620), source: CadenceSource::Observed });
+        // A jittered interval the configuration allows (1.5·R + U) changes nothing.
+        let jittered = kubelet(300, 10).after_report(s(460), Some(s(460)));
+        assert_eq!(jittered.threshold(10 * MIN, GRACE), StatusThreshold { after: Duration::from_secs(620), source: CadenceSource::Kubelet });
+        // A report long before the known report frequency (a change, or a restart): read again.
+        let early = kubelet(300, 10).after_report(s(20), Some(s(20)));
+        assert!(early.recheck);
+        assert!(!kubelet(300, 10).after_report(s(305), Some(s(305))).recheck);
+        assert!(!early.with_kubelet(KubeletCadence { report: 5 * MIN, update: Duration::from_secs(10) }).recheck);
     }
 }

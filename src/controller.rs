@@ -699,7 +699,7 @@ impl Controller {
         self.misconfigured_reported = misconfigured.into_keys().collect();
         let assessments = evaluation.assessments;
         if blindness.is_none() {
-            verdict::note_stale_statuses(&mut v.facts, &assessments);
+            verdict::note_uncadenced_gaps(&mut v.facts, &assessments);
             // A blind view's verdicts are not verdicts: the series keep what was last seen, and
             // pulsecheck_blind says why they do not move (no zombie alert fires on a blind spell).
             publish_metrics(&self.metrics, &cfg.thresholds, &self.ledger.memory, &v.facts, &assessments);
@@ -722,7 +722,9 @@ impl Controller {
         let probe_targets: Vec<ProbeTarget> = assessments
             .iter()
             .filter(|(n, a)| a.verdict != Verdict::Excluded && lease_alive(n))
-            .filter_map(|(n, _)| v.facts.nodes.get(n).map(|f| ProbeTarget { node: n.to_string(), endpoint: f.kubelet.clone() }))
+            .filter_map(|(n, _)| {
+                v.facts.nodes.get(n).map(|f| ProbeTarget { node: n.to_string(), endpoint: f.kubelet.clone(), recheck_cadence: f.cadence.recheck })
+            })
             .collect();
         // Our cordon, undone by somebody else: the schedulability is theirs from now on.
         let cordons_taken_over: Vec<String> =
@@ -914,19 +916,24 @@ fn lease_silence(at: Timestamp, facts: &FleetFacts, th: &verdict::Thresholds) ->
         .unwrap_or(th.lease_grace)
 }
 
-/// How long the Node watch may deliver nothing before pulsecheck counts itself blind: the
-/// shortest status threshold of a node whose status is fresh (a fleet of kubelets reporting
-/// every 4 s is not quiet for minutes), else `--status-stale-after`; never longer than the flag.
+/// How long the Node watch may deliver nothing before pulsecheck counts itself blind: until half
+/// of the nodes with a live Lease (at least two) are overdue by their own status thresholds. A
+/// watch that stops delivering makes every node overdue; one node going quiet, or a few, is
+/// those nodes' business (a fleet of 20-minute reporters is legitimately quiet for minutes, and a
+/// wedged node must not blind pulsecheck to itself). With fewer than two such nodes, silence of
+/// the Node watch alone never counts as blindness (watch errors and the Lease watch still do).
 fn status_silence(at: Timestamp, facts: &FleetFacts, th: &verdict::Thresholds) -> Duration {
-    facts
+    let mut thresholds: Vec<Duration> = facts
         .nodes
         .iter()
-        .map(|(name, n)| (th.status_threshold_for(n, facts.leases.get(name)).after, n))
-        .filter(|(after, n)| SignedDuration::try_from(*after).is_ok_and(|after| at.duration_since(n.status.observed_at) < after))
-        .map(|(after, _)| after)
-        .min()
-        .unwrap_or(th.status_stale_after)
-        .min(th.status_stale_after)
+        .filter_map(|(name, n)| facts.leases.get(name).filter(|l| th.lease_alive(at, l)).map(|l| th.status_threshold_for(n, Some(l)).after))
+        .collect();
+    if thresholds.len() < 2 {
+        return Duration::MAX;
+    }
+    thresholds.sort_unstable();
+    let overdue = thresholds.len().div_ceil(2).max(2);
+    thresholds[overdue - 1]
 }
 
 /// Publishes the per-node metrics of this tick's verdicts.
@@ -1132,6 +1139,34 @@ mod tests {
                 assert_eq!(previous_status, &current.as_ref().map(|(s, _)| s.clone()));
             }
         }
+    }
+
+    #[test]
+    fn the_node_watch_is_silent_only_when_half_the_live_nodes_are_overdue() {
+        use crate::cadence::KubeletCadence;
+        let th = verdict::Thresholds::default();
+        let scope = Scope { taint_key: names::TAINT_KEY.into(), ..Default::default() };
+        let fleet = |fast: usize, slow: usize| {
+            let mut f = FleetFacts::default();
+            for i in 0..fast + slow {
+                let name = format!("n{i}");
+                f.apply_node(&node(&name).ready_at(t(0)).build(), &scope, t(0));
+                f.apply_lease(&lease(&name, t(990)), t(990));
+                let report = if i < fast { 4 } else { 1200 };
+                f.record_kubelet_cadence(&name, KubeletCadence { report: Duration::from_secs(report), update: Duration::from_secs(4) });
+            }
+            f
+        };
+        // One fast reporter among slow ones: its going quiet is its own wedge, not a silent watch.
+        assert_eq!(status_silence(t(1000), &fleet(1, 2), &th), Duration::from_secs(2408));
+        // A fleet of fast reporters: a watch quiet for their threshold is a silent watch.
+        assert_eq!(status_silence(t(1000), &fleet(4, 0), &th), Duration::from_secs(60));
+        // Half the fleet must be overdue: 3 fast, 3 slow → the third threshold, a fast one.
+        assert_eq!(status_silence(t(1000), &fleet(3, 3), &th), Duration::from_secs(60));
+        assert_eq!(status_silence(t(1000), &fleet(2, 3), &th), Duration::from_secs(2408));
+        // One node, or none: the Node watch's silence alone says nothing.
+        assert_eq!(status_silence(t(1000), &fleet(1, 0), &th), Duration::MAX);
+        assert_eq!(status_silence(t(5000), &fleet(4, 0), &th), Duration::MAX, "no live Lease");
     }
 
     #[test]

@@ -362,9 +362,11 @@ pub struct NodeFacts {
     /// intervals it saw), from which [`crate::verdict::Thresholds::status_threshold_for`]
     /// derives the node's own status threshold.
     pub cadence: StatusCadence,
-    /// pulsecheck judged the current status value stale (set by the controller from the
-    /// verdicts, cleared by the next report): the interval that report ends is not learned.
-    pub status_judged_stale: bool,
+    /// The gap since the current status report is not a cadence (pulsecheck judged the status
+    /// stale, the Lease stale or the node not Ready, or could not see part of the gap): the
+    /// interval the next report ends is not learned. Set by the controller and the discounts,
+    /// cleared by the next report.
+    pub uncadenced_gap: bool,
 }
 
 /// The outcome of one kubelet probe, as the prober reports it.
@@ -606,17 +608,21 @@ impl NodeFacts {
             our_condition,
             kubelet_version: status.and_then(|s| s.node_info.as_ref()).map(|i| i.kubelet_version.clone()).unwrap_or_default(),
             cadence,
-            status_judged_stale: previous.is_some_and(|p| p.status_judged_stale && p.status.value == heartbeat_value),
+            uncadenced_gap: previous.is_some_and(|p| p.uncadenced_gap && p.status.value == heartbeat_value),
         }
     }
 }
 
 /// `previous`'s cadence after its status heartbeat became `now_seen`: a new report teaches the
-/// interval since the one before it, measured on the kubelet's clock, unless pulsecheck had
-/// already judged that status stale (the gap of a wedge it caught is not a cadence).
+/// interval since the one before it, measured on the kubelet's clock (and bounded by what
+/// pulsecheck's clock saw, when it watched the whole interval), unless that gap was not a
+/// cadence ([`NodeFacts::uncadenced_gap`]).
 fn learn_cadence(previous: &NodeFacts, now_seen: &Heartbeat) -> StatusCadence {
     match (previous.status.value, now_seen.value) {
-        (Some(before), Some(after)) if before != after && !previous.status_judged_stale => previous.cadence.after_report(after.duration_since(before)),
+        (Some(before), Some(after)) if before != after && !previous.uncadenced_gap => {
+            let watched = previous.status.seen_changing.then(|| now_seen.observed_at.duration_since(previous.status.observed_at));
+            previous.cadence.after_report(after.duration_since(before), watched)
+        }
         _ => previous.cadence,
     }
 }
@@ -670,14 +676,14 @@ impl FleetFacts {
     /// Records what node `name`'s kubelet says of its status cadence (`/configz`).
     pub fn record_kubelet_cadence(&mut self, name: &str, cadence: KubeletCadence) {
         if let Some(node) = self.nodes.get_mut(name) {
-            node.cadence.kubelet = Some(cadence);
+            node.cadence = node.cadence.with_kubelet(cadence);
         }
     }
 
-    /// Marks node `name`'s current status as judged stale (see [`NodeFacts::status_judged_stale`]).
-    pub fn mark_status_judged_stale(&mut self, name: &str) {
+    /// Marks node `name`'s current gap as not a cadence (see [`NodeFacts::uncadenced_gap`]).
+    pub fn mark_uncadenced_gap(&mut self, name: &str) {
         if let Some(node) = self.nodes.get_mut(name) {
-            node.status_judged_stale = true;
+            node.uncadenced_gap = true;
         }
     }
 
@@ -756,6 +762,10 @@ impl FleetFacts {
     fn discount_heartbeats(&mut self, from: Timestamp, until: Timestamp, leases: bool) {
         if until <= from {
             return;
+        }
+        // Part of every current gap went unseen: none of them is a cadence.
+        for node in self.nodes.values_mut() {
+            node.uncadenced_gap = true;
         }
         let shifted = |at: Timestamp| -> Timestamp {
             if at >= until {

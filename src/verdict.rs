@@ -418,13 +418,19 @@ fn unconfirmed_by_probes(now: Timestamp, probe: &ProbeFacts, th: &Thresholds, pr
     }
 }
 
-/// Marks every node whose assessment holds its status stale (see
-/// [`NodeFacts::status_judged_stale`]): the report that ends such a status teaches no cadence.
-/// The controller calls this after every evaluation it can see by.
-pub fn note_stale_statuses(facts: &mut FleetFacts, assessments: &Assessments) {
+/// Marks every node whose current status gap is not a cadence (see
+/// [`NodeFacts::uncadenced_gap`]): its status judged stale (a wedge caught), its Lease stale,
+/// no Lease, or not claiming Ready (a reboot, a stopped kubelet). The controller calls this after
+/// every evaluation it can see by. A node merely not observed long enough yet is left alone: its
+/// first interval is what protects a slow reporter at pulsecheck's start.
+pub fn note_uncadenced_gaps(facts: &mut FleetFacts, assessments: &Assessments) {
     for (name, a) in assessments {
-        if a.evidence.iter().any(|e| matches!(e, Evidence::StatusStale { .. })) {
-            facts.mark_status_judged_stale(name);
+        let not_a_cadence = a
+            .evidence
+            .iter()
+            .any(|e| matches!(e, Evidence::StatusStale { .. } | Evidence::LeaseStale { .. } | Evidence::NoLease | Evidence::NotClaimingReady { .. }));
+        if not_a_cadence {
+            facts.mark_uncadenced_gap(name);
         }
     }
 }
@@ -569,6 +575,29 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn gaps_that_are_not_a_cadence_are_never_learned() {
+        // A reboot: Lease and status stop for 15 minutes, then both come back.
+        let mut w = World::new();
+        for at in [-600, -300, 0] {
+            w.node(at, node("n").ready_at(t(at)));
+        }
+        w.renewing(0, 100);
+        let a = w.at(200);
+        assert_eq!(a.verdict, Verdict::Suspect, "{a:?}");
+        note_uncadenced_gaps(&mut w.facts, &[(crate::facts::NodeName::from("n"), a)].into_iter().collect());
+        w.renewing(900, 1000);
+        w.node(900, node("n").ready_at(t(900)));
+        assert_eq!(w.facts.nodes["n"].cadence.longest_interval(), Some(Duration::from_secs(300)), "the 15-minute gap is not a cadence");
+        // A gap pulsecheck could not see all of (a blind spell taken off): not learned either.
+        w.facts.discount(t(950), t(1000));
+        w.node(1200, node("n").ready_at(t(1200)));
+        assert_eq!(w.facts.nodes["n"].cadence.longest_interval(), Some(Duration::from_secs(300)));
+        // An ordinary interval after it is learned again.
+        w.node(1500, node("n").ready_at(t(1500)));
+        assert_eq!(w.facts.nodes["n"].cadence.intervals, 3);
     }
 
     #[test]

@@ -93,6 +93,7 @@ fn target(endpoint: SocketAddr, node: &str) -> ProbeTarget {
             addresses: vec![("Hostname".into(), node.into()), ("InternalIP".into(), endpoint.ip().to_string())],
             port: Some(endpoint.port()),
         },
+        recheck_cadence: false,
     }
 }
 
@@ -384,6 +385,7 @@ async fn a_dual_stack_node_is_reached_on_its_second_address_when_the_first_is_un
             addresses: vec![("InternalIP".into(), loopback(13).to_string()), ("InternalIP".into(), loopback(12).to_string())],
             port: Some(kubelet.addr().port()),
         },
+        recheck_cadence: false,
     };
     assert_eq!(s.verifying(&ca).probe(&node).await, ProbeOutcome::Success);
     assert_eq!(authorizations(&kubelet), vec![Some("Bearer t".to_string())]);
@@ -441,7 +443,11 @@ async fn simulated_nodes_are_probed_at_the_address_and_port_their_status_adverti
     let targets: Vec<ProbeTarget> = listed
         .items
         .iter()
-        .map(|n| ProbeTarget { node: n.metadata.name.clone().unwrap(), endpoint: NodeFacts::observe(n, None, &Scope::default(), now).kubelet })
+        .map(|n| ProbeTarget {
+            node: n.metadata.name.clone().unwrap(),
+            endpoint: NodeFacts::observe(n, None, &Scope::default(), now).kubelet,
+            recheck_cadence: false,
+        })
         .collect();
     assert_eq!(targets.len(), 4);
 
@@ -477,7 +483,7 @@ async fn apiserver_proxy_needs_get_on_nodes_proxy_and_says_so() {
     config.default_retry = false;
     let s = Setup::new("unused");
     let prober = Prober::new(s.settings(ProbeMode::ApiserverProxy, None, false), kube::Client::try_from(config).unwrap()).unwrap();
-    let node = ProbeTarget { node: "node-1".into(), endpoint: KubeletEndpoint::default() };
+    let node = ProbeTarget { node: "node-1".into(), endpoint: KubeletEndpoint::default(), recheck_cadence: false };
 
     let outcome = prober.probe(&node).await;
     let ProbeOutcome::Unauthorized(why) = &outcome else { panic!("expected unauthorized, got {outcome:?}") };
@@ -591,7 +597,7 @@ async fn apiserver_proxy_asks_the_node_proxy_healthz_path_and_maps_the_answers()
     let s = Setup::new("t");
     let prober = Prober::new(s.settings(ProbeMode::ApiserverProxy, None, false), apiserver.client(false)).unwrap();
     assert_eq!(prober.effective_mode(), ProbeMode::ApiserverProxy);
-    let node = ProbeTarget { node: "node-1".into(), endpoint: KubeletEndpoint::default() };
+    let node = ProbeTarget { node: "node-1".into(), endpoint: KubeletEndpoint::default(), recheck_cadence: false };
     assert_eq!(prober.probe(&node).await, ProbeOutcome::Success);
     assert_eq!(apiserver.paths.lock().unwrap().clone(), vec!["/api/v1/nodes/node-1/proxy/healthz".to_string()]);
 
@@ -614,7 +620,7 @@ async fn apiserver_proxy_probe_stays_bounded_when_the_client_retries_503() {
     let mut settings = s.settings(ProbeMode::ApiserverProxy, None, false);
     settings.timeout = Duration::from_secs(1);
     let prober = Prober::new(settings, apiserver.client(true)).unwrap();
-    let node = ProbeTarget { node: "node-1".into(), endpoint: KubeletEndpoint::default() };
+    let node = ProbeTarget { node: "node-1".into(), endpoint: KubeletEndpoint::default(), recheck_cadence: false };
     let started = Instant::now();
     let outcome = prober.probe(&node).await;
     assert!(matches!(outcome, ProbeOutcome::Timeout | ProbeOutcome::Unreachable(_)), "{outcome:?}");

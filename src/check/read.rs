@@ -414,7 +414,8 @@ pub(super) fn kubelet_prober(mode: ProbeMode, timeout: Duration, client: &kube::
 
 /// Probes every node once, at most `concurrency` at a time, and records the outcomes.
 pub async fn probe_all(facts: &mut FleetFacts, probe: &KubeletProbe, concurrency: usize) {
-    let targets: Vec<ProbeTarget> = facts.nodes.iter().map(|(n, f)| ProbeTarget { node: n.to_string(), endpoint: f.kubelet.clone() }).collect();
+    let targets: Vec<ProbeTarget> =
+        facts.nodes.iter().map(|(n, f)| ProbeTarget { node: n.to_string(), endpoint: f.kubelet.clone(), recheck_cadence: false }).collect();
     let outcomes: Vec<(String, ProbeOutcome, Timestamp)> = futures::stream::iter(targets)
         .map(|t| {
             let node = t.node.clone();

@@ -164,6 +164,9 @@ pub struct ProbeTarget {
     pub node: String,
     /// Its addresses and kubelet port, from the Node's status.
     pub endpoint: KubeletEndpoint,
+    /// Its kubelet's configuration may have changed (a report came early): read `/configz`
+    /// again at the next probe (at most every [`scheduler::CADENCE_RECHECK`]).
+    pub recheck_cadence: bool,
 }
 
 /// Everything the prober needs from the command line (`--probe*`, `--kubelet-*`, `--token-file`).
@@ -395,9 +398,10 @@ impl Prober {
 
 impl Prober {
     /// True when this prober reads kubelets' `/configz` (`--kubelet-configz`): only
-    /// `kubelet-healthz` sends a token to kubelets, over TLS that was verified (or explicitly not).
+    /// `kubelet-healthz` over TLS that was verified. Not with `--kubelet-insecure-tls`: what
+    /// answers could claim any cadence, and a long one would hide a zombie for an hour.
     pub fn reads_configz(&self) -> bool {
-        self.inner.configz && matches!(self.inner.transport, Transport::Healthz { .. })
+        self.inner.configz && matches!(self.inner.transport, Transport::Healthz { verified: true, .. })
     }
 
     /// What node `target`'s kubelet says of its status cadence (`GET /configz`, RBAC
@@ -407,7 +411,7 @@ impl Prober {
     pub async fn kubelet_cadence(&self, target: &ProbeTarget) -> Option<std::result::Result<KubeletCadence, String>> {
         let inner = &*self.inner;
         let Transport::Healthz { tls, .. } = &inner.transport else { return None };
-        if !inner.configz {
+        if !self.reads_configz() {
             return None;
         }
         let attempt = async {

@@ -43,6 +43,10 @@ pub struct ProbeReport {
 /// How often a node's kubelet configuration is read again: kubelets change configuration only
 /// when restarted, and `/configz` is one more request to every kubelet.
 pub const CADENCE_REFRESH: Duration = Duration::from_secs(600);
+/// How soon it is read again when a report came early (a status change, or a restart that may
+/// have brought a new configuration; see `cadence::StatusCadence::recheck`): within a kubelet's
+/// shortest threshold, and never more often.
+pub const CADENCE_RECHECK: Duration = Duration::from_secs(30);
 
 /// Runs probes until `shutdown` fires (or nobody listens to `results` any more).
 ///
@@ -105,7 +109,9 @@ pub async fn run_scheduler(
                 cadence_read.retain(|node, _| schedule.slots.contains_key(node));
                 for target in schedule.take_due(now, &mut jitter) {
                     let node = target.node.clone();
-                    let read_cadence = prober.reads_configz() && cadence_read.get(&node).is_none_or(|at| now.duration_since(*at) >= CADENCE_REFRESH);
+                    let since_read = cadence_read.get(&node).map(|at| now.duration_since(*at));
+                    let read_cadence = prober.reads_configz()
+                        && since_read.is_none_or(|since| since >= CADENCE_REFRESH || (target.recheck_cadence && since >= CADENCE_RECHECK));
                     let task = probe_one(prober.clone(), target, permits.clone(), results.clone(), metrics.clone(), read_cadence);
                     running.insert(tasks.spawn(task).id(), node);
                 }
@@ -239,7 +245,11 @@ mod tests {
     use crate::facts::KubeletEndpoint;
 
     fn target(node: &str) -> ProbeTarget {
-        ProbeTarget { node: node.into(), endpoint: KubeletEndpoint { addresses: vec![("InternalIP".into(), "10.0.0.1".into())], port: Some(10250) } }
+        ProbeTarget {
+            node: node.into(),
+            endpoint: KubeletEndpoint { addresses: vec![("InternalIP".into(), "10.0.0.1".into())], port: Some(10250) },
+            recheck_cadence: false,
+        }
     }
 
     fn targets(n: usize) -> Vec<ProbeTarget> {
@@ -345,7 +355,8 @@ mod tests {
     async fn scheduler_reports_every_target_repeatedly_and_stops_on_shutdown() {
         // Targets without a port are NotProbed at once: no sockets involved.
         let interval = Duration::from_millis(50);
-        let unprobeable = |n: usize| (0..n).map(|i| ProbeTarget { node: format!("n{i}"), endpoint: KubeletEndpoint::default() }).collect::<Vec<_>>();
+        let unprobeable =
+            |n: usize| (0..n).map(|i| ProbeTarget { node: format!("n{i}"), endpoint: KubeletEndpoint::default(), recheck_cadence: false }).collect::<Vec<_>>();
         let (targets_tx, targets_rx) = watch::channel(unprobeable(5));
         let (results_tx, mut results_rx) = mpsc::channel(64);
         let metrics = Metrics::new(true);
