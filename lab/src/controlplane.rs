@@ -217,6 +217,10 @@ pub struct ControlPlane {
     admin_token: String,
     kubeconfig_path: PathBuf,
     client: kube::Client,
+    /// The cluster CA, kept to issue client certificates (real nodes' kubelets).
+    ca: CertificateAuthority,
+    /// The apiserver's port on 127.0.0.1.
+    port: u16,
 }
 
 impl std::fmt::Debug for ControlPlane {
@@ -266,6 +270,8 @@ impl ControlPlane {
             admin_token: credentials.admin_token,
             kubeconfig_path: root.join(KUBECONFIG),
             client,
+            ca: credentials.ca,
+            port: ports.apiserver,
         };
         let probe = ReadyzProbe::new(ports.apiserver, &control_plane.ca_der, &control_plane.admin_token)?;
         control_plane.wait_ready(&probe, started).await?;
@@ -287,6 +293,18 @@ impl ControlPlane {
     /// The admin kubeconfig file (written at start, removed at stop).
     pub fn kubeconfig_path(&self) -> &Path {
         &self.kubeconfig_path
+    }
+
+    /// A client certificate signed by the cluster CA: the apiserver takes `common_name` as the
+    /// user and each organization as a group (a real node's kubelet is
+    /// `system:node:NAME` in `system:nodes`).
+    pub fn issue_client_certificate(&self, common_name: &str, organizations: &[&str]) -> Result<certs::IssuedCert> {
+        Ok(self.ca.issue_client(common_name, organizations)?)
+    }
+
+    /// The apiserver's port on 127.0.0.1.
+    pub fn port(&self) -> u16 {
+        self.port
     }
 
     /// The apiserver's URL, `https://127.0.0.1:PORT`.
@@ -581,6 +599,7 @@ struct Credentials {
     ca_pem: String,
     ca_der: Vec<u8>,
     admin_token: String,
+    ca: CertificateAuthority,
 }
 
 impl Credentials {
@@ -604,7 +623,7 @@ impl Credentials {
             path: pki.join("ca.crt"),
             source: io::Error::other("no CERTIFICATE block"),
         })?;
-        Ok(Credentials { pki: pki.to_path_buf(), ca_pem, ca_der, admin_token })
+        Ok(Credentials { pki: pki.to_path_buf(), ca_pem, ca_der, admin_token, ca })
     }
 
     fn file(&self, name: &str) -> String {
@@ -680,7 +699,10 @@ async fn launch(binaries: &Binaries, root: &Path, credentials: &Credentials, por
         format!("--tls-private-key-file={}", credentials.file("apiserver.key")),
         format!("--client-ca-file={}", credentials.file("ca.crt")),
         format!("--token-auth-file={}", credentials.file("tokens.csv")),
-        "--authorization-mode=RBAC".to_owned(),
+        // Node: real nodes' kubelets (system:node:NAME) get exactly a kubelet's access, and
+        // NodeRestriction keeps each to its own Node and Lease, as in a production cluster.
+        "--authorization-mode=Node,RBAC".to_owned(),
+        "--enable-admission-plugins=NodeRestriction".to_owned(),
         "--service-cluster-ip-range=10.0.0.0/24".to_owned(),
         format!("--service-account-issuer=https://127.0.0.1:{}", ports.apiserver),
         format!("--service-account-key-file={}", credentials.file("service-account.key")),
