@@ -26,7 +26,8 @@
 //!    that is not a cadence is never learned: one that ends a status pulsecheck had judged stale
 //!    (a wedge it caught), one during which the Lease was stale or the node did not claim Ready
 //!    (a reboot, a stopped kubelet), and one pulsecheck could not see all of (a blind spell).
-//!    Only the recent intervals count, so one long gap that slipped through ages out.
+//!    Only the recent intervals of the same order count, so one long gap that slipped through
+//!    ages out, while quick reports after status changes never push the cadence out.
 //! 3. **the flag** `--status-stale-after`, doubled until pulsecheck has seen two of the node's
 //!    report intervals (its own start, a new node): such a node may be a 20-minute reporter
 //!    whose first interval is still to come, or the one interval seen may have been cut short by
@@ -196,14 +197,14 @@ impl StatusCadence {
         }
         let early = self.kubelet.is_some_and(|k| interval + k.update < k.report);
         let mut recent = self.recent;
-        recent[usize::from(self.next) % RECENT] = interval;
-        StatusCadence {
-            recent,
-            next: ((usize::from(self.next) + 1) % RECENT) as u8,
-            intervals: self.intervals.saturating_add(1),
-            recheck: self.recheck || early,
-            ..self
+        let mut next = self.next;
+        // Only an interval of the same order as the longest one counts against it: quick reports
+        // after status changes must not push a 20-minute cadence out of the window.
+        if self.longest_interval().is_none_or(|longest| interval >= longest / 2) {
+            recent[usize::from(next) % RECENT] = interval;
+            next = ((usize::from(next) + 1) % RECENT) as u8;
         }
+        StatusCadence { recent, next, intervals: self.intervals.saturating_add(1), recheck: self.recheck || early, ..self }
     }
 
     /// The kubelet's configuration as just read from `/configz`.
@@ -291,10 +292,16 @@ mod tests {
         // The longest of the recent intervals: a long one ages out after RECENT shorter ones.
         let mut c = none.after_report(s(500), None);
         assert_eq!(c.after_report(s(60), None).longest_interval(), Some(Duration::from_secs(500)));
-        for _ in 0..RECENT {
+        // Quick reports after status changes never push the cadence out...
+        for _ in 0..3 * RECENT {
             c = c.after_report(s(60), Some(s(60)));
         }
-        assert_eq!(c.longest_interval(), Some(Duration::from_secs(60)));
+        assert_eq!(c.longest_interval(), Some(Duration::from_secs(500)));
+        // ...intervals of the same order do.
+        for _ in 0..RECENT {
+            c = c.after_report(s(300), Some(s(300)));
+        }
+        assert_eq!(c.longest_interval(), Some(Duration::from_secs(300)));
     }
 
     #[test]
