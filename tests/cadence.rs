@@ -8,37 +8,29 @@
 
 mod common;
 
-use std::{path::PathBuf, time::Duration};
+use std::time::Duration;
 
 use common::*;
-use pulsecheck::{config::Settings, controller::Running, probe::ProbeMode};
+use pulsecheck::{config::Settings, controller::Running};
 use pulsecheck_lab::fleet::{Fault, FleetOptions};
 
 /// A lab whose nodes serve kubelet endpoints, and the files `--probe=kubelet-healthz` needs.
 struct ProbedLab {
     lab: Lab,
-    _files: tempfile::TempDir,
-    ca: PathBuf,
-    token: PathBuf,
+    files: KubeletProbeFiles,
 }
 
 impl ProbedLab {
     async fn start(opts: FleetOptions) -> ProbedLab {
         let lab = Lab::start(FleetOptions { kubelet_endpoints: true, ..opts }).await;
-        let files = tempfile::tempdir().unwrap();
-        let ca = files.path().join("kubelet-ca.pem");
-        std::fs::write(&ca, lab.fleet.kubelet_ca_pem()).unwrap();
-        let token = files.path().join("token");
-        std::fs::write(&token, "cadence-token").unwrap();
-        ProbedLab { lab, _files: files, ca, token }
+        let files = KubeletProbeFiles::write(&lab.fleet, "cadence-token");
+        ProbedLab { lab, files }
     }
 
     /// The controller probing every 500 ms over verified TLS (and so reading `/configz`).
     async fn controller(&self, tweak: impl FnOnce(&mut Settings)) -> Running {
         controller(self.lab.client(), |s| {
-            s.probe.mode = ProbeMode::KubeletHealthz;
-            s.probe.ca = Some(self.ca.clone());
-            s.probe.token_file = self.token.clone();
+            self.files.verified(s);
             s.probe_every(Duration::from_millis(500));
             s.probe.timeout = Duration::from_millis(400);
             tweak(s);

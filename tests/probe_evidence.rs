@@ -6,7 +6,7 @@
 
 mod common;
 
-use std::{path::PathBuf, time::Duration};
+use std::time::Duration;
 
 use common::*;
 use pulsecheck::{config::Settings, probe::ProbeMode};
@@ -25,28 +25,20 @@ const STATUS_STALE_AFTER: Duration = Duration::from_secs(120);
 /// A lab whose nodes serve kubelet endpoints, and the files `--probe=kubelet-healthz` needs.
 struct ProbedLab {
     lab: Lab,
-    _files: tempfile::TempDir,
-    ca: PathBuf,
-    token: PathBuf,
+    files: KubeletProbeFiles,
 }
 
 impl ProbedLab {
     async fn start(nodes: usize, prefix: &str) -> ProbedLab {
         let lab = Lab::start(FleetOptions { kubelet_endpoints: true, ..fast_fleet(nodes, prefix) }).await;
-        let files = tempfile::tempdir().unwrap();
-        let ca = files.path().join("kubelet-ca.pem");
-        std::fs::write(&ca, lab.fleet.kubelet_ca_pem()).unwrap();
-        let token = files.path().join("token");
-        std::fs::write(&token, "probe-evidence-token").unwrap();
-        ProbedLab { lab, _files: files, ca, token }
+        let files = KubeletProbeFiles::write(&lab.fleet, "probe-evidence-token");
+        ProbedLab { lab, files }
     }
 
     /// The controller probing every 500 ms with verified TLS; `tweak` changes the rest.
     async fn controller(&self, tweak: impl FnOnce(&mut Settings)) -> pulsecheck::controller::Running {
         controller(self.lab.client(), |s| {
-            s.probe.mode = ProbeMode::KubeletHealthz;
-            s.probe.ca = Some(self.ca.clone());
-            s.probe.token_file = self.token.clone();
+            self.files.verified(s);
             probe_fast(s);
             s.thresholds.status_stale_after = STATUS_STALE_AFTER;
             // The fleet's kubelets report every 2 s, which /configz would tell: these tests are
@@ -220,7 +212,7 @@ async fn kubelet_healthz_without_a_way_to_trust_kubelets_probes_by_handshake_and
     // Neither --kubelet-certificate-authority nor --kubelet-insecure-tls.
     let running = controller(lab.lab.client(), |s| {
         s.probe.mode = ProbeMode::KubeletHealthz;
-        s.probe.token_file = lab.token.clone();
+        s.probe.token_file = lab.files.token.clone();
         probe_fast(s);
     })
     .await;

@@ -276,3 +276,30 @@ pub async fn wait_tainted(client: &kube::Client, node: &str, what: &str, timeout
     })
     .await;
 }
+
+/// The files `--probe=kubelet-healthz` needs against a fleet's kubelet endpoints: the fleet's
+/// kubelet CA and a token file.
+pub struct KubeletProbeFiles {
+    _dir: tempfile::TempDir,
+    pub ca: std::path::PathBuf,
+    pub token: std::path::PathBuf,
+}
+
+impl KubeletProbeFiles {
+    /// Writes the CA of `fleet`'s kubelet endpoints and `token`.
+    pub fn write(fleet: &Fleet, token: &str) -> KubeletProbeFiles {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = dir.path().join("kubelet-ca.pem");
+        std::fs::write(&ca, fleet.kubelet_ca_pem()).unwrap();
+        let path = dir.path().join("token");
+        std::fs::write(&path, token).unwrap();
+        KubeletProbeFiles { _dir: dir, ca, token: path }
+    }
+
+    /// `kubelet-healthz` over TLS verified against the fleet's CA, with the token.
+    pub fn verified(&self, s: &mut Settings) {
+        s.probe.mode = ProbeMode::KubeletHealthz;
+        s.probe.ca = Some(self.ca.clone());
+        s.probe.token_file = self.token.clone();
+    }
+}
