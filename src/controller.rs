@@ -939,8 +939,8 @@ fn status_silence(at: Timestamp, facts: &FleetFacts, th: &verdict::Thresholds) -
 /// Publishes the per-node metrics of this tick's verdicts.
 fn publish_metrics(metrics: &Metrics, th: &verdict::Thresholds, memory: &Memory, facts: &FleetFacts, assessments: &Assessments) {
     let mut sources: BTreeMap<CadenceSource, usize> = BTreeMap::new();
-    for n in facts.nodes.values() {
-        *sources.entry(n.cadence.threshold(th.status_stale_after, th.lease_grace).source).or_default() += 1;
+    for (name, n) in &facts.nodes {
+        *sources.entry(th.status_threshold_for(n, facts.leases.get(name)).source).or_default() += 1;
     }
     metrics.status_threshold_sources(&sources.into_iter().collect::<Vec<_>>());
     for (name, a) in assessments {
