@@ -6,12 +6,7 @@
 
 mod common;
 
-use std::{
-    io::Write,
-    path::{Path, PathBuf},
-    process::Stdio,
-    time::Duration,
-};
+use std::{path::PathBuf, process::Stdio, time::Duration};
 
 use common::*;
 use k8s_openapi::api::core::v1::{Node, Pod, Secret};
@@ -20,40 +15,6 @@ use kube::{
     api::{DeleteParams, ListParams, Patch, PatchParams},
 };
 use pulsecheck_lab::fleet::Fault;
-
-fn repo() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
-
-/// Renders the chart's ServiceAccount and RBAC (default values, release `pulsecheck` in namespace
-/// `pulsecheck`) and applies them with kubectl, after the namespace.
-fn apply_chart_rbac(kubeconfig: &Path) {
-    let rendered = std::process::Command::new(tool("helm"))
-        .args(["template", "pulsecheck"])
-        .arg(repo().join("charts/pulsecheck"))
-        .args(["--namespace", "pulsecheck", "--show-only", "templates/serviceaccount.yaml", "--show-only", "templates/rbac.yaml"])
-        .output()
-        .expect("helm runs");
-    assert!(rendered.status.success(), "helm template failed: {}", String::from_utf8_lossy(&rendered.stderr));
-    let rendered = String::from_utf8(rendered.stdout).expect("helm prints UTF-8");
-    assert!(rendered.contains("kind: ClusterRole\n") && rendered.contains("kind: ServiceAccount\n"), "{rendered}");
-    let kubectl = |args: &[&str], stdin: Option<&str>| {
-        let mut child = std::process::Command::new(tool("kubectl"))
-            .arg("--kubeconfig")
-            .arg(kubeconfig)
-            .args(args)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("kubectl runs");
-        child.stdin.take().unwrap().write_all(stdin.unwrap_or("").as_bytes()).unwrap();
-        let out = child.wait_with_output().unwrap();
-        assert!(out.status.success(), "kubectl {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
-    };
-    kubectl(&["apply", "-f", repo().join("manifests/namespace.yaml").to_str().unwrap()], None);
-    kubectl(&["apply", "-f", "-"], Some(&rendered));
-}
 
 fn is_forbidden<T: std::fmt::Debug>(r: Result<T, kube::Error>) -> bool {
     matches!(r, Err(kube::Error::Api(s)) if s.code == 403)

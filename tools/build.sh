@@ -6,7 +6,7 @@
 #
 #   tools/build.sh            build everything, print the bin folder
 #   tools/build.sh control    only kube-apiserver and etcd
-#   tools/build.sh nodes      only kubelet and kube-scheduler (the real-node lab)
+#   tools/build.sh nodes      only kubelet, kube-scheduler and the sandbox image's pause (the real-node lab)
 #   tools/build.sh --print    print the bin folder, build nothing
 #   tools/build.sh crds       download the prometheus-operator module pinned in tools/crds
 #                             and print the folder holding its CRD YAML files
@@ -56,12 +56,7 @@ link() { # link NAME VERSION: a stable path bin/current/NAME for scripts
 
 what=${1:-all}
 case "$what" in
-  --print) if { [ "$what" = all ] || [ "$what" = toxiproxy ]; } && [ -n "$toxiproxy_version" ]; then
-  # A TCP proxy whose traffic tests can stall or cut (leader election under a half-open connection).
-  build_one toxiproxy-server "$toxiproxy_version" toxiproxy github.com/Shopify/toxiproxy/v2/cmd/server -ldflags "-s -w"
-  link toxiproxy-server "$toxiproxy_version"
-fi
-echo "$out/current"; exit 0 ;;
+  --print) echo "$out/current"; exit 0 ;;
   crds)
     # The CRDs (ServiceMonitor, PrometheusRule, ...) ship in the module's source tree;
     # `go mod download` verifies them against tools/crds/go.sum.
@@ -88,6 +83,10 @@ if [ "$what" = all ] || [ "$what" = nodes ]; then
   link kubelet "$kube_version"
   build_one kube-scheduler "$kube_version" kube k8s.io/kubernetes/cmd/kube-scheduler -tags=selinux,notest,grpcnotrace -ldflags "$(kube_ldflags)"
   link kube-scheduler "$kube_version"
+  # The sandbox image's one program (tools/pause), keyed on its source so an edit rebuilds it.
+  pause_version=$(cat "$here/pause/go.mod" "$here/pause/main.go" | sha256sum | cut -c1-12)
+  build_one pause "$pause_version" pause . -ldflags "-s -w"
+  link pause "$pause_version"
 fi
 if [ "$what" = all ] || [ "$what" = kubectl ]; then
   build_one kubectl "$kube_version" kube k8s.io/kubernetes/cmd/kubectl -tags=selinux,notest,grpcnotrace -ldflags "$(kube_ldflags)"

@@ -31,6 +31,7 @@ use crate::{
     controlplane::{ControlPlane, ControlPlaneOptions},
     demo::DemoArgs,
     fleet::{self, Fault, Fleet, FleetOptions},
+    realnode::{self, KubeletTiming, NodeFault, RealFleet, RealFleetOptions},
 };
 use pulsecheck::{connect::ClientArgs, parse::positive_duration};
 
@@ -55,6 +56,12 @@ pub enum LabCommand {
     Fleet(Box<FleetArgs>),
     /// A one-minute tour: a local control plane, a simulated fleet and pulsecheck at work.
     Demo(Box<DemoArgs>),
+    /// Break or mend a real node of a running `pulsecheck-lab up --real-nodes N`.
+    ///
+    /// disk-hang, disk-error and os-release-error act on the node's root disk; kubelet-stop
+    /// freezes its kubelet; net-cut drops its packets to the apiserver; probe-cut drops
+    /// connections to its kubelet port from outside the node; recover undoes them all.
+    Fault(FaultArgs),
 }
 
 /// Why a lab command did not succeed.
@@ -86,6 +93,57 @@ pub struct LabUpArgs {
     pub fleet: FleetShapeArgs,
     #[command(flatten)]
     pub faults: Box<FleetFaultArgs>,
+    #[command(flatten)]
+    pub real: RealNodeArgs,
+}
+
+/// Real nodes of `pulsecheck-lab up`: upstream kubelets with their own containerd, in
+/// namespaces of their own, whose disks and networks `pulsecheck-lab fault` can break.
+#[derive(Debug, Clone, Args, Default)]
+pub struct RealNodeArgs {
+    /// Real nodes to start (real-1 … real-N), with kube-controller-manager and kube-scheduler. Needs root, /dev/fuse, cgroups, containerd, runc and the CNI plugins.
+    #[arg(long, env = "PULSECHECK_LAB_REAL_NODES", value_name = "N", default_value_t = 0, value_parser = clap::value_parser!(u8).range(0..=8))]
+    pub real_nodes: u8,
+    /// Real nodes' nodeStatusUpdateFrequency (default: the kubelet's, 10s).
+    #[arg(long, env = "PULSECHECK_LAB_NODE_STATUS_UPDATE_FREQUENCY", value_name = "DURATION", value_parser = positive_duration)]
+    pub node_status_update_frequency: Option<Duration>,
+    /// Real nodes' nodeStatusReportFrequency (default: the kubelet's, 5m).
+    #[arg(long, env = "PULSECHECK_LAB_NODE_STATUS_REPORT_FREQUENCY", value_name = "DURATION", value_parser = positive_duration)]
+    pub node_status_report_frequency: Option<Duration>,
+    /// Real nodes' nodeLeaseDurationSeconds (default: the kubelet's, 40s; renewed every quarter of it).
+    #[arg(long, env = "PULSECHECK_LAB_NODE_LEASE_DURATION", value_name = "DURATION", value_parser = whole_seconds)]
+    pub node_lease_duration: Option<Duration>,
+    /// kube-controller-manager's --node-monitor-grace-period next to real nodes (its default: 50s).
+    #[arg(long, env = "PULSECHECK_LAB_NODE_MONITOR_GRACE_PERIOD", value_name = "DURATION", default_value = "50s", value_parser = whole_seconds)]
+    pub node_monitor_grace_period: Duration,
+}
+
+impl RealNodeArgs {
+    /// The fleet these flags ask for, if any.
+    pub fn options(&self) -> Option<RealFleetOptions> {
+        (self.real_nodes > 0).then_some(RealFleetOptions {
+            nodes: self.real_nodes as usize,
+            timing: KubeletTiming {
+                status_update_frequency: self.node_status_update_frequency,
+                status_report_frequency: self.node_status_report_frequency,
+                lease_duration: self.node_lease_duration,
+            },
+            kcm_grace: self.node_monitor_grace_period,
+        })
+    }
+}
+
+/// Arguments of `pulsecheck-lab fault`.
+#[derive(Debug, Clone, Args)]
+pub struct FaultArgs {
+    /// The folder of the running `pulsecheck-lab up --real-nodes` (its --dir).
+    #[arg(long, env = "PULSECHECK_LAB_DIR", value_name = "DIR")]
+    pub dir: PathBuf,
+    /// The real node (real-1 …).
+    pub node: String,
+    /// What happens to it.
+    #[arg(value_enum)]
+    pub kind: NodeFault,
 }
 
 impl LabUpArgs {
@@ -112,6 +170,13 @@ pub async fn run(cli: Cli) -> ExitCode {
             init_stderr_logging();
             run_fleet(*args).await
         }
+        LabCommand::Fault(args) => match realnode::request_fault(&args.dir, &args.node, args.kind).await {
+            Ok(()) => {
+                println!("{}: {}", args.node, args.kind);
+                Ok(())
+            }
+            Err(e) => Err(Error::Failed(anyhow::anyhow!("{e}"))),
+        },
     };
     match outcome {
         Ok(()) => ExitCode::SUCCESS,
@@ -143,6 +208,12 @@ async fn up(args: LabUpArgs) -> Result<(), Error> {
         None
     };
 
+    // A machine that cannot run real nodes says so before anything starts.
+    let real_plan = args.real.options();
+    if real_plan.is_some() {
+        realnode::HostTools::check().map_err(|e| Error::Failed(e.into()))?;
+    }
+
     let mut control_plane = tokio::select! {
         started = args.start_control_plane() => started?,
         // Dropping the start future kills whatever it had started and removes its files.
@@ -167,6 +238,28 @@ async fn up(args: LabUpArgs) -> Result<(), Error> {
         fleet = Some(started);
     }
 
+    let mut real_fleet = None;
+    if let Some(options) = real_plan {
+        let started = tokio::select! {
+            started = RealFleet::start(&control_plane, &options) => started,
+            _ = terminate.recv() => return Ok(control_plane.stop().await.context("cannot clean up the lab control plane")?),
+            _ = interrupt.recv() => return Ok(control_plane.stop().await.context("cannot clean up the lab control plane")?),
+        };
+        match started {
+            Ok(started) => {
+                tracing::info!(nodes = ?started.names(), faults = %started.socket().display(), "real nodes are Ready; break one with `pulsecheck-lab fault --dir DIR NODE KIND`");
+                real_fleet = Some(started);
+            }
+            Err(e) => {
+                if let Some(fleet) = fleet {
+                    fleet.stop().await;
+                }
+                control_plane.stop().await.context("cannot clean up the lab control plane")?;
+                return Err(anyhow::Error::new(e).context("cannot start the real nodes").into());
+            }
+        }
+    }
+
     {
         use std::io::Write as _;
         let mut stdout = std::io::stdout().lock();
@@ -184,10 +277,19 @@ async fn up(args: LabUpArgs) -> Result<(), Error> {
                 if let Some(what) = control_plane.exited() {
                     break Some(what);
                 }
+                if let Some(real) = real_fleet.as_mut()
+                    && let Some(what) = real.exited().await
+                {
+                    break Some(what);
+                }
             }
         }
     };
     tracing::info!("stopping the lab");
+    if let Some(real) = real_fleet {
+        real.stop().await;
+        let _ = std::fs::remove_dir_all(control_plane.dir().join("nodes"));
+    }
     if let Some(fleet) = fleet {
         fleet.stop().await;
     }
@@ -197,7 +299,7 @@ async fn up(args: LabUpArgs) -> Result<(), Error> {
     control_plane.stop().await.context("cannot clean up the lab control plane")?;
     match died {
         None => Ok(()),
-        Some(what) => Err(Error::Failed(anyhow::anyhow!("the lab control plane died: {what}"))),
+        Some(what) => Err(Error::Failed(anyhow::anyhow!("the lab died: {what}"))),
     }
 }
 

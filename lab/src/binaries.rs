@@ -22,6 +22,14 @@ const KUBE_APISERVER: &str = "kube-apiserver";
 const ETCD: &str = "etcd";
 const KUBECTL: &str = "kubectl";
 const KUBE_CONTROLLER_MANAGER: &str = "kube-controller-manager";
+/// The real-node lab's kubelet.
+pub const KUBELET: &str = "kubelet";
+/// The real-node lab's scheduler.
+pub const KUBE_SCHEDULER: &str = "kube-scheduler";
+/// The real nodes' sandbox program (`tools/pause`).
+pub const PAUSE: &str = "pause";
+/// Command that builds what real nodes need.
+pub const BUILD_NODES_COMMAND: &str = "bash tools/build.sh nodes";
 
 /// What can go wrong while looking for the programs.
 #[derive(Debug, thiserror::Error)]
@@ -118,6 +126,13 @@ impl Binaries {
     /// how to build it.
     pub fn require_kube_controller_manager(&self) -> Result<&Path> {
         self.require(self.kube_controller_manager.as_deref(), KUBE_CONTROLLER_MANAGER)
+    }
+
+    /// A program of the real-node lab ([`KUBELET`], [`KUBE_SCHEDULER`], [`PAUSE`]), from the
+    /// folders searched, or an error naming them and how to build it.
+    pub fn require_node_program(&self, name: &'static str) -> Result<PathBuf> {
+        let folders: Vec<&Path> = self.searched.iter().map(PathBuf::as_path).collect();
+        find_in(&folders, name).ok_or_else(|| Error::Missing { missing: vec![name], looked_in: self.searched.clone(), command: BUILD_NODES_COMMAND })
     }
 
     fn require<'a>(&self, path: Option<&'a Path>, name: &'static str) -> Result<&'a Path> {

@@ -302,6 +302,12 @@ impl ControlPlane {
         Ok(self.ca.issue_client(common_name, organizations)?)
     }
 
+    /// A TLS serving certificate signed by the cluster CA (a real node's kubelet), valid for
+    /// `ip_sans` and `dns_sans`.
+    pub fn issue_serving_certificate(&self, common_name: &str, ip_sans: &[IpAddr], dns_sans: &[&str]) -> Result<certs::IssuedCert> {
+        Ok(self.ca.issue_server(common_name, ip_sans, dns_sans)?)
+    }
+
     /// The apiserver's port on 127.0.0.1.
     pub fn port(&self) -> u16 {
         self.port
@@ -617,6 +623,11 @@ impl Credentials {
         write_private(&pki.join("apiserver.crt"), serving.cert_pem.as_bytes())?;
         write_private(&pki.join("apiserver.key"), serving.key_pem.as_bytes())?;
         write_private(&pki.join("service-account.key"), certs::service_account_key_pem()?.as_bytes())?;
+        // The apiserver's own client certificate for kubelets (logs, exec, port-forward on
+        // real nodes), in system:masters as kubeadm's apiserver-kubelet-client is.
+        let kubelet_client = ca.issue_client("kube-apiserver-kubelet-client", &["system:masters"])?;
+        write_private(&pki.join("apiserver-kubelet-client.crt"), kubelet_client.cert_pem.as_bytes())?;
+        write_private(&pki.join("apiserver-kubelet-client.key"), kubelet_client.key_pem.as_bytes())?;
         write_private(&pki.join("tokens.csv"), format!("{admin_token},admin,uid-admin,\"system:masters\"\n").as_bytes())?;
         let ca_der = first_certificate_der(&ca_pem).ok_or_else(|| Error::Io {
             action: "read the CA certificate generated for",
@@ -704,6 +715,12 @@ async fn launch(binaries: &Binaries, root: &Path, credentials: &Credentials, por
         "--authorization-mode=Node,RBAC".to_owned(),
         "--enable-admission-plugins=NodeRestriction".to_owned(),
         "--service-cluster-ip-range=10.0.0.0/24".to_owned(),
+        // Real nodes: reach kubelets at their InternalIP (their hostnames resolve nowhere), verify
+        // their serving certificates against the cluster CA, and present a client certificate.
+        "--kubelet-preferred-address-types=InternalIP".to_owned(),
+        format!("--kubelet-certificate-authority={}", credentials.file("ca.crt")),
+        format!("--kubelet-client-certificate={}", credentials.file("apiserver-kubelet-client.crt")),
+        format!("--kubelet-client-key={}", credentials.file("apiserver-kubelet-client.key")),
         format!("--service-account-issuer=https://127.0.0.1:{}", ports.apiserver),
         format!("--service-account-key-file={}", credentials.file("service-account.key")),
         format!("--service-account-signing-key-file={}", credentials.file("service-account.key")),

@@ -47,9 +47,9 @@ use pulsecheck::{
 
 use crate::{
     binaries::{self, Binaries},
+    controllers::{self, Controller},
     controlplane::{self, ControlPlane, ControlPlaneOptions},
     fleet::{self, Fault, Fleet, FleetOptions},
-    process::{Process, log_tail},
 };
 
 /// Simulated nodes.
@@ -62,7 +62,7 @@ const ZOMBIE: usize = 3;
 const OS_IMAGE: usize = 7;
 const DEAD: usize = 11;
 /// kube-controller-manager's grace before it marks a silent node Unknown (default 50 s).
-const KCM_GRACE: &str = "6s";
+const KCM_GRACE: Duration = Duration::from_secs(6);
 /// How long after the last expectation held the final view stays up.
 const LINGER: Duration = Duration::from_secs(3);
 /// The shortest `--duration` that fits the timeline.
@@ -117,6 +117,9 @@ pub enum Error {
         /// The last lines of its log.
         tail: String,
     },
+    /// kube-controller-manager could not start or stopped.
+    #[error(transparent)]
+    KubernetesController(#[from] controllers::Error),
     /// Something did not become ready in time.
     #[error("{0}")]
     NotReady(String),
@@ -226,7 +229,7 @@ async fn with_control_plane(cp: &ControlPlane, dir: &Path, kcm_program: &Path, d
     let fleet = Fleet::start(client.clone(), fleet_options()).await?;
     let names = fleet.node_names();
     screen.line("starting kube-controller-manager (node lifecycle controller only) …");
-    let mut kcm = KubeControllerManager::start(kcm_program, cp.kubeconfig_path(), &dir.join(KCM_LOG))?;
+    let mut kcm = Controller::kube_controller_manager(kcm_program, cp.kubeconfig_path(), KCM_GRACE, &dir.join(KCM_LOG))?;
     wait_registered(&client, &names, &mut kcm).await?;
     screen.line("starting the pulsecheck controller in-process …");
     let running = controller::start(client.clone(), controller_settings()).await?;
@@ -304,50 +307,8 @@ fn log_to_file(path: &Path) -> Result<()> {
     Ok(())
 }
 
-/// kube-controller-manager as a child process that dies with the demo.
-struct KubeControllerManager(Process);
-
-impl KubeControllerManager {
-    fn start(program: &Path, kubeconfig: &Path, log: &Path) -> Result<KubeControllerManager> {
-        let args = [
-            format!("--kubeconfig={}", kubeconfig.display()),
-            "--controllers=node-lifecycle-controller".to_string(),
-            "--node-monitor-period=1s".to_string(),
-            format!("--node-monitor-grace-period={KCM_GRACE}"),
-            "--leader-elect=false".to_string(),
-            "--use-service-account-credentials=false".to_string(),
-            "--secure-port=0".to_string(),
-            "--v=2".to_string(),
-        ];
-        let process = Process::spawn("kube-controller-manager", program, &args, log).map_err(|e| Error::KubeControllerManager {
-            what: e.to_string(),
-            log: log.to_path_buf(),
-            tail: log_tail(log),
-        })?;
-        tracing::info!(pid = process.pid(), log = %log.display(), "kube-controller-manager started");
-        Ok(KubeControllerManager(process))
-    }
-
-    fn log(&self) -> PathBuf {
-        self.0.log().to_path_buf()
-    }
-
-    /// An error when it has exited.
-    fn check_alive(&mut self) -> Result<()> {
-        match self.0.exit_status() {
-            None => Ok(()),
-            Some(status) => Err(Error::KubeControllerManager { what: format!("exited ({status})"), log: self.log(), tail: self.0.log_tail() }),
-        }
-    }
-
-    /// SIGTERM, up to 5 s to exit, then SIGKILL.
-    async fn stop(self) {
-        self.0.terminate(Duration::from_secs(5)).await;
-    }
-}
-
 /// Waits until kube-controller-manager has registered every node (its `RegisteredNode` Events).
-async fn wait_registered(client: &kube::Client, names: &[String], kcm: &mut KubeControllerManager) -> Result<()> {
+async fn wait_registered(client: &kube::Client, names: &[String], kcm: &mut Controller) -> Result<()> {
     let events: Api<Event> = Api::namespaced(client.clone(), "default");
     let deadline = Instant::now() + STARTUP_TIMEOUT;
     loop {
@@ -362,8 +323,8 @@ async fn wait_registered(client: &kube::Client, names: &[String], kcm: &mut Kube
         if Instant::now() >= deadline {
             return Err(Error::KubeControllerManager {
                 what: format!("registered only {} of {} nodes within {STARTUP_TIMEOUT:?}", registered.len(), names.len()),
-                log: kcm.log(),
-                tail: kcm.0.log_tail(),
+                log: kcm.log().to_path_buf(),
+                tail: kcm.log_tail(),
             });
         }
         tokio::time::sleep(Duration::from_millis(250)).await;
@@ -371,7 +332,7 @@ async fn wait_registered(client: &kube::Client, names: &[String], kcm: &mut Kube
 }
 
 /// Waits until Kubernetes and pulsecheck both see every node healthy: the starting line.
-async fn wait_agreement(world: &World<'_>, names: &[String], kcm: &mut KubeControllerManager) -> Result<BTreeMap<String, Row>> {
+async fn wait_agreement(world: &World<'_>, names: &[String], kcm: &mut Controller) -> Result<BTreeMap<String, Row>> {
     let deadline = Instant::now() + STARTUP_TIMEOUT;
     loop {
         kcm.check_alive()?;
@@ -757,7 +718,7 @@ struct Show<'s> {
 }
 
 impl Show<'_> {
-    async fn play(&mut self, fleet: &Fleet, world: &World<'_>, kcm: &mut KubeControllerManager, duration: Duration) -> Result<()> {
+    async fn play(&mut self, fleet: &Fleet, world: &World<'_>, kcm: &mut Controller, duration: Duration) -> Result<()> {
         let start = Instant::now();
         let mut ticker = tokio::time::interval(Duration::from_secs(1));
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -837,7 +798,7 @@ impl Show<'_> {
     fn frame(&self, t: Duration) -> String {
         let mut f = String::new();
         f.push_str(&format!("\x1b[1mpulsecheck demo\x1b[0m · {NODES} simulated kubelets in {ZONES} zones · real kube-apiserver + etcd + kube-controller-manager (node lifecycle) · pulsecheck in-process\n"));
-        f.push_str(&format!("compressed time: Lease renewed every 1s, status every 1–3s · kube-controller-manager grace {KCM_GRACE} · pulsecheck: status stale after 8s, osImage \"Unknown\" after 5s, Lease grace 3s\n"));
+        f.push_str(&format!("compressed time: Lease renewed every 1s, status every 1–3s · kube-controller-manager grace {}s · pulsecheck: status stale after 8s, osImage \"Unknown\" after 5s, Lease grace 3s\n", KCM_GRACE.as_secs()));
         f.push_str(&format!(
             "look for yourself: kubectl --kubeconfig {} get nodes   (logs in {})\n\n",
             self.header.kubeconfig.display(),

@@ -36,8 +36,8 @@ use std::{
 
 use fuser::{
     AccessFlags, BsdFileFlags, Config, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo, LockOwner, MountOption, OpenFlags,
-    RenameFlags, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyWrite, Request, SessionACL, TimeOrNow,
-    WriteFlags,
+    RenameFlags, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request,
+    SessionACL, TimeOrNow, WriteFlags,
 };
 
 /// How the disk behaves.
@@ -129,6 +129,8 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 pub struct FaultDisk {
     switch: Arc<FaultSwitch>,
     mountpoint: PathBuf,
+    /// Mounted in another process's namespace, which takes the mount along when it ends.
+    in_namespace: bool,
     session: Option<fuser::BackgroundSession>,
 }
 
@@ -143,27 +145,59 @@ impl std::fmt::Debug for FaultDisk {
 const THREADS: usize = 4;
 /// How long the kernel may cache attributes and entries: short, so a fault shows at once.
 const TTL: Duration = Duration::from_millis(100);
+/// The filesystem's name in the mount table.
+const FS_NAME: &str = "pulsecheck-lab-disk";
+/// The descriptor number `mount(8)` is given the `/dev/fuse` connection on.
+const FUSE_FD: i32 = 3;
 
 impl FaultDisk {
     /// Serves `backing` at `mountpoint` (both existing directories), healthy at first.
     pub fn mount(backing: &Path, mountpoint: &Path) -> io::Result<FaultDisk> {
-        let backing = fs::canonicalize(backing)?;
-        let switch = Arc::new(FaultSwitch::default());
-        let root_ino = fs::metadata(&backing)?.ino();
-        let fs = PassthroughFs {
-            backing,
-            switch: switch.clone(),
-            paths: Mutex::new(HashMap::from([(INodeNo::ROOT.0, PathBuf::new())])),
-            root_ino,
-            handles: Mutex::new(HashMap::new()),
-            next_handle: AtomicU64::new(1),
-        };
+        let (fs, switch) = PassthroughFs::new(backing)?;
         let mut config = Config::default();
-        config.mount_options = vec![MountOption::FSName("pulsecheck-lab-disk".into()), MountOption::DefaultPermissions, MountOption::Dev, MountOption::Suid];
+        config.mount_options = vec![MountOption::FSName(FS_NAME.into()), MountOption::DefaultPermissions, MountOption::Dev, MountOption::Suid];
         config.acl = SessionACL::All;
         config.n_threads = Some(THREADS);
         let session = fuser::spawn_mount(fs, mountpoint, &config)?;
-        Ok(FaultDisk { switch, mountpoint: mountpoint.to_path_buf(), session: Some(session) })
+        Ok(FaultDisk { switch, mountpoint: mountpoint.to_path_buf(), in_namespace: false, session: Some(session) })
+    }
+
+    /// Serves `backing` at `mountpoint` inside the mount namespace of process `pid` only (a
+    /// real node's), healthy at first. The mount is made by `mount(8)` run there through
+    /// `nsenter`, on a `/dev/fuse` descriptor this process keeps serving; it is never visible in
+    /// the caller's namespace, and it disappears with that namespace, so even a lab killed with
+    /// SIGKILL leaves no dead FUSE mount behind.
+    pub fn mount_in_namespace_of(pid: u32, backing: &Path, mountpoint: &Path) -> io::Result<FaultDisk> {
+        use std::os::fd::AsRawFd as _;
+        let (fs, switch) = PassthroughFs::new(backing)?;
+        let device = OpenOptions::new().read(true).write(true).open("/dev/fuse")?;
+        let fd = device.as_raw_fd();
+        let options = format!("fd={FUSE_FD},rootmode=40000,user_id=0,group_id=0,default_permissions,allow_other");
+        let mut command = std::process::Command::new("nsenter");
+        command.args([format!("--target={pid}"), "--mount".into(), "--".into(), "mount".into(), "-i".into(), "-t".into(), "fuse".into()]);
+        command.args(["-o".into(), format!("{options},dev,suid"), FS_NAME.into(), mountpoint.display().to_string()]);
+        command.stdin(std::process::Stdio::null());
+        // SAFETY: runs in the forked child before exec; dup2 and fcntl are async-signal-safe.
+        // The descriptor on FUSE_FD is not close-on-exec, so mount(8) hands it to the kernel.
+        unsafe {
+            std::os::unix::process::CommandExt::pre_exec(&mut command, move || {
+                let ok = if fd == FUSE_FD { libc::fcntl(fd, libc::F_SETFD, 0) >= 0 } else { libc::dup2(fd, FUSE_FD) >= 0 };
+                if ok { Ok(()) } else { Err(io::Error::last_os_error()) }
+            });
+        }
+        let output = command.output()?;
+        if !output.status.success() {
+            return Err(io::Error::other(format!(
+                "mount of the fault disk at {} in the namespace of process {pid} failed ({}): {}",
+                mountpoint.display(),
+                output.status,
+                String::from_utf8_lossy(&output.stderr).trim()
+            )));
+        }
+        let mut config = Config::default();
+        config.n_threads = Some(THREADS);
+        let session = fuser::Session::from_fd(fs, device.into(), SessionACL::All, config)?.spawn()?;
+        Ok(FaultDisk { switch, mountpoint: mountpoint.to_path_buf(), in_namespace: true, session: Some(session) })
     }
 
     /// The switch, to inject faults.
@@ -182,7 +216,9 @@ impl Drop for FaultDisk {
         // Release what hangs, then detach the mount (a plain umount is EBUSY while a process
         // still holds a file on it), then end the session.
         self.switch.close();
-        if let Err(error) = nix::mount::umount2(&self.mountpoint, nix::mount::MntFlags::MNT_DETACH) {
+        if !self.in_namespace
+            && let Err(error) = nix::mount::umount2(&self.mountpoint, nix::mount::MntFlags::MNT_DETACH)
+        {
             tracing::warn!(mountpoint = %self.mountpoint.display(), %error, "cannot detach the fault disk");
         }
         drop(self.session.take());
@@ -223,6 +259,22 @@ fn kind_of(mode: u32) -> FileType {
 }
 
 impl PassthroughFs {
+    /// The filesystem over `backing` and its switch, healthy.
+    fn new(backing: &Path) -> io::Result<(PassthroughFs, Arc<FaultSwitch>)> {
+        let backing = fs::canonicalize(backing)?;
+        let switch = Arc::new(FaultSwitch::default());
+        let root_ino = fs::metadata(&backing)?.ino();
+        let fs = PassthroughFs {
+            backing,
+            switch: switch.clone(),
+            paths: Mutex::new(HashMap::from([(INodeNo::ROOT.0, PathBuf::new())])),
+            root_ino,
+            handles: Mutex::new(HashMap::new()),
+            next_handle: AtomicU64::new(1),
+        };
+        Ok((fs, switch))
+    }
+
     fn ino_of(&self, meta: &fs::Metadata) -> INodeNo {
         if meta.ino() == self.root_ino { INodeNo::ROOT } else { INodeNo(meta.ino()) }
     }
@@ -577,6 +629,18 @@ impl Filesystem for PassthroughFs {
             ),
             Err(e) => reply.error(e),
         }
+    }
+
+    // No extended attributes (the kernel asks for security.capability on every exec); a hung
+    // or failing disk hangs or fails these reads too.
+    fn getxattr(&self, _req: &Request, ino: INodeNo, _name: &OsStr, _size: u32, reply: ReplyXattr) {
+        let result: Result<(), Errno> = self.rel(ino).and_then(|rel| self.guarded(&rel, false, || Err(Errno::EOPNOTSUPP)));
+        reply.error(result.err().unwrap_or(Errno::EOPNOTSUPP));
+    }
+
+    fn listxattr(&self, _req: &Request, ino: INodeNo, _size: u32, reply: ReplyXattr) {
+        let result: Result<(), Errno> = self.rel(ino).and_then(|rel| self.guarded(&rel, false, || Err(Errno::EOPNOTSUPP)));
+        reply.error(result.err().unwrap_or(Errno::EOPNOTSUPP));
     }
 
     fn access(&self, _req: &Request, ino: INodeNo, _mask: AccessFlags, reply: ReplyEmpty) {

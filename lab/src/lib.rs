@@ -11,12 +11,15 @@
 pub mod args;
 pub mod binaries;
 pub mod certs;
+pub mod controllers;
 pub mod controlplane;
 pub mod demo;
 pub mod faultfs;
 pub mod fleet;
+pub mod image;
 pub mod kubelet;
 pub mod process;
+pub mod realnode;
 
 /// Label set on every Node the simulated fleet creates.
 pub const FLEET_LABEL: &str = "lab.pulsecheck.dev/simulated";

@@ -2,6 +2,7 @@
 //! the controller in-process with compressed thresholds, and polling with deadlines.
 #![allow(dead_code)]
 
+pub mod real;
 pub mod toxiproxy;
 
 use std::{future::Future, time::Duration};
@@ -302,4 +303,39 @@ impl KubeletProbeFiles {
         s.probe.ca = Some(self.ca.clone());
         s.probe.token_file = self.token.clone();
     }
+}
+
+/// The repository root.
+pub fn repo() -> std::path::PathBuf {
+    std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// Renders the chart's ServiceAccount and RBAC (default values, release `pulsecheck` in namespace
+/// `pulsecheck`) and applies them with kubectl, after the namespace.
+pub fn apply_chart_rbac(kubeconfig: &std::path::Path) {
+    let rendered = std::process::Command::new(tool("helm"))
+        .args(["template", "pulsecheck"])
+        .arg(repo().join("charts/pulsecheck"))
+        .args(["--namespace", "pulsecheck", "--show-only", "templates/serviceaccount.yaml", "--show-only", "templates/rbac.yaml"])
+        .output()
+        .expect("helm runs");
+    assert!(rendered.status.success(), "helm template failed: {}", String::from_utf8_lossy(&rendered.stderr));
+    let rendered = String::from_utf8(rendered.stdout).expect("helm prints UTF-8");
+    assert!(rendered.contains("kind: ClusterRole\n") && rendered.contains("kind: ServiceAccount\n"), "{rendered}");
+    let kubectl = |args: &[&str], stdin: Option<&str>| {
+        let mut child = std::process::Command::new(tool("kubectl"))
+            .arg("--kubeconfig")
+            .arg(kubeconfig)
+            .args(args)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("kubectl runs");
+        std::io::Write::write_all(&mut child.stdin.take().unwrap(), stdin.unwrap_or("").as_bytes()).unwrap();
+        let out = child.wait_with_output().unwrap();
+        assert!(out.status.success(), "kubectl {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+    };
+    kubectl(&["apply", "-f", repo().join("manifests/namespace.yaml").to_str().unwrap()], None);
+    kubectl(&["apply", "-f", "-"], Some(&rendered));
 }

@@ -1,0 +1,3 @@
+module pulsecheck.dev/tools/pause
+
+go 1.26
