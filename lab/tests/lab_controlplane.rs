@@ -356,7 +356,7 @@ async fn lab_up_killed_with_sigkill_takes_etcd_and_apiserver_along() {
 }
 
 #[test]
-fn lab_help_lists_up_fleet_and_demo() {
+fn lab_help_lists_up_fleet_demo_and_fault() {
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_pulsecheck-lab")).arg("--help").output().expect("pulsecheck-lab runs");
     assert!(out.status.success());
     let text = String::from_utf8_lossy(&out.stdout);
@@ -368,5 +368,5 @@ fn lab_help_lists_up_fleet_and_demo() {
         .filter_map(|l| l.split_whitespace().next())
         .filter(|s| *s != "help")
         .collect();
-    assert_eq!(listed, ["up", "fleet", "demo"], "{text}");
+    assert_eq!(listed, ["up", "fleet", "demo", "fault"], "{text}");
 }
