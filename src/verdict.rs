@@ -17,7 +17,9 @@
 //!     for `os_image_unknown_after`; supporting when the node always said so or not yet long enough;
 //!   - a problem condition set by another tool (node-problem-detector) — supporting;
 //!   - kubelet probes failing `probe_failure_threshold` times in a row — supporting, conclusive
-//!     once they have failed for `probe_zombie_after` (ignored during a probe partition).
+//!     once they have failed for `probe_zombie_after` with no status report seen since they
+//!     began (a kubelet that reports is alive: the way to it is what fails), ignored during a
+//!     probe partition.
 //! * A Lease not renewed within `lease_grace` while the status is stale too (or kube-controller-
 //!   manager already marked the node Unknown) is **Dead**: kube-controller-manager's case.
 //!
@@ -372,9 +374,15 @@ pub fn assess(now: Timestamp, node: &NodeFacts, lease: Option<&LeaseFacts>, prob
         supporting_kinds += 1;
         evidence.extend(node.problems.iter().map(|p| Evidence::ProblemCondition { condition: p.kind.clone(), reason: p.reason.clone() }));
     }
-    if let Some(failing) = probe.filter(|_| probes_trusted).and_then(|p| probe_evidence(now, p, th)) {
+    if let Some(p) = probe.filter(|_| probes_trusted)
+        && let Some(failing) = probe_evidence(now, p, th)
+    {
         if let Evidence::ProbeFailing { for_seconds, .. } = failing {
-            if at_least(SignedDuration::from_secs(for_seconds), th.probe_zombie_after) {
+            // A status report seen after the failures began proves the kubelet's loops alive
+            // since: what fails is the way to it (a firewall, a NetworkPolicy, pulsecheck's own
+            // network), so the failures support other evidence but never condemn on their own.
+            let reported_since = node.status.seen_changing && p.failing_since.is_some_and(|since| node.status.observed_at > since);
+            if !reported_since && at_least(SignedDuration::from_secs(for_seconds), th.probe_zombie_after) {
                 conclusive += 1;
             } else {
                 supporting_kinds += 1;
@@ -764,6 +772,27 @@ mod tests {
         // A success resets the run.
         w.facts.record_probe("n", ProbeOutcome::Success, t(240), Thresholds::default().probe_result_ttl);
         assert_eq!(w.at(240).verdict, Verdict::Healthy);
+    }
+
+    #[test]
+    fn probes_failing_while_the_kubelet_keeps_reporting_are_never_conclusive() {
+        // A firewall change between pulsecheck and the kubelet: probes time out from 30 s on,
+        // while the kubelet goes on reporting its status (at 100 and 150 s).
+        let ttl = Thresholds::default().probe_result_ttl;
+        let mut w = World::new();
+        w.node(0, node("n").ready_at(t(0)));
+        w.renewing(0, 400);
+        for at in (30..=240).step_by(30) {
+            w.facts.record_probe("n", ProbeOutcome::Timeout, t(at), ttl);
+            if at == 90 || at == 150 {
+                w.node(at + 10, node("n").ready_at(t(at + 10)));
+            }
+        }
+        // Failing for 210 s, past --probe-zombie-after: a reported status since says the kubelet
+        // works, so the failures are on the way to it — supporting only.
+        let a = w.at(240);
+        assert_eq!(a.verdict, Verdict::Suspect, "{:?}", a.evidence);
+        assert!(matches!(a.evidence.as_slice(), [Evidence::ProbeFailing { for_seconds: 210, .. }]), "{:?}", a.evidence);
     }
 
     #[test]

@@ -74,13 +74,13 @@ async fn a_real_kubelet_whose_disk_hangs_is_tainted_while_kubernetes_keeps_it_re
     // The disk hangs: the status loop stops, the Lease goes on.
     lab.node("hang-a").inject(NodeFault::DiskHang).unwrap();
     let hung_at = Instant::now();
-    let renewed_before = renew_time(&client, "hang-a").await;
+    let renewed_before = renew_time(&client, "hang-a").await.expect("the Lease has a renewTime");
     wait_tainted(&client, "hang-a", "hang-a tainted after its disk hung", BOUND).await;
     let took = hung_at.elapsed();
     let node = get_node(&client, "hang-a").await;
     assert_eq!(ready(&node).as_deref(), Some("True"), "Kubernetes still calls it Ready");
     assert!(kcm_taints(&node).is_empty(), "kube-controller-manager does not act on it: {:?}", taint_keys(&node));
-    assert!(renew_time(&client, "hang-a").await > renewed_before, "the Lease kept renewing through the hang");
+    assert!(renew_time(&client, "hang-a").await.is_some_and(|t| t > renewed_before), "the Lease kept renewing through the hang");
     assert!(lab.node("hang-a").blocked_disk_operations() > 0, "the kubelet is stuck on its disk");
     eprintln!("hang-a tainted {took:?} after its disk hung");
     let healthy = get_node(&client, "hang-b").await;
@@ -145,6 +145,40 @@ async fn a_real_node_cut_off_from_the_apiserver_is_left_to_kubernetes_unreachabl
     lab.node("cut-a").inject(NodeFault::Recover).unwrap();
     wait_node(&client, "cut-a", "cut-a Ready again", BOUND, |n| ready(n).as_deref() == Some("True")).await;
     wait_verdict(&running, "cut-a", "healthy", BOUND).await;
+    running.stop().await;
+    lab.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_real_kubelet_unreachable_from_pulsecheck_only_while_it_keeps_reporting_is_never_tainted() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    let mut lab = RealLab::start(&["pc-a", "pc-b"]).await;
+    let client = lab.cp.client();
+    // Probe failures would be conclusive after 8 s; the kubelet reports its status every 10 s.
+    let running = lab.controller(|s| s.thresholds.probe_zombie_after = Duration::from_secs(8)).await;
+    wait_settled(&running, &["pc-a", "pc-b"]).await;
+
+    // A firewall change between pulsecheck and one kubelet: its probes time out, while the
+    // kubelet goes on renewing its Lease and reporting its status.
+    lab.node("pc-a").inject(NodeFault::ProbeCut).unwrap();
+    wait_verdict(&running, "pc-a", "suspect", BOUND).await;
+    let heartbeat =
+        |n: &Node| n.status.as_ref()?.conditions.as_ref()?.iter().find(|c| c.type_ == "Ready").and_then(|c| c.last_heartbeat_time.clone()).map(|t| t.0);
+    let reported_at_suspect = heartbeat(&get_node(&client, "pc-a").await).expect("a heartbeat");
+    // Three probe_zombie_after periods, and at least two status reports since the failures began.
+    let watch_until = Instant::now() + Duration::from_secs(30);
+    while Instant::now() < watch_until {
+        let node = get_node(&client, "pc-a").await;
+        assert!(!has_our_taint(&node), "pc-a tainted although its kubelet keeps reporting:\n{}", running.metrics.render());
+        assert_eq!(verdict_changes(&running, "zombie"), 0.0, "pc-a judged zombie:\n{}", running.metrics.render());
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let node = get_node(&client, "pc-a").await;
+    assert!(heartbeat(&node).is_some_and(|t| t > reported_at_suspect), "the kubelet kept reporting through the cut");
+    assert_eq!(ready(&node).as_deref(), Some("True"));
+
+    lab.node("pc-a").inject(NodeFault::Recover).unwrap();
+    wait_verdict(&running, "pc-a", "healthy", BOUND).await;
     running.stop().await;
     lab.stop().await;
 }

@@ -6,7 +6,7 @@
 #
 #   tools/build.sh            build everything, print the bin folder
 #   tools/build.sh control    only kube-apiserver and etcd
-#   tools/build.sh nodes      only kubelet, kube-scheduler and the sandbox image's pause (the real-node lab)
+#   tools/build.sh nodes      only kubelet, kube-scheduler, kube-controller-manager and the sandbox image's pause (the real-node lab)
 #   tools/build.sh --print    print the bin folder, build nothing
 #   tools/build.sh crds       download the prometheus-operator module pinned in tools/crds
 #                             and print the folder holding its CRD YAML files
@@ -73,7 +73,8 @@ if [ "$what" = control ] || [ "$what" = all ]; then
   build_one kube-apiserver "$kube_version" kube k8s.io/kubernetes/cmd/kube-apiserver -tags=selinux,notest,grpcnotrace -ldflags "$(kube_ldflags)"
   link kube-apiserver "$kube_version"
 fi
-if [ "$what" = all ]; then
+if [ "$what" = all ] || [ "$what" = nodes ]; then
+  # Also next to real nodes (their Kubernetes verdict: Ready=Unknown, unreachable taints).
   build_one kube-controller-manager "$kube_version" kube k8s.io/kubernetes/cmd/kube-controller-manager -tags=selinux,notest,grpcnotrace -ldflags "$(kube_ldflags)"
   link kube-controller-manager "$kube_version"
 fi

@@ -107,7 +107,7 @@ pub struct RealNodeArgs {
     /// Real nodes' nodeStatusUpdateFrequency (default: the kubelet's, 10s).
     #[arg(long, env = "PULSECHECK_LAB_NODE_STATUS_UPDATE_FREQUENCY", value_name = "DURATION", value_parser = positive_duration)]
     pub node_status_update_frequency: Option<Duration>,
-    /// Real nodes' nodeStatusReportFrequency (default: the kubelet's, 5m).
+    /// Real nodes' nodeStatusReportFrequency (default: the kubelet's: 5m, or the update frequency when only that is given).
     #[arg(long, env = "PULSECHECK_LAB_NODE_STATUS_REPORT_FREQUENCY", value_name = "DURATION", value_parser = positive_duration)]
     pub node_status_report_frequency: Option<Duration>,
     /// Real nodes' nodeLeaseDurationSeconds (default: the kubelet's, 40s; renewed every quarter of it).
@@ -211,7 +211,7 @@ async fn up(args: LabUpArgs) -> Result<(), Error> {
     // A machine that cannot run real nodes says so before anything starts.
     let real_plan = args.real.options();
     if real_plan.is_some() {
-        realnode::HostTools::check().map_err(|e| Error::Failed(e.into()))?;
+        RealFleet::check_machine().map_err(|e| Error::Failed(e.into()))?;
     }
 
     let mut control_plane = tokio::select! {

@@ -189,7 +189,7 @@ mod tests {
 
     use rustls::{
         ClientConfig, RootCertStore, ServerConfig,
-        pki_types::{CertificateDer, PrivateKeyDer, ServerName},
+        pki_types::{CertificateDer, PrivateKeyDer, ServerName, pem::PemObject},
         server::WebPkiClientVerifier,
     };
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -200,11 +200,11 @@ mod tests {
     const LOOPBACK: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
 
     fn certs(pem: &str) -> Vec<CertificateDer<'static>> {
-        rustls_pemfile::certs(&mut pem.as_bytes()).collect::<Result<_, _>>().unwrap()
+        CertificateDer::pem_slice_iter(pem.as_bytes()).collect::<Result<_, _>>().unwrap()
     }
 
     fn key(pem: &str) -> PrivateKeyDer<'static> {
-        rustls_pemfile::private_key(&mut pem.as_bytes()).unwrap().unwrap()
+        PrivateKeyDer::from_pem_slice(pem.as_bytes()).unwrap()
     }
 
     fn roots(ca: &CertificateAuthority) -> Arc<RootCertStore> {

@@ -32,8 +32,10 @@ use std::{
 use k8s_openapi::api::{
     authentication::v1::{TokenRequest, TokenRequestSpec},
     core::v1::{Namespace, ServiceAccount},
+    rbac::v1::{ClusterRole, ClusterRoleBinding, PolicyRule, RoleRef, Subject},
 };
 use kube::api::{Api, ListParams, ObjectMeta, PostParams};
+use rustls::pki_types::{CertificateDer, pem::PemObject};
 
 use crate::{
     binaries::{self, Binaries},
@@ -306,6 +308,33 @@ impl ControlPlane {
     /// `ip_sans` and `dns_sans`.
     pub fn issue_serving_certificate(&self, common_name: &str, ip_sans: &[IpAddr], dns_sans: &[&str]) -> Result<certs::IssuedCert> {
         Ok(self.ca.issue_server(common_name, ip_sans, dns_sans)?)
+    }
+
+    /// A token of ServiceAccount `pulsecheck-lab/NAME`, allowed only to `get` the node
+    /// subresources named (`healthz`, `configz`, `pods`, `stats`): what a kubelet's webhook
+    /// authorization asks for its read-only endpoints (fine-grained kubelet authorization).
+    pub async fn kubelet_reader_token(&self, name: &str, subresources: &[&str]) -> Result<String> {
+        let role_name = format!("pulsecheck-lab:{name}");
+        let roles: Api<ClusterRole> = Api::all(self.client());
+        let role = ClusterRole {
+            metadata: named(&role_name),
+            rules: Some(vec![PolicyRule {
+                api_groups: Some(vec![String::new()]),
+                resources: Some(subresources.iter().map(|s| format!("nodes/{s}")).collect()),
+                verbs: vec!["get".into()],
+                ..Default::default()
+            }]),
+            ..Default::default()
+        };
+        create_if_missing(&roles, &role, format!("create ClusterRole {role_name}")).await?;
+        let bindings: Api<ClusterRoleBinding> = Api::all(self.client());
+        let binding = ClusterRoleBinding {
+            metadata: named(&role_name),
+            role_ref: RoleRef { api_group: "rbac.authorization.k8s.io".into(), kind: "ClusterRole".into(), name: role_name.clone() },
+            subjects: Some(vec![Subject { kind: "ServiceAccount".into(), name: name.into(), namespace: Some("pulsecheck-lab".into()), ..Default::default() }]),
+        };
+        create_if_missing(&bindings, &binding, format!("create ClusterRoleBinding {role_name}")).await?;
+        self.service_account_token("pulsecheck-lab", name).await
     }
 
     /// The apiserver's port on 127.0.0.1.
@@ -643,7 +672,7 @@ impl Credentials {
 }
 
 fn first_certificate_der(pem: &str) -> Option<Vec<u8>> {
-    rustls_pemfile::certs(&mut pem.as_bytes()).next()?.ok().map(|der| der.to_vec())
+    CertificateDer::pem_slice_iter(pem.as_bytes()).next()?.ok().map(|der| der.to_vec())
 }
 
 /// Loopback ports for one start attempt.

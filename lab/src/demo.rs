@@ -50,6 +50,7 @@ use crate::{
     controllers::{self, Controller},
     controlplane::{self, ControlPlane, ControlPlaneOptions},
     fleet::{self, Fault, Fleet, FleetOptions},
+    realdemo, realnode,
 };
 
 /// Simulated nodes.
@@ -117,6 +118,9 @@ pub enum Error {
         /// The last lines of its log.
         tail: String,
     },
+    /// The real-kubelet act could not be played.
+    #[error(transparent)]
+    Real(#[from] realdemo::Error),
     /// kube-controller-manager could not start or stopped.
     #[error(transparent)]
     KubernetesController(#[from] controllers::Error),
@@ -195,12 +199,35 @@ async fn tour(args: &DemoArgs, screen: &mut Screen) -> Result<bool> {
         })?),
     };
     log_to_file(&dir.path().join(PULSECHECK_LOG))?;
-    screen.line(&format!("starting kube-apiserver + etcd in {} …", dir.path().display()));
+    // The seed failure on a real kubelet when this machine can run one; the simulated fleet shows
+    // it (and the rest) either way.
+    let real = match realnode::HostTools::check() {
+        Ok(tools) => {
+            screen.line("this machine can run a real kubelet: act 1 shows the seed failure (a hung root disk) on a real node, act 2 the simulated fleet");
+            let mut say = |line: &str| screen.line(line);
+            match realdemo::run(&tools, &kcm_program, &dir.path().join("real"), &mut say).await {
+                Ok(held) => held,
+                Err(e) => {
+                    keep(dir, screen);
+                    return Err(e.into());
+                }
+            }
+        }
+        Err(why) => {
+            screen.line(&format!("this machine cannot run a real kubelet, so the seed failure is shown on the simulated fleet only ({why})"));
+            Vec::new()
+        }
+    };
+    for (held, line) in &real {
+        screen.line(&format!("{} {line}", if *held { "[ok]  " } else { "[FAIL]" }));
+    }
+    let real_held = real.iter().all(|(held, _)| *held);
+    screen.line(&format!("act 2 — starting kube-apiserver + etcd in {} …", dir.path().display()));
     let cp = ControlPlane::start(ControlPlaneOptions { dir: Some(dir.path().to_path_buf()) }).await?;
     let result = with_control_plane(&cp, dir.path(), &kcm_program, args.duration, screen).await;
     let _ = cp.stop().await;
     let held = match result {
-        Ok(held) => held,
+        Ok(held) => held && real_held,
         Err(e) => {
             keep(dir, screen);
             return Err(e);
@@ -447,7 +474,7 @@ impl World<'_> {
 }
 
 /// Each node's current verdict from the exposition text (`pulsecheck_node_verdict{..} 1`).
-fn verdicts(exposition: &str) -> HashMap<String, Verdict> {
+pub(crate) fn verdicts(exposition: &str) -> HashMap<String, Verdict> {
     let mut out = HashMap::new();
     for line in exposition.lines() {
         let Some(rest) = line.strip_prefix("pulsecheck_node_verdict{") else { continue };

@@ -98,8 +98,9 @@ impl FaultSwitch {
         self.blocked.load(Ordering::SeqCst)
     }
 
-    /// Releases everything for good (the filesystem is being unmounted).
-    fn close(&self) {
+    /// Releases everything for good: nothing blocks any more and every operation fails (the
+    /// filesystem is going away; a node being killed must not wait on its own disk).
+    pub fn close(&self) {
         lock(&self.state).closed = true;
         self.changed.notify_all();
     }
@@ -125,7 +126,8 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-/// A mounted fault-injectable disk. Dropping it releases blocked operations and unmounts.
+/// A mounted fault-injectable disk. Dropping it releases blocked operations, unmounts it (a
+/// mount in another namespace goes with that namespace) and ends the session.
 pub struct FaultDisk {
     switch: Arc<FaultSwitch>,
     mountpoint: PathBuf,
@@ -242,8 +244,11 @@ fn errno(e: io::Error) -> Errno {
 }
 
 fn system_time(secs: i64, nanos: i64) -> SystemTime {
-    let nanos = u32::try_from(nanos).unwrap_or(0);
-    if secs >= 0 { UNIX_EPOCH + Duration::new(secs as u64, nanos) } else { UNIX_EPOCH - Duration::from_secs(secs.unsigned_abs()) }
+    let nanos = u32::try_from(nanos).unwrap_or(0).min(999_999_999);
+    // Times a file on the backing disk may carry that SystemTime cannot: the epoch instead.
+    let time =
+        if secs >= 0 { UNIX_EPOCH.checked_add(Duration::new(secs as u64, nanos)) } else { UNIX_EPOCH.checked_sub(Duration::from_secs(secs.unsigned_abs())) };
+    time.unwrap_or(UNIX_EPOCH)
 }
 
 fn kind_of(mode: u32) -> FileType {
@@ -675,6 +680,15 @@ impl Filesystem for PassthroughFs {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn any_time_on_the_backing_disk_is_a_time_not_a_panic() {
+        // Nanoseconds past a second carried into a seconds field already at its maximum.
+        assert!(system_time(i64::MAX, 2_000_000_000) > UNIX_EPOCH);
+        assert!(system_time(i64::MIN, -1) < UNIX_EPOCH);
+        assert_eq!(system_time(1, 2_000_000_000), UNIX_EPOCH + Duration::new(1, 999_999_999));
+        assert_eq!(system_time(-2, 0), UNIX_EPOCH - Duration::from_secs(2));
+    }
 
     #[test]
     fn the_gate_follows_the_switch() {

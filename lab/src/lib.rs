@@ -19,7 +19,9 @@ pub mod fleet;
 pub mod image;
 pub mod kubelet;
 pub mod process;
+pub mod realdemo;
 pub mod realnode;
+pub mod timeline;
 
 /// Label set on every Node the simulated fleet creates.
 pub const FLEET_LABEL: &str = "lab.pulsecheck.dev/simulated";

@@ -21,8 +21,11 @@
 //!   built here from `tools/pause` ([`crate::image`]), as no registry can be reached;
 //! - a **janitor**: a shell waiting on a pipe from the lab. When the pipe closes (the lab ended,
 //!   however), it waits for the node's init to be gone and removes the cgroups the node's
-//!   containers had (`/sys/fs/cgroup/*/pulsecheck-lab/S`), the one thing the kernel does not
-//!   take away with the namespaces.
+//!   containers had (`/sys/fs/cgroup/*/pulsecheck-lab/S-PID`), the one thing the kernel does not
+//!   take away with the namespaces;
+//! - **private host paths**: what containerd, runc, CNI and the kubelet write outside their
+//!   configured folders (`/run`, `/var/lib`, `/var/log`) is a tmpfs of the node's mount
+//!   namespace, so nothing of a node lands on the host's disk.
 //!
 //! The kubelet is configured as a production kubelet is (webhook authentication and
 //! authorization, a serving certificate from the cluster CA, client certificate
@@ -78,6 +81,12 @@ const DISK: &str = "disk";
 const KUBELET_ROOT: &str = "kubelet";
 const CONTAINERD_ROOT: &str = "containerd";
 const OS_RELEASE: &str = "etc/os-release";
+/// Host paths that are a tmpfs of each node's own (in its mount namespace): containerd 1.6
+/// keeps shim sockets and runc state under `/run/containerd` and CNI network namespaces under
+/// `/run/netns` whatever its config says, libcni caches results in `/var/lib/cni`, and the
+/// kubelet writes Pod logs to `/var/log/pods` and `/var/log/containers`. A node's folder may
+/// not be under them.
+const NODE_PRIVATE: [&str; 3] = ["/run", "/var/lib", "/var/log"];
 /// What the node's `/etc/os-release` says while its disk is healthy (`osImage`).
 pub const OS_IMAGE: &str = "pulsecheck lab node (Debian GNU/Linux)";
 /// The Debian packages real nodes need, for the errors that say how to get them.
@@ -128,6 +137,16 @@ pub enum Error {
         log: PathBuf,
         /// The log's last lines.
         tail: String,
+    },
+    /// The node's folder is where the node gets a private tmpfs.
+    #[error("real node {node}: its folder {} is under {under}, which each node gets a private tmpfs for; choose a folder elsewhere (e.g. under /tmp)", .dir.display())]
+    Folder {
+        /// The node.
+        node: String,
+        /// Its folder.
+        dir: PathBuf,
+        /// The private path it is under.
+        under: &'static str,
     },
     /// No slot was free for the node's network.
     #[error("real node {node}: every slot 10.213.1-250.0/24 is taken (veth pcl1..pcl250 exist)")]
@@ -192,8 +211,19 @@ impl HostTools {
             return Err(unsupported(format!("/dev/fuse cannot be opened ({e})"), "load the fuse module (`modprobe fuse`), or give the container /dev/fuse"));
         }
         let cgroups = Path::new("/sys/fs/cgroup");
-        if !cgroups.join("memory").is_dir() && !cgroups.join("cgroup.controllers").is_file() {
-            return Err(unsupported("no cgroup hierarchy at /sys/fs/cgroup (neither v1 memory nor v2)".into(), "mount cgroups at /sys/fs/cgroup"));
+        if cgroups.join("cgroup.controllers").is_file() {
+            // The node's cgroups (cgroupRoot, the janitor, the leak checks) are laid out per v1
+            // hierarchy; a unified hierarchy would need its controllers delegated too.
+            return Err(unsupported(
+                "this host's cgroups are pure v2 (a unified hierarchy at /sys/fs/cgroup); the lab's real nodes support cgroup v1 and hybrid hosts".into(),
+                "boot with systemd.unified_cgroup_hierarchy=0, or use the simulated fleet (--nodes N)",
+            ));
+        }
+        if !cgroups.join("memory").is_dir() {
+            return Err(unsupported(
+                "no cgroup v1 hierarchy at /sys/fs/cgroup (no memory controller)".into(),
+                "mount the cgroup v1 hierarchies at /sys/fs/cgroup",
+            ));
         }
         let apt = format!("install them with `apt-get install {DEBIAN_PACKAGES}`");
         let missing: Vec<&str> = ["containerd", "containerd-shim-runc-v2", "runc", "ctr", "nft", "ip", "nsenter", "unshare", "mount"]
@@ -294,10 +324,24 @@ pub struct RealNode {
     containerd: Process,
     init_pid: u32,
     disk: FaultDisk,
-    forwarder: JoinHandle<()>,
+    forwarder: AbortOnDrop,
     janitor: Option<std::process::Child>,
     network: NetworkFaults,
     kubelet_stopped: bool,
+    /// The node's cgroups, `S-PID` (slot and init): a later node on the same slot never shares
+    /// them, so a late janitor cannot remove what another node uses.
+    cgroup_id: String,
+    /// The holder has been killed (its init PID is never signalled twice: it may be reused).
+    ended: bool,
+}
+
+/// A task aborted when this is dropped (the node's apiserver forwarder, on every path out).
+struct AbortOnDrop(JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 impl std::fmt::Debug for RealNode {
@@ -317,6 +361,16 @@ impl RealNode {
             let action = action.to_owned();
             move |source| Error::Io { node, action, source }
         };
+        // A folder left by a lab killed earlier holds stale state (IPAM allocations, containerd's
+        // and the kubelet's metadata): every node starts from nothing.
+        if dir.exists() {
+            std::fs::remove_dir_all(&dir).map_err(io_err("remove what an earlier node left in its folder"))?;
+        }
+        std::fs::create_dir_all(&dir).map_err(io_err("create the node's folder"))?;
+        let real_dir = std::fs::canonicalize(&dir).map_err(io_err("resolve the node's folder"))?;
+        if let Some(under) = NODE_PRIVATE.into_iter().find(|p| real_dir.starts_with(p)) {
+            return Err(Error::Folder { node: name.clone(), dir, under });
+        }
         let backing = dir.join("backing");
         for sub in [KUBELET_ROOT, CONTAINERD_ROOT, "etc"] {
             std::fs::create_dir_all(backing.join(sub)).map_err(io_err("create the disk's folders"))?;
@@ -329,7 +383,12 @@ impl RealNode {
         let holder = Process::spawn(
             "node namespaces",
             Path::new("unshare"),
-            &["--mount", "--net", "--pid", "--fork", "--kill-child", "--mount-proc", "--propagation", "private", "--", "sleep", "infinity"].map(String::from),
+            // pause as the namespace's init: it reaps the orphans a PID 1 inherits.
+            &["--mount", "--net", "--pid", "--fork", "--kill-child", "--mount-proc", "--propagation", "private", "--"]
+                .map(String::from)
+                .into_iter()
+                .chain([tools.pause.display().to_string()])
+                .collect::<Vec<_>>(),
             &dir.join("holder.log"),
         )?;
         let init_pid = wait_for_child(holder.pid(), GONE_TIMEOUT).await.ok_or_else(|| Error::Program {
@@ -340,7 +399,8 @@ impl RealNode {
             tail: holder.log_tail(),
         })?;
         let slot = claim_slot(&name, init_pid)?;
-        let janitor = spawn_janitor(&name, &dir, init_pid, slot)?;
+        let cgroup_id = format!("{slot}-{init_pid}");
+        let janitor = spawn_janitor(&name, &dir, init_pid, &cgroup_id)?;
         let node = NodeShell { name: name.clone(), init_pid };
         let (host_ip, node_ip) = addresses(slot);
         let host_link = veth_name(slot);
@@ -350,12 +410,15 @@ impl RealNode {
         node.inside_net(&["ip", "addr", "add", &format!("{node_ip}/24"), "dev", "eth0"])?;
         node.inside_net(&["ip", "link", "set", "eth0", "up"])?;
         node.inside_net(&["ip", "route", "add", "default", "via", &host_ip.to_string()])?;
-        let forwarder = forward_apiserver(host_ip, control_plane.port()).await.map_err(io_err("listen for the node's apiserver traffic"))?;
+        let forwarder = AbortOnDrop(forward_apiserver(host_ip, control_plane.port()).await.map_err(io_err("listen for the node's apiserver traffic"))?);
 
         let disk_path = dir.join(DISK);
         let disk = FaultDisk::mount_in_namespace_of(init_pid, &backing, &disk_path).map_err(io_err("mount its fault disk"))?;
         node.inside_mnt(&["mount", "--bind", &disk_path.join(OS_RELEASE).display().to_string(), "/etc/os-release"])?;
-        write_cgroup_parents(slot);
+        for private in NODE_PRIVATE {
+            node.inside_mnt(&["mount", "-t", "tmpfs", "-o", "mode=0755", "pulsecheck-lab-node", private])?;
+        }
+        write_cgroup_parents(&cgroup_id).map_err(io_err("create its cgroups"))?;
 
         let pki = dir.join("pki");
         let client = control_plane
@@ -364,12 +427,23 @@ impl RealNode {
         let serving = control_plane
             .issue_serving_certificate(&name, &[std::net::IpAddr::V4(node_ip)], &[&name])
             .map_err(|source| Error::Certificate { node: name.clone(), source })?;
-        let write = |file: &str, text: &str| std::fs::write(pki.join(file), text).map_err(io_err("write its certificates"));
-        write("ca.crt", control_plane.ca_pem())?;
-        write("kubelet-client.crt", &client.cert_pem)?;
-        write("kubelet-client.key", &client.key_pem)?;
-        write("kubelet.crt", &serving.cert_pem)?;
-        write("kubelet.key", &serving.key_pem)?;
+        let write = |file: &str, text: &str, mode: u32| {
+            use std::os::unix::fs::OpenOptionsExt as _;
+            let mut f = std::fs::OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .mode(mode)
+                .open(pki.join(file))
+                .map_err(io_err("write its certificates"))?;
+            io::Write::write_all(&mut f, text.as_bytes()).map_err(io_err("write its certificates"))
+        };
+        write("ca.crt", control_plane.ca_pem(), 0o644)?;
+        write("kubelet-client.crt", &client.cert_pem, 0o644)?;
+        // The node's credentials: its owner's only.
+        write("kubelet-client.key", &client.key_pem, 0o600)?;
+        write("kubelet.crt", &serving.cert_pem, 0o644)?;
+        write("kubelet.key", &serving.key_pem, 0o600)?;
         let kubeconfig = dir.join("kubelet.kubeconfig");
         std::fs::write(&kubeconfig, kubelet_kubeconfig(host_ip, &pki)).map_err(io_err("write the kubelet's kubeconfig"))?;
 
@@ -402,7 +476,12 @@ impl RealNode {
         ])?;
 
         let config = dir.join("kubelet.yaml");
-        std::fs::write(&config, kubelet_config(&pki, &socket, slot, options.timing)).map_err(io_err("write the kubelet's config"))?;
+        // The host's resolver configuration as it is now (it may be a link into the host's /run,
+        // which the node does not see).
+        let resolv = dir.join("resolv.conf");
+        std::fs::write(&resolv, std::fs::read("/etc/resolv.conf").unwrap_or_default()).map_err(io_err("write its resolv.conf"))?;
+        let paths = KubeletPaths { pki: &pki, socket: &socket, root: &disk_path.join(KUBELET_ROOT), resolv: &resolv };
+        std::fs::write(&config, kubelet_config(&paths, &cgroup_id, options.timing)).map_err(io_err("write the kubelet's config"))?;
         let kubelet_args = vec![
             format!("--config={}", config.display()),
             format!("--kubeconfig={}", kubeconfig.display()),
@@ -427,6 +506,8 @@ impl RealNode {
             janitor: Some(janitor),
             network: NetworkFaults::default(),
             kubelet_stopped: false,
+            cgroup_id,
+            ended: false,
         };
         real.wait_ready(&control_plane.client(), started).await?;
         tracing::info!(node = %real.name, address = %node_ip, elapsed = ?started.elapsed(), "real node Ready");
@@ -465,7 +546,7 @@ impl RealNode {
 
     /// The cgroup folders the node's containers live in, one per hierarchy.
     pub fn cgroup_dirs(&self) -> Vec<PathBuf> {
-        cgroup_dirs(self.slot)
+        cgroup_dirs(&self.cgroup_id)
     }
 
     /// Puts the node into `fault`, or takes every fault away ([`NodeFault::Recover`]).
@@ -492,6 +573,8 @@ impl RealNode {
                 shell.apply_network(self.slot, self.network)?;
                 if self.kubelet_stopped {
                     self.signal_kubelet(Signal::SIGCONT)?;
+                    // nsenter, the kubelet's parent, stopped itself along with its child.
+                    let _ = kill(Pid::from_raw(self.kubelet.pid() as i32), Signal::SIGCONT);
                     self.kubelet_stopped = false;
                 }
                 self.disk.switch().fail_file(OS_RELEASE, false);
@@ -579,11 +662,17 @@ impl RealNode {
     }
 
     fn end_holder(&mut self) {
+        if std::mem::replace(&mut self.ended, true) {
+            return;
+        }
+        // A process blocked on the hung disk cannot die until its request is answered: release
+        // the disk for good first, so the kill below is not held up by the fault itself.
+        self.disk.switch().close();
         // SIGKILL to unshare: --kill-child passes it on to the namespace's init, whose death
         // makes the kernel kill every other process in the namespace.
         let _ = kill(Pid::from_raw(self.holder.pid() as i32), Signal::SIGKILL);
         let _ = kill(Pid::from_raw(self.init_pid as i32), Signal::SIGKILL);
-        self.forwarder.abort();
+        self.forwarder.0.abort();
     }
 
     /// Closes the janitor's pipe and waits for it to have removed the node's cgroups.
@@ -650,32 +739,34 @@ fn veth_name(slot: u8) -> String {
 }
 
 /// The cgroup parent of the node's containers, as the kubelet's `cgroupRoot`.
-fn cgroup_root(slot: u8) -> String {
-    format!("/pulsecheck-lab/{slot}")
+fn cgroup_root(cgroup_id: &str) -> String {
+    format!("/pulsecheck-lab/{cgroup_id}")
 }
 
-fn cgroup_dirs(slot: u8) -> Vec<PathBuf> {
+fn cgroup_dirs(cgroup_id: &str) -> Vec<PathBuf> {
     let Ok(entries) = std::fs::read_dir("/sys/fs/cgroup") else { return Vec::new() };
-    let mut dirs: Vec<PathBuf> = entries.flatten().map(|e| e.path().join("pulsecheck-lab").join(slot.to_string())).filter(|p| p.is_dir()).collect();
+    let mut dirs: Vec<PathBuf> = entries.flatten().map(|e| e.path().join("pulsecheck-lab").join(cgroup_id)).filter(|p| p.is_dir()).collect();
     dirs.sort();
     dirs
 }
 
 /// Creates the node's cgroup parent in every hierarchy (the kubelet wants its cgroupRoot to exist).
-fn write_cgroup_parents(slot: u8) {
-    let Ok(entries) = std::fs::read_dir("/sys/fs/cgroup") else { return };
-    for entry in entries.flatten() {
+fn write_cgroup_parents(cgroup_id: &str) -> io::Result<()> {
+    for entry in std::fs::read_dir("/sys/fs/cgroup")?.flatten() {
         let hierarchy = entry.path();
         if hierarchy.join("cgroup.procs").is_file() {
-            // Another node's janitor may remove the shared parent in between: try again.
-            let dir = hierarchy.join("pulsecheck-lab").join(slot.to_string());
-            for _ in 0..3 {
-                if std::fs::create_dir_all(&dir).is_ok() {
-                    break;
+            // Another node's janitor may remove the shared parent in between (ENOENT): again.
+            let dir = hierarchy.join("pulsecheck-lab").join(cgroup_id);
+            let mut attempt = 0;
+            while let Err(e) = std::fs::create_dir_all(&dir) {
+                attempt += 1;
+                if e.kind() != io::ErrorKind::NotFound || attempt >= 5 {
+                    return Err(io::Error::new(e.kind(), format!("{}: {e}", dir.display())));
                 }
             }
         }
     }
+    Ok(())
 }
 
 /// The janitor: once its standard input closes (the lab ended, however), it waits for the node's
@@ -683,7 +774,7 @@ fn write_cgroup_parents(slot: u8) {
 /// folder, is only there to say whose janitor it is). It runs in a process group of
 /// its own, without `PR_SET_PDEATHSIG`, so neither a Ctrl-C to the lab nor the lab's death takes
 /// it along; the pipe's other end is close-on-exec, so only the lab holds it.
-fn spawn_janitor(node: &str, dir: &Path, init_pid: u32, slot: u8) -> Result<std::process::Child> {
+fn spawn_janitor(node: &str, dir: &Path, init_pid: u32, cgroup_id: &str) -> Result<std::process::Child> {
     let script = r#"
 while read -r _; do :; done
 i=0
@@ -695,7 +786,7 @@ rmdir /sys/fs/cgroup/*/pulsecheck-lab 2>/dev/null
 exit 0
 "#;
     std::process::Command::new("sh")
-        .args(["-c", script, "pulsecheck-lab-janitor", &init_pid.to_string(), &slot.to_string(), &dir.display().to_string()])
+        .args(["-c", script, "pulsecheck-lab-janitor", &init_pid.to_string(), cgroup_id, &dir.display().to_string()])
         .stdin(Stdio::piped())
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -792,24 +883,29 @@ impl NodeShell {
 
     /// Replaces the node's fault rules with `faults` (none: the table is removed).
     fn apply_network(&self, slot: u8, faults: NetworkFaults) -> Result<()> {
-        let (host_ip, _) = addresses(slot);
-        let mut rules = String::from("table inet pulsecheck_lab {}\ndelete table inet pulsecheck_lab\n");
-        if faults.net_cut || faults.probe_cut {
-            rules.push_str("table inet pulsecheck_lab {\n");
-            rules.push_str("  chain output { type filter hook output priority 0; policy accept;\n");
-            if faults.net_cut {
-                // net-cut: nothing the node sends reaches the apiserver (its forwarder).
-                rules.push_str(&format!("    ip daddr {host_ip} tcp dport {APISERVER_PORT} drop\n"));
-            }
-            rules.push_str("  }\n  chain input { type filter hook input priority 0; policy accept;\n");
-            if faults.probe_cut {
-                // probe-cut: nothing from outside the node reaches the kubelet's port.
-                rules.push_str(&format!("    ip saddr {host_ip} tcp dport {KUBELET_PORT} drop\n"));
-            }
-            rules.push_str("  }\n}\n");
-        }
-        self.run_with_input(&["nft", "-f", "-"], Some(&["--net"]), Some(&rules))
+        self.run_with_input(&["nft", "-f", "-"], Some(&["--net"]), Some(&network_rules(slot, faults)))
     }
+}
+
+/// The nftables script that puts the node's network into `faults` (run in its namespace).
+fn network_rules(slot: u8, faults: NetworkFaults) -> String {
+    let (host_ip, _) = addresses(slot);
+    let mut rules = String::from("table inet pulsecheck_lab {}\ndelete table inet pulsecheck_lab\n");
+    if faults.net_cut || faults.probe_cut {
+        rules.push_str("table inet pulsecheck_lab {\n");
+        rules.push_str("  chain output { type filter hook output priority 0; policy accept;\n");
+        if faults.net_cut {
+            // net-cut: nothing the node sends reaches the apiserver (its forwarder).
+            rules.push_str(&format!("    ip daddr {host_ip} tcp dport {APISERVER_PORT} drop\n"));
+        }
+        rules.push_str("  }\n  chain input { type filter hook input priority 0; policy accept;\n");
+        if faults.probe_cut {
+            // probe-cut: nothing from outside the node reaches the kubelet's port.
+            rules.push_str(&format!("    ip saddr {host_ip} tcp dport {KUBELET_PORT} drop\n"));
+        }
+        rules.push_str("  }\n}\n");
+    }
+    rules
 }
 
 /// Relays the node's connections to `10.213.S.1:6443` to the apiserver on the host's loopback.
@@ -880,21 +976,33 @@ fn seconds(d: Duration) -> String {
     format!("{}ms", d.as_millis())
 }
 
+/// Where the kubelet's files are.
+struct KubeletPaths<'a> {
+    /// Certificates (`ca.crt`, `kubelet.crt`, `kubelet.key`).
+    pki: &'a Path,
+    /// containerd's socket.
+    socket: &'a Path,
+    /// The kubelet's root dir, on the node's disk.
+    root: &'a Path,
+    /// The resolver configuration Pods get.
+    resolv: &'a Path,
+}
+
 /// The kubelet's configuration: a production kubelet's, plus what this kind of machine needs.
-fn kubelet_config(pki: &Path, socket: &Path, slot: u8, timing: KubeletTiming) -> String {
+fn kubelet_config(paths: &KubeletPaths<'_>, cgroup_id: &str, timing: KubeletTiming) -> String {
     let mut yaml = format!(
         r#"apiVersion: kubelet.config.k8s.io/v1beta1
 kind: KubeletConfiguration
 # As in production: callers (the apiserver, pulsecheck) authenticate with a client certificate
 # from the cluster CA or a token the kubelet reviews with the apiserver, and are authorized by
-# SubjectAccessReview; nothing is served anonymously or on the read-only port.
+# SubjectAccessReview, with the kubelet's default cache periods (token reviews 2 min, allowed
+# decisions 5 min, denied 30 s); nothing is served anonymously or on the read-only port.
 authentication:
   anonymous: {{enabled: false}}
-  webhook: {{enabled: true, cacheTTL: 30s}}
+  webhook: {{enabled: true}}
   x509: {{clientCAFile: {ca}}}
 authorization:
   mode: Webhook
-  webhook: {{cacheAuthorizedTTL: 30s, cacheUnauthorizedTTL: 5s}}
 readOnlyPort: 0
 port: {KUBELET_PORT}
 # A serving certificate from the cluster CA for the node's address, so callers verify it.
@@ -923,11 +1031,17 @@ imageGCLowThresholdPercent: 99
 # disk: with local storage isolation on, the kubelet refuses to start ("failed to get rootfs
 # info"). Pods then have no ephemeral-storage accounting on real nodes.
 localStorageCapacityIsolation: false
+# Flex volume plugins: on the node's disk, not in the host's /usr/libexec/kubernetes.
+volumePluginDir: {plugins}
+# The host's resolver configuration, copied (the node's /run is its own).
+resolvConf: {resolv}
 "#,
-        ca = pki.join("ca.crt").display(),
-        pki = pki.display(),
-        socket = socket.display(),
-        cgroup_root = cgroup_root(slot),
+        ca = paths.pki.join("ca.crt").display(),
+        pki = paths.pki.display(),
+        socket = paths.socket.display(),
+        cgroup_root = cgroup_root(cgroup_id),
+        plugins = paths.root.join("volume-plugins").display(),
+        resolv = paths.resolv.display(),
     );
     if let Some(d) = timing.status_update_frequency {
         yaml.push_str(&format!("nodeStatusUpdateFrequency: {}\n", seconds(d)));
@@ -1029,10 +1143,7 @@ impl RealFleet {
     /// Checks the machine, starts the controllers and the nodes (each Ready), and listens on
     /// `DIR/lab.sock` (DIR: the control plane's folder).
     pub async fn start(control_plane: &ControlPlane, options: &RealFleetOptions) -> Result<RealFleet, FleetError> {
-        let tools = HostTools::check()?;
-        let found = binaries::Binaries::locate().map_err(Error::from)?;
-        let kcm = found.require_kube_controller_manager().map_err(Error::from)?.to_path_buf();
-        let scheduler = found.require_node_program(binaries::KUBE_SCHEDULER).map_err(Error::from)?;
+        let (tools, kcm, scheduler) = Self::check_machine()?;
         let dir = control_plane.dir().to_path_buf();
         let kubeconfig = control_plane.kubeconfig_path();
         let controllers = vec![
@@ -1052,6 +1163,16 @@ impl RealFleet {
         let nodes = std::sync::Arc::new(tokio::sync::Mutex::new(nodes));
         let server = tokio::spawn(serve_faults(listener, nodes.clone()));
         Ok(RealFleet { nodes, names, controllers, socket, server })
+    }
+
+    /// Checks that this machine can run a real fleet (see [`HostTools::check`]; and
+    /// kube-controller-manager and kube-scheduler are built), before anything starts.
+    pub fn check_machine() -> Result<(HostTools, PathBuf, PathBuf), Error> {
+        let tools = HostTools::check()?;
+        let found = binaries::Binaries::locate()?;
+        let kcm = found.require_kube_controller_manager()?.to_path_buf();
+        let scheduler = found.require_node_program(binaries::KUBE_SCHEDULER)?;
+        Ok((tools, kcm, scheduler))
     }
 
     /// The nodes' names.
@@ -1081,16 +1202,24 @@ impl RealFleet {
     }
 
     /// Stops the nodes (nothing of them is left when this returns), then the controllers.
-    pub async fn stop(self) {
+    pub async fn stop(mut self) {
         self.server.abort();
-        let _ = std::fs::remove_file(&self.socket);
         let nodes = std::mem::take(&mut *self.nodes.lock().await);
         for node in nodes {
             node.stop().await;
         }
-        for controller in self.controllers {
+        for controller in std::mem::take(&mut self.controllers) {
             controller.stop().await;
         }
+    }
+}
+
+impl Drop for RealFleet {
+    /// A fleet dropped without [`RealFleet::stop`] still ends its nodes: the server task holds
+    /// them too, and aborting it lets them drop (each kills itself).
+    fn drop(&mut self) {
+        self.server.abort();
+        let _ = std::fs::remove_file(&self.socket);
     }
 }
 
@@ -1131,24 +1260,36 @@ async fn inject_named(nodes: &tokio::sync::Mutex<Vec<RealNode>>, node: &str, fau
     }
 }
 
-/// One request per connection: `NODE FAULT\n`, answered `ok\n` or `error: …\n`.
+/// How long a `pulsecheck-lab fault` client may take to send its request.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// One request per connection: `NODE FAULT\n`, answered `ok\n` or `error: …\n`. Each
+/// connection is served on its own, so a client that never sends its line holds up no other.
 async fn serve_faults(listener: tokio::net::UnixListener, nodes: std::sync::Arc<tokio::sync::Mutex<Vec<RealNode>>>) {
     use tokio::io::{AsyncBufReadExt as _, AsyncWriteExt as _};
+    let mut connections = tokio::task::JoinSet::new();
     loop {
-        let Ok((stream, _)) = listener.accept().await else { continue };
-        let (read, mut write) = stream.into_split();
-        let mut line = String::new();
-        if tokio::io::BufReader::new(read).read_line(&mut line).await.is_err() {
-            continue;
-        }
-        let answer = match parse_request(&line) {
-            Ok((node, fault)) => match inject_named(&nodes, &node, fault).await {
-                Ok(()) => "ok\n".to_owned(),
-                Err(e) => format!("error: {e}\n"),
-            },
-            Err(e) => format!("error: {e}\n"),
+        let stream = tokio::select! {
+            accepted = listener.accept() => match accepted { Ok((stream, _)) => stream, Err(_) => continue },
+            Some(_) = connections.join_next(), if !connections.is_empty() => continue,
         };
-        let _ = write.write_all(answer.as_bytes()).await;
+        let nodes = nodes.clone();
+        connections.spawn(async move {
+            let (read, mut write) = stream.into_split();
+            let mut line = String::new();
+            let answer = match tokio::time::timeout(REQUEST_TIMEOUT, tokio::io::BufReader::new(read).read_line(&mut line)).await {
+                Ok(Ok(_)) => match parse_request(&line) {
+                    Ok((node, fault)) => match inject_named(&nodes, &node, fault).await {
+                        Ok(()) => "ok\n".to_owned(),
+                        Err(e) => format!("error: {e}\n"),
+                    },
+                    Err(e) => format!("error: {e}\n"),
+                },
+                Ok(Err(e)) => format!("error: cannot read the request: {e}\n"),
+                Err(_) => format!("error: no request within {REQUEST_TIMEOUT:?}\n"),
+            };
+            let _ = write.write_all(answer.as_bytes()).await;
+        });
     }
 }
 
@@ -1193,17 +1334,16 @@ mod tests {
 
     #[test]
     fn the_kubelet_config_sets_only_the_periods_asked_for() {
-        let pki = Path::new("/p");
-        let sock = Path::new("/s.sock");
-        let default = kubelet_config(pki, sock, 3, KubeletTiming::default());
-        assert!(!default.contains("nodeStatusReportFrequency"), "{default}");
-        assert!(default.contains("cgroupRoot: /pulsecheck-lab/3"), "{default}");
+        let paths = KubeletPaths { pki: Path::new("/p"), socket: Path::new("/s.sock"), root: Path::new("/d/kubelet"), resolv: Path::new("/n/resolv.conf") };
+        let default = kubelet_config(&paths, "3-77", KubeletTiming::default());
+        assert!(!default.contains("nodeStatusReportFrequency") && !default.contains("cacheTTL"), "{default}");
+        assert!(default.contains("cgroupRoot: /pulsecheck-lab/3-77\n") && default.contains("volumePluginDir: /d/kubelet/volume-plugins\n"), "{default}");
         let fast = KubeletTiming {
             status_update_frequency: Some(Duration::from_secs(1)),
             status_report_frequency: Some(Duration::from_millis(10_500)),
             lease_duration: Some(Duration::from_secs(8)),
         };
-        let yaml = kubelet_config(pki, sock, 3, fast);
+        let yaml = kubelet_config(&paths, "3-77", fast);
         assert!(
             yaml.contains("nodeStatusUpdateFrequency: 1000ms\n")
                 && yaml.contains("nodeStatusReportFrequency: 10500ms\n")
@@ -1217,5 +1357,11 @@ mod tests {
         assert_eq!(addresses(7), (Ipv4Addr::new(10, 213, 7, 1), Ipv4Addr::new(10, 213, 7, 2)));
         assert_eq!(veth_name(250), "pcl250");
         assert!(veth_name(250).len() <= 15, "an interface name has at most 15 characters");
+        let none = network_rules(7, NetworkFaults::default());
+        assert_eq!(none, "table inet pulsecheck_lab {}\ndelete table inet pulsecheck_lab\n", "recover removes every rule");
+        let cut = network_rules(7, NetworkFaults { net_cut: true, probe_cut: false });
+        assert!(cut.contains("chain output") && cut.contains("ip daddr 10.213.7.1 tcp dport 6443 drop") && !cut.contains("10250"), "{cut}");
+        let probe = network_rules(7, NetworkFaults { net_cut: false, probe_cut: true });
+        assert!(probe.contains("ip saddr 10.213.7.1 tcp dport 10250 drop") && !probe.contains("dport 6443"), "{probe}");
     }
 }

@@ -15,23 +15,44 @@ use k8s_openapi::api::core::v1::{Container, Node, Pod, PodSpec};
 use kube::{Api, api::PostParams};
 use pulsecheck_lab::{
     controlplane::{ControlPlane, ControlPlaneOptions},
-    realnode::{self, HostTools, KubeletTiming, RealNode, RealNodeOptions},
+    realnode::{self, HostTools, KubeletTiming, NodeFault, RealNode, RealNodeOptions},
 };
 
 /// Upper bound of every wait (two cores).
 const DEADLINE: Duration = Duration::from_secs(120);
 
-/// What a real node leaves on the machine, seen from outside: veths, cgroups, mounts and
-/// processes that name `dir`.
-#[derive(Debug, Default, PartialEq, Eq)]
+/// The tests here each start real nodes and look at the whole machine: one at a time.
+static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// What real nodes leave on the machine, seen from outside: veths, cgroups, mounts naming
+/// their folder, processes in their PID namespaces, and files in the host paths containerd,
+/// runc, CNI and the kubelet write to when nothing stops them.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
 struct Traces {
     links: BTreeSet<String>,
     cgroups: BTreeSet<String>,
     mounts: BTreeSet<String>,
+    /// PID namespaces (`pid:[inode]`) of processes whose command line names the folder.
+    pid_namespaces: BTreeSet<String>,
     processes: BTreeSet<String>,
+    host_files: BTreeSet<String>,
 }
 
-fn traces(dir: &Path) -> Traces {
+/// Paths where a node's programs would write on the host's disk by default.
+const HOST_PATHS: [&str; 7] =
+    ["/run/containerd", "/run/netns", "/var/lib/cni", "/var/log/pods", "/var/log/containers", "/var/lib/kubelet", "/usr/libexec/kubernetes"];
+
+fn files_under(path: &Path, depth: usize, out: &mut BTreeSet<String>) {
+    let Ok(entries) = std::fs::read_dir(path) else { return };
+    for entry in entries.flatten() {
+        out.insert(entry.path().display().to_string());
+        if depth > 0 && entry.file_type().is_ok_and(|t| t.is_dir()) {
+            files_under(&entry.path(), depth - 1, out);
+        }
+    }
+}
+
+fn traces(dir: &Path, namespaces: &BTreeSet<String>) -> Traces {
     let dir = dir.display().to_string();
     let mut t = Traces::default();
     for entry in std::fs::read_dir("/sys/class/net").unwrap().flatten() {
@@ -41,8 +62,8 @@ fn traces(dir: &Path) -> Traces {
         }
     }
     for hierarchy in std::fs::read_dir("/sys/fs/cgroup").unwrap().flatten() {
-        if let Ok(slots) = std::fs::read_dir(hierarchy.path().join("pulsecheck-lab")) {
-            t.cgroups.extend(slots.flatten().filter(|e| e.path().is_dir()).map(|e| e.path().display().to_string()));
+        if let Ok(nodes) = std::fs::read_dir(hierarchy.path().join("pulsecheck-lab")) {
+            t.cgroups.extend(nodes.flatten().filter(|e| e.path().is_dir()).map(|e| e.path().display().to_string()));
         }
     }
     for process in std::fs::read_dir("/proc").unwrap().flatten() {
@@ -52,32 +73,71 @@ fn traces(dir: &Path) -> Traces {
         }
         let cmdline = std::fs::read(process.path().join("cmdline")).unwrap_or_default();
         let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+        let namespace = std::fs::read_link(process.path().join("ns/pid")).map(|l| l.display().to_string()).unwrap_or_default();
         if cmdline.contains(&dir) {
+            t.pid_namespaces.insert(namespace.clone());
+        }
+        if cmdline.contains(&dir) || namespaces.contains(&namespace) {
             t.processes.insert(format!("{pid} {cmdline}"));
         }
         let mountinfo = std::fs::read_to_string(process.path().join("mountinfo")).unwrap_or_default();
         t.mounts.extend(mountinfo.lines().filter(|l| l.contains(&dir)).map(|l| format!("{pid}: {l}")));
     }
+    // The lab's own PID namespace is not a node's.
+    if let Ok(own) = std::fs::read_link("/proc/self/ns/pid") {
+        t.pid_namespaces.remove(&own.display().to_string());
+    }
+    for path in HOST_PATHS {
+        if Path::new(path).exists() {
+            t.host_files.insert(path.to_owned());
+        }
+        files_under(Path::new(path), 2, &mut t.host_files);
+    }
     t
 }
 
-/// Polls until nothing of the nodes is left on the machine (other labs' links and cgroups may
-/// exist: only those seen while ours ran count).
-async fn wait_nothing_left(dir: &Path, ours: &Traces) {
+/// What appeared since `before`: the nodes' own traces (other labs' may come and go).
+fn since(before: &Traces, now: &Traces) -> Traces {
+    let new = |a: &BTreeSet<String>, b: &BTreeSet<String>| b.difference(a).cloned().collect();
+    Traces {
+        links: new(&before.links, &now.links),
+        cgroups: new(&before.cgroups, &now.cgroups),
+        mounts: new(&before.mounts, &now.mounts),
+        pid_namespaces: new(&before.pid_namespaces, &now.pid_namespaces),
+        processes: new(&before.processes, &now.processes),
+        host_files: new(&before.host_files, &now.host_files),
+    }
+}
+
+/// Polls until nothing of the nodes is left on the machine: none of `ours` (links, cgroups,
+/// namespaces), no mount or process naming `dir`, nothing new in the host paths.
+async fn wait_nothing_left(dir: &Path, before: &Traces, ours: &Traces) {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        let now = traces(dir);
+        let now = traces(dir, &ours.pid_namespaces);
         let left = Traces {
             links: now.links.intersection(&ours.links).cloned().collect(),
             cgroups: now.cgroups.intersection(&ours.cgroups).cloned().collect(),
             mounts: now.mounts,
+            pid_namespaces: BTreeSet::new(),
             processes: now.processes,
+            host_files: now.host_files.difference(&before.host_files).cloned().collect(),
         };
         if left == Traces::default() {
             return;
         }
         assert!(Instant::now() < deadline, "left behind: {left:#?}");
         tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// A child process killed when the test ends, however it ends.
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
     }
 }
 
@@ -91,10 +151,12 @@ fn timing() -> KubeletTiming {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_real_node_goes_ready_runs_a_pod_and_leaves_nothing_behind_when_stopped() {
+    let _one = ONE_AT_A_TIME.lock().await;
     let _ = rustls::crypto::ring::default_provider().install_default();
     let tools = HostTools::check().unwrap_or_else(|e| panic!("{e}"));
     let cp = ControlPlane::start(ControlPlaneOptions::default()).await.unwrap_or_else(|e| panic!("{e}"));
     let dir = cp.dir().join("nodes").join("real-1");
+    let before = traces(&dir, &BTreeSet::new());
     let node =
         RealNode::start(&cp, &tools, RealNodeOptions { name: "real-1".into(), dir: dir.clone(), timing: timing() }).await.unwrap_or_else(|e| panic!("{e}"));
 
@@ -135,21 +197,53 @@ async fn a_real_node_goes_ready_runs_a_pod_and_leaves_nothing_behind_when_stoppe
     };
     assert!(ip.starts_with("10.214."), "Pod address {ip} is not from the node's CNI bridge");
 
-    let ours = traces(&dir);
-    assert!(ours.links.contains(&node.host_link()), "{ours:#?}");
+    let ours = since(&before, &traces(&dir, &BTreeSet::new()));
+    assert_eq!(ours.links, BTreeSet::from([node.host_link()]), "{ours:#?}");
+    assert_eq!(ours.pid_namespaces.len(), 1, "every process of the node in one PID namespace: {ours:#?}");
+    assert_eq!(ours.host_files, BTreeSet::new(), "a node with a running Pod writes nothing into the host's paths");
     assert!(!node.cgroup_dirs().is_empty() && node.cgroup_dirs().iter().all(|d| ours.cgroups.contains(&d.display().to_string())), "{ours:#?}");
     assert!(ours.processes.iter().any(|p| p.contains("janitor")) && ours.processes.iter().any(|p| p.contains("kubelet")), "{ours:#?}");
     assert!(ours.mounts.iter().any(|m| m.contains("pulsecheck-lab-disk")), "the disk is mounted in the node's namespace: {ours:#?}");
     assert!(!std::fs::read_to_string("/proc/self/mountinfo").unwrap().contains("pulsecheck-lab-disk"), "but not in the lab's");
     node.stop().await;
-    wait_nothing_left(&dir, &ours).await;
+    wait_nothing_left(&dir, &before, &ours).await;
+    cp.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_whose_disk_hangs_still_stops_at_once_and_leaves_nothing_behind() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let tools = HostTools::check().unwrap_or_else(|e| panic!("{e}"));
+    let cp = ControlPlane::start(ControlPlaneOptions::default()).await.unwrap_or_else(|e| panic!("{e}"));
+    let dir = cp.dir().join("nodes").join("real-1");
+    let before = traces(&dir, &BTreeSet::new());
+    let mut node =
+        RealNode::start(&cp, &tools, RealNodeOptions { name: "real-1".into(), dir: dir.clone(), timing: timing() }).await.unwrap_or_else(|e| panic!("{e}"));
+    node.inject(NodeFault::DiskHang).unwrap();
+    // The kubelet's status loop and containerd are caught in the hang.
+    let deadline = Instant::now() + DEADLINE;
+    while node.blocked_disk_operations() == 0 {
+        assert!(Instant::now() < deadline, "nothing blocked on the hung disk");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let ours = since(&before, &traces(&dir, &BTreeSet::new()));
+    let stopping = Instant::now();
+    node.stop().await;
+    let took = stopping.elapsed();
+    wait_nothing_left(&dir, &before, &ours).await;
+    // Within the time a stop waits for the namespace to empty: not held up by the hang.
+    assert!(took < Duration::from_secs(10), "stopping a node with a hung disk took {took:?}");
     cp.stop().await.unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lab_killed_with_sigkill_leaves_no_real_node_behind() {
+    let _one = ONE_AT_A_TIME.lock().await;
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("lab");
+    let nodes_dir = dir.join("nodes");
+    let before = traces(&nodes_dir, &BTreeSet::new());
     let mut lab = Command::new(env!("CARGO_BIN_EXE_pulsecheck-lab"))
         .args(["up", "--real-nodes", "2", "--node-status-report-frequency", "20s", "--node-lease-duration", "8s", "--dir"])
         .arg(&dir)
@@ -158,6 +252,7 @@ async fn a_lab_killed_with_sigkill_leaves_no_real_node_behind() {
         .spawn()
         .unwrap();
     let stdout = lab.stdout.take().unwrap();
+    let mut lab = KillOnDrop(lab);
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
         for line in BufReader::new(stdout).lines().map_while(Result::ok) {
@@ -181,12 +276,11 @@ async fn a_lab_killed_with_sigkill_leaves_no_real_node_behind() {
         String::from_utf8_lossy(&unknown.stderr)
     );
 
-    let nodes_dir = dir.join("nodes");
-    let ours = traces(&nodes_dir);
-    assert!(ours.links.len() >= 2 && !ours.cgroups.is_empty() && !ours.mounts.is_empty(), "{ours:#?}");
-    nix::sys::signal::kill(nix::unistd::Pid::from_raw(lab.id() as i32), nix::sys::signal::Signal::SIGKILL).unwrap();
-    lab.wait().unwrap();
-    wait_nothing_left(&nodes_dir, &ours).await;
+    let ours = since(&before, &traces(&nodes_dir, &BTreeSet::new()));
+    assert!(ours.links.len() == 2 && ours.pid_namespaces.len() == 2 && !ours.cgroups.is_empty() && !ours.mounts.is_empty(), "{ours:#?}");
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(lab.0.id() as i32), nix::sys::signal::Signal::SIGKILL).unwrap();
+    lab.0.wait().unwrap();
+    wait_nothing_left(&nodes_dir, &before, &ours).await;
 }
 
 #[test]

@@ -15,7 +15,7 @@ use rustls::{
     ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme,
     client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier},
     crypto::{CryptoProvider, WebPkiSupportedAlgorithms},
-    pki_types::{CertificateDer, ServerName, UnixTime},
+    pki_types::{CertificateDer, ServerName, UnixTime, pem::PemObject},
 };
 
 use super::Error;
@@ -33,7 +33,7 @@ pub(super) fn verified(ca: &Path) -> Result<ClientConfig, Error> {
     let pem = std::fs::read(ca).map_err(|source| Error::ReadCertificateAuthority { path: ca.display().to_string(), source })?;
     let mut roots = RootCertStore::empty();
     let mut rejected = Vec::new();
-    for cert in rustls_pemfile::certs(&mut pem.as_slice()) {
+    for cert in CertificateDer::pem_slice_iter(&pem) {
         match cert {
             Ok(cert) => {
                 if let Err(e) = roots.add(cert) {

@@ -27,11 +27,13 @@ pub const KCM_GRACE: Duration = Duration::from_secs(12);
 /// Real nodes never run two labs at once in one test binary: two cores.
 pub static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
+/// Fields drop in this order on a panic: the logs are printed, the nodes and
+/// kube-controller-manager end, and only then does the control plane remove its folder.
 pub struct RealLab {
     logs: LogsOnPanic,
-    pub cp: ControlPlane,
-    pub kcm: Controller,
     pub nodes: Vec<RealNode>,
+    pub kcm: Controller,
+    pub cp: ControlPlane,
     files: tempfile::TempDir,
     token: String,
 }
@@ -56,14 +58,14 @@ impl RealLab {
         std::fs::write(files.path().join("ca.crt"), cp.ca_pem()).unwrap();
         std::fs::write(files.path().join("token"), &token).unwrap();
         let logs = LogsOnPanic(nodes.iter().map(|n| n.kubelet_log().to_path_buf()).chain([kcm.log().to_path_buf()]).collect());
-        RealLab { logs, cp, kcm, nodes, files, token }
+        RealLab { logs, nodes, kcm, cp, files, token }
     }
 
     pub fn node(&mut self, name: &str) -> &mut RealNode {
         self.nodes.iter_mut().find(|n| n.name() == name).unwrap_or_else(|| panic!("no real node {name}"))
     }
 
-    /// pulsecheck in-process as the chart's ServiceAccount, probing every second over TLS
+    /// pulsecheck in-process as the chart's ServiceAccount, probing every 2 s over TLS
     /// verified against the cluster CA (so it reads each kubelet's /configz), guard opened to
     /// half the fleet (these fleets have two nodes).
     pub async fn controller(&self, tweak: impl FnOnce(&mut Settings)) -> Running {
@@ -72,8 +74,9 @@ impl RealLab {
         settings.probe.mode = ProbeMode::KubeletHealthz;
         settings.probe.ca = Some(self.files.path().join("ca.crt"));
         settings.probe.token_file = self.files.path().join("token");
-        settings.probe_every(Duration::from_secs(1));
-        settings.probe.timeout = Duration::from_millis(800);
+        settings.probe_every(Duration::from_secs(2));
+        // Two cores under several processes per node: a kubelet may take a while to answer.
+        settings.probe.timeout = Duration::from_millis(1500);
         settings.thresholds.status_stale_after = Duration::from_secs(120);
         settings.thresholds.os_image_unknown_after = Duration::from_secs(6);
         settings.guard.max_unhealthy_percent = 50.0;
