@@ -4,7 +4,8 @@
 #   - promtool check rules + test rules (every alert fires and stays silent in its unit tests)
 #   - the copies of the rules and the dashboard are byte-for-byte identical
 #   - `helm template` (release pulsecheck, namespace pulsecheck) and `kubectl kustomize manifests/`
-#     describe the same objects, compared object by object after normalising
+#     describe the same objects, compared object by object after normalising; and the same with the
+#     monitoring.coreos.com CRDs present against deploy/kustomize/with-monitoring
 #   - the PrometheusRule in manifests/ holds exactly the groups of deploy/prometheus/pulsecheck.rules.yaml
 #   - every pulsecheck_* metric the rules and dashboard use is listed in docs/metrics.md
 #     (and docs/metrics.md matches METRIC_NAMES in src/metrics.rs once that list exists)
@@ -16,7 +17,7 @@
 # Usage: bash .ci/check-deploy.sh          run every check; exits non-zero when any group fails
 #        bash .ci/check-deploy.sh --sync   after editing deploy/prometheus/pulsecheck.rules.yaml or
 #                                          deploy/grafana/pulsecheck-dashboard.json: refresh their copies
-#                                          (chart files/, manifests/) and manifests/prometheusrule.yaml
+#                                          (chart files/, manifests/) and manifests/components/monitoring/prometheusrule.yaml
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
@@ -36,7 +37,7 @@ if [ "${1:-}" = --sync ]; then
     echo "  namespace: pulsecheck"
     echo "spec:"
     sed -n '/^groups:/,$p' deploy/prometheus/pulsecheck.rules.yaml | sed -e 's/^\(.\)/  \1/'
-  } >manifests/prometheusrule.yaml
+  } >manifests/components/monitoring/prometheusrule.yaml
   echo "synced the rule and dashboard copies"
   exit 0
 fi
@@ -68,6 +69,10 @@ trap 'rm -rf "$tmp"' EXIT
 
 step "helm lint --strict"
 "$helm" lint --strict charts/pulsecheck || fail "helm lint (defaults)"
+"$helm" lint --strict charts/pulsecheck --set serviceMonitor.enabled=true --set prometheusRule.enabled=true --set prometheusRelease=kube-prometheus-stack || fail "helm lint (monitoring forced on)"
+if "$helm" template pulsecheck charts/pulsecheck --set replicas=2 --set config.leaderElect=false >/dev/null 2>&1; then
+  fail "replicas=2 rendered without leader election"
+fi
 "$helm" lint --strict charts/pulsecheck --set rbac.nodesProxy=true --set config.probe=apiserver-proxy || fail "helm lint (apiserver-proxy)"
 "$helm" lint --strict charts/pulsecheck --set config.perNodeMetrics=false --set config.leaderElect=false \
   --set serviceMonitor.enabled=false --set prometheusRule.enabled=false --set dashboard.enabled=false \
@@ -95,13 +100,16 @@ done
 step "render"
 "$helm" template pulsecheck charts/pulsecheck --namespace pulsecheck >"$tmp/helm.yaml"
 "$kubectl" kustomize manifests >"$tmp/kustomize.yaml"
+"$helm" template pulsecheck charts/pulsecheck --namespace pulsecheck \
+  --api-versions monitoring.coreos.com/v1/ServiceMonitor --api-versions monitoring.coreos.com/v1/PrometheusRule >"$tmp/helm-monitoring.yaml"
+"$kubectl" kustomize deploy/kustomize/with-monitoring >"$tmp/kustomize-monitoring.yaml"
 
 step "helm template = kubectl kustomize manifests/; rules, metrics, runbooks, flags"
-"$py" - "$tmp/helm.yaml" "$tmp/kustomize.yaml" <<'PY' || fail "consistency checks (see above)"
+"$py" - "$tmp/helm.yaml" "$tmp/kustomize.yaml" "$tmp/helm-monitoring.yaml" "$tmp/kustomize-monitoring.yaml" <<'PY' || fail "consistency checks (see above)"
 import difflib, json, re, sys, pathlib
 import yaml
 
-helm_path, kust_path = sys.argv[1], sys.argv[2]
+helm_path, kust_path, helm_mon_path, kust_mon_path = sys.argv[1:5]
 errors = []
 def err(msg):
     errors.append(msg)
@@ -134,22 +142,31 @@ def key(o):
     m = o.get("metadata", {})
     return (o.get("apiVersion"), o.get("kind"), m.get("namespace", ""), m.get("name"))
 
-helm = {key(o): normalise(o) for o in load(helm_path)}
-kust = {key(o): normalise(o) for o in load(kust_path)}
 # Helm leaves the Namespace to --create-namespace; manifests/ creates it.
 allowed_manifest_only = {("v1", "Namespace", "", "pulsecheck")}
-for k in sorted(set(helm) | set(kust), key=str):
-    if k not in kust:
-        err(f"only in helm template: {k}")
-    elif k not in helm:
-        if k not in allowed_manifest_only:
-            err(f"only in manifests/: {k}")
-    elif helm[k] != kust[k]:
-        a = yaml.safe_dump(helm[k], sort_keys=True).splitlines()
-        b = yaml.safe_dump(kust[k], sort_keys=True).splitlines()
-        diff = "\n".join(difflib.unified_diff(a, b, "helm template", "manifests/", lineterm="", n=2))
-        err(f"{k} differs:\n{diff}")
-print(f"compared {len(set(helm) & set(kust))} objects")
+def compare(what, helm, kust):
+    for k in sorted(set(helm) | set(kust), key=str):
+        if k not in kust:
+            err(f"{what}: only in helm template: {k}")
+        elif k not in helm:
+            if k not in allowed_manifest_only:
+                err(f"{what}: only in the manifests: {k}")
+        elif helm[k] != kust[k]:
+            a = yaml.safe_dump(helm[k], sort_keys=True).splitlines()
+            b = yaml.safe_dump(kust[k], sort_keys=True).splitlines()
+            diff = "\n".join(difflib.unified_diff(a, b, "helm template", "manifests", lineterm="", n=2))
+            err(f"{what}: {k} differs:\n{diff}")
+    print(f"{what}: compared {len(set(helm) & set(kust))} objects")
+
+plain = ({key(o): normalise(o) for o in load(helm_path)}, {key(o): normalise(o) for o in load(kust_path)})
+compare("without the monitoring CRDs (manifests/)", *plain)
+for name, objs in (("helm template", plain[0]), ("manifests/", plain[1])):
+    extra = [k for k in objs if str(k[0]).startswith("monitoring.coreos.com/")]
+    if extra:
+        err(f"{name} without the monitoring CRDs renders {extra}: it would not install on a cluster without prometheus-operator")
+helm = {key(o): normalise(o) for o in load(helm_mon_path)}
+kust = {key(o): normalise(o) for o in load(kust_mon_path)}
+compare("with the monitoring CRDs (deploy/kustomize/with-monitoring)", helm, kust)
 
 # ---- PrometheusRule = plain rule file; dashboard ConfigMap = dashboard file -----------------------
 rules = yaml.safe_load(open("deploy/prometheus/pulsecheck.rules.yaml", encoding="utf-8"))

@@ -378,11 +378,15 @@ pub fn assess(now: Timestamp, node: &NodeFacts, lease: Option<&LeaseFacts>, prob
         && let Some(failing) = probe_evidence(now, p, th)
     {
         if let Evidence::ProbeFailing { for_seconds, .. } = failing {
-            // A status report seen after the failures began proves the kubelet's loops alive
-            // since: what fails is the way to it (a firewall, a NetworkPolicy, pulsecheck's own
-            // network), so the failures support other evidence but never condemn on their own.
-            let reported_since = node.status.seen_changing && p.failing_since.is_some_and(|since| node.status.observed_at > since);
-            if !reported_since && at_least(SignedDuration::from_secs(for_seconds), th.probe_zombie_after) {
+            // Timeouts and refused connections only, while the kubelet keeps reporting its
+            // status: what fails may be the way to it (a firewall or NetworkPolicy between
+            // pulsecheck and port 10250), not the kubelet. They condemn only once the status too
+            // has gone quiet for longer than any report period of the node's (three quarters of
+            // its status threshold, which is twice the period); a kubelet that answers unhealthy
+            // condemns itself after --probe-zombie-after, as does one never seen reporting.
+            let path_only = !p.answered_in_run && node.status.seen_changing;
+            let status_quiet = at_least(status_age, th.status_threshold_for(node, Some(lease)).after.mul_f64(0.75));
+            if at_least(SignedDuration::from_secs(for_seconds), th.probe_zombie_after) && (!path_only || status_quiet) {
                 conclusive += 1;
             } else {
                 supporting_kinds += 1;
@@ -775,24 +779,63 @@ mod tests {
     }
 
     #[test]
-    fn probes_failing_while_the_kubelet_keeps_reporting_are_never_conclusive() {
-        // A firewall change between pulsecheck and the kubelet: probes time out from 30 s on,
-        // while the kubelet goes on reporting its status (at 100 and 150 s).
+    fn probes_timing_out_while_the_kubelet_keeps_reporting_are_never_conclusive() {
+        // A firewall change between pulsecheck and the kubelet: probes time out from 330 s on,
+        // while the kubelet goes on reporting every 5 minutes (its last report before the cut at
+        // 300 s, the next at 600 s, 900 s, …).
+        let ttl = Thresholds::default().probe_result_ttl;
+        let mut w = World::new();
+        w.node(0, node("n").ready_at(t(0)));
+        w.node(300, node("n").ready_at(t(300)));
+        w.renewing(0, 1300);
+        for at in (330..=1200).step_by(30) {
+            w.facts.record_probe("n", ProbeOutcome::Timeout, t(at), ttl);
+            if at % 300 == 0 {
+                w.node(at, node("n").ready_at(t(at)));
+            }
+            // Past --probe-zombie-after (3 m) from 510 s on, and before the next report is due:
+            // timeouts alone are the way to it failing, not the kubelet — supporting only.
+            let a = w.at(at);
+            assert_ne!(a.verdict, Verdict::Zombie, "at {at}: {:?}", a.evidence);
+        }
+        let a = w.at(1200);
+        assert!(matches!(a.evidence.as_slice(), [Evidence::ProbeFailing { for_seconds: 870, .. }]), "{:?}", a.evidence);
+    }
+
+    #[test]
+    fn a_kubelet_answering_unhealthy_condemns_itself_even_while_it_reports() {
+        // /healthz answers 500 ([-]syncloop failed) while the status loop still reports.
         let ttl = Thresholds::default().probe_result_ttl;
         let mut w = World::new();
         w.node(0, node("n").ready_at(t(0)));
         w.renewing(0, 400);
-        for at in (30..=240).step_by(30) {
-            w.facts.record_probe("n", ProbeOutcome::Timeout, t(at), ttl);
-            if at == 90 || at == 150 {
-                w.node(at + 10, node("n").ready_at(t(at + 10)));
-            }
+        for at in (30..=210).step_by(30) {
+            w.facts.record_probe("n", ProbeOutcome::Failure("kubelet answered 500".into()), t(at), ttl);
+            w.node(at, node("n").ready_at(t(at)));
         }
-        // Failing for 210 s, past --probe-zombie-after: a reported status since says the kubelet
-        // works, so the failures are on the way to it — supporting only.
-        let a = w.at(240);
-        assert_eq!(a.verdict, Verdict::Suspect, "{:?}", a.evidence);
-        assert!(matches!(a.evidence.as_slice(), [Evidence::ProbeFailing { for_seconds: 210, .. }]), "{:?}", a.evidence);
+        assert_eq!(w.at(210).verdict, Verdict::Zombie);
+    }
+
+    #[test]
+    fn timeouts_condemn_once_the_status_too_has_gone_quiet_for_longer_than_a_report_period() {
+        // A kubelet reporting every 5 minutes (0, 300, 600 s); its probes time out from 570 s on,
+        // it still gets its report of 600 s out, then its status loop stops too.
+        let ttl = Thresholds::default().probe_result_ttl;
+        let mut w = World::new();
+        for at in [0, 300, 600] {
+            w.node(at, node("n").ready_at(t(at)));
+        }
+        w.renewing(0, 1800);
+        for at in (570..=1500).step_by(30) {
+            w.facts.record_probe("n", ProbeOutcome::Timeout, t(at), ttl);
+        }
+        let threshold = w.th.status_threshold_for(&w.facts.nodes["n"], Some(&w.facts.leases["n"])).after.as_secs() as i64;
+        let quiet = 600 + threshold * 3 / 4;
+        assert!(quiet + 30 < 600 + threshold && quiet > 900 + 30, "¾ of the threshold ({threshold} s) lies past the next report's due time");
+        // Quiet for ¾ of the node's threshold: conclusive, before the status threshold itself.
+        assert_eq!(w.at(quiet - 30).verdict, Verdict::Suspect);
+        assert_eq!(w.at(quiet + 30).verdict, Verdict::Zombie);
+        assert!(!w.at(quiet + 30).evidence.iter().any(|e| matches!(e, Evidence::StatusStale { .. })), "caught before the status threshold");
     }
 
     #[test]

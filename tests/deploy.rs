@@ -147,8 +147,16 @@ async fn apply(cp: &ControlPlane, args: &[&str], stdin: Option<&str>) -> Output 
 }
 
 async fn helm_template(sets: &[&str]) -> String {
+    helm_template_for(&[], sets).await
+}
+
+/// The API versions helm is told the cluster serves where prometheus-operator's CRDs are installed.
+const MONITORING_API: [&str; 4] = ["--api-versions", "monitoring.coreos.com/v1/ServiceMonitor", "--api-versions", "monitoring.coreos.com/v1/PrometheusRule"];
+
+async fn helm_template_for(cluster: &[&str], sets: &[&str]) -> String {
     let chart = repo().join("charts/pulsecheck").to_string_lossy().into_owned();
     let mut args = vec!["template", "pulsecheck", chart.as_str(), "--namespace", "pulsecheck"];
+    args.extend_from_slice(cluster);
     for set in sets {
         args.extend_from_slice(&["--set", set]);
     }
@@ -188,8 +196,13 @@ async fn chart_and_manifests_are_accepted_by_a_real_apiserver() {
     install_prometheus_operator_crds(&cp).await;
     create_namespace(&cp, "pulsecheck").await;
 
+    let out = apply(&cp, &["--dry-run=server", "-k", "deploy/kustomize/with-monitoring"], None).await;
+    assert_all_created("kubectl apply -k deploy/kustomize/with-monitoring/", &out, SHIPPED);
+    // The base alone: everything but prometheus-operator's objects.
     let out = apply(&cp, &["--dry-run=server", "-k", "manifests"], None).await;
-    assert_all_created("kubectl apply -k manifests/", &out, SHIPPED);
+    let base: Vec<&str> = SHIPPED.iter().copied().filter(|o| !o.contains(".monitoring.coreos.com/")).collect();
+    assert_all_created("kubectl apply -k manifests/", &out, &base);
+    assert!(!out.stdout.contains("monitoring.coreos.com"), "{}", out.stdout);
 
     let variants: &[(&str, &[&str])] = &[
         ("default values", &[]),
@@ -207,7 +220,7 @@ async fn chart_and_manifests_are_accepted_by_a_real_apiserver() {
         ),
     ];
     for (what, sets) in variants {
-        let rendered = helm_template(sets).await;
+        let rendered = helm_template_for(&MONITORING_API, sets).await;
         let out = apply(&cp, &["--dry-run=server", "-f", "-"], Some(&rendered)).await;
         assert_all_created(&format!("helm template with {what}"), &out, SHIPPED);
     }

@@ -87,6 +87,15 @@ const OS_RELEASE: &str = "etc/os-release";
 /// kubelet writes Pod logs to `/var/log/pods` and `/var/log/containers`. A node's folder may
 /// not be under them.
 const NODE_PRIVATE: [&str; 3] = ["/run", "/var/lib", "/var/log"];
+/// Which of [`NODE_PRIVATE`] `path` is under, resolving links through its nearest existing
+/// ancestor (`/var/run` is `/run`).
+fn under_node_private(path: &Path) -> Option<&'static str> {
+    let absolute = std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf());
+    let resolved =
+        absolute.ancestors().find_map(|a| std::fs::canonicalize(a).ok().map(|c| c.join(absolute.strip_prefix(a).unwrap_or(Path::new(""))))).unwrap_or(absolute);
+    NODE_PRIVATE.into_iter().find(|p| resolved.starts_with(p))
+}
+
 /// What the node's `/etc/os-release` says while its disk is healthy (`osImage`).
 pub const OS_IMAGE: &str = "pulsecheck lab node (Debian GNU/Linux)";
 /// The Debian packages real nodes need, for the errors that say how to get them.
@@ -240,13 +249,23 @@ impl HostTools {
         let found = binaries::Binaries::locate()?;
         let kubelet = found.require_node_program(binaries::KUBELET)?;
         let pause = found.require_node_program(binaries::PAUSE)?;
-        Ok(HostTools {
+        let tools = HostTools {
             kubelet,
             pause,
             containerd: which("containerd").unwrap_or_default(),
             ctr: which("ctr").unwrap_or_default(),
             cni_bin: PathBuf::from(CNI_BIN),
-        })
+        };
+        // The programs run inside the node's mount namespace, where these paths are a tmpfs.
+        for program in [&tools.kubelet, &tools.pause, &tools.containerd, &tools.cni_bin] {
+            if let Some(under) = under_node_private(program) {
+                return Err(unsupported(
+                    format!("{} is under {under}, which each real node gets a private tmpfs for, so the node could not run it", program.display()),
+                    "build the tools elsewhere (PULSECHECK_CACHE=/some/other/dir bash tools/build.sh nodes)",
+                ));
+            }
+        }
+        Ok(tools)
     }
 }
 
@@ -361,16 +380,17 @@ impl RealNode {
             let action = action.to_owned();
             move |source| Error::Io { node, action, source }
         };
+        // Refused before anything is touched: the node's programs would not see a folder under
+        // the paths it gets a private tmpfs for.
+        if let Some(under) = under_node_private(&dir) {
+            return Err(Error::Folder { node: name.clone(), dir, under });
+        }
         // A folder left by a lab killed earlier holds stale state (IPAM allocations, containerd's
         // and the kubelet's metadata): every node starts from nothing.
         if dir.exists() {
             std::fs::remove_dir_all(&dir).map_err(io_err("remove what an earlier node left in its folder"))?;
         }
         std::fs::create_dir_all(&dir).map_err(io_err("create the node's folder"))?;
-        let real_dir = std::fs::canonicalize(&dir).map_err(io_err("resolve the node's folder"))?;
-        if let Some(under) = NODE_PRIVATE.into_iter().find(|p| real_dir.starts_with(p)) {
-            return Err(Error::Folder { node: name.clone(), dir, under });
-        }
         let backing = dir.join("backing");
         for sub in [KUBELET_ROOT, CONTAINERD_ROOT, "etc"] {
             std::fs::create_dir_all(backing.join(sub)).map_err(io_err("create the disk's folders"))?;
@@ -416,7 +436,8 @@ impl RealNode {
         let disk = FaultDisk::mount_in_namespace_of(init_pid, &backing, &disk_path).map_err(io_err("mount its fault disk"))?;
         node.inside_mnt(&["mount", "--bind", &disk_path.join(OS_RELEASE).display().to_string(), "/etc/os-release"])?;
         for private in NODE_PRIVATE {
-            node.inside_mnt(&["mount", "-t", "tmpfs", "-o", "mode=0755", "pulsecheck-lab-node", private])?;
+            // Bounded: Pod logs live here, in memory.
+            node.inside_mnt(&["mount", "-t", "tmpfs", "-o", "mode=0755,size=256m", "pulsecheck-lab-node", private])?;
         }
         write_cgroup_parents(&cgroup_id).map_err(io_err("create its cgroups"))?;
 
@@ -569,16 +590,19 @@ impl RealNode {
                 shell.apply_network(self.slot, self.network)?;
             }
             NodeFault::Recover => {
-                self.network = NetworkFaults::default();
-                shell.apply_network(self.slot, self.network)?;
-                if self.kubelet_stopped {
-                    self.signal_kubelet(Signal::SIGCONT)?;
-                    // nsenter, the kubelet's parent, stopped itself along with its child.
-                    let _ = kill(Pid::from_raw(self.kubelet.pid() as i32), Signal::SIGCONT);
-                    self.kubelet_stopped = false;
-                }
+                // Every step, whatever fails: then the first error.
                 self.disk.switch().fail_file(OS_RELEASE, false);
                 self.disk.switch().set(DiskFault::Healthy);
+                self.network = NetworkFaults::default();
+                let network = shell.apply_network(self.slot, self.network);
+                let mut kubelet = Ok(());
+                if self.kubelet_stopped {
+                    kubelet = self.signal_kubelet(Signal::SIGCONT);
+                    // nsenter, the kubelet's parent, stopped itself along with its child.
+                    let _ = kill(Pid::from_raw(self.kubelet.pid() as i32), Signal::SIGCONT);
+                    self.kubelet_stopped = kubelet.is_err();
+                }
+                network.and(kubelet)?;
             }
         }
         tracing::info!(node = %self.name, %fault, "fault injected");
@@ -658,7 +682,10 @@ impl RealNode {
         while alive(init) && Instant::now() < deadline {
             tokio::time::sleep(POLL).await;
         }
-        self.finish_janitor();
+        // Waiting for the janitor blocks: off the runtime's workers.
+        let mut janitor = self.janitor.take();
+        let name = self.name.clone();
+        let _ = tokio::task::spawn_blocking(move || finish_janitor(&name, janitor.as_mut())).await;
     }
 
     fn end_holder(&mut self) {
@@ -674,31 +701,33 @@ impl RealNode {
         let _ = kill(Pid::from_raw(self.init_pid as i32), Signal::SIGKILL);
         self.forwarder.0.abort();
     }
+}
 
-    /// Closes the janitor's pipe and waits for it to have removed the node's cgroups.
-    fn finish_janitor(&mut self) {
-        if let Some(mut janitor) = self.janitor.take() {
-            drop(janitor.stdin.take());
-            let deadline = Instant::now() + GONE_TIMEOUT;
-            while Instant::now() < deadline {
-                if let Ok(Some(_)) = janitor.try_wait() {
-                    return;
-                }
-                std::thread::sleep(Duration::from_millis(20));
+/// Closes the janitor's pipe and waits for it to have removed the node's cgroups.
+fn finish_janitor(node: &str, janitor: Option<&mut std::process::Child>) {
+    if let Some(janitor) = janitor {
+        drop(janitor.stdin.take());
+        let deadline = Instant::now() + GONE_TIMEOUT;
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = janitor.try_wait() {
+                return;
             }
-            tracing::warn!(node = %self.name, "the janitor did not finish within {GONE_TIMEOUT:?}");
+            std::thread::sleep(Duration::from_millis(20));
         }
+        tracing::warn!(node, "the janitor did not finish within {GONE_TIMEOUT:?}");
     }
 }
 
 impl Drop for RealNode {
     fn drop(&mut self) {
+        // After stop() the janitor is gone and the init reaped (its PID may be another's now).
+        let Some(mut janitor) = self.janitor.take() else { return };
         self.end_holder();
         let deadline = Instant::now() + GONE_TIMEOUT;
         while alive(self.init_pid) && Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(20));
         }
-        self.finish_janitor();
+        finish_janitor(&self.name, Some(&mut janitor));
     }
 }
 
@@ -778,7 +807,8 @@ fn spawn_janitor(node: &str, dir: &Path, init_pid: u32, cgroup_id: &str) -> Resu
     let script = r#"
 while read -r _; do :; done
 i=0
-while [ -e "/proc/$1" ] && [ "$i" -lt 200 ]; do sleep 0.05; i=$((i+1)); done
+# Gone, or a zombie nobody reaps (state Z after the command name).
+while [ -e "/proc/$1" ] && ! sed 's/.*) //' "/proc/$1/stat" 2>/dev/null | grep -q '^Z' && [ "$i" -lt 200 ]; do sleep 0.05; i=$((i+1)); done
 for d in /sys/fs/cgroup/*/pulsecheck-lab/"$2"; do
   [ -d "$d" ] && find "$d" -depth -type d -exec rmdir {} + 2>/dev/null
 done
@@ -1323,6 +1353,17 @@ pub async fn request_fault(dir: &Path, node: &str, fault: NodeFault) -> Result<(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn folders_under_the_nodes_private_paths_are_found_through_links() {
+        assert_eq!(under_node_private(Path::new("/var/lib/ci/lab/nodes/real-1")), Some("/var/lib"));
+        assert_eq!(under_node_private(Path::new("/var/log")), Some("/var/log"));
+        assert_eq!(under_node_private(Path::new("/tmp/lab/nodes/real-1")), None);
+        assert_eq!(under_node_private(Path::new("/variable/lib")), None);
+        if std::fs::canonicalize("/var/run").is_ok_and(|p| p == Path::new("/run")) {
+            assert_eq!(under_node_private(Path::new("/var/run/lab/x")), Some("/run"), "/var/run is a link to /run here");
+        }
+    }
 
     #[test]
     fn fault_requests_name_a_node_and_a_fault() {

@@ -199,7 +199,7 @@ impl Timeline {
         self.last.as_ref()
     }
 
-    /// The first kept snapshot at or after `at` seconds in which `check` holds.
+    /// The first snapshot, kept or the latest, in which `check` holds.
     pub fn first(&self, check: impl Fn(&Sample) -> bool) -> Option<&Sample> {
         self.samples.iter().chain(self.last.iter()).find(|s| check(s))
     }

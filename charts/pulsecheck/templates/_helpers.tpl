@@ -22,12 +22,38 @@ app.kubernetes.io/name: {{ include "pulsecheck.name" . }}
 app.kubernetes.io/instance: {{ .Release.Name }}
 {{- end -}}
 
+{{/* The Pod template's labels: none of them changes with a chart or app version, so a chart bump
+alone rolls no Pod. */}}
+{{- define "pulsecheck.podLabels" -}}
+{{ include "pulsecheck.selectorLabels" . }}
+app.kubernetes.io/component: controller
+app.kubernetes.io/part-of: pulsecheck
+{{- end -}}
+
 {{- define "pulsecheck.labels" -}}
 helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
-{{ include "pulsecheck.selectorLabels" . }}
+{{ include "pulsecheck.podLabels" . }}
 app.kubernetes.io/version: {{ .Values.image.tag | default .Chart.AppVersion | quote }}
-app.kubernetes.io/part-of: pulsecheck
 app.kubernetes.io/managed-by: {{ .Release.Service }}
+{{- end -}}
+
+{{/* Whether a prometheus-operator object is rendered: its `enabled` value (true, false or "auto"),
+"auto" meaning "when the cluster serves the kind". Usage: include "pulsecheck.monitoringOn" (list
+.Values.serviceMonitor.enabled "monitoring.coreos.com/v1/ServiceMonitor" .) — "true" or "". */}}
+{{- define "pulsecheck.monitoringOn" -}}
+{{- $enabled := index . 0 -}}
+{{- $kind := index . 1 -}}
+{{- $root := index . 2 -}}
+{{- if eq (toString $enabled) "auto" -}}
+{{- if $root.Capabilities.APIVersions.Has $kind -}}true{{- end -}}
+{{- else if $enabled -}}true{{- end -}}
+{{- end -}}
+
+{{/* The labels kube-prometheus-stack selects monitoring objects by (prometheusRelease). */}}
+{{- define "pulsecheck.prometheusLabels" -}}
+{{- with .Values.prometheusRelease }}
+release: {{ . | quote }}
+{{- end }}
 {{- end -}}
 
 {{- define "pulsecheck.serviceAccountName" -}}

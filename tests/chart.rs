@@ -1,0 +1,128 @@
+//! The chart's defaults, as an operator installing it on an ordinary cluster relies on them
+//! (issue "Install it as a user would"): `helm template` of `charts/pulsecheck`, with and without
+//! the prometheus-operator CRDs present, read back as objects.
+
+mod common;
+
+use common::{repo, tool};
+use serde_yaml_ng::Value;
+
+/// The API versions `helm template` is told the cluster serves when prometheus-operator is there.
+const MONITORING_CRDS: [&str; 2] = ["monitoring.coreos.com/v1/ServiceMonitor", "monitoring.coreos.com/v1/PrometheusRule"];
+
+/// `helm template pulsecheck charts/pulsecheck -n pulsecheck ARGS`: the objects, or helm's error.
+fn render(args: &[&str]) -> Result<Vec<Value>, String> {
+    let out = std::process::Command::new(tool("helm"))
+        .args(["template", "pulsecheck"])
+        .arg(repo().join("charts/pulsecheck"))
+        .args(["--namespace", "pulsecheck"])
+        .args(args)
+        .output()
+        .expect("helm runs");
+    if !out.status.success() {
+        return Err(String::from_utf8_lossy(&out.stderr).into_owned());
+    }
+    let text = String::from_utf8(out.stdout).expect("helm prints UTF-8");
+    Ok(serde_yaml_ng::Deserializer::from_str(&text).map(|doc| Value::deserialize(doc).expect("helm renders YAML")).filter(|v| !v.is_null()).collect())
+}
+
+use serde::Deserialize as _;
+
+fn with_crds(extra: &[&str]) -> Vec<Value> {
+    let mut args: Vec<&str> = MONITORING_CRDS.iter().flat_map(|v| ["--api-versions", *v]).collect();
+    args.extend_from_slice(extra);
+    render(&args).unwrap_or_else(|e| panic!("{e}"))
+}
+
+fn kinds(objects: &[Value]) -> Vec<String> {
+    objects.iter().map(|o| o["kind"].as_str().unwrap_or_default().to_owned()).collect()
+}
+
+fn the<'a>(objects: &'a [Value], kind: &str) -> &'a Value {
+    objects.iter().find(|o| o["kind"].as_str() == Some(kind)).unwrap_or_else(|| panic!("no {kind} in {:?}", kinds(objects)))
+}
+
+fn label<'a>(object: &'a Value, key: &str) -> Option<&'a str> {
+    object["metadata"]["labels"][key].as_str()
+}
+
+#[test]
+fn the_chart_installs_on_a_cluster_without_prometheus_operator_and_brings_its_monitoring_where_it_exists() {
+    let plain = render(&[]).unwrap_or_else(|e| panic!("{e}"));
+    let plain_kinds = kinds(&plain);
+    assert!(!plain_kinds.iter().any(|k| k == "ServiceMonitor" || k == "PrometheusRule"), "without the CRDs: {plain_kinds:?}");
+    assert!(plain_kinds.iter().any(|k| k == "Deployment"));
+
+    let monitored = kinds(&with_crds(&[]));
+    assert!(monitored.iter().any(|k| k == "ServiceMonitor") && monitored.iter().any(|k| k == "PrometheusRule"), "with the CRDs: {monitored:?}");
+    // Either can be switched off, or forced on (a GitOps render that cannot see the cluster).
+    let off = kinds(&with_crds(&["--set", "serviceMonitor.enabled=false", "--set", "prometheusRule.enabled=false"]));
+    assert!(!off.iter().any(|k| k == "ServiceMonitor" || k == "PrometheusRule"), "{off:?}");
+    let forced = kinds(&render(&["--set", "serviceMonitor.enabled=true", "--set", "prometheusRule.enabled=true"]).unwrap());
+    assert!(forced.iter().any(|k| k == "ServiceMonitor") && forced.iter().any(|k| k == "PrometheusRule"), "{forced:?}");
+    let wrong = render(&["--set", "serviceMonitor.enabled=sometimes"]).unwrap_err();
+    assert!(wrong.contains("serviceMonitor") && wrong.contains("enabled"), "{wrong}");
+}
+
+#[test]
+fn kube_prometheus_stack_picks_up_the_metrics_and_every_alert_from_one_value_whatever_the_chart_is_called() {
+    let objects = with_crds(&["--set", "prometheusRelease=kube-prometheus-stack", "--set", "nameOverride=heartbeat"]);
+    let monitor = the(&objects, "ServiceMonitor");
+    let rule = the(&objects, "PrometheusRule");
+    for object in [monitor, rule] {
+        assert_eq!(label(object, "release"), Some("kube-prometheus-stack"), "{object:?}");
+    }
+    // The alert rules select job="pulsecheck"; the scrape job is that, whatever nameOverride is.
+    let relabelings = &monitor["spec"]["endpoints"][0]["relabelings"];
+    assert!(
+        relabelings
+            .as_sequence()
+            .is_some_and(|r| r.iter().any(|r| r["targetLabel"].as_str() == Some("job") && r["replacement"].as_str() == Some("pulsecheck"))),
+        "{monitor:?}"
+    );
+    assert!(monitor["spec"]["jobLabel"].is_null(), "the job must not follow a label that nameOverride changes");
+    let alerts: Vec<&str> = rule["spec"]["groups"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .flat_map(|g| g["rules"].as_sequence().unwrap().iter().filter_map(|r| r["alert"].as_str()))
+        .collect();
+    assert!(alerts.contains(&"PulsecheckDown"), "the dead-man alert loads with the rest: {alerts:?}");
+    let expressions = serde_yaml_ng::to_string(&rule["spec"]).unwrap();
+    assert!(expressions.contains(r#"job="pulsecheck""#), "{expressions}");
+    // Without the value, no release label: nothing is claimed for a Prometheus that is not there.
+    assert_eq!(label(the(&with_crds(&[]), "ServiceMonitor"), "release"), None);
+}
+
+#[test]
+fn the_safety_net_is_not_the_first_pod_evicted_and_rolls_out_without_a_second_actor() {
+    let objects = render(&[]).unwrap();
+    let deployment = the(&objects, "Deployment");
+    let pod = &deployment["spec"]["template"];
+    assert_eq!(pod["spec"]["priorityClassName"].as_str(), Some("system-cluster-critical"));
+    // Leader election (the default): the new Pod waits for the Lease the old one releases.
+    assert_eq!(deployment["spec"]["strategy"]["type"].as_str(), Some("RollingUpdate"));
+    assert_eq!(deployment["spec"]["strategy"]["rollingUpdate"]["maxUnavailable"].as_i64(), Some(0));
+    // Without it, two Pods would both act: the old one goes first, and only one replica renders.
+    let single = render(&["--set", "config.leaderElect=false"]).unwrap();
+    assert_eq!(the(&single, "Deployment")["spec"]["strategy"]["type"].as_str(), Some("Recreate"));
+    let refused = render(&["--set", "config.leaderElect=false", "--set", "replicas=2"]).unwrap_err();
+    assert!(refused.contains("replicas > 1 needs config.leaderElect=true"), "{refused}");
+    assert!(render(&["--set", "replicas=2"]).is_ok(), "two replicas with leader election are fine");
+}
+
+#[test]
+fn pod_template_labels_do_not_change_with_a_chart_bump() {
+    let objects = render(&[]).unwrap();
+    let deployment = the(&objects, "Deployment");
+    let template = &deployment["spec"]["template"]["metadata"]["labels"];
+    let keys: Vec<&str> = template.as_mapping().unwrap().keys().filter_map(|k| k.as_str()).collect();
+    for key in ["helm.sh/chart", "app.kubernetes.io/version", "app.kubernetes.io/managed-by"] {
+        assert!(!keys.contains(&key), "the Pod template carries {key}: every chart bump would roll the Pod ({keys:?})");
+    }
+    assert_eq!(template["app.kubernetes.io/component"].as_str(), Some("controller"));
+    assert_eq!(label(deployment, "app.kubernetes.io/component"), Some("controller"));
+    // The selector is immutable: it holds only what never changes.
+    let selector: Vec<&str> = deployment["spec"]["selector"]["matchLabels"].as_mapping().unwrap().keys().filter_map(|k| k.as_str()).collect();
+    assert_eq!(selector, ["app.kubernetes.io/name", "app.kubernetes.io/instance"]);
+}
