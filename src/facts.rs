@@ -402,10 +402,12 @@ pub struct ProbeFacts {
     pub consecutive_failures: u32,
     /// When the current run of failures began.
     pub failing_since: Option<Timestamp>,
-    /// In the current run of failures the kubelet itself answered unhealthy at least once
-    /// ([`ProbeOutcome::Failure`]). A run of timeouts and unreachable connections only may be the
-    /// way to the kubelet failing (a firewall, a NetworkPolicy), not the kubelet.
-    pub answered_in_run: bool,
+    /// In the current run of failures pulsecheck got through to the kubelet's port at least once:
+    /// the kubelet answered unhealthy ([`ProbeOutcome::Failure`]) or accepted the connection and
+    /// then hung ([`ProbeOutcome::Timeout`]). A run of [`ProbeOutcome::Unreachable`] only (no TCP
+    /// connection: packets dropped or refused) says the way to the kubelet fails — a firewall or a
+    /// NetworkPolicy between pulsecheck and port 10250 — not that the kubelet does.
+    pub connected_in_run: bool,
     /// The kubelet answered a probe at least once (healthy or not): pulsecheck can reach it, so
     /// failing to reach it later says something about the node.
     pub reached: bool,
@@ -433,19 +435,19 @@ impl ProbeFacts {
         if gap {
             self.consecutive_failures = 0;
             self.failing_since = None;
-            self.answered_in_run = false;
+            self.connected_in_run = false;
         }
         match &outcome {
             ProbeOutcome::Success => {
                 self.consecutive_failures = 0;
                 self.failing_since = None;
-                self.answered_in_run = false;
+                self.connected_in_run = false;
                 self.reached = true;
             }
             ProbeOutcome::Failure(_) | ProbeOutcome::Timeout | ProbeOutcome::Unreachable(_) => {
                 self.consecutive_failures = self.consecutive_failures.saturating_add(1);
                 self.failing_since.get_or_insert(now);
-                self.answered_in_run |= matches!(outcome, ProbeOutcome::Failure(_));
+                self.connected_in_run |= matches!(outcome, ProbeOutcome::Failure(_) | ProbeOutcome::Timeout);
                 // An unhealthy answer is an answer, and a timeout comes only after the connection
                 // was made (a kubelet that accepts and then hangs): the kubelet is reachable.
                 self.reached |= matches!(outcome, ProbeOutcome::Failure(_) | ProbeOutcome::Timeout);

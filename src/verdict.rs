@@ -17,9 +17,10 @@
 //!     for `os_image_unknown_after`; supporting when the node always said so or not yet long enough;
 //!   - a problem condition set by another tool (node-problem-detector) — supporting;
 //!   - kubelet probes failing `probe_failure_threshold` times in a row — supporting, conclusive
-//!     once they have failed for `probe_zombie_after` with no status report seen since they
-//!     began (a kubelet that reports is alive: the way to it is what fails), ignored during a
-//!     probe partition.
+//!     once they have failed for `probe_zombie_after` if pulsecheck got through to the kubelet in
+//!     that run (it answered unhealthy or accepted and hung); a run of no connection at all is the
+//!     way to it failing as often as the node, so it stays supporting; ignored during a probe
+//!     partition.
 //! * A Lease not renewed within `lease_grace` while the status is stale too (or kube-controller-
 //!   manager already marked the node Unknown) is **Dead**: kube-controller-manager's case.
 //!
@@ -378,15 +379,12 @@ pub fn assess(now: Timestamp, node: &NodeFacts, lease: Option<&LeaseFacts>, prob
         && let Some(failing) = probe_evidence(now, p, th)
     {
         if let Evidence::ProbeFailing { for_seconds, .. } = failing {
-            // Timeouts and refused connections only, while the kubelet keeps reporting its
-            // status: what fails may be the way to it (a firewall or NetworkPolicy between
-            // pulsecheck and port 10250), not the kubelet. They condemn only once the status too
-            // has gone quiet for longer than any report period of the node's (three quarters of
-            // its status threshold, which is twice the period); a kubelet that answers unhealthy
-            // condemns itself after --probe-zombie-after, as does one never seen reporting.
-            let path_only = !p.answered_in_run && node.status.seen_changing;
-            let status_quiet = at_least(status_age, th.status_threshold_for(node, Some(lease)).after.mul_f64(0.75));
-            if at_least(SignedDuration::from_secs(for_seconds), th.probe_zombie_after) && (!path_only || status_quiet) {
+            // Conclusive only when pulsecheck got through to the kubelet in this run (it answered
+            // unhealthy, or accepted and hung). No TCP connection at all, on a kubelet reached
+            // before, is the way to it failing (a firewall or NetworkPolicy between pulsecheck and
+            // port 10250) as often as the node: supporting only — a node that is dead too stops
+            // its status, and the status threshold condemns it.
+            if p.connected_in_run && at_least(SignedDuration::from_secs(for_seconds), th.probe_zombie_after) {
                 conclusive += 1;
             } else {
                 supporting_kinds += 1;
@@ -779,63 +777,86 @@ mod tests {
     }
 
     #[test]
-    fn probes_timing_out_while_the_kubelet_keeps_reporting_are_never_conclusive() {
-        // A firewall change between pulsecheck and the kubelet: probes time out from 330 s on,
-        // while the kubelet goes on reporting every 5 minutes (its last report before the cut at
-        // 300 s, the next at 600 s, 900 s, …).
+    fn a_kubelet_unreachable_from_pulsecheck_while_it_keeps_reporting_is_never_condemned_by_probes() {
+        // A firewall change between pulsecheck and the kubelet: from 330 s on no connection gets
+        // through, while the kubelet goes on reporting every 5 minutes (at 300, 600, 900 s, …) —
+        // with a healthy gap of 450 s (1.5 periods) after 900 s as well.
         let ttl = Thresholds::default().probe_result_ttl;
         let mut w = World::new();
-        w.node(0, node("n").ready_at(t(0)));
-        w.node(300, node("n").ready_at(t(300)));
-        w.renewing(0, 1300);
-        for at in (330..=1200).step_by(30) {
-            w.facts.record_probe("n", ProbeOutcome::Timeout, t(at), ttl);
-            if at % 300 == 0 {
+        for at in [0, 300] {
+            w.node(at, node("n").ready_at(t(at)));
+        }
+        w.renewing(0, 2400);
+        // Reached before the change.
+        w.facts.record_probe("n", ProbeOutcome::Success, t(300), ttl);
+        for at in (330..=2100).step_by(30) {
+            w.facts.record_probe("n", ProbeOutcome::Unreachable("connect timed out".into()), t(at), ttl);
+            if [600, 900, 1350, 1650, 1950].contains(&at) {
                 w.node(at, node("n").ready_at(t(at)));
             }
-            // Past --probe-zombie-after (3 m) from 510 s on, and before the next report is due:
-            // timeouts alone are the way to it failing, not the kubelet — supporting only.
             let a = w.at(at);
             assert_ne!(a.verdict, Verdict::Zombie, "at {at}: {:?}", a.evidence);
         }
-        let a = w.at(1200);
-        assert!(matches!(a.evidence.as_slice(), [Evidence::ProbeFailing { for_seconds: 870, .. }]), "{:?}", a.evidence);
+        let a = w.at(2100);
+        assert_eq!(a.verdict, Verdict::Suspect);
+        assert!(matches!(a.evidence.as_slice(), [Evidence::ProbeFailing { for_seconds: 1770, .. }]), "{:?}", a.evidence);
     }
 
     #[test]
-    fn a_kubelet_answering_unhealthy_condemns_itself_even_while_it_reports() {
-        // /healthz answers 500 ([-]syncloop failed) while the status loop still reports.
+    fn a_kubelet_that_answers_unhealthy_or_hangs_condemns_itself_even_while_it_reports() {
+        let ttl = Thresholds::default().probe_result_ttl;
+        // /healthz answers 500 ([-]syncloop failed), or accepts the connection and hangs, while
+        // the status loop still reports.
+        for outcome in [ProbeOutcome::Failure("kubelet answered 500".into()), ProbeOutcome::Timeout] {
+            let mut w = World::new();
+            w.node(0, node("n").ready_at(t(0)));
+            w.renewing(0, 400);
+            for at in (30..=210).step_by(30) {
+                w.facts.record_probe("n", outcome.clone(), t(at), ttl);
+                w.node(at, node("n").ready_at(t(at)));
+            }
+            assert_eq!(w.at(209).verdict, Verdict::Suspect, "{outcome:?}");
+            assert_eq!(w.at(210).verdict, Verdict::Zombie, "{outcome:?}");
+        }
+    }
+
+    #[test]
+    fn only_the_current_run_of_failures_says_whether_the_kubelet_was_reached() {
         let ttl = Thresholds::default().probe_result_ttl;
         let mut w = World::new();
         w.node(0, node("n").ready_at(t(0)));
-        w.renewing(0, 400);
-        for at in (30..=210).step_by(30) {
-            w.facts.record_probe("n", ProbeOutcome::Failure("kubelet answered 500".into()), t(at), ttl);
+        w.renewing(0, 800);
+        // A hang, then health again, then only dropped connections for 4 minutes.
+        w.facts.record_probe("n", ProbeOutcome::Timeout, t(30), ttl);
+        w.facts.record_probe("n", ProbeOutcome::Success, t(60), ttl);
+        for at in (90..=330).step_by(30) {
+            w.facts.record_probe("n", ProbeOutcome::Unreachable("connect timed out".into()), t(at), ttl);
             w.node(at, node("n").ready_at(t(at)));
         }
-        assert_eq!(w.at(210).verdict, Verdict::Zombie);
+        assert!(!w.facts.probes["n"].connected_in_run);
+        assert_eq!(w.at(330).verdict, Verdict::Suspect);
+        // One connection that hangs in the run: the kubelet is there and does not answer.
+        w.facts.record_probe("n", ProbeOutcome::Timeout, t(360), ttl);
+        assert_eq!(w.at(360).verdict, Verdict::Zombie);
     }
 
     #[test]
-    fn timeouts_condemn_once_the_status_too_has_gone_quiet_for_longer_than_a_report_period() {
-        // A kubelet reporting every 5 minutes (0, 300, 600 s); its probes time out from 570 s on,
-        // it still gets its report of 600 s out, then its status loop stops too.
+    fn a_kubelet_unreachable_and_no_longer_reporting_is_condemned_by_its_status() {
         let ttl = Thresholds::default().probe_result_ttl;
         let mut w = World::new();
         for at in [0, 300, 600] {
             w.node(at, node("n").ready_at(t(at)));
         }
-        w.renewing(0, 1800);
-        for at in (570..=1500).step_by(30) {
-            w.facts.record_probe("n", ProbeOutcome::Timeout, t(at), ttl);
+        w.renewing(0, 3000);
+        w.facts.record_probe("n", ProbeOutcome::Success, t(540), ttl);
+        for at in (570..=2700).step_by(30) {
+            w.facts.record_probe("n", ProbeOutcome::Unreachable("connect timed out".into()), t(at), ttl);
         }
         let threshold = w.th.status_threshold_for(&w.facts.nodes["n"], Some(&w.facts.leases["n"])).after.as_secs() as i64;
-        let quiet = 600 + threshold * 3 / 4;
-        assert!(quiet + 30 < 600 + threshold && quiet > 900 + 30, "¾ of the threshold ({threshold} s) lies past the next report's due time");
-        // Quiet for ¾ of the node's threshold: conclusive, before the status threshold itself.
-        assert_eq!(w.at(quiet - 30).verdict, Verdict::Suspect);
-        assert_eq!(w.at(quiet + 30).verdict, Verdict::Zombie);
-        assert!(!w.at(quiet + 30).evidence.iter().any(|e| matches!(e, Evidence::StatusStale { .. })), "caught before the status threshold");
+        assert_eq!(w.at(600 + threshold - 1).verdict, Verdict::Suspect);
+        let a = w.at(600 + threshold);
+        assert_eq!(a.verdict, Verdict::Zombie);
+        assert!(a.evidence.iter().any(|e| matches!(e, Evidence::StatusStale { .. })), "{:?}", a.evidence);
     }
 
     #[test]

@@ -60,6 +60,9 @@ fn the_chart_installs_on_a_cluster_without_prometheus_operator_and_brings_its_mo
     assert!(!off.iter().any(|k| k == "ServiceMonitor" || k == "PrometheusRule"), "{off:?}");
     let forced = kinds(&render(&["--set", "serviceMonitor.enabled=true", "--set", "prometheusRule.enabled=true"]).unwrap());
     assert!(forced.iter().any(|k| k == "ServiceMonitor") && forced.iter().any(|k| k == "PrometheusRule"), "{forced:?}");
+    // The group-version alone, as `helm template --api-versions monitoring.coreos.com/v1` says it.
+    let group = kinds(&render(&["--api-versions", "monitoring.coreos.com/v1"]).unwrap());
+    assert!(group.iter().any(|k| k == "ServiceMonitor") && group.iter().any(|k| k == "PrometheusRule"), "{group:?}");
     let wrong = render(&["--set", "serviceMonitor.enabled=sometimes"]).unwrap_err();
     assert!(wrong.contains("serviceMonitor") && wrong.contains("enabled"), "{wrong}");
 }
@@ -92,6 +95,18 @@ fn kube_prometheus_stack_picks_up_the_metrics_and_every_alert_from_one_value_wha
     assert!(expressions.contains(r#"job="pulsecheck""#), "{expressions}");
     // Without the value, no release label: nothing is claimed for a Prometheus that is not there.
     assert_eq!(label(the(&with_crds(&[]), "ServiceMonitor"), "release"), None);
+    // With an additional label of the same key as well, one label (prometheusRelease wins), not a
+    // duplicate key.
+    let both = with_crds(&[
+        "--set",
+        "prometheusRelease=kps",
+        "--set",
+        "serviceMonitor.additionalLabels.release=old",
+        "--set",
+        "serviceMonitor.additionalLabels.team=infra",
+    ]);
+    let monitor = the(&both, "ServiceMonitor");
+    assert_eq!((label(monitor, "release"), label(monitor, "team")), (Some("kps"), Some("infra")));
 }
 
 #[test]
@@ -100,6 +115,12 @@ fn the_safety_net_is_not_the_first_pod_evicted_and_rolls_out_without_a_second_ac
     let deployment = the(&objects, "Deployment");
     let pod = &deployment["spec"]["template"];
     assert_eq!(pod["spec"]["priorityClassName"].as_str(), Some("system-cluster-critical"));
+    // Where the critical classes are limited (GKE), a quota naming the class admits the Pods: the
+    // replica and the one surge Pod of a rollout.
+    let quota = the(&objects, "ResourceQuota");
+    assert_eq!(quota["spec"]["hard"]["pods"].as_str(), Some("2"));
+    assert_eq!(quota["spec"]["scopeSelector"]["matchExpressions"][0]["values"][0].as_str(), Some("system-cluster-critical"));
+    assert!(!kinds(&render(&["--set", "priorityClassName="]).unwrap()).contains(&"ResourceQuota".to_owned()));
     // Leader election (the default): the new Pod waits for the Lease the old one releases.
     assert_eq!(deployment["spec"]["strategy"]["type"].as_str(), Some("RollingUpdate"));
     assert_eq!(deployment["spec"]["strategy"]["rollingUpdate"]["maxUnavailable"].as_i64(), Some(0));
@@ -109,6 +130,11 @@ fn the_safety_net_is_not_the_first_pod_evicted_and_rolls_out_without_a_second_ac
     let refused = render(&["--set", "config.leaderElect=false", "--set", "replicas=2"]).unwrap_err();
     assert!(refused.contains("replicas > 1 needs config.leaderElect=true"), "{refused}");
     assert!(render(&["--set", "replicas=2"]).is_ok(), "two replicas with leader election are fine");
+    // Turned off behind the chart's back, in extraArgs: the same.
+    let sneaked = render(&["--set", "replicas=2", "--set", "extraArgs={--leader-elect=false}"]).unwrap_err();
+    assert!(sneaked.contains("replicas > 1 needs config.leaderElect=true"), "{sneaked}");
+    let one = render(&["--set", "extraArgs={--leader-elect=false}"]).unwrap();
+    assert_eq!(the(&one, "Deployment")["spec"]["strategy"]["type"].as_str(), Some("Recreate"));
 }
 
 #[test]

@@ -177,6 +177,7 @@ const SHIPPED: &[&str] = &[
     "role.rbac.authorization.k8s.io/pulsecheck-leader-election",
     "rolebinding.rbac.authorization.k8s.io/pulsecheck-leader-election",
     "deployment.apps/pulsecheck",
+    "resourcequota/pulsecheck-critical-pods",
     "service/pulsecheck",
     "configmap/pulsecheck-dashboard",
     "servicemonitor.monitoring.coreos.com/pulsecheck",

@@ -154,7 +154,8 @@ async fn a_real_kubelet_unreachable_from_pulsecheck_only_while_it_keeps_reportin
     let _one = ONE_AT_A_TIME.lock().await;
     let mut lab = RealLab::start(&["pc-a", "pc-b"]).await;
     let client = lab.cp.client();
-    // Probe failures would be conclusive after 8 s; the kubelet reports its status every 10 s.
+    // Probe failures that reach the kubelet would be conclusive after 8 s; the kubelet reports
+    // its status every 10 s. Under probe-cut no connection gets through (pulsecheck: Unreachable).
     let running = lab.controller(|s| s.thresholds.probe_zombie_after = Duration::from_secs(8)).await;
     wait_settled(&running, &["pc-a", "pc-b"]).await;
 

@@ -163,6 +163,21 @@ pub fn service_account_key_pem() -> Result<String> {
     Ok(format!("{}{}", key.serialize_pem(), key.public_key_pem()))
 }
 
+/// A TLS client configuration that trusts only the certificates in `ca_pem` (for reading a
+/// kubelet's endpoints as a verifying caller would).
+pub fn client_config_trusting(ca_pem: &str) -> std::result::Result<rustls::ClientConfig, String> {
+    use rustls::pki_types::{CertificateDer, pem::PemObject};
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
+        roots.add(cert.map_err(|e| e.to_string())?).map_err(|e| e.to_string())?;
+    }
+    Ok(rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?
+        .with_root_certificates(roots)
+        .with_no_client_auth())
+}
+
 /// A random bearer token: 43 URL-safe characters (about 256 bits of entropy).
 pub fn random_token() -> String {
     rand::rng().sample_iter(rand::distr::Alphanumeric).take(43).map(char::from).collect()

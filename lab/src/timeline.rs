@@ -18,7 +18,6 @@ use k8s_openapi::{
     jiff::Timestamp,
 };
 use kube::Api;
-use rustls::pki_types::{CertificateDer, pem::PemObject};
 
 /// The kubelet endpoints sampled, each read-only.
 pub const ENDPOINTS: [&str; 5] = ["/healthz", "/healthz/syncloop", "/pods", "/configz", "/stats/summary"];
@@ -73,15 +72,7 @@ impl Recorder {
     /// A recorder for `node` at `address`, reading the kubelet with `token` over TLS verified
     /// against `ca_pem`.
     pub fn new(client: kube::Client, node: &str, address: Ipv4Addr, ca_pem: &str, token: &str) -> Result<Recorder, String> {
-        let mut roots = rustls::RootCertStore::empty();
-        for cert in CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
-            roots.add(cert.map_err(|e| e.to_string())?).map_err(|e| e.to_string())?;
-        }
-        let config = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-            .with_safe_default_protocol_versions()
-            .map_err(|e| e.to_string())?
-            .with_root_certificates(roots)
-            .with_no_client_auth();
+        let config = crate::certs::client_config_trusting(ca_pem)?;
         Ok(Recorder { client, node: node.to_owned(), address, token: token.to_owned(), tls: tokio_rustls::TlsConnector::from(Arc::new(config)) })
     }
 

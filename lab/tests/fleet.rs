@@ -30,7 +30,7 @@ use pulsecheck_lab::{
     controlplane::{ControlPlane, ControlPlaneOptions},
     fleet::{Fault, Fleet, FleetOptions},
 };
-use rustls::pki_types::{CertificateDer, ServerName, pem::PemObject};
+use rustls::pki_types::ServerName;
 
 /// Upper bound of every wait (generous: the machine is shared and has two cores).
 const DEADLINE: Duration = Duration::from_secs(45);
@@ -101,15 +101,7 @@ async fn renewed_after(client: &Client, node: &str, after: Timestamp) -> Timesta
 
 /// An HTTPS GET that trusts only `ca_pem` and checks the certificate is for the IP it called.
 async fn https_get(addr: SocketAddr, ca_pem: &str, path: &str, token: Option<&str>) -> Result<(u16, String), String> {
-    let mut roots = rustls::RootCertStore::empty();
-    for cert in CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
-        roots.add(cert.map_err(|e| e.to_string())?).map_err(|e| e.to_string())?;
-    }
-    let config = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-        .with_safe_default_protocol_versions()
-        .map_err(|e| e.to_string())?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
+    let config = pulsecheck_lab::certs::client_config_trusting(ca_pem)?;
     let tcp = tokio::net::TcpStream::connect(addr).await.map_err(|e| format!("connect: {e}"))?;
     let tls =
         tokio_rustls::TlsConnector::from(Arc::new(config)).connect(ServerName::IpAddress(addr.ip().into()), tcp).await.map_err(|e| format!("TLS: {e}"))?;

@@ -149,9 +149,8 @@ fn timing() -> KubeletTiming {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_real_node_goes_ready_runs_a_pod_and_leaves_nothing_behind_when_stopped() {
-    let _one = ONE_AT_A_TIME.lock().await;
+/// A control plane and one Ready real node `real-1`, with what the machine showed before it.
+async fn one_real_node() -> (ControlPlane, std::path::PathBuf, Traces, RealNode) {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let tools = HostTools::check().unwrap_or_else(|e| panic!("{e}"));
     let cp = ControlPlane::start(ControlPlaneOptions::default()).await.unwrap_or_else(|e| panic!("{e}"));
@@ -159,6 +158,13 @@ async fn a_real_node_goes_ready_runs_a_pod_and_leaves_nothing_behind_when_stoppe
     let before = traces(&dir, &BTreeSet::new());
     let node =
         RealNode::start(&cp, &tools, RealNodeOptions { name: "real-1".into(), dir: dir.clone(), timing: timing() }).await.unwrap_or_else(|e| panic!("{e}"));
+    (cp, dir, before, node)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_real_node_goes_ready_runs_a_pod_and_leaves_nothing_behind_when_stopped() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    let (cp, dir, before, node) = one_real_node().await;
 
     // Registered as a production node is: its own address, osImage from its own disk.
     let nodes: Api<Node> = Api::all(cp.client());
@@ -213,13 +219,7 @@ async fn a_real_node_goes_ready_runs_a_pod_and_leaves_nothing_behind_when_stoppe
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_whose_disk_hangs_still_stops_at_once_and_leaves_nothing_behind() {
     let _one = ONE_AT_A_TIME.lock().await;
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    let tools = HostTools::check().unwrap_or_else(|e| panic!("{e}"));
-    let cp = ControlPlane::start(ControlPlaneOptions::default()).await.unwrap_or_else(|e| panic!("{e}"));
-    let dir = cp.dir().join("nodes").join("real-1");
-    let before = traces(&dir, &BTreeSet::new());
-    let mut node =
-        RealNode::start(&cp, &tools, RealNodeOptions { name: "real-1".into(), dir: dir.clone(), timing: timing() }).await.unwrap_or_else(|e| panic!("{e}"));
+    let (cp, dir, before, mut node) = one_real_node().await;
     node.inject(NodeFault::DiskHang).unwrap();
     // The kubelet's status loop and containerd are caught in the hang.
     let deadline = Instant::now() + DEADLINE;

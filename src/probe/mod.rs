@@ -95,7 +95,7 @@ pub struct ProbeArgs {
     /// Consecutive failed probes (while the Lease is alive) that become evidence.
     #[arg(long, env = "PULSECHECK_PROBE_FAILURE_THRESHOLD", value_name = "N", default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..))]
     pub probe_failure_threshold: u32,
-    /// Probes failing this long make a node a zombie without other evidence (timeouts and refused connections alone only once its status has also been quiet for ¾ of its status threshold).
+    /// Probes failing this long make a node a zombie without other evidence, if they got through to the kubelet (it answered unhealthy or hung); failed connections alone stay supporting evidence.
     #[arg(long, env = "PULSECHECK_PROBE_ZOMBIE_AFTER", value_name = "DURATION", default_value = "3m", value_parser = positive_duration)]
     pub probe_zombie_after: Duration,
     /// When probes fail for more than this percentage of nodes with live Leases, pulsecheck assumes its own network is cut off.

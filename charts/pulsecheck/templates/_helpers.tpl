@@ -45,15 +45,24 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- $kind := index . 1 -}}
 {{- $root := index . 2 -}}
 {{- if eq (toString $enabled) "auto" -}}
-{{- if $root.Capabilities.APIVersions.Has $kind -}}true{{- end -}}
+{{- if or ($root.Capabilities.APIVersions.Has $kind) ($root.Capabilities.APIVersions.Has "monitoring.coreos.com/v1") -}}true{{- end -}}
 {{- else if $enabled -}}true{{- end -}}
 {{- end -}}
 
-{{/* The labels kube-prometheus-stack selects monitoring objects by (prometheusRelease). */}}
+{{/* The extra labels of a monitoring object: its additionalLabels, and the release label
+kube-prometheus-stack selects by (prometheusRelease, which wins). Usage: include
+"pulsecheck.prometheusLabels" (list .Values.serviceMonitor.additionalLabels .) */}}
 {{- define "pulsecheck.prometheusLabels" -}}
-{{- with .Values.prometheusRelease }}
-release: {{ . | quote }}
+{{- $labels := deepCopy (index . 0 | default dict) -}}
+{{- with (index . 1).Values.prometheusRelease }}{{- $_ := set $labels "release" . }}{{- end -}}
+{{- with $labels }}
+{{ toYaml . }}
 {{- end }}
+{{- end -}}
+
+{{/* Whether leader election is on, counting an override in extraArgs. */}}
+{{- define "pulsecheck.leaderElect" -}}
+{{- if and .Values.config.leaderElect (not (has "--leader-elect=false" .Values.extraArgs)) -}}true{{- end -}}
 {{- end -}}
 
 {{- define "pulsecheck.serviceAccountName" -}}
