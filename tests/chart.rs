@@ -152,3 +152,25 @@ fn pod_template_labels_do_not_change_with_a_chart_bump() {
     let selector: Vec<&str> = deployment["spec"]["selector"]["matchLabels"].as_mapping().unwrap().keys().filter_map(|k| k.as_str()).collect();
     assert_eq!(selector, ["app.kubernetes.io/name", "app.kubernetes.io/instance"]);
 }
+
+fn container_args(objects: &[Value]) -> Vec<String> {
+    the(objects, "Deployment")["spec"]["template"]["spec"]["containers"][0]["args"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .map(|a| a.as_str().unwrap().to_owned())
+        .collect()
+}
+
+#[test]
+fn only_what_differs_from_pulsecheck_s_defaults_is_passed_so_its_variables_and_newer_flags_work() {
+    // Default values: no flag at all, so PULSECHECK_* variables (extraEnv) are not overridden.
+    assert_eq!(container_args(&render(&[]).unwrap()), ["run"]);
+    // A value set to its default is not passed either; a changed one is.
+    let args = container_args(&render(&["--set", "config.maxUnhealthy=20", "--set", "config.statusStaleAfter=15m", "--set", "config.dryRun=true"]).unwrap());
+    assert_eq!(args, ["run", "--status-stale-after=15m", "--dry-run=true"]);
+    // Values kept from an older chart that lack a flag (here: removed) still render; the binary's
+    // default applies.
+    let args = container_args(&render(&["--set", "config.statusStaleAfter=null", "--set", "config.leaseGrace=null"]).unwrap());
+    assert_eq!(args, ["run"]);
+}

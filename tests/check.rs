@@ -215,6 +215,53 @@ async fn identity_without_lease_access_gets_exit_2_naming_the_missing_permission
     let _ = cp.stop().await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_person_given_the_shipped_check_role_can_run_check_and_change_nothing() {
+    init();
+    let cp = pulsecheck_lab::controlplane::ControlPlane::start(Default::default()).await.expect("control plane starts");
+    // The chart's ClusterRole for `pulsecheck check`, as rendered with default values.
+    let rendered = std::process::Command::new(tool("helm"))
+        .args(["template", "pulsecheck"])
+        .arg(repo().join("charts/pulsecheck"))
+        .args(["--namespace", "pulsecheck", "--show-only", "templates/check-role.yaml"])
+        .output()
+        .expect("helm runs");
+    assert!(rendered.status.success(), "{}", String::from_utf8_lossy(&rendered.stderr));
+    let role: ClusterRole = serde_yaml_ng::from_str(&String::from_utf8_lossy(&rendered.stdout)).expect("a ClusterRole");
+    assert_eq!(role.metadata.labels.as_ref().and_then(|l| l.get("rbac.authorization.k8s.io/aggregate-to-view")).map(String::as_str), Some("true"));
+    let name = role.metadata.name.clone().unwrap();
+    Api::<ClusterRole>::all(cp.client()).create(&PostParams::default(), &role).await.expect("create the check role");
+    let token = cp.service_account_token("check-test", "operator").await.expect("token");
+    let binding = ClusterRoleBinding {
+        metadata: ObjectMeta { name: Some("operator-check".into()), ..Default::default() },
+        role_ref: RoleRef { api_group: "rbac.authorization.k8s.io".into(), kind: "ClusterRole".into(), name },
+        subjects: Some(vec![Subject { kind: "ServiceAccount".into(), name: "operator".into(), namespace: Some("check-test".into()), ..Default::default() }]),
+    };
+    Api::<ClusterRoleBinding>::all(cp.client()).create(&PostParams::default(), &binding).await.expect("bind it");
+    let dir = tempfile::tempdir().unwrap();
+    let kubeconfig = dir.path().join("operator.kubeconfig");
+    cp.write_kubeconfig_for_token(&token, &kubeconfig).unwrap();
+    // RBAC takes a moment to reach the authorizer.
+    let out = eventually("check runs under the check role", Duration::from_secs(30), || {
+        let kubeconfig = kubeconfig.clone();
+        async move {
+            let out = check(&kubeconfig, &[]).await;
+            (out.status.code() == Some(0)).then_some(out)
+        }
+    })
+    .await;
+    assert!(!text(&out.stderr).contains("forbidden"), "{}", describe(&out));
+    let observed = check(&kubeconfig, &["--observe=2s"]).await;
+    assert_eq!(observed.status.code(), Some(0), "--observe watches too: {}", describe(&observed));
+    // Read-only: it may not change what it reads.
+    let as_operator = cp.client_with_token(&token).await.unwrap();
+    let nodes: Api<k8s_openapi::api::core::v1::Node> = Api::all(as_operator);
+    let patch = kube::api::Patch::Merge(serde_json::json!({"metadata": {"labels": {"x": "y"}}}));
+    let refused = nodes.patch("any", &kube::api::PatchParams::default(), &patch).await.unwrap_err();
+    assert!(matches!(&refused, kube::Error::Api(s) if s.code == 403), "{refused:?}");
+    let _ = cp.stop().await;
+}
+
 #[tokio::test]
 async fn unreachable_cluster_exits_2_saying_it_cannot_reach_the_apiserver() {
     // A port nothing listens on: bind one, note it, release it.

@@ -170,6 +170,7 @@ const SHIPPED: &[&str] = &[
     "serviceaccount/pulsecheck",
     "clusterrole.rbac.authorization.k8s.io/pulsecheck",
     "clusterrolebinding.rbac.authorization.k8s.io/pulsecheck",
+    "clusterrole.rbac.authorization.k8s.io/pulsecheck-check",
     "role.rbac.authorization.k8s.io/pulsecheck-node-leases",
     "rolebinding.rbac.authorization.k8s.io/pulsecheck-node-leases",
     "role.rbac.authorization.k8s.io/pulsecheck-events",

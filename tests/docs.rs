@@ -123,6 +123,21 @@ fn chart_values_are_the_flags_of_run_with_the_same_defaults() {
             }
         }
     }
+    // The chart passes only what differs from pulsecheck's defaults, which it reads from this file.
+    let defaults: serde_yaml_ng::Value = serde_yaml_ng::from_str(&read("charts/pulsecheck/files/run-defaults.yaml")).expect("run-defaults.yaml parses");
+    let defaults = defaults.as_mapping().expect("run-defaults.yaml is a map");
+    for (flag, default) in &flags {
+        let key = camel(flag);
+        let listed = defaults.get(key.as_str()).and_then(|v| v.as_str()).map(str::to_owned);
+        if listed != *default {
+            problems.push(format!("files/run-defaults.yaml: {key} is {listed:?} but --{flag} defaults to {default:?}"));
+        }
+    }
+    for key in defaults.keys().filter_map(|k| k.as_str()) {
+        if !flags.iter().any(|(f, _)| camel(f) == key) {
+            problems.push(format!("files/run-defaults.yaml: {key} is not a flag of `pulsecheck run`"));
+        }
+    }
     let keys: Vec<String> = flags.iter().map(|(f, _)| camel(f)).collect();
     for key in config.keys().filter_map(|k| k.as_str()) {
         if !keys.iter().any(|k| k == key) {

@@ -132,13 +132,13 @@ per-node-metrics=perNodeMetrics
 {{- define "pulsecheck.args" -}}
 - run
 {{- $extra := .Values.extraArgs | default list }}
+{{- $defaults := .Files.Get "files/run-defaults.yaml" | fromYaml }}
 {{- range $line := splitList "\n" (include "pulsecheck.flags" .) }}
 {{- $pair := splitList "=" $line }}
 {{- $flag := index $pair 0 }}
 {{- $key := index $pair 1 }}
-{{- if not (hasKey $.Values.config $key) }}
-{{- fail (printf "config.%s is missing (flag --%s)" $key $flag) }}
-{{- end }}
+{{- /* A flag these values do not know (values kept from an older chart): pulsecheck's default. */}}
+{{- if hasKey $.Values.config $key }}
 {{- $v := get $.Values.config $key }}
 {{- /* A flag given in extraArgs replaces the config value: pulsecheck rejects a flag given twice. */}}
 {{- $overridden := false }}
@@ -147,16 +147,18 @@ per-node-metrics=perNodeMetrics
 {{- $overridden = true }}
 {{- end }}
 {{- end }}
-{{- if $overridden }}
-{{- else if kindIs "slice" $v }}
-{{- if $v }}
-- {{ printf "--%s=%s" $flag (join "," $v) | quote }}
-{{- end }}
+{{- $text := "" }}
+{{- if kindIs "slice" $v }}
+{{- $text = join "," $v }}
 {{- else if kindIs "bool" $v }}
-- {{ printf "--%s=%t" $flag $v | quote }}
-{{- else if kindIs "invalid" $v }}
-{{- else if ne (toString $v) "" }}
-- {{ printf "--%s=%s" $flag (toString $v) | quote }}
+{{- $text = printf "%t" $v }}
+{{- else if not (kindIs "invalid" $v) }}
+{{- $text = toString $v }}
+{{- end }}
+{{- /* Only what differs from pulsecheck's own default; null or empty leaves the flag out. */}}
+{{- if and (not $overridden) (ne $text "") (ne $text (toString (get $defaults $key))) }}
+- {{ printf "--%s=%s" $flag $text | quote }}
+{{- end }}
 {{- end }}
 {{- end }}
 {{- range .Values.extraArgs }}
