@@ -163,12 +163,27 @@ async fn observe_catches_a_zombie_whose_skewed_clock_makes_its_stale_status_look
     lab.stop().await;
 }
 
+/// Creates `role`, binds it cluster-wide to ServiceAccount `check-test/account` (whose token is
+/// `token`), and writes a kubeconfig for that token into `dir`.
+async fn grant(cp: &pulsecheck_lab::controlplane::ControlPlane, role: ClusterRole, account: &str, token: &str, dir: &Path) -> std::path::PathBuf {
+    let name = role.metadata.name.clone().expect("the role is named");
+    Api::<ClusterRole>::all(cp.client()).create(&PostParams::default(), &role).await.expect("create ClusterRole");
+    let binding = ClusterRoleBinding {
+        metadata: ObjectMeta { name: Some(format!("{account}-{name}")), ..Default::default() },
+        role_ref: RoleRef { api_group: "rbac.authorization.k8s.io".into(), kind: "ClusterRole".into(), name },
+        subjects: Some(vec![Subject { kind: "ServiceAccount".into(), name: account.into(), namespace: Some("check-test".into()), ..Default::default() }]),
+    };
+    Api::<ClusterRoleBinding>::all(cp.client()).create(&PostParams::default(), &binding).await.expect("create ClusterRoleBinding");
+    let kubeconfig = dir.join(format!("{account}.kubeconfig"));
+    cp.write_kubeconfig_for_token(token, &kubeconfig).unwrap();
+    kubeconfig
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn identity_without_lease_access_gets_exit_2_naming_the_missing_permission() {
     init();
     let cp = pulsecheck_lab::controlplane::ControlPlane::start(Default::default()).await.expect("control plane starts");
     let token = cp.service_account_token("check-test", "node-reader").await.expect("token");
-    let roles: Api<ClusterRole> = Api::all(cp.client());
     let role = ClusterRole {
         metadata: ObjectMeta { name: Some("node-reader".into()), ..Default::default() },
         rules: Some(vec![PolicyRule {
@@ -179,17 +194,8 @@ async fn identity_without_lease_access_gets_exit_2_naming_the_missing_permission
         }]),
         ..Default::default()
     };
-    roles.create(&PostParams::default(), &role).await.expect("create ClusterRole");
-    let bindings: Api<ClusterRoleBinding> = Api::all(cp.client());
-    let binding = ClusterRoleBinding {
-        metadata: ObjectMeta { name: Some("node-reader".into()), ..Default::default() },
-        role_ref: RoleRef { api_group: "rbac.authorization.k8s.io".into(), kind: "ClusterRole".into(), name: "node-reader".into() },
-        subjects: Some(vec![Subject { kind: "ServiceAccount".into(), name: "node-reader".into(), namespace: Some("check-test".into()), ..Default::default() }]),
-    };
-    bindings.create(&PostParams::default(), &binding).await.expect("create ClusterRoleBinding");
     let dir = tempfile::tempdir().unwrap();
-    let kubeconfig = dir.path().join("node-reader.kubeconfig");
-    cp.write_kubeconfig_for_token(&token, &kubeconfig).unwrap();
+    let kubeconfig = grant(&cp, role, "node-reader", &token, dir.path()).await;
 
     // RBAC takes a moment to reach the authorizer: until then even nodes are forbidden.
     let out = eventually("check fails on leases, not nodes", Duration::from_secs(30), || {
@@ -229,18 +235,9 @@ async fn a_person_given_the_shipped_check_role_can_run_check_and_change_nothing(
     assert!(rendered.status.success(), "{}", String::from_utf8_lossy(&rendered.stderr));
     let role: ClusterRole = serde_yaml_ng::from_str(&String::from_utf8_lossy(&rendered.stdout)).expect("a ClusterRole");
     assert_eq!(role.metadata.labels.as_ref().and_then(|l| l.get("rbac.authorization.k8s.io/aggregate-to-view")).map(String::as_str), Some("true"));
-    let name = role.metadata.name.clone().unwrap();
-    Api::<ClusterRole>::all(cp.client()).create(&PostParams::default(), &role).await.expect("create the check role");
     let token = cp.service_account_token("check-test", "operator").await.expect("token");
-    let binding = ClusterRoleBinding {
-        metadata: ObjectMeta { name: Some("operator-check".into()), ..Default::default() },
-        role_ref: RoleRef { api_group: "rbac.authorization.k8s.io".into(), kind: "ClusterRole".into(), name },
-        subjects: Some(vec![Subject { kind: "ServiceAccount".into(), name: "operator".into(), namespace: Some("check-test".into()), ..Default::default() }]),
-    };
-    Api::<ClusterRoleBinding>::all(cp.client()).create(&PostParams::default(), &binding).await.expect("bind it");
     let dir = tempfile::tempdir().unwrap();
-    let kubeconfig = dir.path().join("operator.kubeconfig");
-    cp.write_kubeconfig_for_token(&token, &kubeconfig).unwrap();
+    let kubeconfig = grant(&cp, role, "operator", &token, dir.path()).await;
     // RBAC takes a moment to reach the authorizer.
     let out = eventually("check runs under the check role", Duration::from_secs(30), || {
         let kubeconfig = kubeconfig.clone();

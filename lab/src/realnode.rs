@@ -49,6 +49,7 @@ use nix::{
     unistd::Pid,
 };
 use tokio::{net::TcpListener, task::JoinHandle};
+use tokio_util::task::AbortOnDropHandle;
 
 use crate::{
     binaries,
@@ -343,7 +344,8 @@ pub struct RealNode {
     containerd: Process,
     init_pid: u32,
     disk: FaultDisk,
-    forwarder: AbortOnDrop,
+    /// Aborted when dropped: on every path out of start(), and with the node.
+    forwarder: AbortOnDropHandle<()>,
     janitor: Option<std::process::Child>,
     network: NetworkFaults,
     kubelet_stopped: bool,
@@ -352,15 +354,6 @@ pub struct RealNode {
     cgroup_id: String,
     /// The holder has been killed (its init PID is never signalled twice: it may be reused).
     ended: bool,
-}
-
-/// A task aborted when this is dropped (the node's apiserver forwarder, on every path out).
-struct AbortOnDrop(JoinHandle<()>);
-
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
 }
 
 impl std::fmt::Debug for RealNode {
@@ -430,7 +423,8 @@ impl RealNode {
         node.inside_net(&["ip", "addr", "add", &format!("{node_ip}/24"), "dev", "eth0"])?;
         node.inside_net(&["ip", "link", "set", "eth0", "up"])?;
         node.inside_net(&["ip", "route", "add", "default", "via", &host_ip.to_string()])?;
-        let forwarder = AbortOnDrop(forward_apiserver(host_ip, control_plane.port()).await.map_err(io_err("listen for the node's apiserver traffic"))?);
+        let forwarder =
+            AbortOnDropHandle::new(forward_apiserver(host_ip, control_plane.port()).await.map_err(io_err("listen for the node's apiserver traffic"))?);
 
         let disk_path = dir.join(DISK);
         let disk = FaultDisk::mount_in_namespace_of(init_pid, &backing, &disk_path).map_err(io_err("mount its fault disk"))?;
@@ -699,7 +693,7 @@ impl RealNode {
         // makes the kernel kill every other process in the namespace.
         let _ = kill(Pid::from_raw(self.holder.pid() as i32), Signal::SIGKILL);
         let _ = kill(Pid::from_raw(self.init_pid as i32), Signal::SIGKILL);
-        self.forwarder.0.abort();
+        self.forwarder.abort();
     }
 }
 

@@ -123,7 +123,7 @@ impl Recorder {
                 .await
                 .map_err(|e| e.to_string())?;
             // Ended with the exchange, also when the read times out.
-            let _connection = AbortOnDrop(tokio::spawn(async move {
+            let _connection = tokio_util::task::AbortOnDropHandle::new(tokio::spawn(async move {
                 let _ = connection.await;
             }));
             let request = http::Request::get(path)
@@ -150,15 +150,6 @@ pub async fn kubelet_version(client: &kube::Client, node: &str) -> String {
     let node = Api::<Node>::all(client.clone()).get(node).await.ok();
     let version = node.and_then(|n| n.status?.node_info).map(|i| i.kubelet_version);
     format!("kubelet {}", version.as_deref().unwrap_or("unknown"))
-}
-
-/// A task aborted when this is dropped.
-struct AbortOnDrop(tokio::task::JoinHandle<()>);
-
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
 }
 
 /// The snapshots in which something changed (and the last one).
