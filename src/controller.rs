@@ -304,8 +304,14 @@ struct VerdictChange {
 /// kube-controller-manager) is `Unknown`, with the reason in the message. A Suspect node is still
 /// `True` (reason `Suspect`). `NotJudged` and `Excluded` are only written to replace a condition
 /// pulsecheck wrote earlier ([`condition_step`]), so a stale `False` never outlives the verdict.
+///
+/// And the other way round: `False` stays exactly as long as pulsecheck's remediation does. A
+/// node pulsecheck tainted whose evidence has faded (Suspect, Healthy, not judged) keeps its taint
+/// until it has been healthy on evidence for `--recover-after`; until then it says `False`
+/// (`RecoveryPending`), never `True` over pulsecheck's own taint.
 fn desired_condition(verdict: Verdict, remediated: bool) -> (&'static str, &'static str) {
     match verdict {
+        Verdict::Healthy | Verdict::Suspect | Verdict::Unknown if remediated => ("False", "RecoveryPending"),
         Verdict::Healthy => ("True", "HeartbeatsConsistent"),
         Verdict::Suspect => ("True", "Suspect"),
         Verdict::Zombie if remediated => ("False", "ZombieDetected"),
@@ -366,7 +372,7 @@ fn condition_step(a: &Assessment, note: Option<&NodeNote>, hold: Option<&str>) -
         return None;
     }
     let (status, reason) = desired_condition(a.verdict, remediated);
-    if current.is_none() && matches!(a.verdict, Verdict::Healthy | Verdict::Unknown | Verdict::Excluded) {
+    if current.is_none() && !remediated && matches!(a.verdict, Verdict::Healthy | Verdict::Unknown | Verdict::Excluded) {
         return None;
     }
     if current.is_some_and(|(s, r)| s == status && r == reason) {
@@ -376,6 +382,9 @@ fn condition_step(a: &Assessment, note: Option<&NodeNote>, hold: Option<&str>) -
         ("Unknown", Some(hold)) => format!("{hold}; {}", a.explain()),
         ("Unknown", None) if a.verdict == Verdict::Dead => format!("not remediated: a dead node is kube-controller-manager's (--act-on-dead); {}", a.explain()),
         ("Unknown", None) => format!("not remediated yet: waiting for the fresh read that confirms it; {}", a.explain()),
+        ("False", _) if reason == "RecoveryPending" => {
+            format!("remediated by pulsecheck; released once healthy on evidence for --recover-after; now {}: {}", a.verdict, a.explain())
+        }
         _ => a.explain(),
     };
     Some(Step::SetCondition { status, reason, message, previous_status: current.map(|(s, _)| s.clone()) })
@@ -951,7 +960,7 @@ fn publish_metrics(metrics: &Metrics, th: &verdict::Thresholds, memory: &Memory,
             remediated: memory.holds(facts, name),
             probe_success: facts.probes.get(name).and_then(|p| match &p.last {
                 Some((ProbeOutcome::Success, _)) => Some(true),
-                Some((ProbeOutcome::Failure(_) | ProbeOutcome::Timeout | ProbeOutcome::Unreachable(_), _)) => Some(false),
+                Some((o, _)) if o.is_failure() => Some(false),
                 _ => None,
             }),
             status_threshold: th.status_threshold_for(n, facts.leases.get(name)).after.as_secs_f64(),
@@ -1030,11 +1039,11 @@ mod tests {
     fn every_verdict_has_its_condition_and_event_reason() {
         // (verdict, condition while not remediated, condition once remediated, Event reason)
         let table = [
-            (Verdict::Healthy, ("True", "HeartbeatsConsistent"), ("True", "HeartbeatsConsistent"), ("HeartbeatsConsistent", false)),
-            (Verdict::Suspect, ("True", "Suspect"), ("True", "Suspect"), ("NodeSuspect", true)),
+            (Verdict::Healthy, ("True", "HeartbeatsConsistent"), ("False", "RecoveryPending"), ("HeartbeatsConsistent", false)),
+            (Verdict::Suspect, ("True", "Suspect"), ("False", "RecoveryPending"), ("NodeSuspect", true)),
             (Verdict::Zombie, ("Unknown", "ZombieNotRemediated"), ("False", "ZombieDetected"), ("ZombieDetected", true)),
             (Verdict::Dead, ("Unknown", "LeaseAndStatusStale"), ("False", "LeaseAndStatusStale"), ("NodeDead", true)),
-            (Verdict::Unknown, ("True", "NotJudged"), ("True", "NotJudged"), ("NotJudged", false)),
+            (Verdict::Unknown, ("True", "NotJudged"), ("False", "RecoveryPending"), ("NotJudged", false)),
             (Verdict::Excluded, ("True", "Excluded"), ("True", "Excluded"), ("Excluded", false)),
         ];
         for verdict in Verdict::ALL {
@@ -1113,12 +1122,15 @@ mod tests {
     fn a_condition_is_written_only_when_it_differs_and_excluded_only_replaces_one() {
         // (verdict, pulsecheck remediated it, pulsecheck's condition on the node, the condition the step writes)
         type Condition = Option<(&'static str, &'static str)>;
-        let cases: [(Verdict, bool, Condition, Condition); 10] = [
+        let cases: [(Verdict, bool, Condition, Condition); 12] = [
             (Verdict::Excluded, false, None, None),
             (Verdict::Excluded, false, Some(("False", "ZombieDetected")), Some(("True", "Excluded"))),
             (Verdict::Healthy, false, None, None),
             (Verdict::Healthy, false, Some(("True", "HeartbeatsConsistent")), None),
-            (Verdict::Healthy, true, Some(("False", "ZombieDetected")), Some(("True", "HeartbeatsConsistent"))),
+            // Still pulsecheck's: False until released, whatever the evidence says now.
+            (Verdict::Healthy, true, Some(("False", "ZombieDetected")), Some(("False", "RecoveryPending"))),
+            (Verdict::Suspect, true, Some(("False", "ZombieDetected")), Some(("False", "RecoveryPending"))),
+            (Verdict::Healthy, false, Some(("False", "RecoveryPending")), Some(("True", "HeartbeatsConsistent"))),
             (Verdict::Unknown, false, None, None),
             (Verdict::Zombie, false, None, Some(("Unknown", "ZombieNotRemediated"))),
             (Verdict::Zombie, true, Some(("Unknown", "ZombieNotRemediated")), Some(("False", "ZombieDetected"))),

@@ -374,13 +374,20 @@ pub struct NodeFacts {
 pub enum ProbeOutcome {
     /// The kubelet answered healthy.
     Success,
-    /// The kubelet answered unhealthy, or broke off the connection after the TLS handshake.
+    /// The kubelet answered unhealthy: a 5xx of its own (`[-]syncloop failed`).
     Failure(String),
-    /// No answer within the probe timeout.
+    /// The request went to the kubelet over a completed TLS handshake and no answer came within
+    /// the probe timeout: the kubelet accepted the connection and hangs.
     Timeout,
-    /// No TCP connection to any of the node's addresses (refused, no route, no answer). Evidence
-    /// only on a node whose kubelet pulsecheck has reached before: a port that a NetworkPolicy or
-    /// security group blocks from the start is pulsecheck's problem, not the node's.
+    /// The request went to the kubelet over a completed TLS handshake and the connection broke
+    /// off without an answer.
+    NoAnswer(String),
+    /// pulsecheck did not get through to the kubelet: no TCP connection to any of the node's
+    /// addresses (refused, no route, dropped), a TLS handshake that broke off or did not complete
+    /// in time (a path that drops large packets), or an apiserver proxy that could not reach the
+    /// kubelet or did not answer in time. Supporting evidence at most: a firewall, NetworkPolicy
+    /// or MTU problem between pulsecheck and port 10250 looks exactly like this, and a node
+    /// that is dead as well stops reporting.
     Unreachable(String),
     /// The kubelet's serving certificate was not accepted (signed by another CA than
     /// `--kubelet-certificate-authority`, a serving certificate still pending under
@@ -389,8 +396,23 @@ pub enum ProbeOutcome {
     Untrusted(String),
     /// 401/403: pulsecheck lacks permission. Never evidence against the node.
     Unauthorized(String),
-    /// pulsecheck could not probe at all (no address, no port, bad configuration). Never evidence.
+    /// pulsecheck could not probe at all (no address, no port, bad configuration), or the answer
+    /// says nothing about the kubelet's health (a 404 or 429, a redirect, the kubelet unable to
+    /// authorize the request). Never evidence.
     NotProbed(String),
+}
+
+impl ProbeOutcome {
+    /// A failure in which pulsecheck got through to the kubelet: it answered unhealthy, or took
+    /// the request over a completed TLS handshake and then hung or broke off.
+    pub fn got_through(&self) -> bool {
+        matches!(self, ProbeOutcome::Failure(_) | ProbeOutcome::Timeout | ProbeOutcome::NoAnswer(_))
+    }
+
+    /// A result that speaks against the node's health (at least as supporting evidence).
+    pub fn is_failure(&self) -> bool {
+        self.got_through() || matches!(self, ProbeOutcome::Unreachable(_))
+    }
 }
 
 /// What the probes have shown about one node so far.
@@ -402,14 +424,19 @@ pub struct ProbeFacts {
     pub consecutive_failures: u32,
     /// When the current run of failures began.
     pub failing_since: Option<Timestamp>,
-    /// In the current run of failures pulsecheck got through to the kubelet's port at least once:
-    /// the kubelet answered unhealthy ([`ProbeOutcome::Failure`]) or accepted the connection and
-    /// then hung ([`ProbeOutcome::Timeout`]). A run of [`ProbeOutcome::Unreachable`] only (no TCP
-    /// connection: packets dropped or refused) says the way to the kubelet fails — a firewall or a
-    /// NetworkPolicy between pulsecheck and port 10250 — not that the kubelet does.
-    pub connected_in_run: bool,
-    /// The kubelet answered a probe at least once (healthy or not): pulsecheck can reach it, so
-    /// failing to reach it later says something about the node.
+    /// When the current streak of failures in which pulsecheck got through to the kubelet began:
+    /// each one answered unhealthy ([`ProbeOutcome::Failure`]) or took the request over a
+    /// completed TLS handshake and then hung or broke off ([`ProbeOutcome::Timeout`],
+    /// [`ProbeOutcome::NoAnswer`]). An [`ProbeOutcome::Unreachable`] ends the streak: the way to
+    /// the kubelet failing — a firewall, a NetworkPolicy, a path that drops large packets — says
+    /// nothing about the kubelet, and a stray hang after a long spell of it must not inherit
+    /// that spell's length. `--probe-zombie-after` is measured from here.
+    pub connected_since: Option<Timestamp>,
+    /// pulsecheck got through to the kubelet at least once: it answered (healthy or not), or took
+    /// a request over a completed TLS handshake — with a serving certificate verified against
+    /// `--kubelet-certificate-authority`, unless the operator chose `--kubelet-insecure-tls` —
+    /// and then hung or broke off. pulsecheck can reach it, so failing later says something about
+    /// the node; a port blocked or a certificate refused from the start says nothing.
     pub reached: bool,
 }
 
@@ -435,22 +462,27 @@ impl ProbeFacts {
         if gap {
             self.consecutive_failures = 0;
             self.failing_since = None;
-            self.connected_in_run = false;
+            self.connected_since = None;
         }
         match &outcome {
             ProbeOutcome::Success => {
                 self.consecutive_failures = 0;
                 self.failing_since = None;
-                self.connected_in_run = false;
+                self.connected_since = None;
                 self.reached = true;
             }
-            ProbeOutcome::Failure(_) | ProbeOutcome::Timeout | ProbeOutcome::Unreachable(_) => {
+            ProbeOutcome::Failure(_) | ProbeOutcome::Timeout | ProbeOutcome::NoAnswer(_) | ProbeOutcome::Unreachable(_) => {
                 self.consecutive_failures = self.consecutive_failures.saturating_add(1);
                 self.failing_since.get_or_insert(now);
-                self.connected_in_run |= matches!(outcome, ProbeOutcome::Failure(_) | ProbeOutcome::Timeout);
-                // An unhealthy answer is an answer, and a timeout comes only after the connection
-                // was made (a kubelet that accepts and then hangs): the kubelet is reachable.
-                self.reached |= matches!(outcome, ProbeOutcome::Failure(_) | ProbeOutcome::Timeout);
+                if outcome.got_through() {
+                    self.connected_since.get_or_insert(now);
+                } else {
+                    self.connected_since = None;
+                }
+                // A timeout or a broken-off request comes only after a completed TLS handshake
+                // with the kubelet's certificate: a kubelet that accepts and then hangs is reached,
+                // also by a freshly started pulsecheck.
+                self.reached |= outcome.got_through();
             }
             // Neither speaks about the node's health: leave the failure run as it was.
             ProbeOutcome::Unauthorized(_) | ProbeOutcome::Untrusted(_) | ProbeOutcome::NotProbed(_) => {}

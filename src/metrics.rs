@@ -516,6 +516,7 @@ impl Metrics {
             ProbeOutcome::Success => "success",
             ProbeOutcome::Failure(_) => "failure",
             ProbeOutcome::Timeout => "timeout",
+            ProbeOutcome::NoAnswer(_) => "no_answer",
             ProbeOutcome::Unreachable(_) => "unreachable",
             ProbeOutcome::Untrusted(_) => "untrusted",
             ProbeOutcome::Unauthorized(_) => "unauthorized",

@@ -16,11 +16,12 @@
 //!   - osImage "Unknown": conclusive when pulsecheck saw a real value turn into it and it stayed
 //!     for `os_image_unknown_after`; supporting when the node always said so or not yet long enough;
 //!   - a problem condition set by another tool (node-problem-detector) — supporting;
-//!   - kubelet probes failing `probe_failure_threshold` times in a row — supporting, conclusive
-//!     once they have failed for `probe_zombie_after` if pulsecheck got through to the kubelet in
-//!     that run (it answered unhealthy or accepted and hung); a run of no connection at all is the
-//!     way to it failing as often as the node, so it stays supporting; ignored during a probe
-//!     partition.
+//!   - kubelet probes failing `probe_failure_threshold` times in a row, on a kubelet that has
+//!     answered pulsecheck before — supporting; conclusive once pulsecheck has got through to the
+//!     kubelet in every failure for `probe_zombie_after` (it answered unhealthy, or took the
+//!     request over TLS and hung or broke off). Not getting through (no connection, a TLS
+//!     handshake that never completes, an apiserver proxy that cannot reach it) is the way to it
+//!     failing as often as the node, so it stays supporting; ignored during a probe partition.
 //! * A Lease not renewed within `lease_grace` while the status is stale too (or kube-controller-
 //!   manager already marked the node Unknown) is **Dead**: kube-controller-manager's case.
 //!
@@ -378,13 +379,14 @@ pub fn assess(now: Timestamp, node: &NodeFacts, lease: Option<&LeaseFacts>, prob
     if let Some(p) = probe.filter(|_| probes_trusted)
         && let Some(failing) = probe_evidence(now, p, th)
     {
-        if let Evidence::ProbeFailing { for_seconds, .. } = failing {
-            // Conclusive only when pulsecheck got through to the kubelet in this run (it answered
-            // unhealthy, or accepted and hung). No TCP connection at all, on a kubelet reached
-            // before, is the way to it failing (a firewall or NetworkPolicy between pulsecheck and
-            // port 10250) as often as the node: supporting only — a node that is dead too stops
-            // its status, and the status threshold condemns it.
-            if p.connected_in_run && at_least(SignedDuration::from_secs(for_seconds), th.probe_zombie_after) {
+        if let Evidence::ProbeFailing { .. } = failing {
+            // Conclusive only once pulsecheck has got through to the kubelet in every failure for
+            // the whole `probe_zombie_after` (it answered unhealthy, or took the request and hung
+            // or broke off). Not getting through, on a kubelet answered before, is the way to it
+            // failing (a firewall, a NetworkPolicy, a path dropping large packets between
+            // pulsecheck and port 10250) as often as the node: supporting only — a node that is
+            // dead too stops its status, and the status threshold condemns it.
+            if p.connected_since.is_some_and(|since| at_least(age(now, since), th.probe_zombie_after)) {
                 conclusive += 1;
             } else {
                 supporting_kinds += 1;
@@ -488,7 +490,7 @@ fn probe_evidence(now: Timestamp, probe: &ProbeFacts, th: &Thresholds) -> Option
     }
     let since = probe.failing_since?;
     let last_error = match last {
-        ProbeOutcome::Failure(e) | ProbeOutcome::Unreachable(e) => e.clone(),
+        ProbeOutcome::Failure(e) | ProbeOutcome::NoAnswer(e) | ProbeOutcome::Unreachable(e) => e.clone(),
         ProbeOutcome::Timeout => "timed out".into(),
         _ => return None,
     };
@@ -514,11 +516,11 @@ pub fn probe_partition(now: Timestamp, facts: &FleetFacts, th: &Thresholds, part
         }
         match last {
             ProbeOutcome::Success => probed += 1,
-            ProbeOutcome::Failure(_) | ProbeOutcome::Timeout | ProbeOutcome::Unreachable(_) => {
+            o if o.is_failure() => {
                 probed += 1;
                 failing += 1;
             }
-            ProbeOutcome::Unauthorized(_) | ProbeOutcome::Untrusted(_) | ProbeOutcome::NotProbed(_) => {}
+            _ => {}
         }
     }
     // A single node cannot be a partition; below two probed nodes the guard stays closed.
@@ -564,6 +566,9 @@ mod tests {
             self
         }
         fn at(&self, now: i64) -> Assessment {
+            if let Some((outcome, at)) = self.facts.probes.get("n").and_then(|p| p.last.as_ref()) {
+                assert!(*at <= t(now), "judged at {now} with a probe result ({outcome:?}) from {at}: a test must not look into the future");
+            }
             let n = &self.facts.nodes["n"];
             assess(t(now), n, self.facts.leases.get("n"), self.facts.probes.get("n"), &self.th, true)
         }
@@ -807,21 +812,25 @@ mod tests {
         let ttl = Thresholds::default().probe_result_ttl;
         // /healthz answers 500 ([-]syncloop failed), or accepts the connection and hangs, while
         // the status loop still reports.
-        for outcome in [ProbeOutcome::Failure("kubelet answered 500".into()), ProbeOutcome::Timeout] {
+        for outcome in [ProbeOutcome::Failure("kubelet answered 500".into()), ProbeOutcome::Timeout, ProbeOutcome::NoAnswer("connection reset".into())] {
             let mut w = World::new();
             w.node(0, node("n").ready_at(t(0)));
             w.renewing(0, 400);
+            // Answered healthy once: the kubelet is reachable and answers.
+            w.facts.record_probe("n", ProbeOutcome::Success, t(0), ttl);
             for at in (30..=210).step_by(30) {
+                if at == 210 {
+                    assert_eq!(w.at(209).verdict, Verdict::Suspect, "{outcome:?}");
+                }
                 w.facts.record_probe("n", outcome.clone(), t(at), ttl);
                 w.node(at, node("n").ready_at(t(at)));
             }
-            assert_eq!(w.at(209).verdict, Verdict::Suspect, "{outcome:?}");
             assert_eq!(w.at(210).verdict, Verdict::Zombie, "{outcome:?}");
         }
     }
 
     #[test]
-    fn only_the_current_run_of_failures_says_whether_the_kubelet_was_reached() {
+    fn probe_zombie_after_counts_only_the_streak_in_which_pulsecheck_got_through() {
         let ttl = Thresholds::default().probe_result_ttl;
         let mut w = World::new();
         w.node(0, node("n").ready_at(t(0)));
@@ -833,11 +842,19 @@ mod tests {
             w.facts.record_probe("n", ProbeOutcome::Unreachable("connect timed out".into()), t(at), ttl);
             w.node(at, node("n").ready_at(t(at)));
         }
-        assert!(!w.facts.probes["n"].connected_in_run);
+        assert_eq!(w.facts.probes["n"].connected_since, None);
         assert_eq!(w.at(330).verdict, Verdict::Suspect);
-        // One connection that hangs in the run: the kubelet is there and does not answer.
-        w.facts.record_probe("n", ProbeOutcome::Timeout, t(360), ttl);
-        assert_eq!(w.at(360).verdict, Verdict::Zombie);
+        // Then the kubelet takes requests and hangs: conclusive once it has hung for the whole
+        // --probe-zombie-after, not at once on the strength of the unreachable spell before.
+        for at in (360..=540).step_by(30) {
+            w.facts.record_probe("n", ProbeOutcome::Timeout, t(at), ttl);
+            w.node(at, node("n").ready_at(t(at)));
+            let expected = if at < 540 { Verdict::Suspect } else { Verdict::Zombie };
+            assert_eq!(w.at(at).verdict, expected, "at {at}");
+        }
+        // One connection that does not get through ends the streak.
+        w.facts.record_probe("n", ProbeOutcome::Unreachable("TLS handshake did not complete".into()), t(570), ttl);
+        assert_eq!(w.at(570).verdict, Verdict::Suspect);
     }
 
     #[test]
@@ -849,11 +866,14 @@ mod tests {
         }
         w.renewing(0, 3000);
         w.facts.record_probe("n", ProbeOutcome::Success, t(540), ttl);
-        for at in (570..=2700).step_by(30) {
-            w.facts.record_probe("n", ProbeOutcome::Unreachable("connect timed out".into()), t(at), ttl);
-        }
         let threshold = w.th.status_threshold_for(&w.facts.nodes["n"], Some(&w.facts.leases["n"])).after.as_secs() as i64;
+        let mut at = 570;
+        while at < 600 + threshold {
+            w.facts.record_probe("n", ProbeOutcome::Unreachable("connect timed out".into()), t(at), ttl);
+            at += 30;
+        }
         assert_eq!(w.at(600 + threshold - 1).verdict, Verdict::Suspect);
+        w.facts.record_probe("n", ProbeOutcome::Unreachable("connect timed out".into()), t(600 + threshold), ttl);
         let a = w.at(600 + threshold);
         assert_eq!(a.verdict, Verdict::Zombie);
         assert!(a.evidence.iter().any(|e| matches!(e, Evidence::StatusStale { .. })), "{:?}", a.evidence);

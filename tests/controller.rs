@@ -305,8 +305,12 @@ async fn person_cordoned_node_stays_cordoned_and_foreign_taints_survive_taint_an
     assert!(!has_our_taint(&released));
     assert_eq!(released.spec.as_ref().and_then(|s| s.unschedulable), Some(true), "the person's cordon was undone");
     assert!(released.metadata.annotations.as_ref().is_none_or(|a| !a.contains_key(names::REMEDIATION_ANNOTATION)));
-    let (status, _, _) = our_condition(&released).unwrap();
-    assert_eq!(status, "True");
+    // The condition says False exactly while pulsecheck's taint is on: True once released.
+    eventually("the condition True after the release", Duration::from_secs(30), || {
+        let client = client.clone();
+        async move { our_condition(&get_node(&client, node).await).filter(|(status, _, _)| status == "True").map(|_| ()) }
+    })
+    .await;
     running.stop().await;
     lab.stop().await;
 }
@@ -410,8 +414,21 @@ async fn a_restarted_instance_keeps_its_remediation_until_it_has_seen_the_node_r
     }
     lab.fleet.set_fault(node, Fault::Recover).unwrap();
     let recovered = tokio::time::Instant::now();
-    wait_node(&client, node, "released after the recovery", recover_after + TICK_SLACK, |n| !has_our_taint(n)).await;
+    // While pulsecheck's taint stays on, the condition says False (RecoveryPending), never True:
+    // a tool keyed on it must not see a healthy node that pulsecheck still holds out.
+    let deadline = recovered + recover_after + TICK_SLACK;
+    loop {
+        let n = get_node(&client, node).await;
+        let condition = our_condition(&n).expect("the condition stays");
+        if !has_our_taint(&n) {
+            break;
+        }
+        assert_eq!(condition.0, "False", "True while pulsecheck's taint is still on: {condition:?}");
+        assert!(tokio::time::Instant::now() < deadline, "not released within --recover-after and a tick of the recovery");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     assert!(recovered.elapsed() >= recover_after, "released {:?} after the recovery, before --recover-after ({recover_after:?})", recovered.elapsed());
+    wait_node(&client, node, "the condition True once released", Duration::from_secs(30), |n| our_condition(n).is_some_and(|(s, _, _)| s == "True")).await;
     second.stop().await;
     lab.stop().await;
 }

@@ -394,8 +394,83 @@ async fn a_dual_stack_node_is_reached_on_its_second_address_when_the_first_is_un
 // ---------------------------------------------------------------------------------------------
 // tcp
 
+/// A port that takes TCP connections and never says a word: what a path that drops large
+/// packets (a path-MTU black hole) looks like from pulsecheck — the TCP handshake passes, the
+/// kubelet's certificate never arrives. The listener lives as long as the returned task.
+async fn silent_port(ip: IpAddr) -> (SocketAddr, JoinHandle<()>) {
+    let silent = TcpListener::bind((ip, 0)).await.unwrap();
+    let addr = silent.local_addr().unwrap();
+    let hold = tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((tcp, _)) = silent.accept().await {
+            held.push(tcp);
+        }
+    });
+    (addr, hold)
+}
+
 #[tokio::test]
-async fn tcp_mode_succeeds_on_a_handshake_and_times_out_on_a_silent_port() {
+async fn a_kubelet_port_whose_tls_handshake_never_completes_is_unreachable_not_a_hanging_kubelet() {
+    // Before the probe tracked how far it got this was a Timeout — "the kubelet accepted and
+    // hangs", conclusive after --probe-zombie-after — and a healthy node behind an MTU black
+    // hole was tainted.
+    let ca = CertificateAuthority::new("kubelet-ca").unwrap();
+    let (addr, hold) = silent_port(loopback(22)).await;
+    let s = Setup::new("t");
+    let mut settings = s.settings(ProbeMode::KubeletHealthz, Some(s.ca_file(&ca.cert_pem())), false);
+    settings.timeout = Duration::from_secs(1);
+    let prober = s.prober(settings);
+    let started = Instant::now();
+    let outcome = prober.probe(&target(addr, "node-1")).await;
+    assert!(
+        matches!(&outcome, ProbeOutcome::Unreachable(why) if why.contains(&format!("TLS handshake with kubelet at {addr} did not complete"))),
+        "{outcome:?}"
+    );
+    assert!(!outcome.got_through());
+    assert!(started.elapsed() < Duration::from_secs(3), "a 1s probe took {:?}", started.elapsed());
+    hold.abort();
+}
+
+#[tokio::test]
+async fn a_kubelet_that_hangs_up_after_the_request_gave_no_answer_rather_than_an_unhealthy_one() {
+    // TLS completes with a certificate pulsecheck trusts, the request is read, the connection is
+    // closed without a response.
+    let ca = CertificateAuthority::new("kubelet-ca").unwrap();
+    let ip = loopback(23);
+    let serving = ca.issue_server("kubelet", &[ip], &[]).unwrap();
+    let chain = CertificateDer::pem_slice_iter(serving.cert_pem.as_bytes()).collect::<Result<Vec<_>, _>>().unwrap();
+    let key = PrivateKeyDer::from_pem_slice(serving.key_pem.as_bytes()).unwrap();
+    let config = rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(chain, key)
+        .unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    let listener = TcpListener::bind((ip, 0)).await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let requests = Arc::new(Mutex::new(0usize));
+    let seen = requests.clone();
+    let server = tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let Ok(mut tls) = acceptor.accept(tcp).await else { continue };
+            let mut buf = [0u8; 4096];
+            if tokio::io::AsyncReadExt::read(&mut tls, &mut buf).await.is_ok_and(|n| n > 0) {
+                *seen.lock().unwrap() += 1;
+            }
+            drop(tls);
+        }
+    });
+    let s = Setup::new("t");
+    let outcome = s.verifying(&ca).probe(&target(addr, "node-1")).await;
+    assert!(matches!(&outcome, ProbeOutcome::NoAnswer(why) if why.contains("without an answer")), "{outcome:?}");
+    assert!(outcome.got_through(), "the request got to the kubelet");
+    assert_eq!(*requests.lock().unwrap(), 1);
+    server.abort();
+}
+
+#[tokio::test]
+async fn tcp_mode_succeeds_on_a_handshake_and_a_port_that_never_completes_it_is_unreachable() {
     let ca = CertificateAuthority::new("kubelet-ca").unwrap();
     let kubelet = kubelet(&ca, loopback(20)).await;
     let s = Setup::new("t");
@@ -405,17 +480,11 @@ async fn tcp_mode_succeeds_on_a_handshake_and_times_out_on_a_silent_port() {
     assert_eq!(prober.probe(&target(kubelet.addr(), "node-1")).await, ProbeOutcome::Success);
     assert!(kubelet.requests().is_empty());
 
-    // A port that accepts TCP but never speaks TLS (a wedged process holding its socket).
-    let silent = TcpListener::bind((loopback(21), 0)).await.unwrap();
-    let addr = silent.local_addr().unwrap();
-    let hold = tokio::spawn(async move {
-        let mut held = Vec::new();
-        while let Ok((tcp, _)) = silent.accept().await {
-            held.push(tcp);
-        }
-    });
+    // A port that accepts TCP but never speaks TLS: pulsecheck did not get through.
+    let (addr, hold) = silent_port(loopback(21)).await;
     let started = Instant::now();
-    assert_eq!(prober.probe(&target(addr, "node-2")).await, ProbeOutcome::Timeout);
+    let outcome = prober.probe(&target(addr, "node-2")).await;
+    assert!(matches!(&outcome, ProbeOutcome::Unreachable(why) if why.contains("did not complete")), "{outcome:?}");
     assert!(started.elapsed() < Duration::from_secs(3), "a 1s probe took {:?}", started.elapsed());
     hold.abort();
 }
@@ -491,7 +560,7 @@ async fn apiserver_proxy_needs_get_on_nodes_proxy_and_says_so() {
     assert!(why.contains("nodes/proxy") && why.contains("system:serviceaccount:pulsecheck:pulsecheck"), "the apiserver's message is kept: {why}");
 
     // Granted exactly `get` on `nodes/proxy`, the apiserver lets the request through (this node
-    // does not exist, so the answer is a 404 failure, no longer a permission problem).
+    // does not exist, so the answer is a 404: no permission problem, and nothing about health).
     let roles: Api<ClusterRole> = Api::all(cp.client());
     let role = ClusterRole {
         metadata: ObjectMeta { name: Some("pulsecheck-apiserver-proxy".into()), ..Default::default() },
@@ -519,7 +588,7 @@ async fn apiserver_proxy_needs_get_on_nodes_proxy_and_says_so() {
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
-    assert!(matches!(&outcome, ProbeOutcome::Failure(why) if why.contains("404")), "{outcome:?}");
+    assert!(matches!(&outcome, ProbeOutcome::NotProbed(why) if why.contains("404")), "{outcome:?}");
     cp.stop().await.unwrap();
 }
 
@@ -528,6 +597,10 @@ type Answer = (u16, &'static str);
 
 /// An HTTPS server standing in for the apiserver where the lab cannot produce an answer: the
 /// real apiserver refuses to proxy to loopback addresses, where lab kubelets live.
+/// The status a [`FakeApiserver`] never answers with: it holds the request open instead (a
+/// kubelet that hangs behind the proxy, or a dial the apiserver is still waiting for).
+const HANG: u16 = 0;
+
 struct FakeApiserver {
     addr: SocketAddr,
     answer: Arc<Mutex<Answer>>,
@@ -568,7 +641,12 @@ impl FakeApiserver {
                     let service = service_fn(move |req: Request<hyper::body::Incoming>| {
                         paths.lock().unwrap().push(req.uri().path().to_string());
                         let (code, body) = *answer.lock().unwrap();
-                        async move { Response::builder().status(code).body(Full::new(Bytes::from_static(body.as_bytes()))) }
+                        async move {
+                            if code == HANG {
+                                std::future::pending::<()>().await;
+                            }
+                            Response::builder().status(code).body(Full::new(Bytes::from_static(body.as_bytes())))
+                        }
                     });
                     let _ = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(tls), service).await;
                 });
@@ -609,6 +687,32 @@ async fn apiserver_proxy_asks_the_node_proxy_healthz_path_and_maps_the_answers()
     apiserver.set_answer((503, r#"{"kind":"Status","message":"error trying to reach service: dial tcp 10.0.0.7:10250: i/o timeout","code":503}"#));
     let outcome = prober.probe(&node).await;
     assert!(matches!(&outcome, ProbeOutcome::Unreachable(why) if why.contains("503") && why.contains("i/o timeout")), "{outcome:?}");
+    // The apiserver's own 500 (a Status object, not a kubelet's healthz text) is no answer of the
+    // kubelet's either; before, it counted as the kubelet answering unhealthy.
+    apiserver.set_answer((500, r#"{"kind":"Status","apiVersion":"v1","status":"Failure","message":"error dialing backend: EOF","code":500}"#));
+    let outcome = prober.probe(&node).await;
+    assert!(matches!(&outcome, ProbeOutcome::Unreachable(why) if why.contains("error dialing backend")), "{outcome:?}");
+    // A Node the apiserver does not know, and its throttling: nothing about health.
+    apiserver.set_answer((404, r#"{"kind":"Status","message":"nodes \"node-1\" not found","reason":"NotFound","code":404}"#));
+    assert!(matches!(prober.probe(&node).await, ProbeOutcome::NotProbed(_)));
+    apiserver.set_answer((429, "Too many requests, please try again later."));
+    assert!(matches!(prober.probe(&node).await, ProbeOutcome::NotProbed(_)));
+}
+
+#[tokio::test]
+async fn apiserver_proxy_without_an_answer_in_time_is_unreachable_not_a_hanging_kubelet() {
+    // Through the proxy pulsecheck cannot tell a kubelet that hangs from an apiserver still
+    // dialing a port a firewall drops (its dial timeout is 30 s, the probe's 5 s). Before, this
+    // was a Timeout — "got through and hangs", conclusive after --probe-zombie-after.
+    let apiserver = FakeApiserver::start(loopback(32), (HANG, "")).await;
+    let s = Setup::new("t");
+    let mut settings = s.settings(ProbeMode::ApiserverProxy, None, false);
+    settings.timeout = Duration::from_secs(1);
+    let prober = Prober::new(settings, apiserver.client(false)).unwrap();
+    let node = ProbeTarget { node: "node-1".into(), endpoint: KubeletEndpoint::default(), recheck_cadence: false };
+    let outcome = prober.probe(&node).await;
+    assert!(matches!(&outcome, ProbeOutcome::Unreachable(why) if why.contains("node proxy")), "{outcome:?}");
+    assert_eq!(apiserver.paths.lock().unwrap().len(), 1, "the request was sent");
 }
 
 #[tokio::test]
@@ -623,7 +727,7 @@ async fn apiserver_proxy_probe_stays_bounded_when_the_client_retries_503() {
     let node = ProbeTarget { node: "node-1".into(), endpoint: KubeletEndpoint::default(), recheck_cadence: false };
     let started = Instant::now();
     let outcome = prober.probe(&node).await;
-    assert!(matches!(outcome, ProbeOutcome::Timeout | ProbeOutcome::Unreachable(_)), "{outcome:?}");
+    assert!(matches!(outcome, ProbeOutcome::Unreachable(_)), "{outcome:?}");
     assert!(started.elapsed() < Duration::from_secs(3), "a 1s probe took {:?}", started.elapsed());
 }
 

@@ -38,7 +38,7 @@ pub enum Clock {
 /// The result of one kubelet probe, as `check` shows it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct ProbeResult {
-    /// `ok`, `fail`, `timeout`, `denied` (401/403) or `n/a` (could not probe).
+    /// `ok`, `fail`, `timeout`, `no-answer`, `unreachable`, `untrusted`, `denied` (401/403) or `n/a` (could not probe).
     pub result: &'static str,
     /// The error, when there is one.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -51,6 +51,7 @@ impl ProbeResult {
             ProbeOutcome::Success => ("ok", None),
             ProbeOutcome::Failure(e) => ("fail", Some(e.clone())),
             ProbeOutcome::Timeout => ("timeout", None),
+            ProbeOutcome::NoAnswer(e) => ("no-answer", Some(e.clone())),
             ProbeOutcome::Unreachable(e) => ("unreachable", Some(e.clone())),
             ProbeOutcome::Untrusted(e) => ("untrusted", Some(e.clone())),
             ProbeOutcome::Unauthorized(e) => ("denied", Some(e.clone())),

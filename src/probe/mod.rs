@@ -376,21 +376,35 @@ impl Prober {
 
     /// One probe of one node, bounded by the probe timeout. Never panics, never fails: every
     /// result is a [`ProbeOutcome`] — 2xx is `Success`; 401/403 is `Unauthorized` naming the
-    /// missing permission; another status, a refused or reset connection or a TLS failure is
-    /// `Failure`; no answer in time is `Timeout`; no usable address, no port or an unreadable
-    /// token file is `NotProbed`.
+    /// missing permission; a 5xx of the kubelet's own is `Failure`; a request taken over TLS and
+    /// not answered in time is `Timeout`, broken off without an answer `NoAnswer`; no
+    /// connection, a TLS handshake that fails or does not complete in time, or an apiserver
+    /// proxy that cannot reach the kubelet or does not answer in time is `Unreachable`; a
+    /// certificate pulsecheck does not accept is `Untrusted`; no usable address, no port, an
+    /// unreadable token file or an answer that says nothing about health (404, 429, the
+    /// kubelet unable to authorize the request) is `NotProbed`.
+    ///
+    /// How far the probe got when its time ran out decides what the timeout means: only a
+    /// kubelet that took the request over a completed TLS handshake and then hung is a
+    /// `Timeout`. A handshake that never completes is the path (one that drops large packets —
+    /// a path-MTU black hole passes the TCP handshake and loses the certificate), not the
+    /// kubelet: the kubelet's TLS server does not wait on its sync loop or its disk.
     #[instrument(level = "debug", skip_all, fields(node = %target.node))]
     pub async fn probe(&self, target: &ProbeTarget) -> ProbeOutcome {
         let inner = &*self.inner;
+        let progress = Progress::default();
         let attempt = async {
             match &inner.transport {
-                Transport::Healthz { tls, .. } => inner.healthz(tls, target).await,
-                Transport::Handshake { tls } => inner.handshake(tls, target).await,
-                Transport::ApiserverProxy => inner.apiserver_proxy(&target.node).await,
+                Transport::Healthz { tls, .. } => inner.healthz(tls, target, &progress).await,
+                Transport::Handshake { tls } => inner.handshake(tls, target, &progress).await,
+                Transport::ApiserverProxy => inner.apiserver_proxy(&target.node, &progress).await,
                 Transport::Disabled => ProbeOutcome::NotProbed("kubelet probes are off (--probe=none)".into()),
             }
         };
-        let outcome = tokio::time::timeout(inner.timeout, attempt).await.unwrap_or(ProbeOutcome::Timeout);
+        let outcome = match tokio::time::timeout(inner.timeout, attempt).await {
+            Ok(outcome) => outcome,
+            Err(_) => progress.timed_out(inner.timeout),
+        };
         tracing::debug!(?outcome, "kubelet probe");
         outcome
     }
@@ -417,11 +431,12 @@ impl Prober {
         let attempt = async {
             let peers = Peer::candidates(&target.endpoint, &inner.preferred_address_types)?;
             let bearer = inner.bearer()?;
-            let (peer, stream) = connect_first(&peers, tls, inner.timeout).await.map_err(|outcome| match outcome {
+            let (peer, stream) = connect_first(&peers, tls, inner.timeout, &Progress::default()).await.map_err(|outcome| match outcome {
                 ProbeOutcome::Unreachable(why)
                 | ProbeOutcome::Untrusted(why)
                 | ProbeOutcome::NotProbed(why)
                 | ProbeOutcome::Failure(why)
+                | ProbeOutcome::NoAnswer(why)
                 | ProbeOutcome::Unauthorized(why) => why,
                 other => format!("{other:?}"),
             })?;
@@ -450,8 +465,46 @@ pub fn is_misconfigured<'a>(outcomes: impl IntoIterator<Item = &'a ProbeOutcome>
     outcomes.into_iter().any(|o| matches!(o, ProbeOutcome::Unauthorized(_) | ProbeOutcome::Untrusted(_)))
 }
 
+/// How far one probe got, so that its timeout can say what it means ([`Prober::probe`]).
+#[derive(Debug, Default)]
+struct Progress(std::sync::Mutex<Stage>);
+
+/// The stages of a probe, in order.
+#[derive(Debug, Clone, Default)]
+enum Stage {
+    /// No TCP connection yet.
+    #[default]
+    Connecting,
+    /// Connected to the kubelet at this `host:port`; the TLS handshake is under way.
+    Handshaking(String),
+    /// The request went to the kubelet over a completed TLS handshake.
+    Requested,
+    /// The request went to the apiserver's node proxy.
+    Proxied,
+}
+
+impl Progress {
+    fn reached(&self, stage: Stage) {
+        *self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = stage;
+    }
+
+    /// What running out of time at the stage reached means.
+    fn timed_out(&self, timeout: Duration) -> ProbeOutcome {
+        match self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone() {
+            Stage::Connecting => ProbeOutcome::Unreachable(format!("no connection to the kubelet within {timeout:?}")),
+            Stage::Handshaking(authority) => ProbeOutcome::Unreachable(format!(
+                "TLS handshake with kubelet at {authority} did not complete within {timeout:?}: the connection was made and the certificate never came (a path that drops large packets looks like this)"
+            )),
+            Stage::Requested => ProbeOutcome::Timeout,
+            Stage::Proxied => ProbeOutcome::Unreachable(format!(
+                "no answer through the apiserver's node proxy within {timeout:?}: from here a kubelet that hangs and one the apiserver cannot reach look the same"
+            )),
+        }
+    }
+}
+
 impl Inner {
-    async fn healthz(&self, tls: &TlsConnector, target: &ProbeTarget) -> ProbeOutcome {
+    async fn healthz(&self, tls: &TlsConnector, target: &ProbeTarget, progress: &Progress) -> ProbeOutcome {
         let peers = match Peer::candidates(&target.endpoint, &self.preferred_address_types) {
             Ok(peers) => peers,
             Err(reason) => return ProbeOutcome::NotProbed(reason),
@@ -461,13 +514,14 @@ impl Inner {
             Ok(bearer) => bearer,
             Err(reason) => return ProbeOutcome::NotProbed(reason),
         };
-        let (peer, stream) = match connect_first(&peers, tls, self.timeout).await {
+        let (peer, stream) = match connect_first(&peers, tls, self.timeout, progress).await {
             Ok(connected) => connected,
             Err(outcome) => return outcome,
         };
+        progress.reached(Stage::Requested);
         match get_healthz(stream, &peer.authority(), bearer).await {
             Ok((status, body)) => kubelet_answer(status, &body, &peer.authority()),
-            Err(e) => ProbeOutcome::Failure(format!("kubelet at {} did not answer /healthz: {e}", peer.authority())),
+            Err(e) => ProbeOutcome::NoAnswer(format!("kubelet at {} broke off /healthz without an answer: {e}", peer.authority())),
         }
     }
 
@@ -479,19 +533,19 @@ impl Inner {
         })
     }
 
-    async fn handshake(&self, tls: &TlsConnector, target: &ProbeTarget) -> ProbeOutcome {
+    async fn handshake(&self, tls: &TlsConnector, target: &ProbeTarget, progress: &Progress) -> ProbeOutcome {
         let peers = match Peer::candidates(&target.endpoint, &self.preferred_address_types) {
             Ok(peers) => peers,
             Err(reason) => return ProbeOutcome::NotProbed(reason),
         };
-        match connect_first(&peers, tls, self.timeout).await {
+        match connect_first(&peers, tls, self.timeout, progress).await {
             // Dropping the stream closes the connection; nothing was sent but the handshake.
             Ok(_stream) => ProbeOutcome::Success,
             Err(outcome) => outcome,
         }
     }
 
-    async fn apiserver_proxy(&self, node: &str) -> ProbeOutcome {
+    async fn apiserver_proxy(&self, node: &str, progress: &Progress) -> ProbeOutcome {
         if !is_dns_subdomain(node) {
             return ProbeOutcome::NotProbed(format!("node name {node:?} cannot be used in an apiserver path"));
         }
@@ -499,6 +553,7 @@ impl Inner {
             Ok(request) => request,
             Err(e) => return ProbeOutcome::NotProbed(format!("cannot build the apiserver proxy request: {e}")),
         };
+        progress.reached(Stage::Proxied);
         let response = match self.client.send(request).await {
             Ok(response) => response,
             Err(e) => return ProbeOutcome::Unreachable(format!("apiserver proxy request for node {node} failed: {e}")),
@@ -616,7 +671,7 @@ impl Peer {
 /// Connects to the first of `peers` that accepts a TCP connection (each gets an equal share of
 /// three quarters of `timeout`, at least 100 ms) and completes the TLS handshake with it. With no connection at
 /// all: [`ProbeOutcome::Unreachable`] naming every address tried.
-async fn connect_first(peers: &[Peer], tls: &TlsConnector, timeout: Duration) -> Result<(Peer, TlsStream<TcpStream>), ProbeOutcome> {
+async fn connect_first(peers: &[Peer], tls: &TlsConnector, timeout: Duration, progress: &Progress) -> Result<(Peer, TlsStream<TcpStream>), ProbeOutcome> {
     // Connecting gets three quarters of the probe timeout, so a port that drops packets ends as
     // Unreachable (no connection) rather than as the probe's Timeout, which is kept for a kubelet
     // that accepted the connection and then did not answer.
@@ -624,7 +679,10 @@ async fn connect_first(peers: &[Peer], tls: &TlsConnector, timeout: Duration) ->
     let mut errors = Vec::new();
     for peer in peers {
         match peer.connect_tcp(share).await {
-            Ok(tcp) => return peer.handshake(tls, tcp).await.map(|stream| (peer.clone(), stream)),
+            Ok(tcp) => {
+                progress.reached(Stage::Handshaking(peer.authority()));
+                return peer.handshake(tls, tcp).await.map(|stream| (peer.clone(), stream));
+            }
             Err(e) => errors.push(e),
         }
     }
@@ -742,7 +800,16 @@ fn kubelet_answer(status: StatusCode, body: &[u8], authority: &str) -> ProbeOutc
         StatusCode::FORBIDDEN => ProbeOutcome::Unauthorized(format!(
             "kubelet answered {code}: pulsecheck's ServiceAccount needs `get` on `nodes/healthz` (or `nodes/proxy` on kubelets without KubeletFineGrainedAuthz, before 1.33)"
         )),
-        _ => ProbeOutcome::Failure(format!("kubelet at {authority} answered {code}{}", summary(body))),
+        // The kubelet's authorization filter answers 500 when it cannot ask the apiserver
+        // (SubjectAccessReview) whether pulsecheck may probe: /healthz never ran.
+        StatusCode::INTERNAL_SERVER_ERROR if String::from_utf8_lossy(body).trim_start().starts_with("Authorization error") => ProbeOutcome::NotProbed(format!(
+            "kubelet at {authority} could not authorize the probe (its SubjectAccessReview failed), so it did not say whether it is healthy{}",
+            summary(body)
+        )),
+        s if s.is_server_error() => ProbeOutcome::Failure(format!("kubelet at {authority} answered {code}{}", summary(body))),
+        // A redirect, a 404, a 429: not what a kubelet's /healthz answers, and nothing about
+        // its health (another server on the port, a proxy in between, throttling).
+        _ => ProbeOutcome::NotProbed(format!("kubelet at {authority} answered {code} to /healthz, which says nothing about its health{}", summary(body))),
     }
 }
 
@@ -760,8 +827,20 @@ fn apiserver_answer(status: StatusCode, body: &[u8]) -> ProbeOutcome {
         StatusCode::BAD_GATEWAY | StatusCode::SERVICE_UNAVAILABLE | StatusCode::GATEWAY_TIMEOUT => {
             ProbeOutcome::Unreachable(format!("apiserver proxy could not reach the kubelet ({code}){}", summary(body)))
         }
-        _ => ProbeOutcome::Failure(format!("apiserver proxy to the kubelet answered {code}{}", summary(body))),
+        // A Kubernetes Status is the apiserver's own error (a kubelet's /healthz answers
+        // `[-]syncloop failed ...` in plain text): no answer of the kubelet's.
+        s if s.is_server_error() && is_status_object(body) => {
+            ProbeOutcome::Unreachable(format!("apiserver proxy failed without the kubelet's answer ({code}){}", summary(body)))
+        }
+        s if s.is_server_error() => ProbeOutcome::Failure(format!("kubelet answered {code} through the apiserver proxy{}", summary(body))),
+        // 404 (no such node), 429 (the apiserver throttles pulsecheck), ...: nothing about health.
+        _ => ProbeOutcome::NotProbed(format!("apiserver proxy answered {code}, which says nothing about the kubelet's health{}", summary(body))),
     }
+}
+
+/// True when `body` is a Kubernetes `Status` object: an error of the apiserver's own.
+fn is_status_object(body: &[u8]) -> bool {
+    serde_json::from_slice::<serde_json::Value>(body).is_ok_and(|v| v.get("kind").and_then(|k| k.as_str()) == Some("Status"))
 }
 
 /// `": <reason>"` from a body: a Kubernetes Status message, the failed checks of a healthz
@@ -874,6 +953,16 @@ mod tests {
             kubelet_answer(StatusCode::INTERNAL_SERVER_ERROR, body, a),
             ProbeOutcome::Failure("kubelet at 10.0.0.7:10250 answered 500: [-]syncloop failed: reason withheld".into())
         );
+        assert!(matches!(kubelet_answer(StatusCode::SERVICE_UNAVAILABLE, b"", a), ProbeOutcome::Failure(_)));
+        // The kubelet's authorization filter could not ask the apiserver: /healthz never ran.
+        let body = b"Authorization error (user=system:serviceaccount:pulsecheck:pulsecheck, verb=get, resource=nodes, subresource=healthz)";
+        let ProbeOutcome::NotProbed(why) = kubelet_answer(StatusCode::INTERNAL_SERVER_ERROR, body, a) else { panic!() };
+        assert!(why.contains("could not authorize") && why.contains("subresource=healthz"), "{why}");
+        // Answers no kubelet's /healthz gives say nothing about health.
+        for code in [StatusCode::NOT_FOUND, StatusCode::TOO_MANY_REQUESTS, StatusCode::MOVED_PERMANENTLY, StatusCode::BAD_REQUEST] {
+            let ProbeOutcome::NotProbed(why) = kubelet_answer(code, b"", a) else { panic!("{code}") };
+            assert!(why.contains(code.as_str()) && why.contains("says nothing about its health"), "{why}");
+        }
     }
 
     #[test]
@@ -888,6 +977,29 @@ mod tests {
         assert!(why.contains("503") && why.contains("connection refused"), "{why}");
         let ProbeOutcome::Failure(why) = apiserver_answer(StatusCode::INTERNAL_SERVER_ERROR, b"[-]syncloop failed: reason withheld") else { panic!() };
         assert!(why.contains("500") && why.contains("syncloop"), "{why}");
+        // The apiserver's own 500 (a Status object) is not the kubelet's answer.
+        let body = br#"{"kind":"Status","apiVersion":"v1","status":"Failure","message":"error dialing backend: EOF","code":500}"#;
+        let ProbeOutcome::Unreachable(why) = apiserver_answer(StatusCode::INTERNAL_SERVER_ERROR, body) else { panic!() };
+        assert!(why.contains("error dialing backend"), "{why}");
+        let body = br#"{"kind":"Status","message":"nodes \"gone\" not found","reason":"NotFound","code":404}"#;
+        assert!(matches!(apiserver_answer(StatusCode::NOT_FOUND, body), ProbeOutcome::NotProbed(_)));
+        assert!(matches!(apiserver_answer(StatusCode::TOO_MANY_REQUESTS, b""), ProbeOutcome::NotProbed(_)));
+    }
+
+    #[test]
+    fn a_timeout_means_what_the_probe_had_reached() {
+        let timeout = Duration::from_secs(5);
+        let progress = Progress::default();
+        assert!(matches!(progress.timed_out(timeout), ProbeOutcome::Unreachable(why) if why.contains("no connection")));
+        progress.reached(Stage::Handshaking("10.0.0.7:10250".into()));
+        assert!(
+            matches!(progress.timed_out(timeout), ProbeOutcome::Unreachable(why) if why.contains("TLS handshake with kubelet at 10.0.0.7:10250 did not complete"))
+        );
+        progress.reached(Stage::Requested);
+        assert_eq!(progress.timed_out(timeout), ProbeOutcome::Timeout);
+        let proxied = Progress::default();
+        proxied.reached(Stage::Proxied);
+        assert!(matches!(proxied.timed_out(timeout), ProbeOutcome::Unreachable(why) if why.contains("node proxy")));
     }
 
     #[test]
