@@ -672,7 +672,15 @@ impl Controller {
         let can_see_at_all = v.sight.nodes.synced && v.sight.leases.synced;
         self.readiness.set(
             can_see_at_all
-                && !matches!(blindness, Some(observe::Blindness::WatchFailing(..) | observe::Blindness::LeasesSilent(_) | observe::Blindness::NodesSilent(_))),
+                && !matches!(
+                    blindness,
+                    Some(
+                        observe::Blindness::WatchFailing(..)
+                            | observe::Blindness::LeasesSilent(_)
+                            | observe::Blindness::NodesSilent(_)
+                            | observe::Blindness::NodeWatchLags { .. }
+                    )
+                ),
         );
         let evaluation = verdict::evaluate(at, &v.facts, &cfg.thresholds, cfg.probe_partition_threshold);
         self.metrics.set_probe_partition(!evaluation.probes_trusted);
@@ -807,6 +815,16 @@ impl Controller {
                 warn!("leadership lost during the tick; remaining writes skipped");
                 break;
             }
+            if lock(&self.view).sight.node_lag.is_some() {
+                // The plan came from a view now known to be behind: nothing of it is carried out.
+                let left = 1 + steps.len();
+                warn!(left, "the Node watch lags behind the apiserver; the rest of this tick's writes are skipped");
+                self.metrics.write(write_kind(&planned.step), WriteResult::Superseded);
+                for p in steps.by_ref() {
+                    self.metrics.write(write_kind(&p.step), WriteResult::Superseded);
+                }
+                break;
+            }
             let kind = write_kind(&planned.step);
             if started.elapsed() >= budget {
                 let left: Vec<Planned> = std::iter::once(planned).chain(steps.by_ref()).collect();
@@ -887,10 +905,28 @@ impl Controller {
     /// its Lease is taken as the truth and folded into the view — a Lease the read did not find
     /// is gone: the cached one must not confirm a verdict the cluster no longer supports — and
     /// the node is judged again. Returns the assessment when it still calls for remediation.
+    ///
+    /// A read showing a status the Node watch never delivered, posted well before (half the Lease
+    /// watch's silence allowance), proves the watch lags: pulsecheck is blind from here
+    /// ([`observe::Blindness::NodeWatchLags`]) until the watch catches up, and nothing is done.
+    /// On a small or quiet fleet a Node watch that stalls without an error is seen no other way
+    /// before its staleness reaches a node's status threshold.
     fn confirm(&self, now: Timestamp, name: &str, node: &SlimNode, lease: Option<&SlimLease>) -> Option<Assessment> {
         let cfg = &self.config;
         let confirmed = {
             let mut v = lock(&self.view);
+            let allowance = lease_silence(now, &v.facts, &cfg.thresholds) / 2;
+            let lag = v.facts.nodes.get(name).and_then(|cached| observe::node_watch_lag(cached, node, now, allowance));
+            if let Some(lag) = lag {
+                warn!(
+                    node = name,
+                    behind_seconds = now.duration_since(lag.posted_at).as_secs(),
+                    "the fresh read shows a status the Node watch never delivered: the watch lags; pulsecheck counts itself blind until it catches up, and does nothing"
+                );
+                v.facts.apply_node(node, &cfg.scope, now);
+                v.sight.node_lag.get_or_insert(lag);
+                return None;
+            }
             v.facts.apply_node(node, &cfg.scope, now);
             match lease {
                 Some(l) => v.facts.apply_lease(l, now),

@@ -32,7 +32,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use crate::{
-    facts::{FleetFacts, Scope, SlimLease, SlimNode},
+    facts::{FleetFacts, NodeFacts, Scope, SlimLease, SlimNode},
     metrics::Metrics,
 };
 
@@ -75,6 +75,16 @@ pub enum Blindness {
     LeasesSilent(i64),
     /// The Node watch delivered nothing for this many seconds while Leases renew.
     NodesSilent(i64),
+    /// A fresh read of `node` showed a status the Node watch had not delivered, posted about
+    /// `behind` seconds before: the watch lags or stalls without an error (an etcd watch that
+    /// starves, a stream the apiserver stopped feeding), which its silence rule cannot see on a
+    /// small or quiet fleet. Blind until the watch delivers that status or re-lists.
+    NodeWatchLags {
+        /// The node whose fresh read showed it.
+        node: String,
+        /// How far behind the watch was, in seconds.
+        behind: i64,
+    },
     /// Sight came back this many seconds ago; kubelets get time to catch up first.
     Settling(i64),
 }
@@ -86,6 +96,9 @@ impl std::fmt::Display for Blindness {
             Blindness::WatchFailing(r, e) => write!(f, "the {r} watch is failing: {e}"),
             Blindness::LeasesSilent(s) => write!(f, "the Lease watch delivered nothing for {s}s"),
             Blindness::NodesSilent(s) => write!(f, "the Node watch delivered nothing for {s}s while Leases renew"),
+            Blindness::NodeWatchLags { node, behind } => {
+                write!(f, "the Node watch lags: a fresh read of node {node} showed a status posted about {behind}s earlier that the watch never delivered")
+            }
             Blindness::Settling(s) => write!(f, "sight regained {s}s ago; waiting for kubelets to catch up"),
         }
     }
@@ -104,6 +117,41 @@ pub struct Sight {
     pub ever_synced: bool,
     /// The current blind spell, while one lasts: see [`View::see`].
     pub spell: Option<Spell>,
+    /// The Node watch was caught lagging behind a fresh read ([`node_watch_lag`]), until it
+    /// delivers what the read showed or re-lists.
+    pub node_lag: Option<NodeLag>,
+}
+
+/// The Node watch caught behind: a fresh read of `node` showed a status heartbeat the watch had
+/// not delivered.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeLag {
+    /// The node read.
+    pub node: String,
+    /// The heartbeat (`Ready`'s `lastHeartbeatTime`, the node's clock) the read showed.
+    pub heartbeat: Timestamp,
+    /// About when that status reached the apiserver, on pulsecheck's clock.
+    pub posted_at: Timestamp,
+}
+
+/// Whether a fresh read of a node (`fresh`) shows the Node watch lagging: a status heartbeat newer
+/// than the one the watch delivered (`cached`), posted `allowance` or longer ago. When it was
+/// posted is worked out without trusting the node's clock: the two heartbeats come from the same
+/// clock, so their difference, added to when pulsecheck saw the older one arrive, is when the newer
+/// one did (or later, if the watch was late already then — so the estimate errs on the side of
+/// "not lagging"). A status posted a moment ago may simply be on its way.
+pub fn node_watch_lag(cached: &NodeFacts, fresh: &SlimNode, now: Timestamp, allowance: Duration) -> Option<NodeLag> {
+    if fresh.metadata.uid.as_deref().unwrap_or_default() != cached.uid {
+        return None;
+    }
+    let heartbeat = fresh.condition("Ready")?.last_heartbeat_time.as_ref()?.0;
+    let delivered = cached.status.value?;
+    if heartbeat <= delivered {
+        return None;
+    }
+    let posted_at = cached.status.observed_at.checked_add(heartbeat.duration_since(delivered)).ok()?;
+    let allowance = SignedDuration::try_from(allowance).unwrap_or(SignedDuration::MAX);
+    (now.duration_since(posted_at) >= allowance).then(|| NodeLag { node: fresh.metadata.name.clone().unwrap_or_default(), heartbeat, posted_at })
 }
 
 /// A blind spell: when it began (pulsecheck's clock), and whether the Lease watch was blind too
@@ -134,6 +182,9 @@ impl Sight {
                     return Some(Blindness::WatchFailing(name, e.clone()));
                 }
             }
+        }
+        if let Some(lag) = &self.node_lag {
+            return Some(Blindness::NodeWatchLags { node: lag.node.clone(), behind: now.duration_since(lag.posted_at).as_secs() });
         }
         if !facts.leases.is_empty() {
             let quiet = self.leases.last_event.map_or(SignedDuration::MAX, |t| now.duration_since(t));
@@ -173,9 +224,23 @@ impl Sight {
         let watch = |name: &str| if name == "Node" { &self.nodes } else { &self.leases };
         match blindness {
             Blindness::LeasesSilent(s) | Blindness::NodesSilent(s) => ago(*s),
+            // Since the status the watch never delivered was posted.
+            Blindness::NodeWatchLags { .. } => self.node_lag.as_ref().map_or(now, |lag| lag.posted_at.min(now)),
             // Only the failing watch's own (recent: `blindness` checked that) error.
             Blindness::WatchFailing(name, _) => watch(name).error.as_ref().map_or(now, |(_, at)| *at).min(now),
             Blindness::NotSynced(_) | Blindness::Settling(_) => now,
+        }
+    }
+
+    /// The Node watch delivered `node`: if it is the status a fresh read caught it lagging
+    /// behind (or a later one), the watch has caught up.
+    fn node_delivered(&mut self, node: &SlimNode) {
+        let caught_up = self.node_lag.as_ref().is_some_and(|lag| {
+            node.metadata.name.as_deref() == Some(lag.node.as_str())
+                && node.condition("Ready").and_then(|c| c.last_heartbeat_time.as_ref()).is_some_and(|h| h.0 >= lag.heartbeat)
+        });
+        if caught_up && let Some(lag) = self.node_lag.take() {
+            info!(node = lag.node, "the Node watch delivered the status it lagged behind");
         }
     }
 
@@ -238,7 +303,7 @@ impl View {
             }
             Some(other) => {
                 let since = self.sight.spell_start(now, other);
-                let leases = !matches!(other, Blindness::NodesSilent(_));
+                let leases = !matches!(other, Blindness::NodesSilent(_) | Blindness::NodeWatchLags { .. });
                 let spell = self.sight.spell.get_or_insert(Spell { since, leases });
                 spell.leases |= leases;
                 blindness
@@ -441,6 +506,10 @@ async fn run_watch<K: Watched>(api: Api<K>, view: SharedView, metrics: Metrics, 
                 K::sight(&mut v).error = None;
             }
             Folded::Synced { listed } => {
+                if K::RESOURCE == SlimNode::RESOURCE {
+                    // A complete re-list is the truth as of now: whatever the watch lagged behind is in it.
+                    v.sight.node_lag = None;
+                }
                 let sight = K::sight(&mut v);
                 sight.synced = true;
                 sight.error = None;
@@ -468,7 +537,11 @@ impl Watched for SlimNode {
 
 /// Watches every Node until `shutdown`, applying each to the view.
 pub async fn watch_nodes(api: Api<SlimNode>, view: SharedView, scope: Scope, metrics: Metrics, shutdown: CancellationToken) {
-    run_watch(api, view, metrics, shutdown, move |node: &SlimNode, v: &mut View, now| v.facts.apply_node(node, &scope, now)).await
+    run_watch(api, view, metrics, shutdown, move |node: &SlimNode, v: &mut View, now| {
+        v.facts.apply_node(node, &scope, now);
+        v.sight.node_delivered(node);
+    })
+    .await
 }
 
 /// Watches the Leases in kube-node-lease until `shutdown`, applying each to the view.
@@ -487,7 +560,7 @@ mod tests {
 
     fn synced(at: i64) -> Sight {
         let w = WatchSight { synced: true, last_event: Some(t(at)), error: None, longest_gap: None };
-        Sight { nodes: w.clone(), leases: w, regained_at: None, ever_synced: true, spell: None }
+        Sight { nodes: w.clone(), leases: w, regained_at: None, ever_synced: true, spell: None, node_lag: None }
     }
 
     fn fleet_with_lease() -> FleetFacts {
@@ -720,5 +793,47 @@ mod tests {
         v.sight.nodes.last_event = Some(t(100));
         assert!(matches!(v.see(t(100), SILENCE, NODE_SILENCE, SETTLE), Some(Blindness::WatchFailing("Lease", _))));
         assert_eq!(v.sight.spell.map(|s| s.since), Some(t(100)));
+    }
+
+    #[test]
+    fn a_fresh_read_newer_than_the_watch_shows_the_watch_lagging_whatever_the_node_s_clock_says() {
+        // The watch delivered heartbeat H at 100 (pulsecheck's clock); a fresh read shows H + 60 s.
+        for skew in [0, 3600, -3600] {
+            let mut f = FleetFacts::default();
+            f.apply_node(&node("n").ready_at(t(skew)).build(), &Scope::default(), t(100));
+            let cached = &f.nodes["n"];
+            let fresh = node("n").ready_at(t(skew + 60)).build();
+            let allowance = Duration::from_secs(25);
+            // Posted at about 160: still on its way at 180, lagging at 185.
+            assert_eq!(node_watch_lag(cached, &fresh, t(184), allowance), None, "skew {skew}");
+            let lag = node_watch_lag(cached, &fresh, t(185), allowance).unwrap_or_else(|| panic!("skew {skew}: not seen lagging"));
+            assert_eq!((lag.node.as_str(), lag.heartbeat, lag.posted_at), ("n", t(skew + 60), t(160)), "skew {skew}");
+            // The same status, an older one, or another node under that name: no lag.
+            assert_eq!(node_watch_lag(cached, &node("n").ready_at(t(skew)).build(), t(1000), allowance), None);
+            assert_eq!(node_watch_lag(cached, &node("n").ready_at(t(skew - 10)).build(), t(1000), allowance), None);
+            assert_eq!(node_watch_lag(cached, &node("n").uid("other").ready_at(t(skew + 60)).build(), t(1000), allowance), None);
+        }
+    }
+
+    #[test]
+    fn a_lagging_node_watch_is_blindness_until_it_delivers_what_the_read_showed_and_its_time_is_not_staleness() {
+        let mut v = seen_view();
+        v.sight.leases.last_event = Some(t(300));
+        v.sight.nodes.last_event = Some(t(300));
+        v.sight.node_lag = Some(NodeLag { node: "n".into(), heartbeat: t(200), posted_at: t(200) });
+        assert_eq!(v.see(t(300), SILENCE, NODE_SILENCE, SETTLE), Some(Blindness::NodeWatchLags { node: "n".into(), behind: 100 }));
+        assert_eq!(v.sight.spell, Some(Spell { since: t(200), leases: false }));
+        // Another node, or an older status of this one: still behind.
+        v.sight.node_delivered(&node("m").ready_at(t(250)).build());
+        v.sight.node_delivered(&node("n").ready_at(t(150)).build());
+        assert!(v.sight.node_lag.is_some());
+        // The status the read showed arrives through the watch: caught up; the time behind is
+        // taken off the statuses (not the renewals, which the Lease watch saw), and sight settles.
+        v.sight.node_delivered(&node("n").ready_at(t(200)).build());
+        assert_eq!(v.sight.node_lag, None);
+        v.facts.apply_node(&node("m").ready_at(t(0)).build(), &Scope::default(), t(0));
+        assert_eq!(v.see(t(310), SILENCE, NODE_SILENCE, SETTLE), Some(Blindness::Settling(0)));
+        assert_eq!(v.facts.nodes["m"].status.observed_at, t(110), "the 110 s behind were taken off the status age");
+        assert_eq!(v.facts.leases["n"].renew.observed_at, t(0), "the Lease watch was not behind: renewal ages stand");
     }
 }
