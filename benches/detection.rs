@@ -8,7 +8,10 @@
 //! jitter of ±½ report), renews a 40 s Lease every 10 s, reports its status every
 //! `nodeStatusReportFrequency` (checked every `nodeStatusUpdateFrequency`), and has status
 //! changes at random (about one an hour, each a report at once and a new jitter). pulsecheck
-//! starts at 0; with `/configz` it learns the cadence at its first probe of the node (within 30 s).
+//! starts at 0; with `/configz` it learns the cadence at its first probe of the node (within 30 s),
+//! reads it again every 10 minutes, and — as the prober does — at the next probe when asked
+//! (`StatusCadence::recheck`: an early report, or a status quiet for a shorter threshold than a
+//! read from before the latest report may confirm), at most every 30 s.
 //! Healthy for three hours — every Zombie verdict there is a false alarm — then every node's disk
 //! hangs at a random moment (status reports stop, the Lease goes on) and the time to its Zombie
 //! verdict is recorded. A second fleet is wedged before pulsecheck starts.
@@ -110,6 +113,7 @@ fn run(report: i64, update: i64, configz: bool, wedged_before: bool, seed: u64) 
         .collect();
     // Replay each kubelet from its start until pulsecheck's: only its latest report is visible.
     let first_probe: Vec<i64> = (0..NODES).map(|_| rng.random_range(0..30)).collect();
+    let mut configz_read: Vec<Option<i64>> = vec![None; NODES];
     let end = if wedged_before { 3 * 3600 } else { HEALTHY_FOR + 2 * 3600 };
     let begin = -start_window - 1;
     let mut t = begin;
@@ -137,13 +141,24 @@ fn run(report: i64, update: i64, configz: bool, wedged_before: bool, seed: u64) 
                 facts.apply_node(&node_json(name, k.last_report), &scope, at(0));
                 facts.apply_lease(&lease_json(name, t - (t - k.lease_phase).rem_euclid(10)), at(0));
             }
-            if configz && t == first_probe[i] {
-                facts.record_kubelet_cadence(name, KubeletCadence { report: Duration::from_secs(report as u64), update: Duration::from_secs(update as u64) });
+            // Probed every 30 s from its first probe; /configz read with a probe, as the scheduler does.
+            if configz && t >= first_probe[i] && (t - first_probe[i]) % 30 == 0 {
+                let recheck = facts.nodes.get(name.as_str()).is_some_and(|n| n.cadence.recheck);
+                let due = configz_read[i].is_none_or(|read| t - read >= 600 || (recheck && t - read >= 30));
+                // A wedged kubelet still answers /healthz and /configz (both from memory).
+                if due {
+                    facts.record_kubelet_cadence(
+                        name,
+                        KubeletCadence { report: Duration::from_secs(report as u64), update: Duration::from_secs(update as u64) },
+                    );
+                    configz_read[i] = Some(t);
+                }
             }
         }
         if t >= 0 && t % TICK == 0 {
             let evaluation = verdict::evaluate(at(t), &facts, &th, 50.0);
             verdict::note_uncadenced_gaps(&mut facts, &evaluation.assessments);
+            verdict::note_cadence_rereads(at(t), &mut facts, &th);
             for (i, k) in kubelets.iter_mut().enumerate() {
                 let zombie = evaluation.assessments.get(names[i].as_str()).is_some_and(|a| a.verdict == Verdict::Zombie);
                 if zombie && t < k.wedged_at {

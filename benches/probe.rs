@@ -133,7 +133,12 @@ async fn measure(plan: Plan) {
     while let Ok(Some(report)) = tokio::time::timeout_at(end, results_rx.recv()).await {
         let kind = match &report.outcome {
             ProbeOutcome::Success => "success",
-            ProbeOutcome::Failure(why) | ProbeOutcome::NoAnswer(why) | ProbeOutcome::Unreachable(why) | ProbeOutcome::Untrusted(why) => {
+            ProbeOutcome::Failure(why)
+            | ProbeOutcome::NoAnswer(why)
+            | ProbeOutcome::Unreachable(why)
+            | ProbeOutcome::NoHandshake(why)
+            | ProbeOutcome::Inconclusive(why)
+            | ProbeOutcome::Untrusted(why) => {
                 *failures.entry(why.clone()).or_default() += 1;
                 "failure"
             }

@@ -13,7 +13,14 @@
 //!    TLS and token as `/healthz`, never over `--kubelet-insecure-tls`; RBAC `nodes/configz`):
 //!    the threshold is `max(2·(R + U), lease grace + 1.5·R + U)` — unless an interval longer
 //!    than that configuration allows was seen (it was read before a restart changed it): then
-//!    what the intervals give, until `/configz` is read again. Twice the cadence leaves room for the jitter;
+//!    what the intervals give, until `/configz` is read again. A threshold *shorter* than the
+//!    other sources give condemns only on a configuration read after the node's latest report:
+//!    a kubelet's configuration changes only with a restart, and a restart reports at once, so a
+//!    read from before the latest report may describe a kubelet that is gone (a rollout from
+//!    `R = 1m` to `20m` would otherwise condemn every node of the pool 150 s after its restart).
+//!    Until it is read again, such a node's status counts as stale only after what the other
+//!    sources give ([`StatusThreshold::until_reread`]), and its status going quiet for the
+//!    shorter threshold asks for the read, which comes with the next probe. Twice the cadence leaves room for the jitter;
 //!    the floor keeps a powered-off node (whose last status can be `1.5·R + U` older than its
 //!    last Lease renewal) from turning Zombie before its Lease goes stale, so it is judged
 //!    Dead, as kube-controller-manager judges it. This is the only source that can make a
@@ -96,8 +103,12 @@ pub struct StatusCadence {
     /// How many report intervals were learned (saturating).
     pub intervals: u8,
     /// A report came earlier than the kubelet's known report frequency allows without a change
-    /// or a restart: its configuration may have changed, so `/configz` is worth reading again.
+    /// or a restart — or the status went quiet for a shorter threshold than a configuration read
+    /// before the latest report may give: `/configz` is worth reading again.
     pub recheck: bool,
+    /// Reports seen since `/configz` was last read (saturating): after one, the kubelet may have
+    /// restarted with another configuration.
+    reports_since_read: u8,
 }
 
 /// Where a node's status threshold came from (the `source` label and `check`'s column).
@@ -132,10 +143,28 @@ impl CadenceSource {
 /// A node's status threshold and where it came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 pub struct StatusThreshold {
-    /// Status not seen refreshed for this long is stale.
+    /// Status not seen refreshed for this long is stale (once confirmed: see `until_reread`).
     pub after: Duration,
     /// Which source gave it.
     pub source: CadenceSource,
+    /// A kubelet-given `after` shorter than the other sources give, from a `/configz` read
+    /// before the node's latest report (the kubelet may have restarted with another
+    /// configuration since): until it is read again, the status is stale only after this, and
+    /// a status quiet for `after` asks for the read.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub until_reread: Option<Duration>,
+}
+
+impl StatusThreshold {
+    /// A threshold that needs no re-read.
+    pub fn new(after: Duration, source: CadenceSource) -> StatusThreshold {
+        StatusThreshold { after, source, until_reread: None }
+    }
+
+    /// How long the status may go unrefreshed before it is stale, now.
+    pub fn stale_after(&self) -> Duration {
+        self.until_reread.unwrap_or(self.after)
+    }
 }
 
 impl StatusCadence {
@@ -145,26 +174,43 @@ impl StatusCadence {
     /// The threshold for this node: `flag` is `--status-stale-after`, `lease_grace` the node's
     /// Lease grace (the floor of a kubelet-given threshold). See the module docs for the rules.
     pub fn threshold(&self, flag: Duration, lease_grace: Duration) -> StatusThreshold {
+        let Some(kubelet) = self.kubelet_threshold(lease_grace) else { return self.threshold_without_kubelet(flag) };
+        if self.reports_since_read == 0 {
+            return kubelet;
+        }
+        // Read before the latest report: it may lengthen what the other sources give at once,
+        // shorten it only once read again.
+        let other = self.threshold_without_kubelet(flag);
+        StatusThreshold { until_reread: (kubelet.after < other.after).then_some(other.after), ..kubelet }
+    }
+
+    /// What the kubelet's configuration gives, or what was seen when an interval longer than it
+    /// allows says it is out of date.
+    fn kubelet_threshold(&self, lease_grace: Duration) -> Option<StatusThreshold> {
+        let k = self.kubelet?;
         let longest = self.longest_interval();
         let observed_after = longest.map(|longest| (2 * longest).min(LONGEST_THRESHOLD));
-        if let Some(k) = self.kubelet {
-            let after = (2 * (k.report + k.update)).max(lease_grace + k.longest_quiet()).min(LONGEST_THRESHOLD);
-            // An interval longer than the configuration allows says it is out of date (a restart
-            // that changed it since the last read): what was seen wins until it is read again.
-            return match (longest, observed_after) {
-                (Some(longest), Some(observed)) if longest > k.longest_quiet() + CLOCK_SLACK && observed > after => {
-                    StatusThreshold { after: observed, source: CadenceSource::Observed }
-                }
-                _ => StatusThreshold { after, source: CadenceSource::Kubelet },
-            };
-        }
+        let after = (2 * (k.report + k.update)).max(lease_grace + k.longest_quiet()).min(LONGEST_THRESHOLD);
+        // An interval longer than the configuration allows says it is out of date (a restart
+        // that changed it since the last read): what was seen wins until it is read again.
+        Some(match (longest, observed_after) {
+            (Some(longest), Some(observed)) if longest > k.longest_quiet() + CLOCK_SLACK && observed > after => {
+                StatusThreshold::new(observed, CadenceSource::Observed)
+            }
+            _ => StatusThreshold::new(after, CadenceSource::Kubelet),
+        })
+    }
+
+    /// The threshold from the intervals seen and the flag alone.
+    fn threshold_without_kubelet(&self, flag: Duration) -> StatusThreshold {
+        let observed_after = self.longest_interval().map(|longest| (2 * longest).min(LONGEST_THRESHOLD));
         let observed = observed_after.filter(|after| *after > flag);
         let doubled = (self.intervals < Self::SETTLED).then(|| (2 * flag).min(LONGEST_THRESHOLD.max(flag)));
         match (observed, doubled) {
-            (Some(o), Some(d)) if d > o => StatusThreshold { after: d, source: CadenceSource::FlagDoubled },
-            (Some(o), _) => StatusThreshold { after: o, source: CadenceSource::Observed },
-            (None, Some(d)) => StatusThreshold { after: d, source: CadenceSource::FlagDoubled },
-            (None, None) => StatusThreshold { after: flag, source: CadenceSource::Flag },
+            (Some(o), Some(d)) if d > o => StatusThreshold::new(d, CadenceSource::FlagDoubled),
+            (Some(o), _) => StatusThreshold::new(o, CadenceSource::Observed),
+            (None, Some(d)) => StatusThreshold::new(d, CadenceSource::FlagDoubled),
+            (None, None) => StatusThreshold::new(flag, CadenceSource::Flag),
         }
     }
 
@@ -207,9 +253,15 @@ impl StatusCadence {
         StatusCadence { recent, next, intervals: self.intervals.saturating_add(1), recheck: self.recheck || early, ..self }
     }
 
+    /// This cadence after any new report, a cadence or not: the kubelet may have restarted with
+    /// another configuration since `/configz` was read.
+    pub fn reported(self) -> StatusCadence {
+        StatusCadence { reports_since_read: self.reports_since_read.saturating_add(1), ..self }
+    }
+
     /// The kubelet's configuration as just read from `/configz`.
     pub fn with_kubelet(self, kubelet: KubeletCadence) -> StatusCadence {
-        StatusCadence { kubelet: Some(kubelet), recheck: false, ..self }
+        StatusCadence { kubelet: Some(kubelet), recheck: false, reports_since_read: 0, ..self }
     }
 }
 
@@ -245,7 +297,7 @@ mod tests {
     #[test]
     fn a_kubelet_given_cadence_covers_the_jitter_and_stays_above_the_lease_grace() {
         // Default kubelet: 2·(5m + 10s) = 10m20s, more than 1.5·5m + 10s + 50s.
-        assert_eq!(kubelet(300, 10).threshold(10 * MIN, GRACE), StatusThreshold { after: Duration::from_secs(620), source: CadenceSource::Kubelet });
+        assert_eq!(kubelet(300, 10).threshold(10 * MIN, GRACE), StatusThreshold::new(Duration::from_secs(620), CadenceSource::Kubelet));
         // 20-minute reporter: 40m20s, above the 30m10s a jittered report can take.
         let slow = kubelet(1200, 10).threshold(10 * MIN, GRACE);
         assert_eq!(slow.after, Duration::from_secs(2420));
@@ -257,23 +309,23 @@ mod tests {
     #[test]
     fn observed_intervals_only_lengthen_the_flag() {
         let seen = |secs: i64| StatusCadence::default().after_report(SignedDuration::from_secs(secs), None).after_report(SignedDuration::from_secs(secs), None);
-        assert_eq!(seen(70).threshold(10 * MIN, GRACE), StatusThreshold { after: 10 * MIN, source: CadenceSource::Flag });
-        assert_eq!(seen(1210).threshold(10 * MIN, GRACE), StatusThreshold { after: 40 * MIN + Duration::from_secs(20), source: CadenceSource::Observed });
+        assert_eq!(seen(70).threshold(10 * MIN, GRACE), StatusThreshold::new(10 * MIN, CadenceSource::Flag));
+        assert_eq!(seen(1210).threshold(10 * MIN, GRACE), StatusThreshold::new(40 * MIN + Duration::from_secs(20), CadenceSource::Observed));
         assert_eq!(seen(3600).threshold(10 * MIN, GRACE).after, LONGEST_THRESHOLD);
     }
 
     #[test]
     fn the_flag_is_doubled_until_two_intervals_are_seen() {
         let none = StatusCadence::default();
-        assert_eq!(none.threshold(10 * MIN, GRACE), StatusThreshold { after: 20 * MIN, source: CadenceSource::FlagDoubled });
+        assert_eq!(none.threshold(10 * MIN, GRACE), StatusThreshold::new(20 * MIN, CadenceSource::FlagDoubled));
         // One interval, perhaps cut short by the jitter after a change: still doubled...
         let one = none.after_report(SignedDuration::from_secs(190), None);
-        assert_eq!(one.threshold(10 * MIN, GRACE), StatusThreshold { after: 20 * MIN, source: CadenceSource::FlagDoubled });
+        assert_eq!(one.threshold(10 * MIN, GRACE), StatusThreshold::new(20 * MIN, CadenceSource::FlagDoubled));
         // ...unless what it says is longer.
         let long = none.after_report(SignedDuration::from_secs(1210), None);
         assert_eq!(long.threshold(10 * MIN, GRACE).source, CadenceSource::Observed);
         let two = one.after_report(SignedDuration::from_secs(290), None);
-        assert_eq!(two.threshold(10 * MIN, GRACE), StatusThreshold { after: 10 * MIN, source: CadenceSource::Flag });
+        assert_eq!(two.threshold(10 * MIN, GRACE), StatusThreshold::new(10 * MIN, CadenceSource::Flag));
         let mut snapshot = StatusCadence::default();
         snapshot.assume_settled();
         assert_eq!(snapshot.threshold(10 * MIN, GRACE).source, CadenceSource::Flag);
@@ -309,14 +361,38 @@ mod tests {
         let s = SignedDuration::from_secs;
         // /configz said 1m; the kubelet was reconfigured to 5m and restarted: intervals of 5m10s.
         let stale = kubelet(60, 10).after_report(s(310), Some(s(310)));
-        assert_eq!(stale.threshold(10 * MIN, GRACE), StatusThreshold { after: Duration::from_secs(620), source: CadenceSource::Observed });
+        assert_eq!(stale.threshold(10 * MIN, GRACE), StatusThreshold::new(Duration::from_secs(620), CadenceSource::Observed));
         // A jittered interval the configuration allows (1.5·R + U) changes nothing.
         let jittered = kubelet(300, 10).after_report(s(460), Some(s(460)));
-        assert_eq!(jittered.threshold(10 * MIN, GRACE), StatusThreshold { after: Duration::from_secs(620), source: CadenceSource::Kubelet });
+        assert_eq!(jittered.threshold(10 * MIN, GRACE), StatusThreshold::new(Duration::from_secs(620), CadenceSource::Kubelet));
         // A report long before the known report frequency (a change, or a restart): read again.
         let early = kubelet(300, 10).after_report(s(20), Some(s(20)));
         assert!(early.recheck);
         assert!(!kubelet(300, 10).after_report(s(305), Some(s(305))).recheck);
         assert!(!early.with_kubelet(KubeletCadence { report: 5 * MIN, update: Duration::from_secs(10) }).recheck);
+    }
+
+    #[test]
+    fn a_configuration_read_before_the_latest_report_may_lengthen_but_not_shorten_until_read_again() {
+        let s = SignedDuration::from_secs;
+        // /configz said R = 1m: 150 s (the Lease grace floor) — shorter than the 10m flag.
+        let read = kubelet(60, 10).after_report(s(70), Some(s(70))).after_report(s(70), Some(s(70)));
+        assert_eq!(read.threshold(10 * MIN, GRACE).source, CadenceSource::Kubelet, "intervals learned without a report counted");
+        // A report since: the kubelet may have restarted with R = 20m (a rollout). Until
+        // /configz is read again the node is judged by the flag, and the short threshold says
+        // when to read it.
+        let reported = read.reported();
+        let unconfirmed = reported.threshold(10 * MIN, GRACE);
+        assert_eq!(unconfirmed, StatusThreshold { after: Duration::from_secs(150), source: CadenceSource::Kubelet, until_reread: Some(10 * MIN) });
+        assert_eq!(unconfirmed.stale_after(), 10 * MIN);
+        // Read again: the short threshold holds (still R = 1m), or the new configuration does.
+        let confirmed = reported.with_kubelet(KubeletCadence { report: MIN, update: Duration::from_secs(10) });
+        assert_eq!(confirmed.threshold(10 * MIN, GRACE), StatusThreshold::new(Duration::from_secs(150), CadenceSource::Kubelet));
+        let rolled = reported.with_kubelet(KubeletCadence { report: 20 * MIN, update: Duration::from_secs(10) });
+        assert_eq!(rolled.threshold(10 * MIN, GRACE), StatusThreshold::new(Duration::from_secs(2420), CadenceSource::Kubelet));
+        // Lengthening needs no fresh read: a 20-minute configuration read before a report still
+        // counts (the flag is shorter).
+        let slow = kubelet(1200, 10).reported();
+        assert_eq!(slow.threshold(10 * MIN, GRACE), StatusThreshold::new(Duration::from_secs(2420), CadenceSource::Kubelet));
     }
 }

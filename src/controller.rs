@@ -305,13 +305,18 @@ struct VerdictChange {
 /// `True` (reason `Suspect`). `NotJudged` and `Excluded` are only written to replace a condition
 /// pulsecheck wrote earlier ([`condition_step`]), so a stale `False` never outlives the verdict.
 ///
-/// And the other way round: `False` stays exactly as long as pulsecheck's remediation does. A
-/// node pulsecheck tainted whose evidence has faded (Suspect, Healthy, not judged) keeps its taint
-/// until it has been healthy on evidence for `--recover-after`; until then it says `False`
-/// (`RecoveryPending`), never `True` over pulsecheck's own taint.
-fn desired_condition(verdict: Verdict, remediated: bool) -> (&'static str, &'static str) {
+/// A node pulsecheck remediated keeps its taint until it has been healthy on evidence for
+/// `--recover-after`, and its condition says which way it is going meanwhile — never the plain
+/// `True/HeartbeatsConsistent` over pulsecheck's own taint: healthy on evidence it is
+/// `True/Recovering` (a NodeHealthCheck keyed on `False` stops, as it should for a node that
+/// works again); Suspect, not judged, or healthy on evidence that cannot confirm it (a probe
+/// partition, an expired or inconclusive probe) it is `Unknown/RecoveryUnconfirmed` — not
+/// `False`, which is pulsecheck's conclusion that the node is dead, and not `True` either.
+/// `confirmed` is [`Assessment::healthy_on_evidence`].
+fn desired_condition(verdict: Verdict, remediated: bool, confirmed: bool) -> (&'static str, &'static str) {
     match verdict {
-        Verdict::Healthy | Verdict::Suspect | Verdict::Unknown if remediated => ("False", "RecoveryPending"),
+        Verdict::Healthy if remediated && confirmed => ("True", "Recovering"),
+        Verdict::Healthy | Verdict::Suspect | Verdict::Unknown if remediated => ("Unknown", "RecoveryUnconfirmed"),
         Verdict::Healthy => ("True", "HeartbeatsConsistent"),
         Verdict::Suspect => ("True", "Suspect"),
         Verdict::Zombie if remediated => ("False", "ZombieDetected"),
@@ -371,7 +376,7 @@ fn condition_step(a: &Assessment, note: Option<&NodeNote>, hold: Option<&str>) -
         // remediated (its False). A False with no remediation behind it is corrected at once.
         return None;
     }
-    let (status, reason) = desired_condition(a.verdict, remediated);
+    let (status, reason) = desired_condition(a.verdict, remediated, a.healthy_on_evidence());
     if current.is_none() && !remediated && matches!(a.verdict, Verdict::Healthy | Verdict::Unknown | Verdict::Excluded) {
         return None;
     }
@@ -379,12 +384,14 @@ fn condition_step(a: &Assessment, note: Option<&NodeNote>, hold: Option<&str>) -
         return None;
     }
     let message = match (status, hold) {
+        _ if reason == "Recovering" => "healthy again on evidence; pulsecheck's remediation comes off once it has stayed so for --recover-after".to_string(),
+        _ if reason == "RecoveryUnconfirmed" => format!(
+            "remediated by pulsecheck; the evidence against it has faded but its health is not confirmed ({}), so the remediation stays",
+            a.unconfirmed.unwrap_or(if a.provisional { "not watched long enough yet" } else { "the verdict is not healthy" })
+        ),
         ("Unknown", Some(hold)) => format!("{hold}; {}", a.explain()),
         ("Unknown", None) if a.verdict == Verdict::Dead => format!("not remediated: a dead node is kube-controller-manager's (--act-on-dead); {}", a.explain()),
         ("Unknown", None) => format!("not remediated yet: waiting for the fresh read that confirms it; {}", a.explain()),
-        ("False", _) if reason == "RecoveryPending" => {
-            format!("remediated by pulsecheck; released once healthy on evidence for --recover-after; now {}: {}", a.verdict, a.explain())
-        }
         _ => a.explain(),
     };
     Some(Step::SetCondition { status, reason, message, previous_status: current.map(|(s, _)| s.clone()) })
@@ -717,6 +724,7 @@ impl Controller {
         let assessments = evaluation.assessments;
         if blindness.is_none() {
             verdict::note_uncadenced_gaps(&mut v.facts, &assessments);
+            verdict::note_cadence_rereads(at, &mut v.facts, &cfg.thresholds);
             // A blind view's verdicts are not verdicts: the series keep what was last seen, and
             // pulsecheck_blind says why they do not move (no zombie alert fires on a blind spell).
             publish_metrics(&self.metrics, &cfg.thresholds, &self.ledger.memory, &v.facts, &assessments);
@@ -971,7 +979,7 @@ fn status_silence(at: Timestamp, facts: &FleetFacts, th: &verdict::Thresholds) -
     let mut thresholds: Vec<Duration> = facts
         .nodes
         .iter()
-        .filter_map(|(name, n)| facts.leases.get(name).filter(|l| th.lease_alive(at, l)).map(|l| th.status_threshold_for(n, Some(l)).after))
+        .filter_map(|(name, n)| facts.leases.get(name).filter(|l| th.lease_alive(at, l)).map(|l| th.status_threshold_for(n, Some(l)).stale_after()))
         .collect();
     if thresholds.len() < 2 {
         return Duration::MAX;
@@ -1075,20 +1083,25 @@ mod tests {
     fn every_verdict_has_its_condition_and_event_reason() {
         // (verdict, condition while not remediated, condition once remediated, Event reason)
         let table = [
-            (Verdict::Healthy, ("True", "HeartbeatsConsistent"), ("False", "RecoveryPending"), ("HeartbeatsConsistent", false)),
-            (Verdict::Suspect, ("True", "Suspect"), ("False", "RecoveryPending"), ("NodeSuspect", true)),
+            (Verdict::Healthy, ("True", "HeartbeatsConsistent"), ("True", "Recovering"), ("HeartbeatsConsistent", false)),
+            (Verdict::Suspect, ("True", "Suspect"), ("Unknown", "RecoveryUnconfirmed"), ("NodeSuspect", true)),
             (Verdict::Zombie, ("Unknown", "ZombieNotRemediated"), ("False", "ZombieDetected"), ("ZombieDetected", true)),
             (Verdict::Dead, ("Unknown", "LeaseAndStatusStale"), ("False", "LeaseAndStatusStale"), ("NodeDead", true)),
-            (Verdict::Unknown, ("True", "NotJudged"), ("False", "RecoveryPending"), ("NotJudged", false)),
+            (Verdict::Unknown, ("True", "NotJudged"), ("Unknown", "RecoveryUnconfirmed"), ("NotJudged", false)),
             (Verdict::Excluded, ("True", "Excluded"), ("True", "Excluded"), ("Excluded", false)),
         ];
         for verdict in Verdict::ALL {
             let (_, before, after, reason) = table.iter().find(|(v, ..)| *v == verdict).unwrap_or_else(|| panic!("{verdict} missing from the table"));
-            assert_eq!(desired_condition(verdict, false), *before, "{verdict}");
-            assert_eq!(desired_condition(verdict, true), *after, "{verdict}");
+            assert_eq!(desired_condition(verdict, false, true), *before, "{verdict}");
+            assert_eq!(desired_condition(verdict, true, true), *after, "{verdict}");
+            assert_eq!(desired_condition(verdict, false, false), *before, "{verdict} unconfirmed, not remediated");
             assert_eq!(verdict_reason(verdict), *reason, "{verdict}");
             // False only where pulsecheck itself acted.
-            assert!(desired_condition(verdict, false).0 != "False", "{verdict} says False before pulsecheck acted");
+            assert!(desired_condition(verdict, false, true).0 != "False", "{verdict} says False before pulsecheck acted");
+            // Health that cannot be confirmed never says True over pulsecheck's own taint.
+            if verdict == Verdict::Healthy {
+                assert_eq!(desired_condition(verdict, true, false), ("Unknown", "RecoveryUnconfirmed"));
+            }
         }
     }
 
@@ -1163,10 +1176,10 @@ mod tests {
             (Verdict::Excluded, false, Some(("False", "ZombieDetected")), Some(("True", "Excluded"))),
             (Verdict::Healthy, false, None, None),
             (Verdict::Healthy, false, Some(("True", "HeartbeatsConsistent")), None),
-            // Still pulsecheck's: False until released, whatever the evidence says now.
-            (Verdict::Healthy, true, Some(("False", "ZombieDetected")), Some(("False", "RecoveryPending"))),
-            (Verdict::Suspect, true, Some(("False", "ZombieDetected")), Some(("False", "RecoveryPending"))),
-            (Verdict::Healthy, false, Some(("False", "RecoveryPending")), Some(("True", "HeartbeatsConsistent"))),
+            // Still pulsecheck's: never the plain healthy condition until released.
+            (Verdict::Healthy, true, Some(("False", "ZombieDetected")), Some(("True", "Recovering"))),
+            (Verdict::Suspect, true, Some(("False", "ZombieDetected")), Some(("Unknown", "RecoveryUnconfirmed"))),
+            (Verdict::Healthy, false, Some(("True", "Recovering")), Some(("True", "HeartbeatsConsistent"))),
             (Verdict::Unknown, false, None, None),
             (Verdict::Zombie, false, None, Some(("Unknown", "ZombieNotRemediated"))),
             (Verdict::Zombie, true, Some(("Unknown", "ZombieNotRemediated")), Some(("False", "ZombieDetected"))),

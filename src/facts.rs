@@ -383,12 +383,17 @@ pub enum ProbeOutcome {
     /// off without an answer.
     NoAnswer(String),
     /// pulsecheck did not get through to the kubelet: no TCP connection to any of the node's
-    /// addresses (refused, no route, dropped), a TLS handshake that broke off or did not complete
-    /// in time (a path that drops large packets), or an apiserver proxy that could not reach the
-    /// kubelet or did not answer in time. Supporting evidence at most: a firewall, NetworkPolicy
-    /// or MTU problem between pulsecheck and port 10250 looks exactly like this, and a node
-    /// that is dead as well stops reporting.
+    /// addresses (refused, no route, dropped), a TLS handshake the other side broke off, the
+    /// connection closed before the request went out, or an apiserver proxy that could not reach
+    /// the kubelet or did not answer in time. Supporting evidence at most: a firewall or a
+    /// NetworkPolicy between pulsecheck and port 10250 looks exactly like this, and a node that is
+    /// dead as well stops reporting. Ends a streak of failures that got through.
     Unreachable(String),
+    /// The TCP connection was made and the TLS handshake did not complete within its share of the
+    /// probe timeout: a path that drops large packets (the certificate never arrives), or a
+    /// kubelet too starved (CPU, file descriptors) to finish it. Supporting evidence at most, and
+    /// neutral to a streak of failures that got through: it neither starts nor ends one.
+    NoHandshake(String),
     /// The kubelet's serving certificate was not accepted (signed by another CA than
     /// `--kubelet-certificate-authority`, a serving certificate still pending under
     /// serverTLSBootstrap, a name or address it does not cover). Never evidence: pulsecheck's
@@ -396,10 +401,15 @@ pub enum ProbeOutcome {
     Untrusted(String),
     /// 401/403: pulsecheck lacks permission. Never evidence against the node.
     Unauthorized(String),
-    /// pulsecheck could not probe at all (no address, no port, bad configuration), or the answer
-    /// says nothing about the kubelet's health (a 404 or 429, a redirect, the kubelet unable to
-    /// authorize the request). Never evidence.
+    /// pulsecheck could not probe at all (no address, no port, an unreadable token file): its own
+    /// configuration. Never evidence.
     NotProbed(String),
+    /// An answer that says nothing about the kubelet's health: a redirect, a 404 or 429, another
+    /// 4xx, a 5xx without a healthz report (an intermediary's), the kubelet unable to authorize
+    /// the request (its SubjectAccessReview failed), something that is not HTTP. Neither evidence
+    /// nor pulsecheck's misconfiguration — and no confirmation of health either: a node held on
+    /// probe evidence is not released on it.
+    Inconclusive(String),
 }
 
 impl ProbeOutcome {
@@ -411,7 +421,7 @@ impl ProbeOutcome {
 
     /// A result that speaks against the node's health (at least as supporting evidence).
     pub fn is_failure(&self) -> bool {
-        self.got_through() || matches!(self, ProbeOutcome::Unreachable(_))
+        self.got_through() || matches!(self, ProbeOutcome::Unreachable(_) | ProbeOutcome::NoHandshake(_))
     }
 }
 
@@ -428,9 +438,11 @@ pub struct ProbeFacts {
     /// each one answered unhealthy ([`ProbeOutcome::Failure`]) or took the request over a
     /// completed TLS handshake and then hung or broke off ([`ProbeOutcome::Timeout`],
     /// [`ProbeOutcome::NoAnswer`]). An [`ProbeOutcome::Unreachable`] ends the streak: the way to
-    /// the kubelet failing — a firewall, a NetworkPolicy, a path that drops large packets — says
-    /// nothing about the kubelet, and a stray hang after a long spell of it must not inherit
-    /// that spell's length. `--probe-zombie-after` is measured from here.
+    /// the kubelet failing — a firewall, a NetworkPolicy — says nothing about the kubelet, and a
+    /// stray hang after a long spell of it must not inherit that spell's length. So does any
+    /// result that is no failure (an inconclusive answer, a refusal, no probe): the streak is
+    /// time pulsecheck saw the kubelet fail. A [`ProbeOutcome::NoHandshake`] is neutral.
+    /// `--probe-zombie-after` is measured from here.
     pub connected_since: Option<Timestamp>,
     /// pulsecheck got through to the kubelet at least once: it answered (healthy or not), or took
     /// a request over a completed TLS handshake — with a serving certificate verified against
@@ -443,11 +455,13 @@ pub struct ProbeFacts {
 impl ProbeFacts {
     /// Why pulsecheck itself cannot probe this node usefully, if that is the case: its last
     /// answer was a refusal (401/403) or an untrusted certificate, it could not probe at all (no
-    /// address or port, an unreadable `--token-file`), or its kubelet was never reached. Such nodes are reported as pulsecheck's misconfiguration, never judged.
+    /// address or port, an unreadable `--token-file`), or its kubelet was never reached. Such
+    /// nodes are reported as pulsecheck's misconfiguration, and their probes are no evidence
+    /// (the node is still judged on everything else).
     pub fn misconfiguration(&self) -> Option<&str> {
         match &self.last {
             Some((ProbeOutcome::Unauthorized(why) | ProbeOutcome::Untrusted(why) | ProbeOutcome::NotProbed(why), _)) => Some(why),
-            Some((ProbeOutcome::Unreachable(why), _)) if !self.reached => Some(why),
+            Some((ProbeOutcome::Unreachable(why) | ProbeOutcome::NoHandshake(why), _)) if !self.reached => Some(why),
             _ => None,
         }
     }
@@ -471,21 +485,24 @@ impl ProbeFacts {
                 self.connected_since = None;
                 self.reached = true;
             }
-            ProbeOutcome::Failure(_) | ProbeOutcome::Timeout | ProbeOutcome::NoAnswer(_) | ProbeOutcome::Unreachable(_) => {
+            o if o.is_failure() => {
                 self.consecutive_failures = self.consecutive_failures.saturating_add(1);
                 self.failing_since.get_or_insert(now);
-                if outcome.got_through() {
-                    self.connected_since.get_or_insert(now);
-                } else {
-                    self.connected_since = None;
+                match o {
+                    o if o.got_through() => {
+                        self.connected_since.get_or_insert(now);
+                    }
+                    ProbeOutcome::NoHandshake(_) => {}
+                    _ => self.connected_since = None,
                 }
                 // A timeout or a broken-off request comes only after a completed TLS handshake
                 // with the kubelet's certificate: a kubelet that accepts and then hangs is reached,
                 // also by a freshly started pulsecheck.
                 self.reached |= outcome.got_through();
             }
-            // Neither speaks about the node's health: leave the failure run as it was.
-            ProbeOutcome::Unauthorized(_) | ProbeOutcome::Untrusted(_) | ProbeOutcome::NotProbed(_) => {}
+            // None speaks about the node's health: the failure run stays as it was, but the time
+            // since is no time pulsecheck saw the kubelet fail.
+            _ => self.connected_since = None,
         }
         self.last = Some((outcome, now));
     }
@@ -660,9 +677,13 @@ impl NodeFacts {
 /// cadence ([`NodeFacts::uncadenced_gap`]).
 fn learn_cadence(previous: &NodeFacts, now_seen: &Heartbeat) -> StatusCadence {
     match (previous.status.value, now_seen.value) {
-        (Some(before), Some(after)) if before != after && !previous.uncadenced_gap => {
+        (Some(before), Some(after)) if before != after => {
+            let cadence = previous.cadence.reported();
+            if previous.uncadenced_gap {
+                return cadence;
+            }
             let watched = previous.status.seen_changing.then(|| now_seen.observed_at.duration_since(previous.status.observed_at));
-            previous.cadence.after_report(after.duration_since(before), watched)
+            cadence.after_report(after.duration_since(before), watched)
         }
         _ => previous.cadence,
     }

@@ -517,6 +517,8 @@ impl Metrics {
             ProbeOutcome::Failure(_) => "failure",
             ProbeOutcome::Timeout => "timeout",
             ProbeOutcome::NoAnswer(_) => "no_answer",
+            ProbeOutcome::NoHandshake(_) => "no_handshake",
+            ProbeOutcome::Inconclusive(_) => "inconclusive",
             ProbeOutcome::Unreachable(_) => "unreachable",
             ProbeOutcome::Untrusted(_) => "untrusted",
             ProbeOutcome::Unauthorized(_) => "unauthorized",

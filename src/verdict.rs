@@ -330,7 +330,7 @@ pub fn assess(now: Timestamp, node: &NodeFacts, lease: Option<&LeaseFacts>, prob
     };
     let lease_age = age(now, lease.renew.observed_at);
     let status_age = age(now, node.status.observed_at);
-    let status_stale = at_least(status_age, th.status_threshold_for(node, Some(lease)).after);
+    let status_stale = at_least(status_age, th.status_threshold_for(node, Some(lease)).stale_after());
     let stale_status = Evidence::StatusStale { for_seconds: status_age.as_secs() };
 
     if at_least(lease_age, th.lease_grace_for(lease)) {
@@ -447,6 +447,22 @@ pub fn note_uncadenced_gaps(facts: &mut FleetFacts, assessments: &Assessments) {
     }
 }
 
+/// Asks for `/configz` to be read again on every node whose status has been quiet for the shorter
+/// threshold its kubelet's configuration gives, when that configuration was read before the
+/// node's latest report ([`crate::cadence::StatusCadence::reread_after`]): the kubelet may have
+/// restarted with another one since. The node is judged by the other sources until the read
+/// confirms the short threshold — one probe interval later — so a rollout that lengthens the
+/// report frequency condemns nobody, and a wedge on a fast reporter is still caught in seconds.
+pub fn note_cadence_rereads(at: Timestamp, facts: &mut FleetFacts, th: &Thresholds) {
+    let leases = &facts.leases;
+    for (name, node) in facts.nodes.iter_mut() {
+        let threshold = th.status_threshold_for(node, leases.get(name));
+        if threshold.until_reread.is_some() && at_least(age(at, node.status.observed_at), threshold.after) {
+            node.cadence.recheck = true;
+        }
+    }
+}
+
 /// Verdicts by node name.
 pub type Assessments = std::collections::HashMap<crate::facts::NodeName, Assessment>;
 
@@ -490,7 +506,7 @@ fn probe_evidence(now: Timestamp, probe: &ProbeFacts, th: &Thresholds) -> Option
     }
     let since = probe.failing_since?;
     let last_error = match last {
-        ProbeOutcome::Failure(e) | ProbeOutcome::NoAnswer(e) | ProbeOutcome::Unreachable(e) => e.clone(),
+        ProbeOutcome::Failure(e) | ProbeOutcome::NoAnswer(e) | ProbeOutcome::Unreachable(e) | ProbeOutcome::NoHandshake(e) => e.clone(),
         ProbeOutcome::Timeout => "timed out".into(),
         _ => return None,
     };
@@ -855,6 +871,71 @@ mod tests {
         // One connection that does not get through ends the streak.
         w.facts.record_probe("n", ProbeOutcome::Unreachable("TLS handshake did not complete".into()), t(570), ttl);
         assert_eq!(w.at(570).verdict, Verdict::Suspect);
+    }
+
+    #[test]
+    fn only_time_pulsecheck_saw_the_kubelet_fail_counts_towards_probe_zombie_after() {
+        let ttl = Thresholds::default().probe_result_ttl;
+        let mut w = World::new();
+        w.node(0, node("n").ready_at(t(0)));
+        w.renewing(0, 900);
+        w.facts.record_probe("n", ProbeOutcome::Success, t(0), ttl);
+        w.facts.record_probe("n", ProbeOutcome::Failure("kubelet answered 500".into()), t(30), ttl);
+        // Four minutes of answers that say nothing (the apiserver throttling, the kubelet unable
+        // to authorize): no failure seen, so no time of the streak.
+        for at in (60..=270).step_by(30) {
+            w.facts.record_probe("n", ProbeOutcome::Inconclusive("answered 429".into()), t(at), ttl);
+            w.node(at, node("n").ready_at(t(at)));
+        }
+        for at in [300, 330] {
+            w.facts.record_probe("n", ProbeOutcome::Failure("kubelet answered 500".into()), t(at), ttl);
+            w.node(at, node("n").ready_at(t(at)));
+        }
+        assert_eq!(w.facts.probes["n"].connected_since, Some(t(300)));
+        assert_eq!(w.at(330).verdict, Verdict::Suspect, "conclusive on time pulsecheck never saw failing");
+    }
+
+    #[test]
+    fn handshakes_that_do_not_complete_neither_start_nor_end_a_streak_of_hangs() {
+        // A starved kubelet: some probes hang after the request, some never finish the handshake.
+        let ttl = Thresholds::default().probe_result_ttl;
+        let mut w = World::new();
+        w.node(0, node("n").ready_at(t(0)));
+        w.renewing(0, 600);
+        w.facts.record_probe("n", ProbeOutcome::Success, t(0), ttl);
+        for at in (30..=210).step_by(30) {
+            let outcome = if at % 60 == 0 { ProbeOutcome::NoHandshake("TLS handshake did not complete".into()) } else { ProbeOutcome::Timeout };
+            w.facts.record_probe("n", outcome, t(at), ttl);
+            w.node(at, node("n").ready_at(t(at)));
+        }
+        assert_eq!(w.at(210).verdict, Verdict::Zombie, "hung from 30 s on, through the handshakes that did not complete");
+        // Handshakes that never complete alone (a path dropping large packets) start nothing.
+        let mut w = World::new();
+        w.node(0, node("n").ready_at(t(0)));
+        w.renewing(0, 900);
+        w.facts.record_probe("n", ProbeOutcome::Success, t(0), ttl);
+        for at in (30..=600).step_by(30) {
+            w.facts.record_probe("n", ProbeOutcome::NoHandshake("TLS handshake did not complete".into()), t(at), ttl);
+            if at % 300 == 0 {
+                w.node(at, node("n").ready_at(t(at)));
+            }
+            assert_ne!(w.at(at).verdict, Verdict::Zombie, "at {at}");
+        }
+        assert_eq!(w.facts.probes["n"].connected_since, None);
+    }
+
+    #[test]
+    fn an_inconclusive_answer_is_no_evidence_and_no_confirmation_of_health() {
+        let ttl = Thresholds::default().probe_result_ttl;
+        let mut w = World::new();
+        w.node(0, node("n").ready_at(t(0)));
+        w.renewing(0, 100);
+        w.facts.record_probe("n", ProbeOutcome::Success, t(0), ttl);
+        w.facts.record_probe("n", ProbeOutcome::Inconclusive("answered 429".into()), t(30), ttl);
+        let a = w.at(30);
+        assert_eq!(a.verdict, Verdict::Healthy);
+        assert!(!a.healthy_on_evidence(), "a node held on its probes would be released on an answer that says nothing");
+        assert_eq!(w.facts.probes["n"].misconfiguration(), None, "not pulsecheck's configuration either");
     }
 
     #[test]

@@ -141,3 +141,40 @@ async fn without_configz_the_intervals_seen_lengthen_the_threshold_of_a_slow_rep
     running.stop().await;
     lab.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rollout_that_makes_kubelets_report_less_often_condemns_none_of_them() {
+    // The pool reports every second (/configz: 7.5 s threshold against a 60 s flag); a rollout
+    // restarts every kubelet with nodeStatusReportFrequency 20 s (a 1m → 20m rollout). Each
+    // reports at its restart and then not for 10 … 30 s. Before pulsecheck read /configz again
+    // after a report, the configuration it held (1 s) condemned every node 7.5 s after its
+    // restart.
+    const FLAG: Duration = Duration::from_secs(60);
+    let lab = ProbedLab::start(FleetOptions { status_report_frequency: Duration::from_secs(1), ..fast_fleet(3, "croll-") }).await;
+    let running = lab.controller(|s| s.thresholds.status_stale_after = FLAG).await;
+    for node in lab.lab.fleet.node_names() {
+        wait_threshold(&running, &node, 7.5).await;
+    }
+    wait_evaluations(&running, 4, Duration::from_secs(30)).await;
+    assert_nothing_but_health(&running);
+    let report = Duration::from_secs(20);
+    for node in lab.lab.fleet.node_names() {
+        lab.lab.fleet.restart_kubelet(&node, report).unwrap();
+    }
+    // Through the longest quiet spell after a restart (1.5 × 20 s) nothing but health ...
+    let restarted = tokio::time::Instant::now();
+    while restarted.elapsed() < report * 3 / 2 + Duration::from_secs(2) {
+        wait_evaluations(&running, 4, Duration::from_secs(30)).await;
+        assert_nothing_but_health(&running);
+    }
+    // ... and every node has learned its new configuration: 2·(20 s + 1 s) = 42 s.
+    for node in lab.lab.fleet.node_names() {
+        wait_threshold(&running, &node, 42.0).await;
+    }
+    let client = lab.lab.client();
+    for node in lab.lab.fleet.node_names() {
+        assert!(!has_our_taint(&get_node(&client, &node).await), "{node} tainted");
+    }
+    running.stop().await;
+    lab.lab.stop().await;
+}

@@ -308,7 +308,7 @@ async fn person_cordoned_node_stays_cordoned_and_foreign_taints_survive_taint_an
     // The condition says False exactly while pulsecheck's taint is on: True once released.
     eventually("the condition True after the release", Duration::from_secs(30), || {
         let client = client.clone();
-        async move { our_condition(&get_node(&client, node).await).filter(|(status, _, _)| status == "True").map(|_| ()) }
+        async move { our_condition(&get_node(&client, node).await).filter(|(status, reason, _)| status == "True" && reason == "HeartbeatsConsistent").map(|_| ()) }
     })
     .await;
     running.stop().await;
@@ -414,8 +414,8 @@ async fn a_restarted_instance_keeps_its_remediation_until_it_has_seen_the_node_r
     }
     lab.fleet.set_fault(node, Fault::Recover).unwrap();
     let recovered = tokio::time::Instant::now();
-    // While pulsecheck's taint stays on, the condition says False (RecoveryPending), never True:
-    // a tool keyed on it must not see a healthy node that pulsecheck still holds out.
+    // While pulsecheck's taint stays on, the condition never says plainly healthy: False until
+    // the recovery is seen, then True/Recovering (or Unknown/RecoveryUnconfirmed).
     let deadline = recovered + recover_after + TICK_SLACK;
     loop {
         let n = get_node(&client, node).await;
@@ -423,12 +423,19 @@ async fn a_restarted_instance_keeps_its_remediation_until_it_has_seen_the_node_r
         if !has_our_taint(&n) {
             break;
         }
-        assert_eq!(condition.0, "False", "True while pulsecheck's taint is still on: {condition:?}");
+        assert_ne!(condition.1, "HeartbeatsConsistent", "plainly healthy while pulsecheck's taint is still on: {condition:?}");
+        assert!(
+            matches!((condition.0.as_str(), condition.1.as_str()), ("False", _) | ("True", "Recovering") | ("Unknown", "RecoveryUnconfirmed")),
+            "{condition:?}"
+        );
         assert!(tokio::time::Instant::now() < deadline, "not released within --recover-after and a tick of the recovery");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert!(recovered.elapsed() >= recover_after, "released {:?} after the recovery, before --recover-after ({recover_after:?})", recovered.elapsed());
-    wait_node(&client, node, "the condition True once released", Duration::from_secs(30), |n| our_condition(n).is_some_and(|(s, _, _)| s == "True")).await;
+    wait_node(&client, node, "the condition True once released", Duration::from_secs(30), |n| {
+        our_condition(n).is_some_and(|(s, r, _)| s == "True" && r == "HeartbeatsConsistent")
+    })
+    .await;
     second.stop().await;
     lab.stop().await;
 }

@@ -410,7 +410,7 @@ async fn silent_port(ip: IpAddr) -> (SocketAddr, JoinHandle<()>) {
 }
 
 #[tokio::test]
-async fn a_kubelet_port_whose_tls_handshake_never_completes_is_unreachable_not_a_hanging_kubelet() {
+async fn a_kubelet_port_whose_tls_handshake_never_completes_is_no_handshake_not_a_hanging_kubelet() {
     // Before the probe tracked how far it got this was a Timeout — "the kubelet accepted and
     // hangs", conclusive after --probe-zombie-after — and a healthy node behind an MTU black
     // hole was tainted.
@@ -423,7 +423,7 @@ async fn a_kubelet_port_whose_tls_handshake_never_completes_is_unreachable_not_a
     let started = Instant::now();
     let outcome = prober.probe(&target(addr, "node-1")).await;
     assert!(
-        matches!(&outcome, ProbeOutcome::Unreachable(why) if why.contains(&format!("TLS handshake with kubelet at {addr} did not complete"))),
+        matches!(&outcome, ProbeOutcome::NoHandshake(why) if why.contains(&format!("TLS handshake with kubelet at {addr} did not complete"))),
         "{outcome:?}"
     );
     assert!(!outcome.got_through());
@@ -431,12 +431,9 @@ async fn a_kubelet_port_whose_tls_handshake_never_completes_is_unreachable_not_a
     hold.abort();
 }
 
-#[tokio::test]
-async fn a_kubelet_that_hangs_up_after_the_request_gave_no_answer_rather_than_an_unhealthy_one() {
-    // TLS completes with a certificate pulsecheck trusts, the request is read, the connection is
-    // closed without a response.
-    let ca = CertificateAuthority::new("kubelet-ca").unwrap();
-    let ip = loopback(23);
+/// A TLS server on `ip` with a certificate from `ca` that reads each request and then does
+/// `reply` with the connection instead of answering over HTTP; counts the requests it read.
+async fn tls_server_that_does_not_answer_http(ca: &CertificateAuthority, ip: IpAddr, reply: &'static [u8]) -> (SocketAddr, Arc<Mutex<usize>>, JoinHandle<()>) {
     let serving = ca.issue_server("kubelet", &[ip], &[]).unwrap();
     let chain = CertificateDer::pem_slice_iter(serving.cert_pem.as_bytes()).collect::<Result<Vec<_>, _>>().unwrap();
     let key = PrivateKeyDer::from_pem_slice(serving.key_pem.as_bytes()).unwrap();
@@ -458,9 +455,19 @@ async fn a_kubelet_that_hangs_up_after_the_request_gave_no_answer_rather_than_an
             if tokio::io::AsyncReadExt::read(&mut tls, &mut buf).await.is_ok_and(|n| n > 0) {
                 *seen.lock().unwrap() += 1;
             }
-            drop(tls);
+            let _ = tokio::io::AsyncWriteExt::write_all(&mut tls, reply).await;
+            let _ = tokio::io::AsyncWriteExt::shutdown(&mut tls).await;
         }
     });
+    (addr, requests, server)
+}
+
+#[tokio::test]
+async fn a_kubelet_that_hangs_up_after_the_request_gave_no_answer_rather_than_an_unhealthy_one() {
+    // TLS completes with a certificate pulsecheck trusts, the request is read, the connection is
+    // closed without a response. Before, this was a Failure: "the kubelet answered unhealthy".
+    let ca = CertificateAuthority::new("kubelet-ca").unwrap();
+    let (addr, requests, server) = tls_server_that_does_not_answer_http(&ca, loopback(23), b"").await;
     let s = Setup::new("t");
     let outcome = s.verifying(&ca).probe(&target(addr, "node-1")).await;
     assert!(matches!(&outcome, ProbeOutcome::NoAnswer(why) if why.contains("without an answer")), "{outcome:?}");
@@ -470,7 +477,20 @@ async fn a_kubelet_that_hangs_up_after_the_request_gave_no_answer_rather_than_an
 }
 
 #[tokio::test]
-async fn tcp_mode_succeeds_on_a_handshake_and_a_port_that_never_completes_it_is_unreachable() {
+async fn something_on_the_kubelet_port_that_does_not_speak_http_is_inconclusive() {
+    // Another service on port 10250 behind a certificate pulsecheck trusts: what it says is no
+    // kubelet's health. Before, any error after the handshake was a Failure.
+    let ca = CertificateAuthority::new("kubelet-ca").unwrap();
+    let (addr, _, server) = tls_server_that_does_not_answer_http(&ca, loopback(24), b"SSH-2.0-OpenSSH_9.2\r\n").await;
+    let s = Setup::new("t");
+    let outcome = s.verifying(&ca).probe(&target(addr, "node-1")).await;
+    assert!(matches!(&outcome, ProbeOutcome::Inconclusive(why) if why.contains("does not speak HTTP")), "{outcome:?}");
+    assert!(!outcome.is_failure());
+    server.abort();
+}
+
+#[tokio::test]
+async fn tcp_mode_succeeds_on_a_handshake_and_a_port_that_never_completes_it_is_no_handshake() {
     let ca = CertificateAuthority::new("kubelet-ca").unwrap();
     let kubelet = kubelet(&ca, loopback(20)).await;
     let s = Setup::new("t");
@@ -484,7 +504,7 @@ async fn tcp_mode_succeeds_on_a_handshake_and_a_port_that_never_completes_it_is_
     let (addr, hold) = silent_port(loopback(21)).await;
     let started = Instant::now();
     let outcome = prober.probe(&target(addr, "node-2")).await;
-    assert!(matches!(&outcome, ProbeOutcome::Unreachable(why) if why.contains("did not complete")), "{outcome:?}");
+    assert!(matches!(&outcome, ProbeOutcome::NoHandshake(why) if why.contains("did not complete")), "{outcome:?}");
     assert!(started.elapsed() < Duration::from_secs(3), "a 1s probe took {:?}", started.elapsed());
     hold.abort();
 }
@@ -588,7 +608,7 @@ async fn apiserver_proxy_needs_get_on_nodes_proxy_and_says_so() {
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
-    assert!(matches!(&outcome, ProbeOutcome::NotProbed(why) if why.contains("404")), "{outcome:?}");
+    assert!(matches!(&outcome, ProbeOutcome::Inconclusive(why) if why.contains("404")), "{outcome:?}");
     cp.stop().await.unwrap();
 }
 
@@ -694,9 +714,9 @@ async fn apiserver_proxy_asks_the_node_proxy_healthz_path_and_maps_the_answers()
     assert!(matches!(&outcome, ProbeOutcome::Unreachable(why) if why.contains("error dialing backend")), "{outcome:?}");
     // A Node the apiserver does not know, and its throttling: nothing about health.
     apiserver.set_answer((404, r#"{"kind":"Status","message":"nodes \"node-1\" not found","reason":"NotFound","code":404}"#));
-    assert!(matches!(prober.probe(&node).await, ProbeOutcome::NotProbed(_)));
+    assert!(matches!(prober.probe(&node).await, ProbeOutcome::Inconclusive(_)));
     apiserver.set_answer((429, "Too many requests, please try again later."));
-    assert!(matches!(prober.probe(&node).await, ProbeOutcome::NotProbed(_)));
+    assert!(matches!(prober.probe(&node).await, ProbeOutcome::Inconclusive(_)));
 }
 
 #[tokio::test]

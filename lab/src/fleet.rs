@@ -444,6 +444,8 @@ pub struct Fleet {
 struct SimulatedNode {
     name: String,
     faults: watch::Sender<NodeFaults>,
+    /// Its kubelet's `nodeStatusReportFrequency`, changed by [`Fleet::restart_kubelet`].
+    report_frequency: watch::Sender<Duration>,
     endpoint: Option<KubeletEndpoint>,
 }
 
@@ -533,6 +535,7 @@ impl Fleet {
         for (registered, endpoint) in registered.into_iter().zip(endpoints) {
             let identity = Arc::new(registered.identity);
             let (faults, faults_rx) = watch::channel(NodeFaults::default());
+            let (report_frequency, frequency_rx) = watch::channel(ctx.status_report_frequency);
             // Spread first ticks evenly over each period: a thousand nodes never tick together.
             let slot = identity.index as u32;
             let first_renew = started + ctx.renew_interval * slot / total;
@@ -540,8 +543,8 @@ impl Fleet {
             let mut schedule = ReportSchedule::new(ctx.status_report_frequency);
             schedule.record(registered.reported_at, true, rand::random());
             tasks.spawn(lease_loop(ctx.clone(), identity.clone(), faults_rx.clone(), first_renew));
-            tasks.spawn(status_loop(ctx.clone(), identity.clone(), faults_rx, first_status, schedule, registered.transition));
-            nodes.push(SimulatedNode { name: identity.name.clone(), faults, endpoint });
+            tasks.spawn(status_loop(ctx.clone(), identity.clone(), faults_rx, frequency_rx, first_status, schedule, registered.transition));
+            nodes.push(SimulatedNode { name: identity.name.clone(), faults, report_frequency, endpoint });
         }
         let by_name = nodes.iter().enumerate().map(|(i, n)| (n.name.clone(), i)).collect();
         let fleet = Fleet { nodes, by_name, kubelet_ca_pem: ca.cert_pem(), stop: ctx.stop.clone(), tasks };
@@ -553,6 +556,24 @@ impl Fleet {
     /// The names of every node, in index order.
     pub fn node_names(&self) -> Vec<String> {
         self.nodes.iter().map(|n| n.name.clone()).collect()
+    }
+
+    /// Restarts `node`'s kubelet with another `nodeStatusReportFrequency`, as a configuration
+    /// rollout does: from now on its endpoint's `/configz` says so, and its status loop reports
+    /// at once (a kubelet reports when it starts) and then at the new frequency, with the one-off
+    /// random delay of a start.
+    pub fn restart_kubelet(&self, node: &str, status_report_frequency: Duration) -> Result<()> {
+        if status_report_frequency.is_zero() {
+            return Err(Error::InvalidOptions("status report frequency must be greater than zero".into()));
+        }
+        let sim = self.node(node)?;
+        if let Some(endpoint) = &sim.endpoint {
+            let mut config = endpoint.config();
+            config.status_report_frequency = status_report_frequency;
+            endpoint.set_config(&config);
+        }
+        sim.report_frequency.send_replace(status_report_frequency);
+        Ok(())
     }
 
     /// Gives `node` one more fault (or clears all with [`Fault::Recover`]); takes effect at once.
@@ -1052,11 +1073,13 @@ async fn status_loop(
     ctx: Arc<FleetContext>,
     node: Arc<NodeIdentity>,
     mut faults_rx: watch::Receiver<NodeFaults>,
+    mut frequency_rx: watch::Receiver<Duration>,
     first_update: Instant,
     mut schedule: ReportSchedule,
     registered_transition: Timestamp,
 ) {
     let mut faults = *faults_rx.borrow_and_update();
+    let mut report_frequency = *frequency_rx.borrow_and_update();
     let mut flapping_since: Option<Instant> = None;
     let mut next_update = first_update;
     // What the apiserver holds, as far as this node knows.
@@ -1082,12 +1105,22 @@ async fn status_loop(
                 // A fault change is acted on at once (an osImage change is posted at once).
                 next_update = Instant::now();
             }
+            changed = frequency_rx.changed() => {
+                if changed.is_err() {
+                    return;
+                }
+                // A restart with another configuration: nothing reported yet by this kubelet, so
+                // the next update reports at once and draws a start's one-off delay.
+                report_frequency = *frequency_rx.borrow_and_update();
+                schedule = ReportSchedule::new(report_frequency);
+                next_update = Instant::now();
+            }
             _ = sleep_until(next_update) => {
                 let now = Instant::now();
                 let jitter = 1.0 + STATUS_UPDATE_JITTER * rand::random::<f64>();
                 next_update = now + ctx.status_update_frequency.mul_f64(jitter);
                 let flapping_for = flapping_since.map(|since| now.duration_since(since));
-                if !faults.posts_status(flapping_for, ctx.status_report_frequency) {
+                if !faults.posts_status(flapping_for, report_frequency) {
                     silent = true;
                     continue;
                 }

@@ -108,8 +108,8 @@ pub struct KubeletEndpoint {
 /// What the accept loop and every connection share.
 struct EndpointState {
     tls: TlsAcceptor,
-    /// The body of `/configz`.
-    configz: String,
+    /// What `/configz` reports.
+    config: Mutex<KubeletConfig>,
     faults: Mutex<EndpointFaults>,
     requests: Mutex<VecDeque<KubeletRequest>>,
 }
@@ -131,7 +131,7 @@ impl KubeletEndpoint {
         let addr = listener.local_addr().map_err(|source| Error::Bind { addr: requested, source })?;
         let state = Arc::new(EndpointState {
             tls: TlsAcceptor::from(Arc::new(tls)),
-            configz: cadence.configz(),
+            config: Mutex::new(*cadence),
             faults: Mutex::new(EndpointFaults::default()),
             requests: Mutex::new(VecDeque::new()),
         });
@@ -143,6 +143,17 @@ impl KubeletEndpoint {
     /// The address it listens on (also while closed: [`reopen`](Self::reopen) binds it again).
     pub fn addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// Answers `/configz` as a kubelet configured so would from the next request on (a kubelet
+    /// restarted with another configuration).
+    pub fn set_config(&self, config: &KubeletConfig) {
+        *lock(&self.state.config) = *config;
+    }
+
+    /// What `/configz` reports now.
+    pub fn config(&self) -> KubeletConfig {
+        *lock(&self.state.config)
     }
 
     /// Replaces the current faults; takes effect for the next request.
@@ -304,11 +315,14 @@ async fn answer(state: &EndpointState, request: &Request<Incoming>) -> Result<Re
             tokio::time::sleep(HANG_LIMIT).await;
             Err(Hung)
         }
-        Reply::Configz => Ok(Response::builder()
-            .status(StatusCode::OK)
-            .header(header::CONTENT_TYPE, "application/json")
-            .body(Full::new(Bytes::from(state.configz.clone())))
-            .unwrap_or_else(|_| Response::new(Full::new(Bytes::from(state.configz.clone()))))),
+        Reply::Configz => {
+            let body = lock(&state.config).configz();
+            Ok(Response::builder()
+                .status(StatusCode::OK)
+                .header(header::CONTENT_TYPE, "application/json")
+                .body(Full::new(Bytes::from(body.clone())))
+                .unwrap_or_else(|_| Response::new(Full::new(Bytes::from(body)))))
+        }
         Reply::Answer(status, body) => Ok(Response::builder()
             .status(status)
             .header(header::CONTENT_TYPE, "text/plain; charset=utf-8")

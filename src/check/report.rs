@@ -38,7 +38,8 @@ pub enum Clock {
 /// The result of one kubelet probe, as `check` shows it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct ProbeResult {
-    /// `ok`, `fail`, `timeout`, `no-answer`, `unreachable`, `untrusted`, `denied` (401/403) or `n/a` (could not probe).
+    /// `ok`, `fail`, `timeout`, `no-answer`, `unreachable`, `no-handshake`, `untrusted`, `denied`
+    /// (401/403), `inconclusive` (an answer that says nothing about health) or `n/a` (could not probe).
     pub result: &'static str,
     /// The error, when there is one.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -52,6 +53,8 @@ impl ProbeResult {
             ProbeOutcome::Failure(e) => ("fail", Some(e.clone())),
             ProbeOutcome::Timeout => ("timeout", None),
             ProbeOutcome::NoAnswer(e) => ("no-answer", Some(e.clone())),
+            ProbeOutcome::NoHandshake(e) => ("no-handshake", Some(e.clone())),
+            ProbeOutcome::Inconclusive(e) => ("inconclusive", Some(e.clone())),
             ProbeOutcome::Unreachable(e) => ("unreachable", Some(e.clone())),
             ProbeOutcome::Untrusted(e) => ("untrusted", Some(e.clone())),
             ProbeOutcome::Unauthorized(e) => ("denied", Some(e.clone())),

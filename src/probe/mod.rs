@@ -95,7 +95,7 @@ pub struct ProbeArgs {
     /// Consecutive failed probes (while the Lease is alive) that become evidence.
     #[arg(long, env = "PULSECHECK_PROBE_FAILURE_THRESHOLD", value_name = "N", default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..))]
     pub probe_failure_threshold: u32,
-    /// Probes failing this long make a node a zombie without other evidence, if they got through to the kubelet (it answered unhealthy or hung); failed connections alone stay supporting evidence.
+    /// Probes failing this long make a node a zombie without other evidence, if every one got through to the kubelet (it answered unhealthy, or took the request and hung or broke off); not getting through (no connection, through the apiserver proxy no answer) stays supporting evidence.
     #[arg(long, env = "PULSECHECK_PROBE_ZOMBIE_AFTER", value_name = "DURATION", default_value = "3m", value_parser = positive_duration)]
     pub probe_zombie_after: Duration,
     /// When probes fail for more than this percentage of nodes with live Leases, pulsecheck assumes its own network is cut off.
@@ -376,13 +376,15 @@ impl Prober {
 
     /// One probe of one node, bounded by the probe timeout. Never panics, never fails: every
     /// result is a [`ProbeOutcome`] — 2xx is `Success`; 401/403 is `Unauthorized` naming the
-    /// missing permission; a 5xx of the kubelet's own is `Failure`; a request taken over TLS and
-    /// not answered in time is `Timeout`, broken off without an answer `NoAnswer`; no
-    /// connection, a TLS handshake that fails or does not complete in time, or an apiserver
-    /// proxy that cannot reach the kubelet or does not answer in time is `Unreachable`; a
-    /// certificate pulsecheck does not accept is `Untrusted`; no usable address, no port, an
-    /// unreadable token file or an answer that says nothing about health (404, 429, the
-    /// kubelet unable to authorize the request) is `NotProbed`.
+    /// missing permission; a 5xx with the kubelet's healthz report is `Failure`; a request taken
+    /// over TLS and not answered in time is `Timeout`, broken off without an answer `NoAnswer`;
+    /// no connection, a TLS handshake the other side breaks off, or an apiserver proxy that
+    /// cannot reach the kubelet, fails on its own or does not answer in time is `Unreachable`;
+    /// a TLS handshake that does not complete in time is `NoHandshake`; a certificate
+    /// pulsecheck does not accept is `Untrusted`; an answer that says nothing about health (a
+    /// redirect, 404, 429, a 5xx without a healthz report, the kubelet unable to authorize the
+    /// request, something not HTTP) is `Inconclusive`; no usable address, no port or an
+    /// unreadable token file is `NotProbed`.
     ///
     /// How far the probe got when its time ran out decides what the timeout means: only a
     /// kubelet that took the request over a completed TLS handshake and then hung is a
@@ -437,10 +439,12 @@ impl Prober {
                 | ProbeOutcome::NotProbed(why)
                 | ProbeOutcome::Failure(why)
                 | ProbeOutcome::NoAnswer(why)
+                | ProbeOutcome::NoHandshake(why)
+                | ProbeOutcome::Inconclusive(why)
                 | ProbeOutcome::Unauthorized(why) => why,
                 other => format!("{other:?}"),
             })?;
-            let (status, body) = get(stream, &peer.authority(), bearer, "/configz", Some(CONFIGZ_LIMIT)).await?;
+            let (status, body) = get(stream, &peer.authority(), bearer, "/configz", Some(CONFIGZ_LIMIT)).await.map_err(|e| e.to_string())?;
             match status {
                 s if s.is_success() => KubeletCadence::from_configz(&body),
                 StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => Err(format!(
@@ -492,9 +496,7 @@ impl Progress {
     fn timed_out(&self, timeout: Duration) -> ProbeOutcome {
         match self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone() {
             Stage::Connecting => ProbeOutcome::Unreachable(format!("no connection to the kubelet within {timeout:?}")),
-            Stage::Handshaking(authority) => ProbeOutcome::Unreachable(format!(
-                "TLS handshake with kubelet at {authority} did not complete within {timeout:?}: the connection was made and the certificate never came (a path that drops large packets looks like this)"
-            )),
+            Stage::Handshaking(authority) => no_handshake(&authority, timeout),
             Stage::Requested => ProbeOutcome::Timeout,
             Stage::Proxied => ProbeOutcome::Unreachable(format!(
                 "no answer through the apiserver's node proxy within {timeout:?}: from here a kubelet that hangs and one the apiserver cannot reach look the same"
@@ -521,7 +523,7 @@ impl Inner {
         progress.reached(Stage::Requested);
         match get_healthz(stream, &peer.authority(), bearer).await {
             Ok((status, body)) => kubelet_answer(status, &body, &peer.authority()),
-            Err(e) => ProbeOutcome::NoAnswer(format!("kubelet at {} broke off /healthz without an answer: {e}", peer.authority())),
+            Err(no_answer) => no_answer.outcome(&peer.authority()),
         }
     }
 
@@ -649,14 +651,18 @@ impl Peer {
         }
     }
 
-    /// The TLS handshake on a connected stream. A certificate pulsecheck does not accept is
-    /// [`ProbeOutcome::Untrusted`] (its trust configuration, or a serving certificate still
-    /// pending); any other handshake failure means the kubelet could not be talked to.
-    async fn handshake(&self, tls: &TlsConnector, tcp: TcpStream) -> Result<TlsStream<TcpStream>, ProbeOutcome> {
+    /// The TLS handshake on a connected stream, within `within`. A certificate pulsecheck does
+    /// not accept is [`ProbeOutcome::Untrusted`] (its trust configuration, or a serving
+    /// certificate still pending); a handshake that does not complete in time is
+    /// [`ProbeOutcome::NoHandshake`]; any other failure means the kubelet could not be talked to.
+    async fn handshake(&self, tls: &TlsConnector, tcp: TcpStream, within: Duration) -> Result<TlsStream<TcpStream>, ProbeOutcome> {
         let authority = self.authority();
         let server_name = self.server_name().map_err(ProbeOutcome::NotProbed)?;
         let _ = tcp.set_nodelay(true);
-        tls.connect(server_name, tcp).await.map_err(|e| {
+        let Ok(done) = tokio::time::timeout(within, tls.connect(server_name, tcp)).await else {
+            return Err(no_handshake(&authority, within));
+        };
+        done.map_err(|e| {
             if is_certificate_problem(&e) {
                 ProbeOutcome::Untrusted(format!(
                     "kubelet at {authority} presented a certificate pulsecheck does not accept ({e}): check --kubelet-certificate-authority, or whether the node's serving certificate is still pending (serverTLSBootstrap)"
@@ -668,25 +674,33 @@ impl Peer {
     }
 }
 
-/// Connects to the first of `peers` that accepts a TCP connection (each gets an equal share of
-/// three quarters of `timeout`, at least 100 ms) and completes the TLS handshake with it. With no connection at
-/// all: [`ProbeOutcome::Unreachable`] naming every address tried.
+/// Connects to the first of `peers` that accepts a TCP connection and completes the TLS
+/// handshake with it. The probe timeout is split so that each stage ends as what it is: TCP gets
+/// half of `timeout` (each address an equal share, at least 100 ms) — no connection is
+/// [`ProbeOutcome::Unreachable`], naming every address tried; the handshake a quarter — not
+/// completed is [`ProbeOutcome::NoHandshake`]; the request keeps at least the last quarter, so
+/// that the probe's own [`ProbeOutcome::Timeout`] means a kubelet that took the request and
+/// did not answer, never a stage before it that ran long.
 async fn connect_first(peers: &[Peer], tls: &TlsConnector, timeout: Duration, progress: &Progress) -> Result<(Peer, TlsStream<TcpStream>), ProbeOutcome> {
-    // Connecting gets three quarters of the probe timeout, so a port that drops packets ends as
-    // Unreachable (no connection) rather than as the probe's Timeout, which is kept for a kubelet
-    // that accepted the connection and then did not answer.
-    let share = (timeout * 3 / 4 / u32::try_from(peers.len()).unwrap_or(u32::MAX).max(1)).max(Duration::from_millis(100));
+    let share = (timeout / 2 / u32::try_from(peers.len()).unwrap_or(u32::MAX).max(1)).max(Duration::from_millis(100));
     let mut errors = Vec::new();
     for peer in peers {
         match peer.connect_tcp(share).await {
             Ok(tcp) => {
                 progress.reached(Stage::Handshaking(peer.authority()));
-                return peer.handshake(tls, tcp).await.map(|stream| (peer.clone(), stream));
+                return peer.handshake(tls, tcp, timeout / 4).await.map(|stream| (peer.clone(), stream));
             }
             Err(e) => errors.push(e),
         }
     }
     Err(ProbeOutcome::Unreachable(format!("cannot connect to the kubelet: {}", errors.join("; "))))
+}
+
+/// A TLS handshake with the kubelet at `authority` that did not complete within `within`.
+fn no_handshake(authority: &str, within: Duration) -> ProbeOutcome {
+    ProbeOutcome::NoHandshake(format!(
+        "TLS handshake with kubelet at {authority} did not complete within {within:?}: the connection was made and the handshake never finished (a path that drops large packets, or a kubelet too starved to answer, looks like this)"
+    ))
 }
 
 /// True when a TLS handshake failed over the certificate: pulsecheck did not accept the
@@ -734,8 +748,59 @@ fn bearer_header(raw: &str, what: &str) -> std::result::Result<HeaderValue, Stri
 }
 
 /// Sends `GET /healthz` over `stream` and returns the status and, for non-2xx, the start of the body.
-async fn get_healthz(stream: TlsStream<TcpStream>, authority: &str, bearer: HeaderValue) -> Result<(StatusCode, Bytes), String> {
+async fn get_healthz(stream: TlsStream<TcpStream>, authority: &str, bearer: HeaderValue) -> Result<(StatusCode, Bytes), NoExchange> {
     get(stream, authority, bearer, "/healthz", None).await
+}
+
+/// Why a request over an established TLS connection got no HTTP answer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum NoExchange {
+    /// pulsecheck could not make the request (its own problem).
+    Local(String),
+    /// The connection closed before the request went out.
+    NotSent(String),
+    /// What came back is not HTTP.
+    NotHttp(String),
+    /// The request went out and the connection broke off without an answer.
+    BrokeOff(String),
+}
+
+impl NoExchange {
+    /// What hyper's error says about how far the exchange got; `connection` is the connection's
+    /// own error, when it ended first with one.
+    fn from_hyper(e: &hyper::Error, connection: Option<&hyper::Error>) -> NoExchange {
+        let why = match connection {
+            Some(c) if c.to_string() != e.to_string() => format!("{e} ({c})"),
+            _ => e.to_string(),
+        };
+        if e.is_user() {
+            NoExchange::Local(why)
+        } else if e.is_canceled() {
+            NoExchange::NotSent(why)
+        } else if e.is_parse() || e.is_parse_status() || connection.is_some_and(|c| c.is_parse() || c.is_parse_status()) {
+            NoExchange::NotHttp(why)
+        } else {
+            NoExchange::BrokeOff(why)
+        }
+    }
+
+    /// The probe outcome of a `/healthz` request to the kubelet at `authority` that got no answer.
+    fn outcome(self, authority: &str) -> ProbeOutcome {
+        match self {
+            NoExchange::Local(why) => ProbeOutcome::NotProbed(format!("cannot send the probe to the kubelet at {authority}: {why}")),
+            NoExchange::NotSent(why) => ProbeOutcome::Unreachable(format!("kubelet at {authority} closed the connection before the request went out: {why}")),
+            NoExchange::NotHttp(why) => ProbeOutcome::Inconclusive(format!("what answers at {authority} does not speak HTTP like a kubelet: {why}")),
+            NoExchange::BrokeOff(why) => ProbeOutcome::NoAnswer(format!("kubelet at {authority} broke off /healthz without an answer: {why}")),
+        }
+    }
+}
+
+impl std::fmt::Display for NoExchange {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            NoExchange::Local(why) | NoExchange::NotSent(why) | NoExchange::NotHttp(why) | NoExchange::BrokeOff(why) => f.write_str(why),
+        }
+    }
 }
 
 /// Sends `GET path` over `stream` and returns the status and the start of the body: of a 2xx
@@ -746,37 +811,40 @@ async fn get(
     bearer: HeaderValue,
     path: &str,
     success_limit: Option<usize>,
-) -> Result<(StatusCode, Bytes), String> {
+) -> Result<(StatusCode, Bytes), NoExchange> {
     let request = http::Request::get(path)
         .header(header::HOST, authority)
         .header(header::AUTHORIZATION, bearer)
         .header(header::USER_AGENT, concat!("pulsecheck/", env!("CARGO_PKG_VERSION")))
         .header(header::CONNECTION, "close")
         .body(Empty::<Bytes>::new())
-        .map_err(|e| format!("cannot build the request: {e}"))?;
-    let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.map_err(|e| e.to_string())?;
+        .map_err(|e| NoExchange::Local(format!("cannot build the request: {e}")))?;
+    let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.map_err(|e| NoExchange::from_hyper(&e, None))?;
     let exchange = async move {
-        let response = sender.send_request(request).await.map_err(|e| e.to_string())?;
+        let response = sender.send_request(request).await?;
         let status = response.status();
         let body = match (status.is_success(), success_limit) {
             (false, _) => read_limited(response.into_body()).await,
-            (true, Some(limit)) => Limited::new(response.into_body(), limit)
-                .collect()
-                .await
-                .map(|c| c.to_bytes())
-                .map_err(|e| format!("cannot read the body of {path} (at most {limit} bytes): {e}"))?,
+            (true, Some(limit)) => match Limited::new(response.into_body(), limit).collect().await {
+                Ok(collected) => collected.to_bytes(),
+                Err(e) => return Ok(Err(NoExchange::BrokeOff(format!("cannot read the body of {path} (at most {limit} bytes): {e}")))),
+            },
             (true, None) => Bytes::new(),
         };
-        Ok((status, body))
+        Ok::<_, hyper::Error>(Ok((status, body)))
     };
     // Drive the connection in this task (no spawn), so that a timeout drops everything at once.
     let mut exchange = std::pin::pin!(exchange);
-    tokio::select! {
+    let (answer, connection_error) = tokio::select! {
         biased;
-        answer = &mut exchange => answer,
+        answer = &mut exchange => (answer, None),
         // The connection ended first (closed or failed): the exchange now resolves at once,
         // with the answer it already received or the reason it got none.
-        _ = connection => exchange.await,
+        ended = connection => (exchange.await, ended.err()),
+    };
+    match answer {
+        Ok(answer) => answer,
+        Err(e) => Err(NoExchange::from_hyper(&e, connection_error.as_ref())),
     }
 }
 
@@ -802,15 +870,27 @@ fn kubelet_answer(status: StatusCode, body: &[u8], authority: &str) -> ProbeOutc
         )),
         // The kubelet's authorization filter answers 500 when it cannot ask the apiserver
         // (SubjectAccessReview) whether pulsecheck may probe: /healthz never ran.
-        StatusCode::INTERNAL_SERVER_ERROR if String::from_utf8_lossy(body).trim_start().starts_with("Authorization error") => ProbeOutcome::NotProbed(format!(
+        s if s.is_server_error() && is_authorization_error(body) => ProbeOutcome::Inconclusive(format!(
             "kubelet at {authority} could not authorize the probe (its SubjectAccessReview failed), so it did not say whether it is healthy{}",
             summary(body)
         )),
-        s if s.is_server_error() => ProbeOutcome::Failure(format!("kubelet at {authority} answered {code}{}", summary(body))),
-        // A redirect, a 404, a 429: not what a kubelet's /healthz answers, and nothing about
-        // its health (another server on the port, a proxy in between, throttling).
-        _ => ProbeOutcome::NotProbed(format!("kubelet at {authority} answered {code} to /healthz, which says nothing about its health{}", summary(body))),
+        s if s.is_server_error() && is_healthz_report(body) => ProbeOutcome::Failure(format!("kubelet at {authority} answered {code}{}", summary(body))),
+        // A 5xx without a healthz report is not the kubelet's /healthz (an intermediary's, with
+        // --kubelet-insecure-tls); a redirect, a 404, a 429 are nothing a kubelet's /healthz
+        // answers (another server on the port, a proxy in between, throttling).
+        _ => ProbeOutcome::Inconclusive(format!("kubelet at {authority} answered {code} to /healthz, which says nothing about its health{}", summary(body))),
     }
+}
+
+/// True when `body` is a healthz report (`[+]ping ok`, `[-]syncloop failed: ...`, `healthz check
+/// failed`): what a kubelet's (or any Kubernetes component's) `/healthz` answers.
+fn is_healthz_report(body: &[u8]) -> bool {
+    String::from_utf8_lossy(body).lines().map(str::trim).any(|l| l.starts_with("[+]") || l.starts_with("[-]") || l == "healthz check failed")
+}
+
+/// True when `body` is the kubelet's own "cannot authorize this request" answer.
+fn is_authorization_error(body: &[u8]) -> bool {
+    String::from_utf8_lossy(body).trim_start().starts_with("Authorization error")
 }
 
 /// What the apiserver's answer to `nodes/NAME/proxy/healthz` means.
@@ -827,20 +907,20 @@ fn apiserver_answer(status: StatusCode, body: &[u8]) -> ProbeOutcome {
         StatusCode::BAD_GATEWAY | StatusCode::SERVICE_UNAVAILABLE | StatusCode::GATEWAY_TIMEOUT => {
             ProbeOutcome::Unreachable(format!("apiserver proxy could not reach the kubelet ({code}){}", summary(body)))
         }
-        // A Kubernetes Status is the apiserver's own error (a kubelet's /healthz answers
-        // `[-]syncloop failed ...` in plain text): no answer of the kubelet's.
-        s if s.is_server_error() && is_status_object(body) => {
-            ProbeOutcome::Unreachable(format!("apiserver proxy failed without the kubelet's answer ({code}){}", summary(body)))
+        s if s.is_server_error() && is_authorization_error(body) => ProbeOutcome::Inconclusive(format!(
+            "the kubelet could not authorize the apiserver's proxied probe, so it did not say whether it is healthy{}",
+            summary(body)
+        )),
+        // Only a healthz report is the kubelet's own answer, passed on; any other 5xx — a
+        // Kubernetes Status, the apiserver's panic text, a load balancer's page — is the way
+        // to the kubelet failing.
+        s if s.is_server_error() && is_healthz_report(body) => {
+            ProbeOutcome::Failure(format!("kubelet answered {code} through the apiserver proxy{}", summary(body)))
         }
-        s if s.is_server_error() => ProbeOutcome::Failure(format!("kubelet answered {code} through the apiserver proxy{}", summary(body))),
+        s if s.is_server_error() => ProbeOutcome::Unreachable(format!("apiserver proxy failed without the kubelet's answer ({code}){}", summary(body))),
         // 404 (no such node), 429 (the apiserver throttles pulsecheck), ...: nothing about health.
-        _ => ProbeOutcome::NotProbed(format!("apiserver proxy answered {code}, which says nothing about the kubelet's health{}", summary(body))),
+        _ => ProbeOutcome::Inconclusive(format!("apiserver proxy answered {code}, which says nothing about the kubelet's health{}", summary(body))),
     }
-}
-
-/// True when `body` is a Kubernetes `Status` object: an error of the apiserver's own.
-fn is_status_object(body: &[u8]) -> bool {
-    serde_json::from_slice::<serde_json::Value>(body).is_ok_and(|v| v.get("kind").and_then(|k| k.as_str()) == Some("Status"))
 }
 
 /// `": <reason>"` from a body: a Kubernetes Status message, the failed checks of a healthz
@@ -953,14 +1033,16 @@ mod tests {
             kubelet_answer(StatusCode::INTERNAL_SERVER_ERROR, body, a),
             ProbeOutcome::Failure("kubelet at 10.0.0.7:10250 answered 500: [-]syncloop failed: reason withheld".into())
         );
-        assert!(matches!(kubelet_answer(StatusCode::SERVICE_UNAVAILABLE, b"", a), ProbeOutcome::Failure(_)));
         // The kubelet's authorization filter could not ask the apiserver: /healthz never ran.
         let body = b"Authorization error (user=system:serviceaccount:pulsecheck:pulsecheck, verb=get, resource=nodes, subresource=healthz)";
-        let ProbeOutcome::NotProbed(why) = kubelet_answer(StatusCode::INTERNAL_SERVER_ERROR, body, a) else { panic!() };
+        let ProbeOutcome::Inconclusive(why) = kubelet_answer(StatusCode::INTERNAL_SERVER_ERROR, body, a) else { panic!() };
         assert!(why.contains("could not authorize") && why.contains("subresource=healthz"), "{why}");
-        // Answers no kubelet's /healthz gives say nothing about health.
-        for code in [StatusCode::NOT_FOUND, StatusCode::TOO_MANY_REQUESTS, StatusCode::MOVED_PERMANENTLY, StatusCode::BAD_REQUEST] {
-            let ProbeOutcome::NotProbed(why) = kubelet_answer(code, b"", a) else { panic!("{code}") };
+        // Answers no kubelet's /healthz gives say nothing about health: a 5xx without a healthz
+        // report (an intermediary's), redirects, 404, 429.
+        for code in
+            [StatusCode::SERVICE_UNAVAILABLE, StatusCode::NOT_FOUND, StatusCode::TOO_MANY_REQUESTS, StatusCode::MOVED_PERMANENTLY, StatusCode::BAD_REQUEST]
+        {
+            let ProbeOutcome::Inconclusive(why) = kubelet_answer(code, b"<html>upstream unavailable</html>", a) else { panic!("{code}") };
             assert!(why.contains(code.as_str()) && why.contains("says nothing about its health"), "{why}");
         }
     }
@@ -977,13 +1059,22 @@ mod tests {
         assert!(why.contains("503") && why.contains("connection refused"), "{why}");
         let ProbeOutcome::Failure(why) = apiserver_answer(StatusCode::INTERNAL_SERVER_ERROR, b"[-]syncloop failed: reason withheld") else { panic!() };
         assert!(why.contains("500") && why.contains("syncloop"), "{why}");
+        // The apiserver's panic text or a load balancer's page is not the kubelet's answer.
+        let ProbeOutcome::Unreachable(why) =
+            apiserver_answer(StatusCode::INTERNAL_SERVER_ERROR, b"This request caused apiserver to panic. Look in the logs for details.")
+        else {
+            panic!()
+        };
+        assert!(why.contains("without the kubelet's answer"), "{why}");
+        let body = b"Authorization error (user=system:kube-apiserver, verb=get, resource=nodes, subresource=proxy)";
+        assert!(matches!(apiserver_answer(StatusCode::INTERNAL_SERVER_ERROR, body), ProbeOutcome::Inconclusive(_)));
         // The apiserver's own 500 (a Status object) is not the kubelet's answer.
         let body = br#"{"kind":"Status","apiVersion":"v1","status":"Failure","message":"error dialing backend: EOF","code":500}"#;
         let ProbeOutcome::Unreachable(why) = apiserver_answer(StatusCode::INTERNAL_SERVER_ERROR, body) else { panic!() };
         assert!(why.contains("error dialing backend"), "{why}");
         let body = br#"{"kind":"Status","message":"nodes \"gone\" not found","reason":"NotFound","code":404}"#;
-        assert!(matches!(apiserver_answer(StatusCode::NOT_FOUND, body), ProbeOutcome::NotProbed(_)));
-        assert!(matches!(apiserver_answer(StatusCode::TOO_MANY_REQUESTS, b""), ProbeOutcome::NotProbed(_)));
+        assert!(matches!(apiserver_answer(StatusCode::NOT_FOUND, body), ProbeOutcome::Inconclusive(_)));
+        assert!(matches!(apiserver_answer(StatusCode::TOO_MANY_REQUESTS, b""), ProbeOutcome::Inconclusive(_)));
     }
 
     #[test]
@@ -993,7 +1084,7 @@ mod tests {
         assert!(matches!(progress.timed_out(timeout), ProbeOutcome::Unreachable(why) if why.contains("no connection")));
         progress.reached(Stage::Handshaking("10.0.0.7:10250".into()));
         assert!(
-            matches!(progress.timed_out(timeout), ProbeOutcome::Unreachable(why) if why.contains("TLS handshake with kubelet at 10.0.0.7:10250 did not complete"))
+            matches!(progress.timed_out(timeout), ProbeOutcome::NoHandshake(why) if why.contains("TLS handshake with kubelet at 10.0.0.7:10250 did not complete"))
         );
         progress.reached(Stage::Requested);
         assert_eq!(progress.timed_out(timeout), ProbeOutcome::Timeout);

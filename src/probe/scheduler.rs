@@ -43,9 +43,10 @@ pub struct ProbeReport {
 /// How often a node's kubelet configuration is read again: kubelets change configuration only
 /// when restarted, and `/configz` is one more request to every kubelet.
 pub const CADENCE_REFRESH: Duration = Duration::from_secs(600);
-/// How soon it is read again when a report came early (a status change, or a restart that may
-/// have brought a new configuration; see `cadence::StatusCadence::recheck`): within a kubelet's
-/// shortest threshold, and never more often.
+/// How soon it is read again when asked (`cadence::StatusCadence::recheck`: a report came early —
+/// a status change, or a restart that may have brought a new configuration — or the status went
+/// quiet for a threshold a read from before the latest report gives): within a kubelet's
+/// shortest threshold, and never more often (nor more often than the node is probed).
 pub const CADENCE_RECHECK: Duration = Duration::from_secs(30);
 
 /// Runs probes until `shutdown` fires (or nobody listens to `results` any more).
@@ -81,6 +82,7 @@ pub async fn run_scheduler(
     let mut running: HashMap<Id, String> = HashMap::new();
     // When each node's /configz was last read (or tried after a successful probe).
     let mut cadence_read: HashMap<String, Instant> = HashMap::new();
+    let recheck_spacing = CADENCE_RECHECK.min(interval);
     loop {
         let wake = schedule.next_due();
         tokio::select! {
@@ -111,7 +113,7 @@ pub async fn run_scheduler(
                     let node = target.node.clone();
                     let since_read = cadence_read.get(&node).map(|at| now.duration_since(*at));
                     let read_cadence = prober.reads_configz()
-                        && since_read.is_none_or(|since| since >= CADENCE_REFRESH || (target.recheck_cadence && since >= CADENCE_RECHECK));
+                        && since_read.is_none_or(|since| since >= CADENCE_REFRESH || (target.recheck_cadence && since >= recheck_spacing));
                     let task = probe_one(prober.clone(), target, permits.clone(), results.clone(), metrics.clone(), read_cadence);
                     running.insert(tasks.spawn(task).id(), node);
                 }
