@@ -97,3 +97,163 @@ async fn condition_writes_that_keep_failing_back_off_and_never_hold_back_a_taint
     running.stop().await;
     lab.stop().await;
 }
+
+/// A validating admission webhook that holds every `nodes/status` write of pulsecheck's field
+/// manager for `delay` before allowing it — a slow policy engine in front of the writes that
+/// downstream tools rely on — and lets every other write through at once (the simulated fleet
+/// posts its statuses through the same apiserver). Counts the writes it held.
+struct SlowWebhook {
+    held: Arc<Mutex<usize>>,
+    server: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for SlowWebhook {
+    fn drop(&mut self) {
+        self.server.abort();
+    }
+}
+
+impl SlowWebhook {
+    async fn register(lab: &Lab, delay: Duration) -> SlowWebhook {
+        use http_body_util::{BodyExt, Full};
+        use k8s_openapi::{
+            ByteString,
+            api::admissionregistration::v1::{RuleWithOperations, ValidatingWebhook, ValidatingWebhookConfiguration, WebhookClientConfig},
+        };
+        use rustls::pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject};
+
+        let ip: std::net::IpAddr = "127.0.0.1".parse().unwrap();
+        let ca = pulsecheck_lab::certs::CertificateAuthority::new("slow-webhook-ca").unwrap();
+        let serving = ca.issue_server("slow-webhook", &[ip], &[]).unwrap();
+        let chain = CertificateDer::pem_slice_iter(serving.cert_pem.as_bytes()).collect::<Result<Vec<_>, _>>().unwrap();
+        let key = PrivateKeyDer::from_pem_slice(serving.key_pem.as_bytes()).unwrap();
+        let config = rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(chain, key)
+            .unwrap();
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+        let listener = tokio::net::TcpListener::bind((ip, 0)).await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let held = Arc::new(Mutex::new(0usize));
+        let counter = held.clone();
+        let server = tokio::spawn(async move {
+            while let Ok((tcp, _)) = listener.accept().await {
+                let (acceptor, counter) = (acceptor.clone(), counter.clone());
+                tokio::spawn(async move {
+                    let Ok(tls) = acceptor.accept(tcp).await else { return };
+                    let service = hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+                        let counter = counter.clone();
+                        async move {
+                            let body = req.into_body().collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+                            let review: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
+                            let request = &review["request"];
+                            if request["options"]["fieldManager"] == "pulsecheck" {
+                                *counter.lock().unwrap() += 1;
+                                tokio::time::sleep(delay).await;
+                            }
+                            let answer = serde_json::json!({
+                                "apiVersion": "admission.k8s.io/v1",
+                                "kind": "AdmissionReview",
+                                "response": {"uid": request["uid"], "allowed": true},
+                            });
+                            hyper::Response::builder().header("content-type", "application/json").body(Full::new(bytes::Bytes::from(answer.to_string())))
+                        }
+                    });
+                    let _ = hyper::server::conn::http1::Builder::new().serve_connection(hyper_util::rt::TokioIo::new(tls), service).await;
+                });
+            }
+        });
+        let webhook = ValidatingWebhookConfiguration {
+            metadata: kube::api::ObjectMeta { name: Some("slow-node-status".into()), ..Default::default() },
+            webhooks: Some(vec![ValidatingWebhook {
+                name: "slow-node-status.lab.pulsecheck.dev".into(),
+                client_config: WebhookClientConfig {
+                    url: Some(format!("https://{addr}/validate")),
+                    ca_bundle: Some(ByteString(ca.cert_pem().into_bytes())),
+                    ..Default::default()
+                },
+                rules: Some(vec![RuleWithOperations {
+                    api_groups: Some(vec![String::new()]),
+                    api_versions: Some(vec!["v1".into()]),
+                    operations: Some(vec!["UPDATE".into()]),
+                    resources: Some(vec!["nodes/status".into()]),
+                    scope: Some("Cluster".into()),
+                }]),
+                failure_policy: Some("Ignore".into()),
+                side_effects: "None".into(),
+                admission_review_versions: vec!["v1".into()],
+                timeout_seconds: Some(10),
+                ..Default::default()
+            }]),
+        };
+        Api::<ValidatingWebhookConfiguration>::all(lab.client()).create(&PostParams::default(), &webhook).await.expect("create the webhook");
+        SlowWebhook { held, server }
+    }
+
+    fn held(&self) -> usize {
+        *self.held.lock().unwrap()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn condition_writes_a_slow_webhook_holds_never_hold_back_a_taint_and_are_cut_off_at_the_tick_s_budget() {
+    // Each condition write of pulsecheck's takes 3 s (a slow admission webhook); a tick has
+    // 500 ms for its writes (--evaluation-interval). Two zombies among ten nodes at once (the
+    // guard's budget; a third would open its circuit): both are tainted first, and both need
+    // their condition, each write taking six ticks.
+    let lab = Lab::start(fast_fleet(10, "slow-")).await;
+    let webhook = SlowWebhook::register(&lab, Duration::from_secs(3)).await;
+    let running = controller(lab.client(), |_| {}).await;
+    wait_evaluations(&running, 3, Duration::from_secs(30)).await;
+    let zombies = ["slow-0001", "slow-0007"];
+    for zombie in zombies {
+        lab.fleet.set_fault(zombie, Fault::Zombie).unwrap();
+    }
+    let admin = lab.client();
+    // Remediations go first in every tick: the first taint lands as soon as the evidence allows,
+    // however long the condition writes behind it take.
+    eventually("a zombie tainted", STALE_AFTER + Duration::from_secs(15), || {
+        let admin = admin.clone();
+        async move {
+            for zombie in zombies {
+                if has_our_taint(&get_node(&admin, zombie).await) {
+                    return Some(());
+                }
+            }
+            None
+        }
+    })
+    .await;
+    // Every zombie's condition is written in the end, a few ticks apart, each tick giving up its
+    // writes once its budget is spent (counted as `deadline`) rather than running them all.
+    eventually("every zombie's condition written", Duration::from_secs(60), || {
+        let admin = admin.clone();
+        async move {
+            for zombie in zombies {
+                our_condition(&get_node(&admin, zombie).await)?;
+            }
+            Some(())
+        }
+    })
+    .await;
+    assert!(webhook.held() >= zombies.len(), "the webhook held {} writes", webhook.held());
+    let text = running.metrics.render();
+    assert!(metric(&text, r#"pulsecheck_writes_total{kind="condition",result="deadline"}"#).is_some_and(|n| n >= 1.0), "{text}");
+    assert!(metric(&text, r#"pulsecheck_writes_total{kind="remediation",result="success"}"#).is_some_and(|n| n >= 1.0), "{text}");
+    let tainted = {
+        let mut n = 0;
+        for zombie in zombies {
+            n += usize::from(has_our_taint(&get_node(&admin, zombie).await));
+        }
+        n
+    };
+    assert_eq!(tainted, zombies.len(), "both zombies tainted: the guard allows two of ten");
+    running.stop().await;
+    Api::<k8s_openapi::api::admissionregistration::v1::ValidatingWebhookConfiguration>::all(lab.client())
+        .delete("slow-node-status", &Default::default())
+        .await
+        .expect("delete the webhook");
+    lab.stop().await;
+}

@@ -80,8 +80,10 @@ pub async fn run_scheduler(
     let mut targets_open = true;
     let mut tasks = JoinSet::new();
     let mut running: HashMap<Id, String> = HashMap::new();
-    // When each node's /configz was last read (or tried after a successful probe).
+    // When each node's /configz was last read (or tried after a successful probe), and how many
+    // reads in a row failed.
     let mut cadence_read: HashMap<String, Instant> = HashMap::new();
+    let mut cadence_failures: HashMap<String, u32> = HashMap::new();
     let recheck_spacing = CADENCE_RECHECK.min(interval);
     loop {
         let wake = schedule.next_due();
@@ -95,13 +97,20 @@ pub async fn run_scheduler(
                 Err(_) => targets_open = false,
             },
             Some(done) = tasks.join_next_with_id(), if !tasks.is_empty() => {
-                let (id, cadence_tried) = match done {
-                    Ok((id, tried)) => (id, tried),
-                    Err(e) => (e.id(), false),
+                let (id, cadence_read_ok) = match done {
+                    Ok((id, read)) => (id, read),
+                    Err(e) => (e.id(), None),
                 };
                 if let Some(node) = running.remove(&id) {
                     schedule.finished(&node);
-                    if cadence_tried {
+                    match cadence_read_ok {
+                        Some(true) => {
+                            cadence_failures.remove(&node);
+                        }
+                        Some(false) => *cadence_failures.entry(node.clone()).or_default() += 1,
+                        None => {}
+                    }
+                    if cadence_read_ok.is_some() {
                         cadence_read.insert(node, Instant::now());
                     }
                 }
@@ -109,11 +118,12 @@ pub async fn run_scheduler(
             _ = tokio::time::sleep_until(wake.unwrap_or_else(Instant::now)), if wake.is_some() => {
                 let now = Instant::now();
                 cadence_read.retain(|node, _| schedule.slots.contains_key(node));
+                cadence_failures.retain(|node, _| schedule.slots.contains_key(node));
                 for target in schedule.take_due(now, &mut jitter) {
                     let node = target.node.clone();
                     let since_read = cadence_read.get(&node).map(|at| now.duration_since(*at));
-                    let read_cadence = prober.reads_configz()
-                        && since_read.is_none_or(|since| since >= CADENCE_REFRESH || (target.recheck_cadence && since >= recheck_spacing));
+                    let failures = cadence_failures.get(&node).copied().unwrap_or(0);
+                    let read_cadence = prober.reads_configz() && configz_due(since_read, target.recheck_cadence, failures, recheck_spacing);
                     let task = probe_one(prober.clone(), target, permits.clone(), results.clone(), metrics.clone(), read_cadence);
                     running.insert(tasks.spawn(task).id(), node);
                 }
@@ -124,8 +134,18 @@ pub async fn run_scheduler(
     tasks.abort_all();
 }
 
-/// One probe, and with `read_cadence` a `/configz` read after a successful one; true when
-/// `/configz` was tried.
+/// Whether a node's `/configz` is due with this probe: never read; read [`CADENCE_REFRESH`] ago;
+/// or asked for again (`recheck`) and read `recheck_spacing` ago — doubled for each read in a row
+/// that failed, up to [`CADENCE_REFRESH`], so a kubelet that keeps refusing (RBAC without
+/// `nodes/configz`, an old kubelet) is not asked every half minute for ever.
+fn configz_due(since_read: Option<Duration>, recheck: bool, failures: u32, recheck_spacing: Duration) -> bool {
+    let Some(since) = since_read else { return true };
+    let spacing = recheck_spacing.saturating_mul(1u32.checked_shl(failures.min(16)).unwrap_or(u32::MAX)).min(CADENCE_REFRESH);
+    since >= CADENCE_REFRESH || (recheck && since >= spacing)
+}
+
+/// One probe, and with `read_cadence` a `/configz` read after a successful one; whether the read
+/// worked, when it was tried.
 async fn probe_one(
     prober: Prober,
     target: ProbeTarget,
@@ -133,9 +153,9 @@ async fn probe_one(
     results: mpsc::Sender<ProbeReport>,
     metrics: Metrics,
     read_cadence: bool,
-) -> bool {
+) -> Option<bool> {
     // The semaphore is never closed; if it were, there would be nothing sensible to probe with.
-    let Ok(permit) = permits.acquire_owned().await else { return false };
+    let Ok(permit) = permits.acquire_owned().await else { return None };
     let started = Instant::now();
     let outcome = prober.probe(&target).await;
     let seconds = started.elapsed().as_secs_f64();
@@ -147,9 +167,9 @@ async fn probe_one(
     if let Some(read) = &cadence {
         metrics.kubelet_configz_read(read.is_ok());
     }
-    let tried = cadence.is_some();
+    let read = cadence.as_ref().map(Result::is_ok);
     let _ = results.send(ProbeReport { node: target.node, outcome, at: Timestamp::now(), cadence }).await;
-    tried
+    read
 }
 
 /// When each node is due next: a pure timetable driven by `now` and a jitter source
@@ -401,5 +421,24 @@ mod tests {
         shutdown.cancel();
         tokio::time::timeout(Duration::from_secs(10), scheduler).await.expect("scheduler stops on shutdown").unwrap();
         assert!(results_rx.recv().await.is_none(), "no probe was reported");
+    }
+
+    #[test]
+    fn configz_is_read_again_when_asked_but_backs_off_while_reads_fail() {
+        let spacing = CADENCE_RECHECK;
+        let secs = Duration::from_secs;
+        assert!(configz_due(None, false, 0, spacing), "never read");
+        assert!(!configz_due(Some(secs(60)), false, 0, spacing), "read a minute ago, nothing asks");
+        assert!(configz_due(Some(CADENCE_REFRESH), false, 0, spacing), "the regular refresh");
+        assert!(configz_due(Some(secs(30)), true, 0, spacing), "asked for, 30 s after the last read");
+        assert!(!configz_due(Some(secs(29)), true, 0, spacing));
+        // Each failed read in a row doubles the wait for the next asked-for one: 60 s, 120 s, …
+        assert!(!configz_due(Some(secs(59)), true, 1, spacing));
+        assert!(configz_due(Some(secs(60)), true, 1, spacing));
+        assert!(!configz_due(Some(secs(239)), true, 3, spacing));
+        assert!(configz_due(Some(secs(240)), true, 3, spacing));
+        // ... up to the regular refresh, however many failed.
+        assert!(!configz_due(Some(CADENCE_REFRESH - secs(1)), true, 40, spacing));
+        assert!(configz_due(Some(CADENCE_REFRESH), true, 40, spacing));
     }
 }
