@@ -6,14 +6,14 @@
 SHELL := bash
 CARGO ?= cargo
 
-.PHONY: all tools test lint test-rust test-deploy demo lab bench fmt clippy product-deps
+.PHONY: all tools test lint test-rust test-deploy demo lab bench fmt clippy product-deps image
 
 all: test
 
 tools:
 	bash tools/build.sh all
 
-test: tools lint test-rust test-deploy
+test: tools lint image test-rust test-deploy
 
 test-rust:
 	$(CARGO) build --locked --benches
@@ -21,6 +21,20 @@ test-rust:
 
 test-deploy:
 	bash .ci/check-deploy.sh
+
+# The container image, built here without a registry or a container engine: pulsecheck linked
+# statically against musl (ring's C by Debian's musl-gcc), the one file of an OCI image archive
+# written by the lab (lab/src/image.rs). Prints the image reference the archive holds; the
+# install tests (tests/install.rs) load it into real nodes' containerd.
+MUSL_TARGET := $(shell uname -m)-unknown-linux-musl
+TARGET_DIR = $(or $(CARGO_TARGET_DIR),target)
+IMAGE_ARCHIVE := target/image/pulsecheck.tar
+
+image:
+	@command -v musl-gcc >/dev/null || { echo "make image: musl-gcc is missing (Debian: apt-get install musl-tools)" >&2; exit 1; }
+	@rustup target list --installed 2>/dev/null | grep -qx '$(MUSL_TARGET)' || rustup target add $(MUSL_TARGET)
+	CC_$(subst -,_,$(MUSL_TARGET))=musl-gcc $(CARGO) build --locked --release --target $(MUSL_TARGET) --bin pulsecheck
+	$(CARGO) run --locked --quiet --bin pulsecheck-lab -- image --binary $(TARGET_DIR)/$(MUSL_TARGET)/release/pulsecheck --out $(IMAGE_ARCHIVE)
 
 demo: tools
 	$(CARGO) run --locked --release --bin pulsecheck-lab -- demo

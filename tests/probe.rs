@@ -513,7 +513,7 @@ async fn tcp_mode_succeeds_on_a_handshake_and_a_port_that_never_completes_it_is_
 // A simulated fleet behind a real apiserver
 
 async fn control_plane() -> ControlPlane {
-    ControlPlane::start(ControlPlaneOptions { dir: None }).await.expect("control plane starts")
+    ControlPlane::start(ControlPlaneOptions { dir: None, ..Default::default() }).await.expect("control plane starts")
 }
 
 #[tokio::test]

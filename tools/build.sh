@@ -1,12 +1,12 @@
 #!/usr/bin/env bash
 # Builds the Go programs pulsecheck's tests, demo and CI run (kube-apiserver,
-# kube-controller-manager, kube-scheduler, kubelet, kubectl, etcd, helm, promtool, toxiproxy) from the pinned Go
+# kube-controller-manager, kube-scheduler, kubelet, kube-proxy, kubectl, etcd, helm, promtool, toxiproxy) from the pinned Go
 # modules under tools/, into a cache folder keyed on each tool's version.
 # A tool that is already in the cache is not built again.
 #
 #   tools/build.sh            build everything, print the bin folder
 #   tools/build.sh control    only kube-apiserver and etcd
-#   tools/build.sh nodes      only kubelet, kube-scheduler, kube-controller-manager and the sandbox image's pause (the real-node lab)
+#   tools/build.sh nodes      only kubelet, kube-proxy, kube-scheduler, kube-controller-manager and the sandbox image's pause (the real-node lab)
 #   tools/build.sh --print    print the bin folder, build nothing
 #   tools/build.sh crds       download the prometheus-operator module pinned in tools/crds
 #                             and print the folder holding its CRD YAML files
@@ -84,6 +84,10 @@ if [ "$what" = all ] || [ "$what" = nodes ]; then
   link kubelet "$kube_version"
   build_one kube-scheduler "$kube_version" kube k8s.io/kubernetes/cmd/kube-scheduler -tags=selinux,notest,grpcnotrace -ldflags "$(kube_ldflags)"
   link kube-scheduler "$kube_version"
+  # What makes a Service's ClusterIP work on a real node (the `kubernetes` Service, for Pods that
+  # talk to the apiserver: pulsecheck installed by its chart).
+  build_one kube-proxy "$kube_version" kube k8s.io/kubernetes/cmd/kube-proxy -tags=selinux,notest,grpcnotrace -ldflags "$(kube_ldflags)"
+  link kube-proxy "$kube_version"
   # The sandbox image's one program (tools/pause), keyed on its source so an edit rebuilds it.
   pause_version=$(cat "$here/pause/go.mod" "$here/pause/main.go" | sha256sum | cut -c1-12)
   build_one pause "$pause_version" pause . -ldflags "-s -w"

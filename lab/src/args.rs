@@ -62,6 +62,40 @@ pub enum LabCommand {
     /// freezes its kubelet; net-cut drops its packets to the apiserver; probe-cut drops
     /// connections to its kubelet port from outside the node; recover undoes them all.
     Fault(FaultArgs),
+    /// Build pulsecheck's container image from its static binary, as an OCI image archive.
+    ///
+    /// Prints the image reference the archive holds (`make image` runs this).
+    Image(ImageArgs),
+    /// Load an OCI image archive into every real node of a running `pulsecheck-lab up --real-nodes N`.
+    ///
+    /// The nodes reach no registry: Pods run what was imported (`imagePullPolicy: Never` or
+    /// `IfNotPresent`). Prints the image reference and the nodes.
+    Import(ImportArgs),
+}
+
+/// Arguments of `pulsecheck-lab image`.
+#[derive(Debug, Clone, Args)]
+pub struct ImageArgs {
+    /// The statically linked pulsecheck binary to put into the image (`make image` builds it for the musl target).
+    #[arg(long, value_name = "FILE")]
+    pub binary: PathBuf,
+    /// Where to write the OCI image archive.
+    #[arg(long, value_name = "FILE", default_value = "target/image/pulsecheck.tar")]
+    pub out: PathBuf,
+    /// The image reference stored in the archive (default: the release's, ghcr.io/pulsecheck/pulsecheck:VERSION).
+    #[arg(long, value_name = "REF")]
+    pub reference: Option<String>,
+}
+
+/// Arguments of `pulsecheck-lab import`.
+#[derive(Debug, Clone, Args)]
+pub struct ImportArgs {
+    /// The folder of the running `pulsecheck-lab up --real-nodes` (its --dir).
+    #[arg(long, env = "PULSECHECK_LAB_DIR", value_name = "DIR")]
+    pub dir: PathBuf,
+    /// The OCI image archive (`make image` writes target/image/pulsecheck.tar).
+    #[arg(value_name = "FILE")]
+    pub archive: PathBuf,
 }
 
 /// Why a lab command did not succeed.
@@ -149,7 +183,9 @@ pub struct FaultArgs {
 impl LabUpArgs {
     /// Starts what these arguments ask for and returns the running control plane.
     pub async fn start_control_plane(&self) -> anyhow::Result<ControlPlane> {
-        let control_plane = ControlPlane::start(ControlPlaneOptions { dir: self.dir.clone() }).await.context("cannot start the lab control plane")?;
+        let control_plane = ControlPlane::start(ControlPlaneOptions { dir: self.dir.clone(), service_accounts: self.real.real_nodes > 0 })
+            .await
+            .context("cannot start the lab control plane")?;
         Ok(control_plane)
     }
 }
@@ -177,6 +213,12 @@ pub async fn run(cli: Cli) -> ExitCode {
             }
             Err(e) => Err(Error::Failed(anyhow::anyhow!("{e}"))),
         },
+        LabCommand::Image(args) => build_image(&args),
+        LabCommand::Import(args) => crate::image::archive_reference(&args.archive).map_err(|e| Error::Failed(e.into())).and_then(|reference| {
+            let nodes = realnode::import_into_lab(&args.dir, &args.archive).map_err(|e| Error::Failed(anyhow::anyhow!("{e}")))?;
+            println!("{reference}: imported into {}", nodes.join(", "));
+            Ok(())
+        }),
     };
     match outcome {
         Ok(()) => ExitCode::SUCCESS,
@@ -191,6 +233,19 @@ pub async fn run(cli: Cli) -> ExitCode {
     }
 }
 
+/// `pulsecheck-lab image`: writes the archive, prints its reference.
+fn build_image(args: &ImageArgs) -> Result<(), Error> {
+    let reference = args.reference.clone().unwrap_or_else(crate::image::pulsecheck_reference);
+    let spec = crate::image::ImageSpec::pulsecheck(&args.binary, &reference).map_err(|e| Error::Failed(e.into()))?;
+    if let Some(parent) = args.out.parent().filter(|p| !p.as_os_str().is_empty()) {
+        std::fs::create_dir_all(parent).with_context(|| format!("cannot create {} for --out", parent.display()))?;
+    }
+    let digest = spec.write_archive(&args.out).map_err(|e| Error::Failed(e.into()))?;
+    eprintln!("wrote {} ({digest})", args.out.display());
+    println!("{reference}");
+    Ok(())
+}
+
 /// `pulsecheck-lab up`: start, print the ready line, wait for SIGINT/SIGTERM, clean up.
 async fn up(args: LabUpArgs) -> Result<(), Error> {
     // Listen before starting, so a signal during start-up also ends in a clean exit.
@@ -199,7 +254,8 @@ async fn up(args: LabUpArgs) -> Result<(), Error> {
 
     // Check the fleet's flags before starting anything.
     let fleet_plan = if args.nodes > 0 {
-        let options = args.fleet.options(args.nodes, false);
+        // Next to real nodes, Pods are scheduled: none on a node without a kubelet.
+        let options = FleetOptions { no_pods: args.real.real_nodes > 0, ..args.fleet.options(args.nodes, false) };
         let faults = args.faults.faults();
         options.validate().map_err(|e| Error::Usage(e.to_string()))?;
         check_fault_targets(&faults, &options).map_err(Error::Usage)?;
@@ -421,6 +477,7 @@ impl FleetShapeArgs {
             status_report_frequency: self.status_report_frequency,
             kubelet_endpoints: self.kubelet_endpoints,
             force,
+            no_pods: false,
         }
     }
 }

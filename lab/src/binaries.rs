@@ -26,6 +26,8 @@ const KUBE_CONTROLLER_MANAGER: &str = "kube-controller-manager";
 pub const KUBELET: &str = "kubelet";
 /// The real-node lab's scheduler.
 pub const KUBE_SCHEDULER: &str = "kube-scheduler";
+/// kube-proxy's file name.
+pub const KUBE_PROXY: &str = "kube-proxy";
 /// The real nodes' sandbox program (`tools/pause`).
 pub const PAUSE: &str = "pause";
 /// Command that builds what real nodes need.

@@ -44,9 +44,21 @@ impl Controller {
     /// second and calling one unreachable after `grace` without a heartbeat
     /// (`--node-monitor-grace-period`).
     pub fn kube_controller_manager(program: &Path, kubeconfig: &Path, grace: Duration, log: &Path) -> Result<Controller, Error> {
+        Self::start_kcm(program, kubeconfig, grace, log, Some("node-lifecycle-controller"))
+    }
+
+    /// kube-controller-manager with its default controllers, as a cluster that runs Pods has
+    /// them (Deployments and ReplicaSets, the `default` ServiceAccounts, `kube-root-ca.crt` in
+    /// every namespace, garbage collection, taint-based eviction), and the node lifecycle
+    /// controller as in [`Controller::kube_controller_manager`].
+    pub fn kube_controller_manager_with_defaults(program: &Path, kubeconfig: &Path, grace: Duration, log: &Path) -> Result<Controller, Error> {
+        Self::start_kcm(program, kubeconfig, grace, log, None)
+    }
+
+    fn start_kcm(program: &Path, kubeconfig: &Path, grace: Duration, log: &Path, controllers: Option<&str>) -> Result<Controller, Error> {
         let args = [
             format!("--kubeconfig={}", kubeconfig.display()),
-            "--controllers=node-lifecycle-controller".to_string(),
+            format!("--controllers={}", controllers.unwrap_or("*")),
             "--node-monitor-period=1s".to_string(),
             format!("--node-monitor-grace-period={}s", grace.as_secs().max(1)),
             "--leader-elect=false".to_string(),

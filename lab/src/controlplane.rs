@@ -16,8 +16,10 @@
 //! - a start that fails says why, with the last lines of the program's log.
 //!
 //! Only the apiserver runs: no controllers, so no garbage collection, no namespace deletion, no
-//! node lifecycle taints and no default ServiceAccounts. The `TaintNodesByCondition` admission
-//! plugin does run, and puts `node.kubernetes.io/not-ready:NoSchedule` on new Nodes.
+//! node lifecycle taints and no default ServiceAccounts (next to real nodes the lab adds
+//! kube-controller-manager and [`ControlPlaneOptions::service_accounts`]). The
+//! `TaintNodesByCondition` admission plugin does run, and puts
+//! `node.kubernetes.io/not-ready:NoSchedule` on new Nodes.
 //!
 //! It must never be pointed at, or used as a model for, a real cluster: the credentials are
 //! minted in-process and the storage skips fsync.
@@ -200,7 +202,18 @@ pub struct ControlPlaneOptions {
     /// drop (and replaced at start if a previous run left them). `None`: a temporary folder,
     /// removed entirely.
     pub dir: Option<PathBuf>,
+    /// Admit Pods as a full cluster does: the ServiceAccount admission plugin gives each Pod
+    /// its ServiceAccount's token (the `kubernetes` Service's CA and a projected token), and
+    /// refuses Pods whose ServiceAccount does not exist. Only next to kube-controller-manager,
+    /// whose serviceaccount controller creates each namespace's `default` ServiceAccount (real
+    /// nodes); without it, the plugin is off.
+    pub service_accounts: bool,
 }
+
+/// The `kubernetes` Service's ClusterIP: the first address of `--service-cluster-ip-range`,
+/// named in the apiserver's serving certificate as in any cluster, so a Pod's in-cluster client
+/// verifies the apiserver it reaches through the Service.
+pub const KUBERNETES_SERVICE_IP: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 1);
 
 /// A running kube-apiserver + etcd on loopback with RBAC on, and an admin client for it.
 ///
@@ -244,7 +257,7 @@ impl ControlPlane {
         let mut attempt = 1;
         let (processes, ports) = loop {
             let ports = Ports::pick()?;
-            match launch(&binaries, &root, &credentials, &ports).await {
+            match launch(&binaries, &root, &credentials, &ports, opts.service_accounts).await {
                 Ok(processes) => break (processes, ports),
                 Err(Launch::PortTaken { log, tail }) if attempt < START_ATTEMPTS => {
                     tracing::debug!(attempt, log = %log.display(), "a lab port was taken, retrying on others: {tail}");
@@ -643,7 +656,7 @@ impl Credentials {
         let ca = CertificateAuthority::new("pulsecheck-lab-ca")?;
         let serving = ca.issue_server(
             "kube-apiserver",
-            &[IpAddr::V4(Ipv4Addr::LOCALHOST)],
+            &[IpAddr::V4(Ipv4Addr::LOCALHOST), IpAddr::V4(KUBERNETES_SERVICE_IP)],
             &["localhost", "kubernetes", "kubernetes.default", "kubernetes.default.svc"],
         )?;
         let admin_token = certs::random_token();
@@ -710,7 +723,7 @@ impl From<Error> for Launch {
 
 /// Starts etcd and kube-apiserver (at once: the apiserver retries until etcd answers) and waits
 /// until the apiserver listens, so that a port clash is seen here and retried.
-async fn launch(binaries: &Binaries, root: &Path, credentials: &Credentials, ports: &Ports) -> Result<Vec<Process>, Launch> {
+async fn launch(binaries: &Binaries, root: &Path, credentials: &Credentials, ports: &Ports, service_accounts: bool) -> Result<Vec<Process>, Launch> {
     let data = root.join(ETCD_DATA);
     if data.exists() {
         std::fs::remove_dir_all(&data).map_err(|source| Error::Io { action: "remove", path: data.clone(), source })?;
@@ -729,7 +742,7 @@ async fn launch(binaries: &Binaries, root: &Path, credentials: &Credentials, por
     ];
     let etcd = Process::spawn("etcd", &binaries.etcd, &etcd_args, &root.join(ETCD_LOG)).map_err(Error::from)?;
 
-    let apiserver_args = vec![
+    let mut apiserver_args = vec![
         format!("--etcd-servers={etcd_client_url}"),
         "--bind-address=127.0.0.1".to_owned(),
         "--advertise-address=127.0.0.1".to_owned(),
@@ -753,13 +766,15 @@ async fn launch(binaries: &Binaries, root: &Path, credentials: &Credentials, por
         format!("--service-account-issuer=https://127.0.0.1:{}", ports.apiserver),
         format!("--service-account-key-file={}", credentials.file("service-account.key")),
         format!("--service-account-signing-key-file={}", credentials.file("service-account.key")),
-        "--disable-admission-plugins=ServiceAccount".to_owned(),
         "--allow-privileged=true".to_owned(),
         "--enable-priority-and-fairness=false".to_owned(),
         // The "kubernetes" Service cannot point at 127.0.0.1 (loopback endpoints are invalid);
         // without this the log fills with that error.
         "--endpoint-reconciler-type=none".to_owned(),
     ];
+    if !service_accounts {
+        apiserver_args.push("--disable-admission-plugins=ServiceAccount".to_owned());
+    }
     let apiserver = Process::spawn("kube-apiserver", &binaries.kube_apiserver, &apiserver_args, &root.join(APISERVER_LOG)).map_err(Error::from)?;
     let mut processes = vec![apiserver, etcd];
 

@@ -223,7 +223,7 @@ async fn tour(args: &DemoArgs, screen: &mut Screen) -> Result<bool> {
     }
     let real_held = real.iter().all(|(held, _)| *held);
     screen.line(&format!("act 2 — starting kube-apiserver + etcd in {} …", dir.path().display()));
-    let cp = ControlPlane::start(ControlPlaneOptions { dir: Some(dir.path().to_path_buf()) }).await?;
+    let cp = ControlPlane::start(ControlPlaneOptions { dir: Some(dir.path().to_path_buf()), ..Default::default() }).await?;
     let result = with_control_plane(&cp, dir.path(), &kcm_program, args.duration, screen).await;
     let _ = cp.stop().await;
     let held = match result {
@@ -298,6 +298,7 @@ fn fleet_options() -> FleetOptions {
         status_report_frequency: Duration::from_secs(2),
         kubelet_endpoints: true,
         force: false,
+        no_pods: false,
     }
 }
 

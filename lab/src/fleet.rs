@@ -363,7 +363,15 @@ pub struct FleetOptions {
     pub kubelet_endpoints: bool,
     /// Start even when the cluster has Nodes the fleet did not create.
     pub force: bool,
+    /// Register every Node with the taint [`SIMULATED_TAINT`]`=true:NoSchedule`, as kwok does
+    /// with its nodes, so that the scheduler never places a Pod where no kubelet runs (next to
+    /// real nodes, where Pods are scheduled). Tolerated by nothing of pulsecheck's, ignored by
+    /// its guard (another actor's taint with a key of its own).
+    pub no_pods: bool,
 }
+
+/// The taint of simulated nodes with [`FleetOptions::no_pods`].
+pub const SIMULATED_TAINT: &str = "lab.pulsecheck.dev/simulated";
 
 impl Default for FleetOptions {
     fn default() -> Self {
@@ -376,6 +384,7 @@ impl Default for FleetOptions {
             status_report_frequency: Duration::from_secs(300),
             kubelet_endpoints: true,
             force: false,
+            no_pods: false,
         }
     }
 }
@@ -470,6 +479,7 @@ struct FleetContext {
     renew_interval: Duration,
     status_update_frequency: Duration,
     status_report_frequency: Duration,
+    no_pods: bool,
     stop: CancellationToken,
 }
 
@@ -496,6 +506,7 @@ impl Fleet {
             renew_interval: opts.renew_interval(),
             status_update_frequency: opts.status_update_frequency,
             status_report_frequency: opts.status_report_frequency,
+            no_pods: opts.no_pods,
             stop: CancellationToken::new(),
         });
 
@@ -770,7 +781,17 @@ struct Registered {
 
 async fn create_or_adopt_node(ctx: &FleetContext, identity: &NodeIdentity) -> Result<String> {
     let name = &identity.name;
-    let node = Node { metadata: ObjectMeta { name: Some(name.clone()), labels: Some(node_labels(identity)), ..ObjectMeta::default() }, ..Node::default() };
+    let spec = ctx.no_pods.then(|| k8s_openapi::api::core::v1::NodeSpec {
+        taints: Some(vec![k8s_openapi::api::core::v1::Taint {
+            key: SIMULATED_TAINT.into(),
+            value: Some("true".into()),
+            effect: "NoSchedule".into(),
+            ..Default::default()
+        }]),
+        ..Default::default()
+    });
+    let node =
+        Node { metadata: ObjectMeta { name: Some(name.clone()), labels: Some(node_labels(identity)), ..ObjectMeta::default() }, spec, ..Node::default() };
     let created = with_timeout(&format!("creating node {name}"), ctx.nodes.create(&PostParams::default(), &node)).await;
     let existing = match created {
         Ok(node) => node,

@@ -32,6 +32,14 @@ pub enum Error {
         #[source]
         source: io::Error,
     },
+    /// The binary for the image needs a dynamic loader (and a libc) the image does not have.
+    #[error("{} is not a statically linked ELF executable ({why}); the image has no libc: build it for the musl target (make image)", .path.display())]
+    NotStatic {
+        /// The binary.
+        path: PathBuf,
+        /// What was found.
+        why: &'static str,
+    },
     /// The archive could not be written.
     #[error("cannot write the archive of image {image} to {}: {source}", .path.display())]
     Write {
@@ -43,6 +51,17 @@ pub enum Error {
         #[source]
         source: io::Error,
     },
+}
+
+/// An archive whose image could not be read.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot read the image archive {}: {source}", .path.display())]
+pub struct ArchiveError {
+    /// The archive.
+    pub path: PathBuf,
+    /// Why.
+    #[source]
+    pub source: io::Error,
 }
 
 /// One file of an image.
@@ -75,6 +94,91 @@ pub struct ImageSpec {
     pub entrypoint: Vec<String>,
     /// The user it runs as (`65535:65535`), if not root.
     pub user: Option<String>,
+    /// The default arguments: the image config's `Cmd`.
+    pub cmd: Vec<String>,
+    /// The image config's `Labels` (`org.opencontainers.image.*`).
+    pub labels: std::collections::BTreeMap<String, String>,
+    /// The image config's `ExposedPorts` (`8080/tcp`).
+    pub exposed_ports: Vec<String>,
+}
+
+/// The reference `make image` gives pulsecheck's image: the release's, so the chart and the
+/// kustomize base find it under their defaults.
+pub fn pulsecheck_reference() -> String {
+    format!("ghcr.io/pulsecheck/pulsecheck:{}", env!("CARGO_PKG_VERSION"))
+}
+
+impl ImageSpec {
+    /// pulsecheck's image: its static binary as `/pulsecheck`, nothing else (no shell, no libc,
+    /// no CA bundle — in a Pod it trusts the ServiceAccount's CA, and any other CA is a file
+    /// the operator mounts), run as 65532:65532 (distroless' `nonroot`), `run` by default.
+    pub fn pulsecheck(binary: &Path, reference: &str) -> Result<ImageSpec, Error> {
+        let labels = [
+            ("org.opencontainers.image.title", "pulsecheck"),
+            ("org.opencontainers.image.description", "Finds Kubernetes nodes that claim Ready but are dead, and taints or cordons them safely"),
+            ("org.opencontainers.image.source", "https://github.com/pulsecheck/pulsecheck"),
+            ("org.opencontainers.image.licenses", "Apache-2.0"),
+            ("org.opencontainers.image.version", env!("CARGO_PKG_VERSION")),
+        ];
+        let file = ImageFile::executable("pulsecheck", binary, reference)?;
+        if let Err(why) = static_elf(&file.contents) {
+            return Err(Error::NotStatic { path: binary.to_path_buf(), why });
+        }
+        Ok(ImageSpec {
+            reference: reference.to_owned(),
+            files: vec![file],
+            entrypoint: vec!["/pulsecheck".into()],
+            user: Some("65532:65532".into()),
+            cmd: vec!["run".into()],
+            labels: labels.into_iter().map(|(k, v)| (k.to_owned(), v.to_owned())).collect(),
+            exposed_ports: vec!["8080/tcp".into()],
+        })
+    }
+}
+
+/// Whether `bytes` are a 64-bit little-endian ELF executable that asks for no program
+/// interpreter (`PT_INTERP`, the dynamic loader): one that runs in an image without a libc.
+fn static_elf(bytes: &[u8]) -> Result<(), &'static str> {
+    const PT_INTERP: u32 = 3;
+    let u16_at = |at: usize| bytes.get(at..at + 2).map(|b| u16::from_le_bytes([b[0], b[1]]));
+    let u32_at = |at: usize| bytes.get(at..at + 4).map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]));
+    let u64_at = |at: usize| bytes.get(at..at + 8).and_then(|b| b.try_into().ok()).map(u64::from_le_bytes);
+    if bytes.get(..6) != Some(b"\x7fELF\x02\x01") {
+        return Err("not a 64-bit little-endian ELF file");
+    }
+    let (Some(phoff), Some(phentsize), Some(phnum)) = (u64_at(0x20), u16_at(0x36), u16_at(0x38)) else {
+        return Err("truncated ELF header");
+    };
+    for i in 0..usize::from(phnum) {
+        let at = usize::try_from(phoff).map_err(|_| "program headers out of range")? + i * usize::from(phentsize);
+        match u32_at(at) {
+            Some(PT_INTERP) => return Err("it names a dynamic loader (PT_INTERP)"),
+            Some(_) => {}
+            None => return Err("truncated program headers"),
+        }
+    }
+    Ok(())
+}
+
+/// The image reference an archive written by [`ImageSpec::write_archive`] (or any OCI layout
+/// archive naming its image the containerd way) holds.
+pub fn archive_reference(archive: &Path) -> Result<String, ArchiveError> {
+    let read_err = |source| ArchiveError { path: archive.to_path_buf(), source };
+    let mut tar = tar::Archive::new(std::fs::File::open(archive).map_err(read_err)?);
+    for entry in tar.entries().map_err(read_err)? {
+        let mut entry = entry.map_err(read_err)?;
+        if entry.path().map_err(read_err)?.as_os_str() != "index.json" {
+            continue;
+        }
+        let mut bytes = Vec::new();
+        io::Read::read_to_end(&mut entry, &mut bytes).map_err(read_err)?;
+        let index: serde_json::Value = serde_json::from_slice(&bytes).map_err(|e| read_err(io::Error::other(e)))?;
+        return index["manifests"][0]["annotations"]["io.containerd.image.name"]
+            .as_str()
+            .map(str::to_owned)
+            .ok_or_else(|| read_err(io::Error::other("index.json names no image (annotation io.containerd.image.name)")));
+    }
+    Err(read_err(io::Error::other("not an OCI image layout archive: no index.json")))
 }
 
 /// A content-addressed blob of the layout.
@@ -123,6 +227,15 @@ impl ImageSpec {
         });
         if let Some(user) = &self.user {
             config["config"]["User"] = json!(user);
+        }
+        if !self.cmd.is_empty() {
+            config["config"]["Cmd"] = json!(self.cmd);
+        }
+        if !self.labels.is_empty() {
+            config["config"]["Labels"] = json!(self.labels);
+        }
+        if !self.exposed_ports.is_empty() {
+            config["config"]["ExposedPorts"] = self.exposed_ports.iter().map(|p| (p.clone(), json!({}))).collect::<serde_json::Map<_, _>>().into();
         }
         let config = Blob::new("application/vnd.oci.image.config.v1+json", config.to_string().into_bytes());
         let manifest = json!({
@@ -182,6 +295,9 @@ mod tests {
             files: vec![ImageFile { path: "pause".into(), mode: 0o755, contents: b"#!/bin/true\n".to_vec() }],
             entrypoint: vec!["/pause".into()],
             user: Some("65535:65535".into()),
+            cmd: vec![],
+            labels: Default::default(),
+            exposed_ports: vec![],
         }
     }
 
@@ -213,6 +329,33 @@ mod tests {
         assert_eq!(config["config"]["Entrypoint"][0], "/pause");
         assert_eq!(config["config"]["User"], "65535:65535");
         assert_eq!(config["rootfs"]["diff_ids"][0], manifest["layers"][0]["digest"]);
+        assert_eq!(archive_reference(&path).unwrap(), "pulsecheck.lab/pause:1");
+    }
+
+    #[test]
+    fn pulsecheck_s_image_runs_its_binary_as_nonroot_with_run_by_default() {
+        let tmp = tempfile::tempdir().unwrap();
+        let binary = tmp.path().join("pulsecheck");
+        // An ELF64 header with no program headers: nothing asks for a loader.
+        let mut elf = vec![0u8; 64];
+        elf[..6].copy_from_slice(b"\x7fELF\x02\x01");
+        std::fs::write(&binary, &elf).unwrap();
+        let spec = ImageSpec::pulsecheck(&binary, &pulsecheck_reference()).unwrap();
+        let path = tmp.path().join("pulsecheck.tar");
+        spec.write_archive(&path).unwrap();
+        assert_eq!(archive_reference(&path).unwrap(), format!("ghcr.io/pulsecheck/pulsecheck:{}", env!("CARGO_PKG_VERSION")));
+        assert_eq!((spec.entrypoint, spec.cmd, spec.user.as_deref()), (vec!["/pulsecheck".to_owned()], vec!["run".to_owned()], Some("65532:65532")));
+        let missing = ImageSpec::pulsecheck(&tmp.path().join("nope"), "x:1").unwrap_err().to_string();
+        assert!(missing.contains("nope"), "{missing}");
+        let not_an_archive = archive_reference(&binary).unwrap_err().to_string();
+        assert!(not_an_archive.contains("pulsecheck"), "{not_an_archive}");
+        // This test program is linked dynamically: refused, naming the file and the fix.
+        let test_binary = std::env::current_exe().unwrap();
+        let dynamic = ImageSpec::pulsecheck(&test_binary, "x:1").unwrap_err().to_string();
+        assert!(dynamic.contains("PT_INTERP") && dynamic.contains("musl") && dynamic.contains(&*test_binary.to_string_lossy()), "{dynamic}");
+        let script = tmp.path().join("script");
+        std::fs::write(&script, b"#!/bin/sh\n").unwrap();
+        assert!(ImageSpec::pulsecheck(&script, "x:1").unwrap_err().to_string().contains("not a 64-bit"));
     }
 
     #[test]

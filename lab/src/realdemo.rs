@@ -91,7 +91,7 @@ impl Look {
 /// each held.
 pub async fn run(tools: &HostTools, kcm_program: &Path, dir: &Path, say: &mut dyn FnMut(&str)) -> Result<Vec<(bool, String)>, Error> {
     say("act 1 — the seed failure on a real kubelet: starting kube-apiserver, kube-controller-manager and two real nodes …");
-    let cp = ControlPlane::start(ControlPlaneOptions { dir: Some(dir.to_path_buf()) }).await?;
+    let cp = ControlPlane::start(ControlPlaneOptions { dir: Some(dir.to_path_buf()), ..Default::default() }).await?;
     let result = with_control_plane(&cp, tools, kcm_program, dir, say).await;
     let _ = cp.stop().await;
     result

@@ -192,6 +192,8 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 pub struct HostTools {
     /// The kubelet (`tools/build.sh nodes`).
     pub kubelet: PathBuf,
+    /// kube-proxy (`tools/build.sh nodes`): Services' ClusterIPs on the node, in nftables mode.
+    pub kube_proxy: PathBuf,
     /// The sandbox's program (`tools/build.sh nodes`).
     pub pause: PathBuf,
     /// containerd (Debian package `containerd`).
@@ -249,16 +251,18 @@ impl HostTools {
         }
         let found = binaries::Binaries::locate()?;
         let kubelet = found.require_node_program(binaries::KUBELET)?;
+        let kube_proxy = found.require_node_program(binaries::KUBE_PROXY)?;
         let pause = found.require_node_program(binaries::PAUSE)?;
         let tools = HostTools {
             kubelet,
+            kube_proxy,
             pause,
             containerd: which("containerd").unwrap_or_default(),
             ctr: which("ctr").unwrap_or_default(),
             cni_bin: PathBuf::from(CNI_BIN),
         };
         // The programs run inside the node's mount namespace, where these paths are a tmpfs.
-        for program in [&tools.kubelet, &tools.pause, &tools.containerd, &tools.cni_bin] {
+        for program in [&tools.kubelet, &tools.kube_proxy, &tools.pause, &tools.containerd, &tools.cni_bin] {
             if let Some(under) = under_node_private(program) {
                 return Err(unsupported(
                     format!("{} is under {under}, which each real node gets a private tmpfs for, so the node could not run it", program.display()),
@@ -342,6 +346,7 @@ pub struct RealNode {
     holder: Process,
     kubelet: Process,
     containerd: Process,
+    kube_proxy: Process,
     init_pid: u32,
     disk: FaultDisk,
     /// Aborted when dropped: on every path out of start(), and with the node.
@@ -423,6 +428,9 @@ impl RealNode {
         node.inside_net(&["ip", "addr", "add", &format!("{node_ip}/24"), "dev", "eth0"])?;
         node.inside_net(&["ip", "link", "set", "eth0", "up"])?;
         node.inside_net(&["ip", "route", "add", "default", "via", &host_ip.to_string()])?;
+        // What the node sends from its Pods leaves with the node's address, as on a cloud
+        // network that routes node addresses only: the host has no route to 10.214.S.0/24.
+        node.run_with_input(&["nft", "-f", "-"], Some(&["--net"]), Some(&pod_masquerade(slot)))?;
         let forwarder =
             AbortOnDropHandle::new(forward_apiserver(host_ip, control_plane.port()).await.map_err(io_err("listen for the node's apiserver traffic"))?);
 
@@ -460,7 +468,14 @@ impl RealNode {
         write("kubelet.crt", &serving.cert_pem, 0o644)?;
         write("kubelet.key", &serving.key_pem, 0o600)?;
         let kubeconfig = dir.join("kubelet.kubeconfig");
-        std::fs::write(&kubeconfig, kubelet_kubeconfig(host_ip, &pki)).map_err(io_err("write the kubelet's kubeconfig"))?;
+        std::fs::write(&kubeconfig, node_kubeconfig(host_ip, &pki, "kubelet")).map_err(io_err("write the kubelet's kubeconfig"))?;
+        // kube-proxy as kubeadm runs it: user system:kube-proxy, bound to system:node-proxier by
+        // the apiserver's bootstrap policy.
+        let proxy = control_plane.issue_client_certificate("system:kube-proxy", &[]).map_err(|source| Error::Certificate { node: name.clone(), source })?;
+        write("kube-proxy-client.crt", &proxy.cert_pem, 0o644)?;
+        write("kube-proxy-client.key", &proxy.key_pem, 0o600)?;
+        let proxy_kubeconfig = dir.join("kube-proxy.kubeconfig");
+        std::fs::write(&proxy_kubeconfig, node_kubeconfig(host_ip, &pki, "kube-proxy")).map_err(io_err("write kube-proxy's kubeconfig"))?;
 
         let socket = dir.join("run").join("containerd.sock");
         let containerd_config = dir.join("containerd.toml");
@@ -475,6 +490,9 @@ impl RealNode {
             files: vec![ImageFile::executable("pause", &tools.pause, PAUSE_IMAGE)?],
             entrypoint: vec!["/pause".into()],
             user: Some("65535:65535".into()),
+            cmd: vec![],
+            labels: Default::default(),
+            exposed_ports: vec![],
         }
         .write_archive(&archive)?;
         node.host(&[
@@ -508,6 +526,18 @@ impl RealNode {
             "--v=2".into(),
         ];
         let kubelet = node.spawn("kubelet", &tools.kubelet, &kubelet_args, &dir.join("kubelet.log"))?;
+        let proxy_args = vec![
+            format!("--kubeconfig={}", proxy_kubeconfig.display()),
+            format!("--hostname-override={name}"),
+            "--proxy-mode=nftables".into(),
+            format!("--cluster-cidr={POD_CIDR}"),
+            // The node's conntrack table is the host kernel's: leave its sizes and timeouts alone.
+            "--conntrack-max-per-core=0".into(),
+            "--conntrack-tcp-timeout-established=0".into(),
+            "--conntrack-tcp-timeout-close-wait=0".into(),
+            "--v=1".into(),
+        ];
+        let kube_proxy = node.spawn("kube-proxy", &tools.kube_proxy, &proxy_args, &dir.join("kube-proxy.log"))?;
         let mut real = RealNode {
             name: name.clone(),
             slot,
@@ -515,6 +545,7 @@ impl RealNode {
             holder,
             kubelet,
             containerd,
+            kube_proxy,
             init_pid,
             disk,
             forwarder,
@@ -537,6 +568,12 @@ impl RealNode {
     /// The node's address (its InternalIP, where its kubelet listens).
     pub fn address(&self) -> Ipv4Addr {
         addresses(self.slot).1
+    }
+
+    /// Where this node reaches the apiserver: the lab's relay on the host end of its veth. Every
+    /// node reaches it (it is the host's own address, not routed through another node).
+    pub fn apiserver_address(&self) -> std::net::SocketAddrV4 {
+        std::net::SocketAddrV4::new(addresses(self.slot).0, APISERVER_PORT)
     }
 
     /// The node's folder (logs: `kubelet.log`, `containerd.log`).
@@ -610,7 +647,9 @@ impl RealNode {
 
     /// If containerd or the kubelet has exited, which and how.
     pub fn exited(&mut self) -> Option<String> {
-        [&mut self.kubelet, &mut self.containerd].into_iter().find_map(|p| p.exit_status().map(|status| format!("{} exited ({status})", p.program())))
+        [&mut self.kubelet, &mut self.containerd, &mut self.kube_proxy]
+            .into_iter()
+            .find_map(|p| p.exit_status().map(|status| format!("{} exited ({status})", p.program())))
     }
 
     fn signal_kubelet(&self, signal: Signal) -> Result<()> {
@@ -922,6 +961,11 @@ fn network_rules(slot: u8, faults: NetworkFaults) -> String {
             // net-cut: nothing the node sends reaches the apiserver (its forwarder).
             rules.push_str(&format!("    ip daddr {host_ip} tcp dport {APISERVER_PORT} drop\n"));
         }
+        rules.push_str("  }\n  chain forward { type filter hook forward priority 0; policy accept;\n");
+        if faults.net_cut {
+            // …nor what its Pods send (the `kubernetes` Service leads to a forwarder too).
+            rules.push_str(&format!("    oifname \"eth0\" tcp dport {APISERVER_PORT} drop\n"));
+        }
         rules.push_str("  }\n  chain input { type filter hook input priority 0; policy accept;\n");
         if faults.probe_cut {
             // probe-cut: nothing from outside the node reaches the kubelet's port.
@@ -985,14 +1029,27 @@ fn os_release() -> String {
     format!("PRETTY_NAME=\"{OS_IMAGE}\"\nNAME=\"pulsecheck lab node\"\nID=debian\n")
 }
 
-fn kubelet_kubeconfig(host_ip: Ipv4Addr, pki: &Path) -> String {
+/// A kubeconfig for one of the node's programs (`kubelet`, `kube-proxy`), with the client
+/// certificate `PROGRAM-client.crt` in `pki`.
+fn node_kubeconfig(host_ip: Ipv4Addr, pki: &Path, program: &str) -> String {
     // The apiserver's certificate names localhost, not the forwarder's address.
     format!(
         "apiVersion: v1\nkind: Config\nclusters:\n- name: lab\n  cluster:\n    server: https://{host_ip}:{APISERVER_PORT}\n    tls-server-name: localhost\n    certificate-authority: {ca}\n\
-         users:\n- name: kubelet\n  user:\n    client-certificate: {crt}\n    client-key: {key}\ncontexts:\n- name: lab\n  context:\n    cluster: lab\n    user: kubelet\ncurrent-context: lab\n",
+         users:\n- name: {program}\n  user:\n    client-certificate: {crt}\n    client-key: {key}\ncontexts:\n- name: lab\n  context:\n    cluster: lab\n    user: {program}\ncurrent-context: lab\n",
         ca = pki.join("ca.crt").display(),
-        crt = pki.join("kubelet-client.crt").display(),
-        key = pki.join("kubelet-client.key").display(),
+        crt = pki.join(format!("{program}-client.crt")).display(),
+        key = pki.join(format!("{program}-client.key")).display(),
+    )
+}
+
+/// Every real node's Pods are in `10.214.S.0/24` (S: the node's slot).
+const POD_CIDR: &str = "10.214.0.0/16";
+
+/// The nftables script that makes the node's Pods' traffic leave its `eth0` with the node's
+/// address (a table of its own, apart from the fault rules).
+fn pod_masquerade(slot: u8) -> String {
+    format!(
+        "table ip pulsecheck_lab_pods {{\n  chain postrouting {{ type nat hook postrouting priority srcnat; policy accept;\n    ip saddr 10.214.{slot}.0/24 oifname \"eth0\" masquerade\n  }}\n}}\n"
     )
 }
 
@@ -1125,6 +1182,9 @@ fn cni_conflist(slot: u8, dir: &Path) -> String {
             "ipam": {
                 "type": "host-local",
                 "ranges": [[{ "subnet": format!("10.214.{slot}.0/24") }]],
+                // A Pod's default route through the bridge (its gateway): to Services, the
+                // apiserver and other nodes' kubelets.
+                "routes": [{ "dst": "0.0.0.0/0" }],
                 "dataDir": dir.join("cni-ipam").display().to_string(),
             },
         }],
@@ -1171,7 +1231,12 @@ impl RealFleet {
         let dir = control_plane.dir().to_path_buf();
         let kubeconfig = control_plane.kubeconfig_path();
         let controllers = vec![
-            crate::controllers::Controller::kube_controller_manager(&kcm, kubeconfig, options.kcm_grace, &dir.join("kube-controller-manager.log"))?,
+            crate::controllers::Controller::kube_controller_manager_with_defaults(
+                &kcm,
+                kubeconfig,
+                options.kcm_grace,
+                &dir.join("kube-controller-manager.log"),
+            )?,
             crate::controllers::Controller::kube_scheduler(&scheduler, kubeconfig, &dir.join("kube-scheduler.log"))?,
         ];
         let mut nodes = Vec::new();
@@ -1179,6 +1244,9 @@ impl RealFleet {
             let name = real_node_name(i);
             let node_options = RealNodeOptions { name: name.clone(), dir: dir.join("nodes").join(&name), timing: options.timing };
             nodes.push(RealNode::start(control_plane, &tools, node_options).await?);
+        }
+        if let Some(first) = nodes.first() {
+            publish_kubernetes_endpoint(&control_plane.client(), first.apiserver_address()).await?;
         }
         let names = nodes.iter().map(|n| n.name().to_owned()).collect();
         let socket = dir.join(FAULT_SOCKET);
@@ -1265,6 +1333,15 @@ pub enum FleetError {
         #[source]
         source: io::Error,
     },
+    /// A request to the apiserver failed.
+    #[error("cannot {action}: {source}")]
+    Kubernetes {
+        /// What was being done.
+        action: &'static str,
+        /// Why.
+        #[source]
+        source: kube::Error,
+    },
     /// No node has that name.
     #[error("no real node named {node} (the lab has {known})")]
     UnknownNode {
@@ -1344,9 +1421,110 @@ pub async fn request_fault(dir: &Path, node: &str, fault: NodeFault) -> Result<(
     }
 }
 
+/// Points the `kubernetes` Service at `address`, as the apiserver's endpoint reconciler does
+/// for its advertised address in a cluster: the lab's apiserver listens on loopback only, which
+/// no Pod can reach (and which an EndpointSlice may not hold), so the Service leads to the
+/// apiserver relay that every real node reaches. kube-proxy on each node then takes Pods'
+/// connections to `10.0.0.1:443` there, as a Pod's in-cluster client expects.
+async fn publish_kubernetes_endpoint(client: &kube::Client, address: std::net::SocketAddrV4) -> Result<(), FleetError> {
+    use k8s_openapi::api::discovery::v1::{Endpoint, EndpointPort, EndpointSlice};
+    let slice = EndpointSlice {
+        metadata: kube::api::ObjectMeta {
+            name: Some("kubernetes".into()),
+            namespace: Some("default".into()),
+            labels: Some(
+                [("kubernetes.io/service-name", "kubernetes"), ("endpointslice.kubernetes.io/managed-by", "lab.pulsecheck.dev")]
+                    .into_iter()
+                    .map(|(k, v)| (k.to_owned(), v.to_owned()))
+                    .collect(),
+            ),
+            ..Default::default()
+        },
+        address_type: "IPv4".into(),
+        endpoints: vec![Endpoint { addresses: vec![address.ip().to_string()], ..Default::default() }],
+        ports: Some(vec![EndpointPort {
+            name: Some("https".into()),
+            port: Some(i32::from(address.port())),
+            protocol: Some("TCP".into()),
+            ..Default::default()
+        }]),
+    };
+    let slices: Api<EndpointSlice> = Api::namespaced(client.clone(), "default");
+    slices
+        .patch("kubernetes", &kube::api::PatchParams::apply("pulsecheck-lab").force(), &kube::api::Patch::Apply(&slice))
+        .await
+        .map(|_| ())
+        .map_err(|source| FleetError::Kubernetes { action: "publish the kubernetes Service's endpoint", source })
+}
+
+/// Loads an OCI image archive into one containerd (the `k8s.io` namespace, where the kubelet
+/// looks, on the native snapshotter the lab's nodes use).
+fn import_archive(ctr: &Path, socket: &Path, archive: &Path) -> io::Result<()> {
+    let output = std::process::Command::new(ctr)
+        .args(["--address"])
+        .arg(socket)
+        .args(["--namespace", "k8s.io", "images", "import", "--snapshotter", "native"])
+        .arg(archive)
+        .output()?;
+    if output.status.success() {
+        Ok(())
+    } else {
+        Err(io::Error::other(format!("ctr images import exited ({}): {}", output.status, String::from_utf8_lossy(&output.stderr).trim())))
+    }
+}
+
+impl RealNode {
+    /// Loads the OCI image archive `archive` into this node's containerd, so its Pods can run
+    /// the image with `imagePullPolicy: Never` or `IfNotPresent` (no registry is reachable).
+    pub fn import_image(&self, archive: &Path) -> Result<()> {
+        let ctr = which("ctr").ok_or_else(|| Error::Io { node: self.name.clone(), action: "find ctr".into(), source: io::ErrorKind::NotFound.into() })?;
+        import_archive(&ctr, &self.dir.join("run").join("containerd.sock"), archive).map_err(|source| Error::Io {
+            node: self.name.clone(),
+            action: format!("import the image archive {}", archive.display()),
+            source,
+        })
+    }
+}
+
+/// `pulsecheck-lab import --dir DIR FILE`: loads the image archive into the containerd of every
+/// real node of the `pulsecheck-lab up --real-nodes N` running in DIR; returns the nodes.
+pub fn import_into_lab(dir: &Path, archive: &Path) -> Result<Vec<String>, String> {
+    if !archive.is_file() {
+        return Err(format!("the image archive {} does not exist (make image writes target/image/pulsecheck.tar)", archive.display()));
+    }
+    let ctr = which("ctr").ok_or("ctr (Debian package containerd) is not on PATH")?;
+    let nodes_dir = dir.join("nodes");
+    let entries = std::fs::read_dir(&nodes_dir)
+        .map_err(|e| format!("no real nodes in {} ({e}): is `pulsecheck-lab up --real-nodes N --dir {}` running?", nodes_dir.display(), dir.display()))?;
+    let mut nodes: Vec<(String, PathBuf)> = entries
+        .filter_map(Result::ok)
+        .map(|e| (e.file_name().to_string_lossy().into_owned(), e.path().join("run").join("containerd.sock")))
+        .filter(|(_, socket)| socket.exists())
+        .collect();
+    nodes.sort();
+    if nodes.is_empty() {
+        return Err(format!("no running real node in {}: is `pulsecheck-lab up --real-nodes N --dir {}` running?", nodes_dir.display(), dir.display()));
+    }
+    for (node, socket) in &nodes {
+        import_archive(&ctr, socket, archive).map_err(|e| format!("real node {node}: cannot import {}: {e}", archive.display()))?;
+    }
+    Ok(nodes.into_iter().map(|(node, _)| node).collect())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn import_says_which_folder_has_no_lab_and_which_archive_is_missing() {
+        let tmp = tempfile::tempdir().unwrap();
+        let missing = import_into_lab(tmp.path(), &tmp.path().join("pulsecheck.tar")).unwrap_err();
+        assert!(missing.contains("pulsecheck.tar") && missing.contains("make image"), "{missing}");
+        let archive = tmp.path().join("image.tar");
+        std::fs::write(&archive, b"").unwrap();
+        let no_lab = import_into_lab(&tmp.path().join("lab"), &archive).unwrap_err();
+        assert!(no_lab.contains("lab/nodes") || no_lab.contains("ctr"), "{no_lab}");
+    }
 
     #[test]
     fn folders_under_the_nodes_private_paths_are_found_through_links() {

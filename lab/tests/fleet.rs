@@ -37,7 +37,7 @@ const DEADLINE: Duration = Duration::from_secs(45);
 const POLL: Duration = Duration::from_millis(200);
 
 async fn control_plane() -> ControlPlane {
-    ControlPlane::start(ControlPlaneOptions { dir: None }).await.expect("control plane starts")
+    ControlPlane::start(ControlPlaneOptions { dir: None, ..Default::default() }).await.expect("control plane starts")
 }
 
 /// Kubelet's periods compressed: Lease renewed every second, status computed and reported

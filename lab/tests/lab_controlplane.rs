@@ -115,7 +115,7 @@ async fn chosen_folder_stays_but_only_with_what_was_there_before() {
     let dir = tmp.path().join("lab");
     std::fs::create_dir_all(&dir).unwrap();
     std::fs::write(dir.join("notes.txt"), "mine").unwrap();
-    let cp = ControlPlane::start(ControlPlaneOptions { dir: Some(dir.clone()) }).await.unwrap();
+    let cp = ControlPlane::start(ControlPlaneOptions { dir: Some(dir.clone()), ..Default::default() }).await.unwrap();
     assert_eq!(cp.kubeconfig_path(), std::fs::canonicalize(&dir).unwrap().join("kubeconfig"));
     assert!(dir.join("kube-apiserver.log").exists());
     cp.stop().await.unwrap();

@@ -33,6 +33,7 @@ pub fn fast_fleet(nodes: usize, prefix: &str) -> FleetOptions {
         status_report_frequency: Duration::from_secs(2),
         kubelet_endpoints: false,
         force: false,
+        no_pods: false,
     }
 }
 
