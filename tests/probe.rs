@@ -8,6 +8,8 @@
 //! `apiserver-proxy` is checked against the lab's real kube-apiserver (RBAC) and, for the
 //! answers a lab kubelet cannot give through it, against a small fake apiserver.
 
+mod common;
+
 use std::{
     net::{IpAddr, Ipv4Addr, SocketAddr},
     path::PathBuf,
@@ -38,7 +40,7 @@ use pulsecheck_lab::{
     fleet::{Fault, Fleet, FleetOptions},
     kubelet::{self, EndpointFaults},
 };
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject};
+use rustls::pki_types::{CertificateDer, pem::PemObject};
 use tokio::{
     net::TcpListener,
     sync::{mpsc, watch},
@@ -434,16 +436,7 @@ async fn a_kubelet_port_whose_tls_handshake_never_completes_is_no_handshake_not_
 /// A TLS server on `ip` with a certificate from `ca` that reads each request and then does
 /// `reply` with the connection instead of answering over HTTP; counts the requests it read.
 async fn tls_server_that_does_not_answer_http(ca: &CertificateAuthority, ip: IpAddr, reply: &'static [u8]) -> (SocketAddr, Arc<Mutex<usize>>, JoinHandle<()>) {
-    let serving = ca.issue_server("kubelet", &[ip], &[]).unwrap();
-    let chain = CertificateDer::pem_slice_iter(serving.cert_pem.as_bytes()).collect::<Result<Vec<_>, _>>().unwrap();
-    let key = PrivateKeyDer::from_pem_slice(serving.key_pem.as_bytes()).unwrap();
-    let config = rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_no_client_auth()
-        .with_single_cert(chain, key)
-        .unwrap();
-    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    let acceptor = common::tls_acceptor(ca, "kubelet", ip);
     let listener = TcpListener::bind((ip, 0)).await.unwrap();
     let addr = listener.local_addr().unwrap();
     let requests = Arc::new(Mutex::new(0usize));
@@ -638,16 +631,7 @@ impl Drop for FakeApiserver {
 impl FakeApiserver {
     async fn start(ip: IpAddr, answer: Answer) -> FakeApiserver {
         let ca = CertificateAuthority::new("apiserver-ca").unwrap();
-        let serving = ca.issue_server("apiserver", &[ip], &[]).unwrap();
-        let chain = CertificateDer::pem_slice_iter(serving.cert_pem.as_bytes()).collect::<Result<Vec<_>, _>>().unwrap();
-        let key = PrivateKeyDer::from_pem_slice(serving.key_pem.as_bytes()).unwrap();
-        let config = rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-            .with_safe_default_protocol_versions()
-            .unwrap()
-            .with_no_client_auth()
-            .with_single_cert(chain, key)
-            .unwrap();
-        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+        let acceptor = common::tls_acceptor(&ca, "apiserver", ip);
         let listener = TcpListener::bind((ip, 0)).await.unwrap();
         let addr = listener.local_addr().unwrap();
         let answer = Arc::new(Mutex::new(answer));

@@ -120,20 +120,10 @@ impl SlowWebhook {
             ByteString,
             api::admissionregistration::v1::{RuleWithOperations, ValidatingWebhook, ValidatingWebhookConfiguration, WebhookClientConfig},
         };
-        use rustls::pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject};
 
         let ip: std::net::IpAddr = "127.0.0.1".parse().unwrap();
         let ca = pulsecheck_lab::certs::CertificateAuthority::new("slow-webhook-ca").unwrap();
-        let serving = ca.issue_server("slow-webhook", &[ip], &[]).unwrap();
-        let chain = CertificateDer::pem_slice_iter(serving.cert_pem.as_bytes()).collect::<Result<Vec<_>, _>>().unwrap();
-        let key = PrivateKeyDer::from_pem_slice(serving.key_pem.as_bytes()).unwrap();
-        let config = rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-            .with_safe_default_protocol_versions()
-            .unwrap()
-            .with_no_client_auth()
-            .with_single_cert(chain, key)
-            .unwrap();
-        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+        let acceptor = tls_acceptor(&ca, "slow-webhook", ip);
         let listener = tokio::net::TcpListener::bind((ip, 0)).await.unwrap();
         let addr = listener.local_addr().unwrap();
         let held = Arc::new(Mutex::new(0usize));

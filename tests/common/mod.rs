@@ -340,3 +340,19 @@ pub fn apply_chart_rbac(kubeconfig: &std::path::Path) {
     kubectl(&["apply", "-f", repo().join("manifests/namespace.yaml").to_str().unwrap()], None);
     kubectl(&["apply", "-f", "-"], Some(&rendered));
 }
+
+/// A TLS acceptor serving a certificate for `ip` (common name `name`) issued by `ca`: the
+/// server side of the tests' fake kubelets, apiservers and webhooks.
+pub fn tls_acceptor(ca: &pulsecheck_lab::certs::CertificateAuthority, name: &str, ip: std::net::IpAddr) -> tokio_rustls::TlsAcceptor {
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject};
+    let serving = ca.issue_server(name, &[ip], &[]).unwrap();
+    let chain = CertificateDer::pem_slice_iter(serving.cert_pem.as_bytes()).collect::<Result<Vec<_>, _>>().unwrap();
+    let key = PrivateKeyDer::from_pem_slice(serving.key_pem.as_bytes()).unwrap();
+    let config = rustls::ServerConfig::builder_with_provider(std::sync::Arc::new(rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(chain, key)
+        .unwrap();
+    tokio_rustls::TlsAcceptor::from(std::sync::Arc::new(config))
+}
