@@ -174,3 +174,53 @@ fn only_what_differs_from_pulsecheck_s_defaults_is_passed_so_its_variables_and_n
     let args = container_args(&render(&["--set", "config.statusStaleAfter=null", "--set", "config.leaseGrace=null"]).unwrap());
     assert_eq!(args, ["run"]);
 }
+
+#[test]
+fn disruption_budget_spread_and_network_policy_are_opt_in_and_select_pulsecheck_s_pods() {
+    let defaults = kinds(&render(&[]).unwrap());
+    assert!(!defaults.contains(&"PodDisruptionBudget".to_owned()) && !defaults.contains(&"NetworkPolicy".to_owned()), "{defaults:?}");
+    let objects = render(&[
+        "--set",
+        "replicas=2",
+        "--set",
+        "podDisruptionBudget.enabled=true",
+        "--set",
+        "networkPolicy.enabled=true",
+        "--set",
+        "topologySpreadConstraints[0].maxSkew=1",
+        "--set",
+        "topologySpreadConstraints[0].topologyKey=topology.kubernetes.io/zone",
+        "--set",
+        "topologySpreadConstraints[0].whenUnsatisfiable=ScheduleAnyway",
+    ])
+    .unwrap();
+    let deployment = the(&objects, "Deployment");
+    let selector = &deployment["spec"]["selector"]["matchLabels"];
+    let pdb = the(&objects, "PodDisruptionBudget");
+    assert_eq!(pdb["spec"]["minAvailable"].as_i64(), Some(1));
+    assert_eq!(&pdb["spec"]["selector"]["matchLabels"], selector);
+    let spread = &deployment["spec"]["template"]["spec"]["topologySpreadConstraints"][0];
+    assert_eq!(spread["topologyKey"].as_str(), Some("topology.kubernetes.io/zone"));
+    assert_eq!(&spread["labelSelector"]["matchLabels"], selector, "the chart fills in the selector");
+    let policy = the(&objects, "NetworkPolicy");
+    assert_eq!(&policy["spec"]["podSelector"]["matchLabels"], selector);
+    let egress_ports: Vec<i64> = policy["spec"]["egress"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .flat_map(|rule| rule["ports"].as_sequence().unwrap().iter().filter_map(|p| p["port"].as_i64()))
+        .collect();
+    assert_eq!(egress_ports, [443, 6443, 10250, 53, 53], "apiserver, kubelets, DNS");
+    assert_eq!(policy["spec"]["ingress"][0]["ports"][0]["port"].as_i64(), Some(8080));
+    // Probes through the apiserver need no path to the kubelets.
+    let proxied = render(&["--set", "networkPolicy.enabled=true", "--set", "config.probe=apiserver-proxy", "--set", "rbac.nodesProxy=true"]).unwrap();
+    let ports: Vec<i64> = the(&proxied, "NetworkPolicy")["spec"]["egress"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .flat_map(|rule| rule["ports"].as_sequence().unwrap().iter().filter_map(|p| p["port"].as_i64()))
+        .collect();
+    assert!(!ports.contains(&10250), "{ports:?}");
+    let typo = render(&["--set", "networkPolicy.enable=true"]).unwrap_err();
+    assert!(typo.contains("enable"), "{typo}");
+}

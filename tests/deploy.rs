@@ -227,6 +227,23 @@ async fn chart_and_manifests_are_accepted_by_a_real_apiserver() {
         assert_all_created(&format!("helm template with {what}"), &out, SHIPPED);
     }
 
+    // The opt-in objects: a disruption budget for two replicas, a network policy, a zone spread.
+    let rendered = helm_template_for(
+        &MONITORING_API,
+        &[
+            "replicas=2",
+            "podDisruptionBudget.enabled=true",
+            "networkPolicy.enabled=true",
+            "topologySpreadConstraints[0].maxSkew=1",
+            "topologySpreadConstraints[0].topologyKey=topology.kubernetes.io/zone",
+            "topologySpreadConstraints[0].whenUnsatisfiable=ScheduleAnyway",
+        ],
+    )
+    .await;
+    let out = apply(&cp, &["--dry-run=server", "-f", "-"], Some(&rendered)).await;
+    let opt_in: Vec<&str> = SHIPPED.iter().copied().chain(["poddisruptionbudget.policy/pulsecheck", "networkpolicy.networking.k8s.io/pulsecheck"]).collect();
+    assert_all_created("helm template with the opt-in objects", &out, &opt_in);
+
     // Without prometheus-operator objects and with an existing ServiceAccount: nothing else is needed.
     let rendered = helm_template(&[
         "serviceMonitor.enabled=false",
