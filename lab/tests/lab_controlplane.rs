@@ -356,7 +356,7 @@ async fn lab_up_killed_with_sigkill_takes_etcd_and_apiserver_along() {
 }
 
 #[test]
-fn lab_help_lists_up_fleet_demo_and_fault() {
+fn lab_help_lists_up_fleet_demo_fault_image_and_import() {
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_pulsecheck-lab")).arg("--help").output().expect("pulsecheck-lab runs");
     assert!(out.status.success());
     let text = String::from_utf8_lossy(&out.stdout);
@@ -365,8 +365,10 @@ fn lab_help_lists_up_fleet_demo_and_fault() {
         .skip_while(|l| !l.starts_with("Commands:"))
         .skip(1)
         .take_while(|l| l.starts_with("  "))
+        // A subcommand's line, not a wrapped line of its description.
+        .filter(|l| !l.starts_with("   "))
         .filter_map(|l| l.split_whitespace().next())
         .filter(|s| *s != "help")
         .collect();
-    assert_eq!(listed, ["up", "fleet", "demo", "fault"], "{text}");
+    assert_eq!(listed, ["up", "fleet", "demo", "fault", "image", "import"], "{text}");
 }
