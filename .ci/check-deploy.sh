@@ -88,8 +88,8 @@ fi
   --set serviceMonitor.enabled=false --set prometheusRule.enabled=false --set dashboard.enabled=false \
   --set serviceAccount.create=false --set serviceAccount.name=existing --set rbac.create=false || fail "helm lint (minimal)"
 "$helm" lint --strict charts/pulsecheck --set replicas=2 --set podDisruptionBudget.enabled=true --set networkPolicy.enabled=true \
-  --set 'topologySpreadConstraints[0].maxSkew=1' --set 'topologySpreadConstraints[0].topologyKey=topology.kubernetes.io/zone' \
-  --set 'topologySpreadConstraints[0].whenUnsatisfiable=ScheduleAnyway' || fail "helm lint (disruption budget, network policy, spread)"
+  --set cleanupOnUninstall.enabled=true --set 'topologySpreadConstraints[0].maxSkew=1' --set 'topologySpreadConstraints[0].topologyKey=topology.kubernetes.io/zone' \
+  --set 'topologySpreadConstraints[0].whenUnsatisfiable=ScheduleAnyway' || fail "helm lint (disruption budget, network policy, cleanup hook, spread)"
 if "$helm" template pulsecheck charts/pulsecheck --set config.probe=apiserver-proxy >/dev/null 2>&1; then
   fail "config.probe=apiserver-proxy rendered without rbac.nodesProxy=true"
 fi

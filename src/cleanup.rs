@@ -4,14 +4,26 @@
 //! It uses the same patches as the controller's release (fresh read, resourceVersion
 //! precondition, only pulsecheck's own taint key, a cordon undone only when pulsecheck's record
 //! says it set it), so nothing another actor owns is lost.
+//!
+//! It cleans only once no pulsecheck instance leads: a leader still running would put its taints
+//! back on its next tick, and the person (or the chart's post-delete hook, which runs while the
+//! uninstalled Pod may still be terminating) would walk away believing the nodes clean. So it
+//! first reads the leader Lease until it is absent, released, or watched unrenewed for its whole
+//! duration (by this process's clock, as a follower would before taking over), at most
+//! `--leader-wait`, and refuses otherwise. A leader releases the Lease only after its last tick.
 
+use std::time::Duration;
+
+use k8s_openapi::api::coordination::v1::Lease;
 use kube::{Api, api::ListParams};
+use tokio::time::Instant;
 
 use crate::{
     Outcome,
     actuate::{self, Actions, Actuator, release_patch},
     connect::ClientArgs,
     facts::SlimNode,
+    leader::{Holder, HolderWatch},
     names,
 };
 
@@ -26,6 +38,39 @@ pub struct CleanupArgs {
     /// Say what would be removed, remove nothing.
     #[arg(long, env = "PULSECHECK_DRY_RUN", value_name = "BOOL", default_value_t = false, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
     pub dry_run: bool,
+    /// The leader Lease of the pulsecheck instances that must have stopped before cleaning.
+    #[arg(long, env = "PULSECHECK_CLEANUP_LEADER_LEASE", value_name = "NAMESPACE/NAME", default_value = "pulsecheck/pulsecheck", value_parser = lease_ref)]
+    pub leader_lease: LeaseRef,
+    /// How long to wait for the leader to stop (its Lease released or unrenewed for its duration).
+    #[arg(long, env = "PULSECHECK_CLEANUP_LEADER_WAIT", value_name = "DURATION", default_value = "1m", value_parser = humantime::parse_duration)]
+    pub leader_wait: Duration,
+    /// Clean even while a pulsecheck instance leads (it puts back what it still judges).
+    #[arg(long, env = "PULSECHECK_CLEANUP_IGNORE_LEADER", value_name = "BOOL", default_value_t = false, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
+    pub ignore_leader: bool,
+}
+
+/// `NAMESPACE/NAME` of a Lease.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LeaseRef {
+    /// Namespace.
+    pub namespace: String,
+    /// Name.
+    pub name: String,
+}
+
+impl std::fmt::Display for LeaseRef {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.namespace, self.name)
+    }
+}
+
+fn lease_ref(s: &str) -> Result<LeaseRef, String> {
+    match s.split_once('/') {
+        Some((namespace, name)) if !namespace.is_empty() && !name.is_empty() && !name.contains('/') => {
+            Ok(LeaseRef { namespace: namespace.into(), name: name.into() })
+        }
+        _ => Err(format!("{s:?} is not NAMESPACE/NAME")),
+    }
 }
 
 /// Errors of `cleanup`.
@@ -37,6 +82,26 @@ pub enum Error {
     /// Nodes cannot be listed.
     #[error("listing nodes: {0}")]
     List(kube::Error),
+    /// A pulsecheck instance still leads.
+    #[error(
+        "pulsecheck instance {holder} still holds the leader Lease {lease} after {waited:?}; stop it first (scale the Deployment to 0) or pass --ignore-leader"
+    )]
+    StillLeading {
+        /// The Lease.
+        lease: LeaseRef,
+        /// Its holder.
+        holder: String,
+        /// How long cleanup waited.
+        waited: Duration,
+    },
+    /// The leader Lease cannot be read.
+    #[error("reading the leader Lease {lease} (--leader-lease): {source}; pass --ignore-leader if no pulsecheck instance runs")]
+    LeaderLease {
+        /// The Lease.
+        lease: LeaseRef,
+        /// Why.
+        source: kube::Error,
+    },
     /// Some nodes could not be cleaned.
     #[error("{0} node(s) could not be cleaned; see the lines above")]
     Partial(usize),
@@ -63,6 +128,9 @@ pub fn leftovers(node: &SlimNode, taint_key: &str) -> Option<Leftovers> {
 /// Runs `pulsecheck cleanup`; prints one line per node it cleans (or would clean).
 pub async fn run(args: CleanupArgs) -> Result<Outcome, Error> {
     let client = crate::connect::client(&args.client).await?;
+    if !args.ignore_leader {
+        wait_for_no_leader(&client, &args.leader_lease, args.leader_wait, args.client.request_timeout).await?;
+    }
     let nodes: Api<SlimNode> = Api::all(client.clone());
     let list = tokio::time::timeout(args.client.request_timeout * 6, nodes.list(&ListParams::default()))
         .await
@@ -96,6 +164,39 @@ pub async fn run(args: CleanupArgs) -> Result<Outcome, Error> {
     if failed > 0 { Err(Error::Partial(failed)) } else { Ok(Outcome::Clean) }
 }
 
+/// Returns once no pulsecheck instance leads through `lease`; errs when one still does after
+/// `wait`, or the Lease cannot be read.
+async fn wait_for_no_leader(client: &kube::Client, lease: &LeaseRef, wait: Duration, request_timeout: Duration) -> Result<(), Error> {
+    let leases: Api<Lease> = Api::namespaced(client.clone(), &lease.namespace);
+    let started = Instant::now();
+    let mut watch = HolderWatch::default();
+    let mut told = false;
+    loop {
+        let read = tokio::time::timeout(request_timeout, leases.get_opt(&lease.name))
+            .await
+            .map_err(|_| kube::Error::Service("reading the Lease timed out".into()))
+            .and_then(|r| r)
+            .map_err(|source| Error::LeaderLease { lease: lease.clone(), source })?;
+        let holder = match read {
+            None => Holder::Nobody,
+            Some(l) => watch.observe(&l.spec.unwrap_or_default(), Instant::now()),
+        };
+        match holder {
+            Holder::Nobody | Holder::Lapsed(_) => return Ok(()),
+            Holder::Held(holder) if started.elapsed() >= wait => {
+                return Err(Error::StillLeading { lease: lease.clone(), holder, waited: started.elapsed() });
+            }
+            Holder::Held(holder) => {
+                if !told {
+                    eprintln!("waiting up to {wait:?} for pulsecheck instance {holder} to stop leading (Lease {lease})");
+                    told = true;
+                }
+            }
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}
+
 async fn clean(actuator: &Actuator, found: &Leftovers) -> Result<(), actuate::Error> {
     if found.remediation {
         actuator.release(&found.node).await?;
@@ -104,4 +205,17 @@ async fn clean(actuator: &Actuator, found: &Leftovers) -> Result<(), actuate::Er
         actuator.remove_condition(&found.node).await?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_leader_lease_is_namespace_slash_name() {
+        assert_eq!(lease_ref("pulsecheck/pulsecheck"), Ok(LeaseRef { namespace: "pulsecheck".into(), name: "pulsecheck".into() }));
+        for bad in ["pulsecheck", "/x", "x/", "a/b/c", ""] {
+            assert!(lease_ref(bad).is_err_and(|e| e.contains("NAMESPACE/NAME")), "{bad:?}");
+        }
+    }
 }

@@ -225,7 +225,7 @@ impl Leadership {
             identity: settings.identity.clone(),
             duration: settings.duration,
             check: check.clone(),
-            observed: None,
+            holder: HolderWatch::default(),
         };
         // Fail early on a Lease that cannot be read at all (RBAC, a missing namespace).
         match tokio::time::timeout(renew_deadline(settings.duration), elector.leases.get_opt(&settings.name)).await {
@@ -279,8 +279,43 @@ struct Elector {
     identity: String,
     duration: Duration,
     check: LeaderCheck,
-    /// The holder and renew time last seen, and when (this instance's clock) they were first seen.
+    holder: HolderWatch,
+}
+
+/// Who holds a leader Lease, as far as one observer can tell without comparing clocks.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Holder {
+    /// Nobody: the Lease has no holder (released, or never held).
+    Nobody,
+    /// `identity` holds it: it renewed within the Lease's duration, as this observer has seen.
+    Held(String),
+    /// `identity` is named, but this observer has watched the Lease go unrenewed for its whole
+    /// duration, by its own clock: that instance no longer acts (its renew deadline is shorter).
+    Lapsed(String),
+}
+
+/// Watches one Lease's holder and renew time across reads, so that "unrenewed for its whole
+/// duration" is measured by the observer's own clock from the first read that showed the
+/// current record — never by comparing the holder's `renewTime` with this machine's clock.
+#[derive(Debug, Default)]
+pub struct HolderWatch {
+    /// The holder and renew time last seen, and when (this observer's clock) they were first seen.
     observed: Option<(Option<String>, Option<MicroTime>, Instant)>,
+}
+
+impl HolderWatch {
+    /// Takes in a read of the Lease's spec that came back at `now`.
+    pub fn observe(&mut self, spec: &Spec, now: Instant) -> Holder {
+        let holder = spec.holder_identity.clone().filter(|h| !h.is_empty());
+        let record = (holder.clone(), spec.renew_time.clone());
+        if self.observed.as_ref().is_none_or(|(h, r, _)| (h, r) != (&record.0, &record.1)) {
+            self.observed = Some((record.0, record.1, now));
+        }
+        let Some(holder) = holder else { return Holder::Nobody };
+        let held_for = Duration::from_secs(u64::try_from(spec.lease_duration_seconds.unwrap_or(0)).unwrap_or(0));
+        let seen_since = self.observed.as_ref().map_or(now, |(_, _, at)| *at);
+        if now.saturating_duration_since(seen_since) < held_for { Holder::Held(holder) } else { Holder::Lapsed(holder) }
+    }
 }
 
 impl Elector {
@@ -348,20 +383,14 @@ impl Elector {
             };
         };
         let spec = lease.spec.clone().unwrap_or_default();
-        let holder = spec.holder_identity.clone().filter(|h| !h.is_empty());
-        let record = (holder.clone(), spec.renew_time.clone());
-        if self.observed.as_ref().is_none_or(|(h, r, _)| (h, r) != (&record.0, &record.1)) {
-            self.observed = Some((record.0, record.1, now));
-        }
-        let ours = holder.as_deref() == Some(self.identity.as_str());
-        if !ours && let Some(other) = &holder {
-            let held_for = Duration::from_secs(u64::try_from(spec.lease_duration_seconds.unwrap_or(0)).unwrap_or(0));
-            let seen_since = self.observed.as_ref().map_or(now, |(_, _, at)| *at);
-            if now.saturating_duration_since(seen_since) < held_for {
+        let ours = spec.holder_identity.as_deref() == Some(self.identity.as_str());
+        match self.holder.observe(&spec, now) {
+            Holder::Held(other) if !ours => {
                 tracing::trace!(holder = %other, "the Lease is held");
                 return Ok(false);
             }
-            tracing::info!(holder = %other, "the Lease was not renewed for its whole duration; taking it over");
+            Holder::Lapsed(other) if !ours => tracing::info!(holder = %other, "the Lease was not renewed for its whole duration; taking it over"),
+            _ => {}
         }
         let transitions = spec.lease_transitions.unwrap_or(0) + i32::from(!ours);
         let acquired = if ours { spec.acquire_time.clone() } else { None };
@@ -408,5 +437,37 @@ impl Elector {
             Ok(Err(e)) => tracing::warn!(lease = %self.name, error = %e, "could not release the leader Lease; the next leader waits for it to expire"),
             Err(_) => tracing::warn!(lease = %self.name, "releasing the leader Lease timed out; the next leader waits for it to expire"),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn held_by(holder: Option<&str>, renewed_at: i64, duration: i32) -> Spec {
+        Spec {
+            holder_identity: holder.map(Into::into),
+            renew_time: Some(MicroTime(Timestamp::from_second(renewed_at).unwrap())),
+            lease_duration_seconds: Some(duration),
+            ..Spec::default()
+        }
+    }
+
+    #[test]
+    fn a_holder_lapses_only_after_this_observer_has_watched_it_unrenewed_for_the_whole_duration() {
+        let start = Instant::now();
+        let mut watch = HolderWatch::default();
+        // The renewTime is years in the past by this machine's clock: skew, never compared.
+        let lease = held_by(Some("a"), 1_000, 15);
+        assert_eq!(watch.observe(&lease, start), Holder::Held("a".into()));
+        assert_eq!(watch.observe(&lease, start + Duration::from_secs(14)), Holder::Held("a".into()));
+        // A renewal (a new renewTime) starts the watch again.
+        let renewed = held_by(Some("a"), 1_010, 15);
+        assert_eq!(watch.observe(&renewed, start + Duration::from_secs(14)), Holder::Held("a".into()));
+        assert_eq!(watch.observe(&renewed, start + Duration::from_secs(28)), Holder::Held("a".into()));
+        assert_eq!(watch.observe(&renewed, start + Duration::from_secs(29)), Holder::Lapsed("a".into()));
+        // Released: no holder, or an empty one.
+        assert_eq!(watch.observe(&held_by(None, 1_020, 1), start + Duration::from_secs(30)), Holder::Nobody);
+        assert_eq!(watch.observe(&held_by(Some(""), 1_020, 1), start + Duration::from_secs(30)), Holder::Nobody);
     }
 }

@@ -224,3 +224,61 @@ fn disruption_budget_spread_and_network_policy_are_opt_in_and_select_pulsecheck_
     let typo = render(&["--set", "networkPolicy.enable=true"]).unwrap_err();
     assert!(typo.contains("enable"), "{typo}");
 }
+
+#[test]
+fn the_uninstall_cleanup_hook_is_opt_in_waits_for_the_release_s_leader_and_brings_its_own_least_privilege() {
+    let hooked = |objects: &[Value]| -> Vec<String> {
+        objects
+            .iter()
+            .filter(|o| o["metadata"]["annotations"]["helm.sh/hook"].as_str().is_some())
+            .map(|o| o["kind"].as_str().unwrap_or_default().to_owned())
+            .collect()
+    };
+    assert_eq!(hooked(&render(&[]).unwrap()), Vec::<String>::new(), "no hook by default");
+
+    let objects =
+        render(&["--set", "cleanupOnUninstall.enabled=true", "--set", "config.leaderElectionName=pc-leader", "--set", "config.taintKey=example.com/dead"])
+            .unwrap();
+    let hooks: Vec<&Value> = objects.iter().filter(|o| o["metadata"]["annotations"]["helm.sh/hook"].as_str().is_some()).collect();
+    let mut kinds_and_weights: Vec<(String, i64)> = hooks
+        .iter()
+        .map(|o| {
+            assert_eq!(o["metadata"]["annotations"]["helm.sh/hook"].as_str(), Some("post-delete"), "{o:?}");
+            assert_eq!(o["metadata"]["annotations"]["helm.sh/hook-delete-policy"].as_str(), Some("before-hook-creation,hook-succeeded"));
+            assert_eq!(label(o, "app.kubernetes.io/component"), Some("cleanup"));
+            (o["kind"].as_str().unwrap().to_owned(), o["metadata"]["annotations"]["helm.sh/hook-weight"].as_str().unwrap().parse().unwrap())
+        })
+        .collect();
+    kinds_and_weights.sort_by_key(|(k, w)| (*w, k.clone()));
+    // Identity and RBAC exist before the bindings, the bindings before the Job (the release's own
+    // ServiceAccount and RBAC are deleted by then).
+    assert_eq!(
+        kinds_and_weights,
+        [("ClusterRole", -10), ("Role", -10), ("ServiceAccount", -10), ("ClusterRoleBinding", -5), ("RoleBinding", -5), ("Job", 0)]
+            .map(|(k, w)| (k.to_owned(), w))
+            .to_vec()
+    );
+    let job = the(&objects, "Job");
+    let pod = &job["spec"]["template"]["spec"];
+    assert_eq!(pod["serviceAccountName"].as_str(), Some("pulsecheck-cleanup"));
+    let args: Vec<&str> = pod["containers"][0]["args"].as_sequence().unwrap().iter().map(|a| a.as_str().unwrap()).collect();
+    assert_eq!(args, ["cleanup", "--leader-lease=pulsecheck/pc-leader", "--leader-wait=2m", "--taint-key=example.com/dead"]);
+    assert_eq!(pod["securityContext"]["runAsNonRoot"].as_bool(), Some(true));
+    assert_eq!(pod["containers"][0]["securityContext"]["readOnlyRootFilesystem"].as_bool(), Some(true));
+    // Nothing that selects the controller's Pods selects the Job's.
+    assert_ne!(job["spec"]["template"]["metadata"]["labels"]["app.kubernetes.io/name"].as_str(), Some("pulsecheck"));
+    // Least privilege: Nodes read and patched, the one leader Lease read; no watch, create, delete.
+    let cluster_role = hooks.iter().find(|o| o["kind"].as_str() == Some("ClusterRole")).unwrap();
+    let rules = serde_yaml_ng::to_string(&cluster_role["rules"]).unwrap();
+    assert_eq!(
+        rules.trim(),
+        "- apiGroups:\n  - ''\n  resources:\n  - nodes\n  verbs:\n  - get\n  - list\n  - patch\n- apiGroups:\n  - ''\n  resources:\n  - nodes/status\n  verbs:\n  - patch"
+    );
+    let role = hooks.iter().find(|o| o["kind"].as_str() == Some("Role")).unwrap();
+    assert_eq!(role["rules"][0]["resourceNames"][0].as_str(), Some("pc-leader"));
+    assert_eq!(role["rules"][0]["verbs"].as_sequence().map(Vec::len), Some(1));
+
+    // Without leader election the hook could not tell when the uninstalled Pod stopped writing.
+    let refused = render(&["--set", "cleanupOnUninstall.enabled=true", "--set", "config.leaderElect=false"]).unwrap_err();
+    assert!(refused.contains("cleanupOnUninstall needs config.leaderElect=true"), "{refused}");
+}

@@ -3,8 +3,10 @@
 //! annotated and conditioned zombie nodes. Proves that `--dry-run` reports and changes nothing;
 //! that a real run removes pulsecheck's taint, record annotation and condition from every node,
 //! undoes only the cordon pulsecheck set (a person's cordon stays), and keeps every foreign
-//! taint, label, annotation and condition; that a second run finds nothing; and that an
-//! unreadable kubeconfig is a usage error (exit 2) naming `--kubeconfig`.
+//! taint, label, annotation and condition; that a second run finds nothing; that it refuses to
+//! clean while a pulsecheck instance still leads (it would put its taints back) and waits for a
+//! crashed leader's Lease to lapse; and that an unreadable kubeconfig is a usage error (exit 2)
+//! naming `--kubeconfig`.
 
 mod common;
 
@@ -232,6 +234,60 @@ async fn cleanup_removes_only_what_pulsecheck_put_on_nodes_and_dry_run_changes_n
     let again = cleanup(&kubeconfig, &[]).await;
     assert_eq!(again.status.code(), Some(0), "{}", describe(&again));
     assert_eq!(text(&again.stdout), "0 node(s) cleaned\n", "{}", describe(&again));
+    lab.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cleanup_refuses_while_an_instance_leads_and_waits_for_a_crashed_leader_s_lease_to_lapse() {
+    use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
+    use kube::api::PostParams;
+
+    let lab = Lab::start(fast_fleet(3, "cll-")).await;
+    let client = lab.client();
+    let kubeconfig = lab.cp.kubeconfig_path().to_path_buf();
+    let zombie = "cll-0001";
+    let running = controller(client.clone(), |s| {
+        s.leader = elect("cll-a");
+        s.guard.max_unhealthy_percent = 50.0;
+    })
+    .await;
+    lab.fleet.set_fault(zombie, Fault::Zombie).unwrap();
+    wait_tainted(&client, zombie, "the zombie tainted by the leader", STALE_AFTER + Duration::from_secs(4) + TICK_SLACK).await;
+
+    // 1. While the leader runs, cleanup refuses (exit 2, naming the Lease and the holder) and
+    //    touches nothing: the leader would taint the zombie again on its next tick.
+    let lease_flag = ["--leader-lease", "default/pulsecheck"];
+    let refused = cleanup(&kubeconfig, &[&lease_flag[..], &["--leader-wait", "3s"]].concat()).await;
+    assert_eq!(refused.status.code(), Some(2), "{}", describe(&refused));
+    let stderr = text(&refused.stderr);
+    assert!(stderr.contains("still holds the leader Lease default/pulsecheck") && stderr.contains("cll-a"), "{}", describe(&refused));
+    assert!(has_our_taint(&get_node(&client, zombie).await), "cleanup removed the taint while the leader ran");
+
+    // 2. The leader stops and releases its Lease.
+    running.stop().await;
+    let leases: Api<Lease> = Api::namespaced(client.clone(), "default");
+    let mut lease = leases.get("pulsecheck").await.unwrap();
+    assert_eq!(lease.spec.as_ref().and_then(|s| s.holder_identity.clone()), None, "the stopped leader released its Lease");
+
+    // 3. A leader that crashed leaves its Lease held: cleanup watches it go unrenewed for its
+    //    whole duration (by its own clock; the renewTime is an hour off, as with a skewed
+    //    clock), then cleans.
+    lease.spec = Some(LeaseSpec {
+        holder_identity: Some("cll-crashed".into()),
+        lease_duration_seconds: Some(3),
+        renew_time: Some(MicroTime(Timestamp::now() + std::time::Duration::from_secs(3600))),
+        ..lease.spec.clone().unwrap_or_default()
+    });
+    leases.replace("pulsecheck", &PostParams::default(), &lease).await.unwrap();
+    let started = std::time::Instant::now();
+    let cleaned = cleanup(&kubeconfig, &[&lease_flag[..], &["--leader-wait", "30s"]].concat()).await;
+    assert_eq!(cleaned.status.code(), Some(0), "{}", describe(&cleaned));
+    assert!(text(&cleaned.stderr).contains("waiting up to 30s for pulsecheck instance cll-crashed"), "{}", describe(&cleaned));
+    assert!(started.elapsed() >= Duration::from_secs(3), "cleaned before the crashed leader's Lease lapsed: {:?}", started.elapsed());
+    assert!(text(&cleaned.stdout).contains(&format!("cleaned node {zombie}")), "{}", describe(&cleaned));
+    let z = get_node(&client, zombie).await;
+    assert!(!has_our_taint(&z) && record(&z).is_none() && our_condition(&z).is_none(), "{zombie} not clean");
     lab.stop().await;
 }
 

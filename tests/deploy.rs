@@ -227,13 +227,15 @@ async fn chart_and_manifests_are_accepted_by_a_real_apiserver() {
         assert_all_created(&format!("helm template with {what}"), &out, SHIPPED);
     }
 
-    // The opt-in objects: a disruption budget for two replicas, a network policy, a zone spread.
+    // The opt-in objects: a disruption budget for two replicas, a network policy, a zone spread,
+    // the uninstall cleanup hook (its objects are in `helm template`'s output too).
     let rendered = helm_template_for(
         &MONITORING_API,
         &[
             "replicas=2",
             "podDisruptionBudget.enabled=true",
             "networkPolicy.enabled=true",
+            "cleanupOnUninstall.enabled=true",
             "topologySpreadConstraints[0].maxSkew=1",
             "topologySpreadConstraints[0].topologyKey=topology.kubernetes.io/zone",
             "topologySpreadConstraints[0].whenUnsatisfiable=ScheduleAnyway",
@@ -241,7 +243,20 @@ async fn chart_and_manifests_are_accepted_by_a_real_apiserver() {
     )
     .await;
     let out = apply(&cp, &["--dry-run=server", "-f", "-"], Some(&rendered)).await;
-    let opt_in: Vec<&str> = SHIPPED.iter().copied().chain(["poddisruptionbudget.policy/pulsecheck", "networkpolicy.networking.k8s.io/pulsecheck"]).collect();
+    let opt_in: Vec<&str> = SHIPPED
+        .iter()
+        .copied()
+        .chain([
+            "poddisruptionbudget.policy/pulsecheck",
+            "networkpolicy.networking.k8s.io/pulsecheck",
+            "serviceaccount/pulsecheck-cleanup",
+            "clusterrole.rbac.authorization.k8s.io/pulsecheck-cleanup",
+            "clusterrolebinding.rbac.authorization.k8s.io/pulsecheck-cleanup",
+            "role.rbac.authorization.k8s.io/pulsecheck-cleanup",
+            "rolebinding.rbac.authorization.k8s.io/pulsecheck-cleanup",
+            "job.batch/pulsecheck-cleanup",
+        ])
+        .collect();
     assert_all_created("helm template with the opt-in objects", &out, &opt_in);
 
     // Without prometheus-operator objects and with an existing ServiceAccount: nothing else is needed.

@@ -37,6 +37,17 @@ app.kubernetes.io/version: {{ .Values.image.tag | default .Chart.AppVersion | qu
 app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- end -}}
 
+{{/* Labels of the uninstall cleanup hook's objects: pulsecheck's, another component. */}}
+{{- define "pulsecheck.cleanupLabels" -}}
+helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
+app.kubernetes.io/name: {{ include "pulsecheck.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/component: cleanup
+app.kubernetes.io/part-of: pulsecheck
+app.kubernetes.io/version: {{ .Values.image.tag | default .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+{{- end -}}
+
 {{/* Whether a prometheus-operator object is rendered: its `enabled` value (true, false or "auto"),
 "auto" meaning "when the cluster serves the kind". Usage: include "pulsecheck.monitoringOn" (list
 .Values.serviceMonitor.enabled "monitoring.coreos.com/v1/ServiceMonitor" .) — "true" or "". */}}
