@@ -77,8 +77,13 @@ pub enum LabCommand {
 #[derive(Debug, Clone, Args)]
 pub struct ImageArgs {
     /// The statically linked pulsecheck binary to put into the image (`make image` builds it for the musl target).
-    #[arg(long, value_name = "FILE")]
-    pub binary: PathBuf,
+    ///
+    /// `--binary FILE`: one image for this machine's architecture. `--binary ARCH=FILE`, once per
+    /// architecture (amd64/x86_64, arm64/aarch64): one multi-arch image, an OCI image index of
+    /// one manifest per architecture, each binary checked to be built for its ARCH (the release,
+    /// docs/release.md).
+    #[arg(long, value_name = "[ARCH=]FILE", required = true)]
+    pub binary: Vec<String>,
     /// Where to write the OCI image archive.
     #[arg(long, value_name = "FILE", default_value = "target/image/pulsecheck.tar")]
     pub out: PathBuf,
@@ -233,14 +238,41 @@ pub async fn run(cli: Cli) -> ExitCode {
     }
 }
 
+/// The binaries of `pulsecheck-lab image --binary`: one without an architecture (this
+/// machine's), or one per architecture.
+fn image_binaries(values: &[String]) -> Result<Result<PathBuf, Vec<(crate::image::Architecture, PathBuf)>>, Error> {
+    match values {
+        [one] if !one.contains('=') => Ok(Ok(PathBuf::from(one))),
+        _ => values
+            .iter()
+            .map(|value| {
+                let (arch, file) = value
+                    .split_once('=')
+                    .ok_or_else(|| Error::Usage(format!("--binary {value}: with several binaries each is ARCH=FILE (amd64=..., arm64=...)")))?;
+                let arch = arch.parse().map_err(|e| Error::Usage(format!("--binary {value}: {e}")))?;
+                Ok((arch, PathBuf::from(file)))
+            })
+            .collect::<Result<Vec<_>, _>>()
+            .map(Err),
+    }
+}
+
 /// `pulsecheck-lab image`: writes the archive, prints its reference.
 fn build_image(args: &ImageArgs) -> Result<(), Error> {
     let reference = args.reference.clone().unwrap_or_else(crate::image::pulsecheck_reference);
-    let spec = crate::image::ImageSpec::pulsecheck(&args.binary, &reference).map_err(|e| Error::Failed(e.into()))?;
+    let binaries = image_binaries(&args.binary)?;
     if let Some(parent) = args.out.parent().filter(|p| !p.as_os_str().is_empty()) {
         std::fs::create_dir_all(parent).with_context(|| format!("cannot create {} for --out", parent.display()))?;
     }
-    let digest = spec.write_archive(&args.out).map_err(|e| Error::Failed(e.into()))?;
+    let digest = match binaries {
+        Ok(binary) => crate::image::ImageSpec::pulsecheck(&binary, &reference).and_then(|spec| spec.write_archive(&args.out)),
+        Err(per_arch) => per_arch
+            .iter()
+            .map(|(arch, binary)| crate::image::ImageSpec::pulsecheck_for(binary, &reference, *arch).map(|spec| (*arch, spec)))
+            .collect::<Result<Vec<_>, _>>()
+            .and_then(|images| crate::image::write_index_archive(&reference, &images, &args.out)),
+    }
+    .map_err(|e| Error::Failed(e.into()))?;
     eprintln!("wrote {} ({digest})", args.out.display());
     println!("{reference}");
     Ok(())
@@ -653,5 +685,26 @@ mod tests {
             assert!(err.to_string().contains(flag), "{err}");
         }
         assert_eq!(parse(&[]).unwrap_err().exit_code(), 2, "--nodes is required");
+    }
+    #[test]
+    fn image_takes_one_binary_or_one_per_architecture() {
+        use crate::image::Architecture::{Amd64, Arm64};
+        let binaries = |argv: &[&str]| match Cli::try_parse_from([&["pulsecheck-lab", "image"][..], argv].concat()).unwrap().command {
+            LabCommand::Image(args) => image_binaries(&args.binary),
+            other => panic!("parsed as {other:?}"),
+        };
+        assert_eq!(binaries(&["--binary", "target/pulsecheck"]).unwrap(), Ok(PathBuf::from("target/pulsecheck")));
+        assert_eq!(
+            binaries(&["--binary", "amd64=a/pulsecheck", "--binary", "aarch64=b/pulsecheck"]).unwrap(),
+            Err(vec![(Amd64, PathBuf::from("a/pulsecheck")), (Arm64, PathBuf::from("b/pulsecheck"))])
+        );
+        assert_eq!(binaries(&["--binary", "arm64=b"]).unwrap(), Err(vec![(Arm64, PathBuf::from("b"))]), "one ARCH=FILE is an index too");
+        let usage = |argv: &[&str]| match binaries(argv) {
+            Err(Error::Usage(message)) => message,
+            other => panic!("{argv:?}: {:?}", other.map_err(|e| format!("{e:?}"))),
+        };
+        assert!(usage(&["--binary", "a", "--binary", "arm64=b"]).contains("--binary a: with several binaries each is ARCH=FILE"));
+        assert!(usage(&["--binary", "riscv64=b"]).contains("unknown architecture \"riscv64\""));
+        assert!(Cli::try_parse_from(["pulsecheck-lab", "image"]).is_err(), "--binary is required");
     }
 }

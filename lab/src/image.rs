@@ -9,6 +9,11 @@
 //! The archive is an OCI image layout (`oci-layout`, `index.json`, `blobs/sha256/…`) in a tar,
 //! the format `ctr images import` and every other OCI tool read; the index carries the image's
 //! name in `io.containerd.image.name`, so containerd stores it under that reference.
+//!
+//! The release builds one image for several architectures from binaries cross-compiled on one
+//! machine (no emulation): [`write_index_archive`] puts each architecture's manifest into an OCI
+//! image index, and the layout's `index.json` names that index, which `crane push` or
+//! `skopeo copy --all` publish as one multi-arch reference (docs/release.md).
 
 use std::{
     io,
@@ -40,6 +45,24 @@ pub enum Error {
         /// What was found.
         why: &'static str,
     },
+    /// The binary given for an architecture is built for another one.
+    #[error("{} is built for {found}, not for {expected} as given (--binary {expected}=FILE)", .path.display())]
+    WrongArchitecture {
+        /// The binary.
+        path: PathBuf,
+        /// The architecture it was given for.
+        expected: Architecture,
+        /// What its ELF header says (`unknown (ELF machine 0x..)` when not one of ours).
+        found: String,
+    },
+    /// A multi-architecture image was asked for with no image, or with one architecture twice.
+    #[error("image {image}: {why}")]
+    Platforms {
+        /// The image's reference.
+        image: String,
+        /// What is wrong with the list.
+        why: String,
+    },
     /// The archive could not be written.
     #[error("cannot write the archive of image {image} to {}: {source}", .path.display())]
     Write {
@@ -62,6 +85,58 @@ pub struct ArchiveError {
     /// Why.
     #[source]
     pub source: io::Error,
+}
+
+/// A CPU architecture pulsecheck's image is built for, named as OCI image configs and
+/// platforms name it (`amd64`, `arm64`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Architecture {
+    /// x86-64 (`x86_64-unknown-linux-musl`).
+    Amd64,
+    /// 64-bit ARM (`aarch64-unknown-linux-musl`).
+    Arm64,
+}
+
+impl Architecture {
+    /// The OCI name (`amd64`, `arm64`).
+    pub fn oci_name(self) -> &'static str {
+        match self {
+            Architecture::Amd64 => "amd64",
+            Architecture::Arm64 => "arm64",
+        }
+    }
+
+    /// The architecture an ELF file is built for (its header's `e_machine`), if one of ours.
+    pub fn of_elf(bytes: &[u8]) -> Result<Architecture, String> {
+        const EM_X86_64: u16 = 62;
+        const EM_AARCH64: u16 = 183;
+        match bytes.get(0x12..0x14).map(|b| u16::from_le_bytes([b[0], b[1]])) {
+            _ if bytes.get(..4) != Some(b"\x7fELF") => Err("not an ELF file".into()),
+            Some(EM_X86_64) => Ok(Architecture::Amd64),
+            Some(EM_AARCH64) => Ok(Architecture::Arm64),
+            Some(other) => Err(format!("unknown (ELF machine {other:#x})")),
+            None => Err("a truncated ELF header".into()),
+        }
+    }
+}
+
+impl std::fmt::Display for Architecture {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.oci_name())
+    }
+}
+
+impl std::str::FromStr for Architecture {
+    type Err = String;
+
+    /// The OCI name or Rust's (`amd64`/`x86_64`, `arm64`/`aarch64`).
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "amd64" | "x86_64" => Ok(Architecture::Amd64),
+            "arm64" | "aarch64" => Ok(Architecture::Arm64),
+            other => Err(format!("unknown architecture {other:?} (want amd64/x86_64 or arm64/aarch64)")),
+        }
+    }
 }
 
 /// One file of an image.
@@ -133,6 +208,19 @@ impl ImageSpec {
             labels: labels.into_iter().map(|(k, v)| (k.to_owned(), v.to_owned())).collect(),
             exposed_ports: vec!["8080/tcp".into()],
         })
+    }
+}
+
+impl ImageSpec {
+    /// pulsecheck's image for `architecture`: as [`ImageSpec::pulsecheck`], and the binary must be
+    /// built for that architecture (a cross-compiled one put under the wrong name is refused).
+    pub fn pulsecheck_for(binary: &Path, reference: &str, architecture: Architecture) -> Result<ImageSpec, Error> {
+        let spec = ImageSpec::pulsecheck(binary, reference)?;
+        match Architecture::of_elf(&spec.files[0].contents) {
+            Ok(found) if found == architecture => Ok(spec),
+            Ok(found) => Err(Error::WrongArchitecture { path: binary.to_path_buf(), expected: architecture, found: found.to_string() }),
+            Err(found) => Err(Error::WrongArchitecture { path: binary.to_path_buf(), expected: architecture, found }),
+        }
     }
 }
 
@@ -218,9 +306,19 @@ impl ImageSpec {
     /// digest.
     pub fn write_archive(&self, archive: &Path) -> Result<String, Error> {
         let write_err = |source| Error::Write { image: self.reference.clone(), path: archive.to_path_buf(), source };
-        let layer = Blob::new("application/vnd.oci.image.layer.v1.tar", self.layer().map_err(write_err)?);
+        let (blobs, manifest) = self.blobs(oci_architecture()).map_err(write_err)?;
+        let mut entry = manifest.descriptor();
+        entry["annotations"] = name_annotations(&self.reference);
+        let index = json!({ "schemaVersion": 2, "mediaType": INDEX_MEDIA_TYPE, "manifests": [entry] });
+        write_layout(archive, &index, blobs.iter().chain([&manifest])).map_err(write_err)?;
+        Ok(manifest.digest)
+    }
+
+    /// The image's layer, config and (last, returned apart) manifest for `architecture`.
+    fn blobs(&self, architecture: &str) -> io::Result<(Vec<Blob>, Blob)> {
+        let layer = Blob::new("application/vnd.oci.image.layer.v1.tar", self.layer()?);
         let mut config = json!({
-            "architecture": oci_architecture(),
+            "architecture": architecture,
             "os": "linux",
             "config": { "Entrypoint": self.entrypoint },
             "rootfs": { "type": "layers", "diff_ids": [layer.digest] },
@@ -240,28 +338,11 @@ impl ImageSpec {
         let config = Blob::new("application/vnd.oci.image.config.v1+json", config.to_string().into_bytes());
         let manifest = json!({
             "schemaVersion": 2,
-            "mediaType": "application/vnd.oci.image.manifest.v1+json",
+            "mediaType": MANIFEST_MEDIA_TYPE,
             "config": config.descriptor(),
             "layers": [layer.descriptor()],
         });
-        let manifest = Blob::new("application/vnd.oci.image.manifest.v1+json", manifest.to_string().into_bytes());
-        let mut entry = manifest.descriptor();
-        entry["annotations"] = json!({
-            "io.containerd.image.name": self.reference,
-            "org.opencontainers.image.ref.name": self.reference.rsplit_once(':').map_or("latest", |(_, tag)| tag),
-        });
-        let index = json!({ "schemaVersion": 2, "mediaType": "application/vnd.oci.image.index.v1+json", "manifests": [entry] });
-
-        let file = std::fs::File::create(archive).map_err(write_err)?;
-        let mut tar = tar::Builder::new(io::BufWriter::new(file));
-        append(&mut tar, "oci-layout", 0o644, br#"{"imageLayoutVersion":"1.0.0"}"#).map_err(write_err)?;
-        append(&mut tar, "index.json", 0o644, index.to_string().as_bytes()).map_err(write_err)?;
-        for blob in [&layer, &config, &manifest] {
-            let hex = blob.digest.trim_start_matches("sha256:");
-            append(&mut tar, &format!("blobs/sha256/{hex}"), 0o644, &blob.bytes).map_err(write_err)?;
-        }
-        tar.into_inner().and_then(|mut w| io::Write::flush(&mut w)).map_err(write_err)?;
-        Ok(manifest.digest)
+        Ok((vec![layer, config], Blob::new(MANIFEST_MEDIA_TYPE, manifest.to_string().into_bytes())))
     }
 
     /// The one layer: every file, owned by root, timestamp 0.
@@ -272,6 +353,67 @@ impl ImageSpec {
         }
         tar.into_inner()
     }
+}
+
+const MANIFEST_MEDIA_TYPE: &str = "application/vnd.oci.image.manifest.v1+json";
+const INDEX_MEDIA_TYPE: &str = "application/vnd.oci.image.index.v1+json";
+
+/// The annotations by which containerd (`io.containerd.image.name`) and OCI tools
+/// (`org.opencontainers.image.ref.name`, the tag) find an image in a layout.
+fn name_annotations(reference: &str) -> serde_json::Value {
+    json!({
+        "io.containerd.image.name": reference,
+        "org.opencontainers.image.ref.name": reference.rsplit_once(':').map_or("latest", |(_, tag)| tag),
+    })
+}
+
+/// Writes an OCI image layout archive: `oci-layout`, `index.json` and every blob once.
+fn write_layout<'a>(archive: &Path, index: &serde_json::Value, blobs: impl Iterator<Item = &'a Blob>) -> io::Result<()> {
+    let file = std::fs::File::create(archive)?;
+    let mut tar = tar::Builder::new(io::BufWriter::new(file));
+    append(&mut tar, "oci-layout", 0o644, br#"{"imageLayoutVersion":"1.0.0"}"#)?;
+    append(&mut tar, "index.json", 0o644, index.to_string().as_bytes())?;
+    let mut written = std::collections::BTreeSet::new();
+    for blob in blobs {
+        if written.insert(blob.digest.clone()) {
+            let hex = blob.digest.trim_start_matches("sha256:");
+            append(&mut tar, &format!("blobs/sha256/{hex}"), 0o644, &blob.bytes)?;
+        }
+    }
+    tar.into_inner().and_then(|mut w| io::Write::flush(&mut w))
+}
+
+/// Writes one image for several architectures as an OCI image layout archive at `archive`: each
+/// architecture's manifest (its config naming the architecture) listed with its `platform` in an
+/// OCI image index, which the layout's `index.json` names `reference`. Returns the index's
+/// digest, the one a registry stores the multi-arch reference under and cosign signs.
+pub fn write_index_archive(reference: &str, images: &[(Architecture, ImageSpec)], archive: &Path) -> Result<String, Error> {
+    let platforms_err = |why: String| Error::Platforms { image: reference.to_owned(), why };
+    if images.is_empty() {
+        return Err(platforms_err("no architecture given".into()));
+    }
+    let mut seen = std::collections::BTreeSet::new();
+    if let Some((twice, _)) = images.iter().find(|(arch, _)| !seen.insert(*arch)) {
+        return Err(platforms_err(format!("{twice} given twice")));
+    }
+    let write_err = |source| Error::Write { image: reference.to_owned(), path: archive.to_path_buf(), source };
+    let mut blobs = Vec::new();
+    let mut manifests = Vec::new();
+    for (arch, spec) in images {
+        let (mut image_blobs, manifest) = spec.blobs(arch.oci_name()).map_err(write_err)?;
+        let mut entry = manifest.descriptor();
+        entry["platform"] = json!({ "architecture": arch.oci_name(), "os": "linux" });
+        manifests.push(entry);
+        blobs.append(&mut image_blobs);
+        blobs.push(manifest);
+    }
+    let index = json!({ "schemaVersion": 2, "mediaType": INDEX_MEDIA_TYPE, "manifests": manifests });
+    let index = Blob::new(INDEX_MEDIA_TYPE, index.to_string().into_bytes());
+    let mut entry = index.descriptor();
+    entry["annotations"] = name_annotations(reference);
+    let layout_index = json!({ "schemaVersion": 2, "mediaType": INDEX_MEDIA_TYPE, "manifests": [entry] });
+    write_layout(archive, &layout_index, blobs.iter().chain([&index])).map_err(write_err)?;
+    Ok(index.digest)
 }
 
 fn append<W: io::Write>(tar: &mut tar::Builder<W>, path: &str, mode: u32, contents: &[u8]) -> io::Result<()> {
@@ -356,6 +498,98 @@ mod tests {
         let script = tmp.path().join("script");
         std::fs::write(&script, b"#!/bin/sh\n").unwrap();
         assert!(ImageSpec::pulsecheck(&script, "x:1").unwrap_err().to_string().contains("not a 64-bit"));
+    }
+
+    /// A static ELF64 header (no program headers) for `machine` (62 x86-64, 183 aarch64).
+    fn elf(machine: u16) -> Vec<u8> {
+        let mut elf = vec![0u8; 64];
+        elf[..6].copy_from_slice(b"\x7fELF\x02\x01");
+        elf[0x12..0x14].copy_from_slice(&machine.to_le_bytes());
+        elf
+    }
+
+    /// Every file of an archive, by name.
+    fn archive_files(path: &Path) -> std::collections::BTreeMap<String, Vec<u8>> {
+        let mut archive = tar::Archive::new(std::fs::File::open(path).unwrap());
+        let mut files = std::collections::BTreeMap::new();
+        for entry in archive.entries().unwrap() {
+            let mut entry = entry.unwrap();
+            let name = entry.path().unwrap().to_string_lossy().into_owned();
+            let mut bytes = Vec::new();
+            io::Read::read_to_end(&mut entry, &mut bytes).unwrap();
+            assert!(files.insert(name.clone(), bytes).is_none(), "{name} twice in the archive");
+        }
+        files
+    }
+
+    #[test]
+    fn a_multi_arch_archive_names_an_index_of_one_manifest_per_architecture() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (amd64, arm64) = (tmp.path().join("pulsecheck-amd64"), tmp.path().join("pulsecheck-arm64"));
+        std::fs::write(&amd64, elf(62)).unwrap();
+        std::fs::write(&arm64, elf(183)).unwrap();
+        let reference = "ghcr.io/pulsecheck/pulsecheck:9.9.9";
+        let images = vec![
+            (Architecture::Amd64, ImageSpec::pulsecheck_for(&amd64, reference, Architecture::Amd64).unwrap()),
+            (Architecture::Arm64, ImageSpec::pulsecheck_for(&arm64, reference, Architecture::Arm64).unwrap()),
+        ];
+        let path = tmp.path().join("pulsecheck.tar");
+        let digest = write_index_archive(reference, &images, &path).unwrap();
+        assert_eq!(digest, write_index_archive(reference, &images, &tmp.path().join("again.tar")).unwrap(), "same inputs, same digest");
+
+        let files = archive_files(&path);
+        for (name, bytes) in &files {
+            if let Some(hex) = name.strip_prefix("blobs/sha256/") {
+                assert_eq!(super::hex(&Sha256::digest(bytes)), hex, "{name}");
+            }
+        }
+        let blob = |digest: &serde_json::Value| -> serde_json::Value {
+            let hex = digest.as_str().unwrap().trim_start_matches("sha256:");
+            serde_json::from_slice(&files[&format!("blobs/sha256/{hex}")]).unwrap()
+        };
+        // The layout names one entry, the index, under the reference (containerd, crane, skopeo).
+        let layout: serde_json::Value = serde_json::from_slice(&files["index.json"]).unwrap();
+        assert_eq!(layout["manifests"].as_array().unwrap().len(), 1);
+        assert_eq!(layout["manifests"][0]["mediaType"], "application/vnd.oci.image.index.v1+json");
+        assert_eq!(layout["manifests"][0]["digest"], digest);
+        assert_eq!(archive_reference(&path).unwrap(), reference);
+        let index = blob(&layout["manifests"][0]["digest"]);
+        assert_eq!(index["mediaType"], "application/vnd.oci.image.index.v1+json");
+        let platforms: Vec<_> =
+            index["manifests"].as_array().unwrap().iter().map(|m| (m["platform"]["os"].clone(), m["platform"]["architecture"].clone())).collect();
+        assert_eq!(platforms, [(json!("linux"), json!("amd64")), (json!("linux"), json!("arm64"))]);
+        for (entry, machine) in index["manifests"].as_array().unwrap().iter().zip([62u16, 183]) {
+            assert_eq!(entry["mediaType"], "application/vnd.oci.image.manifest.v1+json");
+            let manifest = blob(&entry["digest"]);
+            let config = blob(&manifest["config"]["digest"]);
+            assert_eq!(config["architecture"], entry["platform"]["architecture"], "each config says its own architecture");
+            assert_eq!((&config["config"]["Entrypoint"][0], &config["config"]["User"]), (&json!("/pulsecheck"), &json!("65532:65532")));
+            // The layer holds that architecture's binary.
+            let layer_hex = manifest["layers"][0]["digest"].as_str().unwrap().trim_start_matches("sha256:").to_owned();
+            let mut layer = tar::Archive::new(&files[&format!("blobs/sha256/{layer_hex}")][..]);
+            let mut binary = Vec::new();
+            io::Read::read_to_end(&mut layer.entries().unwrap().next().unwrap().unwrap(), &mut binary).unwrap();
+            assert_eq!(binary, elf(machine));
+        }
+    }
+
+    #[test]
+    fn a_binary_for_another_architecture_or_a_platform_twice_is_refused() {
+        let tmp = tempfile::tempdir().unwrap();
+        let arm64 = tmp.path().join("pulsecheck-arm64");
+        std::fs::write(&arm64, elf(183)).unwrap();
+        let wrong = ImageSpec::pulsecheck_for(&arm64, "x:1", Architecture::Amd64).unwrap_err().to_string();
+        assert!(wrong.contains("built for arm64, not for amd64") && wrong.contains("pulsecheck-arm64"), "{wrong}");
+        let riscv = tmp.path().join("pulsecheck-riscv");
+        std::fs::write(&riscv, elf(243)).unwrap();
+        let unknown = ImageSpec::pulsecheck_for(&riscv, "x:1", Architecture::Arm64).unwrap_err().to_string();
+        assert!(unknown.contains("ELF machine 0xf3"), "{unknown}");
+        let spec = ImageSpec::pulsecheck_for(&arm64, "x:1", Architecture::Arm64).unwrap();
+        let twice = write_index_archive("x:1", &[(Architecture::Arm64, spec.clone()), (Architecture::Arm64, spec)], &tmp.path().join("x.tar")).unwrap_err();
+        assert!(twice.to_string().contains("arm64 given twice"), "{twice}");
+        assert!(write_index_archive("x:1", &[], &tmp.path().join("x.tar")).is_err());
+        assert_eq!(("aarch64".parse(), "amd64".parse()), (Ok(Architecture::Arm64), Ok(Architecture::Amd64)));
+        assert!("ppc64le".parse::<Architecture>().unwrap_err().contains("ppc64le"));
     }
 
     #[test]
