@@ -150,6 +150,7 @@ fn run(report: i64, update: i64, configz: bool, wedged_before: bool, seed: u64) 
                     facts.record_kubelet_cadence(
                         name,
                         KubeletCadence { report: Duration::from_secs(report as u64), update: Duration::from_secs(update as u64) },
+                        at(t),
                     );
                     configz_read[i] = Some(t);
                 }

@@ -18,6 +18,12 @@
 //!    a kubelet's configuration changes only with a restart, and a restart reports at once, so a
 //!    read from before the latest report may describe a kubelet that is gone (a rollout from
 //!    `R = 1m` to `20m` would otherwise condemn every node of the pool 150 s after its restart).
+//!    "Before" is by when the read was *asked for*: a kubelet that restarts just after answering
+//!    reports at once, and that report may reach pulsecheck before the answer is folded in.
+//!    And the other way round, a gap that began after the read and runs longer than that
+//!    configuration allows is a stall of the status loop (a restart would have reported and
+//!    ended it), never learned as the node's cadence: learned, it would lengthen the threshold
+//!    past the kubelet's own and hide the next, longer stall.
 //!    Until it is read again, such a node's status counts as stale only after what the other
 //!    sources give ([`StatusThreshold::until_reread`]), and its status going quiet for the
 //!    shorter threshold asks for the read, which comes with the next probe. Twice the cadence leaves room for the jitter;
@@ -242,6 +248,14 @@ impl StatusCadence {
             return self;
         }
         let early = self.kubelet.is_some_and(|k| interval + k.update < k.report);
+        // An interval that began after `/configz` was read (no report since) runs under the
+        // configuration read: a restart that changed it would have reported and ended the
+        // interval. Longer than that configuration allows, it is a stall of the status loop, not
+        // a cadence — learned, it would lengthen the node's threshold past its kubelet's own and
+        // hide the next, longer wedge.
+        if self.reports_since_read == 0 && self.kubelet.is_some_and(|k| interval > k.longest_quiet() + CLOCK_SLACK) {
+            return StatusCadence { intervals: self.intervals.saturating_add(1), ..self };
+        }
         let mut recent = self.recent;
         let mut next = self.next;
         // Only an interval of the same order as the longest one counts against it: quick reports
@@ -262,6 +276,13 @@ impl StatusCadence {
     /// The kubelet's configuration as just read from `/configz`.
     pub fn with_kubelet(self, kubelet: KubeletCadence) -> StatusCadence {
         StatusCadence { kubelet: Some(kubelet), recheck: false, reports_since_read: 0, ..self }
+    }
+
+    /// The kubelet's configuration read from `/configz`, but with a report seen after it was
+    /// asked for: it may describe the kubelet before a restart. It may lengthen the threshold,
+    /// shortens it only once read again, and asks for that read.
+    pub fn with_kubelet_read_before_report(self, kubelet: KubeletCadence) -> StatusCadence {
+        StatusCadence { kubelet: Some(kubelet), recheck: true, reports_since_read: self.reports_since_read.max(1), ..self }
     }
 }
 
@@ -360,8 +381,12 @@ mod tests {
     fn a_kubelet_given_threshold_never_undercuts_what_was_seen_and_an_early_report_asks_again() {
         let s = SignedDuration::from_secs;
         // /configz said 1m; the kubelet was reconfigured to 5m and restarted: intervals of 5m10s.
-        let stale = kubelet(60, 10).after_report(s(310), Some(s(310)));
-        assert_eq!(stale.threshold(10 * MIN, GRACE), StatusThreshold::new(Duration::from_secs(620), CadenceSource::Observed));
+        // (The restart reported first; a gap this long right after the read would be a stall.)
+        let stale = kubelet(60, 10).reported().after_report(s(310), Some(s(310)));
+        let threshold = stale.threshold(10 * MIN, GRACE);
+        assert_eq!((threshold.after, threshold.source), (Duration::from_secs(620), CadenceSource::Observed));
+        // Read before that report, it does not shorten the doubled flag until read again.
+        assert_eq!(threshold.until_reread, Some(20 * MIN));
         // A jittered interval the configuration allows (1.5·R + U) changes nothing.
         let jittered = kubelet(300, 10).after_report(s(460), Some(s(460)));
         assert_eq!(jittered.threshold(10 * MIN, GRACE), StatusThreshold::new(Duration::from_secs(620), CadenceSource::Kubelet));
@@ -370,6 +395,20 @@ mod tests {
         assert!(early.recheck);
         assert!(!kubelet(300, 10).after_report(s(305), Some(s(305))).recheck);
         assert!(!early.with_kubelet(KubeletCadence { report: 5 * MIN, update: Duration::from_secs(10) }).recheck);
+    }
+
+    #[test]
+    fn a_gap_longer_than_the_configuration_read_before_it_is_a_stall_not_a_cadence() {
+        let s = SignedDuration::from_secs;
+        // Read at R = 5m, then a 9.5-minute stall (just under 10m20s): not learned, so the
+        // threshold stays the kubelet's and the next, longer stall is caught at 10m20s.
+        let stalled = kubelet(300, 10).after_report(s(570), Some(s(570)));
+        assert_eq!(stalled.threshold(10 * MIN, GRACE), StatusThreshold::new(Duration::from_secs(620), CadenceSource::Kubelet));
+        assert_eq!(stalled.longest_interval(), None);
+        // The same interval after a report since the read (a restart may have changed the
+        // configuration) is learned.
+        let restarted = kubelet(300, 10).reported().after_report(s(570), Some(s(570)));
+        assert_eq!(restarted.longest_interval(), Some(Duration::from_secs(570)));
     }
 
     #[test]

@@ -657,7 +657,7 @@ impl Controller {
         let mut v = lock(&self.view);
         while let Ok(report) = self.probe_results.try_recv() {
             match report.cadence {
-                Some(Ok(cadence)) => v.facts.record_kubelet_cadence(&report.node, cadence),
+                Some(Ok(cadence)) => v.facts.record_kubelet_cadence(&report.node, cadence, report.cadence_asked_at),
                 Some(Err(why)) if !self.configz_failure_reported => {
                     warn!(node = %report.node, why = %why, "cannot read a kubelet's /configz: its status cadence is learned from the intervals pulsecheck sees instead (reported once; pulsecheck_kubelet_configz_reads_total counts the rest)");
                     self.configz_failure_reported = true;
@@ -1214,7 +1214,7 @@ mod tests {
                 f.apply_node(&node(&name).ready_at(t(0)).build(), &scope, t(0));
                 f.apply_lease(&lease(&name, t(990)), t(990));
                 let report = if i < fast { 4 } else { 1200 };
-                f.record_kubelet_cadence(&name, KubeletCadence { report: Duration::from_secs(report), update: Duration::from_secs(4) });
+                f.record_kubelet_cadence(&name, KubeletCadence { report: Duration::from_secs(report), update: Duration::from_secs(4) }, t(0));
             }
             f
         };

@@ -678,12 +678,13 @@ impl NodeFacts {
 fn learn_cadence(previous: &NodeFacts, now_seen: &Heartbeat) -> StatusCadence {
     match (previous.status.value, now_seen.value) {
         (Some(before), Some(after)) if before != after => {
-            let cadence = previous.cadence.reported();
             if previous.uncadenced_gap {
-                return cadence;
+                return previous.cadence.reported();
             }
             let watched = previous.status.seen_changing.then(|| now_seen.observed_at.duration_since(previous.status.observed_at));
-            cadence.after_report(after.duration_since(before), watched)
+            // Learned before it counts as a report since the read: an interval that began after
+            // the configuration was read is judged against that configuration.
+            previous.cadence.after_report(after.duration_since(before), watched).reported()
         }
         _ => previous.cadence,
     }
@@ -736,9 +737,14 @@ impl FleetFacts {
     }
 
     /// Records what node `name`'s kubelet says of its status cadence (`/configz`).
-    pub fn record_kubelet_cadence(&mut self, name: &str, cadence: KubeletCadence) {
+    /// A `/configz` read asked for at `asked_at` counts as read after the node's latest report
+    /// only if pulsecheck saw no report after it was asked for: a kubelet that restarted (with
+    /// another configuration) just after answering reports at once, possibly before the read is
+    /// folded in here.
+    pub fn record_kubelet_cadence(&mut self, name: &str, cadence: KubeletCadence, asked_at: Timestamp) {
         if let Some(node) = self.nodes.get_mut(name) {
-            node.cadence = node.cadence.with_kubelet(cadence);
+            node.cadence =
+                if node.status.observed_at > asked_at { node.cadence.with_kubelet_read_before_report(cadence) } else { node.cadence.with_kubelet(cadence) };
         }
     }
 

@@ -591,6 +591,49 @@ mod tests {
     }
 
     #[test]
+    fn a_configz_read_asked_for_before_a_restart_report_never_condemns_the_restarted_kubelet() {
+        use crate::cadence::KubeletCadence;
+        // A rollout from R = 1m to 20m: the old kubelet answers /configz at 215, restarts and
+        // reports at 218 (the watch delivers it), and the read is folded in at the tick at 220.
+        let mut w = World::new();
+        for at in [0, 70, 140, 210, 218] {
+            w.node(at, node("n").ready_at(t(at)));
+        }
+        w.facts.record_kubelet_cadence("n", KubeletCadence { report: Duration::from_secs(60), update: Duration::from_secs(10) }, t(215));
+        w.renewing(0, 600);
+        assert!(w.facts.nodes["n"].cadence.recheck, "the read is asked for again");
+        let a = w.at(218 + 160);
+        assert_ne!(a.verdict, Verdict::Zombie, "a healthy 20m reporter condemned 160 s after its restart: {a:?}");
+        // Read after the latest report, the same configuration does give its short threshold.
+        let mut w = World::new();
+        for at in [0, 70, 140, 210] {
+            w.node(at, node("n").ready_at(t(at)));
+        }
+        w.facts.record_kubelet_cadence("n", KubeletCadence { report: Duration::from_secs(60), update: Duration::from_secs(10) }, t(215));
+        w.renewing(0, 600);
+        assert_eq!(w.at(210 + 160).verdict, Verdict::Zombie, "a 1m reporter silent for 160 s");
+    }
+
+    #[test]
+    fn a_stall_just_under_the_threshold_does_not_lengthen_it_for_the_next_one() {
+        use crate::cadence::KubeletCadence;
+        let mut w = World::new();
+        for at in [0, 300, 600, 900] {
+            w.node(at, node("n").ready_at(t(at)));
+        }
+        let five = KubeletCadence { report: Duration::from_secs(300), update: Duration::from_secs(10) };
+        w.facts.record_kubelet_cadence("n", five, t(905));
+        assert_eq!(w.th.status_threshold_for(&w.facts.nodes["n"], None).after, Duration::from_secs(620));
+        // The status loop stalls 9.5 minutes (under 10m20s: not judged stale), then reports.
+        w.node(1470, node("n").ready_at(t(1470)));
+        w.facts.record_kubelet_cadence("n", five, t(1475));
+        assert_eq!(w.th.status_threshold_for(&w.facts.nodes["n"], None).after, Duration::from_secs(620), "the stall became the node's cadence");
+        // The next, longer stall is caught at the kubelet's own threshold.
+        w.renewing(0, 2200);
+        assert_eq!(w.at(1470 + 630).verdict, Verdict::Zombie);
+    }
+
+    #[test]
     fn healthy_node_with_default_kubelet_settings_stays_healthy() {
         // kubelet reports status every 5 min with up to ±50% jitter (worst gap 7.5 min).
         let mut w = World::new();

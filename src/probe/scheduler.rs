@@ -38,6 +38,9 @@ pub struct ProbeReport {
     /// What the kubelet's `/configz` says of its status cadence, when it was read along with
     /// this probe (at most every [`CADENCE_REFRESH`] per node, after a successful probe).
     pub cadence: Option<Result<KubeletCadence, String>>,
+    /// When `/configz` was asked for (pulsecheck's clock): a status report pulsecheck saw after
+    /// this may come from a kubelet restarted with another configuration than the one read.
+    pub cadence_asked_at: Timestamp,
 }
 
 /// How often a node's kubelet configuration is read again: kubelets change configuration only
@@ -161,6 +164,7 @@ async fn probe_one(
     let seconds = started.elapsed().as_secs_f64();
     // Only a kubelet that just answered is asked for its configuration: a dead one would cost
     // a second timeout, and its cadence can wait until it answers again.
+    let cadence_asked_at = Timestamp::now();
     let cadence = if read_cadence && outcome == ProbeOutcome::Success { prober.kubelet_cadence(&target).await } else { None };
     drop(permit);
     metrics.probe(&outcome, seconds);
@@ -168,7 +172,7 @@ async fn probe_one(
         metrics.kubelet_configz_read(read.is_ok());
     }
     let read = cadence.as_ref().map(Result::is_ok);
-    let _ = results.send(ProbeReport { node: target.node, outcome, at: Timestamp::now(), cadence }).await;
+    let _ = results.send(ProbeReport { node: target.node, outcome, at: Timestamp::now(), cadence, cadence_asked_at }).await;
     read
 }
 
