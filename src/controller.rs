@@ -257,6 +257,10 @@ struct Judgement {
     newly_misconfigured: Vec<(String, String)>,
     /// Nodes still under pulsecheck's cordon whose record somebody deleted, with its start.
     records_lost: Vec<(String, Option<Timestamp>)>,
+    /// Whether probe evidence counted in this tick's verdicts (no probe partition).
+    probes_trusted: bool,
+    /// The instant the verdicts were judged as of (the view's horizon).
+    judged_at: Timestamp,
 }
 
 /// What the steps need to know about a node after the view is unlocked.
@@ -591,6 +595,44 @@ fn written(change: &Change, taint: ActionLabel, cordon: ActionLabel) -> Vec<(Act
     counts
 }
 
+/// A step as it should be carried out now (see [`Controller::rejudge`]), on the view's facts as
+/// they are now; `remediated`: pulsecheck's remediation is on the node. The node is judged again
+/// with the tick's probe trust: a condition or a verdict Event whose verdict no longer holds —
+/// the fresh read before a remediation refuted it (a status the watch had not delivered yet, a
+/// Lease that is gone), or the watches moved on — is dropped, and the next tick writes what is
+/// true then, instead of a condition and an Event that are taken back a tick later.
+fn rejudged(now: Timestamp, facts: &FleetFacts, remediated: bool, judgement: &Judgement, th: &verdict::Thresholds, planned: Planned) -> Option<Planned> {
+    let name = planned.node.as_str();
+    let again =
+        |at: Timestamp| facts.nodes.get(name).map(|n| verdict::assess(at, n, facts.leases.get(name), facts.probes.get(name), th, judgement.probes_trusted));
+    let planned_verdict = judgement.assessments.get(name).map(|a| a.verdict);
+    match &planned.step {
+        Step::SetCondition { .. } => {
+            let a = again(judgement.judged_at)?;
+            if Some(a.verdict) != planned_verdict {
+                return None;
+            }
+            let note = NodeNote { uid: planned.uid.clone(), our_condition: facts.nodes.get(name)?.our_condition.clone(), remediated };
+            let step = condition_step(&a, Some(&note), judgement.holds.get(name).map(String::as_str))?;
+            Some(Planned { step, ..planned })
+        }
+        Step::Report { action: "Evaluate", .. } => (again(judgement.judged_at)?.verdict == planned_verdict?).then_some(planned),
+        Step::Release { .. } => {
+            if !remediated {
+                return None;
+            }
+            let a = again(now)?;
+            if a.healthy_on_evidence() || a.verdict == Verdict::Excluded {
+                Some(planned)
+            } else {
+                info!(node = name, verdict = a.verdict.as_str(), "release no longer called for when its turn came; not releasing");
+                None
+            }
+        }
+        _ => Some(planned),
+    }
+}
+
 impl Controller {
     async fn run(mut self, mut leadership: Leadership, shutdown: CancellationToken, watch_shutdown: CancellationToken) {
         let mut ticker = tokio::time::interval(self.config.evaluation_interval);
@@ -754,7 +796,19 @@ impl Controller {
         // Our cordon, undone by somebody else: the schedulability is theirs from now on.
         let cordons_taken_over: Vec<String> =
             v.facts.nodes.iter().filter(|(n, f)| f.remediation.cordoned && (!f.unschedulable || uncordoned.contains(n))).map(|(n, _)| n.to_string()).collect();
-        Judgement { assessments, plan, blindness, notes, probe_targets, cordons_taken_over, holds, newly_misconfigured, records_lost }
+        Judgement {
+            assessments,
+            plan,
+            blindness,
+            notes,
+            probe_targets,
+            cordons_taken_over,
+            holds,
+            newly_misconfigured,
+            records_lost,
+            probes_trusted: evaluation.probes_trusted,
+            judged_at: at,
+        }
     }
 
     fn report_blindness(&mut self, blind: Option<&observe::Blindness>) {
@@ -881,32 +935,9 @@ impl Controller {
     /// plan whose premise no longer holds. A remediation needs nothing here: the actuator judges
     /// it on a fresh read of the cluster ([`Controller::confirm`]).
     fn rejudge(&self, now: Timestamp, judgement: &Judgement, planned: Planned) -> Option<Planned> {
-        let name = planned.node.as_str();
-        match &planned.step {
-            Step::SetCondition { .. } => {
-                let v = lock(&self.view);
-                let facts = v.facts.nodes.get(name)?;
-                let note =
-                    NodeNote { uid: planned.uid.clone(), our_condition: facts.our_condition.clone(), remediated: self.ledger.memory.holds(&v.facts, name) };
-                let step = condition_step(judgement.assessments.get(name)?, Some(&note), judgement.holds.get(name).map(String::as_str))?;
-                Some(Planned { step, ..planned })
-            }
-            Step::Release { .. } => {
-                let cfg = &self.config;
-                let v = lock(&self.view);
-                if !self.ledger.memory.holds(&v.facts, name) {
-                    return None;
-                }
-                let a = verdict::assess_node(now, &v.facts, name, &cfg.thresholds, cfg.probe_partition_threshold)?;
-                if a.healthy_on_evidence() || a.verdict == Verdict::Excluded {
-                    Some(planned)
-                } else {
-                    info!(node = name, verdict = a.verdict.as_str(), "release no longer called for when its turn came; not releasing");
-                    None
-                }
-            }
-            _ => Some(planned),
-        }
+        let v = lock(&self.view);
+        let remediated = self.ledger.memory.holds(&v.facts, &planned.node);
+        rejudged(now, &v.facts, remediated, judgement, &self.config.thresholds, planned)
     }
 
     /// The judge the actuator asks before each remediation patch. The fresh read of the Node and
@@ -1065,6 +1096,8 @@ mod tests {
             holds: HashMap::new(),
             newly_misconfigured: Vec::new(),
             records_lost: Vec::new(),
+            probes_trusted: true,
+            judged_at: t(1),
         }
     }
 
@@ -1077,6 +1110,39 @@ mod tests {
         let mut reported: HashMap<NodeName, Verdict> = previous.iter().map(|(n, v)| (NodeName::from(*n), *v)).collect();
         let changes = verdict_changes(&mut reported, &j.assessments);
         plan_steps(j, &changes, &[], dry_run)
+    }
+
+    #[test]
+    fn a_zombie_the_fresh_read_refutes_gets_neither_condition_nor_event_in_that_tick() {
+        let th = verdict::Thresholds::default();
+        let scope = Scope { taint_key: names::TAINT_KEY.into(), ..Default::default() };
+        let mut facts = FleetFacts::default();
+        for at in [0, 60, 120] {
+            facts.apply_node(&node("n").ready_at(t(at)).build(), &scope, t(at));
+        }
+        for at in (0..=800).step_by(10) {
+            facts.apply_lease(&lease("n", t(at)), t(at));
+        }
+        // Judged on the cached view at 800: status 680 s old, past the 10m flag — a Zombie.
+        let evaluation = verdict::evaluate(t(800), &facts, &th, 50.0);
+        assert_eq!(evaluation.assessments["n"].verdict, Verdict::Zombie);
+        let mut j = judgement(&[("n", Verdict::Zombie)], &[], Plan::default());
+        j.assessments = evaluation.assessments;
+        j.judged_at = t(800);
+        let planned_steps = steps(&j, &[("n", Verdict::Healthy)], false);
+        let condition = planned_steps.iter().find(|p| matches!(p.step, Step::SetCondition { .. })).expect("a condition planned").clone();
+        let event = planned_steps.iter().find(|p| matches!(p.step, Step::Report { action: "Evaluate", .. })).expect("an Event planned").clone();
+        // Unrefuted, both are written as planned.
+        assert!(matches!(
+            rejudged(t(800), &facts, false, &j, &th, condition.clone()),
+            Some(Planned { step: Step::SetCondition { reason: "ZombieNotRemediated", .. }, .. })
+        ));
+        assert!(rejudged(t(800), &facts, false, &j, &th, event.clone()).is_some());
+        // The fresh read before the remediation shows a status posted 5 s ago, which the watch
+        // had not delivered: the verdict no longer holds, and neither step is written.
+        facts.apply_node(&node("n").ready_at(t(795)).build(), &scope, t(800));
+        assert_eq!(rejudged(t(800), &facts, false, &j, &th, condition), None);
+        assert_eq!(rejudged(t(800), &facts, false, &j, &th, event), None);
     }
 
     #[test]
