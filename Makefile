@@ -6,7 +6,7 @@
 SHELL := bash
 CARGO ?= cargo
 
-.PHONY: all tools test lint test-rust test-deploy demo lab bench fmt clippy product-deps image
+.PHONY: all tools test lint test-rust test-deploy demo lab bench fmt clippy product-deps image release-artifacts release-publish-local
 
 all: test
 
@@ -35,6 +35,19 @@ image:
 	@rustup target list --installed 2>/dev/null | grep -qx '$(MUSL_TARGET)' || rustup target add $(MUSL_TARGET)
 	CC_$(subst -,_,$(MUSL_TARGET))=musl-gcc $(CARGO) build --locked --release --target $(MUSL_TARGET) --bin pulsecheck
 	$(CARGO) run --locked --quiet --bin pulsecheck-lab -- image --binary $(TARGET_DIR)/$(MUSL_TARGET)/release/pulsecheck --out $(IMAGE_ARCHIVE)
+
+# The release (docs/release.md): everything .github/workflows/release.yml publishes, built here
+# without publishing (cross-compiled x86_64 + aarch64 musl binaries, the multi-arch OCI image,
+# the chart package, krew archives and manifest, SBOM, SHA256SUMS) into
+# target/release-artifacts/VERSION; then pushed to a registry on loopback (crane registry serve)
+# as the workflow pushes to ghcr.io, without signing.
+release-artifacts:
+	@test -n "$(VERSION)" || { echo "make release-artifacts: say VERSION=X.Y.Z (Cargo.toml's and the chart's version)" >&2; exit 2; }
+	bash release/artifacts.sh $(VERSION)
+
+release-publish-local:
+	@test -n "$(VERSION)" || { echo "make release-publish-local: say VERSION=X.Y.Z (after make release-artifacts)" >&2; exit 2; }
+	bash release/publish-local.sh $(VERSION) target/release-artifacts/$(VERSION)
 
 demo: tools
 	$(CARGO) run --locked --release --bin pulsecheck-lab -- demo

@@ -7,6 +7,9 @@
 #   tools/build.sh            build everything, print the bin folder
 #   tools/build.sh control    only kube-apiserver and etcd
 #   tools/build.sh nodes      only kubelet, kube-proxy, kube-scheduler, kube-controller-manager and the sandbox image's pause (the real-node lab)
+#   tools/build.sh actionlint the GitHub workflows' linter (.ci/check-deploy.sh); krew: krew's
+#   tools/build.sh krew       validate-krew-manifest (the krew plugin manifest); crane: the
+#   tools/build.sh crane      release's image pusher (module in release/crane); none is in `all`
 #   tools/build.sh --print    print the bin folder, build nothing
 #   tools/build.sh crds       download the prometheus-operator module pinned in tools/crds
 #                             and print the folder holding its CRD YAML files
@@ -29,6 +32,9 @@ etcd_version=$(modver etcd go.etcd.io/etcd/server/v3)
 helm_version=$(modver helm helm.sh/helm/v3)
 prom_version=$(modver promtool github.com/prometheus/prometheus)
 toxiproxy_version=$(modver toxiproxy github.com/Shopify/toxiproxy/v2)
+actionlint_version=$(modver actionlint github.com/rhysd/actionlint)
+krew_version=$(modver krew sigs.k8s.io/krew)
+crane_version=$(modver ../release/crane github.com/google/go-containerregistry)
 
 export CGO_ENABLED=0 GOFLAGS=-buildvcs=false GOTOOLCHAIN=local
 
@@ -63,8 +69,8 @@ case "$what" in
     (cd "$here/crds" && go mod download github.com/prometheus-operator/prometheus-operator >&2 \
       && echo "$(go list -m -f '{{.Dir}}' github.com/prometheus-operator/prometheus-operator)/example/prometheus-operator-crd")
     exit 0 ;;
-  control|nodes|all|kubectl|helm|promtool|toxiproxy) ;;
-  *) echo "tools/build.sh: unknown target '$what' (want all, control, nodes, kubectl, helm, promtool, toxiproxy, crds, --print)" >&2; exit 2 ;;
+  control|nodes|all|kubectl|helm|promtool|toxiproxy|actionlint|krew|crane) ;;
+  *) echo "tools/build.sh: unknown target '$what' (want all, control, nodes, kubectl, helm, promtool, toxiproxy, actionlint, krew, crane, crds, --print)" >&2; exit 2 ;;
 esac
 
 if [ "$what" = control ] || [ "$what" = all ]; then
@@ -115,5 +121,23 @@ if { [ "$what" = all ] || [ "$what" = toxiproxy ]; } && [ -n "$toxiproxy_version
   # A TCP proxy whose traffic tests can stall or cut (leader election under a half-open connection).
   build_one toxiproxy-server "$toxiproxy_version" toxiproxy github.com/Shopify/toxiproxy/v2/cmd/server -ldflags "-s -w"
   link toxiproxy-server "$toxiproxy_version"
+fi
+# Release engineering, built only when asked for (.ci/check-deploy.sh does): the workflows' linter
+# krew's own manifest validator, and the release's image pusher.
+if [ "$what" = actionlint ] && [ -n "$actionlint_version" ]; then
+  build_one actionlint "$actionlint_version" actionlint github.com/rhysd/actionlint/cmd/actionlint -ldflags "-s -w -X github.com/rhysd/actionlint.version=$actionlint_version"
+  link actionlint "$actionlint_version"
+fi
+if [ "$what" = krew ] && [ -n "$krew_version" ]; then
+  build_one validate-krew-manifest "$krew_version" krew sigs.k8s.io/krew/cmd/validate-krew-manifest -ldflags "-s -w"
+  link validate-krew-manifest "$krew_version"
+  # The validator installs each platform with `kubectl krew install --manifest`: krew itself (no
+  # version stamped in: a development build never asks GitHub for a newer krew).
+  build_one krew "$krew_version" krew sigs.k8s.io/krew/cmd/krew -ldflags "-s -w"
+  link krew "$krew_version"
+fi
+if [ "$what" = crane ] && [ -n "$crane_version" ]; then
+  build_one crane "$crane_version" ../release/crane github.com/google/go-containerregistry/cmd/crane -ldflags "-s -w -X github.com/google/go-containerregistry/cmd/crane/cmd.Version=$crane_version"
+  link crane "$crane_version"
 fi
 echo "$out/current"
