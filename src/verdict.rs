@@ -385,8 +385,16 @@ pub fn assess(now: Timestamp, node: &NodeFacts, lease: Option<&LeaseFacts>, prob
             // or broke off). Not getting through, on a kubelet answered before, is the way to it
             // failing (a firewall, a NetworkPolicy, a path dropping large packets between
             // pulsecheck and port 10250) as often as the node: supporting only — a node that is
-            // dead too stops its status, and the status threshold condemns it.
-            if p.connected_since.is_some_and(|since| at_least(age(now, since), th.probe_zombie_after)) {
+            // dead too stops its status, and the status threshold condemns it. A kubelet that
+            // answers unhealthy (its own 5xx healthz report) condemns itself even while its
+            // status loop reports; one that takes the request and hangs or breaks off only while
+            // it has not reported since the streak began: with its status loop working, the hang
+            // may be pulsecheck's own request (the kubelet's authentication webhook to the
+            // apiserver throttled) rather than the node.
+            let answered_unhealthy = matches!(p.last, Some((ProbeOutcome::Failure(_), _)));
+            if p.connected_since
+                .is_some_and(|since| at_least(age(now, since), th.probe_zombie_after) && (answered_unhealthy || node.status.observed_at < since))
+            {
                 conclusive += 1;
             } else {
                 supporting_kinds += 1;
@@ -841,6 +849,35 @@ mod tests {
     }
 
     #[test]
+    fn a_kubelet_that_hangs_on_probes_while_it_keeps_reporting_is_only_suspect() {
+        // Every probe takes the request and times out from 30 s on (a throttled authentication
+        // webhook, a request delayed on its way), while the kubelet reports at 100 s: its status
+        // loop works, so the probes are supporting evidence only, however long they fail.
+        let ttl = Thresholds::default().probe_result_ttl;
+        let mut w = World::new();
+        w.node(0, node("n").ready_at(t(0)));
+        w.renewing(0, 400);
+        w.facts.record_probe("n", ProbeOutcome::Success, t(0), ttl);
+        for at in (30..=90).step_by(30) {
+            w.facts.record_probe("n", ProbeOutcome::Timeout, t(at), ttl);
+        }
+        w.node(100, node("n").ready_at(t(100)));
+        for at in (120..=270).step_by(30) {
+            w.facts.record_probe("n", ProbeOutcome::Timeout, t(at), ttl);
+        }
+        assert_eq!(w.at(270).verdict, Verdict::Suspect, "{:?}", w.at(270));
+        // A kubelet silent since before the streak is condemned by it as before.
+        let mut w = World::new();
+        w.node(0, node("n").ready_at(t(0)));
+        w.renewing(0, 400);
+        w.facts.record_probe("n", ProbeOutcome::Success, t(0), ttl);
+        for at in (30..=270).step_by(30) {
+            w.facts.record_probe("n", ProbeOutcome::Timeout, t(at), ttl);
+        }
+        assert_eq!(w.at(270).verdict, Verdict::Zombie);
+    }
+
+    #[test]
     fn a_kubelet_unreachable_from_pulsecheck_while_it_keeps_reporting_is_never_condemned_by_probes() {
         // A firewall change between pulsecheck and the kubelet: from 330 s on no connection gets
         // through, while the kubelet goes on reporting every 5 minutes (at 300, 600, 900 s, …) —
@@ -867,11 +904,18 @@ mod tests {
     }
 
     #[test]
-    fn a_kubelet_that_answers_unhealthy_or_hangs_condemns_itself_even_while_it_reports() {
+    fn a_kubelet_that_answers_unhealthy_condemns_itself_even_while_it_reports_one_that_hangs_only_when_silent() {
         let ttl = Thresholds::default().probe_result_ttl;
-        // /healthz answers 500 ([-]syncloop failed), or accepts the connection and hangs, while
-        // the status loop still reports.
-        for outcome in [ProbeOutcome::Failure("kubelet answered 500".into()), ProbeOutcome::Timeout, ProbeOutcome::NoAnswer("connection reset".into())] {
+        // /healthz answers 500 ([-]syncloop failed) while the status loop still reports: the
+        // kubelet's own word. One that accepts the request and hangs or breaks off while it
+        // reports: only supporting (a_kubelet_that_hangs_on_probes_while_it_keeps_reporting_is_only_suspect).
+        for (outcome, reporting, expected) in [
+            (ProbeOutcome::Failure("kubelet answered 500".into()), true, Verdict::Zombie),
+            (ProbeOutcome::Timeout, true, Verdict::Suspect),
+            (ProbeOutcome::NoAnswer("connection reset".into()), true, Verdict::Suspect),
+            (ProbeOutcome::Timeout, false, Verdict::Zombie),
+            (ProbeOutcome::NoAnswer("connection reset".into()), false, Verdict::Zombie),
+        ] {
             let mut w = World::new();
             w.node(0, node("n").ready_at(t(0)));
             w.renewing(0, 400);
@@ -882,9 +926,11 @@ mod tests {
                     assert_eq!(w.at(209).verdict, Verdict::Suspect, "{outcome:?}");
                 }
                 w.facts.record_probe("n", outcome.clone(), t(at), ttl);
-                w.node(at, node("n").ready_at(t(at)));
+                if reporting {
+                    w.node(at, node("n").ready_at(t(at)));
+                }
             }
-            assert_eq!(w.at(210).verdict, Verdict::Zombie, "{outcome:?}");
+            assert_eq!(w.at(210).verdict, expected, "{outcome:?}, reporting {reporting}");
         }
     }
 
@@ -907,7 +953,6 @@ mod tests {
         // --probe-zombie-after, not at once on the strength of the unreachable spell before.
         for at in (360..=540).step_by(30) {
             w.facts.record_probe("n", ProbeOutcome::Timeout, t(at), ttl);
-            w.node(at, node("n").ready_at(t(at)));
             let expected = if at < 540 { Verdict::Suspect } else { Verdict::Zombie };
             assert_eq!(w.at(at).verdict, expected, "at {at}");
         }
@@ -949,7 +994,6 @@ mod tests {
         for at in (30..=210).step_by(30) {
             let outcome = if at % 60 == 0 { ProbeOutcome::NoHandshake("TLS handshake did not complete".into()) } else { ProbeOutcome::Timeout };
             w.facts.record_probe("n", outcome, t(at), ttl);
-            w.node(at, node("n").ready_at(t(at)));
         }
         assert_eq!(w.at(210).verdict, Verdict::Zombie, "hung from 30 s on, through the handshakes that did not complete");
         // Handshakes that never complete alone (a path dropping large packets) start nothing.

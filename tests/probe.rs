@@ -804,3 +804,54 @@ async fn scheduler_reports_a_hanging_kubelet_as_timeouts_in_results_and_metrics(
     shutdown.cancel();
     tokio::time::timeout(DEADLINE, scheduler).await.expect("the scheduler stops on shutdown").unwrap();
 }
+
+/// Runs `body` on a runtime of its own in a thread that entered a network namespace of its own
+/// (loopback up, `nft_rules` loaded there): its sockets, and the commands it starts, see only
+/// that namespace, and it vanishes with the thread. Needs root (CI runs as root).
+fn in_own_network_namespace<T: Send + 'static>(
+    nft_rules: impl Fn(u16) -> String + Send + 'static,
+    body: impl AsyncFnOnce(&dyn Fn(u16)) -> T + Send + 'static,
+) -> T {
+    std::thread::spawn(move || {
+        // SAFETY: unshare affects only the calling thread, which owns nothing else yet.
+        assert_eq!(unsafe { libc::unshare(libc::CLONE_NEWNET) }, 0, "unshare(CLONE_NEWNET): {} (the test needs root)", std::io::Error::last_os_error());
+        let up = std::process::Command::new("ip").args(["link", "set", "lo", "up"]).status().expect("ip runs");
+        assert!(up.success(), "ip link set lo up");
+        let load = move |port: u16| {
+            let mut nft = std::process::Command::new("nft").args(["-f", "-"]).stdin(std::process::Stdio::piped()).spawn().expect("nft runs");
+            std::io::Write::write_all(nft.stdin.as_mut().unwrap(), nft_rules(port).as_bytes()).unwrap();
+            drop(nft.stdin.take());
+            assert!(nft.wait().unwrap().success(), "nft rules load");
+        };
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        runtime.block_on(body(&load))
+    })
+    .join()
+    .expect("the namespace thread")
+}
+
+#[test]
+fn a_request_the_path_drops_after_the_tls_handshake_is_unreachable_not_a_hanging_kubelet() {
+    common::init();
+    // A one-way path-MTU black hole towards the node: the handshake gets through (the
+    // ClientHello is small, the certificate comes the other way), the request — carrying a
+    // ServiceAccount token of a real one's size — is dropped on the way to the kubelet.
+    let outcome = in_own_network_namespace(
+        |port| format!("table inet blackhole {{\n chain in {{\n  type filter hook input priority 0;\n  tcp dport {port} meta length gt 1000 drop\n }}\n}}\n"),
+        async |load: &dyn Fn(u16)| {
+            let ip = IpAddr::V4(Ipv4Addr::LOCALHOST);
+            let ca = CertificateAuthority::new("kubelet-ca").unwrap();
+            let kubelet = kubelet(&ca, ip).await;
+            load(kubelet.addr().port());
+            let s = Setup::new(&"x".repeat(1400));
+            let mut settings = s.settings(ProbeMode::KubeletHealthz, Some(s.ca_file(&ca.cert_pem())), false);
+            settings.timeout = Duration::from_secs(2);
+            let outcome = s.prober(settings).probe(&target(kubelet.addr(), "node-1")).await;
+            (outcome, kubelet.requests().len())
+        },
+    );
+    assert!(matches!(&outcome.0, ProbeOutcome::Unreachable(why) if why.contains("unacknowledged")), "{outcome:?}");
+    assert_eq!(outcome.1, 0, "the kubelet got the request after all");
+    // (A kubelet that took the request and hangs is still a Timeout:
+    // hanging_kubelet_times_out_within_the_probe_timeout.)
+}

@@ -29,6 +29,7 @@ mod tls;
 
 use std::{
     net::{IpAddr, SocketAddr},
+    os::fd::AsRawFd,
     path::{Path, PathBuf},
     sync::Arc,
     time::Duration,
@@ -395,9 +396,13 @@ impl Prober {
     pub async fn probe(&self, target: &ProbeTarget) -> ProbeOutcome {
         let inner = &*self.inner;
         let progress = Progress::default();
+        // The request stage ends a little before the probe's own timeout, so that a request
+        // still unanswered can be told apart while its connection is open (see `healthz`).
+        let margin = (inner.timeout / 20).clamp(Duration::from_millis(5), Duration::from_millis(250));
+        let request_deadline = tokio::time::Instant::now() + inner.timeout.saturating_sub(margin);
         let attempt = async {
             match &inner.transport {
-                Transport::Healthz { tls, .. } => inner.healthz(tls, target, &progress).await,
+                Transport::Healthz { tls, .. } => inner.healthz(tls, target, &progress, request_deadline).await,
                 Transport::Handshake { tls } => inner.handshake(tls, target, &progress).await,
                 Transport::ApiserverProxy => inner.apiserver_proxy(&target.node, &progress).await,
                 Transport::Disabled => ProbeOutcome::NotProbed("kubelet probes are off (--probe=none)".into()),
@@ -460,6 +465,37 @@ impl Prober {
     }
 }
 
+/// What a request over a completed TLS handshake that got no answer in time means. Only a kubelet
+/// whose kernel acknowledged the request took it and hangs (`Timeout`, evidence against the
+/// node). Bytes of the request still unacknowledged mean they never arrived: a path that
+/// delivered the handshake towards pulsecheck and drops the larger request towards the node (a
+/// one-way path-MTU black hole, the bearer token making the request the largest packet) — the
+/// path, not the kubelet, so `Unreachable`.
+fn unanswered(unacknowledged: Option<u32>, authority: &str, timeout: Duration) -> ProbeOutcome {
+    match unacknowledged {
+        Some(bytes) if bytes > 0 => ProbeOutcome::Unreachable(format!(
+            "the kubelet at {authority} completed the TLS handshake, but {bytes} bytes of the request were still unacknowledged after {timeout:?}: the path drops packets towards the kubelet (a path-MTU black hole?), not a kubelet that hangs"
+        )),
+        _ => ProbeOutcome::Timeout,
+    }
+}
+
+/// Bytes written to `socket` and not yet acknowledged by the peer, sent or not (`SIOCOUTQ`:
+/// `write_seq - snd_una`), or `None` when the kernel does not say.
+#[cfg(target_os = "linux")]
+fn unacknowledged_bytes(socket: std::os::fd::RawFd) -> Option<u32> {
+    let mut queued: libc::c_int = 0;
+    // SAFETY: SIOCOUTQ (TIOCOUTQ) writes one int through the pointer, which points at `queued`;
+    // `socket` is the open descriptor of a TCP connection the caller still owns.
+    let rc = unsafe { libc::ioctl(socket, libc::TIOCOUTQ, &mut queued) };
+    if rc == 0 { u32::try_from(queued).ok() } else { None }
+}
+
+#[cfg(not(target_os = "linux"))]
+fn unacknowledged_bytes(_socket: std::os::fd::RawFd) -> Option<u32> {
+    None
+}
+
 /// The most of a `/configz` body pulsecheck reads (a kubelet's is a few KiB).
 const CONFIGZ_LIMIT: usize = 256 * 1024;
 
@@ -506,7 +542,7 @@ impl Progress {
 }
 
 impl Inner {
-    async fn healthz(&self, tls: &TlsConnector, target: &ProbeTarget, progress: &Progress) -> ProbeOutcome {
+    async fn healthz(&self, tls: &TlsConnector, target: &ProbeTarget, progress: &Progress, request_deadline: tokio::time::Instant) -> ProbeOutcome {
         let peers = match Peer::candidates(&target.endpoint, &self.preferred_address_types) {
             Ok(peers) => peers,
             Err(reason) => return ProbeOutcome::NotProbed(reason),
@@ -521,9 +557,17 @@ impl Inner {
             Err(outcome) => return outcome,
         };
         progress.reached(Stage::Requested);
-        match get_healthz(stream, &peer.authority(), bearer).await {
-            Ok((status, body)) => kubelet_answer(status, &body, &peer.authority()),
-            Err(no_answer) => no_answer.outcome(&peer.authority()),
+        let socket = stream.get_ref().0.as_raw_fd();
+        let authority = peer.authority();
+        let request = get_healthz(stream, &authority, bearer);
+        tokio::pin!(request);
+        tokio::select! {
+            answer = &mut request => match answer {
+                Ok((status, body)) => kubelet_answer(status, &body, &authority),
+                Err(no_answer) => no_answer.outcome(&authority),
+            },
+            // The request future, and so its socket, is still alive here.
+            () = tokio::time::sleep_until(request_deadline) => unanswered(unacknowledged_bytes(socket), &authority, self.timeout),
         }
     }
 
