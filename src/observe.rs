@@ -529,6 +529,11 @@ impl Watched for SlimNode {
     fn forget(name: &str, view: &mut View, metrics: &Metrics) {
         view.facts.delete_node(name);
         metrics.forget_node(name);
+        // The watch delivers in order: the deletion comes after any status of the node it lagged
+        // behind, and a deleted node's status will never arrive.
+        if view.sight.node_lag.as_ref().is_some_and(|lag| lag.node == name) {
+            view.sight.node_lag = None;
+        }
     }
     fn known(view: &View) -> Vec<String> {
         view.facts.nodes.keys().map(|n| n.to_string()).collect()
@@ -813,6 +818,17 @@ mod tests {
             assert_eq!(node_watch_lag(cached, &node("n").ready_at(t(skew - 10)).build(), t(1000), allowance), None);
             assert_eq!(node_watch_lag(cached, &node("n").uid("other").ready_at(t(skew + 60)).build(), t(1000), allowance), None);
         }
+    }
+
+    #[test]
+    fn a_lagging_node_watch_catches_up_when_it_delivers_the_node_s_deletion() {
+        let mut v = seen_view();
+        v.sight.node_lag = Some(NodeLag { node: "n".into(), heartbeat: t(200), posted_at: t(200) });
+        let metrics = Metrics::new(false);
+        <SlimNode as Watched>::forget("m", &mut v, &metrics);
+        assert!(v.sight.node_lag.is_some(), "another node's deletion");
+        <SlimNode as Watched>::forget("n", &mut v, &metrics);
+        assert_eq!(v.sight.node_lag, None, "a deleted node's lagged status never arrives: it would keep pulsecheck blind until a re-list");
     }
 
     #[test]
