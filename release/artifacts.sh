@@ -58,6 +58,8 @@ for pair in "Cargo.toml (workspace.package.version):$crate_version" "charts/puls
 done
 mkdir -p "$out"
 out=$(cd "$out" && pwd)
+# What release/publish.sh adds to the folder belongs to an earlier publication.
+rm -f "$out/pulsecheck-chart.digest" "$out/SHA256SUMS.sigstore.json" "$out/notes.md"
 log "version $version into $out"
 
 # ---- tools ----------------------------------------------------------------------------------------
