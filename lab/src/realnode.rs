@@ -614,18 +614,18 @@ impl RealNode {
             }
             NodeFault::NetCut => {
                 self.network.net_cut = true;
-                shell.apply_network(self.slot, self.network)?;
+                shell.apply_network(self.network)?;
             }
             NodeFault::ProbeCut => {
                 self.network.probe_cut = true;
-                shell.apply_network(self.slot, self.network)?;
+                shell.apply_network(self.network)?;
             }
             NodeFault::Recover => {
                 // Every step, whatever fails: then the first error.
                 self.disk.switch().fail_file(OS_RELEASE, false);
                 self.disk.switch().set(DiskFault::Healthy);
                 self.network = NetworkFaults::default();
-                let network = shell.apply_network(self.slot, self.network);
+                let network = shell.apply_network(self.network);
                 let mut kubelet = Ok(());
                 if self.kubelet_stopped {
                     kubelet = self.signal_kubelet(Signal::SIGCONT);
@@ -945,21 +945,21 @@ impl NodeShell {
     }
 
     /// Replaces the node's fault rules with `faults` (none: the table is removed).
-    fn apply_network(&self, slot: u8, faults: NetworkFaults) -> Result<()> {
-        self.run_with_input(&["nft", "-f", "-"], Some(&["--net"]), Some(&network_rules(slot, faults)))
+    fn apply_network(&self, faults: NetworkFaults) -> Result<()> {
+        self.run_with_input(&["nft", "-f", "-"], Some(&["--net"]), Some(&network_rules(faults)))
     }
 }
 
 /// The nftables script that puts the node's network into `faults` (run in its namespace).
-fn network_rules(slot: u8, faults: NetworkFaults) -> String {
-    let (host_ip, _) = addresses(slot);
+fn network_rules(faults: NetworkFaults) -> String {
     let mut rules = String::from("table inet pulsecheck_lab {}\ndelete table inet pulsecheck_lab\n");
     if faults.net_cut || faults.probe_cut {
         rules.push_str("table inet pulsecheck_lab {\n");
         rules.push_str("  chain output { type filter hook output priority 0; policy accept;\n");
         if faults.net_cut {
-            // net-cut: nothing the node sends reaches the apiserver (its forwarder).
-            rules.push_str(&format!("    ip daddr {host_ip} tcp dport {APISERVER_PORT} drop\n"));
+            // net-cut: nothing the node sends reaches the apiserver: not its own forwarder, nor
+            // the one kube-proxy sends the node's `kubernetes` Service traffic to (any node's).
+            rules.push_str(&format!("    tcp dport {APISERVER_PORT} drop\n"));
         }
         rules.push_str("  }\n  chain forward { type filter hook forward priority 0; policy accept;\n");
         if faults.net_cut {
@@ -968,8 +968,9 @@ fn network_rules(slot: u8, faults: NetworkFaults) -> String {
         }
         rules.push_str("  }\n  chain input { type filter hook input priority 0; policy accept;\n");
         if faults.probe_cut {
-            // probe-cut: nothing from outside the node reaches the kubelet's port.
-            rules.push_str(&format!("    ip saddr {host_ip} tcp dport {KUBELET_PORT} drop\n"));
+            // probe-cut: nothing but the node itself (loopback) reaches the kubelet's port: not the
+            // host, not other nodes, not Pods — pulsecheck's own Pod on this node included.
+            rules.push_str(&format!("    iifname != \"lo\" tcp dport {KUBELET_PORT} drop\n"));
         }
         rules.push_str("  }\n}\n");
     }
@@ -1570,11 +1571,14 @@ mod tests {
         assert_eq!(addresses(7), (Ipv4Addr::new(10, 213, 7, 1), Ipv4Addr::new(10, 213, 7, 2)));
         assert_eq!(veth_name(250), "pcl250");
         assert!(veth_name(250).len() <= 15, "an interface name has at most 15 characters");
-        let none = network_rules(7, NetworkFaults::default());
+        let none = network_rules(NetworkFaults::default());
         assert_eq!(none, "table inet pulsecheck_lab {}\ndelete table inet pulsecheck_lab\n", "recover removes every rule");
-        let cut = network_rules(7, NetworkFaults { net_cut: true, probe_cut: false });
-        assert!(cut.contains("chain output") && cut.contains("ip daddr 10.213.7.1 tcp dport 6443 drop") && !cut.contains("10250"), "{cut}");
-        let probe = network_rules(7, NetworkFaults { net_cut: false, probe_cut: true });
-        assert!(probe.contains("ip saddr 10.213.7.1 tcp dport 10250 drop") && !probe.contains("dport 6443"), "{probe}");
+        let cut = network_rules(NetworkFaults { net_cut: true, probe_cut: false });
+        assert!(
+            cut.contains("chain output { type filter hook output priority 0; policy accept;\n    tcp dport 6443 drop\n") && !cut.contains("10250"),
+            "{cut}"
+        );
+        let probe = network_rules(NetworkFaults { net_cut: false, probe_cut: true });
+        assert!(probe.contains("iifname != \"lo\" tcp dport 10250 drop") && !probe.contains("dport 6443"), "{probe}");
     }
 }
