@@ -252,6 +252,11 @@ for key in ("version", "appVersion"):
     if str(chart.get(key)) != cargo_version:
         err(f"charts/pulsecheck/Chart.yaml: {key} {chart.get(key)!r} is not the workspace version {cargo_version} (Cargo.toml)")
 base = f"https://github.com/pulsecheck/pulsecheck/blob/v{cargo_version}/docs/runbooks/"
+# The dashboard's and NOTES' links to the runbooks: the release tag's too.
+for path in ("deploy/grafana/pulsecheck-dashboard.json", "charts/pulsecheck/templates/NOTES.txt"):
+    for url in re.findall(r"https://github\.com/pulsecheck/pulsecheck/(?:tree|blob)/[^/\s\"]+/docs/runbooks", pathlib.Path(path).read_text(encoding="utf-8")):
+        if not (f"/v{cargo_version}/" in url or "/v{{ .Chart.AppVersion }}/" in url):
+            err(f"{path}: {url} should point at the release tag v{cargo_version}")
 # Artifact Hub: the image the chart runs by default, and well-formed annotations.
 values = yaml.safe_load(open("charts/pulsecheck/values.yaml", encoding="utf-8"))
 annotations = chart.get("annotations") or {}

@@ -85,7 +85,7 @@ if [ "$github_release" = 1 ]; then
     awk -v v="$version" '$0 ~ "^## \\[" v "\\]" {on=1; next} on && /^## \[/ {exit} on' "$root/CHANGELOG.md"
     echo
     echo "Image: \`$image:$version@$want\` (linux/amd64, linux/arm64)"
-    echo "Chart: \`helm install pulsecheck oci://$registry/charts/pulsecheck --version $version\` ($chart_digest)"
+    echo "Chart: \`helm install pulsecheck oci://$registry/charts/pulsecheck --version $version --namespace pulsecheck\` into a namespace of its own labelled for the restricted Pod Security level (docs/install.md) ($chart_digest)"
     echo "Verify: see docs/release.md (cosign verify with the certificate identity of this workflow)."
   } >"$notes"
   prerelease=()

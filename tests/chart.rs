@@ -278,7 +278,36 @@ fn the_uninstall_cleanup_hook_is_opt_in_waits_for_the_release_s_leader_and_bring
     assert_eq!(role["rules"][0]["resourceNames"][0].as_str(), Some("pc-leader"));
     assert_eq!(role["rules"][0]["verbs"].as_sequence().map(Vec::len), Some(1));
 
+    // It does not tolerate pulsecheck's taint: a Pod on a zombie would never start.
+    assert!(!serde_yaml_ng::to_string(&pod["tolerations"]).unwrap().contains("example.com/dead"), "{:?}", pod["tolerations"]);
+    // The Lease and the taint come from config: an extraArgs override would make it wait for the
+    // wrong Lease and remove the wrong taint.
+    let overridden = render(&["--set", "cleanupOnUninstall.enabled=true", "--set", "extraArgs[0]=--leader-election-name=other"]).unwrap_err();
+    assert!(overridden.contains("reads --leader-election-name from config"), "{overridden}");
+    // The Job's name (its Pods' job-name label) stays within 63 characters with the longest
+    // release name Helm allows.
+    let long = std::process::Command::new(tool("helm"))
+        .args(["template", &"r".repeat(53)])
+        .arg(repo().join("charts/pulsecheck"))
+        .args(["--namespace", "pulsecheck", "--set", "cleanupOnUninstall.enabled=true"])
+        .output()
+        .unwrap();
+    let long = String::from_utf8_lossy(&long.stdout);
+    let job_name = long.split("kind: Job").nth(1).and_then(|job| job.lines().find_map(|l| l.trim().strip_prefix("name: "))).expect("a Job").to_owned();
+    assert!(job_name.len() <= 63, "{job_name}");
     // Without leader election the hook could not tell when the uninstalled Pod stopped writing.
     let refused = render(&["--set", "cleanupOnUninstall.enabled=true", "--set", "config.leaderElect=false"]).unwrap_err();
     assert!(refused.contains("cleanupOnUninstall needs config.leaderElect=true"), "{refused}");
+}
+
+#[test]
+fn the_critical_pods_quota_is_never_rendered_into_kube_system() {
+    let quota = |namespace: &str| {
+        let out = std::process::Command::new(tool("helm")).args(["template", "pulsecheck"]).arg(repo().join("charts/pulsecheck")).args(["--namespace", namespace]).output().unwrap();
+        String::from_utf8_lossy(&out.stdout).contains("kind: ResourceQuota")
+    };
+    assert!(quota("pulsecheck"), "a namespace of its own gets the quota that admits its critical Pods");
+    // kube-system admits the critical classes without a quota, and a quota of replicas + 1
+    // critical Pods would refuse CoreDNS and the rest.
+    assert!(!quota("kube-system"));
 }
