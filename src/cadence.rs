@@ -274,8 +274,18 @@ impl StatusCadence {
     }
 
     /// The kubelet's configuration as just read from `/configz`.
+    /// Read after the node's latest report, it is the configuration in force: learned intervals
+    /// longer than it allows (a stall, or a configuration since replaced) are forgotten, so they
+    /// cannot outlive the read.
     pub fn with_kubelet(self, kubelet: KubeletCadence) -> StatusCadence {
-        StatusCadence { kubelet: Some(kubelet), recheck: false, reports_since_read: 0, ..self }
+        let allowed = kubelet.longest_quiet() + CLOCK_SLACK;
+        let mut recent = self.recent;
+        for interval in &mut recent {
+            if *interval > allowed {
+                *interval = Duration::ZERO;
+            }
+        }
+        StatusCadence { kubelet: Some(kubelet), recent, recheck: false, reports_since_read: 0, ..self }
     }
 
     /// The kubelet's configuration read from `/configz`, but with a report seen after it was
@@ -409,6 +419,19 @@ mod tests {
         // configuration) is learned.
         let restarted = kubelet(300, 10).reported().after_report(s(570), Some(s(570)));
         assert_eq!(restarted.longest_interval(), Some(Duration::from_secs(570)));
+    }
+
+    #[test]
+    fn a_read_after_the_latest_report_forgets_intervals_its_configuration_does_not_allow() {
+        let s = SignedDuration::from_secs;
+        // R = 1m read, one ordinary report, then a 145 s stall (just under the 150 s threshold):
+        // learned, it would make the threshold 290 s.
+        let stalled = kubelet(60, 10).after_report(s(65), Some(s(65))).reported().after_report(s(145), Some(s(145))).reported();
+        assert_eq!(stalled.longest_interval(), Some(Duration::from_secs(145)));
+        // Read again (still R = 1m): the stall is forgotten, the kubelet's 150 s is back.
+        let reread = stalled.with_kubelet(KubeletCadence { report: MIN, update: Duration::from_secs(10) });
+        assert_eq!(reread.threshold(10 * MIN, GRACE), StatusThreshold::new(Duration::from_secs(150), CadenceSource::Kubelet));
+        assert_eq!(reread.longest_interval(), Some(Duration::from_secs(65)));
     }
 
     #[test]

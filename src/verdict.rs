@@ -387,14 +387,15 @@ pub fn assess(now: Timestamp, node: &NodeFacts, lease: Option<&LeaseFacts>, prob
             // pulsecheck and port 10250) as often as the node: supporting only — a node that is
             // dead too stops its status, and the status threshold condemns it. A kubelet that
             // answers unhealthy (its own 5xx healthz report) condemns itself even while its
-            // status loop reports; one that takes the request and hangs or breaks off only while
-            // it has not reported since the streak began: with its status loop working, the hang
-            // may be pulsecheck's own request (the kubelet's authentication webhook to the
-            // apiserver throttled) rather than the node.
+            // status loop reports. One that takes the request and hangs or breaks off is
+            // supporting evidence only, however long: the hang may be pulsecheck's own request
+            // (the kubelet's authentication webhook to the apiserver throttled, a proxy or mesh
+            // sidecar on pulsecheck's side that took the bytes) rather than the node, and "no
+            // report since the hangs began" says nothing while they are shorter than the node's
+            // report period (5 m by default). A node whose status stopped as well is condemned by
+            // its status threshold; one that also shows another kind of evidence, at once.
             let answered_unhealthy = matches!(p.last, Some((ProbeOutcome::Failure(_), _)));
-            if p.connected_since
-                .is_some_and(|since| at_least(age(now, since), th.probe_zombie_after) && (answered_unhealthy || node.status.observed_at < since))
-            {
+            if answered_unhealthy && p.connected_since.is_some_and(|since| at_least(age(now, since), th.probe_zombie_after)) {
                 conclusive += 1;
             } else {
                 supporting_kinds += 1;
@@ -838,10 +839,11 @@ mod tests {
         assert_eq!(w.at(61).verdict, Verdict::Healthy);
         w.facts.record_probe("n", ProbeOutcome::Failure("500".into()), t(90), Thresholds::default().probe_result_ttl);
         assert_eq!(w.at(91).verdict, Verdict::Suspect);
-        for at in (120..=210).step_by(30) {
+        for at in (120..=180).step_by(30) {
             w.facts.record_probe("n", ProbeOutcome::Timeout, t(at), Thresholds::default().probe_result_ttl);
         }
-        // failing since 30, for 180 s at 210.
+        // Got through in every failure since 30, and answers unhealthy again at 210: 180 s.
+        w.facts.record_probe("n", ProbeOutcome::Failure("500".into()), t(210), Thresholds::default().probe_result_ttl);
         assert_eq!(w.at(210).verdict, Verdict::Zombie);
         // A success resets the run.
         w.facts.record_probe("n", ProbeOutcome::Success, t(240), Thresholds::default().probe_result_ttl);
@@ -849,10 +851,10 @@ mod tests {
     }
 
     #[test]
-    fn a_kubelet_that_hangs_on_probes_while_it_keeps_reporting_is_only_suspect() {
+    fn a_kubelet_that_hangs_on_probes_is_only_suspect_until_another_kind_of_evidence_joins() {
         // Every probe takes the request and times out from 30 s on (a throttled authentication
-        // webhook, a request delayed on its way), while the kubelet reports at 100 s: its status
-        // loop works, so the probes are supporting evidence only, however long they fail.
+        // webhook, a sidecar on pulsecheck's side that took the bytes), while the kubelet reports
+        // at 100 s: the probes are supporting evidence only, however long they fail.
         let ttl = Thresholds::default().probe_result_ttl;
         let mut w = World::new();
         w.node(0, node("n").ready_at(t(0)));
@@ -866,15 +868,21 @@ mod tests {
             w.facts.record_probe("n", ProbeOutcome::Timeout, t(at), ttl);
         }
         assert_eq!(w.at(270).verdict, Verdict::Suspect, "{:?}", w.at(270));
-        // A kubelet silent since before the streak is condemned by it as before.
+        // A 5-minute reporter whose probes hang for 180 s before its next report is due: still
+        // only Suspect (it was a Zombie, tainted, before).
         let mut w = World::new();
         w.node(0, node("n").ready_at(t(0)));
-        w.renewing(0, 400);
-        w.facts.record_probe("n", ProbeOutcome::Success, t(0), ttl);
-        for at in (30..=270).step_by(30) {
+        w.node(300, node("n").ready_at(t(300)));
+        w.node(600, node("n").ready_at(t(600)));
+        w.renewing(0, 900);
+        w.facts.record_probe("n", ProbeOutcome::Success, t(600), ttl);
+        for at in (630..=840).step_by(30) {
             w.facts.record_probe("n", ProbeOutcome::Timeout, t(at), ttl);
         }
-        assert_eq!(w.at(270).verdict, Verdict::Zombie);
+        assert_eq!(w.at(840).verdict, Verdict::Suspect, "{:?}", w.at(840));
+        // With another kind of evidence (osImage gone Unknown) it is a Zombie at once.
+        w.node(845, node("n").ready_at(t(600)).os_image("Unknown"));
+        assert_eq!(w.at(845).verdict, Verdict::Zombie, "{:?}", w.at(845));
     }
 
     #[test]
@@ -904,17 +912,17 @@ mod tests {
     }
 
     #[test]
-    fn a_kubelet_that_answers_unhealthy_condemns_itself_even_while_it_reports_one_that_hangs_only_when_silent() {
+    fn a_kubelet_that_answers_unhealthy_condemns_itself_even_while_it_reports_one_that_hangs_does_not() {
         let ttl = Thresholds::default().probe_result_ttl;
         // /healthz answers 500 ([-]syncloop failed) while the status loop still reports: the
-        // kubelet's own word. One that accepts the request and hangs or breaks off while it
-        // reports: only supporting (a_kubelet_that_hangs_on_probes_while_it_keeps_reporting_is_only_suspect).
+        // kubelet's own word. One that accepts the request and hangs or breaks off: only
+        // supporting, reporting or not (a_kubelet_that_hangs_on_probes_is_only_suspect_until_another_kind_of_evidence_joins).
         for (outcome, reporting, expected) in [
             (ProbeOutcome::Failure("kubelet answered 500".into()), true, Verdict::Zombie),
             (ProbeOutcome::Timeout, true, Verdict::Suspect),
             (ProbeOutcome::NoAnswer("connection reset".into()), true, Verdict::Suspect),
-            (ProbeOutcome::Timeout, false, Verdict::Zombie),
-            (ProbeOutcome::NoAnswer("connection reset".into()), false, Verdict::Zombie),
+            (ProbeOutcome::Timeout, false, Verdict::Suspect),
+            (ProbeOutcome::NoAnswer("connection reset".into()), false, Verdict::Suspect),
         ] {
             let mut w = World::new();
             w.node(0, node("n").ready_at(t(0)));
@@ -949,10 +957,10 @@ mod tests {
         }
         assert_eq!(w.facts.probes["n"].connected_since, None);
         assert_eq!(w.at(330).verdict, Verdict::Suspect);
-        // Then the kubelet takes requests and hangs: conclusive once it has hung for the whole
-        // --probe-zombie-after, not at once on the strength of the unreachable spell before.
+        // Then the kubelet takes requests and answers unhealthy: conclusive once it has for the
+        // whole --probe-zombie-after, not at once on the strength of the unreachable spell before.
         for at in (360..=540).step_by(30) {
-            w.facts.record_probe("n", ProbeOutcome::Timeout, t(at), ttl);
+            w.facts.record_probe("n", ProbeOutcome::Failure("kubelet answered 500".into()), t(at), ttl);
             let expected = if at < 540 { Verdict::Suspect } else { Verdict::Zombie };
             assert_eq!(w.at(at).verdict, expected, "at {at}");
         }
@@ -985,17 +993,21 @@ mod tests {
 
     #[test]
     fn handshakes_that_do_not_complete_neither_start_nor_end_a_streak_of_hangs() {
-        // A starved kubelet: some probes hang after the request, some never finish the handshake.
+        // A starved kubelet: some probes answer unhealthy, some never finish the handshake.
         let ttl = Thresholds::default().probe_result_ttl;
         let mut w = World::new();
         w.node(0, node("n").ready_at(t(0)));
         w.renewing(0, 600);
         w.facts.record_probe("n", ProbeOutcome::Success, t(0), ttl);
         for at in (30..=210).step_by(30) {
-            let outcome = if at % 60 == 0 { ProbeOutcome::NoHandshake("TLS handshake did not complete".into()) } else { ProbeOutcome::Timeout };
+            let outcome = if at % 60 == 0 {
+                ProbeOutcome::NoHandshake("TLS handshake did not complete".into())
+            } else {
+                ProbeOutcome::Failure("kubelet answered 500".into())
+            };
             w.facts.record_probe("n", outcome, t(at), ttl);
         }
-        assert_eq!(w.at(210).verdict, Verdict::Zombie, "hung from 30 s on, through the handshakes that did not complete");
+        assert_eq!(w.at(210).verdict, Verdict::Zombie, "unhealthy from 30 s on, through the handshakes that did not complete");
         // Handshakes that never complete alone (a path dropping large packets) start nothing.
         let mut w = World::new();
         w.node(0, node("n").ready_at(t(0)));
