@@ -10,7 +10,10 @@
 //! uninstalled Pod may still be terminating) would walk away believing the nodes clean. So it
 //! first reads the leader Lease until it is absent, released, or watched unrenewed for its whole
 //! duration (by this process's clock, as a follower would before taking over), at most
-//! `--leader-wait`, and refuses otherwise. A leader releases the Lease only after its last tick.
+//! `--leader-wait`, and refuses otherwise. A leader releases the Lease only after its last tick;
+//! a released or lapsed Lease must then stay free for its duration, since a second replica not
+//! yet stopped takes it over within a retry period. `--node-selector` keeps it to the nodes of
+//! one instance where several share a taint key, each with its own pool.
 
 use std::time::Duration;
 
@@ -22,7 +25,7 @@ use crate::{
     Outcome,
     actuate::{self, Actions, Actuator, release_patch},
     connect::ClientArgs,
-    facts::SlimNode,
+    facts::{Selector, SlimNode},
     leader::{Holder, HolderWatch},
     names,
 };
@@ -44,9 +47,17 @@ pub struct CleanupArgs {
     /// How long to wait for the leader to stop (its Lease released or unrenewed for its duration).
     #[arg(long, env = "PULSECHECK_CLEANUP_LEADER_WAIT", value_name = "DURATION", default_value = "1m", value_parser = humantime::parse_duration)]
     pub leader_wait: Duration,
+    /// Only nodes matching this label selector (as configured for `run`: another instance may
+    /// look after the other nodes, with the same taint key).
+    #[arg(long, env = "PULSECHECK_NODE_SELECTOR", value_name = "SELECTOR", default_value = "", value_parser = node_selector)]
+    pub node_selector: Selector,
     /// Clean even while a pulsecheck instance leads (it puts back what it still judges).
     #[arg(long, env = "PULSECHECK_CLEANUP_IGNORE_LEADER", value_name = "BOOL", default_value_t = false, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
     pub ignore_leader: bool,
+}
+
+fn node_selector(s: &str) -> Result<Selector, String> {
+    Selector::parse(s).map_err(|e| e.to_string())
 }
 
 /// `NAMESPACE/NAME` of a Lease.
@@ -141,6 +152,9 @@ pub async fn run(args: CleanupArgs) -> Result<Outcome, Error> {
     let mut failed = 0;
     let mut cleaned = 0;
     for node in &list.items {
+        if !args.node_selector.matches(node.metadata.labels.as_ref().unwrap_or(&Default::default())) {
+            continue;
+        }
         let Some(found) = leftovers(node, &args.taint_key) else { continue };
         let verb = if args.dry_run { "would clean" } else { "cleaned" };
         if !args.dry_run
@@ -171,22 +185,33 @@ async fn wait_for_no_leader(client: &kube::Client, lease: &LeaseRef, wait: Durat
     let started = Instant::now();
     let mut watch = HolderWatch::default();
     let mut told = false;
+    // A released Lease must stay free for its duration: a follower (the second replica, not yet
+    // stopped) acquires it within a retry period and would act again.
+    let mut free_since: Option<Instant> = None;
     loop {
         let read = tokio::time::timeout(request_timeout, leases.get_opt(&lease.name))
             .await
             .map_err(|_| kube::Error::Service("reading the Lease timed out".into()))
             .and_then(|r| r)
             .map_err(|source| Error::LeaderLease { lease: lease.clone(), source })?;
-        let holder = match read {
-            None => Holder::Nobody,
-            Some(l) => watch.observe(&l.spec.unwrap_or_default(), Instant::now()),
-        };
-        match holder {
-            Holder::Nobody | Holder::Lapsed(_) => return Ok(()),
+        let Some(read) = read else { return Ok(()) };
+        let spec = read.spec.unwrap_or_default();
+        let duration = Duration::from_secs(u64::try_from(spec.lease_duration_seconds.unwrap_or(0)).unwrap_or(0));
+        match watch.observe(&spec, Instant::now()) {
+            Holder::Nobody | Holder::Lapsed(_) => {
+                let since = *free_since.get_or_insert_with(Instant::now);
+                if since.elapsed() >= duration {
+                    return Ok(());
+                }
+                if started.elapsed() >= wait + duration {
+                    return Err(Error::StillLeading { lease: lease.clone(), holder: "(a follower taking over)".into(), waited: started.elapsed() });
+                }
+            }
             Holder::Held(holder) if started.elapsed() >= wait => {
                 return Err(Error::StillLeading { lease: lease.clone(), holder, waited: started.elapsed() });
             }
             Holder::Held(holder) => {
+                free_since = None;
                 if !told {
                     eprintln!("waiting up to {wait:?} for pulsecheck instance {holder} to stop leading (Lease {lease})");
                     told = true;

@@ -426,8 +426,9 @@ impl Elector {
             if spec.holder_identity.as_deref() != Some(self.identity.as_str()) {
                 return Ok(());
             }
+            // The duration stays: followers take a Lease without a holder at once, and
+            // `pulsecheck cleanup` waits that long for none of them to.
             spec.holder_identity = None;
-            spec.lease_duration_seconds = Some(1);
             spec.renew_time = Some(MicroTime(Timestamp::now()));
             lease.spec = Some(spec);
             self.leases.replace(&self.name, &Self::params(), &lease).await.map(|_| ())

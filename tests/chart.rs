@@ -278,6 +278,10 @@ fn the_uninstall_cleanup_hook_is_opt_in_waits_for_the_release_s_leader_and_bring
     assert_eq!(role["rules"][0]["resourceNames"][0].as_str(), Some("pc-leader"));
     assert_eq!(role["rules"][0]["verbs"].as_sequence().map(Vec::len), Some(1));
 
+    // An instance for one pool cleans only its pool.
+    let pooled = render(&["--set", "cleanupOnUninstall.enabled=true", "--set", "config.nodeSelector=example.com/pool=a"]).unwrap();
+    let pooled_args = serde_yaml_ng::to_string(&the(&pooled, "Job")["spec"]["template"]["spec"]["containers"][0]["args"]).unwrap();
+    assert!(pooled_args.contains("--node-selector=example.com/pool=a"), "{pooled_args}");
     // It does not tolerate pulsecheck's taint: a Pod on a zombie would never start.
     assert!(!serde_yaml_ng::to_string(&pod["tolerations"]).unwrap().contains("example.com/dead"), "{:?}", pod["tolerations"]);
     // The Lease and the taint come from config: an extraArgs override would make it wait for the
@@ -303,7 +307,12 @@ fn the_uninstall_cleanup_hook_is_opt_in_waits_for_the_release_s_leader_and_bring
 #[test]
 fn the_critical_pods_quota_is_never_rendered_into_kube_system() {
     let quota = |namespace: &str| {
-        let out = std::process::Command::new(tool("helm")).args(["template", "pulsecheck"]).arg(repo().join("charts/pulsecheck")).args(["--namespace", namespace]).output().unwrap();
+        let out = std::process::Command::new(tool("helm"))
+            .args(["template", "pulsecheck"])
+            .arg(repo().join("charts/pulsecheck"))
+            .args(["--namespace", namespace])
+            .output()
+            .unwrap();
         String::from_utf8_lossy(&out.stdout).contains("kind: ResourceQuota")
     };
     assert!(quota("pulsecheck"), "a namespace of its own gets the quota that admits its critical Pods");

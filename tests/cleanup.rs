@@ -191,14 +191,24 @@ async fn cleanup_removes_only_what_pulsecheck_put_on_nodes_and_dry_run_changes_n
         }
     }
 
-    // 3. The real run removes what pulsecheck put there, and only that.
+    // 3. Another instance may look after other nodes (with the same taint key): with
+    //    --node-selector only the matching nodes are cleaned.
+    let selected = cleanup(&kubeconfig, &["--node-selector", &format!("kubernetes.io/hostname={person}")]).await;
+    assert_eq!(selected.status.code(), Some(0), "{}", describe(&selected));
+    let stdout = text(&selected.stdout);
+    assert!(stdout.lines().any(|l| l == format!("cleaned node {person}: taint/cordon/record, condition")), "{}", describe(&selected));
+    assert_eq!(stdout.lines().last(), Some("1 node(s) cleaned"), "{}", describe(&selected));
+    assert!(has_our_taint(&get_node(&client, zombie).await), "a node outside the selector was cleaned");
+    let bad = cleanup(&kubeconfig, &["--node-selector", "a in (b)"]).await;
+    assert_eq!(bad.status.code(), Some(2), "{}", describe(&bad));
+    assert!(text(&bad.stderr).contains("--node-selector"), "{}", describe(&bad));
+
+    // 4. The real run removes what pulsecheck put there (the rest), and only that.
     let real = cleanup(&kubeconfig, &[]).await;
     assert_eq!(real.status.code(), Some(0), "{}", describe(&real));
     let stdout = text(&real.stdout);
-    for name in [zombie, person] {
-        assert!(stdout.lines().any(|l| l == format!("cleaned node {name}: taint/cordon/record, condition")), "{name} not named:\n{}", describe(&real));
-    }
-    assert_eq!(stdout.lines().last(), Some("2 node(s) cleaned"), "{}", describe(&real));
+    assert!(stdout.lines().any(|l| l == format!("cleaned node {zombie}: taint/cordon/record, condition")), "{zombie} not named:\n{}", describe(&real));
+    assert_eq!(stdout.lines().last(), Some("1 node(s) cleaned"), "{}", describe(&real));
     for name in &all {
         let n = get_node(&client, name).await;
         assert!(!has_our_taint(&n), "{name} still has our taint: {:?}", taint_keys(&n));
@@ -269,6 +279,13 @@ async fn cleanup_refuses_while_an_instance_leads_and_waits_for_a_crashed_leader_
     let leases: Api<Lease> = Api::namespaced(client.clone(), "default");
     let mut lease = leases.get("pulsecheck").await.unwrap();
     assert_eq!(lease.spec.as_ref().and_then(|s| s.holder_identity.clone()), None, "the stopped leader released its Lease");
+    // A released Lease must stay free for its duration (4 s) before cleanup trusts it: a follower
+    // not yet stopped would take it over within a retry period and act again.
+    let started = std::time::Instant::now();
+    let dry = cleanup(&kubeconfig, &[&lease_flag[..], &["--leader-wait", "30s", "--dry-run"]].concat()).await;
+    assert_eq!(dry.status.code(), Some(0), "{}", describe(&dry));
+    assert!(started.elapsed() >= Duration::from_secs(4), "trusted a released Lease at once: {:?}", started.elapsed());
+    assert!(text(&dry.stdout).contains(&format!("would clean node {zombie}")), "{}", describe(&dry));
 
     // 3. A leader that crashed leaves its Lease held: cleanup watches it go unrenewed for its
     //    whole duration (by its own clock; the renewTime is an hour off, as with a skewed
