@@ -448,15 +448,7 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         let path = tmp.path().join("pause.tar");
         let digest = spec().write_archive(&path).unwrap();
-        let mut archive = tar::Archive::new(std::fs::File::open(&path).unwrap());
-        let mut files = std::collections::BTreeMap::new();
-        for entry in archive.entries().unwrap() {
-            let mut entry = entry.unwrap();
-            let name = entry.path().unwrap().to_string_lossy().into_owned();
-            let mut bytes = Vec::new();
-            io::Read::read_to_end(&mut entry, &mut bytes).unwrap();
-            files.insert(name, bytes);
-        }
+        let files = archive_files(&path);
         for (name, bytes) in &files {
             if let Some(hex) = name.strip_prefix("blobs/sha256/") {
                 assert_eq!(super::hex(&Sha256::digest(bytes)), hex, "{name}");
