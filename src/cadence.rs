@@ -92,6 +92,12 @@ impl KubeletCadence {
     pub fn longest_quiet(&self) -> Duration {
         self.report + self.report / 2 + self.update
     }
+
+    /// Whether this configuration allows a healthy interval of `interval` between two reports
+    /// (with [`CLOCK_SLACK`] for delivery): a longer one is a stall, or another configuration.
+    pub fn allows(&self, interval: Duration) -> bool {
+        interval <= self.longest_quiet() + CLOCK_SLACK
+    }
 }
 
 /// How many of the latest learned intervals count.
@@ -200,9 +206,7 @@ impl StatusCadence {
         // An interval longer than the configuration allows says it is out of date (a restart
         // that changed it since the last read): what was seen wins until it is read again.
         Some(match (longest, observed_after) {
-            (Some(longest), Some(observed)) if longest > k.longest_quiet() + CLOCK_SLACK && observed > after => {
-                StatusThreshold::new(observed, CadenceSource::Observed)
-            }
+            (Some(longest), Some(observed)) if !k.allows(longest) && observed > after => StatusThreshold::new(observed, CadenceSource::Observed),
             _ => StatusThreshold::new(after, CadenceSource::Kubelet),
         })
     }
@@ -253,7 +257,7 @@ impl StatusCadence {
         // interval. Longer than that configuration allows, it is a stall of the status loop, not
         // a cadence — learned, it would lengthen the node's threshold past its kubelet's own and
         // hide the next, longer wedge.
-        if self.reports_since_read == 0 && self.kubelet.is_some_and(|k| interval > k.longest_quiet() + CLOCK_SLACK) {
+        if self.reports_since_read == 0 && self.kubelet.is_some_and(|k| !k.allows(interval)) {
             return StatusCadence { intervals: self.intervals.saturating_add(1), ..self };
         }
         let mut recent = self.recent;
@@ -278,12 +282,9 @@ impl StatusCadence {
     /// longer than it allows (a stall, or a configuration since replaced) are forgotten, so they
     /// cannot outlive the read.
     pub fn with_kubelet(self, kubelet: KubeletCadence) -> StatusCadence {
-        let allowed = kubelet.longest_quiet() + CLOCK_SLACK;
         let mut recent = self.recent;
-        for interval in &mut recent {
-            if *interval > allowed {
-                *interval = Duration::ZERO;
-            }
+        for interval in recent.iter_mut().filter(|i| !kubelet.allows(**i)) {
+            *interval = Duration::ZERO;
         }
         StatusCadence { kubelet: Some(kubelet), recent, recheck: false, reports_since_read: 0, ..self }
     }

@@ -26,7 +26,7 @@ use crate::{
     actuate::{self, Actions, Actuator, release_patch},
     connect::ClientArgs,
     facts::{Selector, SlimNode},
-    leader::{Holder, HolderWatch},
+    leader::{Holder, HolderWatch, lease_duration},
     names,
 };
 
@@ -196,7 +196,7 @@ async fn wait_for_no_leader(client: &kube::Client, lease: &LeaseRef, wait: Durat
             .map_err(|source| Error::LeaderLease { lease: lease.clone(), source })?;
         let Some(read) = read else { return Ok(()) };
         let spec = read.spec.unwrap_or_default();
-        let duration = Duration::from_secs(u64::try_from(spec.lease_duration_seconds.unwrap_or(0)).unwrap_or(0));
+        let duration = lease_duration(&spec);
         match watch.observe(&spec, Instant::now()) {
             Holder::Nobody | Holder::Lapsed(_) => {
                 let since = *free_since.get_or_insert_with(Instant::now);

@@ -312,10 +312,14 @@ impl HolderWatch {
             self.observed = Some((record.0, record.1, now));
         }
         let Some(holder) = holder else { return Holder::Nobody };
-        let held_for = Duration::from_secs(u64::try_from(spec.lease_duration_seconds.unwrap_or(0)).unwrap_or(0));
         let seen_since = self.observed.as_ref().map_or(now, |(_, _, at)| *at);
-        if now.saturating_duration_since(seen_since) < held_for { Holder::Held(holder) } else { Holder::Lapsed(holder) }
+        if now.saturating_duration_since(seen_since) < lease_duration(spec) { Holder::Held(holder) } else { Holder::Lapsed(holder) }
     }
+}
+
+/// A Lease's `leaseDurationSeconds` (zero when missing or negative).
+pub fn lease_duration(spec: &Spec) -> Duration {
+    Duration::from_secs(u64::try_from(spec.lease_duration_seconds.unwrap_or(0)).unwrap_or(0))
 }
 
 impl Elector {
