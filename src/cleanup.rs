@@ -12,8 +12,8 @@
 //! duration (by this process's clock, as a follower would before taking over), at most
 //! `--leader-wait`, and refuses otherwise. A leader releases the Lease only after its last tick;
 //! a released or lapsed Lease must then stay free for its duration, since a second replica not
-//! yet stopped takes it over within a retry period. `--node-selector` keeps it to the nodes of
-//! one instance where several share a taint key, each with its own pool.
+//! yet stopped takes it over within a retry period. `--node-selector` keeps it to the nodes the
+//! instance looks after (`run --node-selector`).
 
 use std::time::Duration;
 
@@ -47,8 +47,7 @@ pub struct CleanupArgs {
     /// How long to wait for the leader to stop (its Lease released or unrenewed for its duration).
     #[arg(long, env = "PULSECHECK_CLEANUP_LEADER_WAIT", value_name = "DURATION", default_value = "1m", value_parser = humantime::parse_duration)]
     pub leader_wait: Duration,
-    /// Only nodes matching this label selector (as configured for `run`: another instance may
-    /// look after the other nodes, with the same taint key).
+    /// Only nodes matching this label selector (as configured for `run`).
     #[arg(long, env = "PULSECHECK_NODE_SELECTOR", value_name = "SELECTOR", default_value = "", value_parser = node_selector)]
     pub node_selector: Selector,
     /// Clean even while a pulsecheck instance leads (it puts back what it still judges).

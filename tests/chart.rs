@@ -288,6 +288,12 @@ fn the_uninstall_cleanup_hook_is_opt_in_waits_for_the_release_s_leader_and_bring
     // wrong Lease and remove the wrong taint.
     let overridden = render(&["--set", "cleanupOnUninstall.enabled=true", "--set", "extraArgs[0]=--leader-election-name=other"]).unwrap_err();
     assert!(overridden.contains("reads --leader-election-name from config"), "{overridden}");
+    let by_env =
+        render(&["--set", "cleanupOnUninstall.enabled=true", "--set", "extraEnv[0].name=PULSECHECK_TAINT_KEY", "--set", "extraEnv[0].value=example.com/dead"])
+            .unwrap_err();
+    assert!(by_env.contains("reads what PULSECHECK_TAINT_KEY sets from config"), "{by_env}");
+    // A flag that only starts like one the hook reads is fine.
+    render(&["--set", "cleanupOnUninstall.enabled=true", "--set", "extraArgs[0]=--leader-election-lease-duration=20s"]).unwrap();
     // The Job's name (its Pods' job-name label) stays within 63 characters with the longest
     // release name Helm allows.
     let long = std::process::Command::new(tool("helm"))
