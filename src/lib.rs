@@ -16,6 +16,7 @@
 
 pub mod actuate;
 pub mod admin;
+pub mod agent;
 pub mod cadence;
 pub mod check;
 pub mod cleanup;
