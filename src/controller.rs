@@ -156,6 +156,13 @@ pub async fn start(client: kube::Client, settings: Settings) -> Result<Running, 
         metrics.clone(),
         watch_shutdown.clone(),
     )));
+    // The opt-in node agents' Leases live in pulsecheck's own namespace (the leader Lease's).
+    tasks.push(tokio::spawn(observe::watch_agent_leases(
+        Api::namespaced(client.clone(), &settings.leader.namespace),
+        view.clone(),
+        metrics.clone(),
+        watch_shutdown.clone(),
+    )));
 
     let (targets_tx, targets_rx) = tokio::sync::watch::channel(Vec::new());
     let (results_tx, results_rx) = mpsc::channel(4096);
@@ -259,6 +266,8 @@ struct Judgement {
     records_lost: Vec<(String, Option<Timestamp>)>,
     /// Whether probe evidence counted in this tick's verdicts (no probe partition).
     probes_trusted: bool,
+    /// Whether agents' silence counted in this tick's verdicts (no agent partition).
+    agent_silence_counts: bool,
     /// The instant the verdicts were judged as of (the view's horizon).
     judged_at: Timestamp,
 }
@@ -603,8 +612,10 @@ fn written(change: &Change, taint: ActionLabel, cordon: ActionLabel) -> Vec<(Act
 /// true then, instead of a condition and an Event that are taken back a tick later.
 fn rejudged(now: Timestamp, facts: &FleetFacts, remediated: bool, judgement: &Judgement, th: &verdict::Thresholds, planned: Planned) -> Option<Planned> {
     let name = planned.node.as_str();
-    let again =
-        |at: Timestamp| facts.nodes.get(name).map(|n| verdict::assess(at, n, facts.leases.get(name), facts.probes.get(name), th, judgement.probes_trusted));
+    let again = |at: Timestamp| {
+        let agent = verdict::AgentSight::of(facts, name, judgement.agent_silence_counts);
+        facts.nodes.get(name).map(|n| verdict::assess(at, n, facts.leases.get(name), facts.probes.get(name), agent, th, judgement.probes_trusted))
+    };
     let planned_verdict = judgement.assessments.get(name).map(|a| a.verdict);
     match &planned.step {
         Step::SetCondition { .. } => {
@@ -718,6 +729,8 @@ impl Controller {
         let silence = lease_silence(at, &v.facts, &cfg.thresholds);
         let node_silence = status_silence(at, &v.facts, &cfg.thresholds);
         let blindness = v.see(now, silence, node_silence, cfg.settle_after_blindness);
+        let agent_silence = verdict::agent_watch_silence(&v.facts, &cfg.thresholds);
+        v.facts.agents_hidden = v.sight.agents_hidden(now, &v.facts, agent_silence);
         let can_see_at_all = v.sight.nodes.synced && v.sight.leases.synced;
         self.readiness.set(
             can_see_at_all
@@ -733,6 +746,7 @@ impl Controller {
         );
         let evaluation = verdict::evaluate(at, &v.facts, &cfg.thresholds, cfg.probe_partition_threshold);
         self.metrics.set_probe_partition(!evaluation.probes_trusted);
+        self.metrics.set_agents(&verdict::agent_reports(at, &v.facts, &cfg.thresholds));
         if !evaluation.probes_trusted && !self.partition_reported {
             warn!(
                 failing = evaluation.probes_failing,
@@ -807,6 +821,7 @@ impl Controller {
             newly_misconfigured,
             records_lost,
             probes_trusted: evaluation.probes_trusted,
+            agent_silence_counts: evaluation.agent_silence_counts,
             judged_at: at,
         }
     }
@@ -1097,6 +1112,7 @@ mod tests {
             newly_misconfigured: Vec::new(),
             records_lost: Vec::new(),
             probes_trusted: true,
+            agent_silence_counts: true,
             judged_at: t(1),
         }
     }

@@ -22,6 +22,7 @@ use k8s_openapi::{
 use serde::Deserialize;
 
 use crate::{
+    agent::{self, Report},
     cadence::{KubeletCadence, StatusCadence},
     names,
 };
@@ -79,6 +80,18 @@ pub struct SlimLease {
     #[serde(default, deserialize_with = "slim_meta")]
     pub metadata: ObjectMeta,
     /// Renew time and holder.
+    #[serde(default)]
+    pub spec: Option<SlimLeaseSpec>,
+}
+
+/// A node agent's Lease (`pulsecheck-agent-<node>` in pulsecheck's namespace, see
+/// [`crate::agent`]) as pulsecheck reads it: name, annotations (the report) and spec.
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct SlimAgentLease {
+    /// Name, namespace, resourceVersion, labels, annotations.
+    #[serde(default, deserialize_with = "slim_meta")]
+    pub metadata: ObjectMeta,
+    /// Renew time, holder (the agent's Pod) and duration.
     #[serde(default)]
     pub spec: Option<SlimLeaseSpec>,
 }
@@ -157,6 +170,7 @@ macro_rules! slim_resource {
 }
 slim_resource!(SlimNode, "Node", "", "v1", "nodes", k8s_openapi::ClusterResourceScope);
 slim_resource!(SlimLease, "Lease", "coordination.k8s.io", "v1", "leases", k8s_openapi::NamespaceResourceScope);
+slim_resource!(SlimAgentLease, "Lease", "coordination.k8s.io", "v1", "leases", k8s_openapi::NamespaceResourceScope);
 
 impl SlimNode {
     /// The slim view of a full Node (through its JSON form, exactly as from the apiserver).
@@ -519,6 +533,42 @@ pub struct LeaseFacts {
     pub duration: Option<Duration>,
 }
 
+/// Everything pulsecheck keeps about one node's agent (its Lease, see [`crate::agent`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct AgentFacts {
+    /// `spec.renewTime` and when pulsecheck saw it change: the agent's network loop at work.
+    pub renew: Heartbeat,
+    /// `spec.leaseDurationSeconds`, when sane.
+    pub duration: Option<Duration>,
+    /// The agent Pod holding the Lease.
+    pub holder: Option<String>,
+    /// The report as of the latest renewal, or why it could not be read (data from the
+    /// cluster: a bad report is no evidence, never a panic).
+    pub report: Result<Report, String>,
+}
+
+impl AgentFacts {
+    /// Distils an agent Lease, carrying the renewal's observation time over from `previous`.
+    pub fn observe(lease: &SlimAgentLease, previous: Option<&AgentFacts>, now: Timestamp) -> AgentFacts {
+        let spec = lease.spec.as_ref();
+        let renew_time = spec.and_then(|s| s.renew_time.as_ref()).map(|t| t.0);
+        let report = match lease.metadata.annotations.as_ref().and_then(|a| a.get(agent::REPORT_ANNOTATION)) {
+            Some(value) => Report::from_annotation(value).map_err(|e| format!("annotation {}: {e}", agent::REPORT_ANNOTATION)),
+            None => Err(format!("no annotation {}", agent::REPORT_ANNOTATION)),
+        };
+        AgentFacts {
+            renew: Heartbeat::advance(previous.map(|p| &p.renew), renew_time, now),
+            duration: spec
+                .and_then(|s| s.lease_duration_seconds)
+                .and_then(|s| u64::try_from(s).ok())
+                .filter(|s| *s >= 1)
+                .map(|s| Duration::from_secs(s.min(3600))),
+            holder: spec.and_then(|s| s.holder_identity.clone()),
+            report,
+        }
+    }
+}
+
 /// Which nodes are pulsecheck's to judge: the label selector and the taint key it owns.
 #[derive(Debug, Clone, Default)]
 pub struct Scope {
@@ -716,6 +766,13 @@ pub struct FleetFacts {
     pub leases: HashMap<NodeName, LeaseFacts>,
     /// Kubelet probe records by node name.
     pub probes: HashMap<NodeName, ProbeFacts>,
+    /// Node agents' reports by node name (empty unless the opt-in agent runs).
+    pub agents: HashMap<NodeName, AgentFacts>,
+    /// Why the agents' reports cannot be relied on right now, if they cannot: their watch has
+    /// not listed them, fails, or went silent while agents exist (set by
+    /// [`crate::observe::View::see`]). Their reports are then no evidence either way, and health
+    /// on a node with an agent is not confirmed.
+    pub agents_hidden: Option<String>,
 }
 
 impl FleetFacts {
@@ -812,6 +869,30 @@ impl FleetFacts {
         self.leases.remove(name);
     }
 
+    /// Applies an agent Lease seen by a watch; a Lease whose name is not an agent's is ignored.
+    pub fn apply_agent_lease(&mut self, lease: &SlimAgentLease, now: Timestamp) {
+        let Some(node) = lease.metadata.name.as_deref().and_then(agent::node_of) else { return };
+        let facts = AgentFacts::observe(lease, self.agents.get(node), now);
+        match self.agents.get_mut(node) {
+            Some(existing) => *existing = facts,
+            None => {
+                self.agents.insert(NodeName::from(node), facts);
+            }
+        }
+    }
+
+    /// Forgets a deleted agent Lease (named `lease`).
+    pub fn delete_agent_lease(&mut self, lease: &str) {
+        if let Some(node) = agent::node_of(lease) {
+            self.agents.remove(node);
+        }
+    }
+
+    /// The agent Lease names the view holds, for pruning after a re-list.
+    pub fn agent_lease_names(&self) -> Vec<String> {
+        self.agents.keys().filter_map(|n| agent::lease_name(n)).collect()
+    }
+
     /// Takes the blind spell `from..until` off every age pulsecheck measures from the
     /// apiserver: time it could not see is no evidence of silence. Each observation moves
     /// forward by the part of the spell that came after it — one made before the spell by the
@@ -851,6 +932,9 @@ impl FleetFacts {
         if leases {
             for lease in self.leases.values_mut() {
                 lease.renew.observed_at = shifted(lease.renew.observed_at);
+            }
+            for agent in self.agents.values_mut() {
+                agent.renew.observed_at = shifted(agent.renew.observed_at);
             }
         }
     }
@@ -944,6 +1028,25 @@ pub(crate) mod fixtures {
                 ..Default::default()
             }),
         })
+    }
+
+    /// Node `node`'s agent Lease, renewed at `renew`, reporting `report` (duration 40 s).
+    pub fn agent_lease(node: &str, renew: Timestamp, report: &crate::agent::Report) -> super::SlimAgentLease {
+        let lease = Lease {
+            metadata: ObjectMeta {
+                name: crate::agent::lease_name(node),
+                namespace: Some("pulsecheck".into()),
+                annotations: Some([(crate::agent::REPORT_ANNOTATION.to_string(), report.to_annotation())].into()),
+                ..Default::default()
+            },
+            spec: Some(LeaseSpec {
+                renew_time: Some(MicroTime(renew)),
+                holder_identity: Some(format!("agent-{node}")),
+                lease_duration_seconds: Some(40),
+                ..Default::default()
+            }),
+        };
+        serde_json::to_value(&lease).ok().and_then(|v| serde_json::from_value(v).ok()).unwrap_or_default()
     }
 
     pub fn t(secs: i64) -> Timestamp {

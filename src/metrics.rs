@@ -34,6 +34,7 @@ pub const METRIC_NAMES: &[&str] = &[
     "pulsecheck_probe_partition",
     "pulsecheck_probe_misconfigured",
     "pulsecheck_probe_mode",
+    "pulsecheck_agents",
     "pulsecheck_remediations_total",
     "pulsecheck_verdict_changes_total",
     "pulsecheck_writes_total",
@@ -47,7 +48,7 @@ pub const METRIC_NAMES: &[&str] = &[
 ];
 
 /// Evidence kinds exported as `pulsecheck_node_evidence{evidence=..}`.
-pub const EVIDENCE_KINDS: &[&str] = &["status_stale", "os_image_unknown", "problem_condition", "probe_failing", "lease_stale"];
+pub const EVIDENCE_KINDS: &[&str] = &["status_stale", "os_image_unknown", "problem_condition", "probe_failing", "lease_stale", "agent_disk", "agent_silent"];
 
 /// A remediation action, as a metric label.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -185,6 +186,7 @@ pub struct Metrics {
     circuit_open: IntGauge,
     blind: IntGauge,
     probe_partition: IntGauge,
+    agents: IntGaugeVec,
     probe_misconfigured: IntGauge,
     probe_mode: IntGaugeVec,
     remediations: IntCounterVec,
@@ -242,7 +244,7 @@ impl Metrics {
             Gauge::with_opts(Opts::new("pulsecheck_build_info", "pulsecheck build information; always 1").const_label("version", env!("CARGO_PKG_VERSION")))
                 .expect("valid metric");
         build_info.set(1.0);
-        Metrics {
+        let metrics = Metrics {
             per_node,
             node_verdict: reg(
                 &registry,
@@ -306,6 +308,14 @@ impl Metrics {
                 &registry,
                 gauge("pulsecheck_probe_partition", "1 while probes fail for more than the partition threshold of live nodes: probe evidence is ignored"),
             ),
+            agents: reg(
+                &registry,
+                gauge_vec(
+                    "pulsecheck_agents",
+                    "Node agents (pulsecheck-agent Leases) per report: ok, starting, hung, failing, silent, terminating, unreadable, hidden (their watch cannot be relied on)",
+                    &["report"],
+                ),
+            ),
             probe_misconfigured: reg(
                 &registry,
                 gauge("pulsecheck_probe_misconfigured", "1 while kubelets answer probes with 401/403: pulsecheck lacks permission (nodes/healthz get)"),
@@ -364,7 +374,10 @@ impl Metrics {
             leader: reg(&registry, gauge("pulsecheck_leader", "1 while this instance holds leadership and may act")),
             _build_info: reg(&registry, build_info),
             registry,
-        }
+        };
+        // Zero until agents report: a dashboard shows "no agents", not "no data".
+        metrics.set_agents(&crate::verdict::AGENT_REPORTS.map(|r| (r, 0)));
+        metrics
     }
 
     /// The registry, for tests and the admin server.
@@ -459,6 +472,13 @@ impl Metrics {
     /// Sets the probe partition gauge.
     pub fn set_probe_partition(&self, partition: bool) {
         self.probe_partition.set(i64::from(partition));
+    }
+
+    /// Publishes how many node agents report what ([`crate::verdict::agent_reports`]).
+    pub fn set_agents(&self, counts: &[(&'static str, usize)]) {
+        for (report, n) in counts {
+            self.agents.with_label_values(&[report]).set(*n as i64);
+        }
     }
 
     /// Sets the state set of the probe mode in force (`ProbeMode` names as on the command line).

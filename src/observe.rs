@@ -32,7 +32,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use crate::{
-    facts::{FleetFacts, NodeFacts, Scope, SlimLease, SlimNode},
+    facts::{FleetFacts, NodeFacts, Scope, SlimAgentLease, SlimLease, SlimNode},
     metrics::Metrics,
 };
 
@@ -111,6 +111,10 @@ pub struct Sight {
     pub nodes: WatchSight,
     /// The Lease watch (namespace kube-node-lease).
     pub leases: WatchSight,
+    /// The agent Lease watch (pulsecheck's namespace). Not part of blindness: the agents are
+    /// opt-in extra evidence, and while their watch cannot be relied on their reports simply
+    /// count for nothing ([`Sight::agents_hidden`]).
+    pub agents: WatchSight,
     /// When both watches last became synced after a blind spell.
     pub regained_at: Option<Timestamp>,
     /// The first sync after start-up counts as regained too, but needs no settling: there was no gap.
@@ -203,6 +207,24 @@ impl Sight {
             }
         }
         None
+    }
+
+    /// Why the agents' reports cannot be relied on at `now`, if they cannot: their watch has not
+    /// listed them, failed within `silence`, or delivered nothing for `silence` while agents
+    /// exist (every agent renews several times within its Lease's duration).
+    pub fn agents_hidden(&self, now: Timestamp, facts: &FleetFacts, silence: Duration) -> Option<String> {
+        let silence = SignedDuration::try_from(silence).unwrap_or(SignedDuration::MAX);
+        let w = &self.agents;
+        if !w.synced {
+            return Some("the agent Lease watch has not listed them yet".into());
+        }
+        if let Some((e, at)) = &w.error
+            && now.duration_since(*at) < silence
+        {
+            return Some(format!("the agent Lease watch fails: {e}"));
+        }
+        let quiet = w.last_event.map_or(SignedDuration::MAX, |t| now.duration_since(t));
+        (!facts.agents.is_empty() && quiet >= silence).then(|| format!("the agent Lease watch delivered nothing for {}s", quiet.as_secs()))
     }
 
     /// The instant up to which pulsecheck knows it saw everything: the Lease watch's latest
@@ -430,6 +452,19 @@ fn watcher_config() -> watcher::Config {
     watcher::Config::default().page_size(500)
 }
 
+impl Watched for SlimAgentLease {
+    const RESOURCE: &'static str = "agent_leases";
+    fn sight(view: &mut View) -> &mut WatchSight {
+        &mut view.sight.agents
+    }
+    fn forget(name: &str, view: &mut View, _: &Metrics) {
+        view.facts.delete_agent_lease(name);
+    }
+    fn known(view: &View) -> Vec<String> {
+        view.facts.agent_lease_names()
+    }
+}
+
 /// What differs between the Node and the Lease watch, besides how an object becomes facts.
 trait Watched: kube::Resource<DynamicType = ()> + Clone + serde::de::DeserializeOwned + std::fmt::Debug + Send + 'static {
     /// `nodes` or `leases`, for logs and metrics.
@@ -479,8 +514,15 @@ impl<K: Watched, F: Fn(&K, &mut View, Timestamp)> RelistStore<K> for InView<'_, 
 /// watch's sight. `apply` turns an object into facts (nodes need their scope, leases do not). A
 /// re-list re-applies every object (unchanged values keep their observation times) and then
 /// forgets the objects it no longer contains.
-async fn run_watch<K: Watched>(api: Api<K>, view: SharedView, metrics: Metrics, shutdown: CancellationToken, apply: impl Fn(&K, &mut View, Timestamp)) {
-    let stream = watcher(api, watcher_config()).default_backoff();
+async fn run_watch<K: Watched>(
+    api: Api<K>,
+    config: watcher::Config,
+    view: SharedView,
+    metrics: Metrics,
+    shutdown: CancellationToken,
+    apply: impl Fn(&K, &mut View, Timestamp),
+) {
+    let stream = watcher(api, config).default_backoff();
     let mut stream = std::pin::pin!(stream);
     let mut relist = Relist::default();
     loop {
@@ -513,7 +555,10 @@ async fn run_watch<K: Watched>(api: Api<K>, view: SharedView, metrics: Metrics, 
                 let sight = K::sight(&mut v);
                 sight.synced = true;
                 sight.error = None;
-                v.sight.synced_now(now);
+                if K::RESOURCE != SlimAgentLease::RESOURCE {
+                    // The agents are extra evidence: their re-list is no regained sight to settle after.
+                    v.sight.synced_now(now);
+                }
                 info!(resource = K::RESOURCE, objects = listed, "watch synced");
             }
         }
@@ -542,7 +587,7 @@ impl Watched for SlimNode {
 
 /// Watches every Node until `shutdown`, applying each to the view.
 pub async fn watch_nodes(api: Api<SlimNode>, view: SharedView, scope: Scope, metrics: Metrics, shutdown: CancellationToken) {
-    run_watch(api, view, metrics, shutdown, move |node: &SlimNode, v: &mut View, now| {
+    run_watch(api, watcher_config(), view, metrics, shutdown, move |node: &SlimNode, v: &mut View, now| {
         v.facts.apply_node(node, &scope, now);
         v.sight.node_delivered(node);
     })
@@ -551,7 +596,14 @@ pub async fn watch_nodes(api: Api<SlimNode>, view: SharedView, scope: Scope, met
 
 /// Watches the Leases in kube-node-lease until `shutdown`, applying each to the view.
 pub async fn watch_leases(api: Api<SlimLease>, view: SharedView, metrics: Metrics, shutdown: CancellationToken) {
-    run_watch(api, view, metrics, shutdown, |lease: &SlimLease, v: &mut View, now| v.facts.apply_lease(lease, now)).await
+    run_watch(api, watcher_config(), view, metrics, shutdown, |lease: &SlimLease, v: &mut View, now| v.facts.apply_lease(lease, now)).await
+}
+
+/// Watches the node agents' Leases (labelled `app.kubernetes.io/component=agent`) in pulsecheck's
+/// own namespace until `shutdown`, applying each to the view.
+pub async fn watch_agent_leases(api: Api<SlimAgentLease>, view: SharedView, metrics: Metrics, shutdown: CancellationToken) {
+    let config = watcher_config().labels(&format!("{}={}", crate::agent::COMPONENT_LABEL, crate::agent::COMPONENT));
+    run_watch(api, config, view, metrics, shutdown, |lease: &SlimAgentLease, v: &mut View, now| v.facts.apply_agent_lease(lease, now)).await
 }
 
 #[cfg(test)]
@@ -565,7 +617,29 @@ mod tests {
 
     fn synced(at: i64) -> Sight {
         let w = WatchSight { synced: true, last_event: Some(t(at)), error: None, longest_gap: None };
-        Sight { nodes: w.clone(), leases: w, regained_at: None, ever_synced: true, spell: None, node_lag: None }
+        Sight { nodes: w.clone(), leases: w.clone(), agents: w, regained_at: None, ever_synced: true, spell: None, node_lag: None }
+    }
+
+    #[test]
+    fn agent_reports_are_hidden_while_their_watch_is_unsynced_failing_or_silent_but_never_blind_pulsecheck() {
+        let mut facts = fleet_with_lease();
+        let ok = crate::agent::Report { disk: crate::agent::DiskHealth::Ok, terminating: false };
+        facts.apply_agent_lease(&agent_lease("n", t(0), &ok), t(0));
+        let mut s = synced(0);
+        assert_eq!(s.agents_hidden(t(10), &facts, SILENCE), None);
+        let silent = s.agents_hidden(t(60), &facts, SILENCE).unwrap();
+        assert!(silent.contains("delivered nothing for 60s"), "{silent}");
+        s.agents.error = Some(("leases is forbidden".into(), t(5)));
+        assert!(s.agents_hidden(t(10), &facts, SILENCE).unwrap().contains("forbidden"));
+        s.agents.synced = false;
+        assert!(s.agents_hidden(t(10), &facts, SILENCE).is_some());
+        // Its failure is no reason for pulsecheck to stop seeing nodes.
+        s.leases.last_event = Some(t(10));
+        s.nodes.last_event = Some(t(10));
+        assert_eq!(s.blindness(t(10), &facts, SILENCE, NODE_SILENCE, SETTLE), None);
+        // With no agents at all, a quiet agent watch hides nothing.
+        s.agents = WatchSight { synced: true, last_event: Some(t(0)), error: None, longest_gap: None };
+        assert_eq!(s.agents_hidden(t(600), &fleet_with_lease(), SILENCE), None);
     }
 
     fn fleet_with_lease() -> FleetFacts {

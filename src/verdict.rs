@@ -33,8 +33,9 @@ use k8s_openapi::jiff::{SignedDuration, Timestamp};
 use serde::Serialize;
 
 use crate::{
+    agent::DiskHealth,
     cadence::StatusThreshold,
-    facts::{FleetFacts, LeaseFacts, NodeFacts, ProbeFacts, ProbeOutcome, ReadyState},
+    facts::{AgentFacts, FleetFacts, LeaseFacts, NodeFacts, ProbeFacts, ProbeOutcome, ReadyState},
     parse::{Contradiction, below, positive_duration},
 };
 
@@ -112,6 +113,11 @@ pub enum Evidence {
     /// pulsecheck first saw the Lease `for_seconds` ago and has not seen it renewed yet: it
     /// cannot tell a live Lease from a dead one before a renewal or `--lease-grace`.
     NotObservedYet { for_seconds: i64 },
+    /// The node's agent, still renewing its own Lease, reports a disk operation on `path` hung
+    /// (`problem` "hung") or failing (`problem` the error) for `for_seconds`.
+    AgentDisk { path: String, operation: String, problem: String, for_seconds: i64 },
+    /// The node's agent stopped renewing its Lease `for_seconds` ago while the kubelet's renews.
+    AgentSilent { for_seconds: i64 },
 }
 
 impl Evidence {
@@ -126,6 +132,8 @@ impl Evidence {
             Evidence::NoLease => "no_lease",
             Evidence::NotClaimingReady { .. } => "not_claiming_ready",
             Evidence::NotObservedYet { .. } => "not_observed_yet",
+            Evidence::AgentDisk { .. } => "agent_disk",
+            Evidence::AgentSilent { .. } => "agent_silent",
         }
     }
 }
@@ -149,6 +157,15 @@ impl std::fmt::Display for Evidence {
             Evidence::NotClaimingReady { ready, reason } => write!(f, "Ready={} ({reason})", ready.as_str()),
             Evidence::NotObservedYet { for_seconds } => {
                 write!(f, "Lease first seen {} ago and not yet seen renewed: not judged before it renews or --lease-grace passes", human(*for_seconds))
+            }
+            Evidence::AgentDisk { path, operation, problem, for_seconds } if problem == "hung" => {
+                write!(f, "pulsecheck-agent: {operation} of {path} hung for {}", human(*for_seconds))
+            }
+            Evidence::AgentDisk { path, operation, problem, for_seconds } => {
+                write!(f, "pulsecheck-agent: {operation} of {path} failing for {}: {problem}", human(*for_seconds))
+            }
+            Evidence::AgentSilent { for_seconds } => {
+                write!(f, "pulsecheck-agent's Lease not renewed for {} while the kubelet's is", human(*for_seconds))
             }
         }
     }
@@ -233,6 +250,9 @@ pub struct ThresholdArgs {
         default_value = "ReadonlyFilesystem,KernelDeadlock,FilesystemCorruption"
     )]
     pub problem_conditions: Vec<String>,
+    /// A node agent (pulsecheck-agent) that keeps renewing its Lease and reports a disk operation hung or failing for this long is conclusive on its own; shorter, it is supporting.
+    #[arg(long, env = "PULSECHECK_AGENT_DISK_AFTER", value_name = "DURATION", default_value = "30s", value_parser = positive_duration)]
+    pub agent_disk_after: Duration,
 }
 
 impl ThresholdArgs {
@@ -245,6 +265,7 @@ impl ThresholdArgs {
             lease_grace: self.lease_grace,
             status_stale_after: self.status_stale_after,
             os_image_unknown_after: self.os_image_unknown_after,
+            agent_disk_after: self.agent_disk_after,
             ..Thresholds::default()
         })
     }
@@ -270,6 +291,8 @@ pub struct Thresholds {
     pub probe_zombie_after: Duration,
     /// A probe record older than this is ignored (results expire).
     pub probe_result_ttl: Duration,
+    /// An agent reporting its disk hung or failing this long is conclusive.
+    pub agent_disk_after: Duration,
 }
 
 impl Default for Thresholds {
@@ -281,6 +304,7 @@ impl Default for Thresholds {
             probe_failure_threshold: 3,
             probe_zombie_after: Duration::from_secs(180),
             probe_result_ttl: Duration::from_secs(90),
+            agent_disk_after: Duration::from_secs(30),
         }
     }
 }
@@ -319,9 +343,125 @@ fn at_least(d: SignedDuration, threshold: Duration) -> bool {
     SignedDuration::try_from(threshold).is_ok_and(|t| d >= t)
 }
 
+/// What the node's agent (the opt-in `pulsecheck-agent`, [`crate::agent`]) lets a verdict see.
+#[derive(Debug, Clone, Copy)]
+pub enum AgentSight<'a> {
+    /// No agent Lease for the node: an agent absent (not installed, not scheduled there, its Pod
+    /// deleted and its Lease collected with it) is no evidence at all.
+    Absent,
+    /// The node has an agent, but its reports cannot be relied on now (their watch is broken):
+    /// no evidence either way, and the node's health is not confirmed.
+    Hidden(&'a str),
+    /// The agent's facts; `silence_counts` is false during an agent partition (most agents
+    /// silent at once: pulsecheck's watch, the agents' RBAC or their DaemonSet, not the nodes).
+    Seen(&'a AgentFacts, bool),
+}
+
+impl<'a> AgentSight<'a> {
+    /// Node `name`'s agent as [`evaluate`] sees it in `facts`.
+    pub fn of(facts: &'a FleetFacts, name: &str, silence_counts: bool) -> AgentSight<'a> {
+        match (facts.agents.get(name), facts.agents_hidden.as_deref()) {
+            (None, _) => AgentSight::Absent,
+            (Some(_), Some(why)) => AgentSight::Hidden(why),
+            (Some(a), None) => AgentSight::Seen(a, silence_counts),
+        }
+    }
+}
+
+/// How long an agent Lease may go unrenewed and still count as alive: a quarter more than its
+/// own duration (the agent renews several times within it), else `--lease-grace`.
+fn agent_grace(agent: &AgentFacts, th: &Thresholds) -> Duration {
+    agent.duration.map_or(th.lease_grace, |d| d + d / 4)
+}
+
+/// How long the agent Lease watch may deliver nothing while agents exist: the shortest agent
+/// grace (every agent renews several times within it).
+pub fn agent_watch_silence(facts: &FleetFacts, th: &Thresholds) -> Duration {
+    facts.agents.values().map(|a| agent_grace(a, th)).min().unwrap_or(th.lease_grace)
+}
+
+/// The reports a node agent can be counted under in `pulsecheck_agents`.
+pub const AGENT_REPORTS: [&str; 8] = ["ok", "starting", "hung", "failing", "silent", "terminating", "unreadable", "hidden"];
+
+/// How many agents report what at `now`, in [`AGENT_REPORTS`] order.
+pub fn agent_reports(now: Timestamp, facts: &FleetFacts, th: &Thresholds) -> Vec<(&'static str, usize)> {
+    let mut counts: Vec<(&'static str, usize)> = AGENT_REPORTS.iter().map(|r| (*r, 0)).collect();
+    for a in facts.agents.values() {
+        let report = match &a.report {
+            _ if facts.agents_hidden.is_some() => "hidden",
+            Err(_) => "unreadable",
+            Ok(r) if r.terminating => "terminating",
+            Ok(_) if at_least(age(now, a.renew.observed_at), agent_grace(a, th)) => "silent",
+            Ok(r) => match r.disk {
+                DiskHealth::Ok => "ok",
+                DiskHealth::Starting => "starting",
+                DiskHealth::Hung { .. } => "hung",
+                DiskHealth::Failing { .. } => "failing",
+            },
+        };
+        if let Some(c) = counts.iter_mut().find(|(r, _)| *r == report) {
+            c.1 += 1;
+        }
+    }
+    counts
+}
+
+/// True when `agent` is silent in a way that counts: it was seen renewing, it did not say it was
+/// going away, and it has not renewed within its grace.
+fn agent_silent(now: Timestamp, agent: &AgentFacts, th: &Thresholds) -> bool {
+    agent.renew.seen_changing && !agent.report.as_ref().is_ok_and(|r| r.terminating) && at_least(age(now, agent.renew.observed_at), agent_grace(agent, th))
+}
+
+/// What the agent says of the node: evidence (and whether it is conclusive), and why it does
+/// not confirm the node's health when it does not. An agent that renews and reports its disk
+/// loop hung or failing is the one thing that can condemn a node before its kubelet's report
+/// period; everything else it can say (starting, terminating, unreadable, silent) is weak: the
+/// agent may have been evicted, OOM-killed or upgraded, which says nothing about the node.
+fn agent_evidence(now: Timestamp, agent: AgentSight<'_>, th: &Thresholds) -> (Option<(Evidence, bool)>, Option<&'static str>) {
+    let (a, silence_counts) = match agent {
+        AgentSight::Absent => return (None, None),
+        AgentSight::Hidden(_) => return (None, Some("the node's agent reports cannot be seen")),
+        AgentSight::Seen(a, silence_counts) => (a, silence_counts),
+    };
+    let report = match &a.report {
+        Ok(r) if r.terminating => return (None, Some("the node's agent is terminating")),
+        Ok(r) => r,
+        Err(_) => return (None, Some("the node's agent report cannot be read")),
+    };
+    let since_renewal = age(now, a.renew.observed_at);
+    if at_least(since_renewal, agent_grace(a, th)) {
+        let silent = (agent_silent(now, a, th) && silence_counts).then(|| (Evidence::AgentSilent { for_seconds: since_renewal.as_secs() }, false));
+        return (silent, Some("the node's agent stopped renewing"));
+    }
+    if !a.renew.seen_changing {
+        // First sight (a restart of pulsecheck): the report may be a dead agent's last word.
+        return (None, Some("the node's agent has not been seen renewing yet"));
+    }
+    let (path, operation, problem, reported) = match &report.disk {
+        DiskHealth::Ok => return (None, None),
+        DiskHealth::Starting => return (None, Some("the node's agent has not finished its first disk check")),
+        DiskHealth::Hung { path, operation, for_seconds } => (path, operation, "hung".to_string(), *for_seconds),
+        DiskHealth::Failing { path, operation, error, for_seconds } => (path, operation, error.clone(), *for_seconds),
+    };
+    // The report is as of the renewal pulsecheck saw; the agent renews at once when its disk
+    // state changes, so until the next renewal the trouble has lasted that much longer.
+    let for_seconds = i64::try_from(reported).unwrap_or(i64::MAX).saturating_add(since_renewal.as_secs().max(0));
+    let conclusive = u64::try_from(for_seconds).is_ok_and(|s| s >= th.agent_disk_after.as_secs());
+    let evidence = Evidence::AgentDisk { path: path.clone(), operation: operation.clone(), problem, for_seconds };
+    (Some((evidence, conclusive)), Some("the node's agent reports its disk in trouble"))
+}
+
 /// Judges one node. `probes_trusted` is false during a probe partition: probe evidence is
 /// then ignored entirely.
-pub fn assess(now: Timestamp, node: &NodeFacts, lease: Option<&LeaseFacts>, probe: Option<&ProbeFacts>, th: &Thresholds, probes_trusted: bool) -> Assessment {
+pub fn assess(
+    now: Timestamp,
+    node: &NodeFacts,
+    lease: Option<&LeaseFacts>,
+    probe: Option<&ProbeFacts>,
+    agent: AgentSight<'_>,
+    th: &Thresholds,
+    probes_trusted: bool,
+) -> Assessment {
     if node.excluded_by_label || !node.selected {
         return Assessment::new(Verdict::Excluded, vec![]);
     }
@@ -403,6 +543,15 @@ pub fn assess(now: Timestamp, node: &NodeFacts, lease: Option<&LeaseFacts>, prob
         }
         evidence.push(failing);
     }
+    let (agent_said, agent_unconfirmed) = agent_evidence(now, agent, th);
+    if let Some((said, is_conclusive)) = agent_said {
+        if is_conclusive {
+            conclusive += 1;
+        } else {
+            supporting_kinds += 1;
+        }
+        evidence.push(said);
+    }
     let verdict = if conclusive > 0 || supporting_kinds >= 2 {
         Verdict::Zombie
     } else if supporting_kinds == 1 {
@@ -412,7 +561,7 @@ pub fn assess(now: Timestamp, node: &NodeFacts, lease: Option<&LeaseFacts>, prob
     };
     let mut assessment = Assessment::new(verdict, evidence);
     if verdict == Verdict::Healthy {
-        assessment.unconfirmed = probe.and_then(|p| unconfirmed_by_probes(now, p, th, probes_trusted));
+        assessment.unconfirmed = probe.and_then(|p| unconfirmed_by_probes(now, p, th, probes_trusted)).or(agent_unconfirmed);
     }
     // A Zombie rests on what pulsecheck saw for itself (a status it watched not change for the
     // whole threshold, osImage turning, probes failing); the milder verdicts, on a status never
@@ -486,14 +635,23 @@ pub struct Evaluation {
     pub probes_failing: usize,
     /// Live nodes with a recent probe result.
     pub probes_recent: usize,
+    /// False during an agent partition (agents' silence ignored, see [`agent_silence_counts`]).
+    pub agent_silence_counts: bool,
 }
 
 /// Judges every node: one evaluation pass, the controller's tick and `check`'s core.
 pub fn evaluate(now: Timestamp, facts: &FleetFacts, th: &Thresholds, partition_threshold_percent: f64) -> Evaluation {
     let (probes_trusted, probes_failing, probes_recent) = probe_partition(now, facts, th, partition_threshold_percent);
-    let assessments =
-        facts.nodes.iter().map(|(name, n)| (name.clone(), assess(now, n, facts.leases.get(name), facts.probes.get(name), th, probes_trusted))).collect();
-    Evaluation { assessments, probes_trusted, probes_failing, probes_recent }
+    let silence_counts = agent_silence_counts(now, facts, th, partition_threshold_percent);
+    let assessments = facts
+        .nodes
+        .iter()
+        .map(|(name, n)| {
+            let agent = AgentSight::of(facts, name, silence_counts);
+            (name.clone(), assess(now, n, facts.leases.get(name), facts.probes.get(name), agent, th, probes_trusted))
+        })
+        .collect();
+    Evaluation { assessments, probes_trusted, probes_failing, probes_recent, agent_silence_counts: silence_counts }
 }
 
 /// Judges node `name` alone, as [`evaluate`] would (the probe partition computed over the
@@ -501,7 +659,24 @@ pub fn evaluate(now: Timestamp, facts: &FleetFacts, th: &Thresholds, partition_t
 pub fn assess_node(now: Timestamp, facts: &FleetFacts, name: &str, th: &Thresholds, partition_threshold_percent: f64) -> Option<Assessment> {
     let node = facts.nodes.get(name)?;
     let (trusted, _, _) = probe_partition(now, facts, th, partition_threshold_percent);
-    Some(assess(now, node, facts.leases.get(name), facts.probes.get(name), th, trusted))
+    let agent = AgentSight::of(facts, name, agent_silence_counts(now, facts, th, partition_threshold_percent));
+    Some(assess(now, node, facts.leases.get(name), facts.probes.get(name), agent, th, trusted))
+}
+
+/// Whether an agent's silence may count as evidence: not while more than
+/// `partition_threshold_percent` of the agents on nodes whose kubelet Leases are alive are silent
+/// at once (at least two of them) — a DaemonSet rolled or broken, the agents' RBAC or admission
+/// policy refusing them, or pulsecheck's own watch, not that many nodes.
+pub fn agent_silence_counts(now: Timestamp, facts: &FleetFacts, th: &Thresholds, partition_threshold_percent: f64) -> bool {
+    let mut agents = 0usize;
+    let mut silent = 0usize;
+    for (name, agent) in &facts.agents {
+        if facts.leases.get(name).is_some_and(|l| th.lease_alive(now, l)) {
+            agents += 1;
+            silent += usize::from(agent_silent(now, agent, th));
+        }
+    }
+    silent < 2 || (silent as f64) * 100.0 <= partition_threshold_percent * agents as f64
 }
 
 /// Probe evidence, when the failures reached the threshold and the latest result is recent.
@@ -581,6 +756,28 @@ mod tests {
             self.facts.apply_lease(&lease("n", t(renew)), t(at));
             self
         }
+        /// Node `n`'s agent renewing at `at` (its clock three hours ahead) with `disk`.
+        fn agent(&mut self, at: i64, disk: DiskHealth) -> &mut Self {
+            self.agent_report(at, crate::agent::Report { disk, terminating: false })
+        }
+        fn agent_report(&mut self, at: i64, report: crate::agent::Report) -> &mut Self {
+            self.facts.apply_agent_lease(&agent_lease("n", t(at + 3 * 3600), &report), t(at));
+            self
+        }
+        /// A healthy node `n` observed from 0 to `to`: status every 60 s, Lease every 10 s, its
+        /// agent reporting ok every 10 s.
+        fn healthy_with_agent(&mut self, to: i64) -> &mut Self {
+            let mut s = 0;
+            while s <= to {
+                if s % 60 == 0 {
+                    self.node(s, node("n").ready_at(t(s)));
+                }
+                self.lease(s, s);
+                self.agent(s, DiskHealth::Ok);
+                s += 10;
+            }
+            self
+        }
         /// A kubelet renewing its lease every 10 s from `from` to `to`.
         fn renewing(&mut self, from: i64, to: i64) -> &mut Self {
             let mut s = from;
@@ -595,7 +792,7 @@ mod tests {
                 assert!(*at <= t(now), "judged at {now} with a probe result ({outcome:?}) from {at}: a test must not look into the future");
             }
             let n = &self.facts.nodes["n"];
-            assess(t(now), n, self.facts.leases.get("n"), self.facts.probes.get("n"), &self.th, true)
+            assess(t(now), n, self.facts.leases.get("n"), self.facts.probes.get("n"), AgentSight::of(&self.facts, "n", true), &self.th, true)
         }
     }
 
@@ -1153,7 +1350,7 @@ mod tests {
         w.facts.record_probe("n", ProbeOutcome::Success, t(20), ttl);
         assert_eq!(w.at(21).unconfirmed, None);
         // During a probe partition the same record confirms nothing.
-        let during_partition = assess(t(21), &w.facts.nodes["n"], w.facts.leases.get("n"), w.facts.probes.get("n"), &w.th, false);
+        let during_partition = assess(t(21), &w.facts.nodes["n"], w.facts.leases.get("n"), w.facts.probes.get("n"), AgentSight::Absent, &w.th, false);
         assert_eq!((during_partition.verdict, during_partition.unconfirmed.is_some()), (Verdict::Healthy, true));
         // An expired result, or a failure below the threshold, confirms nothing either.
         assert!(w.at(20 + ttl.as_secs() as i64).unconfirmed.is_some());
@@ -1222,5 +1419,121 @@ mod tests {
     fn explanations_read_like_sentences() {
         let a = Assessment::new(Verdict::Zombie, vec![Evidence::StatusStale { for_seconds: 630 }, Evidence::OsImageUnknown { for_seconds: 150, turned: true }]);
         assert_eq!(a.explain(), "NodeStatus not refreshed for 10m 30s; osImage turned \"Unknown\" 2m 30s ago");
+    }
+
+    fn hung(for_seconds: u64) -> DiskHealth {
+        DiskHealth::Hung { path: "/etc/os-release".into(), operation: "read".into(), for_seconds }
+    }
+
+    #[test]
+    fn an_agent_that_renews_and_reports_its_disk_hung_condemns_the_node_once_the_hang_lasted_agent_disk_after() {
+        let mut w = World::new();
+        w.healthy_with_agent(120);
+        assert_eq!(w.at(125).verdict, Verdict::Healthy);
+        assert_eq!(w.at(125).unconfirmed, None, "an agent reporting ok confirms the node's health");
+        // The read began at 118, hung past the agent's 10 s deadline: the agent renews at once.
+        w.agent(130, hung(12));
+        w.lease(130, 130);
+        let early = w.at(131);
+        assert_eq!(early.verdict, Verdict::Suspect, "a hang shorter than --agent-disk-after is supporting: {early:?}");
+        // No renewal since: the hang has lasted 12 s + what pulsecheck has seen since.
+        w.lease(140, 140);
+        let a = w.at(148);
+        assert_eq!(a.verdict, Verdict::Zombie, "{a:?}");
+        assert_eq!(a.evidence, vec![Evidence::AgentDisk { path: "/etc/os-release".into(), operation: "read".into(), problem: "hung".into(), for_seconds: 30 }]);
+        assert_eq!(a.explain(), "pulsecheck-agent: read of /etc/os-release hung for 30s");
+        // The disk comes back: the agent says so at once, and nothing condemns the node.
+        w.agent(150, DiskHealth::Ok);
+        assert_eq!(w.at(151).verdict, Verdict::Healthy);
+    }
+
+    #[test]
+    fn an_agent_whose_disk_loop_keeps_failing_names_the_path_and_the_error() {
+        let mut w = World::new();
+        w.healthy_with_agent(60);
+        let failing = |s| DiskHealth::Failing {
+            path: "/var/lib/kubelet/pulsecheck-agent/heartbeat".into(),
+            operation: "fsync".into(),
+            error: "Input/output error (os error 5)".into(),
+            for_seconds: s,
+        };
+        w.agent(65, failing(0)).lease(65, 65);
+        assert_eq!(w.at(66).verdict, Verdict::Suspect);
+        w.agent(75, failing(10)).lease(75, 75).agent(85, failing(20)).lease(85, 85).agent(95, failing(30)).lease(95, 95);
+        let a = w.at(96);
+        assert_eq!(a.verdict, Verdict::Zombie, "{a:?}");
+        assert_eq!(a.explain(), "pulsecheck-agent: fsync of /var/lib/kubelet/pulsecheck-agent/heartbeat failing for 31s: Input/output error (os error 5)");
+    }
+
+    #[test]
+    fn an_agent_that_stops_renewing_is_supporting_only_and_one_going_away_is_no_evidence() {
+        let mut w = World::new();
+        w.healthy_with_agent(100);
+        w.renewing(110, 300).node(120, node("n").ready_at(t(120))).node(180, node("n").ready_at(t(180))).node(240, node("n").ready_at(t(240)));
+        // 50 s of grace (a quarter more than its 40 s Lease): still alive at 145.
+        assert_eq!(w.at(145).verdict, Verdict::Healthy);
+        let silent = w.at(200);
+        assert_eq!(silent.verdict, Verdict::Suspect, "an agent evicted or OOM-killed condemns nobody: {silent:?}");
+        assert_eq!(silent.evidence, vec![Evidence::AgentSilent { for_seconds: 100 }]);
+        // An agent that said it was going away (a rollout) is silent for a reason.
+        let mut w = World::new();
+        w.healthy_with_agent(100);
+        w.agent_report(105, crate::agent::Report { disk: DiskHealth::Ok, terminating: true });
+        w.renewing(110, 300).node(120, node("n").ready_at(t(120))).node(180, node("n").ready_at(t(180))).node(240, node("n").ready_at(t(240)));
+        let gone = w.at(250);
+        assert_eq!((gone.verdict, gone.unconfirmed), (Verdict::Healthy, Some("the node's agent is terminating")));
+        // Its Lease collected with its Pod: an absent agent is no evidence at all.
+        w.facts.delete_agent_lease(&crate::agent::lease_name("n").unwrap());
+        assert_eq!((w.at(250).verdict, w.at(250).unconfirmed), (Verdict::Healthy, None));
+    }
+
+    #[test]
+    fn an_agent_report_first_seen_or_hidden_by_a_broken_watch_is_no_evidence_and_confirms_nothing() {
+        // pulsecheck starts and lists an agent Lease whose report says hung: maybe a dead agent's
+        // last word. Nothing until it is seen renewing.
+        let mut w = World::new();
+        w.renewing(0, 100).node(0, node("n").ready_at(t(0))).node(60, node("n").ready_at(t(60)));
+        w.agent(0, hung(600));
+        let first = w.at(30);
+        assert_ne!(first.verdict, Verdict::Zombie, "{first:?}");
+        assert_eq!(first.unconfirmed, Some("the node's agent has not been seen renewing yet"));
+        w.agent(40, hung(640));
+        assert_eq!(w.at(41).verdict, Verdict::Zombie);
+        // The agent watch broken: its reports count for nothing either way.
+        w.facts.agents_hidden = Some("the agent Lease watch fails: 403".into());
+        let hidden = evaluate(t(41), &w.facts, &w.th, 50.0).assessments["n"].clone();
+        assert_eq!((hidden.verdict, hidden.unconfirmed), (Verdict::Healthy, Some("the node's agent reports cannot be seen")));
+        assert!(!hidden.healthy_on_evidence(), "health on hidden agent reports never releases a node");
+    }
+
+    #[test]
+    fn most_agents_silent_at_once_is_an_agent_partition_not_evidence_against_each_node() {
+        let mut facts = FleetFacts::default();
+        let th = Thresholds::default();
+        let names = ["a", "b", "c", "d"];
+        for s in (0..=300).step_by(10) {
+            for n in names {
+                if s % 60 == 0 {
+                    facts.apply_node(&node(n).ready_at(t(s)).build(), &scope(), t(s));
+                }
+                facts.apply_lease(&lease(n, t(s)), t(s));
+                // Agents renew until 100; then a, b and c fall silent (their DaemonSet broken).
+                if s <= 100 || n == "d" {
+                    facts.apply_agent_lease(&agent_lease(n, t(s), &crate::agent::Report { disk: DiskHealth::Ok, terminating: false }), t(s));
+                }
+            }
+        }
+        let e = evaluate(t(300), &facts, &th, 50.0);
+        assert!(!e.agent_silence_counts);
+        assert!(names.iter().all(|n| e.assessments[*n].verdict == Verdict::Healthy), "{:?}", e.assessments);
+        // One silent agent among four is that node's business (supporting evidence).
+        let mut facts = facts.clone();
+        for n in ["a", "b"] {
+            facts.apply_agent_lease(&agent_lease(n, t(301), &crate::agent::Report { disk: DiskHealth::Ok, terminating: false }), t(301));
+            facts.apply_agent_lease(&agent_lease(n, t(302), &crate::agent::Report { disk: DiskHealth::Ok, terminating: false }), t(302));
+        }
+        let e = evaluate(t(303), &facts, &th, 50.0);
+        assert!(e.agent_silence_counts);
+        assert_eq!(e.assessments["c"].verdict, Verdict::Suspect);
     }
 }
