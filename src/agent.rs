@@ -69,19 +69,21 @@ pub enum DiskHealth {
     Hung {
         /// The file operated on, as seen on the node (host path).
         path: String,
-        /// What was done to it: `read`, `stat`, `write`, `fsync`.
+        /// What was done to it: `read`, `stat`, `mkdir`, `write`, `fsync`.
         operation: String,
         /// How long it has not returned.
         for_seconds: u64,
     },
-    /// Every round for `for_seconds` failed; the latest failure was `error`.
+    /// Every round since the start of the first failed one, `for_seconds` ago, failed; the
+    /// latest failure was `error`.
     #[serde(rename_all = "camelCase")]
     Failing {
         /// The file operated on, as seen on the node (host path).
         path: String,
         /// What was done to it.
         operation: String,
-        /// The error, as the OS put it (`Input/output error (os error 5)`).
+        /// The error, as the OS put it (`Input/output error (os error 5)`), or the agent's own
+        /// for an operation that returned only after its deadline.
         error: String,
         /// Since when (seconds) every round failed.
         for_seconds: u64,

@@ -1,0 +1,497 @@
+//! The network loop: renews the agent's own Lease and carries the disk loop's findings in it.
+//!
+//! Every `--renew-interval` it reads (once, then after a conflict) and replaces the Lease
+//! `pulsecheck-agent-<node>` in the agent's namespace ([`pulsecheck::agent`] is the format):
+//! holder the agent's Pod, `renewTime` now, the annotation
+//! [`REPORT_ANNOTATION`](pulsecheck::agent::REPORT_ANNOTATION) the disk's health at that moment
+//! (with `forSeconds` recomputed), and an ownerReference to the agent's Pod, so deleting the
+//! Pod garbage-collects its Lease. A Lease another (older) Pod holds is taken over. Writes carry
+//! the resourceVersion of the read they were computed from: a 409 means someone else wrote, so
+//! the Lease is read again at the next tick; a 404 means it is gone, so it is created.
+//!
+//! What this loop must never do: touch the disk. It runs on tokio, reads the disk loop's
+//! findings from memory ([`DiskStatus`]), logs through the lossy writer (`log.rs`), and its
+//! program text lives in memory (`pin.rs`); the in-cluster credentials it reads are on the
+//! kubelet's tmpfs. Every API call is bounded by `--request-timeout`, and it uses only the verbs
+//! the agent's Role grants: `leases` get, create and update in its namespace.
+
+use std::{collections::BTreeMap, future::Future, sync::Arc, time::Duration};
+
+use clap::Args;
+use k8s_openapi::{
+    api::coordination::v1::{Lease, LeaseSpec},
+    apimachinery::pkg::apis::meta::v1::{MicroTime, OwnerReference},
+    jiff::Timestamp,
+};
+use kube::{Api, api::PostParams};
+use pulsecheck::{
+    agent::{COMPONENT, COMPONENT_LABEL, DiskHealth, REPORT_ANNOTATION, Report},
+    parse::{Contradiction, below, positive_duration},
+};
+use tokio::time::MissedTickBehavior;
+
+use crate::disk::DiskStatus;
+
+/// Field manager of every write the agent makes.
+pub const FIELD_MANAGER: &str = "pulsecheck-agent";
+
+/// The label every pulsecheck object carries.
+const NAME_LABEL: &str = "app.kubernetes.io/name";
+
+/// Who the agent is and how it keeps its Lease.
+#[derive(Debug, Clone, Args)]
+pub struct LeaseArgs {
+    /// The node this agent runs on (from the Pod's spec.nodeName).
+    #[arg(long, env = "NODE_NAME", value_name = "NODE", value_parser = clap::builder::NonEmptyStringValueParser::new())]
+    pub node_name: String,
+    /// The namespace of the agent's Lease: pulsecheck's (from the Pod's metadata.namespace).
+    #[arg(long, env = "POD_NAMESPACE", value_name = "NAMESPACE", value_parser = clap::builder::NonEmptyStringValueParser::new())]
+    pub namespace: String,
+    /// The agent's Pod: the Lease's holder and owner (from metadata.name).
+    #[arg(long, env = "POD_NAME", value_name = "NAME", value_parser = clap::builder::NonEmptyStringValueParser::new())]
+    pub pod_name: String,
+    /// The agent's Pod's UID, for the Lease's ownerReference (from metadata.uid).
+    #[arg(long, env = "POD_UID", value_name = "UID", value_parser = clap::builder::NonEmptyStringValueParser::new())]
+    pub pod_uid: String,
+    /// How often the Lease is renewed.
+    #[arg(long, env = "PULSECHECK_AGENT_RENEW_INTERVAL", value_name = "DURATION", default_value = "10s", value_parser = positive_duration)]
+    pub renew_interval: Duration,
+    /// The Lease's spec.leaseDurationSeconds: how long a renewal vouches for the agent (rounded up to whole seconds); must be longer than --renew-interval.
+    #[arg(long, env = "PULSECHECK_AGENT_LEASE_DURATION", value_name = "DURATION", default_value = "40s", value_parser = positive_duration)]
+    pub lease_duration: Duration,
+    /// Timeout of every request to the apiserver (and of the last renewal on SIGTERM).
+    #[arg(long, env = "PULSECHECK_AGENT_REQUEST_TIMEOUT", value_name = "DURATION", default_value = "5s", value_parser = positive_duration)]
+    pub request_timeout: Duration,
+}
+
+/// Errors of the network loop and its settings.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The node's name does not fit in a Lease name.
+    #[error("--node-name '{node}' is too long for the agent's Lease name ({len} characters, at most 236)")]
+    NodeNameTooLong { node: String, len: usize },
+    /// Two duration flags contradict each other.
+    #[error(transparent)]
+    Durations(#[from] Contradiction),
+    /// The lease duration does not fit in the Lease.
+    #[error("--lease-duration {0:?} is too long for spec.leaseDurationSeconds")]
+    LeaseDurationTooLong(Duration),
+    /// No cluster configuration (not in a Pod, no kubeconfig).
+    #[error("no cluster configuration: not in a Pod, and no kubeconfig ($KUBECONFIG or ~/.kube/config): {0}")]
+    Config(kube::config::InferConfigError),
+    /// The client cannot be built.
+    #[error("cannot build a Kubernetes client: {0}")]
+    Client(Box<kube::Error>),
+    /// The apiserver refused or failed a request.
+    #[error("{action} Lease {namespace}/{name}: {source}")]
+    Api { action: &'static str, namespace: String, name: String, source: Box<kube::Error> },
+    /// The apiserver did not answer in time.
+    #[error("{action} Lease {namespace}/{name}: no answer within {waited:?}")]
+    Timeout { action: &'static str, namespace: String, name: String, waited: Duration },
+    /// Someone else changed the Lease since it was read; it is read again next time.
+    #[error("Lease {namespace}/{name} changed since it was read; reading it again at the next renewal")]
+    Conflict { namespace: String, name: String },
+}
+
+impl Error {
+    /// The apiserver's answer, if it refused a request.
+    fn status(&self) -> Option<&kube::core::Status> {
+        match self {
+            Error::Api { source, .. } => match source.as_ref() {
+                kube::Error::Api(status) => Some(status),
+                _ => None,
+            },
+            _ => None,
+        }
+    }
+}
+
+/// Result of this module.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// The Lease settings, checked.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LeaseSettings {
+    /// The Lease's name, `pulsecheck-agent-<node>`.
+    pub name: String,
+    /// Its namespace.
+    pub namespace: String,
+    /// The node.
+    pub node: String,
+    /// The holder and owner Pod's name.
+    pub pod_name: String,
+    /// The owner Pod's UID.
+    pub pod_uid: String,
+    /// How often it is renewed.
+    pub renew_interval: Duration,
+    /// spec.leaseDurationSeconds.
+    pub duration_seconds: i32,
+    /// Timeout of every request.
+    pub request_timeout: Duration,
+}
+
+impl LeaseSettings {
+    /// The settings `args` ask for, or what is wrong with them (naming the flags).
+    pub fn from_args(args: &LeaseArgs) -> Result<LeaseSettings> {
+        let name =
+            pulsecheck::agent::lease_name(&args.node_name).ok_or_else(|| Error::NodeNameTooLong { node: args.node_name.clone(), len: args.node_name.len() })?;
+        below(("--renew-interval", args.renew_interval), ("--lease-duration", args.lease_duration))?;
+        let d = args.lease_duration;
+        // Rounded up: a Lease that says less than the agent means would expire between renewals.
+        let duration_seconds = i32::try_from(d.as_secs() + u64::from(d.subsec_nanos() > 0)).map_err(|_| Error::LeaseDurationTooLong(d))?;
+        Ok(LeaseSettings {
+            name,
+            namespace: args.namespace.clone(),
+            node: args.node_name.clone(),
+            pod_name: args.pod_name.clone(),
+            pod_uid: args.pod_uid.clone(),
+            renew_interval: args.renew_interval,
+            duration_seconds,
+            request_timeout: args.request_timeout,
+        })
+    }
+}
+
+/// The client, inferred as `kube::Client::try_default` does (`$KUBECONFIG` or `~/.kube/config`
+/// if there is one, else the in-cluster config of a Pod), with every connection, write and read
+/// bounded by `request_timeout`.
+pub async fn client(request_timeout: Duration) -> Result<kube::Client> {
+    let mut config = kube::Config::infer().await.map_err(Error::Config)?;
+    pulsecheck::connect::apply_timeouts(&mut config, request_timeout);
+    // The agent never watches: a read may be bounded too.
+    config.read_timeout = Some(request_timeout);
+    kube::Client::try_from(config).map_err(|e| Error::Client(Box::new(e)))
+}
+
+/// The Lease `settings` describe, renewed now with `report`, built on `existing` (the latest
+/// read or write of it): its resourceVersion (the write's precondition), others' labels and
+/// annotations are kept; holder, owner and spec are the agent's. A Lease held by another Pod is
+/// taken over: `acquireTime` now, one more `leaseTransitions`.
+pub fn desired(settings: &LeaseSettings, existing: Option<&Lease>, report: &Report, now: Timestamp) -> Lease {
+    let mut meta = existing.map(|l| l.metadata.clone()).unwrap_or_default();
+    meta.name = Some(settings.name.clone());
+    meta.namespace = Some(settings.namespace.clone());
+    meta.labels.get_or_insert_default().extend(labels());
+    meta.annotations.get_or_insert_default().insert(REPORT_ANNOTATION.into(), report.to_annotation());
+    // Only the agent's Pod owns the Lease: an older Pod's reference would keep it from being
+    // collected with this one.
+    meta.owner_references = Some(vec![OwnerReference {
+        api_version: "v1".into(),
+        kind: "Pod".into(),
+        name: settings.pod_name.clone(),
+        uid: settings.pod_uid.clone(),
+        ..Default::default()
+    }]);
+    // The server keeps its field-ownership records when a write omits them.
+    meta.managed_fields = None;
+    let spec = existing.and_then(|l| l.spec.clone()).unwrap_or_default();
+    let ours = existing.is_some() && spec.holder_identity.as_deref() == Some(settings.pod_name.as_str());
+    let transitions = match existing {
+        None => 0,
+        Some(_) => spec.lease_transitions.unwrap_or(0).saturating_add(i32::from(!ours)),
+    };
+    let acquired = if ours { spec.acquire_time.clone() } else { None };
+    Lease {
+        metadata: meta,
+        spec: Some(LeaseSpec {
+            holder_identity: Some(settings.pod_name.clone()),
+            lease_duration_seconds: Some(settings.duration_seconds),
+            acquire_time: acquired.or(Some(MicroTime(now))),
+            renew_time: Some(MicroTime(now)),
+            lease_transitions: Some(transitions),
+            ..LeaseSpec::default()
+        }),
+    }
+}
+
+/// Keeps the agent's Lease: one [`Renewer::renew`] per tick.
+pub struct Renewer {
+    leases: Api<Lease>,
+    settings: LeaseSettings,
+    /// The Lease as the latest read or write returned it; `None` until read, and after a
+    /// conflict or a 404.
+    current: Option<Lease>,
+}
+
+impl Renewer {
+    /// A renewer of `settings`' Lease through `client`.
+    pub fn new(client: kube::Client, settings: LeaseSettings) -> Renewer {
+        Renewer { leases: Api::namespaced(client, &settings.namespace), settings, current: None }
+    }
+
+    fn params() -> PostParams {
+        PostParams { field_manager: Some(FIELD_MANAGER.into()), ..Default::default() }
+    }
+
+    async fn bounded<T>(&self, action: &'static str, call: impl Future<Output = kube::Result<T>>) -> Result<T> {
+        let (namespace, name) = (self.settings.namespace.clone(), self.settings.name.clone());
+        match tokio::time::timeout(self.settings.request_timeout, call).await {
+            Ok(Ok(value)) => Ok(value),
+            Ok(Err(kube::Error::Api(status))) if status.is_conflict() => Err(Error::Conflict { namespace, name }),
+            Ok(Err(source)) => Err(Error::Api { action, namespace, name, source: Box::new(source) }),
+            Err(_) => Err(Error::Timeout { action, namespace, name, waited: self.settings.request_timeout }),
+        }
+    }
+
+    /// Renews the Lease with `report`: reads it if it is not known, creates it if it does not
+    /// exist, else replaces it with the resourceVersion of what was read. Each call is bounded
+    /// by the request timeout.
+    pub async fn renew(&mut self, report: &Report) -> Result<()> {
+        if self.current.is_none() {
+            self.current = self.bounded("read", self.leases.get_opt(&self.settings.name)).await?;
+            let Some(read) = &self.current else { return self.create(report).await };
+            let holder = read.spec.as_ref().and_then(|s| s.holder_identity.as_deref());
+            if holder != Some(self.settings.pod_name.as_str()) {
+                tracing::info!(lease = %self.settings.name, holder = holder.unwrap_or("nobody"), "taking the Lease over");
+            }
+        }
+        let lease = desired(&self.settings, self.current.as_ref(), report, Timestamp::now());
+        match self.bounded("update", self.leases.replace(&self.settings.name, &Self::params(), &lease)).await {
+            Ok(written) => {
+                self.current = Some(written);
+                Ok(())
+            }
+            Err(e) if e.status().is_some_and(|s| s.is_not_found()) => {
+                tracing::info!(lease = %self.settings.name, "the Lease is gone; creating it again");
+                self.current = None;
+                self.create(report).await
+            }
+            Err(e) => {
+                if matches!(e, Error::Conflict { .. }) {
+                    self.current = None;
+                }
+                Err(e)
+            }
+        }
+    }
+
+    async fn create(&mut self, report: &Report) -> Result<()> {
+        let lease = desired(&self.settings, None, report, Timestamp::now());
+        match self.bounded("create", self.leases.create(&Self::params(), &lease)).await {
+            Ok(written) => {
+                tracing::info!(lease = %self.settings.name, namespace = %self.settings.namespace, "agent Lease created");
+                self.current = Some(written);
+                Ok(())
+            }
+            // Created meanwhile by someone else: read it at the next renewal.
+            Err(e) if e.status().is_some_and(|s| s.is_already_exists()) => {
+                Err(Error::Conflict { namespace: self.settings.namespace.clone(), name: self.settings.name.clone() })
+            }
+            Err(e) => Err(e),
+        }
+    }
+}
+
+/// A short name for the kind of health, to log changes only.
+fn kind(health: &DiskHealth) -> (&'static str, Option<(&str, &str)>) {
+    match health {
+        DiskHealth::Starting => ("starting", None),
+        DiskHealth::Ok => ("ok", None),
+        DiskHealth::Hung { path, operation, .. } => ("hung", Some((path, operation))),
+        DiskHealth::Failing { path, operation, .. } => ("failing", Some((path, operation))),
+    }
+}
+
+/// Whether the disk's health `now` is news against what was last sent (another state, path or
+/// operation; the seconds alone are not): the renewal [`run`] makes at once.
+fn changed(sent: Option<&DiskHealth>, now: &DiskHealth) -> bool {
+    sent.is_none_or(|s| kind(s) != kind(now))
+}
+
+/// How often the network loop looks whether the disk state changed (see [`run`]).
+const STATE_CHANGE_LOOK: Duration = Duration::from_secs(1);
+
+/// Renews the Lease every renew interval, and at once when the disk state changes, with the disk's health until `shutdown` resolves,
+/// then once more with `terminating: true`, bounded by the request timeout. Failures are logged
+/// and retried at the next tick; this returns only on shutdown.
+pub async fn run(mut renewer: Renewer, disk: Arc<DiskStatus>, shutdown: impl Future<Output = ()>) {
+    let settings = renewer.settings.clone();
+    let mut tick = tokio::time::interval(settings.renew_interval);
+    tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    // The disk state is looked at every second (memory only); a change — a hang outlasting its
+    // deadline, a first failure, the disk back — is renewed at once rather than at the next tick,
+    // so pulsecheck holds a report at most a second behind the disk loop's state.
+    let mut look = tokio::time::interval(STATE_CHANGE_LOOK);
+    look.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    tokio::pin!(shutdown);
+    let mut logged: Option<DiskHealth> = None;
+    let mut sent: Option<DiskHealth> = None;
+    let mut failing = false;
+    loop {
+        tokio::select! {
+            biased;
+            () = &mut shutdown => break,
+            _ = tick.tick() => {}
+            _ = look.tick() => {
+                if !changed(sent.as_ref(), &disk.health(std::time::Instant::now())) {
+                    continue;
+                }
+            }
+        }
+        let health = disk.health(std::time::Instant::now());
+        if logged.as_ref().is_none_or(|l| kind(l) != kind(&health)) {
+            match &health {
+                DiskHealth::Starting | DiskHealth::Ok => tracing::info!(disk = %health, "disk health"),
+                DiskHealth::Hung { .. } | DiskHealth::Failing { .. } => tracing::warn!(disk = %health, "disk health"),
+            }
+            logged = Some(health.clone());
+        }
+        let report = Report { disk: health, terminating: false };
+        // What was last tried, renewed or not: a failing apiserver gets the next try at the next
+        // tick, not every second (thousands of agents retrying at once would be a storm).
+        sent = Some(report.disk.clone());
+        // A SIGTERM during a renewal is not kept waiting for it.
+        let result = tokio::select! {
+            biased;
+            () = &mut shutdown => break,
+            result = renewer.renew(&report) => result,
+        };
+        match result {
+            Ok(()) => {
+                if std::mem::take(&mut failing) {
+                    tracing::info!(lease = %settings.name, "Lease renewed again");
+                }
+                tracing::debug!(lease = %settings.name, disk = %report.disk, "Lease renewed");
+            }
+            Err(error) => {
+                failing = true;
+                tracing::warn!(%error, "Lease not renewed");
+            }
+        }
+    }
+    tracing::info!(lease = %settings.name, "shutting down: last renewal, terminating");
+    let last = async {
+        let report = Report { disk: disk.health(std::time::Instant::now()), terminating: true };
+        loop {
+            match renewer.renew(&report).await {
+                // A conflict (or a renewal the signal interrupted) re-reads; try again at once.
+                Err(Error::Conflict { .. }) => continue,
+                other => return other,
+            }
+        }
+    };
+    match tokio::time::timeout(settings.request_timeout, last).await {
+        Ok(Ok(())) => tracing::info!(lease = %settings.name, "Lease marked terminating"),
+        Ok(Err(error)) => tracing::warn!(%error, "could not mark the Lease terminating"),
+        Err(_) => tracing::warn!(lease = %settings.name, waited = ?settings.request_timeout, "could not mark the Lease terminating in time"),
+    }
+}
+
+/// Resolves on the first SIGTERM or SIGINT. The handlers are installed when this is called, so
+/// a signal that arrives before the future is polled is not lost.
+pub fn shutdown_signal() -> std::io::Result<impl Future<Output = ()>> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    Ok(async move {
+        tokio::select! {
+            _ = term.recv() => tracing::info!("SIGTERM"),
+            _ = int.recv() => tracing::info!("SIGINT"),
+        }
+    })
+}
+
+/// The labels of every agent Lease: pulsecheck's, and the component the controller selects on.
+pub fn labels() -> BTreeMap<String, String> {
+    BTreeMap::from([(NAME_LABEL.to_string(), "pulsecheck".to_string()), (COMPONENT_LABEL.to_string(), COMPONENT.to_string())])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args() -> LeaseArgs {
+        LeaseArgs {
+            node_name: "node-a".into(),
+            namespace: "pulsecheck".into(),
+            pod_name: "pulsecheck-agent-x7k2p".into(),
+            pod_uid: "5f0c6a34-0000-4000-8000-000000000001".into(),
+            renew_interval: Duration::from_secs(10),
+            lease_duration: Duration::from_millis(40_500),
+            request_timeout: Duration::from_secs(5),
+        }
+    }
+
+    fn settings() -> LeaseSettings {
+        LeaseSettings::from_args(&args()).unwrap()
+    }
+
+    fn report() -> Report {
+        Report { disk: DiskHealth::Ok, terminating: false }
+    }
+
+    #[test]
+    fn settings_name_the_lease_round_the_duration_up_and_refuse_what_cannot_work() {
+        let s = settings();
+        assert_eq!((s.name.as_str(), s.duration_seconds), ("pulsecheck-agent-node-a", 41));
+        let e = LeaseSettings::from_args(&LeaseArgs { lease_duration: Duration::from_secs(10), ..args() }).unwrap_err().to_string();
+        assert_eq!(e, "--renew-interval (10s) must be smaller than --lease-duration (10s)");
+        let e = LeaseSettings::from_args(&LeaseArgs { node_name: "n".repeat(237), ..args() }).unwrap_err().to_string();
+        assert!(e.starts_with("--node-name") && e.contains("237 characters"), "{e}");
+    }
+
+    #[test]
+    fn a_new_lease_is_labelled_held_and_owned_by_the_agent_s_pod() {
+        let now = Timestamp::from_second(1_800_000_000).unwrap();
+        let lease = desired(&settings(), None, &report(), now);
+        let meta = &lease.metadata;
+        assert_eq!(meta.name.as_deref(), Some("pulsecheck-agent-node-a"));
+        assert_eq!(meta.labels.as_ref(), Some(&labels()));
+        assert_eq!(meta.annotations.as_ref().unwrap()[REPORT_ANNOTATION], r#"{"disk":{"state":"ok"},"terminating":false}"#);
+        let owners = meta.owner_references.as_ref().unwrap();
+        assert_eq!(owners.len(), 1);
+        assert_eq!(
+            (owners[0].kind.as_str(), owners[0].name.as_str(), owners[0].uid.as_str()),
+            ("Pod", "pulsecheck-agent-x7k2p", "5f0c6a34-0000-4000-8000-000000000001")
+        );
+        assert_eq!((owners[0].controller, owners[0].block_owner_deletion), (None, None));
+        let spec = lease.spec.unwrap();
+        assert_eq!(spec.holder_identity.as_deref(), Some("pulsecheck-agent-x7k2p"));
+        assert_eq!(spec.lease_duration_seconds, Some(41));
+        assert_eq!((spec.renew_time, spec.acquire_time.clone()), (Some(MicroTime(now)), Some(MicroTime(now))));
+        assert_eq!(spec.lease_transitions, Some(0));
+    }
+
+    #[test]
+    fn a_lease_of_an_older_pod_is_taken_over_and_others_labels_and_annotations_stay() {
+        let then = Timestamp::from_second(1_700_000_000).unwrap();
+        let now = Timestamp::from_second(1_800_000_000).unwrap();
+        let old = LeaseSettings { pod_name: "pulsecheck-agent-old".into(), pod_uid: "old-uid".into(), ..settings() };
+        let mut existing = desired(&old, None, &report(), then);
+        existing.metadata.resource_version = Some("42".into());
+        existing.metadata.labels.as_mut().unwrap().insert("team".into(), "storage".into());
+        existing.metadata.annotations.as_mut().unwrap().insert("note".into(), "kept".into());
+        let hung = Report { disk: DiskHealth::Hung { path: "/etc/os-release".into(), operation: "read".into(), for_seconds: 12 }, terminating: true };
+
+        let lease = desired(&settings(), Some(&existing), &hung, now);
+        let meta = &lease.metadata;
+        assert_eq!(meta.resource_version.as_deref(), Some("42"), "the write is conditional on the read");
+        assert_eq!(meta.labels.as_ref().unwrap()["team"], "storage");
+        assert_eq!(meta.annotations.as_ref().unwrap()["note"], "kept");
+        assert_eq!(Report::from_annotation(&meta.annotations.as_ref().unwrap()[REPORT_ANNOTATION]).unwrap(), hung);
+        let owners = meta.owner_references.as_ref().unwrap();
+        assert_eq!(owners.iter().map(|o| o.uid.as_str()).collect::<Vec<_>>(), ["5f0c6a34-0000-4000-8000-000000000001"]);
+        let spec = lease.spec.as_ref().unwrap();
+        assert_eq!(spec.holder_identity.as_deref(), Some("pulsecheck-agent-x7k2p"));
+        assert_eq!((spec.acquire_time.clone(), spec.lease_transitions), (Some(MicroTime(now)), Some(1)));
+
+        // Renewed by the same Pod: acquired then, no new transition.
+        let later = Timestamp::from_second(1_800_000_010).unwrap();
+        let again = desired(&settings(), Some(&lease), &report(), later).spec.unwrap();
+        assert_eq!((again.acquire_time, again.renew_time, again.lease_transitions), (Some(MicroTime(now)), Some(MicroTime(later)), Some(1)));
+    }
+
+    #[test]
+    fn a_change_of_disk_state_is_news_and_growing_seconds_are_not() {
+        let hung = |s| DiskHealth::Hung { path: "/etc/os-release".into(), operation: "read".into(), for_seconds: s };
+        assert!(changed(None, &DiskHealth::Starting));
+        assert!(changed(Some(&DiskHealth::Ok), &hung(10)));
+        assert!(!changed(Some(&hung(10)), &hung(11)));
+        assert!(changed(Some(&hung(12)), &DiskHealth::Ok));
+        let other_path = DiskHealth::Hung { path: "/var/lib/kubelet/pulsecheck-agent/heartbeat".into(), operation: "fsync".into(), for_seconds: 10 };
+        assert!(changed(Some(&hung(10)), &other_path));
+        let failing = DiskHealth::Failing { path: "/etc/os-release".into(), operation: "read".into(), error: "EIO".into(), for_seconds: 0 };
+        assert!(changed(Some(&DiskHealth::Ok), &failing));
+        assert!(!changed(Some(&DiskHealth::Ok), &DiskHealth::Ok));
+    }
+}
