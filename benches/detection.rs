@@ -16,6 +16,11 @@
 //! hangs at a random moment (status reports stop, the Lease goes on) and the time to its Zombie
 //! verdict is recorded. A second fleet is wedged before pulsecheck starts.
 //!
+//! With the node agent (`pulsecheck-agent`, opt-in), each node also runs the agent's two loops as
+//! it ships: a disk round every 5 s from a random phase (the first one after the wedge hangs), a
+//! hang reported once it outlasts the 10 s deadline — the agent renews at once when its disk
+//! state changes — and its Lease renewed every 10 s otherwise, with `--agent-disk-after` 30 s.
+//!
 //! Run: `cargo bench --bench detection`. Results go into docs/performance.md.
 
 use std::time::Duration;
@@ -23,7 +28,8 @@ use std::time::Duration;
 use k8s_openapi::jiff::Timestamp;
 use pulsecheck::{
     cadence::KubeletCadence,
-    facts::{FleetFacts, Scope, SlimLease, SlimNode},
+    agent::{DiskHealth, Report},
+    facts::{FleetFacts, Scope, SlimAgentLease, SlimLease, SlimNode},
     verdict::{self, Thresholds, Verdict},
 };
 use rand::{RngExt, SeedableRng, rngs::StdRng};
@@ -59,7 +65,17 @@ struct Kubelet {
     caught_at: Option<i64>,
     /// Judged a zombie while healthy.
     falsely_judged: bool,
+    /// Offsets of its agent's disk rounds (every 5 s) and Lease renewals (every 10 s).
+    agent_phase: i64,
+    agent_renew_phase: i64,
+    /// When the agent's first disk operation after the wedge began (it never returns).
+    hung_since: Option<i64>,
 }
+
+/// The agent's disk deadline and rounds, as `pulsecheck-agent` ships.
+const AGENT_DEADLINE: i64 = 10;
+const AGENT_ROUND: i64 = 5;
+const AGENT_RENEW: i64 = 10;
 
 fn node_json(name: &str, heartbeat: i64) -> SlimNode {
     let json = format!(
@@ -76,6 +92,15 @@ fn lease_json(name: &str, renew: i64) -> SlimLease {
     serde_json::from_str(&json).expect("valid lease json")
 }
 
+fn agent_lease_json(name: &str, renew: i64, disk: DiskHealth) -> SlimAgentLease {
+    let report = Report { disk, terminating: false }.to_annotation();
+    let json = serde_json::json!({
+        "metadata": {"name": format!("pulsecheck-agent-{name}"), "annotations": {"pulsecheck.dev/agent-report": report}},
+        "spec": {"renewTime": at(renew).to_string(), "leaseDurationSeconds": 40, "holderIdentity": format!("agent-{name}")},
+    });
+    serde_json::from_value(json).expect("valid agent lease json")
+}
+
 /// The result of one row.
 struct Row {
     false_zombies: usize,
@@ -85,7 +110,7 @@ struct Row {
 
 /// Runs one fleet: `configz` says whether pulsecheck reads the kubelets' cadence; `wedged_before`
 /// wedges every node before pulsecheck starts (detection then counts from pulsecheck's start).
-fn run(report: i64, update: i64, configz: bool, wedged_before: bool, seed: u64) -> Row {
+fn run(report: i64, update: i64, configz: bool, wedged_before: bool, agent: bool, seed: u64) -> Row {
     let mut rng = StdRng::seed_from_u64(seed);
     let th = Thresholds::default();
     let scope = Scope::default();
@@ -108,6 +133,9 @@ fn run(report: i64, update: i64, configz: bool, wedged_before: bool, seed: u64) 
                 wedged_at: wedged_at.max(started + 1),
                 caught_at: None,
                 falsely_judged: false,
+                agent_phase: rng.random_range(0..AGENT_ROUND),
+                agent_renew_phase: rng.random_range(0..AGENT_RENEW),
+                hung_since: None,
             }
         })
         .collect();
@@ -135,6 +163,19 @@ fn run(report: i64, update: i64, configz: bool, wedged_before: bool, seed: u64) 
             }
             if (t - k.lease_phase).rem_euclid(10) == 0 && t >= 0 {
                 facts.apply_lease(&lease_json(name, t), at(t));
+            }
+            if agent && t >= 0 {
+                if t >= k.wedged_at && k.hung_since.is_none() && (t - k.agent_phase).rem_euclid(AGENT_ROUND) == 0 {
+                    k.hung_since = Some(t);
+                }
+                let hung_for = k.hung_since.map(|since| t - since).filter(|d| *d >= AGENT_DEADLINE);
+                if t == 0 || (t - k.agent_renew_phase).rem_euclid(AGENT_RENEW) == 0 || hung_for == Some(AGENT_DEADLINE) {
+                    let disk = match hung_for {
+                        Some(d) => DiskHealth::Hung { path: "/etc/os-release".into(), operation: "read".into(), for_seconds: d as u64 },
+                        None => DiskHealth::Ok,
+                    };
+                    facts.apply_agent_lease(&agent_lease_json(name, t, disk), at(t));
+                }
             }
             if t == 0 {
                 // pulsecheck's first list: the latest report and renewal as they stand.
@@ -184,9 +225,9 @@ fn human(secs: i64) -> String {
 fn main() {
     // Criterion's flags (`--bench`) are accepted and ignored: this harness prints a table.
     println!(
-        "status cadence | /configz | healthy nodes falsely judged zombie (of {NODES}, 3 h) | wedge caught after: median / max | wedged before start, caught after start: median / max"
+        "status cadence | /configz | healthy nodes falsely judged zombie (of {NODES}, 3 h) | wedge caught after: median / max | wedged before start, caught after start: median / max | with the agent: falsely judged / caught after: median / max"
     );
-    println!("---|---|---|---|---");
+    println!("---|---|---|---|---|---");
     let cadences: &[(i64, i64, &str)] = &[
         (4, 4, "report 4s, update 4s"),
         (60, 10, "report 1m, update 10s"),
@@ -196,8 +237,10 @@ fn main() {
     ];
     for (seed, (report, update, label)) in cadences.iter().enumerate() {
         for configz in [true, false] {
-            let running = run(*report, *update, configz, false, seed as u64 * 2 + u64::from(configz));
-            let before = run(*report, *update, configz, true, 100 + seed as u64 * 2 + u64::from(configz));
+            let running = run(*report, *update, configz, false, false, seed as u64 * 2 + u64::from(configz));
+            let before = run(*report, *update, configz, true, false, 100 + seed as u64 * 2 + u64::from(configz));
+            // The same kubelets as `running` (same seed), each with an agent.
+            let with_agent = run(*report, *update, configz, false, true, seed as u64 * 2 + u64::from(configz));
             let stat = |row: &Row| {
                 let median = row.detection.get(row.detection.len() / 2).copied();
                 let max = row.detection.last().copied();
@@ -207,7 +250,15 @@ fn main() {
                     _ => format!("none caught{missed}"),
                 }
             };
-            println!("{label} | {} | {} | {} | {}", if configz { "read" } else { "not read" }, running.false_zombies, stat(&running), stat(&before));
+            println!(
+                "{label} | {} | {} | {} | {} | {} / {}",
+                if configz { "read" } else { "not read" },
+                running.false_zombies,
+                stat(&running),
+                stat(&before),
+                with_agent.false_zombies,
+                stat(&with_agent)
+            );
         }
     }
 }

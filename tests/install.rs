@@ -71,11 +71,11 @@ impl InstallLab {
     }
 
     fn kubectl(&self, args: &[&str]) -> String {
-        run(tool("kubectl"), self.cp.kubeconfig_path(), "--kubeconfig", args)
+        run_tool(tool("kubectl"), self.cp.kubeconfig_path(), "--kubeconfig", args)
     }
 
     fn helm(&self, args: &[&str]) -> String {
-        run(tool("helm"), self.cp.kubeconfig_path(), "--kubeconfig", args)
+        run_tool(tool("helm"), self.cp.kubeconfig_path(), "--kubeconfig", args)
     }
 
     async fn stop(self) {
@@ -83,51 +83,6 @@ impl InstallLab {
         self.real.stop().await;
         self.cp.stop().await.unwrap();
     }
-}
-
-/// How long one helm or kubectl command may take (helm waits for hooks up to its own 5 m).
-const COMMAND_DEADLINE: Duration = Duration::from_secs(360);
-
-/// Runs `program --kubeconfig K args…`, which must succeed within [`COMMAND_DEADLINE`] (it is
-/// killed and the test fails otherwise); its standard output.
-fn run(program: PathBuf, kubeconfig: &std::path::Path, flag: &str, args: &[&str]) -> String {
-    let mut child = std::process::Command::new(&program)
-        .arg(flag)
-        .arg(kubeconfig)
-        .args(args)
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("the tool runs");
-    // Drained while it runs, so a chatty command cannot block on a full pipe.
-    let mut stdout = child.stdout.take().unwrap();
-    let mut stderr = child.stderr.take().unwrap();
-    let out_reader = std::thread::spawn(move || {
-        let mut b = Vec::new();
-        std::io::Read::read_to_end(&mut stdout, &mut b).ok();
-        b
-    });
-    let err_reader = std::thread::spawn(move || {
-        let mut b = Vec::new();
-        std::io::Read::read_to_end(&mut stderr, &mut b).ok();
-        b
-    });
-    let started = std::time::Instant::now();
-    let status = loop {
-        if let Some(status) = child.try_wait().expect("the tool is waited for") {
-            break status;
-        }
-        if started.elapsed() > COMMAND_DEADLINE {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("{} {args:?} did not finish within {COMMAND_DEADLINE:?}", program.display());
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    };
-    let out = std::process::Output { status, stdout: out_reader.join().unwrap(), stderr: err_reader.join().unwrap() };
-    assert!(out.status.success(), "{} {args:?} failed: {}\n{}", program.display(), String::from_utf8_lossy(&out.stderr), String::from_utf8_lossy(&out.stdout));
-    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 /// The one Ready pulsecheck Pod in namespace `pulsecheck`, other than `not`.

@@ -80,6 +80,9 @@ const SLOTS: std::ops::RangeInclusive<u8> = 1..=250;
 const DISK: &str = "disk";
 /// The paths under the disk, relative to its root.
 const KUBELET_ROOT: &str = "kubelet";
+/// Where the kubelet's root dir (on the fault disk) appears inside the node: the upstream default
+/// `--root-dir`, the same on every node, as a DaemonSet's hostPath (pulsecheck-agent's) needs.
+pub const KUBELET_ROOT_DIR: &str = "/var/lib/kubelet";
 const CONTAINERD_ROOT: &str = "containerd";
 const OS_RELEASE: &str = "etc/os-release";
 /// Host paths that are a tmpfs of each node's own (in its mount namespace): containerd 1.6
@@ -441,6 +444,9 @@ impl RealNode {
             // Bounded: Pod logs live here, in memory.
             node.inside_mnt(&["mount", "-t", "tmpfs", "-o", "mode=0755,size=256m", "pulsecheck-lab-node", private])?;
         }
+        // The kubelet's root dir lives on the fault disk, at the usual path inside the node.
+        node.inside_mnt(&["mkdir", "-p", KUBELET_ROOT_DIR])?;
+        node.inside_mnt(&["mount", "--bind", &disk_path.join(KUBELET_ROOT).display().to_string(), KUBELET_ROOT_DIR])?;
         write_cgroup_parents(&cgroup_id).map_err(io_err("create its cgroups"))?;
 
         let pki = dir.join("pki");
@@ -513,12 +519,12 @@ impl RealNode {
         // which the node does not see).
         let resolv = dir.join("resolv.conf");
         std::fs::write(&resolv, std::fs::read("/etc/resolv.conf").unwrap_or_default()).map_err(io_err("write its resolv.conf"))?;
-        let paths = KubeletPaths { pki: &pki, socket: &socket, root: &disk_path.join(KUBELET_ROOT), resolv: &resolv };
+        let paths = KubeletPaths { pki: &pki, socket: &socket, root: Path::new(KUBELET_ROOT_DIR), resolv: &resolv };
         std::fs::write(&config, kubelet_config(&paths, &cgroup_id, options.timing)).map_err(io_err("write the kubelet's config"))?;
         let kubelet_args = vec![
             format!("--config={}", config.display()),
             format!("--kubeconfig={}", kubeconfig.display()),
-            format!("--root-dir={}", disk_path.join(KUBELET_ROOT).display()),
+            format!("--root-dir={KUBELET_ROOT_DIR}"),
             format!("--cert-dir={}", pki.display()),
             format!("--hostname-override={name}"),
             format!("--node-ip={node_ip}"),
