@@ -14,20 +14,21 @@ RUN apt-get update \
  && apt-get install -y --no-install-recommends musl-tools \
  && rm -rf /var/lib/apt/lists/*
 WORKDIR /build
-# The workspace: the product (src/) and the lab crate (lab/), which Cargo needs to resolve the
-# workspace; only the `pulsecheck` binary is built and shipped.
+# The workspace: the product (src/), the node agent (agent/) and the lab crate (lab/), which Cargo
+# needs to resolve the workspace; the `pulsecheck` and `pulsecheck-agent` binaries are shipped.
 COPY Cargo.toml Cargo.lock ./
 COPY benches ./benches
 COPY src ./src
+COPY agent ./agent
 COPY lab ./lab
 RUN --mount=type=cache,target=/usr/local/cargo/registry,sharing=locked \
     --mount=type=cache,target=/build/target,sharing=locked \
     set -eux; \
     target="$(uname -m)-unknown-linux-musl"; \
     rustup target add "$target"; \
-    cargo build --release --locked --target "$target" --bin pulsecheck; \
+    cargo build --release --locked --target "$target" --bin pulsecheck --bin pulsecheck-agent; \
     mkdir -p /out; \
-    cp "target/$target/release/pulsecheck" /out/pulsecheck
+    cp "target/$target/release/pulsecheck" "target/$target/release/pulsecheck-agent" /out/
 
 FROM gcr.io/distroless/static-debian12:nonroot
 LABEL org.opencontainers.image.title="pulsecheck" \
@@ -35,6 +36,8 @@ LABEL org.opencontainers.image.title="pulsecheck" \
       org.opencontainers.image.source="https://github.com/pulsecheck/pulsecheck" \
       org.opencontainers.image.licenses="Apache-2.0"
 COPY --from=builder /out/pulsecheck /pulsecheck
+# The opt-in node agent (chart value agent.enabled, docs/agent.md).
+COPY --from=builder /out/pulsecheck-agent /pulsecheck-agent
 USER 65532:65532
 EXPOSE 8080
 ENTRYPOINT ["/pulsecheck"]

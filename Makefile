@@ -22,10 +22,12 @@ test-rust:
 test-deploy:
 	bash .ci/check-deploy.sh
 
-# The container image, built here without a registry or a container engine: pulsecheck linked
-# statically against musl (ring's C by Debian's musl-gcc), the one file of an OCI image archive
-# written by the lab (lab/src/image.rs). Prints the image reference the archive holds; the
-# install tests (tests/install.rs) load it into real nodes' containerd.
+# The container image, built here without a registry or a container engine: pulsecheck and the
+# node agent pulsecheck-agent linked statically against musl (ring's C by Debian's musl-gcc), the
+# two files of an OCI image archive written by the lab (lab/src/image.rs): /pulsecheck (the
+# entrypoint, `run` by default) and /pulsecheck-agent (the chart's agent DaemonSet runs it).
+# Prints the image reference the archive holds; the install tests (tests/install.rs) load it into
+# real nodes' containerd.
 MUSL_TARGET := $(shell uname -m)-unknown-linux-musl
 TARGET_DIR = $(or $(CARGO_TARGET_DIR),target)
 IMAGE_ARCHIVE := target/image/pulsecheck.tar
@@ -33,8 +35,9 @@ IMAGE_ARCHIVE := target/image/pulsecheck.tar
 image:
 	@command -v musl-gcc >/dev/null || { echo "make image: musl-gcc is missing (Debian: apt-get install musl-tools)" >&2; exit 1; }
 	@rustup target list --installed 2>/dev/null | grep -qx '$(MUSL_TARGET)' || rustup target add $(MUSL_TARGET)
-	CC_$(subst -,_,$(MUSL_TARGET))=musl-gcc $(CARGO) build --locked --release --target $(MUSL_TARGET) --bin pulsecheck
-	$(CARGO) run --locked --quiet --bin pulsecheck-lab -- image --binary $(TARGET_DIR)/$(MUSL_TARGET)/release/pulsecheck --out $(IMAGE_ARCHIVE)
+	CC_$(subst -,_,$(MUSL_TARGET))=musl-gcc $(CARGO) build --locked --release --target $(MUSL_TARGET) --bin pulsecheck --bin pulsecheck-agent
+	$(CARGO) run --locked --quiet --bin pulsecheck-lab -- image --binary $(TARGET_DIR)/$(MUSL_TARGET)/release/pulsecheck \
+	  --agent-binary $(TARGET_DIR)/$(MUSL_TARGET)/release/pulsecheck-agent --out $(IMAGE_ARCHIVE)
 
 # The release (docs/release.md): everything .github/workflows/release.yml publishes, built here
 # without publishing (cross-compiled x86_64 + aarch64 musl binaries, the multi-arch OCI image,

@@ -5,7 +5,8 @@
 #   - the copies of the rules and the dashboard are byte-for-byte identical
 #   - `helm template` (release pulsecheck, namespace pulsecheck) and `kubectl kustomize manifests/`
 #     describe the same objects, compared object by object after normalising; and the same with the
-#     monitoring.coreos.com CRDs present against deploy/kustomize/with-monitoring
+#     monitoring.coreos.com CRDs present against deploy/kustomize/with-monitoring, and with
+#     agent.enabled=true against deploy/kustomize/with-agent (whose Namespace enforces privileged)
 #   - the PrometheusRule in manifests/ holds exactly the groups of deploy/prometheus/pulsecheck.rules.yaml
 #   - every pulsecheck_* metric the rules and dashboard use is listed in docs/metrics.md
 #     (and docs/metrics.md matches METRIC_NAMES in src/metrics.rs once that list exists)
@@ -94,6 +95,13 @@ fi
 "$helm" lint --strict charts/pulsecheck --set replicas=2 --set podDisruptionBudget.enabled=true --set networkPolicy.enabled=true \
   --set cleanupOnUninstall.enabled=true --set 'topologySpreadConstraints[0].maxSkew=1' --set 'topologySpreadConstraints[0].topologyKey=topology.kubernetes.io/zone' \
   --set 'topologySpreadConstraints[0].whenUnsatisfiable=ScheduleAnyway' || fail "helm lint (disruption budget, network policy, cleanup hook, spread)"
+"$helm" lint --strict charts/pulsecheck --set agent.enabled=true || fail "helm lint (agent)"
+"$helm" lint --strict charts/pulsecheck --set agent.enabled=true --set agent.priorityClassName=system-cluster-critical \
+  --set agent.kubeletRootDir=/data/kubelet --set 'agent.extraArgs={--disk-interval=2s}' --set config.leaderElect=false --set rbac.create=false \
+  || fail "helm lint (agent: the controller's priority class, another kubelet root, no leader election, no RBAC)"
+if "$helm" template pulsecheck charts/pulsecheck --set agent.enabled=true --set agent.kubeletRootDir=var/lib/kubelet >/dev/null 2>&1; then
+  fail "values.schema.json accepted a relative agent.kubeletRootDir"
+fi
 if "$helm" template pulsecheck charts/pulsecheck --set config.probe=apiserver-proxy >/dev/null 2>&1; then
   fail "config.probe=apiserver-proxy rendered without rbac.nodesProxy=true"
 fi
@@ -120,13 +128,15 @@ step "render"
 "$helm" template pulsecheck charts/pulsecheck --namespace pulsecheck \
   --api-versions monitoring.coreos.com/v1/ServiceMonitor --api-versions monitoring.coreos.com/v1/PrometheusRule >"$tmp/helm-monitoring.yaml"
 "$kubectl" kustomize deploy/kustomize/with-monitoring >"$tmp/kustomize-monitoring.yaml"
+"$helm" template pulsecheck charts/pulsecheck --namespace pulsecheck --set agent.enabled=true >"$tmp/helm-agent.yaml"
+"$kubectl" kustomize deploy/kustomize/with-agent >"$tmp/kustomize-agent.yaml"
 
 step "helm template = kubectl kustomize manifests/; rules, metrics, runbooks, flags"
-"$py" - "$tmp/helm.yaml" "$tmp/kustomize.yaml" "$tmp/helm-monitoring.yaml" "$tmp/kustomize-monitoring.yaml" <<'PY' || fail "consistency checks (see above)"
+"$py" - "$tmp/helm.yaml" "$tmp/kustomize.yaml" "$tmp/helm-monitoring.yaml" "$tmp/kustomize-monitoring.yaml" "$tmp/helm-agent.yaml" "$tmp/kustomize-agent.yaml" <<'PY' || fail "consistency checks (see above)"
 import difflib, json, re, sys, pathlib
 import yaml
 
-helm_path, kust_path, helm_mon_path, kust_mon_path = sys.argv[1:5]
+helm_path, kust_path, helm_mon_path, kust_mon_path, helm_agent_path, kust_agent_path = sys.argv[1:7]
 errors = []
 def err(msg):
     errors.append(msg)
@@ -184,6 +194,19 @@ for name, objs in (("helm template", plain[0]), ("manifests/", plain[1])):
 helm = {key(o): normalise(o) for o in load(helm_mon_path)}
 kust = {key(o): normalise(o) for o in load(kust_mon_path)}
 compare("with the monitoring CRDs (deploy/kustomize/with-monitoring)", helm, kust)
+# The opt-in agent: the chart's agent.enabled=true against the component; nothing of it in the
+# defaults of either.
+helm_agent = {key(o): normalise(o) for o in load(helm_agent_path)}
+kust_agent = {key(o): normalise(o) for o in load(kust_agent_path)}
+compare("with the agent (deploy/kustomize/with-agent)", helm_agent, kust_agent)
+for name, objs in (("helm template", plain[0]), ("manifests/", plain[1])):
+    agent = [k for k, o in objs.items() if ((o.get("metadata") or {}).get("labels") or {}).get("app.kubernetes.io/component") == "agent"]
+    if agent:
+        err(f"{name} with default values renders agent objects {agent}: the agent is opt-in")
+pss = ((kust_agent.get(("v1", "Namespace", "", "pulsecheck")) or {}).get("metadata") or {}).get("labels") or {}
+want_pss = {"pod-security.kubernetes.io/enforce": "privileged", "pod-security.kubernetes.io/warn": "restricted", "pod-security.kubernetes.io/audit": "restricted"}
+if {k: pss.get(k) for k in want_pss} != want_pss:
+    err(f"deploy/kustomize/with-agent: the Namespace's Pod Security labels are {pss}, want {want_pss} (the agent's hostPaths need enforce=privileged; the controller stays checked by warn/audit)")
 
 # ---- PrometheusRule = plain rule file; dashboard ConfigMap = dashboard file -----------------------
 rules = yaml.safe_load(open("deploy/prometheus/pulsecheck.rules.yaml", encoding="utf-8"))

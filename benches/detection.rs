@@ -27,8 +27,8 @@ use std::time::Duration;
 
 use k8s_openapi::jiff::Timestamp;
 use pulsecheck::{
-    cadence::KubeletCadence,
     agent::{DiskHealth, Report},
+    cadence::KubeletCadence,
     facts::{FleetFacts, Scope, SlimAgentLease, SlimLease, SlimNode},
     verdict::{self, Thresholds, Verdict},
 };

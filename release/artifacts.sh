@@ -9,15 +9,18 @@
 #   pulsecheck-linux-amd64, pulsecheck-linux-arm64   static (musl) binaries, cross-compiled on
 #                                      this machine with cargo-zigbuild (zig as C compiler and
 #                                      linker for ring), no emulation
+#   pulsecheck-agent-linux-amd64, pulsecheck-agent-linux-arm64   the node agent, built the same way
 #   pulsecheck-image.tar               one multi-arch OCI image (an image index of linux/amd64 and
-#                                      linux/arm64) for ghcr.io/pulsecheck/pulsecheck:VERSION, an
-#                                      OCI layout archive (pulsecheck-lab image --binary ARCH=FILE)
+#                                      linux/arm64) for ghcr.io/pulsecheck/pulsecheck:VERSION holding
+#                                      /pulsecheck and /pulsecheck-agent, an OCI layout archive
+#                                      (pulsecheck-lab image --binary ARCH=FILE --agent-binary ARCH=FILE)
 #   pulsecheck-image.digest            the index's digest: what is pushed and signed
 #   pulsecheck-VERSION.tgz             the chart (helm package), pushed as an OCI artifact
 #   kubectl-pulsecheck_vVERSION_linux_{amd64,arm64}.tar.gz   krew archives (the binary as
 #                                      kubectl-pulsecheck, LICENSE), reproducible
 #   pulsecheck.yaml                    the krew plugin manifest for those archives (release/krew.sh)
 #   pulsecheck.cdx.json                CycloneDX SBOM of the pulsecheck crate (cargo-cyclonedx)
+#   pulsecheck-agent.cdx.json          CycloneDX SBOM of the pulsecheck-agent crate
 #   SHA256SUMS
 #
 # Tools, cached by version under the pulsecheck cache like tools/build.sh's: ziglang and
@@ -89,9 +92,12 @@ for arch in $targets; do
   if ! rustup target list --installed 2>/dev/null | grep -qx "$triple"; then
     rustup target add "$triple" || die "the Rust target $triple is not installed and rustup could not add it"
   fi
-  timed "cargo zigbuild $triple" cargo zigbuild --locked --release --target "$triple" --bin pulsecheck
-  cp "$target_dir/$triple/release/pulsecheck" "$out/pulsecheck-linux-${oci_arch[$arch]}"
-  image_args+=(--binary "${oci_arch[$arch]}=$out/pulsecheck-linux-${oci_arch[$arch]}")
+  timed "cargo zigbuild $triple" cargo zigbuild --locked --release --target "$triple" --bin pulsecheck --bin pulsecheck-agent
+  for binary in pulsecheck pulsecheck-agent; do
+    cp "$target_dir/$triple/release/$binary" "$out/$binary-linux-${oci_arch[$arch]}"
+  done
+  image_args+=(--binary "${oci_arch[$arch]}=$out/pulsecheck-linux-${oci_arch[$arch]}"
+    --agent-binary "${oci_arch[$arch]}=$out/pulsecheck-agent-linux-${oci_arch[$arch]}")
 done
 
 # ---- the multi-arch image ---------------------------------------------------------------------------
@@ -122,14 +128,18 @@ rm "$out/krew.log"
 log "krew manifest: valid (validate-krew-manifest)"
 
 # ---- SBOM -----------------------------------------------------------------------------------------------
-# The pulsecheck crate's normal dependencies (what the binary is built from), for the musl targets.
+# The normal dependencies of the pulsecheck and pulsecheck-agent crates (what the image's two
+# binaries are built from), for the musl targets: cargo-cyclonedx writes one file per workspace
+# member, next to its Cargo.toml.
 timed "cargo cyclonedx" "$cyclonedx_root/bin/cargo-cyclonedx" cyclonedx --manifest-path Cargo.toml --format json \
   --spec-version 1.5 --no-build-deps --target x86_64-unknown-linux-musl --override-filename pulsecheck.cdx -q
-sbom=pulsecheck.cdx.json
-[ -f "$sbom" ] || die "cargo cyclonedx wrote no $sbom"
-mv "$sbom" "$out/pulsecheck.cdx.json"
+for sbom in pulsecheck.cdx.json agent/pulsecheck.cdx.json; do
+  [ -f "$sbom" ] || die "cargo cyclonedx wrote no $sbom"
+done
+mv pulsecheck.cdx.json "$out/pulsecheck.cdx.json"
+mv agent/pulsecheck.cdx.json "$out/pulsecheck-agent.cdx.json"
 rm -f lab/pulsecheck.cdx.json # the lab's (every workspace member gets one; it is never shipped)
 
-(cd "$out" && sha256sum -- pulsecheck-linux-* pulsecheck-image.tar pulsecheck-"$version".tgz kubectl-pulsecheck_* pulsecheck.yaml pulsecheck.cdx.json >SHA256SUMS)
+(cd "$out" && sha256sum -- pulsecheck-linux-* pulsecheck-agent-linux-* pulsecheck-image.tar pulsecheck-"$version".tgz kubectl-pulsecheck_* pulsecheck.yaml pulsecheck.cdx.json pulsecheck-agent.cdx.json >SHA256SUMS)
 log "done:"
 (cd "$out" && stat -c '  %10s  %n' -- *) >&2

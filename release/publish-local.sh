@@ -2,7 +2,8 @@
 # Tries release/publish.sh here: a registry on loopback (crane registry serve, in memory), the
 # image and the chart pushed to it as the release workflow pushes them to ghcr.io, then read
 # back: the image index lists linux/amd64 and linux/arm64 and each platform's config says its
-# architecture; the chart pulled by digest is the packaged file. No signing, no GitHub release
+# architecture, and its layer holds that platform's /pulsecheck and /pulsecheck-agent byte for
+# byte; the chart pulled by digest is the packaged file. No signing, no GitHub release
 # (those need the workflow's OIDC identity and token).
 #
 #   bash release/publish-local.sh VERSION DIR       (make release-publish-local VERSION=X.Y.Z)
@@ -40,8 +41,10 @@ for platform in linux/amd64 linux/arm64; do
   layer=$("$crane" manifest --insecure --platform "$platform" "$registry/pulsecheck:$version" | python3 -c 'import json,sys; print(json.load(sys.stdin)["layers"][0]["digest"])')
   "$crane" blob --insecure "$registry/pulsecheck@$layer" >"$tmp/layer.tar"
   [ "sha256:$(sha256sum <"$tmp/layer.tar" | cut -d' ' -f1)" = "$layer" ] || die "$platform: the layer pulled back does not match its digest"
-  tar -xOf "$tmp/layer.tar" pulsecheck | cmp -s - "$dir/pulsecheck-linux-${platform#linux/}" || die "$platform: the image's /pulsecheck is not $dir/pulsecheck-linux-${platform#linux/}"
-  echo "publish-local: $registry/pulsecheck:$version for $platform: $arch, /pulsecheck = pulsecheck-linux-${platform#linux/}"
+  for binary in pulsecheck pulsecheck-agent; do
+    tar -xOf "$tmp/layer.tar" "$binary" | cmp -s - "$dir/$binary-linux-${platform#linux/}" || die "$platform: the image's /$binary is not $dir/$binary-linux-${platform#linux/}"
+  done
+  echo "publish-local: $registry/pulsecheck:$version for $platform: $arch, /pulsecheck = pulsecheck-linux-${platform#linux/}, /pulsecheck-agent = pulsecheck-agent-linux-${platform#linux/}"
 done
 [ "$("$crane" digest --insecure "$registry/pulsecheck:$version")" = "$digest" ] || die "the tag does not resolve to the index built ($digest)"
 # --fast: crane's full layer check assumes gzip layers; the image's are uncompressed tar (above).

@@ -9,10 +9,11 @@
 #   2. the chart: helm push DIR/pulsecheck-VERSION.tgz oci://$REGISTRY/charts
 #   3. signing (PUBLISH_SIGN=1): cosign sign of the image index and of the chart by digest,
 #      keyless (in GitHub Actions: the workflow's OIDC identity, a Fulcio certificate, the Rekor
-#      log); cosign attest of the CycloneDX SBOM to the image; cosign sign-blob of SHA256SUMS
-#      into SHA256SUMS.sigstore.json
-#   4. the GitHub release vVERSION (PUBLISH_GITHUB_RELEASE=1, gh): the binaries, krew archives
-#      and manifest, chart, SBOM, SHA256SUMS and its bundle; notes from CHANGELOG.md
+#      log); cosign attest of the CycloneDX SBOMs (pulsecheck's and the agent's, both binaries of
+#      the image) to the image; cosign sign-blob of SHA256SUMS into SHA256SUMS.sigstore.json
+#   4. the GitHub release vVERSION (PUBLISH_GITHUB_RELEASE=1, gh): the binaries (pulsecheck and
+#      pulsecheck-agent), krew archives and manifest, chart, SBOMs, SHA256SUMS and its bundle;
+#      notes from CHANGELOG.md
 #
 # Environment: REGISTRY (default ghcr.io/pulsecheck), PUBLISH_SIGN and PUBLISH_GITHUB_RELEASE
 # (default 1), PUBLISH_PLAIN_HTTP=1 for a registry without TLS (release/publish-local.sh),
@@ -28,9 +29,10 @@ sign=${PUBLISH_SIGN:-1} github_release=${PUBLISH_GITHUB_RELEASE:-1} plain_http=$
 log() { printf 'publish: %s\n' "$*" >&2; }
 die() { echo "publish: $*" >&2; exit 1; }
 
-for file in pulsecheck-image.tar pulsecheck-image.digest "pulsecheck-$version.tgz" pulsecheck.yaml pulsecheck.cdx.json SHA256SUMS; do
+for file in pulsecheck-image.tar pulsecheck-image.digest "pulsecheck-$version.tgz" pulsecheck.yaml pulsecheck.cdx.json pulsecheck-agent.cdx.json SHA256SUMS; do
   [ -f "$dir/$file" ] || die "$dir/$file is missing: run make release-artifacts VERSION=$version first"
 done
+compgen -G "$dir/pulsecheck-agent-linux-*" >/dev/null || die "$dir has no pulsecheck-agent-linux-* binary: run make release-artifacts VERSION=$version first"
 (cd "$dir" && sha256sum --quiet -c SHA256SUMS) || die "$dir does not match its SHA256SUMS"
 
 bin=$(bash "$root/tools/build.sh" --print)
@@ -71,9 +73,10 @@ if [ "$sign" = 1 ]; then
   command -v cosign >/dev/null || die "cosign is not installed (the workflow's sigstore/cosign-installer step)"
   cosign sign --yes "$image@$want"
   cosign attest --yes --type cyclonedx --predicate "$dir/pulsecheck.cdx.json" "$image@$want"
+  cosign attest --yes --type cyclonedx --predicate "$dir/pulsecheck-agent.cdx.json" "$image@$want"
   cosign sign --yes "$registry/charts/pulsecheck@$chart_digest"
   cosign sign-blob --yes --bundle "$dir/SHA256SUMS.sigstore.json" "$dir/SHA256SUMS" >/dev/null
-  log "signed: the image, its SBOM attestation, the chart, SHA256SUMS"
+  log "signed: the image, its SBOM attestations, the chart, SHA256SUMS"
 else
   log "signing skipped (PUBLISH_SIGN=$sign)"
 fi
@@ -90,7 +93,8 @@ if [ "$github_release" = 1 ]; then
   } >"$notes"
   prerelease=()
   [[ $version != *-* ]] || prerelease=(--prerelease)
-  files=("$dir"/pulsecheck-linux-* "$dir"/kubectl-pulsecheck_* "$dir/pulsecheck.yaml" "$dir/pulsecheck-$version.tgz" "$dir/pulsecheck.cdx.json" "$dir/SHA256SUMS")
+  files=("$dir"/pulsecheck-linux-* "$dir"/pulsecheck-agent-linux-* "$dir"/kubectl-pulsecheck_* "$dir/pulsecheck.yaml" "$dir/pulsecheck-$version.tgz"
+    "$dir/pulsecheck.cdx.json" "$dir/pulsecheck-agent.cdx.json" "$dir/SHA256SUMS")
   [ ! -f "$dir/SHA256SUMS.sigstore.json" ] || files+=("$dir/SHA256SUMS.sigstore.json")
   gh release create "v$version" --verify-tag --title "pulsecheck $version" --notes-file "$notes" "${prerelease[@]}" "${files[@]}"
   log "GitHub release v$version created"

@@ -326,3 +326,263 @@ fn the_critical_pods_quota_is_never_rendered_into_kube_system() {
     // critical Pods would refuse CoreDNS and the rest.
     assert!(!quota("kube-system"));
 }
+
+/// The objects that belong to the node agent (label `app.kubernetes.io/component: agent`).
+fn agent_objects(objects: &[Value]) -> Vec<String> {
+    objects
+        .iter()
+        .filter(|o| label(o, "app.kubernetes.io/component") == Some("agent"))
+        .map(|o| format!("{}/{}", o["kind"].as_str().unwrap_or_default(), o["metadata"]["name"].as_str().unwrap_or_default()))
+        .collect()
+}
+
+fn named<'a>(objects: &'a [Value], kind: &str, name: &str) -> &'a Value {
+    objects
+        .iter()
+        .find(|o| o["kind"].as_str() == Some(kind) && o["metadata"]["name"].as_str() == Some(name))
+        .unwrap_or_else(|| panic!("no {kind}/{name} in {:?}", kinds(objects)))
+}
+
+fn strings(value: &Value) -> Vec<&str> {
+    value.as_sequence().map(|s| s.iter().filter_map(Value::as_str).collect()).unwrap_or_default()
+}
+
+#[test]
+fn the_node_agent_is_opt_in_and_nothing_of_it_renders_by_default() {
+    for objects in [render(&[]).unwrap(), with_crds(&[])] {
+        assert_eq!(agent_objects(&objects), Vec::<String>::new());
+        let kinds = kinds(&objects);
+        for kind in ["DaemonSet", "ValidatingAdmissionPolicy", "ValidatingAdmissionPolicyBinding"] {
+            assert!(!kinds.iter().any(|k| k == kind), "{kind} rendered with default values: {kinds:?}");
+        }
+        assert!(!objects.iter().any(|o| o["metadata"]["name"].as_str().is_some_and(|n| n.contains("agent-critical"))), "{kinds:?}");
+    }
+    let on = agent_objects(&render(&["--set", "agent.enabled=true"]).unwrap());
+    assert_eq!(
+        on,
+        [
+            "ResourceQuota/pulsecheck-agent-critical-pods",
+            "ServiceAccount/pulsecheck-agent",
+            "Role/pulsecheck-agent",
+            "RoleBinding/pulsecheck-agent",
+            "DaemonSet/pulsecheck-agent",
+            "ValidatingAdmissionPolicy/pulsecheck-agent",
+            "ValidatingAdmissionPolicyBinding/pulsecheck-agent",
+        ]
+    );
+    let typo = render(&["--set", "agent.enable=true"]).unwrap_err();
+    assert!(typo.contains("enable"), "{typo}");
+}
+
+#[test]
+fn the_agent_runs_on_every_node_from_the_controller_s_image_as_root_without_any_capability() {
+    let objects = render(&["--set", "agent.enabled=true", "--set", "image.tag=9.9.9", "--set", "image.pullPolicy=Always"]).unwrap();
+    let controller = &the(&objects, "Deployment")["spec"]["template"]["spec"]["containers"][0];
+    let daemonset = the(&objects, "DaemonSet");
+    let pod = &daemonset["spec"]["template"]["spec"];
+    let container = &pod["containers"][0];
+    assert_eq!(pod["containers"].as_sequence().map(Vec::len), Some(1));
+    // The same image, another binary in it.
+    assert_eq!(container["image"], controller["image"]);
+    assert_eq!(container["image"].as_str(), Some("ghcr.io/pulsecheck/pulsecheck:9.9.9"));
+    assert_eq!(container["imagePullPolicy"].as_str(), Some("Always"));
+    assert_eq!(strings(&container["command"]), ["/pulsecheck-agent"]);
+    assert_eq!(strings(&container["args"]), ["--scratch-dir=/var/lib/kubelet/pulsecheck-agent"]);
+    // Who and where it is, from the downward API.
+    let env: Vec<(&str, &str)> = container["env"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .map(|e| (e["name"].as_str().unwrap(), e["valueFrom"]["fieldRef"]["fieldPath"].as_str().unwrap()))
+        .collect();
+    assert_eq!(env, [("NODE_NAME", "spec.nodeName"), ("POD_NAMESPACE", "metadata.namespace"), ("POD_NAME", "metadata.name"), ("POD_UID", "metadata.uid")]);
+    // uid 0 (the kubelet's DirectoryOrCreate is root's, 0755) and nothing else of root's.
+    assert_eq!(pod["securityContext"]["runAsUser"].as_i64(), Some(0));
+    assert_eq!(pod["securityContext"]["runAsNonRoot"].as_bool(), Some(false));
+    assert_eq!(pod["securityContext"]["seccompProfile"]["type"].as_str(), Some("RuntimeDefault"));
+    let hardening = &container["securityContext"];
+    assert_eq!(hardening["readOnlyRootFilesystem"].as_bool(), Some(true));
+    assert_eq!(hardening["allowPrivilegeEscalation"].as_bool(), Some(false));
+    assert_eq!(hardening["privileged"].as_bool(), Some(false));
+    assert_eq!(strings(&hardening["capabilities"]["drop"]), ["ALL"]);
+    assert!(hardening["capabilities"]["add"].is_null(), "{hardening:?}");
+    assert!(pod["hostNetwork"].is_null() && pod["hostPID"].is_null() && container["ports"].is_null(), "no host namespaces, no ports: {pod:?}");
+    // On every node, whatever taints it: its evidence matters most on a node that is tainted.
+    assert_eq!(serde_yaml_ng::to_string(&pod["tolerations"]).unwrap().trim(), "- operator: Exists");
+    assert!(pod["nodeSelector"].is_null() && pod["affinity"].is_null(), "{pod:?}");
+    assert_eq!(pod["priorityClassName"].as_str(), Some("system-node-critical"));
+    // The two hostPaths, the host's os-release read-only.
+    let volumes: Vec<(&str, &str, &str)> = pod["volumes"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .map(|v| (v["name"].as_str().unwrap(), v["hostPath"]["path"].as_str().unwrap(), v["hostPath"]["type"].as_str().unwrap()))
+        .collect();
+    assert_eq!(volumes, [("os-release", "/etc/os-release", "File"), ("scratch", "/var/lib/kubelet/pulsecheck-agent", "DirectoryOrCreate")]);
+    let mounts: Vec<(&str, &str, bool)> = container["volumeMounts"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .map(|m| (m["name"].as_str().unwrap(), m["mountPath"].as_str().unwrap(), m["readOnly"].as_bool().unwrap_or(false)))
+        .collect();
+    assert_eq!(mounts, [("os-release", "/host/etc/os-release", true), ("scratch", "/host/var/lib/kubelet/pulsecheck-agent", false)]);
+    // Its token is the Pod's projected one (bound to the Pod, so it names the node).
+    assert_eq!(pod["automountServiceAccountToken"].as_bool(), Some(true));
+    assert_eq!(pod["serviceAccountName"].as_str(), Some("pulsecheck-agent"));
+    // Tiny, and rolled a tenth of the fleet at a time, never two agents on one node.
+    assert_eq!(container["resources"]["requests"]["cpu"].as_str(), Some("5m"));
+    assert_eq!(container["resources"]["limits"]["memory"].as_str(), Some("64Mi"));
+    let rolling = &daemonset["spec"]["updateStrategy"]["rollingUpdate"];
+    assert_eq!((rolling["maxUnavailable"].as_str(), rolling["maxSurge"].as_i64()), (Some("10%"), Some(0)));
+    // Nothing that selects the controller's Pods (the Service, a disruption budget) selects an agent.
+    let service_selector = &the(&objects, "Service")["spec"]["selector"];
+    let agent_labels = &daemonset["spec"]["template"]["metadata"]["labels"];
+    assert!(
+        service_selector.as_mapping().unwrap().iter().any(|(k, v)| &agent_labels[k.as_str().unwrap()] != v),
+        "the Service {service_selector:?} selects the agent's Pods {agent_labels:?}"
+    );
+    assert_eq!(agent_labels["app.kubernetes.io/component"].as_str(), Some("agent"));
+    for key in ["helm.sh/chart", "app.kubernetes.io/version"] {
+        assert!(agent_labels[key].is_null(), "the agent's Pod template carries {key}: every chart bump would roll every node");
+    }
+
+    // Its Lease, and nothing else: the Role; which Lease is the policy's to say.
+    let role = named(&objects, "Role", "pulsecheck-agent");
+    assert_eq!(role["metadata"]["namespace"].as_str(), Some("pulsecheck"));
+    assert_eq!(
+        serde_yaml_ng::to_string(&role["rules"]).unwrap().trim(),
+        "- apiGroups:\n  - coordination.k8s.io\n  resources:\n  - leases\n  verbs:\n  - get\n  - create\n  - update"
+    );
+    let binding = named(&objects, "RoleBinding", "pulsecheck-agent");
+    assert_eq!(binding["subjects"][0]["name"].as_str(), Some("pulsecheck-agent"));
+    let policy = the(&objects, "ValidatingAdmissionPolicy");
+    let spec = &policy["spec"];
+    assert_eq!(spec["failurePolicy"].as_str(), Some("Fail"));
+    assert_eq!(spec["matchConditions"][0]["expression"].as_str(), Some("request.userInfo.username == 'system:serviceaccount:pulsecheck:pulsecheck-agent'"));
+    let rule = &spec["matchConstraints"]["resourceRules"][0];
+    assert_eq!((strings(&rule["apiGroups"]), strings(&rule["resources"])), (vec!["coordination.k8s.io"], vec!["leases"]));
+    assert_eq!(strings(&rule["operations"]), ["CREATE", "UPDATE", "DELETE"]);
+    assert_eq!(spec["matchConstraints"]["namespaceSelector"]["matchLabels"]["kubernetes.io/metadata.name"].as_str(), Some("pulsecheck"));
+    let cel = serde_yaml_ng::to_string(spec).unwrap();
+    assert!(
+        cel.contains("authentication.kubernetes.io/node-name") && cel.contains("'pulsecheck-agent-' + variables.nodeName") && cel.contains("oldObject"),
+        "{cel}"
+    );
+    let policy_binding = the(&objects, "ValidatingAdmissionPolicyBinding");
+    assert_eq!(policy_binding["spec"]["policyName"], policy["metadata"]["name"]);
+    assert_eq!(strings(&policy_binding["spec"]["validationActions"]), ["Deny"]);
+}
+
+#[test]
+fn the_kubelet_root_dir_flows_into_the_host_path_the_mount_and_the_scratch_flag() {
+    for root in ["/data/kubelet", "/data/kubelet/"] {
+        let objects = render(&[
+            "--set",
+            "agent.enabled=true",
+            "--set",
+            &format!("agent.kubeletRootDir={root}"),
+            "--set",
+            "agent.extraArgs={--disk-interval=2s}",
+            "--set",
+            "agent.nodeSelector.pool=general",
+            "--set",
+            "agent.priorityClassName=",
+        ])
+        .unwrap();
+        let pod = &the(&objects, "DaemonSet")["spec"]["template"]["spec"];
+        let container = &pod["containers"][0];
+        assert_eq!(strings(&container["args"]), ["--scratch-dir=/data/kubelet/pulsecheck-agent", "--disk-interval=2s"], "{root}");
+        assert_eq!(pod["volumes"][1]["hostPath"]["path"].as_str(), Some("/data/kubelet/pulsecheck-agent"), "{root}");
+        assert_eq!(container["volumeMounts"][1]["mountPath"].as_str(), Some("/host/data/kubelet/pulsecheck-agent"), "{root}");
+        assert_eq!(pod["nodeSelector"]["pool"].as_str(), Some("general"));
+        assert!(pod["priorityClassName"].is_null(), "{pod:?}");
+        // No critical class, no quota for it.
+        assert!(!agent_objects(&objects).iter().any(|o| o.starts_with("ResourceQuota/")), "{:?}", agent_objects(&objects));
+    }
+    let relative = render(&["--set", "agent.enabled=true", "--set", "agent.kubeletRootDir=var/lib/kubelet"]).unwrap_err();
+    assert!(relative.contains("kubeletRootDir"), "{relative}");
+    // Another release name: the policy names the ServiceAccount the chart creates.
+    let out = std::process::Command::new(tool("helm"))
+        .args(["template", "health"])
+        .arg(repo().join("charts/pulsecheck"))
+        .args(["--namespace", "ops", "--set", "agent.enabled=true"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let text = String::from_utf8(out.stdout).unwrap();
+    let objects: Vec<Value> = serde_yaml_ng::Deserializer::from_str(&text).map(|d| Value::deserialize(d).unwrap()).filter(|v| !v.is_null()).collect();
+    let sa = objects.iter().find(|o| o["kind"].as_str() == Some("ServiceAccount") && label(o, "app.kubernetes.io/component") == Some("agent")).unwrap();
+    assert_eq!(sa["metadata"]["name"].as_str(), Some("health-pulsecheck-agent"));
+    assert_eq!(
+        the(&objects, "ValidatingAdmissionPolicy")["spec"]["matchConditions"][0]["expression"].as_str(),
+        Some("request.userInfo.username == 'system:serviceaccount:ops:health-pulsecheck-agent'")
+    );
+    assert_eq!(the(&objects, "DaemonSet")["spec"]["template"]["spec"]["serviceAccountName"], sa["metadata"]["name"]);
+}
+
+#[test]
+fn the_critical_pods_quota_admits_one_agent_per_node_as_well() {
+    let quotas = |args: &[&str]| -> Vec<(String, String, String)> {
+        render(args)
+            .unwrap()
+            .iter()
+            .filter(|o| o["kind"].as_str() == Some("ResourceQuota"))
+            .map(|q| {
+                (
+                    q["metadata"]["name"].as_str().unwrap().to_owned(),
+                    q["spec"]["scopeSelector"]["matchExpressions"][0]["values"][0].as_str().unwrap().to_owned(),
+                    q["spec"]["hard"]["pods"].as_str().unwrap().to_owned(),
+                )
+            })
+            .collect()
+    };
+    let quota = |name: &str, class: &str, pods: &str| (name.to_owned(), class.to_owned(), pods.to_owned());
+    // Two classes, two quotas.
+    assert_eq!(
+        quotas(&["--set", "agent.enabled=true"]),
+        [quota("pulsecheck-critical-pods", "system-cluster-critical", "2"), quota("pulsecheck-agent-critical-pods", "system-node-critical", "5000")]
+    );
+    // One class: one quota holding both (a Pod counts against every quota whose scope it is in).
+    assert_eq!(
+        quotas(&["--set", "agent.enabled=true", "--set", "agent.priorityClassName=system-cluster-critical", "--set", "agent.priorityClassQuotaPods=300"]),
+        [quota("pulsecheck-critical-pods", "system-cluster-critical", "302")]
+    );
+    // The controller without a critical class, the agent with one.
+    assert_eq!(
+        quotas(&["--set", "agent.enabled=true", "--set", "priorityClassName="]),
+        [quota("pulsecheck-agent-critical-pods", "system-node-critical", "5000")]
+    );
+    assert_eq!(quotas(&["--set", "agent.enabled=true", "--set", "priorityClassQuota=false"]), []);
+}
+
+#[test]
+fn the_controller_may_watch_the_agents_leases_in_its_own_namespace_whatever_its_leader_election() {
+    let lease_roles = |args: &[&str]| -> Vec<(String, String, Vec<String>)> {
+        render(args)
+            .unwrap()
+            .iter()
+            .filter(|o| o["kind"].as_str() == Some("Role") && label(o, "app.kubernetes.io/component") == Some("controller"))
+            .filter(|o| o["rules"][0]["resources"][0].as_str() == Some("leases") && o["metadata"]["namespace"].as_str() != Some("kube-node-lease"))
+            .map(|o| {
+                (
+                    o["metadata"]["name"].as_str().unwrap().to_owned(),
+                    o["metadata"]["namespace"].as_str().unwrap().to_owned(),
+                    strings(&o["rules"][0]["verbs"]).into_iter().map(str::to_owned).collect(),
+                )
+            })
+            .collect()
+    };
+    let role = |name: &str, namespace: &str, verbs: &[&str]| (name.to_owned(), namespace.to_owned(), verbs.iter().map(|v| v.to_string()).collect::<Vec<_>>());
+    let watched = ["get", "list", "watch", "create", "update"];
+    assert_eq!(lease_roles(&[]), [role("pulsecheck-leader-election", "pulsecheck", &watched)]);
+    assert_eq!(lease_roles(&["--set", "agent.enabled=true"]), [role("pulsecheck-leader-election", "pulsecheck", &watched)]);
+    // Without leader election, or with its Lease elsewhere: a Role of their own.
+    assert_eq!(lease_roles(&["--set", "config.leaderElect=false"]), [role("pulsecheck-agent-leases", "pulsecheck", &["get", "list", "watch"])]);
+    assert_eq!(
+        lease_roles(&["--set", "config.leaderElectionNamespace=elsewhere"]),
+        [
+            role("pulsecheck-leader-election", "elsewhere", &["get", "create", "update"]),
+            role("pulsecheck-agent-leases", "pulsecheck", &["get", "list", "watch"])
+        ]
+    );
+}

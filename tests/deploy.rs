@@ -1,7 +1,8 @@
 //! What an operator installs — the Helm chart and the plain manifests — against a real
 //! kube-apiserver: every object is accepted with strict field validation (including the
-//! ServiceMonitor and PrometheusRule, checked by the prometheus-operator CRDs), and the shipped
-//! RBAC lets pulsecheck's ServiceAccount do exactly what pulsecheck calls and nothing more.
+//! ServiceMonitor and PrometheusRule, checked by the prometheus-operator CRDs, and the opt-in
+//! agent's DaemonSet and ValidatingAdmissionPolicy), and the shipped RBAC lets pulsecheck's
+//! ServiceAccount, and the agent's, do exactly what each calls and nothing more.
 //!
 //! Tools: helm and kubectl from `bash tools/build.sh --print` (helm is built on first use), the
 //! CRDs from the Go module pinned in tools/crds (`bash tools/build.sh crds`).
@@ -21,6 +22,7 @@ use tokio::io::AsyncWriteExt;
 /// Generous: CI runs several control planes on two cores.
 const DEADLINE: Duration = Duration::from_secs(120);
 const SERVICE_ACCOUNT: &str = "system:serviceaccount:pulsecheck:pulsecheck";
+const AGENT_SERVICE_ACCOUNT: &str = "system:serviceaccount:pulsecheck:pulsecheck-agent";
 
 fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -185,6 +187,17 @@ const SHIPPED: &[&str] = &[
     "prometheusrule.monitoring.coreos.com/pulsecheck",
 ];
 
+/// The opt-in node agent's objects (`agent.enabled=true`, `manifests/components/agent`).
+const AGENT: &[&str] = &[
+    "serviceaccount/pulsecheck-agent",
+    "role.rbac.authorization.k8s.io/pulsecheck-agent",
+    "rolebinding.rbac.authorization.k8s.io/pulsecheck-agent",
+    "daemonset.apps/pulsecheck-agent",
+    "validatingadmissionpolicy.admissionregistration.k8s.io/pulsecheck-agent",
+    "validatingadmissionpolicybinding.admissionregistration.k8s.io/pulsecheck-agent",
+    "resourcequota/pulsecheck-agent-critical-pods",
+];
+
 fn assert_all_created(what: &str, out: &Output, expected: &[&str]) {
     assert!(out.ok, "{what} was rejected by the apiserver:\n{}{}", out.stdout, out.stderr);
     let missing: Vec<_> = expected.iter().filter(|o| !out.stdout.contains(&format!("{o} created"))).collect();
@@ -259,6 +272,35 @@ async fn chart_and_manifests_are_accepted_by_a_real_apiserver() {
         .collect();
     assert_all_created("helm template with the opt-in objects", &out, &opt_in);
 
+    // The opt-in node agent: the overlay with its component (the Namespace relabelled for the
+    // privileged Pod Security level), and the chart with agent.enabled, alone and with the
+    // controller's priority class and another kubelet root dir.
+    let with_agent: Vec<&str> = base.iter().chain(AGENT).copied().collect();
+    let out = apply(&cp, &["--dry-run=server", "-k", "deploy/kustomize/with-agent"], None).await;
+    assert_all_created("kubectl apply -k deploy/kustomize/with-agent/", &out, &with_agent);
+    assert!(out.stdout.contains("namespace/pulsecheck configured"), "the component relabels the Namespace:\n{}", out.stdout);
+    for (what, sets) in [
+        ("the agent", &["agent.enabled=true"][..]),
+        (
+            "the agent under the controller's priority class, another kubelet root, extra flags",
+            &[
+                "agent.enabled=true",
+                "agent.priorityClassName=system-cluster-critical",
+                "agent.kubeletRootDir=/data/kubelet",
+                "agent.extraArgs={--disk-interval=2s}",
+            ][..],
+        ),
+    ] {
+        let rendered = helm_template_for(&MONITORING_API, sets).await;
+        let out = apply(&cp, &["--dry-run=server", "-f", "-"], Some(&rendered)).await;
+        let mut expected: Vec<&str> = SHIPPED.iter().chain(AGENT).copied().collect();
+        if sets.contains(&"agent.priorityClassName=system-cluster-critical") {
+            // One class for both: the controller's quota admits the agents too.
+            expected.retain(|o| *o != "resourcequota/pulsecheck-agent-critical-pods");
+        }
+        assert_all_created(&format!("helm template with {what}"), &out, &expected);
+    }
+
     // Without prometheus-operator objects and with an existing ServiceAccount: nothing else is needed.
     let rendered = helm_template(&[
         "serviceMonitor.enabled=false",
@@ -303,6 +345,9 @@ async fn shipped_rbac_lets_pulsecheck_do_its_job_and_nothing_more() {
         ("get", "leases.coordination.k8s.io", "", "pulsecheck", true),
         ("create", "leases.coordination.k8s.io", "", "pulsecheck", true),
         ("update", "leases.coordination.k8s.io", "", "pulsecheck", true),
+        // The node agents' Leases (pulsecheck-agent-<node>), watched.
+        ("list", "leases.coordination.k8s.io", "", "pulsecheck", true),
+        ("watch", "leases.coordination.k8s.io", "", "pulsecheck", true),
         ("patch", "leases.coordination.k8s.io", "", "pulsecheck", false),
         // What it must never be able to do.
         ("delete", "nodes", "", "", false),
@@ -321,10 +366,41 @@ async fn shipped_rbac_lets_pulsecheck_do_its_job_and_nothing_more() {
         ("patch", "configmaps", "", "pulsecheck", false),
         ("create", "clusterrolebindings.rbac.authorization.k8s.io", "", "", false),
     ];
+    assert_can_i(&cp, SERVICE_ACCOUNT, checks).await;
+
+    // The opt-in agent: its own node's Lease (which one is the admission policy's to say,
+    // tests/agent_admission.rs), nothing else; the controller's rights unchanged.
+    let out = apply(&cp, &["-k", "deploy/kustomize/with-agent"], None).await;
+    assert!(out.ok, "kubectl apply -k deploy/kustomize/with-agent/ failed:\n{}{}", out.stdout, out.stderr);
+    let agent_checks: &[(&str, &str, &str, &str, bool)] = &[
+        ("get", "leases.coordination.k8s.io", "", "pulsecheck", true),
+        ("create", "leases.coordination.k8s.io", "", "pulsecheck", true),
+        ("update", "leases.coordination.k8s.io", "", "pulsecheck", true),
+        ("list", "leases.coordination.k8s.io", "", "pulsecheck", false),
+        ("watch", "leases.coordination.k8s.io", "", "pulsecheck", false),
+        ("patch", "leases.coordination.k8s.io", "", "pulsecheck", false),
+        ("delete", "leases.coordination.k8s.io", "", "pulsecheck", false),
+        ("get", "leases.coordination.k8s.io", "", "kube-node-lease", false),
+        ("update", "leases.coordination.k8s.io", "", "kube-node-lease", false),
+        ("get", "nodes", "", "", false),
+        ("patch", "nodes", "status", "", false),
+        ("get", "pods", "", "pulsecheck", false),
+        ("get", "secrets", "", "pulsecheck", false),
+        ("create", "events.events.k8s.io", "", "default", false),
+    ];
+    assert_can_i(&cp, AGENT_SERVICE_ACCOUNT, agent_checks).await;
+    assert_can_i(&cp, SERVICE_ACCOUNT, checks).await;
+
+    cp.stop().await.unwrap_or_else(|e| panic!("{e}"));
+}
+
+/// `kubectl auth can-i` for each (verb, resource, subresource, namespace ("*" = all), allowed)
+/// as `user`; panics listing every answer that is not the one expected.
+async fn assert_can_i(cp: &ControlPlane, user: &str, checks: &[(&str, &str, &str, &str, bool)]) {
     let mut wrong = Vec::new();
     for (verb, resource, subresource, namespace, allowed) in checks {
         let subresource_flag = format!("--subresource={subresource}");
-        let as_flag = format!("--as={SERVICE_ACCOUNT}");
+        let as_flag = format!("--as={user}");
         let mut args = vec!["auth", "can-i", *verb, *resource, as_flag.as_str()];
         if !subresource.is_empty() {
             args.push(&subresource_flag);
@@ -334,7 +410,7 @@ async fn shipped_rbac_lets_pulsecheck_do_its_job_and_nothing_more() {
             "*" => args.push("--all-namespaces"),
             ns => args.extend_from_slice(&["--namespace", ns]),
         }
-        let out = kubectl(&cp, &args, None).await;
+        let out = kubectl(cp, &args, None).await;
         let answer = out.stdout.trim();
         assert!(answer == "yes" || answer == "no", "kubectl {args:?} answered neither yes nor no:\n{}{}", out.stdout, out.stderr);
         if (answer == "yes") != *allowed {
@@ -345,9 +421,7 @@ async fn shipped_rbac_lets_pulsecheck_do_its_job_and_nothing_more() {
             ));
         }
     }
-    assert!(wrong.is_empty(), "the shipped RBAC of {SERVICE_ACCOUNT} is wrong:\n  {}", wrong.join("\n  "));
-
-    cp.stop().await.unwrap_or_else(|e| panic!("{e}"));
+    assert!(wrong.is_empty(), "the shipped RBAC of {user} is wrong:\n  {}", wrong.join("\n  "));
 }
 
 /// The `args` of the pulsecheck container in a rendered Deployment.

@@ -2,14 +2,18 @@
 //! chart's ServiceAccount and RBAC with default values, they are applied to the real apiserver, and
 //! the built `pulsecheck run` binary runs with a kubeconfig holding a token of that ServiceAccount
 //! (TokenRequest) through a zombie → taint → release cycle with leader election and kubelet probes.
-//! The same identity is then refused what it must never do.
+//! The same identity lists and watches the node agents' Leases in its namespace, and is then
+//! refused what it must never do.
 
 mod common;
 
 use std::{path::PathBuf, process::Stdio, time::Duration};
 
 use common::*;
-use k8s_openapi::api::core::v1::{Node, Pod, Secret};
+use k8s_openapi::api::{
+    coordination::v1::Lease,
+    core::v1::{Node, Pod, Secret},
+};
 use kube::{
     Api,
     api::{DeleteParams, ListParams, Patch, PatchParams},
@@ -138,6 +142,14 @@ async fn controller_under_its_own_service_account_does_a_whole_cycle_and_nothing
     let log = std::fs::read_to_string(&running.log).unwrap();
     assert!(!log.to_lowercase().contains("forbidden"), "a call was refused:\n{log}");
     assert!(!log.contains('\u{1b}'), "terminal escape codes in a log written to a file:\n{log}");
+
+    // The node agents' Leases in its own namespace: listed and watched (the opt-in agent's), never deleted.
+    let own_leases: Api<Lease> = Api::namespaced(sa.clone(), "pulsecheck");
+    let agents = ListParams::default().labels("app.kubernetes.io/component=agent");
+    own_leases.list(&agents).await.expect("the agents' Leases can be listed");
+    let watch = own_leases.watch(&kube::api::WatchParams::default().labels("app.kubernetes.io/component=agent").timeout(1), "0").await;
+    drop(watch.expect("and watched"));
+    assert!(is_forbidden(own_leases.delete("pulsecheck", &DeleteParams::default()).await), "deleting a Lease was not refused");
 
     // What the role must refuse.
     let nodes: Api<Node> = Api::all(sa.clone());

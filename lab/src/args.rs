@@ -62,7 +62,7 @@ pub enum LabCommand {
     /// freezes its kubelet; net-cut drops its packets to the apiserver; probe-cut drops
     /// connections to its kubelet port from outside the node; recover undoes them all.
     Fault(FaultArgs),
-    /// Build pulsecheck's container image from its static binary, as an OCI image archive.
+    /// Build pulsecheck's container image from its static binaries, as an OCI image archive.
     ///
     /// Prints the image reference the archive holds (`make image` runs this).
     Image(ImageArgs),
@@ -84,6 +84,14 @@ pub struct ImageArgs {
     /// docs/release.md).
     #[arg(long, value_name = "[ARCH=]FILE", required = true)]
     pub binary: Vec<String>,
+    /// The statically linked pulsecheck-agent binary, put into the image as /pulsecheck-agent (the
+    /// chart's agent DaemonSet runs it; `make image` builds it with pulsecheck).
+    ///
+    /// As --binary: `--agent-binary FILE` with `--binary FILE`, or `--agent-binary ARCH=FILE` once
+    /// for each ARCH of --binary, each checked to be static and built for its ARCH. Without it
+    /// the image holds /pulsecheck alone, and the chart's agent.enabled=true cannot run.
+    #[arg(long, value_name = "[ARCH=]FILE")]
+    pub agent_binary: Vec<String>,
     /// Where to write the OCI image archive.
     #[arg(long, value_name = "FILE", default_value = "target/image/pulsecheck.tar")]
     pub out: PathBuf,
@@ -238,9 +246,20 @@ pub async fn run(cli: Cli) -> ExitCode {
     }
 }
 
-/// The binaries of `pulsecheck-lab image --binary`: one without an architecture (this
+/// What `pulsecheck-lab image` puts into the image: one pulsecheck binary (and agent) for this
+/// machine's architecture, or one per architecture.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum ImageBinaries {
+    /// `--binary FILE [--agent-binary FILE]`.
+    Native { pulsecheck: PathBuf, agent: Option<PathBuf> },
+    /// `--binary ARCH=FILE … [--agent-binary ARCH=FILE …]`: one image index; the agents, if
+    /// any, for exactly the architectures of the binaries.
+    PerArchitecture(Vec<(crate::image::Architecture, PathBuf, Option<PathBuf>)>),
+}
+
+/// The values of `flag` (`--binary`, `--agent-binary`): one without an architecture (this
 /// machine's), or one per architecture.
-fn image_binaries(values: &[String]) -> Result<Result<PathBuf, Vec<(crate::image::Architecture, PathBuf)>>, Error> {
+fn binaries_of(flag: &str, values: &[String]) -> Result<Result<PathBuf, Vec<(crate::image::Architecture, PathBuf)>>, Error> {
     match values {
         [one] if !one.contains('=') => Ok(Ok(PathBuf::from(one))),
         _ => values
@@ -248,8 +267,8 @@ fn image_binaries(values: &[String]) -> Result<Result<PathBuf, Vec<(crate::image
             .map(|value| {
                 let (arch, file) = value
                     .split_once('=')
-                    .ok_or_else(|| Error::Usage(format!("--binary {value}: with several binaries each is ARCH=FILE (amd64=..., arm64=...)")))?;
-                let arch = arch.parse().map_err(|e| Error::Usage(format!("--binary {value}: {e}")))?;
+                    .ok_or_else(|| Error::Usage(format!("{flag} {value}: with several binaries each is ARCH=FILE (amd64=..., arm64=...)")))?;
+                let arch = arch.parse().map_err(|e| Error::Usage(format!("{flag} {value}: {e}")))?;
                 Ok((arch, PathBuf::from(file)))
             })
             .collect::<Result<Vec<_>, _>>()
@@ -257,22 +276,78 @@ fn image_binaries(values: &[String]) -> Result<Result<PathBuf, Vec<(crate::image
     }
 }
 
+/// The binaries of `pulsecheck-lab image --binary … --agent-binary …`, paired by architecture.
+fn image_binaries(binary: &[String], agent_binary: &[String]) -> Result<ImageBinaries, Error> {
+    let agents = if agent_binary.is_empty() { None } else { Some(binaries_of("--agent-binary", agent_binary)?) };
+    match (binaries_of("--binary", binary)?, agents) {
+        (Ok(pulsecheck), None) => Ok(ImageBinaries::Native { pulsecheck, agent: None }),
+        (Ok(pulsecheck), Some(Ok(agent))) => Ok(ImageBinaries::Native { pulsecheck, agent: Some(agent) }),
+        (Ok(_), Some(Err(_))) => {
+            Err(Error::Usage("--agent-binary ARCH=FILE goes with --binary ARCH=FILE: with one --binary FILE, give one --agent-binary FILE".into()))
+        }
+        (Err(per_arch), agents) => {
+            let mut agents = match agents {
+                None => Vec::new(),
+                Some(Ok(file)) => {
+                    return Err(Error::Usage(format!(
+                        "--agent-binary {}: with --binary ARCH=FILE, give --agent-binary ARCH=FILE for each of its architectures",
+                        file.display()
+                    )));
+                }
+                Some(Err(agents)) => agents,
+            };
+            let with_agents = !agents.is_empty();
+            let mut paired = Vec::new();
+            for (arch, file) in per_arch {
+                let agent = match agents.iter().position(|(a, _)| *a == arch) {
+                    Some(at) => Some(agents.remove(at).1),
+                    None if with_agents => {
+                        return Err(Error::Usage(format!("--agent-binary: none for {arch}, which --binary has (give --agent-binary {arch}=FILE)")));
+                    }
+                    None => None,
+                };
+                paired.push((arch, file, agent));
+            }
+            if let Some((arch, file)) = agents.first() {
+                return Err(Error::Usage(format!("--agent-binary {arch}={}: no --binary for {arch} (or {arch} given twice)", file.display())));
+            }
+            Ok(ImageBinaries::PerArchitecture(paired))
+        }
+    }
+}
+
 /// `pulsecheck-lab image`: writes the archive, prints its reference.
 fn build_image(args: &ImageArgs) -> Result<(), Error> {
+    use crate::image::ImageSpec;
     let reference = args.reference.clone().unwrap_or_else(crate::image::pulsecheck_reference);
-    let binaries = image_binaries(&args.binary)?;
+    let binaries = image_binaries(&args.binary, &args.agent_binary)?;
     if let Some(parent) = args.out.parent().filter(|p| !p.as_os_str().is_empty()) {
         std::fs::create_dir_all(parent).with_context(|| format!("cannot create {} for --out", parent.display()))?;
     }
     let digest = match binaries {
-        Ok(binary) => crate::image::ImageSpec::pulsecheck(&binary, &reference).and_then(|spec| spec.write_archive(&args.out)),
-        Err(per_arch) => per_arch
+        ImageBinaries::Native { pulsecheck, agent } => ImageSpec::pulsecheck(&pulsecheck, &reference)
+            .and_then(|spec| match agent {
+                Some(agent) => spec.with_agent(&agent),
+                None => Ok(spec),
+            })
+            .and_then(|spec| spec.write_archive(&args.out)),
+        ImageBinaries::PerArchitecture(per_arch) => per_arch
             .iter()
-            .map(|(arch, binary)| crate::image::ImageSpec::pulsecheck_for(binary, &reference, *arch).map(|spec| (*arch, spec)))
-            .collect::<Result<Vec<_>, _>>()
+            .map(|(arch, binary, agent)| {
+                let spec = ImageSpec::pulsecheck_for(binary, &reference, *arch)?;
+                let spec = match agent {
+                    Some(agent) => spec.with_agent_for(agent, *arch)?,
+                    None => spec,
+                };
+                Ok((*arch, spec))
+            })
+            .collect::<Result<Vec<_>, crate::image::Error>>()
             .and_then(|images| crate::image::write_index_archive(&reference, &images, &args.out)),
     }
     .map_err(|e| Error::Failed(e.into()))?;
+    if args.agent_binary.is_empty() {
+        eprintln!("note: no --agent-binary: the image has no /pulsecheck-agent (the chart's agent.enabled=true needs it)");
+    }
     eprintln!("wrote {} ({digest})", args.out.display());
     println!("{reference}");
     Ok(())
@@ -690,15 +765,22 @@ mod tests {
     fn image_takes_one_binary_or_one_per_architecture() {
         use crate::image::Architecture::{Amd64, Arm64};
         let binaries = |argv: &[&str]| match Cli::try_parse_from([&["pulsecheck-lab", "image"][..], argv].concat()).unwrap().command {
-            LabCommand::Image(args) => image_binaries(&args.binary),
+            LabCommand::Image(args) => image_binaries(&args.binary, &args.agent_binary),
             other => panic!("parsed as {other:?}"),
         };
-        assert_eq!(binaries(&["--binary", "target/pulsecheck"]).unwrap(), Ok(PathBuf::from("target/pulsecheck")));
+        assert_eq!(
+            binaries(&["--binary", "target/pulsecheck"]).unwrap(),
+            ImageBinaries::Native { pulsecheck: PathBuf::from("target/pulsecheck"), agent: None }
+        );
         assert_eq!(
             binaries(&["--binary", "amd64=a/pulsecheck", "--binary", "aarch64=b/pulsecheck"]).unwrap(),
-            Err(vec![(Amd64, PathBuf::from("a/pulsecheck")), (Arm64, PathBuf::from("b/pulsecheck"))])
+            ImageBinaries::PerArchitecture(vec![(Amd64, PathBuf::from("a/pulsecheck"), None), (Arm64, PathBuf::from("b/pulsecheck"), None)])
         );
-        assert_eq!(binaries(&["--binary", "arm64=b"]).unwrap(), Err(vec![(Arm64, PathBuf::from("b"))]), "one ARCH=FILE is an index too");
+        assert_eq!(
+            binaries(&["--binary", "arm64=b"]).unwrap(),
+            ImageBinaries::PerArchitecture(vec![(Arm64, PathBuf::from("b"), None)]),
+            "one ARCH=FILE is an index too"
+        );
         let usage = |argv: &[&str]| match binaries(argv) {
             Err(Error::Usage(message)) => message,
             other => panic!("{argv:?}: {:?}", other.map_err(|e| format!("{e:?}"))),
@@ -706,5 +788,40 @@ mod tests {
         assert!(usage(&["--binary", "a", "--binary", "arm64=b"]).contains("--binary a: with several binaries each is ARCH=FILE"));
         assert!(usage(&["--binary", "riscv64=b"]).contains("unknown architecture \"riscv64\""));
         assert!(Cli::try_parse_from(["pulsecheck-lab", "image"]).is_err(), "--binary is required");
+    }
+
+    #[test]
+    fn image_pairs_each_agent_binary_with_the_binary_of_its_architecture() {
+        use crate::image::Architecture::{Amd64, Arm64};
+        let binaries = |argv: &[&str]| match Cli::try_parse_from([&["pulsecheck-lab", "image"][..], argv].concat()).unwrap().command {
+            LabCommand::Image(args) => image_binaries(&args.binary, &args.agent_binary),
+            other => panic!("parsed as {other:?}"),
+        };
+        assert_eq!(
+            binaries(&["--binary", "t/pulsecheck", "--agent-binary", "t/pulsecheck-agent"]).unwrap(),
+            ImageBinaries::Native { pulsecheck: PathBuf::from("t/pulsecheck"), agent: Some(PathBuf::from("t/pulsecheck-agent")) }
+        );
+        // In any order, by architecture.
+        assert_eq!(
+            binaries(&["--binary", "amd64=a/pc", "--binary", "arm64=b/pc", "--agent-binary", "aarch64=b/agent", "--agent-binary", "x86_64=a/agent"]).unwrap(),
+            ImageBinaries::PerArchitecture(vec![
+                (Amd64, PathBuf::from("a/pc"), Some(PathBuf::from("a/agent"))),
+                (Arm64, PathBuf::from("b/pc"), Some(PathBuf::from("b/agent")))
+            ])
+        );
+        let usage = |argv: &[&str]| match binaries(argv) {
+            Err(Error::Usage(message)) => message,
+            other => panic!("{argv:?}: {:?}", other.map_err(|e| format!("{e:?}"))),
+        };
+        let missing = usage(&["--binary", "amd64=a", "--binary", "arm64=b", "--agent-binary", "amd64=c"]);
+        assert!(missing.contains("--agent-binary: none for arm64"), "{missing}");
+        let extra = usage(&["--binary", "amd64=a", "--agent-binary", "amd64=c", "--agent-binary", "arm64=d"]);
+        assert!(extra.contains("--agent-binary arm64=d: no --binary for arm64"), "{extra}");
+        let twice = usage(&["--binary", "amd64=a", "--agent-binary", "amd64=c", "--agent-binary", "amd64=d"]);
+        assert!(twice.contains("--agent-binary amd64=d"), "{twice}");
+        assert!(usage(&["--binary", "amd64=a", "--agent-binary", "c"]).contains("--agent-binary c: with --binary ARCH=FILE"));
+        assert!(usage(&["--binary", "a", "--agent-binary", "amd64=c"]).contains("with one --binary FILE, give one --agent-binary FILE"));
+        assert!(usage(&["--binary", "a", "--agent-binary", "c", "--agent-binary", "d"]).contains("--agent-binary c: with several binaries each is ARCH=FILE"));
+        assert!(usage(&["--binary", "a", "--agent-binary", "mips=c"]).contains("--agent-binary mips=c: unknown architecture"));
     }
 }

@@ -10,6 +10,11 @@
 //! the format `ctr images import` and every other OCI tool read; the index carries the image's
 //! name in `io.containerd.image.name`, so containerd stores it under that reference.
 //!
+//! pulsecheck's image holds two static binaries: `/pulsecheck` (the controller and CLI, the
+//! entrypoint) and `/pulsecheck-agent` (the opt-in node agent, which the chart's DaemonSet runs
+//! as its command), each checked to need no dynamic loader and, per architecture, to be built for
+//! it.
+//!
 //! The release builds one image for several architectures from binaries cross-compiled on one
 //! machine (no emulation): [`write_index_archive`] puts each architecture's manifest into an OCI
 //! image index, and the layout's `index.json` names that index, which `crane push` or
@@ -37,18 +42,35 @@ pub enum Error {
         #[source]
         source: io::Error,
     },
+    /// A binary for the image could not be read.
+    #[error("{} {}: cannot read it for image {image}: {source}", .binary.flag(), .path.display())]
+    ReadBinary {
+        /// Which binary.
+        binary: Binary,
+        /// The image's reference.
+        image: String,
+        /// The file.
+        path: PathBuf,
+        /// The operating system's reason.
+        #[source]
+        source: io::Error,
+    },
     /// The binary for the image needs a dynamic loader (and a libc) the image does not have.
-    #[error("{} is not a statically linked ELF executable ({why}); the image has no libc: build it for the musl target (make image)", .path.display())]
+    #[error("{} {}: not a statically linked ELF executable ({why}); the image has no libc: build it for the musl target (make image)", .binary.flag(), .path.display())]
     NotStatic {
-        /// The binary.
+        /// Which binary.
+        binary: Binary,
+        /// The file.
         path: PathBuf,
         /// What was found.
         why: &'static str,
     },
     /// The binary given for an architecture is built for another one.
-    #[error("{} is built for {found}, not for {expected} as given (--binary {expected}=FILE)", .path.display())]
+    #[error("{} {expected}={}: built for {found}, not for {expected} as given", .binary.flag(), .path.display())]
     WrongArchitecture {
-        /// The binary.
+        /// Which binary.
+        binary: Binary,
+        /// The file.
         path: PathBuf,
         /// The architecture it was given for.
         expected: Architecture,
@@ -139,6 +161,51 @@ impl std::str::FromStr for Architecture {
     }
 }
 
+/// One of the binaries of pulsecheck's image, named in errors by the `pulsecheck-lab image` flag
+/// that gives it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Binary {
+    /// `/pulsecheck`: the controller and CLI, the image's entrypoint (`--binary`).
+    Pulsecheck,
+    /// `/pulsecheck-agent`: the node agent, the command of the chart's DaemonSet (`--agent-binary`).
+    Agent,
+}
+
+impl Binary {
+    /// Its path in the image, relative (`pulsecheck`, `pulsecheck-agent`).
+    pub fn path_in_image(self) -> &'static str {
+        match self {
+            Binary::Pulsecheck => "pulsecheck",
+            Binary::Agent => "pulsecheck-agent",
+        }
+    }
+
+    /// The `pulsecheck-lab image` flag that gives it.
+    pub fn flag(self) -> &'static str {
+        match self {
+            Binary::Pulsecheck => "--binary",
+            Binary::Agent => "--agent-binary",
+        }
+    }
+
+    /// The file at `source` as this binary of image `image`: readable, a static ELF executable
+    /// and, if `architecture` is given, built for it.
+    fn file(self, source: &Path, image: &str, architecture: Option<Architecture>) -> Result<ImageFile, Error> {
+        let contents = std::fs::read(source).map_err(|e| Error::ReadBinary { binary: self, image: image.to_owned(), path: source.to_path_buf(), source: e })?;
+        if let Err(why) = static_elf(&contents) {
+            return Err(Error::NotStatic { binary: self, path: source.to_path_buf(), why });
+        }
+        if let Some(expected) = architecture {
+            match Architecture::of_elf(&contents) {
+                Ok(found) if found == expected => {}
+                Ok(found) => return Err(Error::WrongArchitecture { binary: self, path: source.to_path_buf(), expected, found: found.to_string() }),
+                Err(found) => return Err(Error::WrongArchitecture { binary: self, path: source.to_path_buf(), expected, found }),
+            }
+        }
+        Ok(ImageFile { path: self.path_in_image().to_owned(), mode: 0o755, contents })
+    }
+}
+
 /// One file of an image.
 #[derive(Debug, Clone)]
 pub struct ImageFile {
@@ -184,10 +251,29 @@ pub fn pulsecheck_reference() -> String {
 }
 
 impl ImageSpec {
-    /// pulsecheck's image: its static binary as `/pulsecheck`, nothing else (no shell, no libc,
-    /// no CA bundle — in a Pod it trusts the ServiceAccount's CA, and any other CA is a file
-    /// the operator mounts), run as 65532:65532 (distroless' `nonroot`), `run` by default.
+    /// pulsecheck's image: its static binary as `/pulsecheck` (and the agent's, added with
+    /// [`ImageSpec::with_agent`]), nothing else (no shell, no libc, no CA bundle — in a Pod it
+    /// trusts the ServiceAccount's CA, and any other CA is a file the operator mounts), run as
+    /// 65532:65532 (distroless' `nonroot`), `run` by default.
     pub fn pulsecheck(binary: &Path, reference: &str) -> Result<ImageSpec, Error> {
+        ImageSpec::pulsecheck_checked(binary, reference, None)
+    }
+
+    /// The image with the node agent's static binary as `/pulsecheck-agent` too (the chart's
+    /// DaemonSet runs it as its command, as uid 0 without capabilities; the image's user and
+    /// entrypoint stay the controller's).
+    pub fn with_agent(self, agent: &Path) -> Result<ImageSpec, Error> {
+        self.with_agent_checked(agent, None)
+    }
+
+    fn with_agent_checked(mut self, agent: &Path, architecture: Option<Architecture>) -> Result<ImageSpec, Error> {
+        let file = Binary::Agent.file(agent, &self.reference, architecture)?;
+        self.files.retain(|f| f.path != file.path);
+        self.files.push(file);
+        Ok(self)
+    }
+
+    fn pulsecheck_checked(binary: &Path, reference: &str, architecture: Option<Architecture>) -> Result<ImageSpec, Error> {
         let labels = [
             ("org.opencontainers.image.title", "pulsecheck"),
             ("org.opencontainers.image.description", "Finds Kubernetes nodes that claim Ready but are dead, and taints or cordons them safely"),
@@ -195,10 +281,7 @@ impl ImageSpec {
             ("org.opencontainers.image.licenses", "Apache-2.0"),
             ("org.opencontainers.image.version", env!("CARGO_PKG_VERSION")),
         ];
-        let file = ImageFile::executable("pulsecheck", binary, reference)?;
-        if let Err(why) = static_elf(&file.contents) {
-            return Err(Error::NotStatic { path: binary.to_path_buf(), why });
-        }
+        let file = Binary::Pulsecheck.file(binary, reference, architecture)?;
         Ok(ImageSpec {
             reference: reference.to_owned(),
             files: vec![file],
@@ -215,12 +298,12 @@ impl ImageSpec {
     /// pulsecheck's image for `architecture`: as [`ImageSpec::pulsecheck`], and the binary must be
     /// built for that architecture (a cross-compiled one put under the wrong name is refused).
     pub fn pulsecheck_for(binary: &Path, reference: &str, architecture: Architecture) -> Result<ImageSpec, Error> {
-        let spec = ImageSpec::pulsecheck(binary, reference)?;
-        match Architecture::of_elf(&spec.files[0].contents) {
-            Ok(found) if found == architecture => Ok(spec),
-            Ok(found) => Err(Error::WrongArchitecture { path: binary.to_path_buf(), expected: architecture, found: found.to_string() }),
-            Err(found) => Err(Error::WrongArchitecture { path: binary.to_path_buf(), expected: architecture, found }),
-        }
+        ImageSpec::pulsecheck_checked(binary, reference, Some(architecture))
+    }
+
+    /// As [`ImageSpec::with_agent`], and the agent's binary must be built for `architecture`.
+    pub fn with_agent_for(self, agent: &Path, architecture: Architecture) -> Result<ImageSpec, Error> {
+        self.with_agent_checked(agent, Some(architecture))
     }
 }
 
@@ -582,6 +665,103 @@ mod tests {
         assert!(write_index_archive("x:1", &[], &tmp.path().join("x.tar")).is_err());
         assert_eq!(("aarch64".parse(), "amd64".parse()), (Ok(Architecture::Arm64), Ok(Architecture::Amd64)));
         assert!("ppc64le".parse::<Architecture>().unwrap_err().contains("ppc64le"));
+    }
+
+    /// The files of an image's one layer, by path.
+    fn layer_files(files: &std::collections::BTreeMap<String, Vec<u8>>, manifest_digest: &str) -> Vec<(String, u32, Vec<u8>)> {
+        let blob = |digest: &str| files[&format!("blobs/sha256/{}", digest.trim_start_matches("sha256:"))].clone();
+        let manifest: serde_json::Value = serde_json::from_slice(&blob(manifest_digest)).unwrap();
+        let layer = blob(manifest["layers"][0]["digest"].as_str().unwrap());
+        let mut tar = tar::Archive::new(&layer[..]);
+        tar.entries()
+            .unwrap()
+            .map(|e| {
+                let mut e = e.unwrap();
+                let path = e.path().unwrap().to_string_lossy().into_owned();
+                let mode = e.header().mode().unwrap();
+                let mut bytes = Vec::new();
+                io::Read::read_to_end(&mut e, &mut bytes).unwrap();
+                (path, mode, bytes)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn pulsecheck_s_image_holds_the_agent_beside_it_and_still_runs_pulsecheck() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (binary, agent) = (tmp.path().join("pulsecheck"), tmp.path().join("pulsecheck-agent"));
+        std::fs::write(&binary, elf(62)).unwrap();
+        let mut agent_elf = elf(62);
+        agent_elf.push(1); // not the same bytes as pulsecheck's
+        std::fs::write(&agent, &agent_elf).unwrap();
+        let spec = ImageSpec::pulsecheck(&binary, "x:1").unwrap().with_agent(&agent).unwrap();
+        assert_eq!(
+            (spec.entrypoint.clone(), spec.cmd.clone(), spec.user.clone()),
+            (vec!["/pulsecheck".to_owned()], vec!["run".to_owned()], Some("65532:65532".to_owned()))
+        );
+        let path = tmp.path().join("image.tar");
+        let digest = spec.write_archive(&path).unwrap();
+        let layer = layer_files(&archive_files(&path), &digest);
+        assert_eq!(layer, [("pulsecheck".to_owned(), 0o755, elf(62)), ("pulsecheck-agent".to_owned(), 0o755, agent_elf.clone())]);
+        // Given twice, the agent is there once.
+        let again = spec.clone().with_agent(&agent).unwrap();
+        assert_eq!(again.files.iter().map(|f| f.path.as_str()).collect::<Vec<_>>(), ["pulsecheck", "pulsecheck-agent"]);
+
+        // The agent is checked as pulsecheck is, and the errors name its flag and file.
+        let base = || ImageSpec::pulsecheck(&binary, "x:1").unwrap();
+        let missing = base().with_agent(&tmp.path().join("nope")).unwrap_err().to_string();
+        assert!(missing.starts_with("--agent-binary ") && missing.contains("nope"), "{missing}");
+        let test_binary = std::env::current_exe().unwrap();
+        let dynamic = base().with_agent(&test_binary).unwrap_err().to_string();
+        assert!(dynamic.starts_with("--agent-binary ") && dynamic.contains("PT_INTERP") && dynamic.contains(&*test_binary.to_string_lossy()), "{dynamic}");
+        let script = tmp.path().join("script");
+        std::fs::write(&script, b"#!/bin/sh\n").unwrap();
+        let not_elf = base().with_agent(&script).unwrap_err().to_string();
+        assert!(not_elf.starts_with("--agent-binary ") && not_elf.contains("not a 64-bit"), "{not_elf}");
+        // pulsecheck's own errors name --binary.
+        let dynamic = ImageSpec::pulsecheck(&test_binary, "x:1").unwrap_err().to_string();
+        assert!(dynamic.starts_with("--binary "), "{dynamic}");
+    }
+
+    #[test]
+    fn a_multi_arch_image_holds_each_architecture_s_agent_and_refuses_one_built_for_another() {
+        let tmp = tempfile::tempdir().unwrap();
+        let file = |name: &str, bytes: Vec<u8>| {
+            let path = tmp.path().join(name);
+            std::fs::write(&path, bytes).unwrap();
+            path
+        };
+        let mut agent_amd64 = elf(62);
+        agent_amd64.push(1);
+        let mut agent_arm64 = elf(183);
+        agent_arm64.push(2);
+        let (amd64, arm64) = (file("pulsecheck-amd64", elf(62)), file("pulsecheck-arm64", elf(183)));
+        let (agent_amd64_path, agent_arm64_path) = (file("pulsecheck-agent-amd64", agent_amd64.clone()), file("pulsecheck-agent-arm64", agent_arm64.clone()));
+        let reference = "ghcr.io/pulsecheck/pulsecheck:9.9.9";
+        let images = vec![
+            (
+                Architecture::Amd64,
+                ImageSpec::pulsecheck_for(&amd64, reference, Architecture::Amd64).unwrap().with_agent_for(&agent_amd64_path, Architecture::Amd64).unwrap(),
+            ),
+            (
+                Architecture::Arm64,
+                ImageSpec::pulsecheck_for(&arm64, reference, Architecture::Arm64).unwrap().with_agent_for(&agent_arm64_path, Architecture::Arm64).unwrap(),
+            ),
+        ];
+        let path = tmp.path().join("image.tar");
+        let digest = write_index_archive(reference, &images, &path).unwrap();
+        let files = archive_files(&path);
+        let index: serde_json::Value = serde_json::from_slice(&files[&format!("blobs/sha256/{}", digest.trim_start_matches("sha256:"))]).unwrap();
+        for (entry, (machine, agent)) in index["manifests"].as_array().unwrap().iter().zip([(62u16, &agent_amd64), (183, &agent_arm64)]) {
+            let layer = layer_files(&files, entry["digest"].as_str().unwrap());
+            assert_eq!(layer, [("pulsecheck".to_owned(), 0o755, elf(machine)), ("pulsecheck-agent".to_owned(), 0o755, agent.clone())], "{}", entry["platform"]);
+        }
+        let base = ImageSpec::pulsecheck_for(&amd64, reference, Architecture::Amd64).unwrap();
+        let wrong = base.with_agent_for(&agent_arm64_path, Architecture::Amd64).unwrap_err().to_string();
+        assert!(
+            wrong.starts_with("--agent-binary amd64=") && wrong.contains("pulsecheck-agent-arm64") && wrong.contains("built for arm64, not for amd64"),
+            "{wrong}"
+        );
     }
 
     #[test]

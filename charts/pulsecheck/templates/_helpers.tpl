@@ -106,6 +106,7 @@ lease-grace=leaseGrace
 status-stale-after=statusStaleAfter
 os-image-unknown-after=osImageUnknownAfter
 problem-conditions=problemConditions
+agent-disk-after=agentDiskAfter
 recover-after=recoverAfter
 evaluation-interval=evaluationInterval
 max-unhealthy=maxUnhealthy
@@ -176,3 +177,32 @@ per-node-metrics=perNodeMetrics
 - {{ . | quote }}
 {{- end }}
 {{- end -}}
+
+{{/* The node agent's name: its ServiceAccount, Role, RoleBinding, DaemonSet and admission policy. */}}
+{{- define "pulsecheck.agentName" -}}
+{{- printf "%s-agent" (include "pulsecheck.fullname" . | trunc 57 | trimSuffix "-") -}}
+{{- end -}}
+
+{{/* The user the agent's ServiceAccount tokens authenticate as: what the admission policy matches. */}}
+{{- define "pulsecheck.agentUser" -}}
+{{- printf "system:serviceaccount:%s:%s" .Release.Namespace (include "pulsecheck.agentName" .) -}}
+{{- end -}}
+
+{{/* The agent Pods' selector labels: not the controller's (app.kubernetes.io/name differs), so
+the Service, the PodDisruptionBudget and the NetworkPolicy never select an agent. */}}
+{{- define "pulsecheck.agentSelectorLabels" -}}
+app.kubernetes.io/name: {{ include "pulsecheck.name" . | trunc 57 | trimSuffix "-" }}-agent
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end -}}
+
+{{/* Labels of the agent's objects: pulsecheck's, component agent. */}}
+{{- define "pulsecheck.agentLabels" -}}
+helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
+app.kubernetes.io/name: {{ include "pulsecheck.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/component: agent
+app.kubernetes.io/part-of: pulsecheck
+app.kubernetes.io/version: {{ .Values.image.tag | default .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+{{- end -}}
+
