@@ -103,6 +103,9 @@ pub struct Settings {
     pub probe_partition_threshold: f64,
     /// Leader election.
     pub leader: LeaderSettings,
+    /// The namespace whose node agent Leases pulsecheck watches: its own
+    /// ([`crate::leader::own_namespace`]), whatever namespace the leader Lease is in.
+    pub agent_namespace: String,
     /// Admin server address (port 0 for any).
     pub admin_addr: SocketAddr,
     /// Per-node metric series.
@@ -130,6 +133,7 @@ impl Default for Settings {
             probe: ProbeSettings::default(),
             probe_partition_threshold: 50.0,
             leader: LeaderSettings::disabled("pulsecheck"),
+            agent_namespace: "pulsecheck".into(),
             admin_addr: SocketAddr::from((std::net::Ipv6Addr::UNSPECIFIED, 8080)),
             per_node_metrics: true,
             thresholds,
@@ -192,6 +196,7 @@ impl Settings {
             probe: ProbeSettings::from_args(p),
             probe_partition_threshold: p.probe_partition_threshold,
             leader: LeaderSettings::from_args(&args.leader),
+            agent_namespace: crate::leader::own_namespace(),
             admin_addr: args.admin.admin_addr,
             per_node_metrics: args.metrics.per_node_metrics,
             thresholds,

@@ -156,9 +156,9 @@ pub async fn start(client: kube::Client, settings: Settings) -> Result<Running, 
         metrics.clone(),
         watch_shutdown.clone(),
     )));
-    // The opt-in node agents' Leases live in pulsecheck's own namespace (the leader Lease's).
+    // The opt-in node agents' Leases live in pulsecheck's own namespace (wherever the leader Lease is).
     tasks.push(tokio::spawn(observe::watch_agent_leases(
-        Api::namespaced(client.clone(), &settings.leader.namespace),
+        Api::namespaced(client.clone(), &settings.agent_namespace),
         view.clone(),
         metrics.clone(),
         watch_shutdown.clone(),

@@ -80,6 +80,18 @@ pub struct LeaderSettings {
     pub duration: Duration,
 }
 
+/// The namespace pulsecheck runs in: `$POD_NAMESPACE`, then the ServiceAccount's namespace file,
+/// else "pulsecheck" (the install's). The leader Lease defaults to it, and the node agents' Leases
+/// live in it (the chart and the manifests install both there).
+pub fn own_namespace() -> String {
+    std::env::var("POD_NAMESPACE")
+        .ok()
+        .filter(|s| !s.is_empty())
+        .or_else(|| std::fs::read_to_string("/var/run/secrets/kubernetes.io/serviceaccount/namespace").ok().map(|s| s.trim().to_string()))
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "pulsecheck".into())
+}
+
 impl LeaderSettings {
     /// The settings `args` ask for; the identity defaults to `$POD_NAME`, then the host name,
     /// the namespace to `$POD_NAMESPACE`, then the ServiceAccount's namespace file.
@@ -94,12 +106,7 @@ impl LeaderSettings {
                 .unwrap_or_else(|| "pulsecheck".into());
             format!("{base}_{:08x}", rand::random::<u32>())
         });
-        let namespace = args
-            .leader_election_namespace
-            .clone()
-            .or_else(|| std::env::var("POD_NAMESPACE").ok().filter(|s| !s.is_empty()))
-            .or_else(|| std::fs::read_to_string("/var/run/secrets/kubernetes.io/serviceaccount/namespace").ok().map(|s| s.trim().to_string()))
-            .unwrap_or_else(|| "pulsecheck".into());
+        let namespace = args.leader_election_namespace.clone().unwrap_or_else(own_namespace);
         LeaderSettings {
             enabled: args.leader_elect,
             namespace,

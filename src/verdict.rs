@@ -374,6 +374,22 @@ fn agent_grace(agent: &AgentFacts, th: &Thresholds) -> Duration {
     agent.duration.map_or(th.lease_grace, |d| d + d / 4)
 }
 
+/// How much longer than its report pulsecheck takes an agent's trouble to have lasted: one
+/// renewal's spacing (a quarter of the Lease's duration, as the agent renews by default) and a
+/// request timeout.
+fn agent_extrapolation(agent: &AgentFacts) -> Duration {
+    agent.duration.map_or(Duration::from_secs(10), |d| d / 4) + Duration::from_secs(5)
+}
+
+/// Whether a disk operation failing with `error` (as the agent reports it) can condemn a node:
+/// the errors of a disk that is broken — EIO, a filesystem remounted read-only (EROFS). Others say
+/// something about the node's configuration or load, not a dead disk: a full disk (ENOSPC,
+/// EDQUOT), a denial (EACCES, EPERM: an SELinux policy would deny every node at once), an
+/// operation that succeeded only after the agent's deadline (a slow disk). Those stay supporting.
+fn failure_condemns(error: &str) -> bool {
+    error.contains("(os error 5)") || error.contains("(os error 30)")
+}
+
 /// How long the agent Lease watch may deliver nothing while agents exist: the shortest agent
 /// grace (every agent renews several times within it).
 pub fn agent_watch_silence(facts: &FleetFacts, th: &Thresholds) -> Duration {
@@ -437,16 +453,19 @@ fn agent_evidence(now: Timestamp, agent: AgentSight<'_>, th: &Thresholds) -> (Op
         // First sight (a restart of pulsecheck): the report may be a dead agent's last word.
         return (None, Some("the node's agent has not been seen renewing yet"));
     }
-    let (path, operation, problem, reported) = match &report.disk {
+    let (path, operation, problem, reported, can_condemn) = match &report.disk {
         DiskHealth::Ok => return (None, None),
         DiskHealth::Starting => return (None, Some("the node's agent has not finished its first disk check")),
-        DiskHealth::Hung { path, operation, for_seconds } => (path, operation, "hung".to_string(), *for_seconds),
-        DiskHealth::Failing { path, operation, error, for_seconds } => (path, operation, error.clone(), *for_seconds),
+        DiskHealth::Hung { path, operation, for_seconds } => (path, operation, "hung".to_string(), *for_seconds, true),
+        DiskHealth::Failing { path, operation, error, for_seconds } => (path, operation, error.clone(), *for_seconds, failure_condemns(error)),
     };
     // The report is as of the renewal pulsecheck saw; the agent renews at once when its disk
-    // state changes, so until the next renewal the trouble has lasted that much longer.
-    let for_seconds = i64::try_from(reported).unwrap_or(i64::MAX).saturating_add(since_renewal.as_secs().max(0));
-    let conclusive = u64::try_from(for_seconds).is_ok_and(|s| s >= th.agent_disk_after.as_secs());
+    // state changes, so until the next renewal the trouble has lasted that much longer — but no
+    // longer than one renewal's spacing: a renewal that did not come (the agent's "back to ok"
+    // write lost, a lagging watch) must not let a short stall grow into a conclusive one.
+    let seen_since = since_renewal.as_secs().max(0).min(i64::try_from(agent_extrapolation(a).as_secs()).unwrap_or(i64::MAX));
+    let for_seconds = i64::try_from(reported).unwrap_or(i64::MAX).saturating_add(seen_since);
+    let conclusive = can_condemn && u64::try_from(for_seconds).is_ok_and(|s| s >= th.agent_disk_after.as_secs());
     let evidence = Evidence::AgentDisk { path: path.clone(), operation: operation.clone(), problem, for_seconds };
     (Some((evidence, conclusive)), Some("the node's agent reports its disk in trouble"))
 }
@@ -545,9 +564,17 @@ pub fn assess(
     }
     let (agent_said, agent_unconfirmed) = agent_evidence(now, agent, th);
     if let Some((said, is_conclusive)) = agent_said {
+        // One event is one kind of evidence: a failing read of /etc/os-release is also what turns
+        // osImage "Unknown" (cadvisor's read), and an agent gone silent while probes cannot get
+        // through are both the node's network — neither pair may add up to a Zombie on its own.
+        let same_event = match &said {
+            Evidence::AgentDisk { path, .. } => path.ends_with("os-release") && node.os_image.unknown_since.is_some(),
+            Evidence::AgentSilent { .. } => evidence.iter().any(|e| matches!(e, Evidence::ProbeFailing { .. })),
+            _ => false,
+        };
         if is_conclusive {
             conclusive += 1;
-        } else {
+        } else if !same_event {
             supporting_kinds += 1;
         }
         evidence.push(said);
@@ -1436,8 +1463,11 @@ mod tests {
         w.lease(130, 130);
         let early = w.at(131);
         assert_eq!(early.verdict, Verdict::Suspect, "a hang shorter than --agent-disk-after is supporting: {early:?}");
-        // No renewal since: the hang has lasted 12 s + what pulsecheck has seen since.
+        // No renewal since: the hang has lasted 12 s + what pulsecheck has seen since, but never
+        // more than one renewal's spacing (10 s + 5 s): a lost renewal does not condemn.
         w.lease(140, 140);
+        assert_eq!(w.at(148).verdict, Verdict::Suspect, "a report not renewed for 18 s counts 12 + 15 s");
+        w.agent(140, hung(22));
         let a = w.at(148);
         assert_eq!(a.verdict, Verdict::Zombie, "{a:?}");
         assert_eq!(a.evidence, vec![Evidence::AgentDisk { path: "/etc/os-release".into(), operation: "read".into(), problem: "hung".into(), for_seconds: 30 }]);
@@ -1535,5 +1565,38 @@ mod tests {
         let e = evaluate(t(303), &facts, &th, 50.0);
         assert!(e.agent_silence_counts);
         assert_eq!(e.assessments["c"].verdict, Verdict::Suspect);
+    }
+
+    #[test]
+    fn disk_errors_of_a_full_or_denied_disk_or_a_slow_one_never_condemn_alone_and_one_event_is_one_kind() {
+        let failing = |error: &str, s| DiskHealth::Failing {
+            path: "/var/lib/kubelet/pulsecheck-agent/heartbeat".into(),
+            operation: "write".into(),
+            error: error.into(),
+            for_seconds: s,
+        };
+        for error in ["No space left on device (os error 28)", "Permission denied (os error 13)", "returned after 11s, over the 10s deadline"] {
+            let mut w = World::new();
+            w.healthy_with_agent(60);
+            w.agent(65, failing(error, 300)).lease(65, 65);
+            let a = w.at(66);
+            assert_eq!(a.verdict, Verdict::Suspect, "{error}: {a:?}");
+        }
+        let mut w = World::new();
+        w.healthy_with_agent(60);
+        w.agent(65, failing("Read-only file system (os error 30)", 30)).lease(65, 65);
+        assert_eq!(w.at(66).verdict, Verdict::Zombie);
+        // One EIO on /etc/os-release: cadvisor turns osImage "Unknown" and the agent's read fails.
+        // One event, one kind of evidence: Suspect until either is conclusive on its own.
+        let mut w = World::new();
+        w.healthy_with_agent(60);
+        w.node(62, node("n").ready_at(t(62)).os_image("Unknown"));
+        let eio = DiskHealth::Failing { path: "/etc/os-release".into(), operation: "read".into(), error: "I/O error (os error 5)".into(), for_seconds: 0 };
+        w.agent(63, eio).lease(63, 63);
+        let a = w.at(64);
+        assert_eq!(a.verdict, Verdict::Suspect, "{a:?}");
+        let eio = |s| DiskHealth::Failing { path: "/etc/os-release".into(), operation: "read".into(), error: "I/O error (os error 5)".into(), for_seconds: s };
+        w.agent(73, eio(10)).agent(83, eio(20)).agent(93, eio(30)).lease(73, 73).lease(83, 83).lease(93, 93);
+        assert_eq!(w.at(94).verdict, Verdict::Zombie, "the agent's EIO for --agent-disk-after is conclusive");
     }
 }

@@ -40,10 +40,6 @@ impl AgentLab {
     fn kubectl(&self, args: &[&str]) -> String {
         run_tool(tool("kubectl"), self.cp.kubeconfig_path(), "--kubeconfig", args)
     }
-
-    fn helm(&self, args: &[&str]) -> String {
-        run_tool(tool("helm"), self.cp.kubeconfig_path(), "--kubeconfig", args)
-    }
 }
 
 /// Each agent Pod by node, once every node in `nodes` has a Ready one.
@@ -148,19 +144,24 @@ async fn the_agent_catches_a_real_node_whose_disk_hangs_within_a_minute_while_ku
     // second behind the first.
     // The agents run where Pods run: not on the simulated nodes (no kubelet runs their Pods).
     let on_real_nodes = format!("agent.nodeSelector.{}=true", realnode::REAL_NODE_LABEL.replace('.', "\\."));
-    lab.helm(&[
-        "install",
-        "pulsecheck",
-        chart.to_str().unwrap(),
-        "--namespace",
-        "pulsecheck",
-        "--set",
-        "agent.enabled=true",
-        "--set-string",
-        &on_real_nodes,
-        "--set",
-        "config.maxUnhealthy=50",
-    ]);
+    run_tool(
+        tool("helm"),
+        lab.cp.kubeconfig_path(),
+        "--kubeconfig",
+        &[
+            "install",
+            "pulsecheck",
+            chart.to_str().unwrap(),
+            "--namespace",
+            "pulsecheck",
+            "--set",
+            "agent.enabled=true",
+            "--set-string",
+            &on_real_nodes,
+            "--set",
+            "config.maxUnhealthy=50",
+        ],
+    );
     let pods = agent_pods(&client, &real_nodes).await;
     agents_report_ok(&client, &pods).await;
     let controller_pod = Api::<Pod>::namespaced(client.clone(), "pulsecheck")
