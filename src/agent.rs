@@ -90,16 +90,6 @@ pub enum DiskHealth {
     },
 }
 
-impl DiskHealth {
-    /// How long the disk has been in trouble, if it is.
-    pub fn trouble_for(&self) -> Option<u64> {
-        match self {
-            DiskHealth::Hung { for_seconds, .. } | DiskHealth::Failing { for_seconds, .. } => Some(*for_seconds),
-            DiskHealth::Starting | DiskHealth::Ok => None,
-        }
-    }
-}
-
 impl std::fmt::Display for DiskHealth {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
@@ -152,7 +142,7 @@ mod tests {
             assert_eq!(Report::from_annotation(&report.to_annotation()).unwrap(), report);
         }
         let wire = r#"{"disk":{"state":"hung","path":"/etc/os-release","operation":"read","forSeconds":12}}"#;
-        assert_eq!(Report::from_annotation(wire).unwrap().disk.trouble_for(), Some(12));
+        assert_eq!(Report::from_annotation(wire).unwrap().disk, DiskHealth::Hung { path: "/etc/os-release".into(), operation: "read".into(), for_seconds: 12 });
         assert!(Report::from_annotation(r#"{"disk":{"state":"melted"}}"#).is_err());
         assert!(Report::from_annotation("not json").is_err());
     }

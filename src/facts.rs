@@ -198,8 +198,14 @@ impl SlimLease {
     /// `spec.leaseDurationSeconds` when it is positive, at most an hour (a longer one is taken
     /// as an hour: the safe direction, and the caller caps it further).
     pub fn duration(&self) -> Option<Duration> {
-        let seconds = self.spec.as_ref()?.lease_duration_seconds?;
-        u64::try_from(seconds).ok().filter(|s| *s >= 1).map(|s| Duration::from_secs(s.min(3600)))
+        self.spec.as_ref()?.duration()
+    }
+}
+
+impl SlimLeaseSpec {
+    /// `leaseDurationSeconds` when it is positive, at most an hour (see [`SlimLease::duration`]).
+    pub fn duration(&self) -> Option<Duration> {
+        u64::try_from(self.lease_duration_seconds?).ok().filter(|s| *s >= 1).map(|s| Duration::from_secs(s.min(3600)))
     }
 }
 
@@ -540,8 +546,6 @@ pub struct AgentFacts {
     pub renew: Heartbeat,
     /// `spec.leaseDurationSeconds`, when sane.
     pub duration: Option<Duration>,
-    /// The agent Pod holding the Lease.
-    pub holder: Option<String>,
     /// The report as of the latest renewal, or why it could not be read (data from the
     /// cluster: a bad report is no evidence, never a panic).
     pub report: Result<Report, String>,
@@ -556,16 +560,7 @@ impl AgentFacts {
             Some(value) => Report::from_annotation(value).map_err(|e| format!("annotation {}: {e}", agent::REPORT_ANNOTATION)),
             None => Err(format!("no annotation {}", agent::REPORT_ANNOTATION)),
         };
-        AgentFacts {
-            renew: Heartbeat::advance(previous.map(|p| &p.renew), renew_time, now),
-            duration: spec
-                .and_then(|s| s.lease_duration_seconds)
-                .and_then(|s| u64::try_from(s).ok())
-                .filter(|s| *s >= 1)
-                .map(|s| Duration::from_secs(s.min(3600))),
-            holder: spec.and_then(|s| s.holder_identity.clone()),
-            report,
-        }
+        AgentFacts { renew: Heartbeat::advance(previous.map(|p| &p.renew), renew_time, now), duration: spec.and_then(SlimLeaseSpec::duration), report }
     }
 }
 

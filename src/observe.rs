@@ -454,6 +454,7 @@ fn watcher_config() -> watcher::Config {
 
 impl Watched for SlimAgentLease {
     const RESOURCE: &'static str = "agent_leases";
+    const PART_OF_SIGHT: bool = false;
     fn sight(view: &mut View) -> &mut WatchSight {
         &mut view.sight.agents
     }
@@ -469,6 +470,10 @@ impl Watched for SlimAgentLease {
 trait Watched: kube::Resource<DynamicType = ()> + Clone + serde::de::DeserializeOwned + std::fmt::Debug + Send + 'static {
     /// `nodes` or `leases`, for logs and metrics.
     const RESOURCE: &'static str;
+    /// Whether this watch is part of pulsecheck's sight: its (re-)list ends a blind spell. The
+    /// agents' watch is not: they are extra evidence, and their re-list is no regained sight to
+    /// settle after.
+    const PART_OF_SIGHT: bool = true;
     /// This watch's sight.
     fn sight(view: &mut View) -> &mut WatchSight;
     /// Forgets a deleted object.
@@ -555,8 +560,7 @@ async fn run_watch<K: Watched>(
                 let sight = K::sight(&mut v);
                 sight.synced = true;
                 sight.error = None;
-                if K::RESOURCE != SlimAgentLease::RESOURCE {
-                    // The agents are extra evidence: their re-list is no regained sight to settle after.
+                if K::PART_OF_SIGHT {
                     v.sight.synced_now(now);
                 }
                 info!(resource = K::RESOURCE, objects = listed, "watch synced");
