@@ -17,9 +17,10 @@
 //! verdict is recorded. A second fleet is wedged before pulsecheck starts.
 //!
 //! With the node agent (`pulsecheck-agent`, opt-in), each node also runs the agent's two loops as
-//! it ships: a disk round every 5 s from a random phase (the first one after the wedge hangs), a
-//! hang reported once it outlasts the 10 s deadline — the agent renews at once when its disk
-//! state changes — and its Lease renewed every 10 s otherwise, with `--agent-disk-after` 30 s.
+//! it ships ([`Agent`]): a disk round every 5 s from a random phase (the first one after the wedge
+//! hangs), a hang reported once it outlasts the 10 s deadline — the agent renews at once when its
+//! disk state changes, and every 10 s from then on — with `--agent-disk-after` 30 s; and while
+//! the node is healthy, short disk stalls, lost renewals, restarts and deaths of the agent.
 //!
 //! Run: `cargo bench --bench detection`. Results go into docs/performance.md.
 
@@ -63,13 +64,142 @@ struct Kubelet {
     wedged_at: i64,
     /// First Zombie verdict after the wedge.
     caught_at: Option<i64>,
-    /// Judged a zombie while healthy.
+    /// Judged a zombie while healthy; and so on the agent's evidence.
     falsely_judged: bool,
-    /// Offsets of its agent's disk rounds (every 5 s) and Lease renewals (every 10 s).
-    agent_phase: i64,
-    agent_renew_phase: i64,
-    /// When the agent's first disk operation after the wedge began (it never returns).
-    hung_since: Option<i64>,
+    falsely_judged_by_agent: bool,
+    /// Its node agent, when the row has one.
+    agent: Agent,
+}
+
+/// One simulated `pulsecheck-agent`, as it ships: a disk round every 5 s, an operation counted
+/// hung once it outlasts the 10 s deadline, the Lease renewed at once when the disk state changes
+/// and every 10 s from that renewal on. While its node is healthy it meets what agents meet in a
+/// real fleet — each a chance for a false alarm:
+/// - disk stalls shorter than `--agent-disk-after` (10–29 s, about one an hour): reported hung;
+/// - renewals lost (one in five of those made at a change of disk state: the apiserver busy),
+///   sent again at the next tick;
+/// - restarts (a rollout, about one in six hours): terminating, gone 5–60 s, a new Pod starting;
+/// - deaths (an OOM kill, a node's memory pressure, about one in twelve hours): silent 1–5 min,
+///   then a new Pod.
+struct Agent {
+    /// Its own randomness: the kubelets of a row are the same with and without agents.
+    rng: StdRng,
+    /// Offset of its disk rounds.
+    phase: i64,
+    /// Next renewal, unless the disk state changes first.
+    next_renewal: i64,
+    /// The health last sent (renewed or lost).
+    sent: DiskHealth,
+    /// The disk operation in flight since, and when it returns (`None`: never, the wedge).
+    stuck: Option<(i64, Option<i64>)>,
+    /// Next stall, restart and death.
+    next_stall: i64,
+    next_restart: i64,
+    next_death: i64,
+    /// Not running until then (dead or between Pods), and whether it said it was terminating.
+    away_until: Option<i64>,
+    /// Its latest round failed: an operation came back after its deadline (until the next round).
+    late: Option<i64>,
+    /// Its Pod's generation: a new Pod is a new holder.
+    pod: u32,
+    /// The disk state since its (re)start: starting until its first round.
+    started: bool,
+}
+
+impl Agent {
+    fn new(seed: u64) -> Agent {
+        let mut rng = StdRng::seed_from_u64(seed);
+        Agent {
+            phase: rng.random_range(0..AGENT_ROUND),
+            next_renewal: rng.random_range(0..AGENT_RENEW),
+            sent: DiskHealth::Ok,
+            stuck: None,
+            next_stall: rng.random_range(0..2 * 3600),
+            next_restart: rng.random_range(0..12 * 3600),
+            next_death: rng.random_range(0..24 * 3600),
+            away_until: None,
+            late: None,
+            pod: 0,
+            started: true,
+            rng,
+        }
+    }
+
+    /// The agent's health at `t` (what its network loop would read).
+    fn health(&self, t: i64) -> DiskHealth {
+        match self.stuck {
+            _ if !self.started => DiskHealth::Starting,
+            Some((since, _)) if t - since >= AGENT_DEADLINE => {
+                DiskHealth::Hung { path: "/etc/os-release".into(), operation: "read".into(), for_seconds: (t - since) as u64 }
+            }
+            _ => match self.late {
+                Some(took) => DiskHealth::Failing {
+                    path: "/etc/os-release".into(),
+                    operation: "read".into(),
+                    error: format!("returned after {took}s, over the 10s deadline"),
+                    for_seconds: 0,
+                },
+                None => DiskHealth::Ok,
+            },
+        }
+    }
+
+    /// One second of the agent; the Lease it writes at `t`, if any. `wedged`: the node's disk
+    /// hangs for good from now on (no more healthy-time disruptions).
+    fn step(&mut self, t: i64, wedged: bool, name: &str) -> Option<SlimAgentLease> {
+        if let Some(until) = self.away_until {
+            if t < until {
+                return None;
+            }
+            // A new Pod: starting until its first round.
+            self.away_until = None;
+            self.pod += 1;
+            self.started = false;
+            self.stuck = None;
+            self.next_renewal = t;
+        }
+        if !wedged {
+            if t >= self.next_death {
+                self.next_death = t + self.rng.random_range(6 * 3600..18 * 3600);
+                self.away_until = Some(t + self.rng.random_range(60..=300));
+                return None;
+            }
+            if t >= self.next_restart {
+                self.next_restart = t + self.rng.random_range(3 * 3600..9 * 3600);
+                self.away_until = Some(t + self.rng.random_range(5..=60));
+                return Some(agent_lease_json(name, self.pod, t, self.health(t), true));
+            }
+        }
+        // The disk loop: a round every 5 s, unless an operation is stuck.
+        if let Some((since, Some(back))) = self.stuck
+            && t >= back
+        {
+            // Back after its deadline: that round failed (reported until the next round).
+            self.stuck = None;
+            self.late = Some(back - since);
+        } else if self.stuck.is_none() && (t - self.phase).rem_euclid(AGENT_ROUND) == 0 {
+            self.late = None;
+            if wedged {
+                self.stuck = Some((t, None));
+            } else if t >= self.next_stall {
+                self.next_stall = t + self.rng.random_range(1800..5400);
+                self.stuck = Some((t, Some(t + self.rng.random_range(10..30))));
+            }
+            self.started = true;
+        }
+        // The network loop: looks every second, renews at a change and every 10 s from then.
+        let health = self.health(t);
+        let kind = |h: &DiskHealth| std::mem::discriminant(h);
+        let change = kind(&health) != kind(&self.sent);
+        if !change && t < self.next_renewal {
+            return None;
+        }
+        self.sent = health.clone();
+        self.next_renewal = t + AGENT_RENEW;
+        // One renewal in five made at a change is lost (in the healthy time); the next tick sends
+        // the state again.
+        (wedged || !change || self.rng.random_range(0..5) != 0).then(|| agent_lease_json(name, self.pod, t, health, false))
+    }
 }
 
 /// The agent's disk deadline and rounds, as `pulsecheck-agent` ships.
@@ -92,11 +222,11 @@ fn lease_json(name: &str, renew: i64) -> SlimLease {
     serde_json::from_str(&json).expect("valid lease json")
 }
 
-fn agent_lease_json(name: &str, renew: i64, disk: DiskHealth) -> SlimAgentLease {
-    let report = Report { disk, terminating: false }.to_annotation();
+fn agent_lease_json(name: &str, pod: u32, renew: i64, disk: DiskHealth, terminating: bool) -> SlimAgentLease {
+    let report = Report { disk, terminating }.to_annotation();
     let json = serde_json::json!({
         "metadata": {"name": format!("pulsecheck-agent-{name}"), "annotations": {"pulsecheck.dev/agent-report": report}},
-        "spec": {"renewTime": at(renew).to_string(), "leaseDurationSeconds": 40, "holderIdentity": format!("agent-{name}")},
+        "spec": {"renewTime": at(renew).to_string(), "leaseDurationSeconds": 40, "holderIdentity": format!("agent-{name}-{pod}")},
     });
     serde_json::from_value(json).expect("valid agent lease json")
 }
@@ -104,6 +234,8 @@ fn agent_lease_json(name: &str, renew: i64, disk: DiskHealth) -> SlimAgentLease 
 /// The result of one row.
 struct Row {
     false_zombies: usize,
+    /// Of those, judged on the agent's evidence.
+    agent_false_zombies: usize,
     detection: Vec<i64>,
     undetected: usize,
 }
@@ -119,7 +251,7 @@ fn run(report: i64, update: i64, configz: bool, wedged_before: bool, agent: bool
     let jitter = |rng: &mut StdRng| ((rng.random::<f64>() - 0.5) * report as f64) as i64;
     let start_window = 3 * report + 60;
     let mut kubelets: Vec<Kubelet> = (0..NODES)
-        .map(|_| {
+        .map(|i| {
             let started = -rng.random_range(1..=start_window);
             let wedged_at = if wedged_before { -rng.random_range(1..=report.max(2)) } else { HEALTHY_FOR + rng.random_range(0..report.max(1)) };
             Kubelet {
@@ -133,9 +265,8 @@ fn run(report: i64, update: i64, configz: bool, wedged_before: bool, agent: bool
                 wedged_at: wedged_at.max(started + 1),
                 caught_at: None,
                 falsely_judged: false,
-                agent_phase: rng.random_range(0..AGENT_ROUND),
-                agent_renew_phase: rng.random_range(0..AGENT_RENEW),
-                hung_since: None,
+                falsely_judged_by_agent: false,
+                agent: Agent::new(seed ^ 0xa6e7 ^ (i as u64) << 20),
             }
         })
         .collect();
@@ -164,18 +295,11 @@ fn run(report: i64, update: i64, configz: bool, wedged_before: bool, agent: bool
             if (t - k.lease_phase).rem_euclid(10) == 0 && t >= 0 {
                 facts.apply_lease(&lease_json(name, t), at(t));
             }
-            if agent && t >= 0 {
-                if t >= k.wedged_at && k.hung_since.is_none() && (t - k.agent_phase).rem_euclid(AGENT_ROUND) == 0 {
-                    k.hung_since = Some(t);
-                }
-                let hung_for = k.hung_since.map(|since| t - since).filter(|d| *d >= AGENT_DEADLINE);
-                if t == 0 || (t - k.agent_renew_phase).rem_euclid(AGENT_RENEW) == 0 || hung_for == Some(AGENT_DEADLINE) {
-                    let disk = match hung_for {
-                        Some(d) => DiskHealth::Hung { path: "/etc/os-release".into(), operation: "read".into(), for_seconds: d as u64 },
-                        None => DiskHealth::Ok,
-                    };
-                    facts.apply_agent_lease(&agent_lease_json(name, t, disk), at(t));
-                }
+            if agent
+                && t >= 0
+                && let Some(lease) = k.agent.step(t, t >= k.wedged_at, name)
+            {
+                facts.apply_agent_lease(&lease, at(t));
             }
             if t == 0 {
                 // pulsecheck's first list: the latest report and renewal as they stand.
@@ -202,9 +326,11 @@ fn run(report: i64, update: i64, configz: bool, wedged_before: bool, agent: bool
             verdict::note_uncadenced_gaps(&mut facts, &evaluation.assessments);
             verdict::note_cadence_rereads(at(t), &mut facts, &th);
             for (i, k) in kubelets.iter_mut().enumerate() {
-                let zombie = evaluation.assessments.get(names[i].as_str()).is_some_and(|a| a.verdict == Verdict::Zombie);
+                let assessment = evaluation.assessments.get(names[i].as_str());
+                let zombie = assessment.is_some_and(|a| a.verdict == Verdict::Zombie);
                 if zombie && t < k.wedged_at {
                     k.falsely_judged = true;
+                    k.falsely_judged_by_agent |= assessment.is_some_and(|a| a.evidence.iter().any(|e| e.kind().starts_with("agent")));
                 } else if zombie && k.caught_at.is_none() {
                     k.caught_at = Some(t);
                 }
@@ -215,7 +341,12 @@ fn run(report: i64, update: i64, configz: bool, wedged_before: bool, agent: bool
     let mut detection: Vec<i64> = kubelets.iter().filter_map(|k| k.caught_at.map(|c| if wedged_before { c } else { c - k.wedged_at })).collect();
     detection.sort_unstable();
     let undetected = NODES - detection.len();
-    Row { false_zombies: kubelets.iter().filter(|k| k.falsely_judged).count(), detection, undetected }
+    Row {
+        false_zombies: kubelets.iter().filter(|k| k.falsely_judged).count(),
+        agent_false_zombies: kubelets.iter().filter(|k| k.falsely_judged_by_agent).count(),
+        detection,
+        undetected,
+    }
 }
 
 fn human(secs: i64) -> String {
@@ -225,7 +356,7 @@ fn human(secs: i64) -> String {
 fn main() {
     // Criterion's flags (`--bench`) are accepted and ignored: this harness prints a table.
     println!(
-        "status cadence | /configz | healthy nodes falsely judged zombie (of {NODES}, 3 h) | wedge caught after: median / max | wedged before start, caught after start: median / max | with the agent: falsely judged / caught after: median / max"
+        "status cadence | /configz | healthy nodes falsely judged zombie (of {NODES}, 3 h) | wedge caught after: median / max | wedged before start, caught after start: median / max | with the agent: falsely judged (on the agent's evidence) / caught after: median / max"
     );
     println!("---|---|---|---|---|---");
     let cadences: &[(i64, i64, &str)] = &[
@@ -251,12 +382,13 @@ fn main() {
                 }
             };
             println!(
-                "{label} | {} | {} | {} | {} | {} / {}",
+                "{label} | {} | {} | {} | {} | {} ({}) / {}",
                 if configz { "read" } else { "not read" },
                 running.false_zombies,
                 stat(&running),
                 stat(&before),
                 with_agent.false_zombies,
+                with_agent.agent_false_zombies,
                 stat(&with_agent)
             );
         }

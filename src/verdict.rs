@@ -374,13 +374,6 @@ fn agent_grace(agent: &AgentFacts, th: &Thresholds) -> Duration {
     agent.duration.map_or(th.lease_grace, |d| d + d / 4)
 }
 
-/// How much longer than its report pulsecheck takes an agent's trouble to have lasted: one
-/// renewal's spacing (a quarter of the Lease's duration, as the agent renews by default) and a
-/// request timeout.
-fn agent_extrapolation(agent: &AgentFacts) -> Duration {
-    agent.duration.map_or(Duration::from_secs(10), |d| d / 4) + Duration::from_secs(5)
-}
-
 /// Whether a disk operation failing with `error` (as the agent reports it) can condemn a node:
 /// the errors of a disk that is broken — EIO, a filesystem remounted read-only (EROFS). Others say
 /// something about the node's configuration or load, not a dead disk: a full disk (ENOSPC,
@@ -459,12 +452,12 @@ fn agent_evidence(now: Timestamp, agent: AgentSight<'_>, th: &Thresholds) -> (Op
         DiskHealth::Hung { path, operation, for_seconds } => (path, operation, "hung".to_string(), *for_seconds, true),
         DiskHealth::Failing { path, operation, error, for_seconds } => (path, operation, error.clone(), *for_seconds, failure_condemns(error)),
     };
-    // The report is as of the renewal pulsecheck saw; the agent renews at once when its disk
-    // state changes, so until the next renewal the trouble has lasted that much longer — but no
-    // longer than one renewal's spacing: a renewal that did not come (the agent's "back to ok"
-    // write lost, a lagging watch) must not let a short stall grow into a conclusive one.
-    let seen_since = since_renewal.as_secs().max(0).min(i64::try_from(agent_extrapolation(a).as_secs()).unwrap_or(i64::MAX));
-    let for_seconds = i64::try_from(reported).unwrap_or(i64::MAX).saturating_add(seen_since);
+    // The seconds as the agent reported them, never more: it renews at once when its disk state
+    // changes and then every renew interval from that moment, so its reports reach
+    // --agent-disk-after on time by themselves. A guess at how long the trouble went on since
+    // the last renewal would grow a short stall whose "back to ok" renewal was lost (or is late
+    // in a lagging watch) into a conclusive one.
+    let for_seconds = i64::try_from(reported).unwrap_or(i64::MAX);
     let conclusive = can_condemn && u64::try_from(for_seconds).is_ok_and(|s| s >= th.agent_disk_after.as_secs());
     let evidence = Evidence::AgentDisk { path: path.clone(), operation: operation.clone(), problem, for_seconds };
     (Some((evidence, conclusive)), Some("the node's agent reports its disk in trouble"))
@@ -1463,18 +1456,21 @@ mod tests {
         w.lease(130, 130);
         let early = w.at(131);
         assert_eq!(early.verdict, Verdict::Suspect, "a hang shorter than --agent-disk-after is supporting: {early:?}");
-        // No renewal since: the hang has lasted 12 s + what pulsecheck has seen since, but never
-        // more than one renewal's spacing (10 s + 5 s): a lost renewal does not condemn.
+        // No renewal since: pulsecheck takes the report's 12 s as they are, however long ago (the
+        // agent's "back to ok" may have been lost): a lost renewal does not condemn.
         w.lease(140, 140);
-        assert_eq!(w.at(148).verdict, Verdict::Suspect, "a report not renewed for 18 s counts 12 + 15 s");
+        assert_eq!(w.at(148).verdict, Verdict::Suspect, "a report of 12 s not renewed for 18 s is still 12 s");
         w.agent(140, hung(22));
-        let a = w.at(148);
+        assert_eq!(w.at(149).verdict, Verdict::Suspect, "22 s reported");
+        // The agent renews every 10 s from the hang's report: at 30 s of it.
+        w.agent(150, hung(32)).lease(150, 150);
+        let a = w.at(151);
         assert_eq!(a.verdict, Verdict::Zombie, "{a:?}");
-        assert_eq!(a.evidence, vec![Evidence::AgentDisk { path: "/etc/os-release".into(), operation: "read".into(), problem: "hung".into(), for_seconds: 30 }]);
-        assert_eq!(a.explain(), "pulsecheck-agent: read of /etc/os-release hung for 30s");
+        assert_eq!(a.evidence, vec![Evidence::AgentDisk { path: "/etc/os-release".into(), operation: "read".into(), problem: "hung".into(), for_seconds: 32 }]);
+        assert_eq!(a.explain(), "pulsecheck-agent: read of /etc/os-release hung for 32s");
         // The disk comes back: the agent says so at once, and nothing condemns the node.
-        w.agent(150, DiskHealth::Ok);
-        assert_eq!(w.at(151).verdict, Verdict::Healthy);
+        w.agent(155, DiskHealth::Ok);
+        assert_eq!(w.at(156).verdict, Verdict::Healthy);
     }
 
     #[test]
@@ -1492,7 +1488,7 @@ mod tests {
         w.agent(75, failing(10)).lease(75, 75).agent(85, failing(20)).lease(85, 85).agent(95, failing(30)).lease(95, 95);
         let a = w.at(96);
         assert_eq!(a.verdict, Verdict::Zombie, "{a:?}");
-        assert_eq!(a.explain(), "pulsecheck-agent: fsync of /var/lib/kubelet/pulsecheck-agent/heartbeat failing for 31s: Input/output error (os error 5)");
+        assert_eq!(a.explain(), "pulsecheck-agent: fsync of /var/lib/kubelet/pulsecheck-agent/heartbeat failing for 30s: Input/output error (os error 5)");
     }
 
     #[test]

@@ -5,6 +5,8 @@
 //! by TokenRequest — what the kubelet mounts into the agent's Pod — is used with kube's client as
 //! the agent would. RBAC alone would let that token write every Lease in the namespace; every
 //! refusal below that is not a delete comes from the policy, and each test fails without it.
+//! The policy also holds everyone else — the cluster's admin included — to what pulsecheck may
+//! believe: nobody but a node's agent says what that node's agent Lease reports.
 
 mod common;
 
@@ -99,11 +101,12 @@ fn agent_lease(name: &str, pod: &Pod) -> Lease {
 }
 
 /// A real apiserver with the chart's agent objects, Nodes `n1` and `n2`, the leader Lease
-/// `pulsecheck`, and the agent's Pod on `n1`.
+/// `pulsecheck`, and the agent's Pods on `n1` (`pod`) and `n2` (`pod2`).
 struct Cluster {
     cp: ControlPlane,
     admin: kube::Client,
     pod: Pod,
+    pod2: Pod,
 }
 
 impl Cluster {
@@ -122,18 +125,28 @@ impl Cluster {
         let leader = Lease { metadata: meta("pulsecheck"), spec: Some(LeaseSpec { holder_identity: Some("pulsecheck-0".into()), ..Default::default() }) };
         leases.create(&PostParams::default(), &leader).await.unwrap();
         let pods: Api<Pod> = Api::namespaced(admin.clone(), NAMESPACE);
-        let pod = Pod {
-            metadata: meta("pulsecheck-agent-x1y2z"),
+        let agent_pod = |name: &str, node: &str| Pod {
+            metadata: meta(name),
             spec: Some(PodSpec {
                 service_account_name: Some(AGENT.into()),
-                node_name: Some("n1".into()),
+                node_name: Some(node.into()),
                 containers: vec![Container { name: "agent".into(), image: Some("ghcr.io/pulsecheck/pulsecheck:0.1.0".into()), ..Default::default() }],
                 ..Default::default()
             }),
             ..Default::default()
         };
-        let pod = pods.create(&PostParams::default(), &pod).await.unwrap();
-        Cluster { cp, admin, pod }
+        let pod = pods.create(&PostParams::default(), &agent_pod("pulsecheck-agent-x1y2z", "n1")).await.unwrap();
+        let pod2 = pods.create(&PostParams::default(), &agent_pod("pulsecheck-agent-a3b4c", "n2")).await.unwrap();
+        Cluster { cp, admin, pod, pod2 }
+    }
+
+    /// Node `n2`'s Lease, as its own agent creates it: nobody else may (the last test).
+    async fn lease_of_n2(&self) -> Lease {
+        let agent = self.client(&self.token(Some(&self.pod2)).await).await;
+        Api::<Lease>::namespaced(agent, NAMESPACE)
+            .create(&PostParams::default(), &agent_lease("pulsecheck-agent-n2", &self.pod2))
+            .await
+            .expect("n2's agent creates n2's Lease")
     }
 
     /// A token of the agent's ServiceAccount by TokenRequest: bound to `pod`, as the kubelet
@@ -233,7 +246,7 @@ async fn the_agent_s_pod_token_names_its_node_and_writes_that_node_s_lease_and_n
         "the pulsecheck-agent of node n1 may write only the Lease pulsecheck-agent-n1, not pulsecheck-agent-n2",
     );
     let admin_leases: Api<Lease> = Api::namespaced(cluster.admin.clone(), NAMESPACE);
-    let theirs = admin_leases.create(&PostParams::default(), &agent_lease("pulsecheck-agent-n2", &cluster.pod)).await.unwrap();
+    let theirs = cluster.lease_of_n2().await;
     let mut forged = theirs.clone();
     forged.spec.as_mut().unwrap().renew_time = Some(MicroTime(Timestamp::now()));
     assert_denied("updating n2's Lease", leases.replace("pulsecheck-agent-n2", &PostParams::default(), &forged).await, "not pulsecheck-agent-n2");
@@ -279,10 +292,9 @@ async fn a_role_widened_to_delete_still_lets_no_agent_delete_another_node_s_leas
     };
     bindings.create(&PostParams::default(), &binding).await.unwrap();
     let admin_leases: Api<Lease> = Api::namespaced(cluster.admin.clone(), NAMESPACE);
-    admin_leases.create(&PostParams::default(), &agent_lease("pulsecheck-agent-n2", &cluster.pod)).await.unwrap();
-    admin_leases.create(&PostParams::default(), &agent_lease("pulsecheck-agent-n1", &cluster.pod)).await.unwrap();
-
+    cluster.lease_of_n2().await;
     let leases: Api<Lease> = Api::namespaced(agent, NAMESPACE);
+    leases.create(&PostParams::default(), &agent_lease("pulsecheck-agent-n1", &cluster.pod)).await.unwrap();
     // RBAC now allows the delete (checked first, or the denials below could be RBAC's).
     eventually("the widened Role in force", Duration::from_secs(10), || {
         let leases = leases.clone();
@@ -311,7 +323,7 @@ async fn a_token_of_the_agent_s_service_account_bound_to_no_pod_writes_no_lease(
     assert!(!user.extra.unwrap_or_default().contains_key("authentication.kubernetes.io/node-name"));
 
     let admin_leases: Api<Lease> = Api::namespaced(cluster.admin.clone(), NAMESPACE);
-    let existing = admin_leases.create(&PostParams::default(), &agent_lease("pulsecheck-agent-n2", &cluster.pod)).await.unwrap();
+    let existing = cluster.lease_of_n2().await;
     let leases: Api<Lease> = Api::namespaced(unbound, NAMESPACE);
     let no_node = "this token names no node, so it may not write the Lease";
     for name in ["pulsecheck-agent-n1", "pulsecheck-agent-anything", "pulsecheck"] {
@@ -324,5 +336,61 @@ async fn a_token_of_the_agent_s_service_account_bound_to_no_pod_writes_no_lease(
     assert_denied("updating the leader Lease", leases.replace("pulsecheck", &PostParams::default(), &leader).await, no_node);
     assert_eq!(admin_leases.get("pulsecheck-agent-n2").await.unwrap().metadata.resource_version, existing.metadata.resource_version);
     assert!(admin_leases.get_opt("pulsecheck-agent-n1").await.unwrap().is_none());
+    cluster.stop().await;
+}
+
+#[tokio::test]
+async fn nobody_but_the_node_s_agent_creates_an_agent_lease_or_changes_what_it_reports() {
+    let cluster = Cluster::start().await;
+    cluster.agent_of_n1().await;
+    // The cluster's admin (system:masters: RBAC allows everything) stands for anyone who may
+    // write Leases in pulsecheck's namespace — pulsecheck's own ServiceAccount creates its
+    // leader Lease there.
+    let admin_leases: Api<Lease> = Api::namespaced(cluster.admin.clone(), NAMESPACE);
+    let only_its_agent = "only the pulsecheck-agent of its node may create the Lease";
+    assert_denied(
+        "the admin creating an agent Lease for n1",
+        admin_leases.create(&PostParams::default(), &agent_lease("pulsecheck-agent-n1", &cluster.pod)).await,
+        &format!("{only_its_agent} pulsecheck-agent-n1"),
+    );
+    assert!(admin_leases.get_opt("pulsecheck-agent-n1").await.unwrap().is_none());
+
+    let lease = cluster.lease_of_n2().await;
+    // A forged report ("hung"), a forged renewal, another holder: refused.
+    let mut hung = lease.clone();
+    hung.metadata.annotations = Some(BTreeMap::from([(
+        "pulsecheck.dev/agent-report".to_owned(),
+        r#"{"disk":{"state":"hung","path":"/etc/os-release","operation":"read","forSeconds":600},"terminating":false}"#.to_owned(),
+    )]));
+    assert_denied(
+        "the admin writing a hung report",
+        admin_leases.replace("pulsecheck-agent-n2", &PostParams::default(), &hung).await,
+        "agent-report annotation",
+    );
+    let mut renewed = lease.clone();
+    renewed.spec.as_mut().unwrap().renew_time = Some(MicroTime(Timestamp::now()));
+    assert_denied("the admin renewing it", admin_leases.replace("pulsecheck-agent-n2", &PostParams::default(), &renewed).await, "change its spec");
+    let mut taken = lease.clone();
+    taken.spec.as_mut().unwrap().holder_identity = Some("someone".into());
+    assert_denied(
+        "the admin taking it",
+        admin_leases.replace("pulsecheck-agent-n2", &PostParams::default(), &taken).await,
+        "may delete it or change its other metadata",
+    );
+    assert_eq!(admin_leases.get("pulsecheck-agent-n2").await.unwrap().metadata.resource_version, lease.metadata.resource_version, "nothing refused changed it");
+
+    // Its other metadata (a label, the ownerReferences the garbage collector edits) may change,
+    // and it may be deleted: neither makes pulsecheck believe anything.
+    let mut relabelled = lease.clone();
+    relabelled.metadata.labels.as_mut().unwrap().insert("team".into(), "storage".into());
+    relabelled.metadata.owner_references = None;
+    let relabelled = admin_leases.replace("pulsecheck-agent-n2", &PostParams::default(), &relabelled).await.expect("metadata other than the report may change");
+    assert_eq!(relabelled.metadata.labels.unwrap().get("team").map(String::as_str), Some("storage"));
+    admin_leases.delete("pulsecheck-agent-n2", &DeleteParams::default()).await.expect("anyone allowed to may delete an agent Lease");
+    // Leases of other names are not the policy's: the leader Lease, any other.
+    let mut leader = admin_leases.get("pulsecheck").await.unwrap();
+    leader.spec.as_mut().unwrap().renew_time = Some(MicroTime(Timestamp::now()));
+    admin_leases.replace("pulsecheck", &PostParams::default(), &leader).await.expect("the leader Lease is not judged");
+    admin_leases.create(&PostParams::default(), &agent_lease("other-agent-n1", &cluster.pod)).await.expect("a Lease of another name is not judged");
     cluster.stop().await;
 }

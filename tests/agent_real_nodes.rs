@@ -2,7 +2,8 @@
 //! (the image `make image` built, imported into two real nodes' containerd), kubelets at their
 //! upstream default periods (status reported every 5 minutes, Lease of 40 s), so nothing
 //! cluster-side could see a wedged status loop before ten minutes. The agent's DaemonSet Pods
-//! are deleted and rolled without a remediation; then one node's whole disk hangs, and the other
+//! are deleted, rolled, killed (SIGKILL, as the OOM killer does) and frozen (SIGSTOP: silent for
+//! minutes) without a remediation; then one node's whole disk hangs, and the other
 //! node's `/etc/os-release` read fails: each is tainted within 60 s, the evidence naming the path,
 //! while Kubernetes still says Ready.
 
@@ -15,6 +16,7 @@ use k8s_openapi::api::{
     coordination::v1::Lease,
     core::v1::{Node, Pod},
 };
+use k8s_openapi::jiff::Timestamp;
 use kube::{Api, api::ListParams};
 use pulsecheck::agent::{self, DiskHealth, Report};
 use pulsecheck_lab::{
@@ -69,13 +71,34 @@ async fn agent_report(client: &kube::Client, node: &str) -> Option<(Report, Stri
     Some((report, lease.spec?.holder_identity?))
 }
 
-/// Waits until every agent Pod in `pods` holds its node's Lease and reports its disk ok.
-async fn agents_report_ok(client: &kube::Client, pods: &[(String, String)]) {
+/// Waits for node `node`'s agent Lease to be renewed after `since`.
+async fn renewed_since(client: &kube::Client, node: &str, since: Timestamp) {
+    let leases: Api<Lease> = Api::namespaced(client.clone(), "pulsecheck");
+    let name = agent::lease_name(node).unwrap();
+    eventually(&format!("{name} renewed after {since}"), Duration::from_secs(60), || {
+        let (leases, name) = (leases.clone(), name.clone());
+        async move { leases.get(&name).await.ok()?.spec?.renew_time.filter(|t| t.0 > since).map(|_| ()) }
+    })
+    .await;
+}
+
+/// Waits until every agent Pod in `pods` holds its node's Lease and reports its disk ok; on
+/// timeout, says what the Lease held and what the agent logged.
+async fn agents_report_ok(lab: &AgentLab, pods: &[(String, String)]) {
+    let client = lab.cp.client();
     for (node, pod) in pods {
-        eventually(&format!("{pod} reports {node}'s disk ok"), Duration::from_secs(60), || async move {
-            agent_report(client, node).await.filter(|(r, holder)| r.disk == DiskHealth::Ok && !r.terminating && holder == pod).map(|_| ())
-        })
-        .await;
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+        loop {
+            let seen = agent_report(&client, node).await;
+            if seen.as_ref().is_some_and(|(r, holder)| r.disk == DiskHealth::Ok && !r.terminating && holder == pod) {
+                break;
+            }
+            if tokio::time::Instant::now() > deadline {
+                let logs = lab.kubectl(&["-n", "pulsecheck", "logs", pod, "--tail=30"]);
+                panic!("{pod} does not report {node}'s disk ok within 60s; its Lease says {seen:?}; its log:\n{logs}");
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
     }
 }
 
@@ -93,6 +116,32 @@ async fn condemned(client: &kube::Client, real: &[&str]) -> Vec<String> {
         }
     }
     found
+}
+
+/// The pid of the agent running on real node `node`, seen from this host: its program is the
+/// in-memory copy (`/memfd:pulsecheck-agent`), its environment names the node.
+fn agent_pid(node: &str) -> Option<i32> {
+    let want = format!("NODE_NAME={node}");
+    std::fs::read_dir("/proc").ok()?.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok()).find(|pid| {
+        std::fs::read_link(format!("/proc/{pid}/exe")).is_ok_and(|exe| exe.to_string_lossy().starts_with("/memfd:pulsecheck-agent"))
+            && std::fs::read(format!("/proc/{pid}/environ")).is_ok_and(|env| env.split(|b| *b == 0).any(|v| v == want.as_bytes()))
+    })
+}
+
+/// A line of `/proc/<pid>/status` (`Uid`, `CapEff`), its fields after the name.
+fn proc_status(pid: i32, field: &str) -> String {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_else(|e| panic!("/proc/{pid}/status: {e}"));
+    status.lines().find_map(|l| l.strip_prefix(&format!("{field}:"))).map(|v| v.split_whitespace().collect::<Vec<_>>().join(" ")).unwrap_or_default()
+}
+
+fn signal(pid: i32, signal: nix::sys::signal::Signal) {
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), signal).unwrap_or_else(|e| panic!("{signal} to the agent (pid {pid}): {e}"));
+}
+
+/// The restart count of Pod `pod`'s agent container.
+async fn restarts(client: &kube::Client, pod: &str) -> i32 {
+    let pod = Api::<Pod>::namespaced(client.clone(), "pulsecheck").get(pod).await.expect("the agent Pod");
+    pod.status.and_then(|s| s.container_statuses).and_then(|c| c.first().map(|c| c.restart_count)).unwrap_or(0)
 }
 
 fn ready(node: &Node) -> Option<String> {
@@ -136,7 +185,7 @@ async fn the_agent_catches_a_real_node_whose_disk_hangs_within_a_minute_while_ku
     let client = lab.cp.client();
     let real_nodes = ["real-1", "real-2"];
 
-    // The agent's hostPaths need the privileged Pod Security level (docs/install.md).
+    // The agent's read-only hostPath needs the privileged Pod Security level (docs/install.md).
     lab.kubectl(&["create", "namespace", "pulsecheck"]);
     lab.kubectl(&["label", "namespace", "pulsecheck", "pod-security.kubernetes.io/enforce=privileged", "pod-security.kubernetes.io/warn=restricted"]);
     let chart = repo().join("charts/pulsecheck");
@@ -163,7 +212,7 @@ async fn the_agent_catches_a_real_node_whose_disk_hangs_within_a_minute_while_ku
         ],
     );
     let pods = agent_pods(&client, &real_nodes).await;
-    agents_report_ok(&client, &pods).await;
+    agents_report_ok(&lab, &pods).await;
     let controller_pod = Api::<Pod>::namespaced(client.clone(), "pulsecheck")
         .list(&ListParams::default().labels("app.kubernetes.io/name=pulsecheck"))
         .await
@@ -178,17 +227,63 @@ async fn the_agent_catches_a_real_node_whose_disk_hangs_within_a_minute_while_ku
     lab.kubectl(&["-n", "pulsecheck", "delete", "pod", &pod, "--wait=true"]);
     let pods = agent_pods(&client, &real_nodes).await;
     assert!(pods.iter().all(|(_, p)| *p != pod), "{pod} replaced: {pods:?}");
-    agents_report_ok(&client, &pods).await;
+    agents_report_ok(&lab, &pods).await;
     lab.kubectl(&["-n", "pulsecheck", "rollout", "restart", "daemonset/pulsecheck-agent"]);
     lab.kubectl(&["-n", "pulsecheck", "rollout", "status", "daemonset/pulsecheck-agent", "--timeout=300s"]);
     let pods = agent_pods(&client, &real_nodes).await;
-    agents_report_ok(&client, &pods).await;
+    agents_report_ok(&lab, &pods).await;
     assert_eq!(condemned(&client, &real_nodes).await, Vec::<String>::new(), "agents deleted and rolled condemned a healthy node");
+
+    // As it runs on the node: not root, no capability, its program in memory.
+    let pid = eventually(&format!("the agent's process on {node}"), Duration::from_secs(30), || async { agent_pid(&node) }).await;
+    assert_eq!(proc_status(pid, "Uid"), "65532 65532 65532 65532", "the agent runs as uid 65532");
+    assert_eq!(proc_status(pid, "CapEff"), "0000000000000000", "the agent has no capability");
+
+    // Killed without SIGTERM (the OOM killer, a crash): the kubelet restarts the container, the
+    // new process takes the Lease over; nobody is condemned.
+    let pod = pods.iter().find(|(n, _)| *n == node).map(|(_, p)| p.clone()).unwrap();
+    signal(pid, nix::sys::signal::Signal::SIGKILL);
+    eventually(&format!("{pod} restarted after SIGKILL"), POD_READY, || {
+        let (client, pod) = (client.clone(), pod.clone());
+        async move { (restarts(&client, &pod).await >= 1).then_some(()) }
+    })
+    .await;
+    let pid = eventually("the restarted agent's process", Duration::from_secs(60), || async { agent_pid(&node).filter(|p| *p != pid) }).await;
+    renewed_since(&client, &node, Timestamp::now()).await;
+    agents_report_ok(&lab, &pods).await;
+
+    // Frozen (SIGSTOP): its Lease goes silent while the kubelet's renews. pulsecheck sees that —
+    // supporting evidence only, the node Suspect — and condemns nobody however long it lasts.
+    signal(pid, nix::sys::signal::Signal::SIGSTOP);
+    let frozen = tokio::time::Instant::now();
+    let suspect = wait_node(&client, &node, "pulsecheck noting the silent agent", Duration::from_secs(120), |n| {
+        our_condition(n).is_some_and(|(_, reason, message)| reason == "Suspect" && message.contains("pulsecheck-agent's Lease not renewed"))
+    })
+    .await;
+    eprintln!("agent on {node} frozen; after {:?} pulsecheck says {:?}", frozen.elapsed(), our_condition(&suspect));
+    // Watched for as long again as the agent's disk evidence needs to condemn (30 s) and more.
+    let watched = tokio::time::Instant::now();
+    while watched.elapsed() < Duration::from_secs(45) {
+        assert_eq!(condemned(&client, &real_nodes).await, Vec::<String>::new(), "a silent agent condemned a node");
+        let node = Api::<Node>::all(client.clone()).get(&node).await.expect("the node");
+        assert_eq!(our_condition(&node).map(|(status, _, _)| status).as_deref(), Some("True"), "{:?}", our_condition(&node));
+        tokio::time::sleep(Duration::from_secs(2)).await;
+    }
+    signal(pid, nix::sys::signal::Signal::SIGCONT);
+    renewed_since(&client, &node, Timestamp::now()).await;
+    agents_report_ok(&lab, &pods).await;
+    wait_node(&client, &node, "the Suspect condition gone with the agent's silence", Duration::from_secs(60), |n| {
+        our_condition(n).is_some_and(|(_, reason, _)| reason != "Suspect")
+    })
+    .await;
 
     // The whole disk of the node without pulsecheck's own Pod hangs.
     let (took, message) = caught(&lab, &node, NodeFault::DiskHang).await;
     assert!(message.contains("pulsecheck-agent:") && message.contains("hung"), "{message}");
-    assert!(message.contains("/etc/os-release") || message.contains("/var/lib/kubelet/pulsecheck-agent"), "the evidence names the path: {message}");
+    assert!(
+        message.contains("/etc/os-release") || message.contains("/var/lib/kubelet/pods/") && message.contains("kubernetes.io~empty-dir/scratch"),
+        "the evidence names the path: {message}"
+    );
     eprintln!("disk-hang on {node} tainted after {took:?}: {message}");
 
     // The other node cannot read /etc/os-release (EIO), as in the seed.

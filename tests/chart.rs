@@ -375,7 +375,7 @@ fn the_node_agent_is_opt_in_and_nothing_of_it_renders_by_default() {
 }
 
 #[test]
-fn the_agent_runs_on_every_node_from_the_controller_s_image_as_root_without_any_capability() {
+fn the_agent_runs_on_every_node_from_the_controller_s_image_as_non_root_without_any_capability_in_the_guaranteed_class() {
     let objects = render(&["--set", "agent.enabled=true", "--set", "image.tag=9.9.9", "--set", "image.pullPolicy=Always"]).unwrap();
     let controller = &the(&objects, "Deployment")["spec"]["template"]["spec"]["containers"][0];
     let daemonset = the(&objects, "DaemonSet");
@@ -387,7 +387,10 @@ fn the_agent_runs_on_every_node_from_the_controller_s_image_as_root_without_any_
     assert_eq!(container["image"].as_str(), Some("ghcr.io/pulsecheck/pulsecheck:9.9.9"));
     assert_eq!(container["imagePullPolicy"].as_str(), Some("Always"));
     assert_eq!(strings(&container["command"]), ["/pulsecheck-agent"]);
-    assert_eq!(strings(&container["args"]), ["--scratch-dir=/var/lib/kubelet/pulsecheck-agent"]);
+    assert_eq!(
+        strings(&container["args"]),
+        ["--scratch-dir=/var/lib/kubelet/pods/$(POD_UID)/volumes/kubernetes.io~empty-dir/scratch", "--scratch-mount=/scratch"]
+    );
     // Who and where it is, from the downward API.
     let env: Vec<(&str, &str)> = container["env"]
         .as_sequence()
@@ -396,9 +399,10 @@ fn the_agent_runs_on_every_node_from_the_controller_s_image_as_root_without_any_
         .map(|e| (e["name"].as_str().unwrap(), e["valueFrom"]["fieldRef"]["fieldPath"].as_str().unwrap()))
         .collect();
     assert_eq!(env, [("NODE_NAME", "spec.nodeName"), ("POD_NAMESPACE", "metadata.namespace"), ("POD_NAME", "metadata.name"), ("POD_UID", "metadata.uid")]);
-    // uid 0 (the kubelet's DirectoryOrCreate is root's, 0755) and nothing else of root's.
-    assert_eq!(pod["securityContext"]["runAsUser"].as_i64(), Some(0));
-    assert_eq!(pod["securityContext"]["runAsNonRoot"].as_bool(), Some(false));
+    // Not root: its only writable path is an emptyDir (the kubelet makes it 0777).
+    assert_eq!(pod["securityContext"]["runAsUser"].as_i64(), Some(65532));
+    assert_eq!(pod["securityContext"]["runAsGroup"].as_i64(), Some(65532));
+    assert_eq!(pod["securityContext"]["runAsNonRoot"].as_bool(), Some(true));
     assert_eq!(pod["securityContext"]["seccompProfile"]["type"].as_str(), Some("RuntimeDefault"));
     let hardening = &container["securityContext"];
     assert_eq!(hardening["readOnlyRootFilesystem"].as_bool(), Some(true));
@@ -411,27 +415,23 @@ fn the_agent_runs_on_every_node_from_the_controller_s_image_as_root_without_any_
     assert_eq!(serde_yaml_ng::to_string(&pod["tolerations"]).unwrap().trim(), "- operator: Exists");
     assert!(pod["nodeSelector"].is_null() && pod["affinity"].is_null(), "{pod:?}");
     assert_eq!(pod["priorityClassName"].as_str(), Some("system-node-critical"));
-    // The two hostPaths, the host's os-release read-only.
-    let volumes: Vec<(&str, &str, &str)> = pod["volumes"]
-        .as_sequence()
-        .unwrap()
-        .iter()
-        .map(|v| (v["name"].as_str().unwrap(), v["hostPath"]["path"].as_str().unwrap(), v["hostPath"]["type"].as_str().unwrap()))
-        .collect();
-    assert_eq!(volumes, [("os-release", "/etc/os-release", "File"), ("scratch", "/var/lib/kubelet/pulsecheck-agent", "DirectoryOrCreate")]);
+    // One hostPath, the host's os-release, read-only; the probe file in an emptyDir on the disk.
+    let volumes = serde_yaml_ng::to_string(&pod["volumes"]).unwrap();
+    assert_eq!(volumes.trim(), "- name: os-release\n  hostPath:\n    path: /etc/os-release\n    type: File\n- name: scratch\n  emptyDir:\n    sizeLimit: 1Mi");
     let mounts: Vec<(&str, &str, bool)> = container["volumeMounts"]
         .as_sequence()
         .unwrap()
         .iter()
         .map(|m| (m["name"].as_str().unwrap(), m["mountPath"].as_str().unwrap(), m["readOnly"].as_bool().unwrap_or(false)))
         .collect();
-    assert_eq!(mounts, [("os-release", "/host/etc/os-release", true), ("scratch", "/host/var/lib/kubelet/pulsecheck-agent", false)]);
+    assert_eq!(mounts, [("os-release", "/host/etc/os-release", true), ("scratch", "/scratch", false)]);
     // Its token is the Pod's projected one (bound to the Pod, so it names the node).
     assert_eq!(pod["automountServiceAccountToken"].as_bool(), Some(true));
     assert_eq!(pod["serviceAccountName"].as_str(), Some("pulsecheck-agent"));
-    // Tiny, and rolled a tenth of the fleet at a time, never two agents on one node.
-    assert_eq!(container["resources"]["requests"]["cpu"].as_str(), Some("5m"));
-    assert_eq!(container["resources"]["limits"]["memory"].as_str(), Some("64Mi"));
+    // Tiny, Guaranteed (requests = limits: never swapped out to the disk it watches), and
+    // rolled a tenth of the fleet at a time, never two agents on one node.
+    assert_eq!(container["resources"]["requests"], container["resources"]["limits"]);
+    assert_eq!((container["resources"]["limits"]["cpu"].as_str(), container["resources"]["limits"]["memory"].as_str()), (Some("10m"), Some("32Mi")));
     let rolling = &daemonset["spec"]["updateStrategy"]["rollingUpdate"];
     assert_eq!((rolling["maxUnavailable"].as_str(), rolling["maxSurge"].as_i64()), (Some("10%"), Some(0)));
     // Nothing that selects the controller's Pods (the Service, a disruption budget) selects an agent.
@@ -458,23 +458,34 @@ fn the_agent_runs_on_every_node_from_the_controller_s_image_as_root_without_any_
     let policy = the(&objects, "ValidatingAdmissionPolicy");
     let spec = &policy["spec"];
     assert_eq!(spec["failurePolicy"].as_str(), Some("Fail"));
-    assert_eq!(spec["matchConditions"][0]["expression"].as_str(), Some("request.userInfo.username == 'system:serviceaccount:pulsecheck:pulsecheck-agent'"));
+    let matched = spec["matchConditions"][0]["expression"].as_str().unwrap();
+    assert!(
+        matched.starts_with("request.userInfo.username == 'system:serviceaccount:pulsecheck:pulsecheck-agent' ||")
+            && matched.contains(".startsWith('pulsecheck-agent-')"),
+        "the agent's requests and everyone's on agent Leases: {matched}"
+    );
     let rule = &spec["matchConstraints"]["resourceRules"][0];
     assert_eq!((strings(&rule["apiGroups"]), strings(&rule["resources"])), (vec!["coordination.k8s.io"], vec!["leases"]));
     assert_eq!(strings(&rule["operations"]), ["CREATE", "UPDATE", "DELETE"]);
     assert_eq!(spec["matchConstraints"]["namespaceSelector"]["matchLabels"]["kubernetes.io/metadata.name"].as_str(), Some("pulsecheck"));
-    let cel = serde_yaml_ng::to_string(spec).unwrap();
-    assert!(
-        cel.contains("authentication.kubernetes.io/node-name") && cel.contains("'pulsecheck-agent-' + variables.nodeName") && cel.contains("oldObject"),
-        "{cel}"
-    );
+    let cel: Vec<&str> = ["variables", "validations"].iter().flat_map(|k| spec[*k].as_sequence().unwrap()).map(|v| v["expression"].as_str().unwrap()).collect();
+    let cel = cel.join("\n");
+    for says in [
+        "authentication.kubernetes.io/node-name",
+        "'pulsecheck-agent-' + variables.nodeName",
+        "oldObject.metadata.name",
+        "object.spec == oldObject.spec",
+        "'pulsecheck.dev/agent-report'",
+    ] {
+        assert!(cel.contains(says), "the policy lacks {says}: {cel}");
+    }
     let policy_binding = the(&objects, "ValidatingAdmissionPolicyBinding");
     assert_eq!(policy_binding["spec"]["policyName"], policy["metadata"]["name"]);
     assert_eq!(strings(&policy_binding["spec"]["validationActions"]), ["Deny"]);
 }
 
 #[test]
-fn the_kubelet_root_dir_flows_into_the_host_path_the_mount_and_the_scratch_flag() {
+fn the_kubelet_root_dir_flows_into_the_scratch_dir_the_reports_name() {
     for root in ["/data/kubelet", "/data/kubelet/"] {
         let objects = render(&[
             "--set",
@@ -491,9 +502,12 @@ fn the_kubelet_root_dir_flows_into_the_host_path_the_mount_and_the_scratch_flag(
         .unwrap();
         let pod = &the(&objects, "DaemonSet")["spec"]["template"]["spec"];
         let container = &pod["containers"][0];
-        assert_eq!(strings(&container["args"]), ["--scratch-dir=/data/kubelet/pulsecheck-agent", "--disk-interval=2s"], "{root}");
-        assert_eq!(pod["volumes"][1]["hostPath"]["path"].as_str(), Some("/data/kubelet/pulsecheck-agent"), "{root}");
-        assert_eq!(container["volumeMounts"][1]["mountPath"].as_str(), Some("/host/data/kubelet/pulsecheck-agent"), "{root}");
+        assert_eq!(
+            strings(&container["args"]),
+            ["--scratch-dir=/data/kubelet/pods/$(POD_UID)/volumes/kubernetes.io~empty-dir/scratch", "--scratch-mount=/scratch", "--disk-interval=2s"],
+            "{root}"
+        );
+        assert_eq!(container["volumeMounts"][1]["mountPath"].as_str(), Some("/scratch"), "{root}");
         assert_eq!(pod["nodeSelector"]["pool"].as_str(), Some("general"));
         assert!(pod["priorityClassName"].is_null(), "{pod:?}");
         // No critical class, no quota for it.
@@ -513,10 +527,10 @@ fn the_kubelet_root_dir_flows_into_the_host_path_the_mount_and_the_scratch_flag(
     let objects: Vec<Value> = serde_yaml_ng::Deserializer::from_str(&text).map(|d| Value::deserialize(d).unwrap()).filter(|v| !v.is_null()).collect();
     let sa = objects.iter().find(|o| o["kind"].as_str() == Some("ServiceAccount") && label(o, "app.kubernetes.io/component") == Some("agent")).unwrap();
     assert_eq!(sa["metadata"]["name"].as_str(), Some("health-pulsecheck-agent"));
-    assert_eq!(
-        the(&objects, "ValidatingAdmissionPolicy")["spec"]["matchConditions"][0]["expression"].as_str(),
-        Some("request.userInfo.username == 'system:serviceaccount:ops:health-pulsecheck-agent'")
-    );
+    let policy = &the(&objects, "ValidatingAdmissionPolicy")["spec"];
+    let user = "request.userInfo.username == 'system:serviceaccount:ops:health-pulsecheck-agent'";
+    assert!(policy["matchConditions"][0]["expression"].as_str().unwrap().starts_with(user), "{policy:?}");
+    assert_eq!(policy["variables"][0]["expression"].as_str(), Some(user));
     assert_eq!(the(&objects, "DaemonSet")["spec"]["template"]["spec"]["serviceAccountName"], sa["metadata"]["name"]);
 }
 

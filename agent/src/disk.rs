@@ -40,9 +40,12 @@ pub struct DiskArgs {
     /// The host's os-release file (a host path, read through --host-root), as cadvisor reads it.
     #[arg(long, env = "PULSECHECK_AGENT_OS_RELEASE", value_name = "HOST_PATH", default_value = "/etc/os-release", value_parser = host_path)]
     pub os_release: String,
-    /// A writable directory (a host path, reached through --host-root) on the filesystem that holds the kubelet's root dir; created if missing.
+    /// A writable directory (a host path, reached through --host-root unless --scratch-mount says where it is mounted) on the filesystem that holds the kubelet's root dir; created if missing. Reports name it.
     #[arg(long, env = "PULSECHECK_AGENT_SCRATCH_DIR", value_name = "HOST_PATH", default_value = "/var/lib/kubelet/pulsecheck-agent", value_parser = host_path)]
     pub scratch_dir: String,
+    /// Where --scratch-dir is mounted in the container, when not under --host-root: the chart mounts an emptyDir (which the kubelet keeps under its root dir, writable by any uid) and names its host path in --scratch-dir.
+    #[arg(long, env = "PULSECHECK_AGENT_SCRATCH_MOUNT", value_name = "DIR")]
+    pub scratch_mount: Option<PathBuf>,
     /// How often a round of disk checks starts (a round that ends late is followed by the next at once).
     #[arg(long, env = "PULSECHECK_AGENT_DISK_INTERVAL", value_name = "DURATION", default_value = "5s", value_parser = positive_duration)]
     pub disk_interval: Duration,
@@ -358,12 +361,14 @@ pub fn in_container(host_root: &Path, host_path: &str) -> PathBuf {
 }
 
 impl HostDisk {
-    /// The disk of `targets`, under `host_root`.
-    pub fn new(host_root: &Path, targets: &Targets) -> HostDisk {
+    /// The disk of `targets`, under `host_root`; the scratch directory at `scratch_mount` when
+    /// it is mounted elsewhere.
+    pub fn new(host_root: &Path, scratch_mount: Option<&Path>, targets: &Targets) -> HostDisk {
+        let scratch_dir = scratch_mount.map_or_else(|| in_container(host_root, &targets.scratch_dir), Path::to_path_buf);
         HostDisk {
             os_release: in_container(host_root, &targets.os_release),
-            scratch_dir: in_container(host_root, &targets.scratch_dir),
-            heartbeat: in_container(host_root, &targets.heartbeat),
+            heartbeat: scratch_dir.join(HEARTBEAT_FILE),
+            scratch_dir,
             written: None,
             content: Vec::new(),
         }
@@ -470,14 +475,19 @@ mod tests {
         }
     }
 
-    fn targets() -> Targets {
-        Targets::from_args(&DiskArgs {
+    fn args() -> DiskArgs {
+        DiskArgs {
             host_root: "/host".into(),
             os_release: "/etc/os-release".into(),
             scratch_dir: "/var/lib/kubelet/pulsecheck-agent".into(),
+            scratch_mount: None,
             disk_interval: Duration::from_secs(5),
             disk_deadline: Duration::from_secs(10),
-        })
+        }
+    }
+
+    fn targets() -> Targets {
+        Targets::from_args(&args())
     }
 
     const DEADLINE: Duration = Duration::from_secs(10);
@@ -665,7 +675,7 @@ mod tests {
         fs::write(root.path().join("etc/os-release"), "ID=lab\n").unwrap();
         let targets = targets();
         let status = DiskStatus::new(DEADLINE);
-        let mut disk = HostDisk::new(root.path(), &targets);
+        let mut disk = HostDisk::new(root.path(), None, &targets);
         run_round(&mut disk, &targets, &status, &SystemClock);
         assert_eq!(status.health(Instant::now()), DiskHealth::Ok);
         let heartbeat = fs::read_to_string(root.path().join("var/lib/kubelet/pulsecheck-agent/heartbeat")).unwrap();
@@ -673,5 +683,30 @@ mod tests {
         fs::remove_file(root.path().join("etc/os-release")).unwrap();
         run_round(&mut disk, &targets, &status, &SystemClock);
         assert!(matches!(status.health(Instant::now()), DiskHealth::Failing { ref error, .. } if error.contains("No such file")));
+    }
+
+    #[test]
+    fn a_scratch_dir_mounted_elsewhere_is_written_there_and_named_by_its_host_path() {
+        let root = tempfile::tempdir().unwrap();
+        let mount = tempfile::tempdir().unwrap();
+        fs::create_dir_all(root.path().join("etc")).unwrap();
+        fs::write(root.path().join("etc/os-release"), "ID=lab\n").unwrap();
+        let host = "/var/lib/kubelet/pods/u-1/volumes/kubernetes.io~empty-dir/scratch";
+        let targets = Targets::from_args(&DiskArgs { scratch_dir: host.into(), scratch_mount: Some(mount.path().into()), ..args() });
+        let status = DiskStatus::new(DEADLINE);
+        let mut disk = HostDisk::new(root.path(), Some(mount.path()), &targets);
+        run_round(&mut disk, &targets, &status, &SystemClock);
+        assert_eq!(status.health(Instant::now()), DiskHealth::Ok);
+        assert!(fs::read_to_string(mount.path().join(HEARTBEAT_FILE)).unwrap().starts_with("pulsecheck-agent heartbeat"));
+        assert!(!root.path().join("var").exists(), "nothing written under the host root");
+        // A failure there names the host path, not the container's.
+        fs::remove_file(mount.path().join(HEARTBEAT_FILE)).unwrap();
+        fs::create_dir(mount.path().join(HEARTBEAT_FILE)).unwrap();
+        run_round(&mut disk, &targets, &status, &SystemClock);
+        assert!(
+            matches!(status.health(Instant::now()), DiskHealth::Failing { ref path, .. } if path == &format!("{host}/{HEARTBEAT_FILE}")),
+            "{:?}",
+            status.health(Instant::now())
+        );
     }
 }

@@ -301,7 +301,8 @@ fn changed(sent: Option<&DiskHealth>, now: &DiskHealth) -> bool {
 /// How often the network loop looks whether the disk state changed (see [`run`]).
 const STATE_CHANGE_LOOK: Duration = Duration::from_secs(1);
 
-/// Renews the Lease every renew interval, and at once when the disk state changes, with the disk's health until `shutdown` resolves,
+/// Renews the Lease every renew interval, and at once when the disk state changes (the interval
+/// then counted from that renewal), with the disk's health until `shutdown` resolves,
 /// then once more with `terminating: true`, bounded by the request timeout. Failures are logged
 /// and retried at the next tick; this returns only on shutdown.
 pub async fn run(mut renewer: Renewer, disk: Arc<DiskStatus>, shutdown: impl Future<Output = ()>) {
@@ -326,6 +327,12 @@ pub async fn run(mut renewer: Renewer, disk: Arc<DiskStatus>, shutdown: impl Fut
                 if !changed(sent.as_ref(), &disk.health(std::time::Instant::now())) {
                     continue;
                 }
+                // The renewal clock starts over at a change: while the trouble lasts, its reports
+                // come one renew interval apart from its start (a hang seen at 10 s is renewed
+                // at 20 s, 30 s, ...), so a report's seconds are never more than a second behind
+                // the disk loop at the moments pulsecheck's --agent-disk-after is reached, and
+                // pulsecheck never has to guess how long it lasted since.
+                tick.reset();
             }
         }
         let health = disk.health(std::time::Instant::now());

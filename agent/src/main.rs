@@ -71,10 +71,11 @@ fn run(cli: Cli, settings: LeaseSettings) -> anyhow::Result<()> {
         host_root = %cli.disk.host_root.display(),
         os_release = %targets.os_release,
         heartbeat = %targets.heartbeat,
+        scratch_mount = ?cli.disk.scratch_mount,
         "pulsecheck-agent starting"
     );
     let status = Arc::new(DiskStatus::new(cli.disk.disk_deadline));
-    let disk = HostDisk::new(&cli.disk.host_root, &targets);
+    let disk = HostDisk::new(&cli.disk.host_root, cli.disk.scratch_mount.as_deref(), &targets);
     let _disk_loop = DiskLoop::spawn(Box::new(disk), targets, status.clone(), cli.disk.disk_interval, Arc::new(SystemClock))
         .context("cannot start the disk loop's thread")?;
     // One thread is plenty for one request every few seconds.

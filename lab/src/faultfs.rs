@@ -317,6 +317,13 @@ impl PassthroughFs {
         self.backing.join(rel)
     }
 
+    /// Gives what a request just created to its caller, as a disk's filesystem does: the server
+    /// creates as root, and a non-root program (pulsecheck-agent, uid 65532) must own its files
+    /// to open them again.
+    fn own(&self, rel: &Path, req: &Request) -> Result<(), Errno> {
+        std::os::unix::fs::lchown(self.full(rel), Some(req.uid()), Some(req.gid())).map_err(errno)
+    }
+
     /// Looks `rel` up in the backing directory, remembers its inode, and returns its attributes.
     fn remember(&self, rel: PathBuf) -> Result<FileAttr, Errno> {
         let meta = fs::symlink_metadata(self.full(&rel)).map_err(errno)?;
@@ -447,22 +454,24 @@ impl Filesystem for PassthroughFs {
         }
     }
 
-    fn mknod(&self, _req: &Request, parent: INodeNo, name: &OsStr, mode: u32, umask: u32, rdev: u32, reply: ReplyEntry) {
+    fn mknod(&self, req: &Request, parent: INodeNo, name: &OsStr, mode: u32, umask: u32, rdev: u32, reply: ReplyEntry) {
         let result = self.child(parent, name).and_then(|rel| {
             self.guarded(&rel, false, || {
                 let kind = nix::sys::stat::SFlag::from_bits_truncate(mode & libc::S_IFMT);
                 let perm = nix::sys::stat::Mode::from_bits_truncate(mode & !umask & 0o7777);
                 nix::sys::stat::mknod(&self.full(&rel), kind, perm, u64::from(rdev)).map_err(|e| Errno::from_i32(e as i32))?;
+                self.own(&rel, req)?;
                 self.remember(rel.clone())
             })
         });
         self.entry(reply, result);
     }
 
-    fn mkdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, mode: u32, umask: u32, reply: ReplyEntry) {
+    fn mkdir(&self, req: &Request, parent: INodeNo, name: &OsStr, mode: u32, umask: u32, reply: ReplyEntry) {
         let result = self.child(parent, name).and_then(|rel| {
             self.guarded(&rel, false, || {
                 fs::DirBuilder::new().mode(mode & !umask & 0o7777).create(self.full(&rel)).map_err(errno)?;
+                self.own(&rel, req)?;
                 self.remember(rel.clone())
             })
         });
@@ -479,10 +488,11 @@ impl Filesystem for PassthroughFs {
         Self::empty(reply, result);
     }
 
-    fn symlink(&self, _req: &Request, parent: INodeNo, link_name: &OsStr, target: &Path, reply: ReplyEntry) {
+    fn symlink(&self, req: &Request, parent: INodeNo, link_name: &OsStr, target: &Path, reply: ReplyEntry) {
         let result = self.child(parent, link_name).and_then(|rel| {
             self.guarded(&rel, false, || {
                 std::os::unix::fs::symlink(target, self.full(&rel)).map_err(errno)?;
+                self.own(&rel, req)?;
                 self.remember(rel.clone())
             })
         });
@@ -654,7 +664,7 @@ impl Filesystem for PassthroughFs {
         Self::empty(reply, result);
     }
 
-    fn create(&self, _req: &Request, parent: INodeNo, name: &OsStr, mode: u32, umask: u32, flags: i32, reply: ReplyCreate) {
+    fn create(&self, req: &Request, parent: INodeNo, name: &OsStr, mode: u32, umask: u32, flags: i32, reply: ReplyCreate) {
         let result = self.child(parent, name).and_then(|rel| {
             self.guarded(&rel, false, || {
                 let mut options = Self::open_flags(flags);
@@ -667,6 +677,7 @@ impl Filesystem for PassthroughFs {
                     options.write(true);
                 }
                 let file = options.open(self.full(&rel)).map_err(errno)?;
+                self.own(&rel, req)?;
                 Ok((self.remember(rel.clone())?, file))
             })
         });
@@ -734,5 +745,32 @@ mod tests {
         switch.close();
         assert_eq!(waiter.join().unwrap(), Err(Errno::EIO));
         assert_eq!(switch.blocked(), 0);
+    }
+
+    #[test]
+    fn what_a_non_root_program_creates_is_its_own_and_it_can_write_it_again() {
+        use std::os::unix::process::CommandExt as _;
+        // Needs root and /dev/fuse, as the lab's real nodes do (CI runs as root).
+        let backing = tempfile::tempdir().unwrap();
+        let mountpoint = tempfile::tempdir().unwrap();
+        fs::create_dir(backing.path().join("shared")).unwrap();
+        fs::set_permissions(backing.path().join("shared"), fs::Permissions::from_mode(0o777)).unwrap();
+        let disk = FaultDisk::mount(backing.path(), mountpoint.path()).unwrap();
+        // As the agent does each round: create (truncate) and write, twice, then a directory.
+        let dir = disk.mountpoint().join("shared");
+        let out = std::process::Command::new("sh")
+            .args(["-c", "echo one > heartbeat && echo two > heartbeat && mkdir sub && echo three > sub/f && cat heartbeat"])
+            .current_dir(&dir)
+            .uid(65532)
+            .gid(65532)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "as uid 65532: {}", String::from_utf8_lossy(&out.stderr));
+        assert_eq!(String::from_utf8_lossy(&out.stdout), "two\n");
+        for made in ["shared/heartbeat", "shared/sub", "shared/sub/f"] {
+            let meta = fs::symlink_metadata(backing.path().join(made)).unwrap();
+            assert_eq!((meta.uid(), meta.gid()), (65532, 65532), "{made} on the backing disk");
+        }
+        drop(disk);
     }
 }
