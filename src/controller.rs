@@ -187,34 +187,35 @@ pub async fn start(client: kube::Client, settings: Settings) -> Result<Running, 
         .with_leadership(leadership.current())
         .with_metrics(metrics.clone());
     let controller = Controller {
-        config: settings,
+        judge: Judge::new(settings, metrics.clone(), readiness),
         view,
         actuator,
-        metrics: metrics.clone(),
-        readiness,
-        ledger: Ledger::default(),
-        verdicts: HashMap::new(),
-        held_reported: HashSet::new(),
-        blind_reported: None,
-        circuit_reported: false,
-        partition_reported: false,
-        misconfigured_reported: HashSet::new(),
-        configz_failure_reported: false,
-        misconfigured_evented: HashSet::new(),
         probe_targets: targets_tx,
         probe_results: results_rx,
         leading: None,
-        deferred_events: Vec::new(),
     };
     tasks.push(tokio::spawn(controller.run(leadership, shutdown.clone(), watch_shutdown)));
     Ok(Running { admin_addr, metrics, shutdown, tasks })
 }
 
-/// The decision loop's state.
+/// The decision loop: the [`Judge`], and the edges it drives.
 struct Controller {
-    config: Settings,
+    judge: Judge,
     view: SharedView,
     actuator: Actuator,
+    probe_targets: tokio::sync::watch::Sender<Vec<ProbeTarget>>,
+    probe_results: mpsc::Receiver<ProbeReport>,
+    /// Leadership as of now (not as of the tick's start): checked before every step, so a
+    /// tick slowed down by a struggling apiserver stops writing the moment leadership is lost.
+    leading: Option<crate::leader::LeaderCheck>,
+}
+
+/// Everything a tick decides before it writes: the judging and planning stages, without I/O.
+/// The controller's tick runs [`Judge::decide`] and then carries out its steps; the tick
+/// benchmark (`benches/tick.rs`) runs the same `decide`, metrics included, so what it measures
+/// is what a tick costs.
+pub struct Judge {
+    config: Settings,
     metrics: Metrics,
     readiness: Readiness,
     /// What pulsecheck remembers of its own writes between ticks.
@@ -233,13 +234,38 @@ struct Controller {
     configz_failure_reported: bool,
     /// Nodes whose probes are pulsecheck's own problem whose Event a leader's tick planned.
     misconfigured_evented: HashSet<String>,
-    probe_targets: tokio::sync::watch::Sender<Vec<ProbeTarget>>,
-    probe_results: mpsc::Receiver<ProbeReport>,
-    /// Leadership as of now (not as of the tick's start): checked before every step, so a
-    /// tick slowed down by a struggling apiserver stops writing the moment leadership is lost.
-    leading: Option<crate::leader::LeaderCheck>,
     /// Events planned in an earlier tick that ran out of time before publishing them.
     deferred_events: Vec<Planned>,
+}
+
+/// What one tick decided ([`Judge::decide`]).
+pub struct Decisions {
+    judgement: Judgement,
+    /// The steps to carry out, most urgent first; `None` when nothing is to be written (blind,
+    /// or not the leader).
+    steps: Option<Vec<Planned>>,
+}
+
+impl Decisions {
+    /// The steps to carry out; `None` when blind or not the leader.
+    pub fn steps(&self) -> Option<&[Planned]> {
+        self.steps.as_deref()
+    }
+
+    /// Why pulsecheck could not trust its view, if it could not.
+    pub fn blindness(&self) -> Option<&observe::Blindness> {
+        self.judgement.blindness.as_ref()
+    }
+
+    /// Every node's verdict.
+    pub fn assessments(&self) -> &Assessments {
+        &self.judgement.assessments
+    }
+
+    /// The nodes the prober is to ask next.
+    pub fn probe_targets(&self) -> &[ProbeTarget] {
+        &self.judgement.probe_targets
+    }
 }
 
 /// What the judging stage of a tick concluded, for the stages that run after the view is
@@ -290,7 +316,7 @@ fn notes(facts: &FleetFacts, memory: &Memory) -> HashMap<NodeName, NodeNote> {
         .iter()
         .map(|(n, f)| {
             let note =
-                NodeNote { uid: Some(f.uid.clone()).filter(|u| !u.is_empty()), our_condition: f.our_condition.clone(), remediated: memory.holds(facts, n) };
+                NodeNote { uid: Some(f.uid.clone()).filter(|u| !u.is_empty()), our_condition: f.our_condition.clone(), remediated: memory.holds_node(n, f) };
             (n.clone(), note)
         })
         .collect()
@@ -646,7 +672,7 @@ fn rejudged(now: Timestamp, facts: &FleetFacts, remediated: bool, judgement: &Ju
 
 impl Controller {
     async fn run(mut self, mut leadership: Leadership, shutdown: CancellationToken, watch_shutdown: CancellationToken) {
-        let mut ticker = tokio::time::interval(self.config.evaluation_interval);
+        let mut ticker = tokio::time::interval(self.judge.config.evaluation_interval);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut was_leader = false;
         self.leading = Some(leadership.current());
@@ -661,29 +687,72 @@ impl Controller {
                 info!(leader, "leadership changed");
                 was_leader = leader;
             }
-            self.metrics.set_leader(leader);
+            self.judge.metrics.set_leader(leader);
             self.tick(Timestamp::now(), leader).await;
         }
         watch_shutdown.cancel();
-        self.readiness.set(false);
+        self.judge.readiness.set(false);
         leadership.resign(Duration::from_secs(3)).await;
-        self.metrics.set_leader(false);
+        self.judge.metrics.set_leader(false);
     }
 
-    /// One evaluation and the actions it calls for: judge, plan, carry out.
+    /// One evaluation and the actions it calls for: judge and plan ([`Judge::decide`]), then
+    /// carry out.
     async fn tick(&mut self, now: Timestamp, leader: bool) {
-        let started = std::time::Instant::now();
-        let mut judgement = self.judge(now, leader);
+        let mut reports = Vec::new();
+        while let Ok(report) = self.probe_results.try_recv() {
+            reports.push(report);
+        }
+        let Decisions { mut judgement, steps } = self.judge.decide(now, leader, &self.view, reports);
         self.probe_targets.send_replace(std::mem::take(&mut judgement.probe_targets));
+        if let Some(steps) = steps {
+            self.carry_out(now, &judgement, steps).await;
+        }
+    }
+}
+
+impl Judge {
+    /// A judge with nothing remembered yet: `metrics` and `readiness` are the ones the admin
+    /// server exports.
+    pub fn new(config: Settings, metrics: Metrics, readiness: Readiness) -> Judge {
+        Judge {
+            config,
+            metrics,
+            readiness,
+            ledger: Ledger::default(),
+            verdicts: HashMap::new(),
+            held_reported: HashSet::new(),
+            blind_reported: None,
+            circuit_reported: false,
+            partition_reported: false,
+            misconfigured_reported: HashSet::new(),
+            configz_failure_reported: false,
+            misconfigured_evented: HashSet::new(),
+            deferred_events: Vec::new(),
+        }
+    }
+
+    /// Everything a tick decides at `now` before it writes: fold in `probe_reports`, judge the
+    /// fleet on `view`, publish metrics (`pulsecheck_evaluation_duration_seconds` is the time
+    /// this takes), report verdict changes and holds, and plan the steps a leader carries out.
+    pub fn decide(&mut self, now: Timestamp, leader: bool, view: &SharedView, probe_reports: Vec<ProbeReport>) -> Decisions {
+        let started = std::time::Instant::now();
+        let judgement = self.judge(now, leader, view, probe_reports);
+        let steps = self.plan(leader, &judgement);
+        self.metrics.evaluation(started.elapsed().as_secs_f64());
+        Decisions { judgement, steps }
+    }
+
+    /// The planning stage: the fleet's metrics, the verdict changes and holds reported, and, for
+    /// a leader that can see, the steps to carry out.
+    fn plan(&mut self, leader: bool, judgement: &Judgement) -> Option<Vec<Planned>> {
         if judgement.blindness.is_none() {
             let counts: Vec<(Verdict, usize)> = Verdict::ALL.iter().map(|v| (*v, judgement.assessments.values().filter(|a| a.verdict == *v).count())).collect();
             self.metrics.fleet(&counts, judgement.plan.active, judgement.plan.limit, judgement.plan.circuit_open);
         }
-        self.metrics.evaluation(started.elapsed().as_secs_f64());
-
         self.report_blindness(judgement.blindness.as_ref());
         if judgement.blindness.is_some() {
-            return;
+            return None;
         }
         let changes = verdict_changes(&mut self.verdicts, &judgement.assessments);
         report_verdicts(&judgement.assessments, &changes);
@@ -692,23 +761,23 @@ impl Controller {
         }
         if !leader {
             self.deferred_events.clear();
-            return;
+            return None;
         }
         let newly_held = self.report_holds(&judgement.plan);
         self.misconfigured_evented.extend(judgement.newly_misconfigured.iter().map(|(n, _)| n.clone()));
-        let mut steps = plan_steps(&judgement, &changes, &newly_held, self.config.dry_run);
+        let mut steps = plan_steps(judgement, &changes, &newly_held, self.config.dry_run);
         // Events an earlier tick had no time for go before this tick's, oldest first.
         let first_event = steps.iter().position(|p| matches!(p.step, Step::Report { .. })).unwrap_or(steps.len());
         steps.splice(first_event..first_event, std::mem::take(&mut self.deferred_events));
         self.ledger.backoff.retain(|n| judgement.notes.contains_key(n));
-        self.carry_out(now, &judgement, steps).await;
+        Some(steps)
     }
 
     /// The judging stage: everything decided under the view's lock.
-    fn judge(&mut self, now: Timestamp, leader: bool) -> Judgement {
+    fn judge(&mut self, now: Timestamp, leader: bool, view: &SharedView, probe_reports: Vec<ProbeReport>) -> Judgement {
         let cfg = &self.config;
-        let mut v = lock(&self.view);
-        while let Ok(report) = self.probe_results.try_recv() {
+        let mut v = lock(view);
+        for report in probe_reports {
             match report.cadence {
                 Some(Ok(cadence)) => v.facts.record_kubelet_cadence(&report.node, cadence, report.cadence_asked_at),
                 Some(Err(why)) if !self.configz_failure_reported => {
@@ -873,7 +942,9 @@ impl Controller {
         self.held_reported.retain(|n| held_now.contains(n.as_str()));
         newly_held
     }
+}
 
+impl Controller {
     /// The carrying-out stage: each step goes to the actuator, and its outcome is booked.
     ///
     /// Its time is bounded: no step starts once `--evaluation-interval` has passed since the
@@ -885,7 +956,7 @@ impl Controller {
     /// failing waits out its back-off for that kind.
     async fn carry_out(&mut self, now: Timestamp, judgement: &Judgement, steps: Vec<Planned>) {
         let started = std::time::Instant::now();
-        let budget = self.config.evaluation_interval;
+        let budget = self.judge.config.evaluation_interval;
         let mut steps = steps.into_iter();
         while let Some(planned) = steps.next() {
             if !self.still_leading() {
@@ -896,9 +967,9 @@ impl Controller {
                 // The plan came from a view now known to be behind: nothing of it is carried out.
                 let left = 1 + steps.len();
                 warn!(left, "the Node watch lags behind the apiserver; the rest of this tick's writes are skipped");
-                self.metrics.write(write_kind(&planned.step), WriteResult::Superseded);
+                self.judge.metrics.write(write_kind(&planned.step), WriteResult::Superseded);
                 for p in steps.by_ref() {
-                    self.metrics.write(write_kind(&p.step), WriteResult::Superseded);
+                    self.judge.metrics.write(write_kind(&p.step), WriteResult::Superseded);
                 }
                 break;
             }
@@ -907,39 +978,39 @@ impl Controller {
                 let left: Vec<Planned> = std::iter::once(planned).chain(steps.by_ref()).collect();
                 warn!(left = left.len(), budget = ?budget, "the tick's time for writes is used up (--evaluation-interval); the rest are planned again from the next judgement");
                 for p in left {
-                    self.metrics.write(write_kind(&p.step), WriteResult::Deadline);
+                    self.judge.metrics.write(write_kind(&p.step), WriteResult::Deadline);
                     if matches!(p.step, Step::Report { .. }) {
-                        self.deferred_events.push(p);
+                        self.judge.deferred_events.push(p);
                     }
                 }
-                if self.deferred_events.len() > DEFERRED_EVENTS_MAX {
-                    let dropped = self.deferred_events.len() - DEFERRED_EVENTS_MAX;
-                    self.deferred_events.drain(..dropped);
+                if self.judge.deferred_events.len() > DEFERRED_EVENTS_MAX {
+                    let dropped = self.judge.deferred_events.len() - DEFERRED_EVENTS_MAX;
+                    self.judge.deferred_events.drain(..dropped);
                     warn!(dropped, "too many Events waiting for a tick with time to publish them; the oldest are dropped");
                 }
                 break;
             }
-            if self.ledger.backoff.waiting(&planned.node, kind, now) {
-                self.metrics.write(kind, WriteResult::Backoff);
+            if self.judge.ledger.backoff.waiting(&planned.node, kind, now) {
+                self.judge.metrics.write(kind, WriteResult::Backoff);
                 continue;
             }
             let Some(planned) = self.rejudge(now, judgement, planned) else {
-                self.metrics.write(kind, WriteResult::Superseded);
+                self.judge.metrics.write(kind, WriteResult::Superseded);
                 continue;
             };
             let outcome: Outcome = self.actuator.carry_out(&planned, now, |node, lease| self.confirm(now, &planned.node, node, lease)).await;
             if let Some(node) = &outcome.node {
-                lock(&self.view).facts.apply_node(node, &self.config.scope, now);
+                lock(&self.view).facts.apply_node(node, &self.judge.config.scope, now);
             }
             // Events are counted by the actuator, with the ones it publishes inside other steps.
             if kind != WriteKind::Event {
-                self.metrics.write(kind, write_result(&outcome.effect));
+                self.judge.metrics.write(kind, write_result(&outcome.effect));
             }
-            for (action, result) in self.ledger.settle(now, &planned, &outcome.effect, &self.config.actions) {
-                self.metrics.remediation(action, result);
+            for (action, result) in self.judge.ledger.settle(now, &planned, &outcome.effect, &self.judge.config.actions) {
+                self.judge.metrics.remediation(action, result);
             }
         }
-        self.metrics.write_stage(started.elapsed().as_secs_f64());
+        self.judge.metrics.write_stage(started.elapsed().as_secs_f64());
     }
 
     /// A step as it should be carried out now, or `None` when it is no longer called for. The
@@ -951,8 +1022,8 @@ impl Controller {
     /// it on a fresh read of the cluster ([`Controller::confirm`]).
     fn rejudge(&self, now: Timestamp, judgement: &Judgement, planned: Planned) -> Option<Planned> {
         let v = lock(&self.view);
-        let remediated = self.ledger.memory.holds(&v.facts, &planned.node);
-        rejudged(now, &v.facts, remediated, judgement, &self.config.thresholds, planned)
+        let remediated = self.judge.ledger.memory.holds(&v.facts, &planned.node);
+        rejudged(now, &v.facts, remediated, judgement, &self.judge.config.thresholds, planned)
     }
 
     /// The judge the actuator asks before each remediation patch. The fresh read of the Node and
@@ -966,7 +1037,7 @@ impl Controller {
     /// On a small or quiet fleet a Node watch that stalls without an error is seen no other way
     /// before its staleness reaches a node's status threshold.
     fn confirm(&self, now: Timestamp, name: &str, node: &SlimNode, lease: Option<&SlimLease>) -> Option<Assessment> {
-        let cfg = &self.config;
+        let cfg = &self.judge.config;
         let confirmed = {
             let mut v = lock(&self.view);
             let allowance = lease_silence(now, &v.facts, &cfg.thresholds) / 2;
@@ -1035,28 +1106,29 @@ fn status_silence(at: Timestamp, facts: &FleetFacts, th: &verdict::Thresholds) -
     thresholds[overdue - 1]
 }
 
-/// Publishes the per-node metrics of this tick's verdicts.
+/// Publishes the per-node metrics of this tick's verdicts. One pass over the nodes, each looked
+/// up once in every map: this runs for every node on every tick.
 fn publish_metrics(metrics: &Metrics, th: &verdict::Thresholds, memory: &Memory, facts: &FleetFacts, assessments: &Assessments) {
     let mut sources: BTreeMap<CadenceSource, usize> = BTreeMap::new();
     for (name, n) in &facts.nodes {
-        *sources.entry(th.status_threshold_for(n, facts.leases.get(name)).source).or_default() += 1;
-    }
-    metrics.status_threshold_sources(&sources.into_iter().collect::<Vec<_>>());
-    for (name, a) in assessments {
-        let Some(n) = facts.nodes.get(name) else { continue };
+        let lease = facts.leases.get(name);
+        let threshold = th.status_threshold_for(n, lease);
+        *sources.entry(threshold.source).or_default() += 1;
+        let Some(a) = assessments.get(name) else { continue };
         let heartbeats = NodeHeartbeats {
-            lease_observed: facts.leases.get(name).map(|l| l.renew.observed_at.as_millisecond() as f64 / 1000.0),
+            lease_observed: lease.map(|l| l.renew.observed_at.as_millisecond() as f64 / 1000.0),
             status_observed: n.status.observed_at.as_millisecond() as f64 / 1000.0,
-            remediated: memory.holds(facts, name),
+            remediated: memory.holds_node(name, n),
             probe_success: facts.probes.get(name).and_then(|p| match &p.last {
                 Some((ProbeOutcome::Success, _)) => Some(true),
                 Some((o, _)) if o.is_failure() => Some(false),
                 _ => None,
             }),
-            status_threshold: th.status_threshold_for(n, facts.leases.get(name)).after.as_secs_f64(),
+            status_threshold: threshold.after.as_secs_f64(),
         };
         metrics.node(name, a, heartbeats);
     }
+    metrics.status_threshold_sources(&sources.into_iter().collect::<Vec<_>>());
 }
 
 /// One log line per verdict change.
@@ -1236,7 +1308,7 @@ mod tests {
         assert!(reported.is_empty());
         // A deleted node is forgotten: when a node of that name appears, its verdict is news again.
         let mut reported = HashMap::from([(NodeName::from("z"), Verdict::Zombie)]);
-        verdict_changes(&mut reported, &Assessments::new());
+        verdict_changes(&mut reported, &Assessments::default());
         assert_eq!(verdict_changes(&mut reported, &assessments(&[("z", Verdict::Zombie)])).len(), 1);
     }
 

@@ -752,17 +752,22 @@ impl NodeFacts {
 /// A node's name, shared cheaply between the facts, the verdicts and the guard.
 pub type NodeName = std::sync::Arc<str>;
 
+/// A map keyed by node name. Every tick looks each node up in several of these, so they hash
+/// with foldhash (seeded per process) rather than SipHash: node names come from the apiserver,
+/// not from an attacker able to choose colliding keys at will.
+pub type NodeMap<V> = HashMap<NodeName, V, foldhash::fast::RandomState>;
+
 /// The fleet as pulsecheck sees it: facts per node name, Leases per node name.
 #[derive(Debug, Default, Clone)]
 pub struct FleetFacts {
     /// Nodes by name.
-    pub nodes: HashMap<NodeName, NodeFacts>,
+    pub nodes: NodeMap<NodeFacts>,
     /// Node Leases (namespace `kube-node-lease`) by name, which is the node's name.
-    pub leases: HashMap<NodeName, LeaseFacts>,
+    pub leases: NodeMap<LeaseFacts>,
     /// Kubelet probe records by node name.
-    pub probes: HashMap<NodeName, ProbeFacts>,
+    pub probes: NodeMap<ProbeFacts>,
     /// Node agents' reports by node name (empty unless the opt-in agent runs).
-    pub agents: HashMap<NodeName, AgentFacts>,
+    pub agents: NodeMap<AgentFacts>,
     /// Why the agents' reports cannot be relied on right now, if they cannot: their watch has
     /// not listed them, fails, or went silent while agents exist (set by
     /// [`crate::observe::View::see`]). Their reports are then no evidence either way, and health

@@ -30,9 +30,9 @@ use std::{
 use k8s_openapi::jiff::{SignedDuration, Timestamp};
 
 use crate::{
-    facts::{FleetFacts, NodeName},
+    facts::{FleetFacts, NodeFacts, NodeMap, NodeName},
     parse::{percentage, positive_duration},
-    verdict::{Assessments, Verdict},
+    verdict::{Assessment, Assessments, Verdict},
 };
 
 /// Limits that keep pulsecheck from ever causing a remediation storm.
@@ -127,7 +127,7 @@ pub struct Plan {
 #[derive(Debug, Default, Clone)]
 pub struct Memory {
     /// Since when each node has been Healthy without interruption.
-    healthy_since: HashMap<NodeName, Timestamp>,
+    healthy_since: NodeMap<Timestamp>,
     /// Start times of recent remediations (for the per-minute rate).
     recent_starts: VecDeque<Timestamp>,
     /// Nodes remediated in dry-run mode (nothing was written, so the Node cannot tell us).
@@ -207,11 +207,15 @@ impl Memory {
 
     /// True when pulsecheck holds (or, in dry-run, pretends to hold) a remediation on `node`.
     pub fn holds(&self, facts: &FleetFacts, node: &str) -> bool {
-        self.simulated.contains_key(node)
-            || (!self.simulated_released.contains(node)
-                && facts.nodes.get(node).is_some_and(|n| {
-                    n.remediation.is_active() || n.has_our_taint || (n.unschedulable && self.cordoned.get(node).is_some_and(|(uid, _)| *uid == n.uid))
-                }))
+        facts.nodes.get(node).map_or_else(|| self.simulated.contains_key(node), |n| self.holds_node(node, n))
+    }
+
+    /// [`Memory::holds`] for a node whose facts are at hand (a pass over the fleet): no lookup
+    /// beyond the dry-run and cordon records, and none while those are empty.
+    pub fn holds_node(&self, node: &str, n: &NodeFacts) -> bool {
+        (!self.simulated.is_empty() && self.simulated.contains_key(node))
+            || ((self.simulated_released.is_empty() || !self.simulated_released.contains(node))
+                && (n.remediation.is_active() || n.has_our_taint || (n.unschedulable && self.cordoned.get(node).is_some_and(|(uid, _)| *uid == n.uid))))
     }
 }
 
@@ -280,37 +284,42 @@ pub fn plan(now: Timestamp, assessments: &Assessments, facts: &FleetFacts, memor
         memory.recent_starts.pop_front();
     }
 
-    let eligible = assessments.values().filter(|a| a.verdict != Verdict::Excluded).count();
-    let limit = limit(eligible, cfg.max_unhealthy_percent);
-    let active = assessments.keys().filter(|n| memory.holds(facts, n)).count();
+    // Each node looked up once: whether pulsecheck holds it, and whether it is unavailable now.
     // The budget bounds every unavailable node, not only pulsecheck's: after a zone outage took
     // a third of the fleet out, taking more would make the outage worse.
-    let unavailable_now =
-        |n: &NodeName, verdict: Verdict| memory.holds(facts, n) || verdict == Verdict::Dead || facts.nodes.get(n).is_none_or(|f| !f.schedulable());
-    let unavailable = assessments.iter().filter(|(n, a)| a.verdict != Verdict::Excluded && unavailable_now(n, a.verdict)).count();
-    let mut wanting: Vec<&NodeName> =
-        assessments.iter().filter(|(n, a)| needs_remediation(a.verdict, cfg) && !memory.holds(facts, n)).map(|(n, _)| n).collect();
+    let judged: Vec<(&NodeName, &Assessment, bool, bool)> = assessments
+        .iter()
+        .map(|(n, a)| {
+            let node = facts.nodes.get(n);
+            let holds = node.map_or_else(|| memory.holds(facts, n), |f| memory.holds_node(n, f));
+            let unavailable = holds || a.verdict == Verdict::Dead || node.is_none_or(|f| !f.schedulable());
+            (n, a, holds, unavailable)
+        })
+        .collect();
+    let eligible = judged.iter().filter(|(_, a, ..)| a.verdict != Verdict::Excluded).count();
+    let limit = limit(eligible, cfg.max_unhealthy_percent);
+    let active = judged.iter().filter(|(_, _, holds, _)| *holds).count();
+    let unavailable = judged.iter().filter(|(_, a, _, unavailable)| a.verdict != Verdict::Excluded && *unavailable).count();
+    // With whether marking it costs capacity: a zombie someone else already took out costs none
+    // when pulsecheck marks it too.
+    let mut wanting: Vec<(&NodeName, bool)> =
+        judged.iter().filter(|(_, a, holds, _)| needs_remediation(a.verdict, cfg) && !holds).map(|(n, _, _, unavailable)| (*n, !unavailable)).collect();
     // Deterministic order: the same nodes are chosen first on every tick.
     wanting.sort_unstable();
-    // A zombie someone else already took out costs no capacity when pulsecheck marks it too.
-    let costly = |n: &NodeName| assessments.get(n).is_some_and(|a| !unavailable_now(n, a.verdict));
-    let circuit_open = unavailable + wanting.iter().filter(|n| costly(n)).count() > limit;
+    let circuit_open = unavailable + wanting.iter().filter(|(_, costly)| *costly).count() > limit;
     let mut plan = Plan { circuit_open, limit, active, eligible, unavailable, ..Default::default() };
     if stance != Stance::Act {
         return plan;
     }
 
     let recover = SignedDuration::try_from(cfg.recover_after).unwrap_or(SignedDuration::MAX);
-    for (name, a) in assessments {
-        if !memory.holds(facts, name) {
-            continue;
-        }
+    for (name, a, _, _) in judged.iter().filter(|(_, _, holds, _)| *holds) {
         // Recovery needs proof that the status loop works again: a status refresh seen by
         // pulsecheck after health returned (the refresh that ended the staleness is not enough:
         // a zombie whose loop completes a write every 15 minutes looks fresh after each), and
         // continuous health for --recover-after.
-        let recovered = memory.healthy_since.get(name).is_some_and(|since| {
-            let refreshed_since = facts.nodes.get(name).is_some_and(|n| n.status.seen_changing && n.status.observed_at > *since);
+        let recovered = memory.healthy_since.get(*name).is_some_and(|since| {
+            let refreshed_since = facts.nodes.get(*name).is_some_and(|n| n.status.seen_changing && n.status.observed_at > *since);
             refreshed_since && now.duration_since(*since) >= recover
         });
         if recovered || a.verdict == Verdict::Excluded {
@@ -322,8 +331,8 @@ pub fn plan(now: Timestamp, assessments: &Assessments, facts: &FleetFacts, memor
     let mut budget = (cfg.max_per_minute as usize).saturating_sub(memory.recent_starts.len());
     // Schedulable capacity left in the pool: never take the last of it unless told to.
     let mut available = eligible.saturating_sub(unavailable);
-    for name in wanting {
-        let cost = usize::from(costly(name));
+    for (name, costly) in wanting {
+        let cost = usize::from(costly);
         if circuit_open {
             plan.held.push((name.to_string(), Hold::CircuitOpen));
         } else if budget == 0 {
@@ -344,8 +353,6 @@ mod tests {
     use super::*;
     use crate::facts::{Remediation, Scope, fixtures::*};
     use crate::names;
-
-    use crate::verdict::Assessment;
 
     fn assessments(verdicts: &[(&str, Verdict)]) -> Assessments {
         verdicts.iter().map(|(n, v)| (NodeName::from(*n), Assessment::new(*v, vec![]))).collect()

@@ -7,7 +7,7 @@
 //! `deploy/prometheus/` and the dashboard use only the families in [`METRIC_NAMES`], and
 //! `docs/metrics.md` lists them; CI checks both against this list.
 
-use prometheus::{Encoder, Gauge, GaugeVec, Histogram, HistogramOpts, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder};
+use prometheus::{Encoder, Gauge, Histogram, HistogramOpts, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder};
 
 use crate::{
     cadence::CadenceSource,
@@ -171,13 +171,7 @@ pub struct MetricsArgs {
 pub struct Metrics {
     registry: Registry,
     per_node: bool,
-    node_verdict: IntGaugeVec,
-    node_evidence: IntGaugeVec,
-    node_lease_observed: GaugeVec,
-    node_status_observed: GaugeVec,
-    node_probe_success: IntGaugeVec,
-    node_remediated: IntGaugeVec,
-    node_status_threshold: GaugeVec,
+    node_series: NodeSeries,
     nodes: IntGaugeVec,
     status_threshold_sources: IntGaugeVec,
     configz_reads: IntCounterVec,
@@ -226,6 +220,116 @@ pub struct NodeHeartbeats {
     pub status_threshold: f64,
 }
 
+/// One node's per-node series as of its latest tick.
+#[derive(Debug, Clone, Copy)]
+struct NodeState {
+    verdict: Verdict,
+    /// Bit `i` set: the evidence of kind `EVIDENCE_KINDS[i]` is held against the node.
+    evidence: u8,
+    heartbeats: NodeHeartbeats,
+}
+
+/// The per-node families (`pulsecheck_node_*`), kept as one small record per node and rendered
+/// only when scraped. A tick publishes a node with one map update instead of the dozen label-set
+/// lookups (each hashing the node's name, some taking a write lock to remove a series) that the
+/// `prometheus` crate's metric vectors need — at tens of thousands of nodes, every 5 s, that was
+/// most of a tick's cost, for series that are read every 30 s or so.
+#[derive(Clone)]
+struct NodeSeries {
+    nodes: std::sync::Arc<std::sync::Mutex<std::collections::HashMap<String, NodeState>>>,
+    descs: Vec<prometheus::core::Desc>,
+}
+
+/// `(name, help, labels)` of each per-node family, in [`NodeSeries::collect`]'s order.
+const NODE_FAMILIES: [(&str, &str, &[&str]); 7] = [
+    ("pulsecheck_node_verdict", "State set: 1 for the node's current verdict, 0 for the others", &["node", "verdict"]),
+    ("pulsecheck_node_evidence", "1 for each kind of evidence currently held against the node", &["evidence", "node"]),
+    ("pulsecheck_node_lease_observed_timestamp_seconds", "When pulsecheck last saw the node's Lease renewTime change (its own clock)", &["node"]),
+    ("pulsecheck_node_status_observed_timestamp_seconds", "When pulsecheck last saw the node's Ready lastHeartbeatTime change (its own clock)", &["node"]),
+    ("pulsecheck_node_probe_success", "1 when the last kubelet probe of the node succeeded, 0 when it failed", &["node"]),
+    ("pulsecheck_node_remediated", "1 while pulsecheck holds a taint or cordon on the node", &["node"]),
+    (
+        "pulsecheck_node_status_threshold_seconds",
+        "How long the node's status may go unrefreshed before it is stale: from its kubelet's cadence, the intervals seen, or --status-stale-after",
+        &["node"],
+    ),
+];
+
+impl Default for NodeSeries {
+    fn default() -> Self {
+        let descs = NODE_FAMILIES
+            .iter()
+            .map(|(name, help, labels)| {
+                prometheus::core::Desc::new(name.to_string(), help.to_string(), labels.iter().map(|l| l.to_string()).collect(), Default::default())
+                    .expect("valid metric")
+            })
+            .collect();
+        NodeSeries { nodes: Default::default(), descs }
+    }
+}
+
+impl NodeSeries {
+    fn lock(&self) -> std::sync::MutexGuard<'_, std::collections::HashMap<String, NodeState>> {
+        // Every update is one insert: a panic elsewhere leaves consistent data.
+        self.nodes.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+impl prometheus::core::Collector for NodeSeries {
+    fn desc(&self) -> Vec<&prometheus::core::Desc> {
+        self.descs.iter().collect()
+    }
+
+    fn collect(&self) -> Vec<prometheus::proto::MetricFamily> {
+        use prometheus::proto::{LabelPair, Metric, MetricFamily, MetricType};
+        let label = |name: &str, value: &str| {
+            let mut pair = LabelPair::default();
+            pair.set_name(name.to_string());
+            pair.set_value(value.to_string());
+            pair
+        };
+        let gauge = |labels: Vec<LabelPair>, value: f64| {
+            let mut g = prometheus::proto::Gauge::default();
+            g.set_value(value);
+            let mut m = Metric::from_label(labels);
+            m.set_gauge(g);
+            m
+        };
+        let mut families: Vec<Vec<Metric>> = vec![Vec::new(); NODE_FAMILIES.len()];
+        for (name, s) in self.lock().iter() {
+            let hb = &s.heartbeats;
+            for v in Verdict::ALL {
+                families[0].push(gauge(vec![label("node", name), label("verdict", v.as_str())], f64::from(u8::from(v == s.verdict))));
+            }
+            for (_, kind) in EVIDENCE_KINDS.iter().enumerate().filter(|(i, _)| s.evidence & (1 << i) != 0) {
+                families[1].push(gauge(vec![label("evidence", kind), label("node", name)], 1.0));
+            }
+            if let Some(t) = hb.lease_observed {
+                families[2].push(gauge(vec![label("node", name)], t));
+            }
+            families[3].push(gauge(vec![label("node", name)], hb.status_observed));
+            if let Some(ok) = hb.probe_success {
+                families[4].push(gauge(vec![label("node", name)], f64::from(u8::from(ok))));
+            }
+            families[5].push(gauge(vec![label("node", name)], f64::from(u8::from(hb.remediated))));
+            families[6].push(gauge(vec![label("node", name)], hb.status_threshold));
+        }
+        NODE_FAMILIES
+            .iter()
+            .zip(families)
+            .filter(|(_, metrics)| !metrics.is_empty())
+            .map(|((name, help, _), metrics)| {
+                let mut family = MetricFamily::default();
+                family.set_name(name.to_string());
+                family.set_help(help.to_string());
+                family.set_field_type(MetricType::GAUGE);
+                family.set_metric(metrics);
+                family
+            })
+            .collect()
+    }
+}
+
 impl Metrics {
     /// Creates and registers every family. `per_node` is `--per-node-metrics`.
     pub fn new(per_node: bool) -> Metrics {
@@ -237,7 +341,6 @@ impl Metrics {
             c
         }
         let gauge_vec = |name: &str, help: &str, labels: &[&str]| IntGaugeVec::new(Opts::new(name, help), labels).expect("valid metric");
-        let float_vec = |name: &str, help: &str, labels: &[&str]| GaugeVec::new(Opts::new(name, help), labels).expect("valid metric");
         let gauge = |name: &str, help: &str| IntGauge::new(name, help).expect("valid metric");
         let seconds_buckets = vec![0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
         let build_info =
@@ -246,43 +349,7 @@ impl Metrics {
         build_info.set(1.0);
         let metrics = Metrics {
             per_node,
-            node_verdict: reg(
-                &registry,
-                gauge_vec("pulsecheck_node_verdict", "State set: 1 for the node's current verdict, 0 for the others", &["node", "verdict"]),
-            ),
-            node_evidence: reg(
-                &registry,
-                gauge_vec("pulsecheck_node_evidence", "1 for each kind of evidence currently held against the node", &["node", "evidence"]),
-            ),
-            node_lease_observed: reg(
-                &registry,
-                float_vec(
-                    "pulsecheck_node_lease_observed_timestamp_seconds",
-                    "When pulsecheck last saw the node's Lease renewTime change (its own clock)",
-                    &["node"],
-                ),
-            ),
-            node_status_observed: reg(
-                &registry,
-                float_vec(
-                    "pulsecheck_node_status_observed_timestamp_seconds",
-                    "When pulsecheck last saw the node's Ready lastHeartbeatTime change (its own clock)",
-                    &["node"],
-                ),
-            ),
-            node_probe_success: reg(
-                &registry,
-                gauge_vec("pulsecheck_node_probe_success", "1 when the last kubelet probe of the node succeeded, 0 when it failed", &["node"]),
-            ),
-            node_remediated: reg(&registry, gauge_vec("pulsecheck_node_remediated", "1 while pulsecheck holds a taint or cordon on the node", &["node"])),
-            node_status_threshold: reg(
-                &registry,
-                float_vec(
-                    "pulsecheck_node_status_threshold_seconds",
-                    "How long the node's status may go unrefreshed before it is stale: from its kubelet's cadence, the intervals seen, or --status-stale-after",
-                    &["node"],
-                ),
-            ),
+            node_series: reg(&registry, NodeSeries::default()),
             nodes: reg(&registry, gauge_vec("pulsecheck_nodes", "Nodes per verdict", &["verdict"])),
             status_threshold_sources: reg(
                 &registry,
@@ -393,52 +460,30 @@ impl Metrics {
         String::from_utf8(buf).unwrap_or_default()
     }
 
-    /// Publishes one node's verdict, evidence and heartbeats.
+    /// Publishes one node's verdict, evidence and heartbeats: one map update, no label lookup
+    /// (the series are rendered at scrape time, see [`NodeSeries`]).
     pub fn node(&self, name: &str, assessment: &Assessment, heartbeats: NodeHeartbeats) {
         if !self.per_node {
             return;
         }
-        for v in Verdict::ALL {
-            self.node_verdict.with_label_values(&[name, v.as_str()]).set(i64::from(v == assessment.verdict));
-        }
-        for kind in EVIDENCE_KINDS {
-            let held = assessment.evidence.iter().any(|e| e.kind() == *kind);
-            if held {
-                self.node_evidence.with_label_values(&[name, kind]).set(1);
-            } else {
-                let _ = self.node_evidence.remove_label_values(&[name, kind]);
-            }
-        }
-        match heartbeats.lease_observed {
-            Some(t) => self.node_lease_observed.with_label_values(&[name]).set(t),
+        let evidence = EVIDENCE_KINDS
+            .iter()
+            .enumerate()
+            .filter(|(_, kind)| assessment.evidence.iter().any(|e| e.kind() == **kind))
+            .fold(0u8, |bits, (i, _)| bits | 1 << i);
+        let series = NodeState { verdict: assessment.verdict, evidence, heartbeats };
+        let mut nodes = self.node_series.lock();
+        match nodes.get_mut(name) {
+            Some(known) => *known = series,
             None => {
-                let _ = self.node_lease_observed.remove_label_values(&[name]);
-            }
-        }
-        self.node_status_observed.with_label_values(&[name]).set(heartbeats.status_observed);
-        self.node_remediated.with_label_values(&[name]).set(i64::from(heartbeats.remediated));
-        self.node_status_threshold.with_label_values(&[name]).set(heartbeats.status_threshold);
-        match heartbeats.probe_success {
-            Some(ok) => self.node_probe_success.with_label_values(&[name]).set(i64::from(ok)),
-            None => {
-                let _ = self.node_probe_success.remove_label_values(&[name]);
+                nodes.insert(name.to_string(), series);
             }
         }
     }
 
     /// Removes every series of a deleted node.
     pub fn forget_node(&self, name: &str) {
-        for v in Verdict::ALL {
-            let _ = self.node_verdict.remove_label_values(&[name, v.as_str()]);
-        }
-        for kind in EVIDENCE_KINDS {
-            let _ = self.node_evidence.remove_label_values(&[name, kind]);
-        }
-        let _ = self.node_lease_observed.remove_label_values(&[name]);
-        let _ = self.node_status_observed.remove_label_values(&[name]);
-        let _ = self.node_probe_success.remove_label_values(&[name]);
-        let _ = self.node_remediated.remove_label_values(&[name]);
-        let _ = self.node_status_threshold.remove_label_values(&[name]);
+        self.node_series.lock().remove(name);
     }
 
     /// Publishes how many nodes get their status threshold from each source.

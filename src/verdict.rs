@@ -642,7 +642,7 @@ pub fn note_cadence_rereads(at: Timestamp, facts: &mut FleetFacts, th: &Threshol
 }
 
 /// Verdicts by node name.
-pub type Assessments = std::collections::HashMap<crate::facts::NodeName, Assessment>;
+pub type Assessments = crate::facts::NodeMap<Assessment>;
 
 /// The verdicts on a whole fleet at one instant.
 #[derive(Debug, Clone, Default)]
