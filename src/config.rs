@@ -104,8 +104,9 @@ pub struct Settings {
     /// Leader election.
     pub leader: LeaderSettings,
     /// The namespace whose node agent Leases pulsecheck watches: its own
-    /// ([`crate::leader::own_namespace`]), whatever namespace the leader Lease is in.
-    pub agent_namespace: String,
+    /// ([`crate::leader::own_namespace`]), whatever namespace the leader Lease is in; `None`
+    /// without `--agent-evidence` (no agent watch, no agent evidence).
+    pub agent_namespace: Option<String>,
     /// Admin server address (port 0 for any).
     pub admin_addr: SocketAddr,
     /// Per-node metric series.
@@ -133,7 +134,7 @@ impl Default for Settings {
             probe: ProbeSettings::default(),
             probe_partition_threshold: 50.0,
             leader: LeaderSettings::disabled("pulsecheck"),
-            agent_namespace: "pulsecheck".into(),
+            agent_namespace: None,
             admin_addr: SocketAddr::from((std::net::Ipv6Addr::UNSPECIFIED, 8080)),
             per_node_metrics: true,
             thresholds,
@@ -196,7 +197,7 @@ impl Settings {
             probe: ProbeSettings::from_args(p),
             probe_partition_threshold: p.probe_partition_threshold,
             leader: LeaderSettings::from_args(&args.leader),
-            agent_namespace: crate::leader::own_namespace(),
+            agent_namespace: args.thresholds.agent_evidence.then(crate::leader::own_namespace),
             admin_addr: args.admin.admin_addr,
             per_node_metrics: args.metrics.per_node_metrics,
             thresholds,

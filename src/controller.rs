@@ -156,13 +156,17 @@ pub async fn start(client: kube::Client, settings: Settings) -> Result<Running, 
         metrics.clone(),
         watch_shutdown.clone(),
     )));
-    // The opt-in node agents' Leases live in pulsecheck's own namespace (wherever the leader Lease is).
-    tasks.push(tokio::spawn(observe::watch_agent_leases(
-        Api::namespaced(client.clone(), &settings.agent_namespace),
-        view.clone(),
-        metrics.clone(),
-        watch_shutdown.clone(),
-    )));
+    // The opt-in node agents' Leases live in pulsecheck's own namespace (wherever the leader
+    // Lease is), watched only with --agent-evidence: without the agent's admission policy
+    // anyone allowed to write Leases there could forge a report.
+    if let Some(namespace) = &settings.agent_namespace {
+        tasks.push(tokio::spawn(observe::watch_agent_leases(
+            Api::namespaced(client.clone(), namespace),
+            view.clone(),
+            metrics.clone(),
+            watch_shutdown.clone(),
+        )));
+    }
 
     let (targets_tx, targets_rx) = tokio::sync::watch::channel(Vec::new());
     let (results_tx, results_rx) = mpsc::channel(4096);

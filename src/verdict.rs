@@ -253,6 +253,9 @@ pub struct ThresholdArgs {
     /// A node agent (pulsecheck-agent) that keeps renewing its Lease and reports a disk operation hung or failing for this long is conclusive on its own; shorter, it is supporting.
     #[arg(long, env = "PULSECHECK_AGENT_DISK_AFTER", value_name = "DURATION", default_value = "30s", value_parser = positive_duration)]
     pub agent_disk_after: Duration,
+    /// Count node agents' reports (pulsecheck-agent Leases in pulsecheck's namespace) as evidence. Set only where the agent runs with its admission policy (the chart's agent.enabled does): without that policy anyone allowed to write Leases there could forge a report.
+    #[arg(long, env = "PULSECHECK_AGENT_EVIDENCE", value_name = "BOOL", default_value_t = false, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
+    pub agent_evidence: bool,
 }
 
 impl ThresholdArgs {
@@ -383,6 +386,17 @@ fn failure_condemns(error: &str) -> bool {
     error.contains("(os error 5)") || error.contains("(os error 30)")
 }
 
+/// How long an agent's report of `operation` in trouble (`problem`: "hung" or the error) must
+/// last before it condemns the node. A read or stat (what the kubelet's status loop does: its
+/// cadvisor reads `/etc/os-release`) that hangs, and any operation failing with EIO/EROFS, condemn
+/// after `--agent-disk-after`. A write or fsync that is still running is different: a healthy but
+/// throttled cloud volume can stall an fsync for tens of seconds under a large image pull, and the
+/// kubelet's status loop never fsyncs; such a hang condemns only after four times as long (120 s by
+/// default, the kernel's own hung-task timeout), and is supporting before.
+fn condemning_after(operation: &str, problem: &str, th: &Thresholds) -> Duration {
+    if problem == "hung" && matches!(operation, "write" | "fsync" | "mkdir") { th.agent_disk_after * 4 } else { th.agent_disk_after }
+}
+
 /// How long the agent Lease watch may deliver nothing while agents exist: the shortest agent
 /// grace (every agent renews several times within it).
 pub fn agent_watch_silence(facts: &FleetFacts, th: &Thresholds) -> Duration {
@@ -458,7 +472,7 @@ fn agent_evidence(now: Timestamp, agent: AgentSight<'_>, th: &Thresholds) -> (Op
     // the last renewal would grow a short stall whose "back to ok" renewal was lost (or is late
     // in a lagging watch) into a conclusive one.
     let for_seconds = i64::try_from(reported).unwrap_or(i64::MAX);
-    let conclusive = can_condemn && u64::try_from(for_seconds).is_ok_and(|s| s >= th.agent_disk_after.as_secs());
+    let conclusive = can_condemn && u64::try_from(for_seconds).is_ok_and(|s| s >= condemning_after(operation, &problem, th).as_secs());
     let evidence = Evidence::AgentDisk { path: path.clone(), operation: operation.clone(), problem, for_seconds };
     (Some((evidence, conclusive)), Some("the node's agent reports its disk in trouble"))
 }
@@ -1471,6 +1485,31 @@ mod tests {
         // The disk comes back: the agent says so at once, and nothing condemns the node.
         w.agent(155, DiskHealth::Ok);
         assert_eq!(w.at(156).verdict, Verdict::Healthy);
+    }
+
+    #[test]
+    fn a_write_or_fsync_still_running_condemns_only_after_four_times_agent_disk_after() {
+        // A throttled cloud volume stalls one fsync for 35 s under a large image pull: the disk
+        // works, and the kubelet's status loop never fsyncs — no taint. Two minutes is the
+        // kernel's own hung-task timeout: then the disk is dead.
+        let mut w = World::new();
+        w.healthy_with_agent(120);
+        let fsync = |s| DiskHealth::Hung {
+            path: "/var/lib/kubelet/pods/u/volumes/kubernetes.io~empty-dir/scratch/heartbeat".into(),
+            operation: "fsync".into(),
+            for_seconds: s,
+        };
+        w.agent(130, fsync(12)).lease(130, 130).agent(140, fsync(22)).lease(140, 140).agent(150, fsync(32)).lease(150, 150);
+        let slow = w.at(151);
+        assert_eq!(slow.verdict, Verdict::Suspect, "a 32 s fsync is a slow disk, supporting only: {slow:?}");
+        for at in (160..=230).step_by(10) {
+            w.agent(at, fsync(at as u64 - 118)).lease(at, at);
+        }
+        assert_eq!(w.at(231).verdict, Verdict::Suspect, "112 s");
+        w.agent(240, fsync(122)).lease(240, 240);
+        let dead = w.at(241);
+        assert_eq!(dead.verdict, Verdict::Zombie, "an fsync hung for 122 s: {dead:?}");
+        assert_eq!(dead.explain(), "pulsecheck-agent: fsync of /var/lib/kubelet/pods/u/volumes/kubernetes.io~empty-dir/scratch/heartbeat hung for 2m 2s");
     }
 
     #[test]

@@ -105,6 +105,7 @@ async fn a_node_whose_agent_reports_its_disk_hung_is_tainted_with_the_path_while
     let running = controller(client.clone(), |s| {
         s.thresholds.status_stale_after = Duration::from_secs(60);
         s.thresholds.agent_disk_after = Duration::from_secs(3);
+        s.agent_namespace = Some("pulsecheck".into());
     })
     .await;
     eventually("every agent counted ok", Duration::from_secs(20), || {
@@ -141,10 +142,27 @@ async fn a_node_whose_agent_reports_its_disk_hung_is_tainted_with_the_path_while
     assert_eq!(metric(&text, &format!(r#"pulsecheck_node_evidence{{evidence="agent_silent",node="{silent}"}}"#)), Some(1.0), "{text}");
     assert_eq!(metric(&text, r#"pulsecheck_agents{report="hung"}"#), Some(1.0), "{text}");
     assert_eq!(metric(&text, r#"pulsecheck_agents{report="silent"}"#), Some(1.0), "{text}");
-    wait_evaluations(&running, evaluations(&running) + 6, Duration::from_secs(10)).await;
+    wait_evaluations(&running, 6, Duration::from_secs(10)).await;
     for other in nodes.iter().filter(|n| **n != hung) {
         assert!(!has_our_taint(&get_node(&client, other).await), "{other} tainted");
     }
+
+    // Without --agent-evidence (agent_namespace None) the same Leases are not read at all: where
+    // no admission policy guards them, a forged report must not condemn a node.
+    let blind = controller(client.clone(), |s| {
+        s.dry_run = true;
+        s.thresholds.status_stale_after = Duration::from_secs(60);
+        s.thresholds.agent_disk_after = Duration::from_secs(3);
+    })
+    .await;
+    wait_verdict(&blind, &silent, "healthy", Duration::from_secs(20)).await;
+    wait_evaluations(&blind, 8, Duration::from_secs(10)).await;
+    let text = blind.metrics.render();
+    assert_eq!(metric(&text, &verdict_series(&hung, "healthy")), Some(1.0), "the hung report counted without --agent-evidence: {text}");
+    for report in ["ok", "hung", "silent"] {
+        assert_eq!(metric(&text, &format!(r#"pulsecheck_agents{{report="{report}"}}"#)), Some(0.0), "agents counted without --agent-evidence: {text}");
+    }
+    blind.stop().await;
 
     // The disk comes back: the agent says ok, and the node is released after --recover-after
     // (once its status changed under pulsecheck's eyes, as every release needs).

@@ -375,6 +375,17 @@ fn the_node_agent_is_opt_in_and_nothing_of_it_renders_by_default() {
 }
 
 #[test]
+fn the_controller_counts_agent_reports_only_where_the_chart_installs_the_agent_and_its_policy() {
+    // Without the admission policy anyone allowed to write Leases in the namespace could forge
+    // a report: no agent, no agent evidence.
+    assert!(!container_args(&render(&[]).unwrap()).iter().any(|a| a.starts_with("--agent-evidence")));
+    assert_eq!(container_args(&render(&["--set", "agent.enabled=true"]).unwrap()), ["run", "--agent-evidence=true"]);
+    // Given in extraArgs it is passed once (pulsecheck rejects a flag given twice).
+    let args = container_args(&render(&["--set", "agent.enabled=true", "--set", "extraArgs[0]=--agent-evidence=false"]).unwrap());
+    assert_eq!(args, ["run", "--agent-evidence=false"]);
+}
+
+#[test]
 fn the_agent_runs_on_every_node_from_the_controller_s_image_as_non_root_without_any_capability_in_the_guaranteed_class() {
     let objects = render(&["--set", "agent.enabled=true", "--set", "image.tag=9.9.9", "--set", "image.pullPolicy=Always"]).unwrap();
     let controller = &the(&objects, "Deployment")["spec"]["template"]["spec"]["containers"][0];

@@ -107,6 +107,7 @@ status-stale-after=statusStaleAfter
 os-image-unknown-after=osImageUnknownAfter
 problem-conditions=problemConditions
 agent-disk-after=agentDiskAfter
+agent-evidence=agentEvidence
 recover-after=recoverAfter
 evaluation-interval=evaluationInterval
 max-unhealthy=maxUnhealthy
@@ -152,6 +153,10 @@ per-node-metrics=perNodeMetrics
 {{- /* A flag these values do not know (values kept from an older chart): pulsecheck's default. */}}
 {{- if hasKey $.Values.config $key }}
 {{- $v := get $.Values.config $key }}
+{{- /* The agent's reports count only where the chart installs the agent and its admission policy. */}}
+{{- if and (eq $key "agentEvidence") $.Values.agent.enabled }}
+{{- $v = true }}
+{{- end }}
 {{- /* A flag given in extraArgs replaces the config value: pulsecheck rejects a flag given twice. */}}
 {{- $overridden := false }}
 {{- range $extra }}
