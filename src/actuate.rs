@@ -43,7 +43,7 @@ use tracing::{debug, error, info, instrument, warn};
 use clap::ArgAction;
 
 use crate::{
-    facts::{SlimLease, SlimNode, remediation_from_annotations},
+    facts::{SlimAgentLease, SlimLease, SlimNode, remediation_from_annotations},
     leader::LeaderCheck,
     metrics::{Metrics, WriteKind, WriteResult},
     names,
@@ -467,11 +467,25 @@ pub fn node_reference(name: &str, uid: Option<&str>) -> ObjectReference {
     ObjectReference { api_version: Some("v1".into()), kind: Some("Node".into()), name: Some(name.into()), uid: uid.map(Into::into), ..Default::default() }
 }
 
+/// What the confirming read before a remediation found ([`Actuator::carry_out`]).
+#[derive(Debug, Clone)]
+pub struct FreshRead {
+    /// The Node.
+    pub node: SlimNode,
+    /// Its Lease in `kube-node-lease`, `None` when there is none.
+    pub lease: Option<SlimLease>,
+    /// Its agent's Lease: `None` when not read (no agent evidence), `Some(None)` when there is none.
+    pub agent: Option<Option<SlimAgentLease>>,
+}
+
 /// Writes to Nodes and publishes Events.
 #[derive(Clone)]
 pub struct Actuator {
     nodes: Api<SlimNode>,
     leases: Api<SlimLease>,
+    /// The node agents' Leases, read in the confirming read when agent reports are evidence
+    /// (`--agent-evidence`); `None` otherwise.
+    agents: Option<Api<SlimAgentLease>>,
     recorder: Recorder,
     actions: Actions,
     timeout: Duration,
@@ -489,12 +503,20 @@ impl Actuator {
         Actuator {
             nodes: Api::all(client.clone()),
             leases: Api::namespaced(client.clone(), names::NODE_LEASE_NAMESPACE),
+            agents: None,
             recorder: Recorder::new(client, reporter),
             actions,
             timeout,
             leading: None,
             metrics: None,
         }
+    }
+
+    /// Reads the node's agent Lease from `agents` too in every confirming read: a remediation
+    /// resting on an agent's report rests on a read of that report, not on a watch that may lag.
+    pub fn with_agent_leases(mut self, agents: Api<SlimAgentLease>) -> Actuator {
+        self.agents = Some(agents);
+        self
     }
 
     /// Counts every Event it publishes (or fails to) in `pulsecheck_writes_total{kind="event"}`.
@@ -531,12 +553,12 @@ impl Actuator {
 
     /// Carries out one planned step from its first read to the Event that reports it.
     ///
-    /// `confirm` is the controller's judgement of a fresh read of the Node and its Lease
-    /// (`None` when the Lease is missing): `Some(assessment)` when the read still calls for the
+    /// `confirm` is the controller's judgement of a fresh read of the Node, its Lease and its
+    /// agent's Lease ([`FreshRead`]): `Some(assessment)` when the read still calls for the
     /// remediation planned. It is asked before every remediation patch, again after each 409,
     /// and never for any other step.
     #[instrument(skip_all, fields(node = %planned.node))]
-    pub async fn carry_out(&self, planned: &Planned, now: Timestamp, confirm: impl Fn(&SlimNode, Option<&SlimLease>) -> Option<Assessment>) -> Outcome {
+    pub async fn carry_out(&self, planned: &Planned, now: Timestamp, confirm: impl Fn(&FreshRead) -> Option<Assessment>) -> Outcome {
         let (name, uid) = (planned.node.as_str(), planned.uid.as_deref());
         match &planned.step {
             Step::Remediate { dry_run } => self.remediate(name, uid, *dry_run, now, confirm).await,
@@ -567,19 +589,12 @@ impl Actuator {
 
     /// Remediates on a read `confirm` has judged, and on a 409 reads and asks again: a patch is
     /// only ever computed from a read that was judged.
-    async fn remediate(
-        &self,
-        name: &str,
-        uid: Option<&str>,
-        dry_run: bool,
-        now: Timestamp,
-        confirm: impl Fn(&SlimNode, Option<&SlimLease>) -> Option<Assessment>,
-    ) -> Outcome {
+    async fn remediate(&self, name: &str, uid: Option<&str>, dry_run: bool, now: Timestamp, confirm: impl Fn(&FreshRead) -> Option<Assessment>) -> Outcome {
         let mut attempt = 1;
         loop {
             // A cached view may be stale (a missed watch event, a lagging cache), and acting on
             // it could condemn a live node: only a read of the cluster itself is judged here.
-            let (node, lease) = match self.fresh(name).await {
+            let read = match self.fresh(name).await {
                 Ok(read) => read,
                 Err(e) => {
                     // Not "unconfirmed": the read failed. As a failure it backs off and counts
@@ -589,7 +604,8 @@ impl Actuator {
                     return Outcome::of(Effect::Failed(e), None);
                 }
             };
-            let Some(confirmed) = confirm(&node, lease.as_ref()) else { return Outcome::of(Effect::Unconfirmed, Some(node)) };
+            let Some(confirmed) = confirm(&read) else { return Outcome::of(Effect::Unconfirmed, Some(read.node)) };
+            let node = read.node;
             let why = confirmed.explain();
             if dry_run {
                 let actions = self.actions.describe();
@@ -712,13 +728,18 @@ impl Actuator {
         }
     }
 
-    /// A fresh read of the Node and its Lease (the Lease may be missing), bypassing every cache:
-    /// the view is confirmed before pulsecheck acts on it.
+    /// A fresh read of the Node, its Lease and (with agent evidence) its agent's Lease, each
+    /// possibly missing but the Node, bypassing every cache: the view is confirmed before
+    /// pulsecheck acts on it.
     #[instrument(skip(self), fields(node = %name))]
-    async fn fresh(&self, name: &str) -> Result<(SlimNode, Option<SlimLease>)> {
+    async fn fresh(&self, name: &str) -> Result<FreshRead> {
         let node = self.bounded("read", name, self.nodes.get(name)).await?;
         let lease = self.bounded("read lease of", name, self.leases.get_opt(name)).await?;
-        Ok((node, lease))
+        let agent = match (&self.agents, crate::agent::lease_name(name)) {
+            (Some(agents), Some(lease_name)) => Some(self.bounded("read agent lease of", name, agents.get_opt(&lease_name)).await?),
+            _ => None,
+        };
+        Ok(FreshRead { node, lease, agent })
     }
 
     /// Remediates from `confirmed`, the fresh read that confirmed the verdict: one patch carrying

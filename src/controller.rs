@@ -39,16 +39,16 @@ use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
 use crate::{
-    actuate::{Actions, Actuator, Change, Effect, Outcome, Planned, Step},
+    actuate::{Actions, Actuator, Change, Effect, FreshRead, Outcome, Planned, Step},
     admin::{AdminServer, Readiness},
     cadence::CadenceSource,
     config::{RunArgs, Settings},
-    facts::{FleetFacts, NodeName, ProbeOutcome, SlimLease, SlimNode},
+    facts::{FleetFacts, NodeName, ProbeOutcome},
     guard::{self, Hold, Memory, Plan},
     leader::Leadership,
     metrics::{ActionLabel, Metrics, NodeHeartbeats, ResultLabel, WriteKind, WriteResult},
     names,
-    observe::{self, SharedView, lock},
+    observe::{self, SharedView, View, lock},
     probe::{self, ProbeMode, ProbeReport, ProbeTarget, Prober},
     verdict::{self, Assessment, Assessments, Verdict},
 };
@@ -187,9 +187,12 @@ pub async fn start(client: kube::Client, settings: Settings) -> Result<Running, 
 
     // Every write checks leadership right before it is sent, and is bounded by the leadership
     // left: a step that began as leader cannot finish as a follower.
-    let actuator = Actuator::new(client, settings.actions.clone(), settings.request_timeout, Some(settings.leader.identity.clone()))
+    let mut actuator = Actuator::new(client.clone(), settings.actions.clone(), settings.request_timeout, Some(settings.leader.identity.clone()))
         .with_leadership(leadership.current())
         .with_metrics(metrics.clone());
+    if let Some(namespace) = &settings.agent_namespace {
+        actuator = actuator.with_agent_leases(Api::namespaced(client, namespace));
+    }
     let controller = Controller {
         judge: Judge::new(settings, metrics.clone(), readiness),
         view,
@@ -1002,7 +1005,7 @@ impl Controller {
                 self.judge.metrics.write(kind, WriteResult::Superseded);
                 continue;
             };
-            let outcome: Outcome = self.actuator.carry_out(&planned, now, |node, lease| self.confirm(now, &planned.node, node, lease)).await;
+            let outcome: Outcome = self.actuator.carry_out(&planned, now, |read| self.confirm(now, &planned.node, read)).await;
             if let Some(node) = &outcome.node {
                 lock(&self.view).facts.apply_node(node, &self.judge.config.scope, now);
             }
@@ -1040,40 +1043,49 @@ impl Controller {
     /// ([`observe::Blindness::NodeWatchLags`]) until the watch catches up, and nothing is done.
     /// On a small or quiet fleet a Node watch that stalls without an error is seen no other way
     /// before its staleness reaches a node's status threshold.
-    fn confirm(&self, now: Timestamp, name: &str, node: &SlimNode, lease: Option<&SlimLease>) -> Option<Assessment> {
-        let cfg = &self.judge.config;
-        let confirmed = {
-            let mut v = lock(&self.view);
-            let allowance = lease_silence(now, &v.facts, &cfg.thresholds) / 2;
-            let lag = v.facts.nodes.get(name).and_then(|cached| observe::node_watch_lag(cached, node, now, allowance));
-            if let Some(lag) = lag {
-                warn!(
-                    node = name,
-                    behind_seconds = now.duration_since(lag.posted_at).as_secs(),
-                    "the fresh read shows a status the Node watch never delivered: the watch lags; pulsecheck counts itself blind until it catches up, and does nothing"
-                );
-                v.facts.apply_node(node, &cfg.scope, now);
-                v.sight.node_lag.get_or_insert(lag);
-                return None;
-            }
-            v.facts.apply_node(node, &cfg.scope, now);
-            match lease {
-                Some(l) => v.facts.apply_lease(l, now),
-                None => v.facts.delete_lease(name),
-            }
-            verdict::assess_node(now, &v.facts, name, &cfg.thresholds, cfg.probe_partition_threshold)?
-        };
-        if !guard::needs_remediation(confirmed.verdict, &cfg.guard) {
-            info!(node = name, verdict = confirmed.verdict.as_str(), "fresh read does not confirm the verdict; not acting");
-            return None;
-        }
-        Some(confirmed)
+    fn confirm(&self, now: Timestamp, name: &str, read: &FreshRead) -> Option<Assessment> {
+        judge_fresh_read(now, &mut lock(&self.view), name, read, &self.judge.config)
     }
 
     /// True while this instance is the leader right now (always, without leader election).
     fn still_leading(&self) -> bool {
         self.leading.as_ref().is_none_or(crate::leader::LeaderCheck::is_leader)
     }
+}
+
+/// [`Controller::confirm`] on the view `v`: the fresh read folded in, the node judged again.
+fn judge_fresh_read(now: Timestamp, v: &mut View, name: &str, read: &FreshRead, cfg: &Settings) -> Option<Assessment> {
+    let node = &read.node;
+    let allowance = lease_silence(now, &v.facts, &cfg.thresholds) / 2;
+    let lag = v.facts.nodes.get(name).and_then(|cached| observe::node_watch_lag(cached, node, now, allowance));
+    if let Some(lag) = lag {
+        warn!(
+            node = name,
+            behind_seconds = now.duration_since(lag.posted_at).as_secs(),
+            "the fresh read shows a status the Node watch never delivered: the watch lags; pulsecheck counts itself blind until it catches up, and does nothing"
+        );
+        v.facts.apply_node(node, &cfg.scope, now);
+        v.sight.node_lag.get_or_insert(lag);
+        return None;
+    }
+    v.facts.apply_node(node, &cfg.scope, now);
+    match &read.lease {
+        Some(l) => v.facts.apply_lease(l, now),
+        None => v.facts.delete_lease(name),
+    }
+    // An agent's report that condemns must still be in the cluster, not only in a
+    // watch that may lag behind the agent's "back to ok".
+    match &read.agent {
+        Some(Some(agent)) => v.facts.apply_agent_lease(agent, now),
+        Some(None) => v.facts.delete_agent_node(name),
+        None => {}
+    }
+    let confirmed = verdict::assess_node(now, &v.facts, name, &cfg.thresholds, cfg.probe_partition_threshold)?;
+    if !guard::needs_remediation(confirmed.verdict, &cfg.guard) {
+        info!(node = name, verdict = confirmed.verdict.as_str(), "fresh read does not confirm the verdict; not acting");
+        return None;
+    }
+    Some(confirmed)
 }
 
 /// How long the Lease watch may deliver nothing before pulsecheck calls itself blind: the
@@ -1149,7 +1161,7 @@ mod tests {
     use super::*;
     use crate::{
         actuate::Error as ActuateError,
-        facts::{Scope, fixtures::*},
+        facts::{Scope, SlimAgentLease, fixtures::*},
         guard::GuardConfig,
         verdict::Evidence,
     };
@@ -1202,6 +1214,34 @@ mod tests {
         let mut reported: HashMap<NodeName, Verdict> = previous.iter().map(|(n, v)| (NodeName::from(*n), *v)).collect();
         let changes = verdict_changes(&mut reported, &j.assessments);
         plan_steps(j, &changes, &[], dry_run)
+    }
+
+    #[test]
+    fn a_remediation_on_an_agent_s_report_rests_on_a_fresh_read_of_that_report() {
+        use crate::agent::{DiskHealth, Report};
+        // The agent watch delivered "read of /etc/os-release hung for 40 s" but not the "ok" the
+        // agent wrote since (a lagging watch cache): the confirming read of its Lease decides.
+        let cfg = Settings { agent_namespace: Some("pulsecheck".into()), ..Settings::default() };
+        let hung = Report { disk: DiskHealth::Hung { path: "/etc/os-release".into(), operation: "read".into(), for_seconds: 40 }, terminating: false };
+        let ok = Report { disk: DiskHealth::Ok, terminating: false };
+        let mut facts = FleetFacts::default();
+        for s in (0..=60).step_by(10) {
+            facts.apply_node(&node("n").ready_at(t(0)).build(), &cfg.scope, t(s));
+            facts.apply_lease(&lease("n", t(s)), t(s));
+            facts.apply_agent_lease(&agent_lease("n", t(s), if s < 30 { &ok } else { &hung }), t(s));
+        }
+        let view = || View { facts: facts.clone(), sight: Default::default() };
+        let read = |agent: Option<Option<SlimAgentLease>>| FreshRead { node: node("n").ready_at(t(0)).build(), lease: Some(lease("n", t(61))), agent };
+        let now = t(62);
+        let cached = verdict::assess_node(now, &facts, "n", &cfg.thresholds, cfg.probe_partition_threshold).unwrap();
+        assert_eq!(cached.verdict, Verdict::Zombie, "{cached:?}");
+
+        let still_hung = judge_fresh_read(now, &mut view(), "n", &read(Some(Some(agent_lease("n", t(61), &hung)))), &cfg);
+        assert_eq!(still_hung.map(|a| a.verdict), Some(Verdict::Zombie));
+        let recovered = judge_fresh_read(now, &mut view(), "n", &read(Some(Some(agent_lease("n", t(61), &ok)))), &cfg);
+        assert_eq!(recovered, None, "the cluster says ok: nothing to act on");
+        let gone = judge_fresh_read(now, &mut view(), "n", &read(Some(None)), &cfg);
+        assert_eq!(gone, None, "no agent Lease: no agent evidence");
     }
 
     #[test]

@@ -888,6 +888,11 @@ impl FleetFacts {
         }
     }
 
+    /// Forgets the agent of node `node` (its Lease is gone).
+    pub fn delete_agent_node(&mut self, node: &str) {
+        self.agents.remove(node);
+    }
+
     /// The agent Lease names the view holds, for pruning after a re-list.
     pub fn agent_lease_names(&self) -> Vec<String> {
         self.agents.keys().filter_map(|n| agent::lease_name(n)).collect()

@@ -197,7 +197,23 @@ enum Finished {
     /// Every operation succeeded within its deadline.
     Ok,
     /// An operation failed (or returned only after its deadline).
-    Failed { path: String, operation: Operation, error: String },
+    Failed { path: String, operation: Operation, error: String, class: FailureClass },
+}
+
+/// What kind of failure a round ended with: the OS's error number, or a step that returned only
+/// after its deadline. A failing streak is one class: ten minutes of ENOSPC followed by one EIO
+/// are an EIO for as long as the EIO lasts, not for ten minutes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum FailureClass {
+    Os(i32),
+    Late,
+    Other(io::ErrorKind),
+}
+
+impl FailureClass {
+    fn of(error: &io::Error) -> FailureClass {
+        error.raw_os_error().map_or(FailureClass::Other(error.kind()), FailureClass::Os)
+    }
 }
 
 #[derive(Debug)]
@@ -241,7 +257,7 @@ impl DiskStatus {
         match &record.finished {
             Finished::None => DiskHealth::Starting,
             Finished::Ok => DiskHealth::Ok,
-            Finished::Failed { path, operation, error } => DiskHealth::Failing {
+            Finished::Failed { path, operation, error, .. } => DiskHealth::Failing {
                 path: path.clone(),
                 operation: operation.as_str().into(),
                 error: error.clone(),
@@ -272,9 +288,10 @@ impl DiskStatus {
 
     fn round_ended(&self, started: Instant, outcome: Finished) {
         let mut record = self.lock();
-        record.failing_since = match outcome {
-            Finished::Failed { .. } => record.failing_since.or(Some(started)),
-            Finished::Ok | Finished::None => None,
+        record.failing_since = match (&record.finished, &outcome) {
+            (Finished::Failed { class: was, .. }, Finished::Failed { class, .. }) if was == class => record.failing_since.or(Some(started)),
+            (_, Finished::Failed { .. }) => Some(started),
+            (_, Finished::Ok | Finished::None) => None,
         };
         record.finished = outcome;
     }
@@ -301,15 +318,15 @@ pub fn run_round(disk: &mut dyn Disk, targets: &Targets, status: &DiskStatus, cl
                 steps.insert(i, Step::CreateScratch);
                 continue;
             }
-            Err(e) => Some(e.to_string()),
+            Err(e) => Some((e.to_string(), FailureClass::of(&e))),
             Ok(()) if took >= status.deadline => {
-                Some(format!("returned after {}s, over the {} deadline", took.as_secs(), humantime::format_duration(status.deadline)))
+                Some((format!("returned after {}s, over the {} deadline", took.as_secs(), humantime::format_duration(status.deadline)), FailureClass::Late))
             }
             Ok(()) => None,
         };
-        if let Some(error) = failure {
+        if let Some((error, class)) = failure {
             tracing::debug!(round, path, operation = step.operation().as_str(), %error, "disk check failed");
-            status.round_ended(started, Finished::Failed { path: path.into(), operation: step.operation(), error });
+            status.round_ended(started, Finished::Failed { path: path.into(), operation: step.operation(), error, class });
             return;
         }
     }
@@ -371,6 +388,23 @@ impl HostDisk {
             scratch_dir,
             written: None,
             content: Vec::new(),
+        }
+    }
+}
+
+impl HostDisk {
+    /// Where the scratch directory (or, while it does not exist, its nearest existing ancestor)
+    /// is on a read-only filesystem at start, that place: every round would then fail with EROFS,
+    /// which pulsecheck reads as a dead disk. At start the fault is the configuration's (the
+    /// container's read-only root filesystem, a scratch dir left unmounted), not the node's — a
+    /// disk that never worked for this agent is no evidence, so the agent refuses to run.
+    pub fn read_only_scratch(&self) -> Option<PathBuf> {
+        let mut at = self.scratch_dir.as_path();
+        loop {
+            match nix::sys::statvfs::statvfs(at) {
+                Ok(fs) => return fs.flags().contains(nix::sys::statvfs::FsFlags::ST_RDONLY).then(|| at.to_path_buf()),
+                Err(_) => at = at.parent()?,
+            }
         }
     }
 }
@@ -495,6 +529,7 @@ mod tests {
     const EIO: i32 = 5;
     const ENOENT: i32 = 2;
     const EACCES: i32 = 13;
+    const ENOSPC: i32 = 28;
 
     #[test]
     fn health_goes_from_starting_to_ok_to_failing_and_back_with_the_streak_timed_by_the_monotonic_clock() {
@@ -544,6 +579,38 @@ mod tests {
         run_round(&mut disk, &targets, &status, clock.as_ref());
         assert!(matches!(status.health(clock.now()), DiskHealth::Failing { ref path, for_seconds: 0, .. } if path == "/etc/os-release"));
         assert_eq!(status.rounds(), 5);
+    }
+
+    #[test]
+    fn a_failing_streak_is_timed_from_the_first_round_of_the_error_it_reports_now() {
+        // Ten minutes of a full disk (supporting only), then one EIO: the report must say EIO
+        // for as long as the EIO lasts, not for the ten minutes, or one transient EIO after a
+        // long ENOSPC streak would condemn the node at once.
+        let clock = FakeClock::new();
+        let status = DiskStatus::new(DEADLINE);
+        let error = Arc::new(Mutex::new(ENOSPC));
+        let mut disk = ScriptedDisk {
+            clock: clock.clone(),
+            rule: {
+                let error = error.clone();
+                Box::new(move |step| if step == Step::WriteHeartbeat { Behaviour::Fail(*error.lock().unwrap()) } else { Behaviour::Succeed })
+            },
+            performed: Default::default(),
+        };
+        let targets = targets();
+        for _ in 0..120 {
+            run_round(&mut disk, &targets, &status, clock.as_ref());
+            clock.advance(Duration::from_secs(5));
+        }
+        assert!(matches!(status.health(clock.now()), DiskHealth::Failing { for_seconds: 600, ref error, .. } if error.contains("(os error 28)")));
+        *error.lock().unwrap() = EIO;
+        run_round(&mut disk, &targets, &status, clock.as_ref());
+        clock.advance(Duration::from_secs(2));
+        let DiskHealth::Failing { error: now, for_seconds, .. } = status.health(clock.now()) else { panic!("not failing") };
+        assert_eq!((now.as_str(), for_seconds), ("Input/output error (os error 5)", 2));
+        clock.advance(Duration::from_secs(3));
+        run_round(&mut disk, &targets, &status, clock.as_ref());
+        assert!(matches!(status.health(clock.now()), DiskHealth::Failing { for_seconds: 5, .. }), "the EIO streak goes on: {:?}", status.health(clock.now()));
     }
 
     #[test]

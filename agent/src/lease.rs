@@ -282,18 +282,23 @@ impl Renewer {
     }
 }
 
-/// A short name for the kind of health, to log changes only.
-fn kind(health: &DiskHealth) -> (&'static str, Option<(&str, &str)>) {
+/// A short name for the kind of health, to log changes only: the state, the path and operation,
+/// and for a failure the OS's error number (`(os error 5)`) or, without one, the error's text
+/// up to its first digit (so "returned after 11s" and "after 12s" are one kind).
+fn kind(health: &DiskHealth) -> (&'static str, Option<(&str, &str, &str)>) {
     match health {
         DiskHealth::Starting => ("starting", None),
         DiskHealth::Ok => ("ok", None),
-        DiskHealth::Hung { path, operation, .. } => ("hung", Some((path, operation))),
-        DiskHealth::Failing { path, operation, .. } => ("failing", Some((path, operation))),
+        DiskHealth::Hung { path, operation, .. } => ("hung", Some((path, operation, ""))),
+        DiskHealth::Failing { path, operation, error, .. } => {
+            let class = error.rfind("(os error ").map_or_else(|| error.split(|c: char| c.is_ascii_digit()).next().unwrap_or(""), |at| &error[at..]);
+            ("failing", Some((path, operation, class)))
+        }
     }
 }
 
-/// Whether the disk's health `now` is news against what was last sent (another state, path or
-/// operation; the seconds alone are not): the renewal [`run`] makes at once.
+/// Whether the disk's health `now` is news against what was last sent (another state, path,
+/// operation or error; the seconds alone are not): the renewal [`run`] makes at once.
 fn changed(sent: Option<&DiskHealth>, now: &DiskHealth) -> bool {
     sent.is_none_or(|s| kind(s) != kind(now))
 }
@@ -500,5 +505,11 @@ mod tests {
         let failing = DiskHealth::Failing { path: "/etc/os-release".into(), operation: "read".into(), error: "EIO".into(), for_seconds: 0 };
         assert!(changed(Some(&DiskHealth::Ok), &failing));
         assert!(!changed(Some(&DiskHealth::Ok), &DiskHealth::Ok));
+        // A full disk that starts failing with EIO is news (the controller condemns only on EIO);
+        // a slow step's growing seconds are not.
+        let write = |error: &str| DiskHealth::Failing { path: "/s/heartbeat".into(), operation: "write".into(), error: error.into(), for_seconds: 0 };
+        assert!(changed(Some(&write("No space left on device (os error 28)")), &write("Input/output error (os error 5)")));
+        assert!(!changed(Some(&write("Input/output error (os error 5)")), &write("Input/output error (os error 5)")));
+        assert!(!changed(Some(&write("returned after 11s, over the 10s deadline")), &write("returned after 12s, over the 10s deadline")));
     }
 }

@@ -76,6 +76,15 @@ fn run(cli: Cli, settings: LeaseSettings) -> anyhow::Result<()> {
     );
     let status = Arc::new(DiskStatus::new(cli.disk.disk_deadline));
     let disk = HostDisk::new(&cli.disk.host_root, cli.disk.scratch_mount.as_deref(), &targets);
+    if let Some(at) = disk.read_only_scratch() {
+        anyhow::bail!(
+            "--scratch-dir {} is on a read-only filesystem ({} in the container; --host-root {}, --scratch-mount {}): every disk round would fail with EROFS, which pulsecheck reads as a dead disk. Mount a writable directory there (the chart mounts an emptyDir and passes --scratch-dir and --scratch-mount)",
+            targets.scratch_dir,
+            at.display(),
+            cli.disk.host_root.display(),
+            cli.disk.scratch_mount.as_ref().map_or_else(|| "unset".into(), |m| m.display().to_string()),
+        );
+    }
     let _disk_loop = DiskLoop::spawn(Box::new(disk), targets, status.clone(), cli.disk.disk_interval, Arc::new(SystemClock))
         .context("cannot start the disk loop's thread")?;
     // One thread is plenty for one request every few seconds.

@@ -389,6 +389,20 @@ async fn bad_flags_exit_non_zero_naming_the_flags() {
         }
     }
 
+    // A scratch dir on a read-only filesystem (the container's own root, with --scratch-dir
+    // and --scratch-mount dropped by an overlay that replaced the args): refused at start, not
+    // reported as EROFS on every node — which pulsecheck would read as every disk dead.
+    let host = tempfile::tempdir().unwrap();
+    nix::mount::mount(Some("tmpfs"), host.path(), Some("tmpfs"), nix::mount::MsFlags::MS_RDONLY, None::<&str>)
+        .expect("a read-only tmpfs (the tests run as root)");
+    let host_root = format!("--host-root={}", host.path().display());
+    let mut args = identity.to_vec();
+    args.push(&host_root);
+    let (code, stderr) = run_agent(&args).await;
+    nix::mount::umount(host.path()).unwrap();
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(stderr.contains("--scratch-dir /var/lib/kubelet/pulsecheck-agent is on a read-only filesystem"), "{stderr}");
+
     // No node name at all, and one too long for a Lease name.
     let (code, stderr) = run_agent(&identity[2..]).await;
     assert!(code.is_some_and(|c| c != 0) && stderr.contains("--node-name"), "exit {code:?}\n{stderr}");
