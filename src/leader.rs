@@ -233,6 +233,7 @@ impl Leadership {
             duration: settings.duration,
             check: check.clone(),
             holder: HolderWatch::default(),
+            renewed: None,
         };
         // Fail early on a Lease that cannot be read at all (RBAC, a missing namespace).
         match tokio::time::timeout(renew_deadline(settings.duration), elector.leases.get_opt(&settings.name)).await {
@@ -276,7 +277,8 @@ impl Leadership {
 }
 
 /// The election loop of one instance (client-go's LeaderElector, on `coordination.k8s.io`
-/// Leases): acquire or renew every retry period with the resourceVersion of a fresh read, so two
+/// Leases): acquire or renew every retry period with the resourceVersion of a fresh read — or,
+/// while this instance holds the Lease, of what its own last write returned — so two
 /// instances can never both succeed; a follower takes over only a Lease it has watched go
 /// unrenewed for its whole duration by its own clock (clocks of different machines are never
 /// compared).
@@ -287,6 +289,11 @@ struct Elector {
     duration: Duration,
     check: LeaderCheck,
     holder: HolderWatch,
+    /// The Lease as this instance's last successful write returned it, while it holds it: the
+    /// base of the next renewal, so a leader's renewal is one request (an update carrying that
+    /// resourceVersion), not a read and a write. Dropped on any failure: a conflict (someone
+    /// else wrote the Lease) falls back to a fresh read in the same round.
+    renewed: Option<Lease>,
 }
 
 /// Who holds a leader Lease, as far as one observer can tell without comparing clocks.
@@ -380,6 +387,21 @@ impl Elector {
 
     /// One round: `Ok(true)` when this instance holds the Lease after it.
     async fn try_acquire_or_renew(&mut self) -> kube::Result<bool> {
+        if let Some(mut lease) = self.renewed.take() {
+            let wall = Timestamp::now();
+            let spec = lease.spec.clone().unwrap_or_default();
+            lease.spec =
+                Some(Spec { acquire_time: spec.acquire_time.clone().or(Some(MicroTime(wall))), ..self.spec(wall, spec.lease_transitions.unwrap_or(0)) });
+            match self.leases.replace(&self.name, &Self::params(), &lease).await {
+                Ok(written) => {
+                    self.renewed = Some(written);
+                    return Ok(true);
+                }
+                // Changed (or deleted) by someone else since our write: judge a fresh read.
+                Err(kube::Error::Api(s)) if s.code == 409 || s.code == 404 => {}
+                Err(e) => return Err(e),
+            }
+        }
         let wall = Timestamp::now();
         let read = self.leases.get_opt(&self.name).await?;
         // When the record was seen is when the read came back, not when it was asked for: a read
@@ -388,7 +410,10 @@ impl Elector {
         let Some(mut lease) = read else {
             let lease = Lease { metadata: ObjectMeta { name: Some(self.name.clone()), ..Default::default() }, spec: Some(self.spec(wall, 0)) };
             return match self.leases.create(&Self::params(), &lease).await {
-                Ok(_) => Ok(true),
+                Ok(written) => {
+                    self.renewed = Some(written);
+                    Ok(true)
+                }
                 Err(kube::Error::Api(s)) if s.code == 409 => Ok(false),
                 Err(e) => Err(e),
             };
@@ -409,7 +434,10 @@ impl Elector {
         // The resourceVersion of the read travels with the write: if anyone changed the Lease
         // meanwhile, this write fails with 409 and nobody holds it twice.
         match self.leases.replace(&self.name, &Self::params(), &lease).await {
-            Ok(_) => Ok(true),
+            Ok(written) => {
+                self.renewed = Some(written);
+                Ok(true)
+            }
             Err(kube::Error::Api(s)) if s.code == 409 => Ok(false),
             Err(e) => Err(e),
         }

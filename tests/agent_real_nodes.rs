@@ -170,7 +170,7 @@ async fn the_agent_catches_a_real_node_whose_disk_hangs_within_a_minute_while_ku
     let archive = repo().join("target/image/pulsecheck.tar");
     assert!(archive.is_file(), "{} is missing: `make image` builds it (make test does first)", archive.display());
     image::archive_reference(&archive).unwrap_or_else(|e| panic!("{e}"));
-    let cp = ControlPlane::start(ControlPlaneOptions { dir: None, service_accounts: true }).await.unwrap_or_else(|e| panic!("{e}"));
+    let cp = ControlPlane::start(ControlPlaneOptions { dir: None, service_accounts: true, ..Default::default() }).await.unwrap_or_else(|e| panic!("{e}"));
     // Upstream kubelet defaults: status every 10 s, reported at least every 5 min, Lease 40 s.
     let options = RealFleetOptions { nodes: 2, timing: KubeletTiming::default(), kcm_grace: Duration::from_secs(50) };
     let real = RealFleet::start(&cp, &options).await.unwrap_or_else(|e| panic!("{e}"));

@@ -56,7 +56,7 @@ impl InstallLab {
         let archive = repo().join("target/image/pulsecheck.tar");
         assert!(archive.is_file(), "{} is missing: `make image` builds it (make test does first)", archive.display());
         let reference = image::archive_reference(&archive).unwrap_or_else(|e| panic!("{e}"));
-        let cp = ControlPlane::start(ControlPlaneOptions { dir: None, service_accounts: true }).await.unwrap_or_else(|e| panic!("{e}"));
+        let cp = ControlPlane::start(ControlPlaneOptions { dir: None, service_accounts: true, ..Default::default() }).await.unwrap_or_else(|e| panic!("{e}"));
         let options = RealFleetOptions { nodes: 1, timing: real::TIMING, kcm_grace: Duration::from_secs(50) };
         let real = RealFleet::start(&cp, &options).await.unwrap_or_else(|e| panic!("{e}"));
         let imported = realnode::import_into_lab(cp.dir(), &archive).unwrap_or_else(|e| panic!("{e}"));

@@ -104,3 +104,58 @@ async fn a_leader_whose_connection_stalls_stops_acting_before_another_takes_over
     a.resign(Duration::from_secs(5)).await;
     cp.stop().await.unwrap();
 }
+
+/// The verbs of the requests `user` made on the leader Lease so far, from the apiserver's audit log.
+fn lease_requests(cp: &ControlPlane, user: &str) -> Vec<String> {
+    let log = std::fs::read_to_string(cp.dir().join(pulsecheck_lab::controlplane::AUDIT_LOG)).unwrap_or_default();
+    log.lines()
+        .map(|line| serde_json::from_str::<serde_json::Value>(line).expect("an audit event"))
+        .filter(|e| e["stage"] == "ResponseComplete" && e["user"]["username"] == user && e["objectRef"]["name"] == "pulsecheck")
+        .map(|e| e["verb"].as_str().unwrap_or_default().to_owned())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_renews_with_one_update_a_round_and_yields_to_a_write_it_did_not_make() {
+    init();
+    let dir = tempfile::tempdir().unwrap();
+    let policy = dir.path().join("audit-policy.yaml");
+    std::fs::write(
+        &policy,
+        "apiVersion: audit.k8s.io/v1\nkind: Policy\nomitStages: [RequestReceived]\nrules:\n  - level: Metadata\n    resources: [{group: coordination.k8s.io, resources: [leases]}]\n    namespaces: [default]\n  - level: None\n",
+    )
+    .unwrap();
+    let cp = ControlPlane::start(pulsecheck_lab::controlplane::ControlPlaneOptions { audit_policy: Some(policy), ..Default::default() })
+        .await
+        .expect("control plane starts");
+    let a = Leadership::start(cp.client(), &settings("replica-a")).await.expect("A campaigns");
+    wait_until("A leads", Duration::from_secs(20), || a.is_leader()).await;
+
+    // A leader renews from what its last write returned: one update a round, no read — at
+    // 10,000 nodes as at one, the leader Lease costs one request per retry period.
+    let led = lease_requests(&cp, "admin").len();
+    eventually("five renewals", Duration::from_secs(20), || {
+        let n = lease_requests(&cp, "admin").len();
+        async move { (n >= led + 5).then_some(()) }
+    })
+    .await;
+    let renewals = &lease_requests(&cp, "admin")[led..];
+    assert!(renewals.iter().all(|v| v == "update"), "renewals: {renewals:?}");
+
+    // Someone else writes the Lease (another instance that took it over): A's next update fails
+    // with 409, it reads, sees the other holder renewing, and stops leading — never both.
+    let leases: kube::Api<k8s_openapi::api::coordination::v1::Lease> = kube::Api::namespaced(cp.client(), "default");
+    let mut lease = leases.get("pulsecheck").await.unwrap();
+    let spec = lease.spec.as_mut().unwrap();
+    spec.holder_identity = Some("replica-z".into());
+    spec.renew_time = Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime(k8s_openapi::jiff::Timestamp::now()));
+    leases.replace("pulsecheck", &Default::default(), &lease).await.unwrap();
+    let stepped_down = wait_until("A stops leading", Duration::from_secs(10), || !a.is_leader()).await;
+    assert!(stepped_down < LEASE * 2 / 3, "A led {stepped_down:?} on a Lease someone else held");
+    // replica-z never renews: A takes the Lease over once it has watched it unrenewed for a
+    // whole duration, by its own clock.
+    let took_over = wait_until("A leads again", Duration::from_secs(30), || a.is_leader()).await;
+    assert!(took_over + stepped_down >= LEASE, "A took over after {:?}, before the Lease ran out", took_over + stepped_down);
+    a.resign(Duration::from_secs(5)).await;
+    cp.stop().await.unwrap();
+}

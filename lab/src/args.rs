@@ -142,6 +142,9 @@ pub struct LabUpArgs {
     pub faults: Box<FleetFaultArgs>,
     #[command(flatten)]
     pub real: RealNodeArgs,
+    /// An audit policy file (audit.k8s.io/v1 Policy): the apiserver records the requests it selects in DIR/audit.log, one JSON event per line.
+    #[arg(long, env = "PULSECHECK_LAB_AUDIT_POLICY", value_name = "FILE")]
+    pub audit_policy: Option<PathBuf>,
 }
 
 /// Real nodes of `pulsecheck-lab up`: upstream kubelets with their own containerd, in
@@ -196,9 +199,13 @@ pub struct FaultArgs {
 impl LabUpArgs {
     /// Starts what these arguments ask for and returns the running control plane.
     pub async fn start_control_plane(&self) -> anyhow::Result<ControlPlane> {
-        let control_plane = ControlPlane::start(ControlPlaneOptions { dir: self.dir.clone(), service_accounts: self.real.real_nodes > 0 })
-            .await
-            .context("cannot start the lab control plane")?;
+        let control_plane = ControlPlane::start(ControlPlaneOptions {
+            dir: self.dir.clone(),
+            service_accounts: self.real.real_nodes > 0,
+            audit_policy: self.audit_policy.clone(),
+        })
+        .await
+        .context("cannot start the lab control plane")?;
         Ok(control_plane)
     }
 }

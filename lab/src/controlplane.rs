@@ -69,7 +69,9 @@ const PKI: &str = "pki";
 const ETCD_DATA: &str = "etcd-data";
 const ETCD_LOG: &str = "etcd.log";
 const APISERVER_LOG: &str = "kube-apiserver.log";
-const CREATED: [&str; 5] = [KUBECONFIG, PKI, ETCD_DATA, ETCD_LOG, APISERVER_LOG];
+/// The apiserver's audit log, with [`ControlPlaneOptions::audit_policy`].
+pub const AUDIT_LOG: &str = "audit.log";
+const CREATED: [&str; 6] = [KUBECONFIG, PKI, ETCD_DATA, ETCD_LOG, APISERVER_LOG, AUDIT_LOG];
 
 /// Name of the cluster, user and context in the kubeconfig files written.
 const KUBECONFIG_CLUSTER: &str = "pulsecheck-lab";
@@ -208,6 +210,9 @@ pub struct ControlPlaneOptions {
     /// whose serviceaccount controller creates each namespace's `default` ServiceAccount (real
     /// nodes); without it, the plugin is off.
     pub service_accounts: bool,
+    /// An audit policy file: the apiserver records what it selects in `DIR/audit.log`, one JSON
+    /// event per line (`benches/controller_scale.sh` counts pulsecheck's requests with it).
+    pub audit_policy: Option<PathBuf>,
 }
 
 /// The `kubernetes` Service's ClusterIP: the first address of `--service-cluster-ip-range`,
@@ -250,14 +255,14 @@ impl ControlPlane {
     pub async fn start(opts: ControlPlaneOptions) -> Result<ControlPlane> {
         let started = Instant::now();
         let binaries = Binaries::locate()?;
-        let workspace = Workspace::prepare(opts.dir)?;
+        let workspace = Workspace::prepare(opts.dir.clone())?;
         let root = workspace.root().to_path_buf();
         let credentials = Credentials::write(&root.join(PKI))?;
 
         let mut attempt = 1;
         let (processes, ports) = loop {
             let ports = Ports::pick()?;
-            match launch(&binaries, &root, &credentials, &ports, opts.service_accounts).await {
+            match launch(&binaries, &root, &credentials, &ports, &opts).await {
                 Ok(processes) => break (processes, ports),
                 Err(Launch::PortTaken { log, tail }) if attempt < START_ATTEMPTS => {
                     tracing::debug!(attempt, log = %log.display(), "a lab port was taken, retrying on others: {tail}");
@@ -723,7 +728,7 @@ impl From<Error> for Launch {
 
 /// Starts etcd and kube-apiserver (at once: the apiserver retries until etcd answers) and waits
 /// until the apiserver listens, so that a port clash is seen here and retried.
-async fn launch(binaries: &Binaries, root: &Path, credentials: &Credentials, ports: &Ports, service_accounts: bool) -> Result<Vec<Process>, Launch> {
+async fn launch(binaries: &Binaries, root: &Path, credentials: &Credentials, ports: &Ports, opts: &ControlPlaneOptions) -> Result<Vec<Process>, Launch> {
     let data = root.join(ETCD_DATA);
     if data.exists() {
         std::fs::remove_dir_all(&data).map_err(|source| Error::Io { action: "remove", path: data.clone(), source })?;
@@ -772,8 +777,15 @@ async fn launch(binaries: &Binaries, root: &Path, credentials: &Credentials, por
         // without this the log fills with that error.
         "--endpoint-reconciler-type=none".to_owned(),
     ];
-    if !service_accounts {
+    if !opts.service_accounts {
         apiserver_args.push("--disable-admission-plugins=ServiceAccount".to_owned());
+    }
+    if let Some(policy) = &opts.audit_policy {
+        apiserver_args.extend([
+            format!("--audit-policy-file={}", policy.display()),
+            format!("--audit-log-path={}", root.join(AUDIT_LOG).display()),
+            "--audit-log-format=json".to_owned(),
+        ]);
     }
     let apiserver = Process::spawn("kube-apiserver", &binaries.kube_apiserver, &apiserver_args, &root.join(APISERVER_LOG)).map_err(Error::from)?;
     let mut processes = vec![apiserver, etcd];
