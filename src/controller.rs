@@ -683,11 +683,13 @@ impl Controller {
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut was_leader = false;
         self.leading = Some(leadership.current());
+        let both_synced = lock(&self.view).sight.both_synced.clone();
         loop {
             tokio::select! {
                 _ = shutdown.cancelled() => break,
                 _ = ticker.tick() => {},
                 _ = leadership.changed() => {},
+                () = both_synced.notified() => {},
             }
             let leader = leadership.is_leader();
             if leader != was_leader {

@@ -117,6 +117,10 @@ pub struct Sight {
     pub agents: WatchSight,
     /// When both watches last became synced after a blind spell.
     pub regained_at: Option<Timestamp>,
+    /// Signalled each time both watches become synced: the decision loop judges at once instead
+    /// of at its next tick, so `/readyz` follows the sync within moments, not up to
+    /// `--evaluation-interval` later.
+    pub both_synced: Arc<tokio::sync::Notify>,
     /// The first sync after start-up counts as regained too, but needs no settling: there was no gap.
     pub ever_synced: bool,
     /// The current blind spell, while one lasts: see [`View::see`].
@@ -272,6 +276,7 @@ impl Sight {
                 self.regained_at = Some(now);
             }
             self.ever_synced = true;
+            self.both_synced.notify_one();
         }
     }
 }
@@ -621,7 +626,16 @@ mod tests {
 
     fn synced(at: i64) -> Sight {
         let w = WatchSight { synced: true, last_event: Some(t(at)), error: None, longest_gap: None };
-        Sight { nodes: w.clone(), leases: w.clone(), agents: w, regained_at: None, ever_synced: true, spell: None, node_lag: None }
+        Sight {
+            nodes: w.clone(),
+            leases: w.clone(),
+            agents: w,
+            regained_at: None,
+            ever_synced: true,
+            spell: None,
+            node_lag: None,
+            both_synced: Default::default(),
+        }
     }
 
     #[test]

@@ -55,6 +55,20 @@ async fn metrics_show_the_zombie_its_remediation_and_the_leader_and_pass_promtoo
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readyz_follows_the_watches_sync_at_once_not_at_the_next_evaluation() {
+    // A minute between evaluations: the first one runs at start, before the watches have
+    // listed anything. Ready must not wait for the next one.
+    let lab = Lab::start(fast_fleet(2, "rdz-")).await;
+    let running = controller(lab.client(), |s| s.evaluation_interval = Duration::from_secs(60)).await;
+    eventually("/readyz 200 well before the second evaluation", Duration::from_secs(15), || async {
+        (http_get(running.admin_addr, "/readyz").await.0 == 200).then_some(())
+    })
+    .await;
+    running.stop().await;
+    lab.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn readyz_is_503_until_the_watches_sync_and_200_after() {
     let lab = Lab::start(fast_fleet(2, "rdy-")).await;
     // An identity that may not list anything yet: the watches cannot sync.
