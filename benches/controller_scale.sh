@@ -47,18 +47,10 @@ done
 kubectl="$(bash tools/build.sh --print)/kubectl"
 [[ -x "$kubectl" ]] || bash tools/build.sh kubectl >/dev/null
 
-work="$(mktemp -d)"
-pids=()
-cleanup() {
-  for pid in "${pids[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
-  for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null || true; done
-  rm -rf "$work"
-}
-trap cleanup EXIT
+# shellcheck source=benches/scale-lib.sh
+source benches/scale-lib.sh
 now() { date +%s.%N; }
-ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 status_kib() { awk -v k="$2:" '$1 == k {print $2}' "/proc/$1/status"; }
-hz=$(getconf CLK_TCK)
 
 # The audit policy: every request of pulsecheck's ServiceAccount, nothing else.
 sa_user=system:serviceaccount:pulsecheck:pulsecheck
@@ -84,14 +76,8 @@ token="$(k -n pulsecheck create token pulsecheck --duration=12h)"
 sed "s|^\(\s*token:\).*|\1 $token|" "$admin" > "$work/pulsecheck.kubeconfig"
 
 started=$(now)
-"$bin_dir/pulsecheck-lab" fleet --kubeconfig "$admin" --nodes "$nodes" --kubelet-endpoints=false \
-  --lease-duration "$lease_duration" --status-report-frequency "$status_report" > "$work/fleet.out" 2> "$work/fleet.err" &
-fleet_pid=$!
-pids=("$fleet_pid" "${pids[@]}")
-until grep -q "^fleet up: " "$work/fleet.out"; do
-  kill -0 "$fleet_pid" 2>/dev/null || { echo "lab fleet exited:" >&2; cat "$work/fleet.err" >&2; exit 1; }
-  sleep 0.2
-done
+start_fleet "$bin_dir/pulsecheck-lab" "$admin" "$nodes" --kubelet-endpoints=false \
+  --lease-duration "$lease_duration" --status-report-frequency "$status_report"
 fleet_up=$(now)
 
 port="$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')"
@@ -162,6 +148,9 @@ for line in open(path):
     ref = event.get("objectRef", {})
     resource = ref.get("resource", event.get("requestURI", "?")) + ("/" + ref["subresource"] if ref.get("subresource") else "")
     counts[(event["verb"], resource, ref.get("namespace", ""))] += 1
+    code = event.get("responseStatus", {}).get("code", 0)
+    if code >= 400:
+        counts[(f"refused {code}", resource, ref.get("namespace", ""))] += 1
 print("pulsecheck's requests in the window (audit log): " + (", ".join(f"{v} {r}{' in ' + n if n else ''}: {c}" for (v, r, n), c in sorted(counts.items())) or "none"))
 EOF
 echo "controller_scale nodes=$nodes cpu_ratio=$ratio rss_mib=$pc_rss tick_ms=$tick_ms ready_s=$ready_s"

@@ -26,14 +26,8 @@ while [[ $# -gt 0 ]]; do
 done
 [[ -x "$bin" ]] || { echo "no pulsecheck-lab binary at $bin; build it: cargo build --release --bin pulsecheck-lab" >&2; exit 2; }
 
-work="$(mktemp -d)"
-pids=()
-cleanup() {
-  for pid in "${pids[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
-  for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null || true; done
-  rm -rf "$work"
-}
-trap cleanup EXIT
+# shellcheck source=benches/scale-lib.sh
+source "$(dirname "$0")/scale-lib.sh"
 
 if [[ -z "$kubeconfig" ]]; then
   "$bin" up --dir "$work/lab" > "$work/up.out" 2> "$work/up.log" &
@@ -51,14 +45,7 @@ etcd_pid=""
 [[ -n "$etcd_client_port" ]] && etcd_pid="$(pgrep -f -- "etcd.*--listen-client-urls=http://127.0.0.1:${etcd_client_port}" | head -1 || true)"
 
 started=$(date +%s.%N)
-: > "$work/fleet.out"
-"$bin" fleet --kubeconfig "$kubeconfig" --nodes "$nodes" > "$work/fleet.out" 2> "$work/fleet.err" &
-fleet_pid=$!
-pids=("$fleet_pid" "${pids[@]}")
-until grep -q "^fleet up: " "$work/fleet.out"; do
-  kill -0 "$fleet_pid" 2>/dev/null || { echo "lab fleet exited:" >&2; cat "$work/fleet.err" >&2; exit 1; }
-  sleep 0.2
-done
+start_fleet "$bin" "$kubeconfig" "$nodes"
 up=$(date +%s.%N)
 
 # Requests the fleet makes, from the apiserver's own counters (needs kubectl; skipped without it).
@@ -71,9 +58,7 @@ patches() { # $1 = resource, $2 = subresource ("" for none)
         '/^apiserver_request_total\{/ && /verb="PATCH"/ && index($0, r) && index($0, sr) {n += $NF} END {printf "%d", n}'
 }
 
-ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 rss_mib() { awk '/VmRSS/ {printf "%.0f", $2 / 1024}' "/proc/$1/status"; }
-hz=$(getconf CLK_TCK)
 
 sleep "$warmup"
 declare -A before
