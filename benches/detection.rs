@@ -324,9 +324,10 @@ fn run(report: i64, update: i64, configz: bool, wedged_before: bool, agent: bool
         if t >= 0 && t % TICK == 0 {
             let evaluation = verdict::evaluate(at(t), &facts, &th, 50.0);
             verdict::note_uncadenced_gaps(&mut facts, &evaluation.assessments);
-            verdict::note_cadence_rereads(at(t), &mut facts, &th);
+            let names: Vec<_> = facts.nodes.keys().cloned().collect();
+            verdict::note_cadence_rereads(at(t), &mut facts, &th, &names);
             for (i, k) in kubelets.iter_mut().enumerate() {
-                let assessment = evaluation.assessments.get(names[i].as_str());
+                let assessment = evaluation.assessments.get(&*names[i]);
                 let zombie = assessment.is_some_and(|a| a.verdict == Verdict::Zombie);
                 if zombie && t < k.wedged_at {
                     k.falsely_judged = true;

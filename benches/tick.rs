@@ -1,14 +1,19 @@
 //! What one controller tick costs before it writes: [`Judge::decide`], the very call the
-//! controller's tick makes — probe results folded in, sight checked, every node judged, metrics
+//! controller's tick makes — probe results folded in, sight checked, the nodes judged, metrics
 //! published (per-node series on, as by default), verdict changes and holds reported, the
-//! leader's steps planned — on a fleet seen by synced watches. `evaluate` measures the verdict
-//! pass alone; the difference between the two is what the tick adds around it.
+//! leader's steps planned — on a fleet seen by synced watches.
+//!
+//! `one_percent_changed` is the controller's steady state: 1 % of the nodes renewed since the
+//! last tick, everything else judged by the docket's due dates; `whole_fleet`, measured in the
+//! same run, is the same tick judging every node (the first tick, and every tick before the
+//! docket). `evaluate` measures the verdict pass alone.
 //!
 //! Run: `cargo bench --bench tick`. Results go into docs/performance.md.
 
 use std::hint::black_box;
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
+use k8s_openapi::jiff::Timestamp;
 use pulsecheck::{
     admin::Readiness,
     config::Settings,
@@ -20,7 +25,7 @@ use pulsecheck::{
 
 #[path = "common/fleet.rs"]
 mod common;
-use common::{NOW, at, fleet};
+use common::{NOW, at, fleet, name};
 
 /// The bench fleet of `n` nodes in a view whose watches are synced and delivered at NOW.
 fn view(n: usize) -> SharedView {
@@ -46,8 +51,42 @@ fn decide(c: &mut Criterion) {
         let mix = [Verdict::Healthy, Verdict::Suspect, Verdict::Zombie, Verdict::Dead, Verdict::Unknown].map(count);
         eprintln!("verdict mix at {n}: {mix:?}, steps planned: {}", first.steps().map_or(0, <[_]>::len));
         assert!(count(Verdict::Healthy) > n * 9 / 10 && count(Verdict::Zombie) > 0 && count(Verdict::Dead) > 0, "unexpected verdict mix: {mix:?}");
+        drop(first);
         group.throughput(Throughput::Elements(n as u64));
-        group.bench_with_input(BenchmarkId::new("decide", n), &view, |b, view| b.iter(|| black_box(judge.decide(at(NOW), true, view, Vec::new()))));
+        // The baseline, in the same run: every tick judges the whole fleet (as every tick did
+        // before the docket, and as the first tick still does).
+        group.bench_with_input(BenchmarkId::new("whole_fleet", n), &view, |b, view| {
+            b.iter(|| {
+                judge.forget();
+                black_box(judge.decide(at(NOW), true, view, Vec::new()))
+            })
+        });
+        // What the controller's tick costs: 1 % of the fleet renewed since the last tick (every
+        // node once per 100 ticks; the clock moves 100 ms a tick, so each renews every 10 s as
+        // a kubelet does), the zombies, dead and suspect nodes judged again as every tick does.
+        let mut clock_ms = NOW * 1000;
+        let mut next = 0usize;
+        let mut judged = Vec::new();
+        group.bench_with_input(BenchmarkId::new("one_percent_changed", n), &view, |b, view| {
+            b.iter(|| {
+                clock_ms += 100;
+                let now = Timestamp::from_millisecond(1_800_000_000_000 + clock_ms).expect("valid");
+                {
+                    let mut v = view.lock().expect("not poisoned");
+                    for i in (next..next + n / 100).map(|i| i % n).filter(|i| i % 200 != 17) {
+                        v.facts.apply_lease_renewal(&name(i), Some(now), now);
+                    }
+                    v.sight.leases.last_event = Some(now);
+                    v.sight.nodes.last_event = Some(now);
+                }
+                next = (next + n / 100) % n;
+                let d = judge.decide(now, true, view, Vec::new());
+                judged.push(d.judged().len());
+                black_box(d)
+            })
+        });
+        judged.sort_unstable();
+        eprintln!("one_percent_changed at {n}: nodes judged per tick, median {}", judged.get(judged.len() / 2).copied().unwrap_or(0));
     }
     group.finish();
 }

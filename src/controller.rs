@@ -1,12 +1,16 @@
 //! `pulsecheck run`: the loop that ties the edges to the decision core.
 //!
-//! Death is silence, so decisions are time-driven: every `--evaluation-interval` the whole
-//! fleet is judged from the shared [`View`](crate::observe::View) (the watches only update
-//! facts). A tick reads as three stages:
+//! Death is silence, so decisions are time-driven: every `--evaluation-interval` the fleet is
+//! judged from the shared [`View`](crate::observe::View) (the watches only update facts) — but a
+//! tick costs what changed, not the fleet's size: the [`Docket`] judges again only the nodes
+//! whose facts changed, whose verdict may turn by the clock alone, or that are not quietly
+//! healthy, and every stage after it (metrics, the guard's counts, verdict changes, conditions,
+//! probe targets) looks at those nodes and the few pulsecheck wrote to. A tick reads as three
+//! stages:
 //! 1. **Judge**, under the view's lock and without I/O: fold in probe results, check sight
-//!    ([`crate::observe::Sight::blindness`]) and the probe partition guard, judge every node
-//!    ([`crate::verdict::evaluate`]), publish metrics, and ask the guard for a plan
-//!    ([`crate::guard::plan`]). The result is one `Judgement`.
+//!    ([`crate::observe::Sight::blindness`]) and the probe partition guard, judge the nodes the
+//!    docket names ([`crate::verdict::assess`]), publish their metrics, and ask the guard for a
+//!    plan ([`crate::guard::plan_changed`]). The result is one `Judgement`.
 //! 2. **Plan**: turn the judgement, the verdict changes and the guard's plan into planned steps
 //!    ([`Step`]): every write to a Node — the `HeartbeatConsistent` condition included — and
 //!    every Event is one step for one node, data the loop can check before it happens
@@ -43,7 +47,8 @@ use crate::{
     admin::{AdminServer, Readiness},
     cadence::CadenceSource,
     config::{RunArgs, Settings},
-    facts::{FleetFacts, NodeName, ProbeOutcome},
+    docket::Docket,
+    facts::{FleetFacts, NodeMap, NodeName, NodeSet, ProbeOutcome},
     guard::{self, Hold, Memory, Plan},
     leader::Leadership,
     metrics::{ActionLabel, Metrics, NodeHeartbeats, ResultLabel, WriteKind, WriteResult},
@@ -243,6 +248,23 @@ pub struct Judge {
     misconfigured_evented: HashSet<String>,
     /// Events planned in an earlier tick that ran out of time before publishing them.
     deferred_events: Vec<Planned>,
+    /// Every node's last verdict and when it must be judged again.
+    docket: Docket,
+    /// What the per-node series were last told.
+    series: Published,
+    /// Nodes judged since the last tick that could see: their series and verdict changes wait
+    /// for one (a blind view's verdicts are not reported).
+    unseen: NodeSet,
+    /// Nodes a step was carried out on since the last tick.
+    settled: NodeSet,
+    /// What each node counts for in the guard's plan.
+    roster: guard::Roster,
+    /// The nodes the prober asks, as last sent (`None`: never sent).
+    probe_targets: Option<NodeMap<ProbeTarget>>,
+    /// Nodes judged or written since a leader last planned steps.
+    unplanned: NodeSet,
+    /// Nodes the leader's last plan gave a step.
+    last_planned: NodeSet,
 }
 
 /// What one tick decided ([`Judge::decide`]).
@@ -264,14 +286,19 @@ impl Decisions {
         self.judgement.blindness.as_ref()
     }
 
+    /// The nodes this tick judged (every other node kept its verdict), sorted.
+    pub fn judged(&self) -> &[NodeName] {
+        &self.judgement.judged
+    }
+
     /// Every node's verdict.
     pub fn assessments(&self) -> &Assessments {
         &self.judgement.assessments
     }
 
-    /// The nodes the prober is to ask next.
-    pub fn probe_targets(&self) -> &[ProbeTarget] {
-        &self.judgement.probe_targets
+    /// The nodes the prober is to ask next, when they changed since the last tick.
+    pub fn probe_targets(&self) -> Option<&[ProbeTarget]> {
+        self.judgement.probe_targets.as_deref()
     }
 }
 
@@ -279,15 +306,15 @@ impl Decisions {
 /// unlocked.
 struct Judgement {
     /// Every node's verdict.
-    assessments: Assessments,
+    assessments: std::sync::Arc<Assessments>,
     /// The guard's plan.
     plan: Plan,
     /// Why pulsecheck cannot trust its view, if it cannot: then nothing is planned.
     blindness: Option<observe::Blindness>,
     /// What the steps need to know about each node.
     notes: HashMap<NodeName, NodeNote>,
-    /// The nodes the prober asks next.
-    probe_targets: Vec<ProbeTarget>,
+    /// The nodes the prober asks next, when they changed.
+    probe_targets: Option<Vec<ProbeTarget>>,
     /// Nodes whose cordon pulsecheck set and somebody else undid: the cordon is theirs now.
     cordons_taken_over: Vec<String>,
     /// Why the guard holds each held node back (for the node's condition).
@@ -303,6 +330,16 @@ struct Judgement {
     agent_silence_counts: bool,
     /// The instant the verdicts were judged as of (the view's horizon).
     judged_at: Timestamp,
+    /// The nodes judged in this tick (the others kept their verdict), sorted.
+    judged: Vec<NodeName>,
+    /// When the view can be trusted: the nodes judged since the last tick that could see, sorted
+    /// (the only ones whose series or verdict can have changed); empty while blind.
+    seen: Vec<NodeName>,
+    /// The nodes a leader's steps may be for, sorted: those judged or written since the last
+    /// leader's plan, and those it gave a step. No other node's steps can have changed.
+    planning: Vec<NodeName>,
+    /// How many nodes have each verdict.
+    verdict_counts: Vec<(Verdict, usize)>,
 }
 
 /// What the steps need to know about a node after the view is unlocked.
@@ -316,17 +353,17 @@ struct NodeNote {
     remediated: bool,
 }
 
-/// The notes on every node in `facts`.
-fn notes(facts: &FleetFacts, memory: &Memory) -> HashMap<NodeName, NodeNote> {
-    facts
-        .nodes
-        .iter()
-        .map(|(n, f)| {
+/// The notes on the nodes `names` of `facts` (a name twice is noted once).
+fn notes<'a>(facts: &FleetFacts, memory: &Memory, names: impl IntoIterator<Item = &'a str>) -> HashMap<NodeName, NodeNote> {
+    let mut notes = HashMap::new();
+    for (n, f) in names.into_iter().filter_map(|n| facts.nodes.get_key_value(n)) {
+        if !notes.contains_key(n) {
             let note =
                 NodeNote { uid: Some(f.uid.clone()).filter(|u| !u.is_empty()), our_condition: f.our_condition.clone(), remediated: memory.holds_node(n, f) };
-            (n.clone(), note)
-        })
-        .collect()
+            notes.insert(n.clone(), note);
+        }
+    }
+    notes
 }
 
 /// A verdict worth reporting: it changed, and it is not the first sight of a node with nothing
@@ -392,10 +429,15 @@ fn verdict_reason(verdict: Verdict) -> (&'static str, bool) {
 /// worth reporting, by node name. A node only waiting for its first Lease renewal is not judged
 /// yet and is skipped; the first sight of a node that is healthy, excluded or unjudged is not a
 /// change (a restart must not flood the log or the cluster with one line or Event per node).
-fn verdict_changes(reported: &mut HashMap<NodeName, Verdict>, assessments: &Assessments) -> Vec<VerdictChange> {
-    reported.retain(|n, _| assessments.contains_key(n));
+/// Only the nodes `names` (sorted) are compared: no other node's verdict can have changed since
+/// it was last reported.
+fn verdict_changes_of(reported: &mut HashMap<NodeName, Verdict>, assessments: &Assessments, names: &[NodeName]) -> Vec<VerdictChange> {
     let mut changes = Vec::new();
-    for (name, a) in assessments {
+    for name in names {
+        let Some(a) = assessments.get(name) else {
+            reported.remove(name);
+            continue;
+        };
         if a.awaiting_first_renewal() {
             continue;
         }
@@ -466,8 +508,8 @@ fn hold_message(plan: &Plan, hold: Hold, min_available: usize) -> String {
 fn plan_steps(judgement: &Judgement, changes: &[VerdictChange], newly_held: &[(String, String)], dry_run: bool) -> Vec<Planned> {
     let uid = |name: &str| judgement.notes.get(name).and_then(|n| n.uid.clone());
     let planned = |name: &str, step: Step| Planned { node: name.to_string(), uid: uid(name), step };
-    let mut judged: Vec<(&NodeName, &Assessment)> = judgement.assessments.iter().filter(|(_, a)| !a.awaiting_first_renewal()).collect();
-    judged.sort_unstable_by(|a, b| a.0.cmp(b.0));
+    let judged: Vec<(&NodeName, &Assessment)> =
+        judgement.planning.iter().filter_map(|n| judgement.assessments.get_key_value(n)).filter(|(_, a)| !a.awaiting_first_renewal()).collect();
     let mut steps = Vec::new();
     for name in &judgement.plan.remediate {
         steps.push(planned(name, Step::Remediate { dry_run }));
@@ -713,7 +755,9 @@ impl Controller {
             reports.push(report);
         }
         let Decisions { mut judgement, steps } = self.judge.decide(now, leader, &self.view, reports);
-        self.probe_targets.send_replace(std::mem::take(&mut judgement.probe_targets));
+        if let Some(targets) = judgement.probe_targets.take() {
+            self.probe_targets.send_replace(targets);
+        }
         if let Some(steps) = steps {
             self.carry_out(now, &judgement, steps).await;
         }
@@ -738,7 +782,21 @@ impl Judge {
             configz_failure_reported: false,
             misconfigured_evented: HashSet::new(),
             deferred_events: Vec::new(),
+            docket: Docket::new(),
+            series: Published::default(),
+            unseen: NodeSet::default(),
+            settled: NodeSet::default(),
+            roster: guard::Roster::default(),
+            probe_targets: None,
+            unplanned: NodeSet::default(),
+            last_planned: NodeSet::default(),
         }
+    }
+
+    /// Makes the next tick judge the whole fleet, as the first one does (the docket carries
+    /// nothing over): what a tick cost before ticks judged what changed, for the benchmark.
+    pub fn forget(&mut self) {
+        self.docket.forget();
     }
 
     /// Everything a tick decides at `now` before it writes: fold in `probe_reports`, judge the
@@ -756,14 +814,14 @@ impl Judge {
     /// a leader that can see, the steps to carry out.
     fn plan(&mut self, leader: bool, judgement: &Judgement) -> Option<Vec<Planned>> {
         if judgement.blindness.is_none() {
-            let counts: Vec<(Verdict, usize)> = Verdict::ALL.iter().map(|v| (*v, judgement.assessments.values().filter(|a| a.verdict == *v).count())).collect();
-            self.metrics.fleet(&counts, judgement.plan.active, judgement.plan.limit, judgement.plan.circuit_open);
+            self.metrics.fleet(&judgement.verdict_counts, judgement.plan.active, judgement.plan.limit, judgement.plan.circuit_open);
         }
         self.report_blindness(judgement.blindness.as_ref());
         if judgement.blindness.is_some() {
             return None;
         }
-        let changes = verdict_changes(&mut self.verdicts, &judgement.assessments);
+        // Only a node judged since the last report can have a new verdict.
+        let changes = verdict_changes_of(&mut self.verdicts, &judgement.assessments, &judgement.seen);
         report_verdicts(&judgement.assessments, &changes);
         for change in &changes {
             self.metrics.verdict_changed(change.verdict);
@@ -778,7 +836,8 @@ impl Judge {
         // Events an earlier tick had no time for go before this tick's, oldest first.
         let first_event = steps.iter().position(|p| matches!(p.step, Step::Report { .. })).unwrap_or(steps.len());
         steps.splice(first_event..first_event, std::mem::take(&mut self.deferred_events));
-        self.ledger.backoff.retain(|n| judgement.notes.contains_key(n));
+        self.unplanned.clear();
+        self.last_planned = steps.iter().filter_map(|p| judgement.notes.get_key_value(p.node.as_str()).map(|(n, _)| n.clone())).collect();
         Some(steps)
     }
 
@@ -801,13 +860,16 @@ impl Judge {
         // `now` in a live fleet): a silence the watch has not had the chance to break is no
         // node's fault, and the fleet-wide silence rule wins the race against it.
         let at = v.sight.horizon(now, &v.facts);
+        // What changed and what came due since the last tick, folded into the fleet-wide
+        // figures; only those nodes are judged again below.
+        self.docket.observe(at, &mut v.facts, &cfg.thresholds);
         // The Lease watch may be quiet for as long as the most often renewing live Lease allows:
         // a fleet whose every kubelet renews every 50 s (nodeLeaseDurationSeconds: 200) is not a
         // silent watch after 50 s — and a dead node's short Lease sets nothing.
-        let silence = lease_silence(at, &v.facts, &cfg.thresholds);
-        let node_silence = status_silence(at, &v.facts, &cfg.thresholds);
+        let silence = self.docket.lease_silence(&cfg.thresholds);
+        let node_silence = self.docket.status_silence();
         let blindness = v.see(now, silence, node_silence, cfg.settle_after_blindness);
-        let agent_silence = verdict::agent_watch_silence(&v.facts, &cfg.thresholds);
+        let agent_silence = self.docket.agent_watch_silence(&cfg.thresholds);
         v.facts.agents_hidden = v.sight.agents_hidden(now, &v.facts, agent_silence);
         let can_see_at_all = v.sight.nodes.synced && v.sight.leases.synced;
         self.readiness.set(
@@ -822,9 +884,9 @@ impl Judge {
                     )
                 ),
         );
-        let evaluation = verdict::evaluate(at, &v.facts, &cfg.thresholds, cfg.probe_partition_threshold);
+        let evaluation = self.docket.pass(at, &mut v.facts, &cfg.thresholds, cfg.probe_partition_threshold);
         self.metrics.set_probe_partition(!evaluation.probes_trusted);
-        self.metrics.set_agents(&verdict::agent_reports(at, &v.facts, &cfg.thresholds));
+        self.metrics.set_agents(&self.docket.agent_reports(v.facts.agents_hidden.is_some()));
         if !evaluation.probes_trusted && !self.partition_reported {
             warn!(
                 failing = evaluation.probes_failing,
@@ -837,8 +899,7 @@ impl Judge {
         self.partition_reported = !evaluation.probes_trusted;
         // Probes that are pulsecheck's own problem (refused, certificate not trusted, a kubelet
         // never reached, no probe at all): reported once per node and episode, never evidence.
-        let misconfigured: HashMap<String, String> =
-            v.facts.probes.iter().filter_map(|(node, p)| p.misconfiguration().map(|why| (node.to_string(), why.to_string()))).collect();
+        let misconfigured: HashMap<String, String> = self.docket.misconfigured().iter().map(|(node, why)| (node.to_string(), why.clone())).collect();
         self.metrics.set_probe_misconfigured(!misconfigured.is_empty());
         for (node, why) in &misconfigured {
             if !self.misconfigured_reported.contains(node) {
@@ -856,38 +917,81 @@ impl Judge {
         }
         self.misconfigured_reported = misconfigured.into_keys().collect();
         let assessments = evaluation.assessments;
+        let judged = evaluation.judged;
+        self.unseen.extend(judged.iter().cloned());
+        let mut seen: Vec<NodeName> = Vec::new();
         if blindness.is_none() {
-            verdict::note_uncadenced_gaps(&mut v.facts, &assessments);
-            verdict::note_cadence_rereads(at, &mut v.facts, &cfg.thresholds);
+            seen = self.unseen.drain().collect();
+            seen.sort_unstable();
+            verdict::note_uncadenced_gaps(&mut v.facts, judged.iter().filter_map(|n| Some((n, assessments.get(n)?))));
+            verdict::note_cadence_rereads(at, &mut v.facts, &cfg.thresholds, &judged);
             // A blind view's verdicts are not verdicts: the series keep what was last seen, and
             // pulsecheck_blind says why they do not move (no zombie alert fires on a blind spell).
-            publish_metrics(&self.metrics, &cfg.thresholds, &self.ledger.memory, &v.facts, &assessments);
+            self.series.publish(&self.metrics, &cfg.thresholds, &self.ledger.memory, &v.facts, &assessments, &seen);
         }
         let stance = match (blindness.is_some(), leader) {
             (true, _) => guard::Stance::Blind,
             (false, true) => guard::Stance::Act,
             (false, false) => guard::Stance::Watch,
         };
+        // Looked at again by the guard: the nodes judged now, and those a step was carried out on
+        // (pulsecheck's memory of them changed). After a blind plan every node is: a blind view
+        // resets every node's hysteresis clock, so the docket's next pass judges the whole fleet.
+        let mut looked_at = judged.clone();
+        looked_at.extend(std::mem::take(&mut self.settled));
+        looked_at.sort_unstable();
+        looked_at.dedup();
+        if blindness.is_some() {
+            self.docket.forget();
+        }
         let uncordoned = v.facts.take_uncordons();
-        self.ledger.memory.note_cordons(&v.facts, &uncordoned);
-        let plan = guard::plan(now, &assessments, &v.facts, &mut self.ledger.memory, &cfg.guard, stance);
-        self.ledger.memory.retain(|n| v.facts.nodes.contains_key(n));
+        self.ledger.memory.note_cordons_of(&v.facts, &uncordoned, &looked_at);
+        let plan = guard::plan_changed(now, &mut self.roster, &looked_at, &assessments, &v.facts, &mut self.ledger.memory, &cfg.guard, stance);
+        self.ledger.memory.retain(|n| v.facts.nodes.contains_key(n), false);
+        self.ledger.backoff.retain(|n| v.facts.nodes.contains_key(n));
         let records_lost = self.ledger.memory.lost_records(&v.facts);
-        let notes = notes(&v.facts, &self.ledger.memory);
-        let holds = plan.held.iter().map(|(n, h)| (n.clone(), hold_message(&plan, *h, cfg.guard.min_available))).collect();
+        let holds: HashMap<String, String> = plan.held.iter().map(|(n, h)| (n.clone(), hold_message(&plan, *h, cfg.guard.min_available))).collect();
         // Probed: every node in scope whose Lease pulsecheck saw renewed within the grace. A node
         // with a stale or missing Lease is kube-controller-manager's case; probing it adds nothing.
         let lease_alive = |n: &NodeName| v.facts.leases.get(n).is_some_and(|l| cfg.thresholds.lease_alive(at, l));
-        let probe_targets: Vec<ProbeTarget> = assessments
-            .iter()
-            .filter(|(n, a)| a.verdict != Verdict::Excluded && lease_alive(n))
-            .filter_map(|(n, _)| {
-                v.facts.nodes.get(n).map(|f| ProbeTarget { node: n.to_string(), endpoint: f.kubelet.clone(), recheck_cadence: f.cadence.recheck })
-            })
-            .collect();
+        let mut targets_changed = self.probe_targets.is_none();
+        let targets = self.probe_targets.get_or_insert_with(NodeMap::default);
+        for name in &looked_at {
+            let target = assessments.get(name).filter(|a| a.verdict != Verdict::Excluded && lease_alive(name)).and_then(|_| {
+                v.facts.nodes.get(name).map(|f| ProbeTarget { node: name.to_string(), endpoint: f.kubelet.clone(), recheck_cadence: f.cadence.recheck })
+            });
+            let was = match target {
+                Some(t) if targets.get(name) == Some(&t) => continue,
+                Some(t) => targets.insert(name.clone(), t),
+                None => targets.remove(name),
+            };
+            targets_changed |= was.is_some() || targets.contains_key(name);
+        }
+        let probe_targets = targets_changed.then(|| targets.values().cloned().collect());
+        // The nodes a leader's steps may be planned for: judged or written since the last plan,
+        // or given a step by it (a failed, deferred or superseded step is planned again). Only a
+        // leader that can see plans steps.
+        self.unplanned.extend(looked_at.iter().cloned());
+        let mut planning: Vec<NodeName> = Vec::new();
+        if stance == guard::Stance::Act {
+            planning.extend(self.unplanned.iter().chain(&self.last_planned).cloned());
+            planning.sort_unstable();
+            planning.dedup();
+        }
         // Our cordon, undone by somebody else: the schedulability is theirs from now on.
-        let cordons_taken_over: Vec<String> =
-            v.facts.nodes.iter().filter(|(n, f)| f.remediation.cordoned && (!f.unschedulable || uncordoned.contains(n))).map(|(n, _)| n.to_string()).collect();
+        let cordons_taken_over: Vec<String> = planning
+            .iter()
+            .filter(|n| v.facts.nodes.get(*n).is_some_and(|f| f.remediation.cordoned && (!f.unschedulable || uncordoned.contains(n))))
+            .map(|n| n.to_string())
+            .collect();
+        let noted = planning
+            .iter()
+            .map(|n| &**n)
+            .chain(plan.remediate.iter().chain(&plan.release).chain(&cordons_taken_over).map(String::as_str))
+            .chain(records_lost.iter().map(|(n, _)| n.as_str()))
+            .chain(plan.held.iter().map(|(n, _)| n.as_str()))
+            .chain(newly_misconfigured.iter().map(|(n, _)| n.as_str()));
+        let notes = notes(&v.facts, &self.ledger.memory, noted);
         Judgement {
             assessments,
             plan,
@@ -901,6 +1005,24 @@ impl Judge {
             probes_trusted: evaluation.probes_trusted,
             agent_silence_counts: evaluation.agent_silence_counts,
             judged_at: at,
+            judged,
+            seen,
+            planning,
+            verdict_counts: self.docket.verdict_counts(),
+        }
+    }
+
+    /// Books the outcome of one step carried out at `now` (`Ledger::settle`) and counts it. The
+    /// node is looked at again at the next tick: what pulsecheck remembers of its own writes
+    /// (a dry run's remediation, a cordon it knows is its own) is part of its view of the node.
+    fn settle(&mut self, now: Timestamp, planned: &Planned, effect: &Effect) {
+        for (action, result) in self.ledger.settle(now, planned, effect, &self.config.actions) {
+            self.metrics.remediation(action, result);
+        }
+        if let Some((name, _)) = self.verdicts.get_key_value(planned.node.as_str()) {
+            self.settled.insert(name.clone());
+        } else {
+            self.settled.insert(NodeName::from(planned.node.as_str()));
         }
     }
 
@@ -1015,9 +1137,7 @@ impl Controller {
             if kind != WriteKind::Event {
                 self.judge.metrics.write(kind, write_result(&outcome.effect));
             }
-            for (action, result) in self.judge.ledger.settle(now, &planned, &outcome.effect, &self.judge.config.actions) {
-                self.judge.metrics.remediation(action, result);
-            }
+            self.judge.settle(now, &planned, &outcome.effect);
         }
         self.judge.metrics.write_stage(started.elapsed().as_secs_f64());
     }
@@ -1104,49 +1224,71 @@ fn lease_silence(at: Timestamp, facts: &FleetFacts, th: &verdict::Thresholds) ->
         .unwrap_or(th.lease_grace)
 }
 
-/// How long the Node watch may deliver nothing before pulsecheck counts itself blind: until half
-/// of the nodes with a live Lease (at least two) are overdue by their own status thresholds. A
-/// watch that stops delivering makes every node overdue; one node going quiet, or a few, is
-/// those nodes' business (a fleet of 20-minute reporters is legitimately quiet for minutes, and a
-/// wedged node must not blind pulsecheck to itself). With fewer than two such nodes, silence of
-/// the Node watch alone never counts as blindness (watch errors and the Lease watch still do).
-fn status_silence(at: Timestamp, facts: &FleetFacts, th: &verdict::Thresholds) -> Duration {
-    let mut thresholds: Vec<Duration> = facts
-        .nodes
-        .iter()
-        .filter_map(|(name, n)| facts.leases.get(name).filter(|l| th.lease_alive(at, l)).map(|l| th.status_threshold_for(n, Some(l)).stale_after()))
-        .collect();
-    if thresholds.len() < 2 {
-        return Duration::MAX;
-    }
-    thresholds.sort_unstable();
-    let overdue = thresholds.len().div_ceil(2).max(2);
-    thresholds[overdue - 1]
+/// What the per-node series and the status-threshold counts were last told, so that a tick
+/// publishes only the nodes it judged (and the few whose remediation pulsecheck's own memory
+/// may have changed without their facts changing).
+#[derive(Debug, Default)]
+struct Published {
+    /// Each node's status-threshold source, as counted in `pulsecheck_status_threshold_source`.
+    sources: NodeMap<CadenceSource>,
+    counts: BTreeMap<CadenceSource, usize>,
+    /// The nodes whose series say pulsecheck holds a remediation on them.
+    remediated: NodeSet,
 }
 
-/// Publishes the per-node metrics of this tick's verdicts. One pass over the nodes, each looked
-/// up once in every map: this runs for every node on every tick.
-fn publish_metrics(metrics: &Metrics, th: &verdict::Thresholds, memory: &Memory, facts: &FleetFacts, assessments: &Assessments) {
-    let mut sources: BTreeMap<CadenceSource, usize> = BTreeMap::new();
-    for (name, n) in &facts.nodes {
-        let lease = facts.leases.get(name);
-        let threshold = th.status_threshold_for(n, lease);
-        *sources.entry(threshold.source).or_default() += 1;
-        let Some(a) = assessments.get(name) else { continue };
-        let heartbeats = NodeHeartbeats {
-            lease_observed: lease.map(|l| l.renew.observed_at.as_millisecond() as f64 / 1000.0),
-            status_observed: n.status.observed_at.as_millisecond() as f64 / 1000.0,
-            remediated: memory.holds_node(name, n),
-            probe_success: facts.probes.get(name).and_then(|p| match &p.last {
-                Some((ProbeOutcome::Success, _)) => Some(true),
-                Some((o, _)) if o.is_failure() => Some(false),
-                _ => None,
-            }),
-            status_threshold: threshold.after.as_secs_f64(),
-        };
-        metrics.node(name, a, heartbeats);
+impl Published {
+    /// Publishes the series of the nodes in `names`, of those published as remediated, and of
+    /// those remediated in a dry run (pulsecheck's memory, which no watch event reports).
+    fn publish(&mut self, metrics: &Metrics, th: &verdict::Thresholds, memory: &Memory, facts: &FleetFacts, assessments: &Assessments, seen: &[NodeName]) {
+        let mut names: NodeSet = seen.iter().cloned().collect();
+        names.extend(self.remediated.iter().cloned());
+        names.extend(memory.simulated_nodes().filter_map(|n| facts.nodes.get_key_value(n)).map(|(k, _)| k.clone()));
+        for name in names {
+            let Some(n) = facts.nodes.get(&name) else {
+                self.remediated.remove(&name);
+                if let Some(source) = self.sources.remove(&name) {
+                    self.count(source, false);
+                }
+                continue;
+            };
+            let lease = facts.leases.get(&name);
+            let threshold = th.status_threshold_for(n, lease);
+            match self.sources.insert(name.clone(), threshold.source) {
+                Some(was) if was == threshold.source => {}
+                was => {
+                    if let Some(was) = was {
+                        self.count(was, false);
+                    }
+                    self.count(threshold.source, true);
+                }
+            }
+            let remediated = memory.holds_node(&name, n);
+            if remediated {
+                self.remediated.insert(name.clone());
+            } else {
+                self.remediated.remove(&name);
+            }
+            let Some(a) = assessments.get(&name) else { continue };
+            let heartbeats = NodeHeartbeats {
+                lease_observed: lease.map(|l| l.renew.observed_at.as_millisecond() as f64 / 1000.0),
+                status_observed: n.status.observed_at.as_millisecond() as f64 / 1000.0,
+                remediated,
+                probe_success: facts.probes.get(&name).and_then(|p| match &p.last {
+                    Some((ProbeOutcome::Success, _)) => Some(true),
+                    Some((o, _)) if o.is_failure() => Some(false),
+                    _ => None,
+                }),
+                status_threshold: threshold.after.as_secs_f64(),
+            };
+            metrics.node(&name, a, heartbeats);
+        }
+        metrics.status_threshold_sources(&self.counts.iter().map(|(s, n)| (*s, *n)).collect::<Vec<_>>());
     }
-    metrics.status_threshold_sources(&sources.into_iter().collect::<Vec<_>>());
+
+    fn count(&mut self, source: CadenceSource, up: bool) {
+        let n = self.counts.entry(source).or_default();
+        *n = if up { *n + 1 } else { n.saturating_sub(1) };
+    }
 }
 
 /// One log line per verdict change.
@@ -1168,6 +1310,111 @@ mod tests {
         verdict::Evidence,
     };
 
+    /// Two judges on one simulated fleet (see [`crate::docket::timeline`]) — one judging what
+    /// changed, as `run` does, one looking at the whole fleet at every tick — through an hour and
+    /// a half of wedges, deaths, recoveries, deletions, pulsecheck's taint put on and taken off,
+    /// blind spells, lost and regained leadership, and writes that succeed, fail or are
+    /// superseded: at every tick both must give the same verdicts, blindness, probe targets,
+    /// steps and metrics. With and without --dry-run.
+    #[test]
+    fn a_tick_judging_what_changed_decides_what_a_tick_judging_the_whole_fleet_decides() {
+        use crate::{
+            docket::timeline::{Dice, Timeline},
+            observe::WatchSight,
+        };
+        for dry_run in [false, true] {
+            let cfg = Settings { dry_run, ..Settings::default() };
+            let th = cfg.thresholds.clone();
+            let mut fleet = Timeline::new(60, 0xfeed_beef_0123_4567);
+            let views = [SharedView::default(), SharedView::default()];
+            let metrics = [Metrics::new(true), Metrics::new(true)];
+            let mut judges =
+                [Judge::new(cfg.clone(), metrics[0].clone(), Readiness::default()), Judge::new(cfg.clone(), metrics[1].clone(), Readiness::default())];
+            judges[1].docket.forgetful = true;
+            let mut dice = Dice(0x0ddba11);
+            let mut targets: [Vec<ProbeTarget>; 2] = [Vec::new(), Vec::new()];
+            let (mut next, mut steps_seen, mut blind_ticks, mut partial) = (5, 0usize, 0, 0);
+            for now in 0..5400i64 {
+                let events = fleet.second(now, |n| lock(&views[0]).facts.nodes.contains_key(n));
+                // The Lease watch fails for a while now and then: blind, then a discounted spell.
+                let failing = now % 1500 >= 1400 && now % 1500 < 1430;
+                for view in &views {
+                    let mut v = lock(view);
+                    for e in &events {
+                        e.apply(&mut v.facts, &cfg.scope, &th, t(now));
+                    }
+                    let delivering = WatchSight { synced: true, last_event: Some(t(now)), error: None, longest_gap: None };
+                    v.sight.nodes = delivering.clone();
+                    v.sight.agents = delivering.clone();
+                    if failing {
+                        v.sight.leases.error = Some(("connection refused".into(), t(now)));
+                    } else {
+                        v.sight.leases = delivering;
+                    }
+                    v.sight.ever_synced = true;
+                }
+                if now < next {
+                    continue;
+                }
+                next = now + [1, 5, 5, 5, 7][dice.roll(5) as usize];
+                let leader = now % 1200 < 1000;
+                let [a, b] = &mut judges;
+                let one = a.decide(t(now), leader, &views[0], Vec::new());
+                let whole = b.decide(t(now), leader, &views[1], Vec::new());
+                assert_eq!(one.blindness(), whole.blindness(), "at {now}");
+                assert_eq!(one.assessments(), whole.assessments(), "at {now}");
+                assert_eq!(one.steps(), whole.steps(), "at {now}");
+                for (i, d) in [&one, &whole].into_iter().enumerate() {
+                    if let Some(sent) = d.probe_targets() {
+                        targets[i] = sent.to_vec();
+                        targets[i].sort_unstable_by(|x, y| x.node.cmp(&y.node));
+                    }
+                }
+                assert_eq!(targets[0], targets[1], "at {now}");
+                let render = |m: &Metrics| m.render().lines().filter(|l| !l.contains("_duration_seconds")).map(str::to_string).collect::<Vec<_>>();
+                assert_eq!(render(&metrics[0]), render(&metrics[1]), "at {now}");
+                blind_ticks += usize::from(one.blindness().is_some());
+                partial += usize::from(one.judged().len() < lock(&views[0]).facts.nodes.len());
+                // Carry the steps out on paper: the same effect for both judges.
+                for planned in one.steps().unwrap_or_default() {
+                    steps_seen += 1;
+                    // Effect is not Clone (its error holds a kube::Error): made twice from one draw.
+                    let draw = dice.roll(3);
+                    let effect = || match (&planned.step, draw) {
+                        (Step::Remediate { .. }, _) if dry_run => Effect::WouldRemediate,
+                        (Step::Remediate { .. }, 0) => Effect::Remediated(Change { taint: true, cordon: false }),
+                        (Step::Remediate { .. }, 1) => Effect::Unconfirmed,
+                        (Step::Release { .. }, _) if dry_run => Effect::WouldRelease,
+                        (Step::Release { .. }, 0) => Effect::Released(Change { taint: true, cordon: false }),
+                        (Step::Release { .. }, 1) => Effect::Gone,
+                        (Step::SetCondition { .. }, 0 | 1) => Effect::ConditionSet,
+                        (Step::Report { .. }, _) => Effect::Reported,
+                        (Step::DisownCordon, _) => Effect::CordonDisowned,
+                        (Step::RestoreRecord { .. }, _) => Effect::RecordRestored,
+                        _ => Effect::Failed(ActuateError::Timeout { what: "write", node: planned.node.clone(), timeout: Duration::from_secs(10) }),
+                    };
+                    a.settle(t(now), planned, &effect());
+                    b.settle(t(now), planned, &effect());
+                }
+            }
+            assert!(steps_seen > 50 && blind_ticks > 0 && partial > 100, "dry run {dry_run}: {steps_seen} steps, {blind_ticks} blind ticks, {partial} partial");
+        }
+    }
+
+    /// [`verdict_changes_of`] every node, reported or assessed.
+    fn verdict_changes(reported: &mut HashMap<NodeName, Verdict>, assessments: &Assessments) -> Vec<VerdictChange> {
+        let mut names: Vec<NodeName> = assessments.keys().chain(reported.keys()).cloned().collect();
+        names.sort_unstable();
+        names.dedup();
+        verdict_changes_of(reported, assessments, &names)
+    }
+
+    fn sorted(names: &[&str]) -> Vec<NodeName> {
+        let mut names: Vec<NodeName> = names.iter().map(|n| NodeName::from(*n)).collect();
+        names.sort_unstable();
+        names
+    }
+
     fn assessments(verdicts: &[(&str, Verdict)]) -> Assessments {
         verdicts.iter().map(|(n, v)| (NodeName::from(*n), Assessment::new(*v, vec![]))).collect()
     }
@@ -1187,16 +1434,16 @@ mod tests {
     /// on the nodes named in `conditions`.
     fn judgement(verdicts: &[(&str, Verdict)], conditions: &[(&str, &str, &str)], plan: Plan) -> Judgement {
         let names: Vec<&str> = verdicts.iter().map(|(n, _)| *n).collect();
-        let mut notes = notes(&fleet(&names), &Memory::default());
+        let mut notes = notes(&fleet(&names), &Memory::default(), names.iter().copied());
         for (n, status, reason) in conditions {
             notes.get_mut(*n).expect("a node of the fleet").our_condition = Some((status.to_string(), reason.to_string()));
         }
         Judgement {
-            assessments: assessments(verdicts),
+            assessments: std::sync::Arc::new(assessments(verdicts)),
             plan,
             blindness: None,
             notes,
-            probe_targets: Vec::new(),
+            probe_targets: None,
             cordons_taken_over: Vec::new(),
             holds: HashMap::new(),
             newly_misconfigured: Vec::new(),
@@ -1204,6 +1451,10 @@ mod tests {
             probes_trusted: true,
             agent_silence_counts: true,
             judged_at: t(1),
+            judged: sorted(&names),
+            seen: sorted(&names),
+            planning: sorted(&names),
+            verdict_counts: Vec::new(),
         }
     }
 
@@ -1261,7 +1512,7 @@ mod tests {
         let evaluation = verdict::evaluate(t(800), &facts, &th, 50.0);
         assert_eq!(evaluation.assessments["n"].verdict, Verdict::Zombie);
         let mut j = judgement(&[("n", Verdict::Zombie)], &[], Plan::default());
-        j.assessments = evaluation.assessments;
+        j.assessments = evaluation.assessments.into();
         j.judged_at = t(800);
         let planned_steps = steps(&j, &[("n", Verdict::Healthy)], false);
         let condition = planned_steps.iter().find(|p| matches!(p.step, Step::SetCondition { .. })).expect("a condition planned").clone();
@@ -1418,16 +1669,21 @@ mod tests {
             }
             f
         };
+        let status_silence = |at: Timestamp, mut facts: FleetFacts, th: &verdict::Thresholds| {
+            let mut docket = Docket::new();
+            docket.observe(at, &mut facts, th);
+            docket.status_silence()
+        };
         // One fast reporter among slow ones: its going quiet is its own wedge, not a silent watch.
-        assert_eq!(status_silence(t(1000), &fleet(1, 2), &th), Duration::from_secs(2408));
+        assert_eq!(status_silence(t(1000), fleet(1, 2), &th), Duration::from_secs(2408));
         // A fleet of fast reporters: a watch quiet for their threshold is a silent watch.
-        assert_eq!(status_silence(t(1000), &fleet(4, 0), &th), Duration::from_secs(60));
+        assert_eq!(status_silence(t(1000), fleet(4, 0), &th), Duration::from_secs(60));
         // Half the fleet must be overdue: 3 fast, 3 slow → the third threshold, a fast one.
-        assert_eq!(status_silence(t(1000), &fleet(3, 3), &th), Duration::from_secs(60));
-        assert_eq!(status_silence(t(1000), &fleet(2, 3), &th), Duration::from_secs(2408));
+        assert_eq!(status_silence(t(1000), fleet(3, 3), &th), Duration::from_secs(60));
+        assert_eq!(status_silence(t(1000), fleet(2, 3), &th), Duration::from_secs(2408));
         // One node, or none: the Node watch's silence alone says nothing.
-        assert_eq!(status_silence(t(1000), &fleet(1, 0), &th), Duration::MAX);
-        assert_eq!(status_silence(t(5000), &fleet(4, 0), &th), Duration::MAX, "no live Lease");
+        assert_eq!(status_silence(t(1000), fleet(1, 0), &th), Duration::MAX);
+        assert_eq!(status_silence(t(5000), fleet(4, 0), &th), Duration::MAX, "no live Lease");
     }
 
     #[test]

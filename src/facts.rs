@@ -757,6 +757,18 @@ pub type NodeName = std::sync::Arc<str>;
 /// not from an attacker able to choose colliding keys at will.
 pub type NodeMap<V> = HashMap<NodeName, V, foldhash::fast::RandomState>;
 
+/// A set of node names, hashed as [`NodeMap`] is.
+pub type NodeSet = std::collections::HashSet<NodeName, foldhash::fast::RandomState>;
+
+/// What changed in a [`FleetFacts`] since it was last asked ([`FleetFacts::take_changed`]).
+#[derive(Debug, Default, Clone)]
+pub struct Changed {
+    /// Everything may have changed (a blind spell discounted every age).
+    pub all: bool,
+    /// The nodes whose node, Lease, probe or agent facts changed.
+    pub nodes: NodeSet,
+}
+
 /// The fleet as pulsecheck sees it: facts per node name, Leases per node name.
 #[derive(Debug, Default, Clone)]
 pub struct FleetFacts {
@@ -773,13 +785,35 @@ pub struct FleetFacts {
     /// [`crate::observe::View::see`]). Their reports are then no evidence either way, and health
     /// on a node with an agent is not confirmed.
     pub agents_hidden: Option<String>,
+    /// What changed since the decision loop last asked: every method that changes a node's
+    /// facts notes it here, so a tick judges again only what changed (see [`crate::docket`]).
+    changed: Changed,
+    /// The nodes whose `uncordon_seen` mark was set since [`FleetFacts::take_uncordons`].
+    uncordoned: NodeSet,
 }
 
 impl FleetFacts {
+    /// What changed since the last call; the record starts empty again.
+    pub fn take_changed(&mut self) -> Changed {
+        std::mem::take(&mut self.changed)
+    }
+
+    fn touch(&mut self, name: &str) {
+        if !self.changed.all && !self.changed.nodes.contains(name) {
+            // The map's own name where it has one: no new allocation per renewal.
+            let key = self.nodes.get_key_value(name).map_or_else(|| NodeName::from(name), |(k, _)| k.clone());
+            self.changed.nodes.insert(key);
+        }
+    }
+
     /// Applies a Node seen by a watch (added, modified, or re-listed).
     pub fn apply_node(&mut self, node: &SlimNode, scope: &Scope, now: Timestamp) {
         let Some(name) = node.metadata.name.as_deref() else { return };
         let facts = NodeFacts::observe(node, self.nodes.get(name), scope, now);
+        self.touch(name);
+        if facts.uncordon_seen && !self.uncordoned.contains(name) {
+            self.uncordoned.insert(NodeName::from(name));
+        }
         if self.nodes.get(name).is_some_and(|old| old.uid != facts.uid) {
             // Re-created under the same name (a Delete the watch never delivered): the old
             // machine's probe record says nothing about the new one.
@@ -799,6 +833,7 @@ impl FleetFacts {
     /// another configuration) just after answering reports at once, possibly before the read is
     /// folded in here.
     pub fn record_kubelet_cadence(&mut self, name: &str, cadence: KubeletCadence, asked_at: Timestamp) {
+        self.touch(name);
         if let Some(node) = self.nodes.get_mut(name) {
             node.cadence =
                 if node.status.observed_at > asked_at { node.cadence.with_kubelet_read_before_report(cadence) } else { node.cadence.with_kubelet(cadence) };
@@ -807,13 +842,17 @@ impl FleetFacts {
 
     /// Marks node `name`'s current gap as not a cadence (see [`NodeFacts::uncadenced_gap`]).
     pub fn mark_uncadenced_gap(&mut self, name: &str) {
-        if let Some(node) = self.nodes.get_mut(name) {
+        if let Some(node) = self.nodes.get_mut(name)
+            && !node.uncadenced_gap
+        {
             node.uncadenced_gap = true;
+            self.touch(name);
         }
     }
 
     /// Forgets a deleted Node (and its probe record).
     pub fn delete_node(&mut self, name: &str) {
+        self.touch(name);
         self.nodes.remove(name);
         self.probes.remove(name);
     }
@@ -822,6 +861,7 @@ impl FleetFacts {
     /// counts (a longer gap between results breaks a run of failures).
     pub fn record_probe(&mut self, name: &str, outcome: ProbeOutcome, now: Timestamp, expiry: Duration) {
         if self.nodes.contains_key(name) {
+            self.touch(name);
             match self.probes.get_mut(name) {
                 Some(p) => p.record(outcome, now, expiry),
                 None => {
@@ -837,17 +877,25 @@ impl FleetFacts {
     pub fn apply_lease(&mut self, lease: &SlimLease, now: Timestamp) {
         let Some(name) = lease.metadata.name.as_deref() else { return };
         self.apply_lease_renewal(name, lease.renew_time(), now);
-        if let Some(l) = self.leases.get_mut(name) {
+        if let Some(l) = self.leases.get_mut(name)
+            && l.duration != lease.duration()
+        {
             l.duration = lease.duration();
+            self.touch(name);
         }
     }
 
     /// Applies one observed `renewTime` of the Lease `name` (the hot path: one per renewal).
     pub fn apply_lease_renewal(&mut self, name: &str, renew_time: Option<Timestamp>, now: Timestamp) {
         match self.leases.get_mut(name) {
-            Some(l) => l.renew = Heartbeat::advance(Some(&l.renew), renew_time, now),
+            Some(l) if l.renew.value == renew_time => {}
+            Some(l) => {
+                l.renew = Heartbeat::advance(Some(&l.renew), renew_time, now);
+                self.touch(name);
+            }
             None => {
                 self.leases.insert(NodeName::from(name), LeaseFacts { renew: Heartbeat::advance(None, renew_time, now), duration: None });
+                self.touch(name);
             }
         }
     }
@@ -856,9 +904,11 @@ impl FleetFacts {
     /// they are now; the marks are cleared.
     pub fn take_uncordons(&mut self) -> Vec<NodeName> {
         let mut seen = Vec::new();
-        for (name, f) in self.nodes.iter_mut() {
-            if std::mem::take(&mut f.uncordon_seen) {
-                seen.push(name.clone());
+        for name in std::mem::take(&mut self.uncordoned) {
+            if let Some(f) = self.nodes.get_mut(&name)
+                && std::mem::take(&mut f.uncordon_seen)
+            {
+                seen.push(name);
             }
         }
         seen
@@ -866,13 +916,16 @@ impl FleetFacts {
 
     /// Forgets a deleted Lease.
     pub fn delete_lease(&mut self, name: &str) {
-        self.leases.remove(name);
+        if self.leases.remove(name).is_some() {
+            self.touch(name);
+        }
     }
 
     /// Applies an agent Lease seen by a watch; a Lease whose name is not an agent's is ignored.
     pub fn apply_agent_lease(&mut self, lease: &SlimAgentLease, now: Timestamp) {
         let Some(node) = lease.metadata.name.as_deref().and_then(agent::node_of) else { return };
         let facts = AgentFacts::observe(lease, self.agents.get(node), now);
+        self.touch(node);
         match self.agents.get_mut(node) {
             Some(existing) => *existing = facts,
             None => {
@@ -883,14 +936,18 @@ impl FleetFacts {
 
     /// Forgets a deleted agent Lease (named `lease`).
     pub fn delete_agent_lease(&mut self, lease: &str) {
-        if let Some(node) = agent::node_of(lease) {
-            self.agents.remove(node);
+        if let Some(node) = agent::node_of(lease)
+            && self.agents.remove(node).is_some()
+        {
+            self.touch(node);
         }
     }
 
     /// Forgets the agent of node `node` (its Lease is gone).
     pub fn delete_agent_node(&mut self, node: &str) {
-        self.agents.remove(node);
+        if self.agents.remove(node).is_some() {
+            self.touch(node);
+        }
     }
 
     /// The agent Lease names the view holds, for pruning after a re-list.
@@ -917,6 +974,7 @@ impl FleetFacts {
         if until <= from {
             return;
         }
+        self.changed.all = true;
         // Part of every current gap went unseen: none of them is a cadence.
         for node in self.nodes.values_mut() {
             node.uncadenced_gap = true;

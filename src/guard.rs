@@ -23,7 +23,7 @@
 //! Like [`crate::verdict`], this is pure: `now` is passed in, and [`Memory`] is the only state.
 
 use std::{
-    collections::{HashMap, HashSet, VecDeque},
+    collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque},
     time::Duration,
 };
 
@@ -175,9 +175,17 @@ impl Memory {
     /// since the last tick showed undone (`uncordoned`, by anyone: a cordon after that is
     /// somebody else's) or whose Node was re-created.
     pub fn note_cordons(&mut self, facts: &FleetFacts, uncordoned: &[NodeName]) {
+        let names: Vec<NodeName> = facts.nodes.keys().cloned().collect();
+        self.note_cordons_of(facts, uncordoned, &names);
+    }
+
+    /// [`Memory::note_cordons`] looking at the nodes in `changed` only: those whose facts changed
+    /// or that a step was carried out on since the last call (a cordon's record does not appear
+    /// by itself).
+    pub fn note_cordons_of(&mut self, facts: &FleetFacts, uncordoned: &[NodeName], changed: &[NodeName]) {
         self.cordoned
             .retain(|n, (uid, _)| !uncordoned.iter().any(|u| **u == **n) && facts.nodes.get(n.as_str()).is_some_and(|f| f.unschedulable && f.uid == *uid));
-        for (name, f) in &facts.nodes {
+        for (name, f) in changed.iter().filter_map(|n| facts.nodes.get_key_value(n)) {
             if f.remediation.cordoned && f.unschedulable && !uncordoned.contains(name) {
                 self.cordoned.insert(name.to_string(), (f.uid.clone(), f.remediation.since));
             }
@@ -197,10 +205,19 @@ impl Memory {
         lost
     }
 
-    /// Forgets nodes that no longer exist.
-    pub fn retain(&mut self, exists: impl Fn(&str) -> bool) {
+    /// The nodes remediated in a dry run (nothing on the Node says so).
+    pub fn simulated_nodes(&self) -> impl Iterator<Item = &str> {
+        self.simulated.keys().map(String::as_str)
+    }
+
+    /// Forgets nodes that no longer exist: all of them with `all`, else those of the records
+    /// kept for remediated nodes only (few) — the hysteresis clock of a deleted node is dropped
+    /// by the plan that sees it gone ([`plan_changed`]).
+    pub fn retain(&mut self, exists: impl Fn(&str) -> bool, all: bool) {
         self.cordoned.retain(|n, _| exists(n));
-        self.healthy_since.retain(|n, _| exists(n));
+        if all {
+            self.healthy_since.retain(|n, _| exists(n));
+        }
         self.simulated.retain(|n, _| exists(n));
         self.simulated_released.retain(|n| exists(n));
     }
@@ -242,14 +259,108 @@ pub enum Stance {
     Blind,
 }
 
-/// Plans this tick. Updates `memory`'s hysteresis clocks; the caller reports starts and
-/// releases back via [`Memory`].
+/// What each node counts for in the guard's plan, kept between ticks so that a plan costs what
+/// changed ([`plan_changed`]): whether it is eligible, held by pulsecheck, unavailable, and
+/// wants a remediation (and whether that would cost capacity).
+#[derive(Debug, Default, Clone)]
+pub struct Roster {
+    entries: NodeMap<Counted>,
+    eligible: usize,
+    active: usize,
+    unavailable: usize,
+    /// The nodes pulsecheck holds, by name.
+    holding: BTreeSet<NodeName>,
+    /// The nodes that need a remediation pulsecheck does not hold, by name (the same nodes are
+    /// chosen first on every tick), with whether marking it costs capacity.
+    wanting: BTreeMap<NodeName, bool>,
+    costly_wanting: usize,
+}
+
+/// One node's part in the [`Roster`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Counted {
+    eligible: bool,
+    holds: bool,
+    unavailable: bool,
+    wants: Option<bool>,
+}
+
+impl Roster {
+    /// Counts node `name` anew from its assessment (none: it is gone), facts and memory.
+    fn recount(&mut self, name: &NodeName, a: Option<&Assessment>, facts: &FleetFacts, memory: &Memory, cfg: &GuardConfig) {
+        // The budget bounds every unavailable node, not only pulsecheck's: after a zone outage
+        // took a third of the fleet out, taking more would make the outage worse.
+        let now = a.map(|a| {
+            let node = facts.nodes.get(name);
+            let holds = node.map_or_else(|| memory.holds(facts, name), |f| memory.holds_node(name, f));
+            let unavailable = holds || a.verdict == Verdict::Dead || node.is_none_or(|f| !f.schedulable());
+            // A zombie someone else already took out costs no capacity when pulsecheck marks it too.
+            let wants = (needs_remediation(a.verdict, cfg) && !holds).then_some(!unavailable);
+            Counted { eligible: a.verdict != Verdict::Excluded, holds, unavailable, wants }
+        });
+        let was = match now {
+            Some(c) => self.entries.insert(name.clone(), c),
+            None => self.entries.remove(name),
+        };
+        if was == now {
+            return;
+        }
+        for (c, up) in [(was, false), (now, true)] {
+            let Some(c) = c else { continue };
+            let step = |n: &mut usize, by: bool| *n = if up { *n + usize::from(by) } else { *n - usize::from(by) };
+            step(&mut self.eligible, c.eligible);
+            step(&mut self.active, c.holds);
+            step(&mut self.unavailable, c.eligible && c.unavailable);
+            if c.holds {
+                if up {
+                    self.holding.insert(name.clone());
+                } else {
+                    self.holding.remove(name);
+                }
+            }
+            if let Some(costly) = c.wants {
+                step(&mut self.costly_wanting, costly);
+                if up {
+                    self.wanting.insert(name.clone(), costly);
+                } else {
+                    self.wanting.remove(name);
+                }
+            }
+        }
+    }
+}
+
+/// Plans this tick from every node's assessment. Updates `memory`'s hysteresis clocks; the
+/// caller reports starts and releases back via [`Memory`].
 pub fn plan(now: Timestamp, assessments: &Assessments, facts: &FleetFacts, memory: &mut Memory, cfg: &GuardConfig, stance: Stance) -> Plan {
+    let names: Vec<NodeName> = assessments.keys().cloned().collect();
+    plan_changed(now, &mut Roster::default(), &names, assessments, facts, memory, cfg, stance)
+}
+
+/// [`plan`] from `roster`, the nodes' counts as of the last plan made from it, looking again only
+/// at the nodes in `changed`: those whose assessment, facts or place in `memory` may have changed
+/// since (all of them the first time). After a blind plan the next must look at every node: a
+/// blind view resets the hysteresis clocks of all.
+#[allow(clippy::too_many_arguments)]
+pub fn plan_changed(
+    now: Timestamp,
+    roster: &mut Roster,
+    changed: &[NodeName],
+    assessments: &Assessments,
+    facts: &FleetFacts,
+    memory: &mut Memory,
+    cfg: &GuardConfig,
+    stance: Stance,
+) -> Plan {
     if stance == Stance::Blind {
         // A blind view proves nothing: health must be seen again for a whole --recover-after.
         memory.healthy_since.clear();
     } else {
-        for (name, a) in assessments {
+        for name in changed {
+            let Some(a) = assessments.get(name) else {
+                memory.healthy_since.remove(name);
+                continue;
+            };
             // Health counts towards a release only where the evidence that would catch the
             // failure again is there: health the probes cannot confirm (a partition, an expired
             // result) is the absence of evidence, not evidence — and so is a status this instance
@@ -284,42 +395,25 @@ pub fn plan(now: Timestamp, assessments: &Assessments, facts: &FleetFacts, memor
         memory.recent_starts.pop_front();
     }
 
-    // Each node looked up once: whether pulsecheck holds it, and whether it is unavailable now.
-    // The budget bounds every unavailable node, not only pulsecheck's: after a zone outage took
-    // a third of the fleet out, taking more would make the outage worse.
-    let judged: Vec<(&NodeName, &Assessment, bool, bool)> = assessments
-        .iter()
-        .map(|(n, a)| {
-            let node = facts.nodes.get(n);
-            let holds = node.map_or_else(|| memory.holds(facts, n), |f| memory.holds_node(n, f));
-            let unavailable = holds || a.verdict == Verdict::Dead || node.is_none_or(|f| !f.schedulable());
-            (n, a, holds, unavailable)
-        })
-        .collect();
-    let eligible = judged.iter().filter(|(_, a, ..)| a.verdict != Verdict::Excluded).count();
+    for name in changed {
+        roster.recount(name, assessments.get(name), facts, memory, cfg);
+    }
+    let (eligible, active, unavailable) = (roster.eligible, roster.active, roster.unavailable);
     let limit = limit(eligible, cfg.max_unhealthy_percent);
-    let active = judged.iter().filter(|(_, _, holds, _)| *holds).count();
-    let unavailable = judged.iter().filter(|(_, a, _, unavailable)| a.verdict != Verdict::Excluded && *unavailable).count();
-    // With whether marking it costs capacity: a zombie someone else already took out costs none
-    // when pulsecheck marks it too.
-    let mut wanting: Vec<(&NodeName, bool)> =
-        judged.iter().filter(|(_, a, holds, _)| needs_remediation(a.verdict, cfg) && !holds).map(|(n, _, _, unavailable)| (*n, !unavailable)).collect();
-    // Deterministic order: the same nodes are chosen first on every tick.
-    wanting.sort_unstable();
-    let circuit_open = unavailable + wanting.iter().filter(|(_, costly)| *costly).count() > limit;
+    let circuit_open = unavailable + roster.costly_wanting > limit;
     let mut plan = Plan { circuit_open, limit, active, eligible, unavailable, ..Default::default() };
     if stance != Stance::Act {
         return plan;
     }
 
     let recover = SignedDuration::try_from(cfg.recover_after).unwrap_or(SignedDuration::MAX);
-    for (name, a, _, _) in judged.iter().filter(|(_, _, holds, _)| *holds) {
+    for (name, a) in roster.holding.iter().filter_map(|n| Some((n, assessments.get(n)?))) {
         // Recovery needs proof that the status loop works again: a status refresh seen by
         // pulsecheck after health returned (the refresh that ended the staleness is not enough:
         // a zombie whose loop completes a write every 15 minutes looks fresh after each), and
         // continuous health for --recover-after.
-        let recovered = memory.healthy_since.get(*name).is_some_and(|since| {
-            let refreshed_since = facts.nodes.get(*name).is_some_and(|n| n.status.seen_changing && n.status.observed_at > *since);
+        let recovered = memory.healthy_since.get(name).is_some_and(|since| {
+            let refreshed_since = facts.nodes.get(name).is_some_and(|n| n.status.seen_changing && n.status.observed_at > *since);
             refreshed_since && now.duration_since(*since) >= recover
         });
         if recovered || a.verdict == Verdict::Excluded {
@@ -331,8 +425,8 @@ pub fn plan(now: Timestamp, assessments: &Assessments, facts: &FleetFacts, memor
     let mut budget = (cfg.max_per_minute as usize).saturating_sub(memory.recent_starts.len());
     // Schedulable capacity left in the pool: never take the last of it unless told to.
     let mut available = eligible.saturating_sub(unavailable);
-    for (name, costly) in wanting {
-        let cost = usize::from(costly);
+    for (name, costly) in &roster.wanting {
+        let cost = usize::from(*costly);
         if circuit_open {
             plan.held.push((name.to_string(), Hold::CircuitOpen));
         } else if budget == 0 {

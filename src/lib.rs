@@ -24,6 +24,7 @@ pub mod cli;
 pub mod config;
 pub mod connect;
 pub mod controller;
+pub mod docket;
 pub mod facts;
 pub mod guard;
 pub mod leader;

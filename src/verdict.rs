@@ -35,7 +35,7 @@ use serde::Serialize;
 use crate::{
     agent::DiskHealth,
     cadence::StatusThreshold,
-    facts::{AgentFacts, FleetFacts, LeaseFacts, NodeFacts, ProbeFacts, ProbeOutcome, ReadyState},
+    facts::{AgentFacts, FleetFacts, LeaseFacts, NodeFacts, NodeName, ProbeFacts, ProbeOutcome, ReadyState},
     parse::{Contradiction, below, positive_duration},
 };
 
@@ -373,7 +373,7 @@ impl<'a> AgentSight<'a> {
 
 /// How long an agent Lease may go unrenewed and still count as alive: a quarter more than its
 /// own duration (the agent renews several times within it), else `--lease-grace`.
-fn agent_grace(agent: &AgentFacts, th: &Thresholds) -> Duration {
+pub fn agent_grace(agent: &AgentFacts, th: &Thresholds) -> Duration {
     agent.duration.map_or(th.lease_grace, |d| d + d / 4)
 }
 
@@ -410,18 +410,7 @@ pub const AGENT_REPORTS: [&str; 8] = ["ok", "starting", "hung", "failing", "sile
 pub fn agent_reports(now: Timestamp, facts: &FleetFacts, th: &Thresholds) -> Vec<(&'static str, usize)> {
     let mut counts: Vec<(&'static str, usize)> = AGENT_REPORTS.iter().map(|r| (*r, 0)).collect();
     for a in facts.agents.values() {
-        let report = match &a.report {
-            _ if facts.agents_hidden.is_some() => "hidden",
-            Err(_) => "unreadable",
-            Ok(r) if r.terminating => "terminating",
-            Ok(_) if at_least(age(now, a.renew.observed_at), agent_grace(a, th)) => "silent",
-            Ok(r) => match r.disk {
-                DiskHealth::Ok => "ok",
-                DiskHealth::Starting => "starting",
-                DiskHealth::Hung { .. } => "hung",
-                DiskHealth::Failing { .. } => "failing",
-            },
-        };
+        let report = if facts.agents_hidden.is_some() { "hidden" } else { agent_report(now, a, th) };
         if let Some(c) = counts.iter_mut().find(|(r, _)| *r == report) {
             c.1 += 1;
         }
@@ -429,9 +418,25 @@ pub fn agent_reports(now: Timestamp, facts: &FleetFacts, th: &Thresholds) -> Vec
     counts
 }
 
+/// What `agent` reports at `now`, as counted in `pulsecheck_agents` while its reports can be
+/// seen (one of [`AGENT_REPORTS`] but "hidden").
+pub fn agent_report(now: Timestamp, a: &AgentFacts, th: &Thresholds) -> &'static str {
+    match &a.report {
+        Err(_) => "unreadable",
+        Ok(r) if r.terminating => "terminating",
+        Ok(_) if at_least(age(now, a.renew.observed_at), agent_grace(a, th)) => "silent",
+        Ok(r) => match r.disk {
+            DiskHealth::Ok => "ok",
+            DiskHealth::Starting => "starting",
+            DiskHealth::Hung { .. } => "hung",
+            DiskHealth::Failing { .. } => "failing",
+        },
+    }
+}
+
 /// True when `agent` is silent in a way that counts: it was seen renewing, it did not say it was
 /// going away, and it has not renewed within its grace.
-fn agent_silent(now: Timestamp, agent: &AgentFacts, th: &Thresholds) -> bool {
+pub fn agent_silent(now: Timestamp, agent: &AgentFacts, th: &Thresholds) -> bool {
     agent.renew.seen_changing && !agent.report.as_ref().is_ok_and(|r| r.terminating) && at_least(age(now, agent.renew.observed_at), agent_grace(agent, th))
 }
 
@@ -604,6 +609,53 @@ pub fn assess(
     assessment
 }
 
+/// The earliest instant after `at` at which a clock rule of this module turns for the facts of
+/// one name, or `None` when only a change of its facts can change anything: every rule that looks
+/// at the clock — in [`assess`], and in the fleet-wide [`probe_partition`],
+/// [`agent_silence_counts`] and [`agent_reports`] — compares an age with a threshold
+/// (`age(now, x) >= t`), which turns once, at `x + t`. Until the earliest such instant still
+/// ahead, the verdict, its evidence kinds, `unconfirmed` and `provisional` stay as they are (only
+/// the ages the evidence is told with grow), and so does the name's share of the fleet-wide
+/// figures. The [`crate::docket::Docket`] looks at a name again at this instant instead of at
+/// every tick. (An excluded node gets the same instants: one look too many costs nothing.)
+pub fn turns_at(
+    at: Timestamp,
+    node: Option<&NodeFacts>,
+    lease: Option<&LeaseFacts>,
+    probe: Option<&ProbeFacts>,
+    agent: Option<&AgentFacts>,
+    th: &Thresholds,
+) -> Option<Timestamp> {
+    let mut turns: Vec<(Timestamp, Duration)> = Vec::new();
+    if let Some(l) = lease {
+        turns.push((l.renew.observed_at, th.lease_grace_for(l)));
+    }
+    if let Some(n) = node {
+        let threshold = th.status_threshold_for(n, lease);
+        turns.push((n.status.observed_at, threshold.stale_after()));
+        if threshold.until_reread.is_some() {
+            // Not a verdict's turn, but [`note_cadence_rereads`]'s: the shorter threshold reached
+            // asks for the kubelet's configuration to be read again.
+            turns.push((n.status.observed_at, threshold.after));
+        }
+        if let Some(since) = n.os_image.unknown_since {
+            turns.push((since, th.os_image_unknown_after));
+        }
+    }
+    if let Some(p) = probe {
+        if let Some((_, last)) = &p.last {
+            turns.push((*last, th.probe_result_ttl));
+        }
+        if let Some(since) = p.connected_since {
+            turns.push((since, th.probe_zombie_after));
+        }
+    }
+    if let Some(a) = agent {
+        turns.push((a.renew.observed_at, agent_grace(a, th)));
+    }
+    turns.into_iter().filter_map(|(since, after)| since.checked_add(SignedDuration::try_from(after).ok()?).ok()).filter(|t| *t > at).min()
+}
+
 /// Why the probes of a node pulsecheck can probe do not confirm its health right now, if they
 /// do not. Nodes it cannot probe at all (never reached, refused, untrusted) need no confirmation.
 fn unconfirmed_by_probes(now: Timestamp, probe: &ProbeFacts, th: &Thresholds, probes_trusted: bool) -> Option<&'static str> {
@@ -625,10 +677,11 @@ fn unconfirmed_by_probes(now: Timestamp, probe: &ProbeFacts, th: &Thresholds, pr
 /// Marks every node whose current status gap is not a cadence (see
 /// [`NodeFacts::uncadenced_gap`]): its status judged stale (a wedge caught), its Lease stale,
 /// no Lease, or not claiming Ready (a reboot, a stopped kubelet). The controller calls this after
-/// every evaluation it can see by. A node merely not observed long enough yet is left alone: its
-/// first interval is what protects a slow reporter at pulsecheck's start.
-pub fn note_uncadenced_gaps(facts: &mut FleetFacts, assessments: &Assessments) {
-    for (name, a) in assessments {
+/// every evaluation it can see by, with the nodes it judged. A node merely not observed long
+/// enough yet is left alone: its first interval is what protects a slow reporter at pulsecheck's
+/// start.
+pub fn note_uncadenced_gaps<'a>(facts: &mut FleetFacts, judged: impl IntoIterator<Item = (&'a NodeName, &'a Assessment)>) {
+    for (name, a) in judged {
         let not_a_cadence = a
             .evidence
             .iter()
@@ -645,9 +698,12 @@ pub fn note_uncadenced_gaps(facts: &mut FleetFacts, assessments: &Assessments) {
 /// restarted with another one since. The node is judged by the other sources until the read
 /// confirms the short threshold — one probe interval later — so a rollout that lengthens the
 /// report frequency condemns nobody, and a wedge on a fast reporter is still caught in seconds.
-pub fn note_cadence_rereads(at: Timestamp, facts: &mut FleetFacts, th: &Thresholds) {
-    let leases = &facts.leases;
-    for (name, node) in facts.nodes.iter_mut() {
+/// Looks at the nodes named in `judged` (their facts changed or a clock rule came due: the
+/// quieter threshold's instant is one of [`turns_at`]'s).
+pub fn note_cadence_rereads<'a>(at: Timestamp, facts: &mut FleetFacts, th: &Thresholds, judged: impl IntoIterator<Item = &'a NodeName>) {
+    let FleetFacts { nodes, leases, .. } = facts;
+    for name in judged {
+        let Some(node) = nodes.get_mut(name) else { continue };
         let threshold = th.status_threshold_for(node, leases.get(name));
         if threshold.until_reread.is_some() && at_least(age(at, node.status.observed_at), threshold.after) {
             node.cadence.recheck = true;
@@ -710,6 +766,12 @@ pub fn agent_silence_counts(now: Timestamp, facts: &FleetFacts, th: &Thresholds,
             silent += usize::from(agent_silent(now, agent, th));
         }
     }
+    silence_counts(silent, agents, partition_threshold_percent)
+}
+
+/// [`agent_silence_counts`] from its counts: `silent` of the `agents` on nodes whose kubelet
+/// Leases are alive.
+pub fn silence_counts(silent: usize, agents: usize, partition_threshold_percent: f64) -> bool {
     silent < 2 || (silent as f64) * 100.0 <= partition_threshold_percent * agents as f64
 }
 
@@ -739,27 +801,37 @@ pub fn probe_partition(now: Timestamp, facts: &FleetFacts, th: &Thresholds, part
     let mut failing = 0usize;
     for (name, probe) in &facts.probes {
         let alive = facts.leases.get(name).is_some_and(|l| th.lease_alive(now, l));
-        let Some((last, at)) = &probe.last else { continue };
-        if !alive || at_least(age(now, *at), th.probe_result_ttl) {
-            continue;
-        }
-        // Nodes pulsecheck never reached are its own configuration problem (a blocked port, a
-        // wrong address family), reported as such: they must not switch the guard on for all.
-        if probe.misconfiguration().is_some() {
-            continue;
-        }
-        match last {
-            ProbeOutcome::Success => probed += 1,
-            o if o.is_failure() => {
-                probed += 1;
-                failing += 1;
-            }
-            _ => {}
+        if let Some(fails) = probe_counts(now, probe, alive, th) {
+            probed += 1;
+            failing += usize::from(fails);
         }
     }
-    // A single node cannot be a partition; below two probed nodes the guard stays closed.
-    let partitioned = probed >= 2 && (failing as f64) * 100.0 > partition_threshold_percent * probed as f64;
-    (!partitioned, failing, probed)
+    (!partitioned(failing, probed, partition_threshold_percent), failing, probed)
+}
+
+/// How a node's probe record counts towards the probe partition at `now`: `Some(failing)` when
+/// it counts (its Lease is alive, its latest result recent, succeeded or failed), `None` when not.
+pub fn probe_counts(now: Timestamp, probe: &ProbeFacts, lease_alive: bool, th: &Thresholds) -> Option<bool> {
+    let (last, at) = probe.last.as_ref()?;
+    if !lease_alive || at_least(age(now, *at), th.probe_result_ttl) {
+        return None;
+    }
+    // Nodes pulsecheck never reached are its own configuration problem (a blocked port, a
+    // wrong address family), reported as such: they must not switch the guard on for all.
+    if probe.misconfiguration().is_some() {
+        return None;
+    }
+    match last {
+        ProbeOutcome::Success => Some(false),
+        o if o.is_failure() => Some(true),
+        _ => None,
+    }
+}
+
+/// Whether `failing` of `probed` nodes' probes failing is a probe partition. A single node
+/// cannot be a partition; below two probed nodes the guard stays closed.
+pub fn partitioned(failing: usize, probed: usize, partition_threshold_percent: f64) -> bool {
+    probed >= 2 && (failing as f64) * 100.0 > partition_threshold_percent * probed as f64
 }
 
 #[cfg(test)]
@@ -901,7 +973,7 @@ mod tests {
         w.renewing(0, 100);
         let a = w.at(200);
         assert_eq!(a.verdict, Verdict::Suspect, "{a:?}");
-        note_uncadenced_gaps(&mut w.facts, &[(crate::facts::NodeName::from("n"), a)].into_iter().collect());
+        note_uncadenced_gaps(&mut w.facts, [(&crate::facts::NodeName::from("n"), &a)]);
         w.renewing(900, 1000);
         w.node(900, node("n").ready_at(t(900)));
         assert_eq!(w.facts.nodes["n"].cadence.longest_interval(), Some(Duration::from_secs(300)), "the 15-minute gap is not a cadence");
