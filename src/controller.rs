@@ -979,11 +979,8 @@ impl Judge {
             planning.dedup();
         }
         // Our cordon, undone by somebody else: the schedulability is theirs from now on.
-        let cordons_taken_over: Vec<String> = planning
-            .iter()
-            .filter(|n| v.facts.nodes.get(*n).is_some_and(|f| f.remediation.cordoned && (!f.unschedulable || uncordoned.contains(n))))
-            .map(|n| n.to_string())
-            .collect();
+        let cordons_taken_over: Vec<String> =
+            planning.iter().filter(|n| v.facts.nodes.get(*n).is_some_and(|f| f.cordon_taken_over)).map(|n| n.to_string()).collect();
         let noted = planning
             .iter()
             .map(|n| &**n)
@@ -1305,8 +1302,9 @@ mod tests {
     use super::*;
     use crate::{
         actuate::Error as ActuateError,
-        facts::{Scope, SlimAgentLease, fixtures::*},
+        facts::{Remediation, Scope, SlimAgentLease, fixtures::*},
         guard::GuardConfig,
+        observe::WatchSight,
         verdict::Evidence,
     };
 
@@ -1318,10 +1316,7 @@ mod tests {
     /// steps and metrics. With and without --dry-run.
     #[test]
     fn a_tick_judging_what_changed_decides_what_a_tick_judging_the_whole_fleet_decides() {
-        use crate::{
-            docket::timeline::{Dice, Timeline},
-            observe::WatchSight,
-        };
+        use crate::docket::timeline::{Dice, Timeline};
         for dry_run in [false, true] {
             let cfg = Settings { dry_run, ..Settings::default() };
             let th = cfg.thresholds.clone();
@@ -1398,6 +1393,70 @@ mod tests {
                 }
             }
             assert!(steps_seen > 50 && blind_ticks > 0 && partial > 100, "dry run {dry_run}: {steps_seen} steps, {blind_ticks} blind ticks, {partial} partial");
+        }
+    }
+
+    /// Somebody uncordons a node pulsecheck cordoned, and cordons it again, between two ticks of
+    /// a pulsecheck that cannot write then (a follower), or whose write of that fact fails: the
+    /// cordon is theirs from the uncordon on. pulsecheck must still disown it when it can —
+    /// until its record stops claiming the cordon — or a later release would undo their cordon.
+    #[test]
+    fn a_cordon_taken_over_is_disowned_even_when_the_tick_that_saw_it_could_not_write() {
+        let cfg = Settings::default();
+        let view = SharedView::default();
+        let ours = Remediation { tainted: false, cordoned: true, since: Some(t(0)) };
+        let disowned = Remediation { cordoned: false, ..ours.clone() };
+        let see = |at: i64, name: &str, cordoned: bool, record: &Remediation| {
+            let mut v = lock(&view);
+            v.facts.apply_node(&node(name).ready_at(t(at)).unschedulable(cordoned).record(record).build(), &cfg.scope, t(at));
+            v.facts.apply_lease(&lease(name, t(at)), t(at));
+            let delivering = WatchSight { synced: true, last_event: Some(t(at)), error: None, longest_gap: None };
+            v.sight.nodes = delivering.clone();
+            v.sight.leases = delivering.clone();
+            v.sight.agents = delivering;
+            v.sight.ever_synced = true;
+        };
+        let disowns =
+            |d: &Decisions| d.steps().unwrap_or_default().iter().filter(|p| p.node == "a" && p.step == Step::DisownCordon).cloned().collect::<Vec<_>>();
+        for (a_follower_saw_it, name) in [(true, "follower"), (false, "failed write")] {
+            let mut judge = Judge::new(cfg.clone(), Metrics::new(false), Readiness::default());
+            for at in [0, 1] {
+                see(at, "a", true, &ours);
+                see(at, "b", false, &Remediation::default());
+                see(at, "c", false, &Remediation::default());
+            }
+            let first = judge.decide(t(2), true, &view, Vec::new());
+            assert!(disowns(&first).is_empty(), "{name}: our cordon is ours");
+            // Uncordoned and cordoned again by somebody else, both seen before the next tick.
+            see(3, "a", false, &ours);
+            see(4, "a", true, &ours);
+            if a_follower_saw_it {
+                let follower = judge.decide(t(5), false, &view, Vec::new());
+                assert!(follower.steps().unwrap_or_default().is_empty(), "{name}: a follower writes nothing");
+            } else {
+                let leader = judge.decide(t(5), true, &view, Vec::new());
+                let planned = disowns(&leader);
+                assert_eq!(planned.len(), 1, "{name}: {:?}", leader.steps());
+                let failed = Effect::Failed(ActuateError::Timeout { what: "write", node: "a".into(), timeout: Duration::from_secs(10) });
+                judge.settle(t(5), &planned[0], &failed);
+            }
+            for at in [10, 20, 30] {
+                see(at, "b", false, &Remediation::default());
+                let later = judge.decide(t(at + 1), true, &view, Vec::new());
+                assert_eq!(disowns(&later).len(), 1, "{name}: at {at}, the cordon is not ours any more: {:?}", later.steps());
+            }
+            // Once the record no longer claims the cordon there is nothing left to disown, and
+            // the cordon is never pulsecheck's to undo.
+            see(40, "a", true, &disowned);
+            let after = judge.decide(t(41), true, &view, Vec::new());
+            assert!(disowns(&after).is_empty(), "{name}: {:?}", after.steps());
+            // Released later (the record goes), their cordon stays: no record of a cordon of
+            // pulsecheck's is written back, so no later release undoes it.
+            lock(&view).facts.apply_node(&node("a").ready_at(t(50)).unschedulable(true).build(), &cfg.scope, t(50));
+            assert!(judge.ledger.memory.lost_records(&lock(&view).facts).is_empty(), "{name}: the cordon is somebody else's");
+            let released = judge.decide(t(51), true, &view, Vec::new());
+            assert!(!released.steps().unwrap_or_default().iter().any(|p| matches!(p.step, Step::RestoreRecord { .. })), "{name}: {:?}", released.steps());
+            lock(&view).facts = FleetFacts::default();
         }
     }
 

@@ -359,6 +359,12 @@ pub struct NodeFacts {
     /// cordoned to schedulable: an uncordon followed by a cordon between two ticks is still an
     /// uncordon (the cordon after it is somebody else's).
     pub uncordon_seen: bool,
+    /// pulsecheck's record claims the cordon, but somebody else has undone it since (the node
+    /// is schedulable now, or was seen so): the schedulability is theirs, even if they cordon it
+    /// again. Kept until the record stops claiming the cordon — pulsecheck disowns it in the
+    /// record when it can write (leader, not blind, not backing off), however many ticks that
+    /// takes — or the Node is re-created.
+    pub cordon_taken_over: bool,
     /// The pulsecheck taint is on the node.
     pub has_our_taint: bool,
     /// A taint that takes the node out of service for everyone (kube-controller-manager's
@@ -687,6 +693,7 @@ impl NodeFacts {
         };
         let unschedulable = spec.and_then(|s| s.unschedulable).unwrap_or(false);
         let uid_for_sticky = uid.clone();
+        let remediation = remediation_from_annotations(meta.annotations.as_ref());
         let status_heartbeat = Heartbeat::advance(previous.map(|p| &p.status), heartbeat_value, now);
         let cadence = previous.map_or_else(StatusCadence::default, |p| learn_cadence(p, &status_heartbeat));
         NodeFacts {
@@ -701,9 +708,10 @@ impl NodeFacts {
             unschedulable,
             // Set by an uncordon (cordoned before, schedulable now), kept until taken.
             uncordon_seen: previous.is_some_and(|p| p.uid == uid_for_sticky && (p.uncordon_seen || (p.unschedulable && !unschedulable))),
+            cordon_taken_over: remediation.cordoned && (!unschedulable || previous.is_some_and(|p| p.cordon_taken_over)),
             has_our_taint,
             out_of_service_taint,
-            remediation: remediation_from_annotations(meta.annotations.as_ref()),
+            remediation,
             excluded_by_label: labels.get(names::EXCLUDE_LABEL).is_some_and(|v| v == "true"),
             selected: scope.selector.matches(labels),
             zone: labels.get("topology.kubernetes.io/zone").cloned(),
@@ -1066,6 +1074,16 @@ pub(crate) mod fixtures {
                 effect: "NoSchedule".into(),
                 ..Default::default()
             });
+            self
+        }
+        pub fn unschedulable(mut self, on: bool) -> Self {
+            self.0.spec.get_or_insert_with(Default::default).unschedulable = Some(on);
+            self
+        }
+        /// pulsecheck's record on the node ([`crate::names::REMEDIATION_ANNOTATION`]).
+        pub fn record(mut self, record: &super::Remediation) -> Self {
+            let value = serde_json::to_string(record).expect("a record serializes");
+            self.0.metadata.annotations.get_or_insert_with(Default::default).insert(crate::names::REMEDIATION_ANNOTATION.into(), value);
             self
         }
         pub fn build(self) -> super::SlimNode {

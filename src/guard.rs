@@ -183,10 +183,11 @@ impl Memory {
     /// or that a step was carried out on since the last call (a cordon's record does not appear
     /// by itself).
     pub fn note_cordons_of(&mut self, facts: &FleetFacts, uncordoned: &[NodeName], changed: &[NodeName]) {
-        self.cordoned
-            .retain(|n, (uid, _)| !uncordoned.iter().any(|u| **u == **n) && facts.nodes.get(n.as_str()).is_some_and(|f| f.unschedulable && f.uid == *uid));
+        self.cordoned.retain(|n, (uid, _)| {
+            !uncordoned.iter().any(|u| **u == **n) && facts.nodes.get(n.as_str()).is_some_and(|f| f.unschedulable && f.uid == *uid && !f.cordon_taken_over)
+        });
         for (name, f) in changed.iter().filter_map(|n| facts.nodes.get_key_value(n)) {
-            if f.remediation.cordoned && f.unschedulable && !uncordoned.contains(name) {
+            if f.remediation.cordoned && f.unschedulable && !f.cordon_taken_over && !uncordoned.contains(name) {
                 self.cordoned.insert(name.to_string(), (f.uid.clone(), f.remediation.since));
             }
         }

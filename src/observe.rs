@@ -215,7 +215,9 @@ impl Sight {
 
     /// Why the agents' reports cannot be relied on at `now`, if they cannot: their watch has not
     /// listed them, failed within `silence`, or delivered nothing for `silence` while agents
-    /// exist (every agent renews several times within its Lease's duration).
+    /// exist (every agent renews several times within its Lease's duration). The reason stays
+    /// the same while the cause does (no running count of seconds in it): it is a fleet-wide
+    /// input of every verdict, and a new one has the whole fleet judged again.
     pub fn agents_hidden(&self, now: Timestamp, facts: &FleetFacts, silence: Duration) -> Option<String> {
         let silence = SignedDuration::try_from(silence).unwrap_or(SignedDuration::MAX);
         let w = &self.agents;
@@ -228,7 +230,10 @@ impl Sight {
             return Some(format!("the agent Lease watch fails: {e}"));
         }
         let quiet = w.last_event.map_or(SignedDuration::MAX, |t| now.duration_since(t));
-        (!facts.agents.is_empty() && quiet >= silence).then(|| format!("the agent Lease watch delivered nothing for {}s", quiet.as_secs()))
+        (!facts.agents.is_empty() && quiet >= silence).then(|| match w.last_event {
+            Some(t) => format!("the agent Lease watch has delivered nothing since {t} (over {}s)", silence.as_secs()),
+            None => format!("the agent Lease watch has delivered nothing (over {}s)", silence.as_secs()),
+        })
     }
 
     /// The instant up to which pulsecheck knows it saw everything: the Lease watch's latest
@@ -646,7 +651,9 @@ mod tests {
         let mut s = synced(0);
         assert_eq!(s.agents_hidden(t(10), &facts, SILENCE), None);
         let silent = s.agents_hidden(t(60), &facts, SILENCE).unwrap();
-        assert!(silent.contains("delivered nothing for 60s"), "{silent}");
+        assert!(silent.contains("delivered nothing since") && silent.contains("over"), "{silent}");
+        // The same reason while the silence lasts: a new one would have every node judged again.
+        assert_eq!(s.agents_hidden(t(90), &facts, SILENCE).as_ref(), Some(&silent));
         s.agents.error = Some(("leases is forbidden".into(), t(5)));
         assert!(s.agents_hidden(t(10), &facts, SILENCE).unwrap().contains("forbidden"));
         s.agents.synced = false;
