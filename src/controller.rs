@@ -1312,13 +1312,16 @@ mod tests {
     /// changed, as `run` does, one looking at the whole fleet at every tick — through an hour and
     /// a half of wedges, deaths, recoveries, deletions, pulsecheck's taint put on and taken off,
     /// blind spells, lost and regained leadership, and writes that succeed, fail or are
-    /// superseded: at every tick both must give the same verdicts, blindness, probe targets,
-    /// steps and metrics. With and without --dry-run.
+    /// superseded — the successful ones written back into the fleet, so the watch delivers
+    /// pulsecheck's taints, cordons and records, which people then undo, redo or delete: at
+    /// every tick both must give the same verdicts, blindness, probe targets, steps and metrics.
+    /// With and without --dry-run, and cordoning.
     #[test]
     fn a_tick_judging_what_changed_decides_what_a_tick_judging_the_whole_fleet_decides() {
         use crate::docket::timeline::{Dice, Timeline};
-        for dry_run in [false, true] {
-            let cfg = Settings { dry_run, ..Settings::default() };
+        for (dry_run, cordon) in [(false, false), (true, false), (false, true)] {
+            let mut cfg = Settings { dry_run, ..Settings::default() };
+            cfg.actions.cordon = cordon;
             let th = cfg.thresholds.clone();
             let mut fleet = Timeline::new(60, 0xfeed_beef_0123_4567);
             let views = [SharedView::default(), SharedView::default()];
@@ -1329,6 +1332,7 @@ mod tests {
             let mut dice = Dice(0x0ddba11);
             let mut targets: [Vec<ProbeTarget>; 2] = [Vec::new(), Vec::new()];
             let (mut next, mut steps_seen, mut blind_ticks, mut partial) = (5, 0usize, 0, 0);
+            let mut kinds_seen = std::collections::BTreeSet::new();
             for now in 0..5400i64 {
                 let events = fleet.second(now, |n| lock(&views[0]).facts.nodes.contains_key(n));
                 // The Lease watch fails for a while now and then: blind, then a discounted spell.
@@ -1377,10 +1381,10 @@ mod tests {
                     let draw = dice.roll(3);
                     let effect = || match (&planned.step, draw) {
                         (Step::Remediate { .. }, _) if dry_run => Effect::WouldRemediate,
-                        (Step::Remediate { .. }, 0) => Effect::Remediated(Change { taint: true, cordon: false }),
+                        (Step::Remediate { .. }, 0) => Effect::Remediated(Change { taint: true, cordon }),
                         (Step::Remediate { .. }, 1) => Effect::Unconfirmed,
                         (Step::Release { .. }, _) if dry_run => Effect::WouldRelease,
-                        (Step::Release { .. }, 0) => Effect::Released(Change { taint: true, cordon: false }),
+                        (Step::Release { .. }, 0) => Effect::Released(Change { taint: true, cordon }),
                         (Step::Release { .. }, 1) => Effect::Gone,
                         (Step::SetCondition { .. }, 0 | 1) => Effect::ConditionSet,
                         (Step::Report { .. }, _) => Effect::Reported,
@@ -1390,9 +1394,42 @@ mod tests {
                     };
                     a.settle(t(now), planned, &effect());
                     b.settle(t(now), planned, &effect());
+                    // What was written comes back through the Node watch.
+                    let node = planned.node.as_str();
+                    let written = match effect() {
+                        Effect::Remediated(change) => {
+                            let since = Some(t(now));
+                            fleet.written(node, Some(true), change.cordon.then_some(true), |_| {
+                                Some(Remediation { tainted: true, cordoned: change.cordon, since })
+                            });
+                            "remediated"
+                        }
+                        Effect::Released(_) => {
+                            let ours = fleet.record(node).is_some_and(|r| r.cordoned);
+                            fleet.written(node, Some(false), ours.then_some(false), |_| None);
+                            "released"
+                        }
+                        Effect::CordonDisowned => {
+                            fleet.written(node, None, None, |r| r.map(|r| Remediation { cordoned: false, ..r }));
+                            "disowned"
+                        }
+                        Effect::RecordRestored => {
+                            let since = Some(t(now));
+                            fleet.written(node, None, None, |_| Some(Remediation { tainted: false, cordoned: true, since }));
+                            "restored"
+                        }
+                        _ => "nothing",
+                    };
+                    kinds_seen.insert(written);
                 }
             }
             assert!(steps_seen > 50 && blind_ticks > 0 && partial > 100, "dry run {dry_run}: {steps_seen} steps, {blind_ticks} blind ticks, {partial} partial");
+            let expected: &[&str] = match (dry_run, cordon) {
+                (true, _) => &["nothing"],
+                (false, false) => &["nothing", "released", "remediated"],
+                (false, true) => &["disowned", "nothing", "released", "remediated"],
+            };
+            assert!(expected.iter().all(|k| kinds_seen.contains(k)), "dry run {dry_run}, cordon {cordon}: writes seen {kinds_seen:?}");
         }
     }
 

@@ -459,15 +459,21 @@ impl Docket {
 #[cfg(test)]
 pub(crate) mod timeline {
     //! A simulated fleet for the tests that compare a tick judging what changed with one
-    //! judging the whole fleet: kubelets reporting and renewing at several cadences, wedges,
-    //! deaths, recoveries, probes, agents, exclusions, deletions and re-creations, and the
-    //! agents' watch breaking for everyone at once. Deterministic: the same timeline every run.
+    //! judging the whole fleet: kubelets reporting and renewing at several cadences (and saying
+    //! so, truly or not, in `/configz`), Lease durations changing, wedges, deaths, recoveries,
+    //! probes that succeed, fail or cannot get through (pulsecheck's misconfiguration), agents,
+    //! exclusions, cordons by people, deletions and re-creations, the agents' watch breaking for
+    //! everyone at once, and pulsecheck's own writes coming back through the watch
+    //! ([`Timeline::written`]). Deterministic: the same timeline every run.
 
     use k8s_openapi::jiff::Timestamp;
 
+    use std::time::Duration;
+
     use crate::{
         agent::{DiskHealth, Report},
-        facts::{FleetFacts, ProbeOutcome, Scope, SlimAgentLease, SlimLease, SlimNode, fixtures::*},
+        cadence::KubeletCadence,
+        facts::{FleetFacts, ProbeOutcome, Remediation, Scope, SlimAgentLease, SlimLease, SlimNode, fixtures::*},
         verdict::Thresholds,
     };
 
@@ -500,7 +506,13 @@ pub(crate) mod timeline {
         unschedulable: bool,
         tainted: bool,
         probed: bool,
-        probes_fail: bool,
+        /// 0 answers, 1 fails (a hang or a 5xx), 2 refuses pulsecheck's token, 3 cannot be
+        /// reached.
+        probes: u64,
+        /// What `/configz` says the report period is: the true one, or a wrong one.
+        configz_truthful: bool,
+        /// pulsecheck's record, as its last write left it.
+        record: Option<Remediation>,
         agent: Option<DiskHealth>,
         agent_silent: bool,
         uid: u32,
@@ -520,7 +532,9 @@ pub(crate) mod timeline {
             unschedulable: false,
             tainted: false,
             probed: d.chance(50),
-            probes_fail: false,
+            probes: 0,
+            configz_truthful: d.chance(80),
+            record: None,
             agent: d.chance(40).then_some(DiskHealth::Ok),
             agent_silent: false,
             uid: 0,
@@ -534,6 +548,7 @@ pub(crate) mod timeline {
         Node(SlimNode),
         Lease(SlimLease),
         Probe(String, ProbeOutcome),
+        Cadence(String, KubeletCadence),
         Agent(SlimAgentLease),
         Deleted(String),
         AgentsHidden(Option<String>),
@@ -546,6 +561,7 @@ pub(crate) mod timeline {
                 Event::Node(n) => facts.apply_node(n, scope, now),
                 Event::Lease(l) => facts.apply_lease(l, now),
                 Event::Probe(name, outcome) => facts.record_probe(name, outcome.clone(), now, th.probe_result_ttl),
+                Event::Cadence(name, cadence) => facts.record_kubelet_cadence(name, *cadence, now),
                 Event::Agent(a) => facts.apply_agent_lease(a, now),
                 Event::Deleted(name) => {
                     facts.delete_node(name);
@@ -562,6 +578,8 @@ pub(crate) mod timeline {
         pub dice: Dice,
         pub names: Vec<String>,
         habits: Vec<Option<Habit>>,
+        /// Nodes whose object the Node watch delivers again next second (a write of pulsecheck's).
+        written: Vec<usize>,
         pub scope: Scope,
     }
 
@@ -572,7 +590,25 @@ pub(crate) mod timeline {
             let names: Vec<String> = (0..n).map(|i| format!("n{i:02}")).collect();
             let habits = names.iter().map(|_| Some(habit(&mut dice))).collect();
             let scope = Scope { taint_key: crate::names::TAINT_KEY.into(), problem_conditions: vec!["ReadonlyFilesystem".into()], ..Default::default() };
-            Timeline { dice, names, habits, scope }
+            Timeline { dice, names, habits, written: Vec::new(), scope }
+        }
+
+        /// pulsecheck wrote to node `name` at `now`: `taint` and `cordon` say what it put on
+        /// (true), took off (false) or left alone (None), `record` its record afterwards. The Node
+        /// watch delivers the result next second, unless the node is gone.
+        pub fn written(&mut self, name: &str, taint: Option<bool>, cordon: Option<bool>, record: impl FnOnce(Option<Remediation>) -> Option<Remediation>) {
+            let Some(i) = self.names.iter().position(|n| n == name) else { return };
+            let Some(h) = self.habits[i].as_mut() else { return };
+            h.tainted = taint.unwrap_or(h.tainted);
+            h.unschedulable = cordon.unwrap_or(h.unschedulable);
+            h.record = record(h.record.take());
+            self.written.push(i);
+        }
+
+        /// Node `name`'s record, as pulsecheck's writes left it.
+        pub fn record(&self, name: &str) -> Option<Remediation> {
+            let i = self.names.iter().position(|n| n == name)?;
+            self.habits[i].as_ref()?.record.clone()
         }
 
         fn object(&self, i: usize) -> Option<SlimNode> {
@@ -591,29 +627,29 @@ pub(crate) mod timeline {
             if h.tainted {
                 b = b.taint(crate::names::TAINT_KEY);
             }
-            let mut n = b.build();
-            if h.unschedulable {
-                n.spec.get_or_insert_with(Default::default).unschedulable = Some(true);
+            if let Some(record) = &h.record {
+                b = b.record(record);
             }
-            Some(n)
+            Some(b.unschedulable(h.unschedulable).build())
         }
 
         /// What happens in second `now`, given which nodes the facts know.
         pub fn second(&mut self, now: i64, known: impl Fn(&str) -> bool) -> Vec<Event> {
             let mut events = Vec::new();
+            let written = std::mem::take(&mut self.written);
             for i in 0..self.names.len() {
                 let name = self.names[i].clone();
                 let d = &mut self.dice;
-                let mut resend = false;
+                let mut resend = written.contains(&i);
                 // Habits change now and then: a wedge, a death, a recovery, a deletion.
                 if d.roll(2000) < 1 {
-                    match (d.roll(14), self.habits[i].as_mut()) {
+                    match (d.roll(16), self.habits[i].as_mut()) {
                         (0, Some(h)) => h.status_frozen = !h.status_frozen,
                         (1, Some(h)) => h.lease_stopped = !h.lease_stopped,
                         (2, Some(h)) => (h.os_unknown, resend) = (!h.os_unknown, true),
                         (3, Some(h)) => (h.problem, resend) = (!h.problem, true),
                         (4, Some(h)) => (h.excluded, resend) = (!h.excluded, true),
-                        (5, Some(h)) => h.probes_fail = !h.probes_fail,
+                        (5, Some(h)) => h.probes = d.roll(4),
                         (6, Some(h)) => {
                             h.agent = match d.roll(5) {
                                 0 => Some(DiskHealth::Hung { path: "/etc/os-release".into(), operation: "read".into(), for_seconds: d.roll(90) }),
@@ -642,10 +678,19 @@ pub(crate) mod timeline {
                         (10, Some(h)) => h.report_every = [10, 60, 300][d.roll(3) as usize],
                         (11, Some(h)) => (h.unschedulable, resend) = (!h.unschedulable, true),
                         (12, Some(h)) => (h.tainted, resend) = (!h.tainted, true),
+                        (13, Some(h)) => h.lease_seconds = [None, Some(40), Some(200)][d.roll(3) as usize],
+                        (14, Some(h)) => h.configz_truthful = !h.configz_truthful,
+                        // Somebody deletes pulsecheck's record.
+                        (15, Some(h)) => (h.record, resend) = (None, true),
                         _ => {}
                     }
                 }
                 let Some(h) = self.habits[i].as_mut() else { continue };
+                // A person undoes pulsecheck's cordon now and then, and sometimes cordons the
+                // node again before pulsecheck has disowned it.
+                if h.record.as_ref().is_some_and(|r| r.cordoned) && d.roll(300) == 0 {
+                    (h.unschedulable, resend) = (!h.unschedulable, true);
+                }
                 let offset = i as i64 * 7;
                 if !h.status_frozen && (now + offset) % h.report_every == 0 {
                     h.heartbeat = now;
@@ -663,12 +708,18 @@ pub(crate) mod timeline {
                 }
                 let d = &mut self.dice;
                 if h.probed && (now + offset) % 15 == 0 {
-                    let outcome = if h.probes_fail {
-                        [ProbeOutcome::Timeout, ProbeOutcome::Failure("[-]syncloop failed".into())][d.roll(2) as usize].clone()
-                    } else {
-                        ProbeOutcome::Success
+                    let outcome = match h.probes {
+                        0 => ProbeOutcome::Success,
+                        1 => [ProbeOutcome::Timeout, ProbeOutcome::Failure("[-]syncloop failed".into())][d.roll(2) as usize].clone(),
+                        2 => ProbeOutcome::Unauthorized("401 Unauthorized".into()),
+                        _ => ProbeOutcome::Unreachable("connection refused".into()),
                     };
                     events.push(Event::Probe(name.clone(), outcome));
+                }
+                if h.probed && h.probes == 0 && (now + offset) % 120 == 5 {
+                    let said = if h.configz_truthful { h.report_every } else { 300 };
+                    let cadence = KubeletCadence { report: Duration::from_secs(said as u64), update: Duration::from_secs(10) };
+                    events.push(Event::Cadence(name.clone(), cadence));
                 }
                 if let Some(disk) = &h.agent
                     && !h.agent_silent
