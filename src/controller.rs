@@ -1210,7 +1210,7 @@ fn judge_fresh_read(now: Timestamp, v: &mut View, name: &str, read: &FreshRead, 
 /// How long the Lease watch may deliver nothing before pulsecheck calls itself blind: the
 /// shortest grace among the Leases alive at `at` (the watch delivers at least that often while
 /// they live), or the longest grace of any Lease when none is alive.
-fn lease_silence(at: Timestamp, facts: &FleetFacts, th: &verdict::Thresholds) -> Duration {
+pub(crate) fn lease_silence(at: Timestamp, facts: &FleetFacts, th: &verdict::Thresholds) -> Duration {
     facts
         .leases
         .values()

@@ -745,18 +745,6 @@ mod tests {
     use super::{timeline::Timeline, *};
     use crate::facts::{Scope, fixtures::*};
 
-    /// The whole-fleet reference for [`Docket::lease_silence`].
-    fn lease_silence(at: Timestamp, facts: &FleetFacts, th: &Thresholds) -> Duration {
-        facts
-            .leases
-            .values()
-            .filter(|l| th.lease_alive(at, l))
-            .map(|l| th.lease_grace_for(l))
-            .min()
-            .or_else(|| facts.leases.values().map(|l| th.lease_grace_for(l)).max())
-            .unwrap_or(th.lease_grace)
-    }
-
     /// The whole-fleet reference for [`Docket::status_silence`].
     fn status_silence(at: Timestamp, facts: &FleetFacts, th: &Thresholds) -> Duration {
         let mut thresholds: Vec<Duration> = facts
@@ -793,7 +781,8 @@ mod tests {
             }
             next_pass = now + [1, 5, 5, 5, 7, 13][fleet.dice.roll(6) as usize];
             docket.observe(t(now), &mut facts, &th);
-            assert_eq!(docket.lease_silence(&th), lease_silence(t(now), &facts, &th), "at {now}");
+            // The whole-fleet reference: the controller's own, used for the confirming read.
+            assert_eq!(docket.lease_silence(&th), crate::controller::lease_silence(t(now), &facts, &th), "at {now}");
             assert_eq!(docket.status_silence(), status_silence(t(now), &facts, &th), "at {now}");
             let pass = docket.pass(t(now), &mut facts, &th, 50.0);
             let whole = verdict::evaluate(t(now), &facts, &th, 50.0);
