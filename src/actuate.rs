@@ -220,6 +220,10 @@ pub enum Step {
     Release {
         /// Why the node is released (its verdict, explained), for the log and the Event.
         why: String,
+        /// Whether the cordon the record claims is still pulsecheck's to undo: not once somebody
+        /// else uncordoned the node since — a cordon there now is theirs, even while the record
+        /// (not yet disowned: a follower saw it, or the disowning write failed) still claims it.
+        undo_cordon: bool,
         /// `--dry-run`: write nothing.
         dry_run: bool,
     },
@@ -413,8 +417,8 @@ pub fn disown_cordon_patch(node: &SlimNode) -> Option<(Value, Change)> {
 }
 
 /// The patch that undoes pulsecheck's own actions on `node`, or `None` when there is nothing of
-/// ours on it. Pure.
-pub fn release_patch(node: &SlimNode, taint_key: &str) -> Option<(Value, Change)> {
+/// ours on it; the cordon only with `undo_cordon` (see [`Step::Release`]). Pure.
+pub fn release_patch(node: &SlimNode, taint_key: &str, undo_cordon: bool) -> Option<(Value, Change)> {
     let spec = node.spec.clone().unwrap_or_default();
     let taints = spec.taints.unwrap_or_default();
     let annotations = node.metadata.annotations.as_ref();
@@ -427,7 +431,7 @@ pub fn release_patch(node: &SlimNode, taint_key: &str) -> Option<(Value, Change)
         spec_patch.insert("taints".into(), json!(kept));
         change.taint = true;
     }
-    if record.cordoned && spec.unschedulable.unwrap_or(false) {
+    if undo_cordon && record.cordoned && spec.unschedulable.unwrap_or(false) {
         spec_patch.insert("unschedulable".into(), json!(false));
         change.cordon = true;
     }
@@ -562,12 +566,12 @@ impl Actuator {
         let (name, uid) = (planned.node.as_str(), planned.uid.as_deref());
         match &planned.step {
             Step::Remediate { dry_run } => self.remediate(name, uid, *dry_run, now, confirm).await,
-            Step::Release { why, dry_run: true } => {
+            Step::Release { why, dry_run: true, .. } => {
                 info!(node = name, "dry run: would release");
                 let _ = self.event(name, uid, false, "WouldRelease", "Release", format!("dry run: would release ({why})")).await;
                 Outcome::of(Effect::WouldRelease, None)
             }
-            Step::Release { why, dry_run: false } => self.release_reported(name, uid, why).await,
+            Step::Release { why, undo_cordon, dry_run: false } => self.release_reported(name, uid, why, *undo_cordon).await,
             Step::DisownCordon => self.disown_reported(name, uid).await,
             Step::RestoreRecord { since } => self.restore_reported(name, uid, *since, now).await,
             Step::SetCondition { status, reason, message, previous_status } => {
@@ -663,8 +667,8 @@ impl Actuator {
     }
 
     /// Releases the node and reports what was undone.
-    async fn release_reported(&self, name: &str, uid: Option<&str>, why: &str) -> Outcome {
-        match self.release(name).await {
+    async fn release_reported(&self, name: &str, uid: Option<&str>, why: &str, undo_cordon: bool) -> Outcome {
+        match self.release(name, undo_cordon).await {
             Ok((node, change)) => {
                 info!(node = name, untainted = change.taint, uncordoned = change.cordon, why, "released");
                 let mut done = Vec::new();
@@ -673,6 +677,9 @@ impl Actuator {
                 }
                 if change.cordon {
                     done.push("uncordoned".to_string());
+                }
+                if !undo_cordon && node.spec.as_ref().and_then(|s| s.unschedulable).unwrap_or(false) {
+                    done.push("left the cordon, somebody else's since they uncordoned the node".to_string());
                 }
                 if done.is_empty() {
                     done.push("cleared pulsecheck's record".into());
@@ -780,10 +787,10 @@ impl Actuator {
         self.edit("record", name, disown_cordon_patch).await
     }
 
-    /// Removes pulsecheck's taint, undoes its cordon, and deletes its record.
+    /// Removes pulsecheck's taint, undoes its cordon (with `undo_cordon`), and deletes its record.
     #[instrument(skip(self), fields(node = %name))]
-    pub async fn release(&self, name: &str) -> Result<(SlimNode, Change)> {
-        self.edit("release", name, |n| release_patch(n, &self.actions.taint_key)).await
+    pub async fn release(&self, name: &str, undo_cordon: bool) -> Result<(SlimNode, Change)> {
+        self.edit("release", name, |n| release_patch(n, &self.actions.taint_key, undo_cordon)).await
     }
 
     /// Sets the `HeartbeatConsistent` condition.
@@ -956,7 +963,7 @@ mod tests {
         // And release leaves that cordon alone.
         let mut after = n.clone();
         after.metadata.annotations = Some([(names::REMEDIATION_ANNOTATION.to_string(), serde_json::to_string(&record).unwrap())].into());
-        let (release, change) = release_patch(&after, names::TAINT_KEY).unwrap();
+        let (release, change) = release_patch(&after, names::TAINT_KEY, true).unwrap();
         assert!(!change.cordon);
         assert!(release["spec"].get("unschedulable").is_none());
     }
@@ -966,13 +973,19 @@ mod tests {
         let mut n = with_rv(node("n").ready_at(t(0)).taint("example.com/other").taint(names::TAINT_KEY).build(), "9");
         n.spec.get_or_insert_with(Default::default).unschedulable = Some(true);
         n.metadata.annotations = Some([(names::REMEDIATION_ANNOTATION.to_string(), r#"{"tainted":true,"cordoned":true}"#.to_string())].into());
-        let (patch, change) = release_patch(&n, names::TAINT_KEY).unwrap();
+        let (patch, change) = release_patch(&n, names::TAINT_KEY, true).unwrap();
         assert_eq!(change, Change { taint: true, cordon: true });
         assert_eq!(patch["spec"]["taints"].as_array().unwrap().len(), 1);
         assert_eq!(patch["spec"]["taints"][0]["key"], "example.com/other");
         assert_eq!(patch["spec"]["unschedulable"], false);
         assert!(patch["metadata"]["annotations"][names::REMEDIATION_ANNOTATION].is_null());
         assert_eq!(patch["metadata"]["resourceVersion"], "9");
+        // A cordon taken over (uncordoned by somebody since, and cordoned again) stays, though
+        // the record still claims it: the taint and the record go.
+        let (patch, change) = release_patch(&n, names::TAINT_KEY, false).unwrap();
+        assert_eq!(change, Change { taint: true, cordon: false });
+        assert!(patch["spec"].get("unschedulable").is_none(), "{patch}");
+        assert!(patch["metadata"]["annotations"][names::REMEDIATION_ANNOTATION].is_null());
     }
 
     #[test]
@@ -997,7 +1010,7 @@ mod tests {
     #[test]
     fn release_of_an_untouched_node_is_nothing() {
         let n = node("n").ready_at(t(0)).taint("example.com/other").build();
-        assert_eq!(release_patch(&n, names::TAINT_KEY), None);
+        assert_eq!(release_patch(&n, names::TAINT_KEY, true), None);
     }
 
     #[test]

@@ -130,7 +130,7 @@ pub struct Leftovers {
 
 /// What pulsecheck left on `node`.
 pub fn leftovers(node: &SlimNode, taint_key: &str) -> Option<Leftovers> {
-    let remediation = release_patch(node, taint_key).is_some();
+    let remediation = release_patch(node, taint_key, true).is_some();
     let condition = node.condition(names::CONDITION_TYPE).is_some();
     (remediation || condition).then(|| Leftovers { node: node.metadata.name.clone().unwrap_or_default(), remediation, condition })
 }
@@ -223,7 +223,7 @@ async fn wait_for_no_leader(client: &kube::Client, lease: &LeaseRef, wait: Durat
 
 async fn clean(actuator: &Actuator, found: &Leftovers) -> Result<(), actuate::Error> {
     if found.remediation {
-        actuator.release(&found.node).await?;
+        actuator.release(&found.node, true).await?;
     }
     if found.condition {
         actuator.remove_condition(&found.node).await?;

@@ -519,7 +519,9 @@ fn plan_steps(judgement: &Judgement, changes: &[VerdictChange], newly_held: &[(S
     let restoring = |name: &str| !dry_run && judgement.records_lost.iter().any(|(n, _)| n == name);
     for name in judgement.plan.release.iter().filter(|n| !restoring(n)) {
         let why = judgement.assessments.get(name.as_str()).map(Assessment::explain).unwrap_or_default();
-        steps.push(planned(name, Step::Release { why, dry_run }));
+        // A cordon taken over is released with the record even before the record disowns it.
+        let undo_cordon = !judgement.cordons_taken_over.contains(name);
+        steps.push(planned(name, Step::Release { why, undo_cordon, dry_run }));
     }
     if !dry_run {
         let mut taken_over: Vec<&String> = judgement.cordons_taken_over.iter().collect();
@@ -1405,7 +1407,8 @@ mod tests {
                             "remediated"
                         }
                         Effect::Released(_) => {
-                            let ours = fleet.record(node).is_some_and(|r| r.cordoned);
+                            let undo_cordon = matches!(planned.step, Step::Release { undo_cordon: true, .. });
+                            let ours = undo_cordon && fleet.record(node).is_some_and(|r| r.cordoned);
                             fleet.written(node, Some(false), ours.then_some(false), |_| None);
                             "released"
                         }
@@ -1855,7 +1858,7 @@ mod tests {
             plan_steps(&j, &changes, &held, false),
             vec![
                 planned("z", Step::Remediate { dry_run: false }),
-                planned("r", Step::Release { why: healthy.into(), dry_run: false }),
+                planned("r", Step::Release { why: healthy.into(), undo_cordon: true, dry_run: false }),
                 planned("c", Step::DisownCordon),
                 planned("r", condition("True", "HeartbeatsConsistent", healthy, Some("False"))),
                 // Held back by the guard, or not yet confirmed by a fresh read: never False.
@@ -1876,7 +1879,7 @@ mod tests {
             plan_steps(&j, &changes, &held, true),
             vec![
                 planned("z", Step::Remediate { dry_run: true }),
-                planned("r", Step::Release { why: healthy.into(), dry_run: true }),
+                planned("r", Step::Release { why: healthy.into(), undo_cordon: true, dry_run: true }),
                 planned("r", report(false, "HeartbeatsConsistent", "Evaluate", &format!("healthy: {healthy}"))),
                 planned("z", report(true, "ZombieDetected", "Evaluate", "zombie: zombie")),
                 planned("y", report(true, "RemediationBlocked", "Remediate", "not remediated yet: --max-remediations-per-minute reached; will retry")),
@@ -1892,7 +1895,7 @@ mod tests {
         let both = Actions { cordon: true, ..Actions::default() };
         let failed = || Effect::Failed(ActuateError::Timeout { what: "remediate", node: "n".into(), timeout: Duration::from_secs(10) });
         let remediate = |n: &str, dry_run| planned(n, Step::Remediate { dry_run });
-        let release = |n: &str, dry_run| planned(n, Step::Release { why: "healthy".into(), dry_run });
+        let release = |n: &str, dry_run| planned(n, Step::Release { why: "healthy".into(), undo_cordon: true, dry_run });
         let mut ledger = Ledger::default();
 
         // A failed remediation: every configured action counts an error, and the node backs off.

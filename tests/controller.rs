@@ -651,6 +651,91 @@ async fn a_cordon_a_person_makes_after_undoing_ours_survives_the_release() {
     lab.stop().await;
 }
 
+/// The same, but the uncordon and the person's cordon after it happen while this instance is a
+/// follower, and the node recovers then too: when it takes over, its first tick as leader both
+/// disowns the cordon and releases the node — and the release must leave the person's cordon.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cordon_a_person_makes_while_pulsecheck_follows_survives_the_release_it_makes_on_taking_over() {
+    use k8s_openapi::{api::coordination::v1::Lease, apimachinery::pkg::apis::meta::v1::MicroTime, jiff::Timestamp};
+    let lab = Lab::start(fast_fleet(4, "flw-")).await;
+    let client = lab.client();
+    let nodes: Api<Node> = Api::all(client.clone());
+    let node = "flw-0001";
+    let running = controller(client.clone(), |s| {
+        s.actions.cordon = true;
+        s.leader = elect("replica-a");
+    })
+    .await;
+    let leading = |want: f64| {
+        let running = &running;
+        move || {
+            let now = metric(&running.metrics.render(), "pulsecheck_leader");
+            async move { (now == Some(want)).then_some(()) }
+        }
+    };
+    eventually("replica-a leads", Duration::from_secs(30), leading(1.0)).await;
+    lab.fleet.set_fault(node, Fault::Zombie).unwrap();
+    let record_of = |n: &Node| n.metadata.annotations.as_ref().and_then(|a| a.get(names::REMEDIATION_ANNOTATION)).cloned().unwrap_or_default();
+    wait_node(&client, node, "tainted and cordoned by pulsecheck", STALE_AFTER + TICK_SLACK, |n| {
+        has_our_taint(n) && n.spec.as_ref().and_then(|s| s.unschedulable) == Some(true) && record_of(n).contains("\"cordoned\":true")
+    })
+    .await;
+
+    // Another instance takes the leader Lease over and keeps renewing it: replica-a follows.
+    let leases: Api<Lease> = Api::namespaced(client.clone(), "default");
+    let usurp = {
+        let leases = leases.clone();
+        async move {
+            let mut lease = leases.get("pulsecheck").await.unwrap();
+            let spec = lease.spec.as_mut().unwrap();
+            spec.holder_identity = Some("replica-z".into());
+            spec.renew_time = Some(MicroTime(Timestamp::now()));
+            leases.replace("pulsecheck", &Default::default(), &lease).await.map(|_| ())
+        }
+    };
+    usurp.await.unwrap();
+    let renewing = tokio::spawn({
+        let leases = leases.clone();
+        async move {
+            loop {
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                if let Ok(mut lease) = leases.get("pulsecheck").await {
+                    lease.spec.as_mut().unwrap().renew_time = Some(MicroTime(Timestamp::now()));
+                    let _ = leases.replace("pulsecheck", &Default::default(), &lease).await;
+                }
+            }
+        }
+    });
+    eventually("replica-a follows", Duration::from_secs(10), leading(0.0)).await;
+
+    // While it follows: a person uncordons the node, cordons it again for their own reasons,
+    // and the node recovers.
+    let cordon = |on: bool| serde_json::json!({"spec": {"unschedulable": on}});
+    nodes.patch(node, &PatchParams::default(), &Patch::Merge(&cordon(false))).await.unwrap();
+    nodes.patch(node, &PatchParams::default(), &Patch::Merge(&cordon(true))).await.unwrap();
+    lab.fleet.set_fault(node, Fault::Recover).unwrap();
+    wait_verdict(&running, node, "healthy", Duration::from_secs(30)).await;
+    // The follower has watched it healthy for longer than --recover-after before it leads.
+    let recovered = evaluations(&running);
+    wait_evaluations(&running, recovered + 10, Duration::from_secs(30)).await;
+    let still = get_node(&client, node).await;
+    assert!(has_our_taint(&still) && record_of(&still).contains("\"cordoned\":true"), "a follower wrote: {:?}", still.metadata.annotations);
+
+    // replica-z goes away; replica-a takes over and releases the node.
+    renewing.abort();
+    let released = eventually("released by the new leader", Duration::from_secs(30), || {
+        let client = client.clone();
+        async move {
+            let n = get_node(&client, node).await;
+            (!has_our_taint(&n) && record_of(&n).is_empty()).then_some(n)
+        }
+    })
+    .await;
+    assert_eq!(released.spec.and_then(|s| s.unschedulable), Some(true), "the person's cordon was undone");
+    running.stop().await;
+    lab.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dry_run_reports_the_release_of_an_earlier_real_taint_once_and_keeps_it() {
     let lab = Lab::start(fast_fleet(3, "wrl-")).await;
