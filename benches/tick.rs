@@ -63,7 +63,8 @@ fn decide(c: &mut Criterion) {
         });
         // What the controller's tick costs: 1 % of the fleet renewed since the last tick (every
         // node once per 100 ticks; the clock moves 100 ms a tick, so each renews every 10 s as
-        // a kubelet does), the zombies, dead and suspect nodes judged again as every tick does.
+        // a kubelet does); the rest — the zombies, dead and suspect nodes too — judged again
+        // only when a deadline of theirs comes due.
         let mut clock_ms = NOW * 1000;
         let mut next = 0usize;
         let mut judged = Vec::new();

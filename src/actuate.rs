@@ -610,7 +610,7 @@ impl Actuator {
             };
             let Some(confirmed) = confirm(&read) else { return Outcome::of(Effect::Unconfirmed, Some(read.node)) };
             let node = read.node;
-            let why = confirmed.explain();
+            let why = confirmed.explain(now);
             if dry_run {
                 let actions = self.actions.describe();
                 info!(node = name, actions, why, "dry run: would remediate");

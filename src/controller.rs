@@ -456,7 +456,7 @@ fn verdict_changes_of(reported: &mut HashMap<NodeName, Verdict>, assessments: &A
 /// costs no writes. A provisional verdict ([`Assessment::provisional`]) never changes a
 /// condition that is there: the record and condition on the Node are the memory that survives
 /// a restart, and a fresh instance has not seen enough to overrule them.
-fn condition_step(a: &Assessment, note: Option<&NodeNote>, hold: Option<&str>) -> Option<Step> {
+fn condition_step(a: &Assessment, note: Option<&NodeNote>, hold: Option<&str>, now: Timestamp) -> Option<Step> {
     let current = note.and_then(|n| n.our_condition.as_ref());
     let remediated = note.is_some_and(|n| n.remediated);
     if a.provisional && remediated && current.is_some() {
@@ -477,10 +477,12 @@ fn condition_step(a: &Assessment, note: Option<&NodeNote>, hold: Option<&str>) -
             "remediated by pulsecheck; the evidence against it has faded but its health is not confirmed ({}), so the remediation stays",
             a.unconfirmed.unwrap_or(if a.provisional { "not watched long enough yet" } else { "the verdict is not healthy" })
         ),
-        ("Unknown", Some(hold)) => format!("{hold}; {}", a.explain()),
-        ("Unknown", None) if a.verdict == Verdict::Dead => format!("not remediated: a dead node is kube-controller-manager's (--act-on-dead); {}", a.explain()),
-        ("Unknown", None) => format!("not remediated yet: waiting for the fresh read that confirms it; {}", a.explain()),
-        _ => a.explain(),
+        ("Unknown", Some(hold)) => format!("{hold}; {}", a.explain(now)),
+        ("Unknown", None) if a.verdict == Verdict::Dead => {
+            format!("not remediated: a dead node is kube-controller-manager's (--act-on-dead); {}", a.explain(now))
+        }
+        ("Unknown", None) => format!("not remediated yet: waiting for the fresh read that confirms it; {}", a.explain(now)),
+        _ => a.explain(now),
     };
     Some(Step::SetCondition { status, reason, message, previous_status: current.map(|(s, _)| s.clone()) })
 }
@@ -518,7 +520,7 @@ fn plan_steps(judgement: &Judgement, changes: &[VerdictChange], newly_held: &[(S
     // released now, nothing would be undone and the cordon would be forgotten.
     let restoring = |name: &str| !dry_run && judgement.records_lost.iter().any(|(n, _)| n == name);
     for name in judgement.plan.release.iter().filter(|n| !restoring(n)) {
-        let why = judgement.assessments.get(name.as_str()).map(Assessment::explain).unwrap_or_default();
+        let why = judgement.assessments.get(name.as_str()).map(|a| a.explain(judgement.judged_at)).unwrap_or_default();
         // A cordon taken over is released with the record even before the record disowns it.
         let undo_cordon = !judgement.cordons_taken_over.contains(name);
         steps.push(planned(name, Step::Release { why, undo_cordon, dry_run }));
@@ -529,7 +531,7 @@ fn plan_steps(judgement: &Judgement, changes: &[VerdictChange], newly_held: &[(S
         steps.extend(taken_over.into_iter().map(|name| planned(name, Step::DisownCordon)));
         steps.extend(judgement.records_lost.iter().map(|(name, since)| planned(name, Step::RestoreRecord { since: *since })));
         for (name, a) in &judged {
-            if let Some(step) = condition_step(a, judgement.notes.get(*name), judgement.holds.get(&***name).map(String::as_str)) {
+            if let Some(step) = condition_step(a, judgement.notes.get(*name), judgement.holds.get(&***name).map(String::as_str), judgement.judged_at) {
                 steps.push(planned(name, step));
             }
         }
@@ -537,7 +539,10 @@ fn plan_steps(judgement: &Judgement, changes: &[VerdictChange], newly_held: &[(S
     for change in changes {
         let Some(a) = judgement.assessments.get(&change.node) else { continue };
         let (reason, warning) = verdict_reason(a.verdict);
-        steps.push(planned(&change.node, Step::Report { warning, reason, action: "Evaluate", note: format!("{}: {}", a.verdict, a.explain()) }));
+        steps.push(planned(
+            &change.node,
+            Step::Report { warning, reason, action: "Evaluate", note: format!("{}: {}", a.verdict, a.explain(judgement.judged_at)) },
+        ));
     }
     for (name, why) in newly_held {
         steps.push(planned(name, Step::Report { warning: true, reason: "RemediationBlocked", action: "Remediate", note: why.clone() }));
@@ -701,7 +706,7 @@ fn rejudged(now: Timestamp, facts: &FleetFacts, remediated: bool, judgement: &Ju
                 return None;
             }
             let note = NodeNote { uid: planned.uid.clone(), our_condition: facts.nodes.get(name)?.our_condition.clone(), remediated };
-            let step = condition_step(&a, Some(&note), judgement.holds.get(name).map(String::as_str))?;
+            let step = condition_step(&a, Some(&note), judgement.holds.get(name).map(String::as_str), judgement.judged_at)?;
             Some(Planned { step, ..planned })
         }
         Step::Report { action: "Evaluate", .. } => (again(judgement.judged_at)?.verdict == planned_verdict?).then_some(planned),
@@ -824,7 +829,7 @@ impl Judge {
         }
         // Only a node judged since the last report can have a new verdict.
         let changes = verdict_changes_of(&mut self.verdicts, &judgement.assessments, &judgement.seen);
-        report_verdicts(&judgement.assessments, &changes);
+        report_verdicts(judgement.judged_at, &judgement.assessments, &changes);
         for change in &changes {
             self.metrics.verdict_changed(change.verdict);
         }
@@ -1291,11 +1296,11 @@ impl Published {
 }
 
 /// One log line per verdict change.
-fn report_verdicts(assessments: &Assessments, changes: &[VerdictChange]) {
+fn report_verdicts(now: Timestamp, assessments: &Assessments, changes: &[VerdictChange]) {
     for c in changes {
         let Some(a) = assessments.get(&c.node) else { continue };
-        let evidence = serde_json::to_string(&a.evidence).unwrap_or_default();
-        info!(node = &*c.node, verdict = c.verdict.as_str(), previous = c.previous.map(Verdict::as_str), evidence, why = a.explain(), "verdict");
+        let evidence = serde_json::to_string(&a.told(now)).unwrap_or_default();
+        info!(node = &*c.node, verdict = c.verdict.as_str(), previous = c.previous.map(Verdict::as_str), evidence, why = a.explain(now), "verdict");
     }
 }
 
@@ -1698,7 +1703,7 @@ mod tests {
         assert_eq!(changes, vec![VerdictChange { node: "h".into(), previous: Some(Verdict::Healthy), verdict: Verdict::Suspect }]);
         // A node only waiting for its first Lease renewal is neither reported nor remembered.
         let mut waiting = assessments(&[("w", Verdict::Unknown)]);
-        waiting.get_mut("w").unwrap().evidence = vec![Evidence::NotObservedYet { for_seconds: 3 }];
+        waiting.get_mut("w").unwrap().evidence = vec![Evidence::NotObservedYet { since: t(0) }];
         let mut reported = HashMap::new();
         assert!(verdict_changes(&mut reported, &waiting).is_empty());
         assert!(reported.is_empty());
@@ -1740,7 +1745,7 @@ mod tests {
             let a = Assessment::new(verdict, vec![]);
             let current = current.map(|(s, r)| (s.to_string(), r.to_string()));
             let note = NodeNote { uid: None, our_condition: current.clone(), remediated };
-            let step = condition_step(&a, Some(&note), None);
+            let step = condition_step(&a, Some(&note), None, t(0));
             let status_written = match &step {
                 Some(Step::SetCondition { status, reason, .. }) => Some((*status, *reason)),
                 _ => None,
@@ -1807,13 +1812,13 @@ mod tests {
             let mut a = Assessment::new(verdict, vec![]);
             a.provisional = true;
             let over_false = NodeNote { uid: None, our_condition: Some(("False".into(), "ZombieDetected".into())), remediated: true };
-            assert_eq!(condition_step(&a, Some(&over_false), None), None, "{verdict} over an earlier run's False");
+            assert_eq!(condition_step(&a, Some(&over_false), None, t(0)), None, "{verdict} over an earlier run's False");
             // Where there is nothing to contradict, the verdict is written as usual…
             let nothing = NodeNote::default();
-            assert_eq!(condition_step(&a, Some(&nothing), None).is_some(), verdict == Verdict::Suspect, "{verdict} over nothing");
+            assert_eq!(condition_step(&a, Some(&nothing), None, t(0)).is_some(), verdict == Verdict::Suspect, "{verdict} over nothing");
             // …and a False no remediation backs (taint and record gone) never stays.
             let unbacked = NodeNote { remediated: false, ..over_false.clone() };
-            assert!(condition_step(&a, Some(&unbacked), None).is_some(), "{verdict} over a False nothing backs");
+            assert!(condition_step(&a, Some(&unbacked), None, t(0)).is_some(), "{verdict} over a False nothing backs");
         }
     }
 
@@ -1821,7 +1826,8 @@ mod tests {
     fn a_zombie_the_guard_holds_says_why_in_an_unknown_condition() {
         let a = Assessment::new(Verdict::Zombie, vec![]);
         let note = NodeNote::default();
-        let Some(Step::SetCondition { status, reason, message, .. }) = condition_step(&a, Some(&note), Some("not remediated: the circuit is open")) else {
+        let Some(Step::SetCondition { status, reason, message, .. }) = condition_step(&a, Some(&note), Some("not remediated: the circuit is open"), t(0))
+        else {
             panic!("no condition step")
         };
         assert_eq!((status, reason), ("Unknown", "ZombieNotRemediated"));

@@ -7,9 +7,10 @@
 //! probe result expired: [`verdict::turns_at`]), or a fleet-wide input changed (the probe or
 //! agent partition, the agents' reports hidden). The docket keeps every node's last assessment,
 //! the names whose facts changed since (noted by [`FleetFacts`] itself), and a queue of due
-//! dates; a pass judges only those nodes, plus the few whose verdict carries evidence told with
-//! its age ("NodeStatus not refreshed for 12m") — every node that is not quietly healthy is
-//! judged at every pass, so what a tick reports of it is never stale.
+//! dates; a pass judges only those nodes. An unhealthy node is no exception: its evidence holds
+//! the instants its trouble started, not ages ([`verdict::Evidence`]), so "NodeStatus not
+//! refreshed for 12m" is told from the assessment at whatever instant it is told, and the
+//! assessment itself stays true until its facts change or its next deadline.
 //!
 //! The fleet-wide figures a tick needs — the probe and agent partitions, how long the watches
 //! may stay silent, the agents' reports, the probes that are pulsecheck's own problem — are kept
@@ -33,7 +34,7 @@ use k8s_openapi::jiff::Timestamp;
 
 use crate::{
     facts::{FleetFacts, NodeMap, NodeName, NodeSet},
-    verdict::{self, AGENT_REPORTS, AgentSight, Assessment, Assessments, Thresholds, Verdict},
+    verdict::{self, AGENT_REPORTS, AgentSight, Assessments, Thresholds, Verdict},
 };
 
 /// The fleet-wide inputs of a pass: when any of them changes, every verdict may change.
@@ -168,8 +169,6 @@ pub struct Docket {
     tallies: Tallies,
     due: NodeMap<Due>,
     queue: BinaryHeap<Reverse<(Timestamp, NodeName)>>,
-    /// Nodes judged at every pass: their verdict is not quiet health.
-    open: NodeSet,
     /// Names to judge at the next pass.
     pending: NodeSet,
     /// The next pass judges the whole fleet.
@@ -203,12 +202,6 @@ pub struct Pass {
     pub probes_recent: usize,
     /// False during an agent partition.
     pub agent_silence_counts: bool,
-}
-
-/// A verdict that stays as it is until the node's facts change or its due date comes: health
-/// (or exclusion) with no evidence, whose explanation tells no age.
-fn quiet(a: &Assessment) -> bool {
-    matches!(a.verdict, Verdict::Healthy | Verdict::Excluded) && a.evidence.is_empty()
 }
 
 /// Name `name`'s share of the fleet-wide figures at `at`.
@@ -245,8 +238,8 @@ impl Docket {
     }
 
     /// Folds into the standings, as of `at`, every name of `facts` that changed since the last
-    /// call (taking the facts' record of changes) or came due, and queues them, with the nodes
-    /// that are not quietly healthy, for the next [`Docket::pass`]. Called before reading the
+    /// call (taking the facts' record of changes) or came due, and queues them for the next
+    /// [`Docket::pass`]. Called before reading the
     /// fleet-wide figures of a tick; [`Docket::pass`] calls it again for what changed since.
     pub fn observe(&mut self, at: Timestamp, facts: &mut FleetFacts, th: &Thresholds) {
         let changed = facts.take_changed();
@@ -277,7 +270,6 @@ impl Docket {
             self.stand(at, facts, name, th);
         }
         self.pending.extend(names);
-        self.pending.extend(self.open.iter().cloned());
     }
 
     /// Works out name `name`'s standing at `at` anew and files its due date.
@@ -325,7 +317,6 @@ impl Docket {
             all.sort_unstable();
             all.dedup();
             self.pending.clear();
-            self.open.clear();
             self.verdict_counts = Default::default();
             Arc::make_mut(&mut self.assessments).clear();
             all
@@ -409,7 +400,7 @@ impl Docket {
         }
     }
 
-    /// Judges node `name` as of `at`: quiet or open, or forgotten when the node is gone.
+    /// Judges node `name` as of `at`, or forgets it when the node is gone.
     fn judge(&mut self, at: Timestamp, facts: &FleetFacts, name: &NodeName, th: &Thresholds, probes_trusted: bool, agent_silence_counts: bool) {
         let assessments = Arc::make_mut(&mut self.assessments);
         let index = |v: Verdict| Verdict::ALL.iter().position(|x| *x == v).unwrap_or(0);
@@ -417,16 +408,10 @@ impl Docket {
             if let Some(was) = assessments.remove(name) {
                 self.verdict_counts[index(was.verdict)] -= 1;
             }
-            self.open.remove(name);
             return;
         };
         let agent = AgentSight::of(facts, name, agent_silence_counts);
         let a = verdict::assess(at, node, facts.leases.get(name), facts.probes.get(name), agent, th, probes_trusted);
-        if quiet(&a) {
-            self.open.remove(name);
-        } else if !self.open.contains(name) {
-            self.open.insert(name.clone());
-        }
         self.verdict_counts[index(a.verdict)] += 1;
         match assessments.get_mut(name) {
             Some(known) => {
@@ -837,10 +822,14 @@ mod tests {
         assert_eq!(due.judged, [NodeName::from("a"), NodeName::from("c")]);
         assert_eq!(due.assessments["a"].verdict, Verdict::Suspect, "{:?}", due.assessments["a"]);
         assert_eq!(due.assessments["b"].verdict, Verdict::Healthy);
-        // Not quietly healthy: judged at every pass, so the ages it reports stay true.
+        // Suspect now, and not judged again before something changes or comes due: its
+        // evidence holds when its Lease stopped, and is told at any later instant as a whole
+        // pass would tell it then.
         let later = docket.pass(t(65), &mut facts, &th, 50.0);
-        assert_eq!(later.judged, [NodeName::from("a"), NodeName::from("c")]);
-        assert_eq!(later.assessments["a"], verdict::evaluate(t(65), &facts, &th, 50.0).assessments["a"]);
+        assert!(later.judged.is_empty(), "judged {:?}", later.judged);
+        let whole = verdict::evaluate(t(65), &facts, &th, 50.0);
+        assert_eq!(later.assessments["a"], whole.assessments["a"]);
+        assert_eq!(later.assessments["a"].explain(t(65)), "Lease not renewed for 55s");
         // A clock that went backwards: the whole fleet again.
         assert!(docket.pass(t(64), &mut facts, &th, 50.0).whole_fleet);
     }

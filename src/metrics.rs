@@ -602,7 +602,7 @@ mod tests {
     #[test]
     fn every_listed_family_is_exported_and_nothing_else() {
         let m = Metrics::new(true);
-        let a = Assessment::new(Verdict::Zombie, vec![Evidence::StatusStale { for_seconds: 700 }]);
+        let a = Assessment::new(Verdict::Zombie, vec![Evidence::StatusStale { since: k8s_openapi::jiff::Timestamp::UNIX_EPOCH }]);
         m.node(
             "n1",
             &a,
@@ -629,7 +629,7 @@ mod tests {
     #[test]
     fn verdict_is_a_state_set_and_a_deleted_node_leaves_no_series() {
         let m = Metrics::new(true);
-        let a = Assessment::new(Verdict::Suspect, vec![Evidence::OsImageUnknown { for_seconds: 1, turned: false }]);
+        let a = Assessment::new(Verdict::Suspect, vec![Evidence::OsImageUnknown { since: k8s_openapi::jiff::Timestamp::UNIX_EPOCH, turned: false }]);
         m.node("n1", &a, NodeHeartbeats { lease_observed: None, status_observed: 2.0, remediated: false, probe_success: Some(false), status_threshold: 600.0 });
         assert!(m.render().contains(r#"pulsecheck_node_probe_success{node="n1"} 0"#));
         let text = m.render();

@@ -92,32 +92,35 @@ impl std::fmt::Display for Verdict {
     }
 }
 
-/// One piece of evidence about a node, with what an operator needs to check it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-#[serde(tag = "kind", rename_all = "snake_case")]
+/// One piece of evidence about a node, with what an operator needs to check it. What grows with
+/// time is held as the instant it started, never as an age: an assessment stays true, word for
+/// word, until its facts change or a clock rule turns ([`turns_at`]), so it need not be made again
+/// at every tick to be told right ([`Evidence::told`] counts the ages to the instant it is told).
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Evidence {
-    /// NodeStatus (Ready's lastHeartbeatTime) not seen changing for `for_seconds`.
-    StatusStale { for_seconds: i64 },
-    /// osImage is "Unknown"; `turned` when pulsecheck saw it change from a real value.
-    OsImageUnknown { for_seconds: i64, turned: bool },
+    /// NodeStatus (Ready's lastHeartbeatTime) not seen changing since `since`.
+    StatusStale { since: Timestamp },
+    /// osImage is "Unknown" since `since`; `turned` when pulsecheck saw it change from a real value.
+    OsImageUnknown { since: Timestamp, turned: bool },
     /// A problem condition set by another tool is True.
     ProblemCondition { condition: String, reason: String },
-    /// Kubelet probes failed `consecutive` times in a row, for `for_seconds`.
-    ProbeFailing { consecutive: u32, for_seconds: i64, last_error: String },
-    /// The Lease was not seen renewed for `for_seconds`.
-    LeaseStale { for_seconds: i64 },
+    /// Kubelet probes failed `consecutive` times in a row, since `since`.
+    ProbeFailing { consecutive: u32, since: Timestamp, last_error: String },
+    /// The Lease was not seen renewed since `since`.
+    LeaseStale { since: Timestamp },
     /// The node has no Lease in kube-node-lease.
     NoLease,
     /// The node does not claim Ready (Ready is False, Unknown or missing).
     NotClaimingReady { ready: ReadyState, reason: String },
-    /// pulsecheck first saw the Lease `for_seconds` ago and has not seen it renewed yet: it
-    /// cannot tell a live Lease from a dead one before a renewal or `--lease-grace`.
-    NotObservedYet { for_seconds: i64 },
+    /// pulsecheck first saw the Lease at `since` and has not seen it renewed yet: it cannot tell
+    /// a live Lease from a dead one before a renewal or `--lease-grace`.
+    NotObservedYet { since: Timestamp },
     /// The node's agent, still renewing its own Lease, reports a disk operation on `path` hung
-    /// (`problem` "hung") or failing (`problem` the error) for `for_seconds`.
+    /// (`problem` "hung") or failing (`problem` the error) for `for_seconds` — as it reported
+    /// them, which is all pulsecheck counts (see `agent_evidence`).
     AgentDisk { path: String, operation: String, problem: String, for_seconds: i64 },
-    /// The node's agent stopped renewing its Lease `for_seconds` ago while the kubelet's renews.
-    AgentSilent { for_seconds: i64 },
+    /// The node's agent stopped renewing its Lease at `since` while the kubelet's renews.
+    AgentSilent { since: Timestamp },
 }
 
 impl Evidence {
@@ -136,35 +139,83 @@ impl Evidence {
             Evidence::AgentSilent { .. } => "agent_silent",
         }
     }
+
+    /// The evidence as told at `now`: its ages in whole seconds up to `now`.
+    pub fn told(&self, now: Timestamp) -> Told {
+        let secs = |since: &Timestamp| age(now, *since).as_secs();
+        match self {
+            Evidence::StatusStale { since } => Told::StatusStale { for_seconds: secs(since) },
+            Evidence::OsImageUnknown { since, turned } => Told::OsImageUnknown { for_seconds: secs(since), turned: *turned },
+            Evidence::ProblemCondition { condition, reason } => Told::ProblemCondition { condition: condition.clone(), reason: reason.clone() },
+            Evidence::ProbeFailing { consecutive, since, last_error } => {
+                Told::ProbeFailing { consecutive: *consecutive, for_seconds: secs(since), last_error: last_error.clone() }
+            }
+            Evidence::LeaseStale { since } => Told::LeaseStale { for_seconds: secs(since) },
+            Evidence::NoLease => Told::NoLease,
+            Evidence::NotClaimingReady { ready, reason } => Told::NotClaimingReady { ready: *ready, reason: reason.clone() },
+            Evidence::NotObservedYet { since } => Told::NotObservedYet { for_seconds: secs(since) },
+            Evidence::AgentDisk { path, operation, problem, for_seconds } => {
+                Told::AgentDisk { path: path.clone(), operation: operation.clone(), problem: problem.clone(), for_seconds: *for_seconds }
+            }
+            Evidence::AgentSilent { since } => Told::AgentSilent { for_seconds: secs(since) },
+        }
+    }
 }
 
-impl std::fmt::Display for Evidence {
+/// [`Evidence`] as told at one instant — in Events, logs, the node condition and `check`'s
+/// output — with its ages in whole seconds.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Told {
+    /// NodeStatus not seen changing for `for_seconds`.
+    StatusStale { for_seconds: i64 },
+    /// osImage "Unknown" for `for_seconds`.
+    OsImageUnknown { for_seconds: i64, turned: bool },
+    /// A problem condition set by another tool is True.
+    ProblemCondition { condition: String, reason: String },
+    /// Kubelet probes failed `consecutive` times in a row, for `for_seconds`.
+    ProbeFailing { consecutive: u32, for_seconds: i64, last_error: String },
+    /// The Lease not seen renewed for `for_seconds`.
+    LeaseStale { for_seconds: i64 },
+    /// No Lease in kube-node-lease.
+    NoLease,
+    /// The node does not claim Ready.
+    NotClaimingReady { ready: ReadyState, reason: String },
+    /// The Lease first seen `for_seconds` ago, not yet seen renewed.
+    NotObservedYet { for_seconds: i64 },
+    /// The agent reports a disk operation hung or failing for `for_seconds`.
+    AgentDisk { path: String, operation: String, problem: String, for_seconds: i64 },
+    /// The agent's Lease not renewed for `for_seconds` while the kubelet's is.
+    AgentSilent { for_seconds: i64 },
+}
+
+impl std::fmt::Display for Told {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            Evidence::StatusStale { for_seconds } => write!(f, "NodeStatus not refreshed for {}", human(*for_seconds)),
-            Evidence::OsImageUnknown { for_seconds, turned: true } => {
+            Told::StatusStale { for_seconds } => write!(f, "NodeStatus not refreshed for {}", human(*for_seconds)),
+            Told::OsImageUnknown { for_seconds, turned: true } => {
                 write!(f, "osImage turned \"Unknown\" {} ago", human(*for_seconds))
             }
-            Evidence::OsImageUnknown { for_seconds, turned: false } => {
+            Told::OsImageUnknown { for_seconds, turned: false } => {
                 write!(f, "osImage \"Unknown\" (as first seen) for {}", human(*for_seconds))
             }
-            Evidence::ProblemCondition { condition, reason } => write!(f, "condition {condition}=True ({reason})"),
-            Evidence::ProbeFailing { consecutive, for_seconds, last_error } => {
+            Told::ProblemCondition { condition, reason } => write!(f, "condition {condition}=True ({reason})"),
+            Told::ProbeFailing { consecutive, for_seconds, last_error } => {
                 write!(f, "kubelet probe failed {consecutive}x over {}: {last_error}", human(*for_seconds))
             }
-            Evidence::LeaseStale { for_seconds } => write!(f, "Lease not renewed for {}", human(*for_seconds)),
-            Evidence::NoLease => write!(f, "no Lease in kube-node-lease"),
-            Evidence::NotClaimingReady { ready, reason } => write!(f, "Ready={} ({reason})", ready.as_str()),
-            Evidence::NotObservedYet { for_seconds } => {
+            Told::LeaseStale { for_seconds } => write!(f, "Lease not renewed for {}", human(*for_seconds)),
+            Told::NoLease => write!(f, "no Lease in kube-node-lease"),
+            Told::NotClaimingReady { ready, reason } => write!(f, "Ready={} ({reason})", ready.as_str()),
+            Told::NotObservedYet { for_seconds } => {
                 write!(f, "Lease first seen {} ago and not yet seen renewed: not judged before it renews or --lease-grace passes", human(*for_seconds))
             }
-            Evidence::AgentDisk { path, operation, problem, for_seconds } if problem == "hung" => {
+            Told::AgentDisk { path, operation, problem, for_seconds } if problem == "hung" => {
                 write!(f, "pulsecheck-agent: {operation} of {path} hung for {}", human(*for_seconds))
             }
-            Evidence::AgentDisk { path, operation, problem, for_seconds } => {
+            Told::AgentDisk { path, operation, problem, for_seconds } => {
                 write!(f, "pulsecheck-agent: {operation} of {path} failing for {}: {problem}", human(*for_seconds))
             }
-            Evidence::AgentSilent { for_seconds } => {
+            Told::AgentSilent { for_seconds } => {
                 write!(f, "pulsecheck-agent's Lease not renewed for {} while the kubelet's is", human(*for_seconds))
             }
         }
@@ -177,7 +228,7 @@ pub fn human(seconds: i64) -> String {
 }
 
 /// The verdict on one node with the evidence behind it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Assessment {
     /// The verdict.
     pub verdict: Verdict,
@@ -186,14 +237,12 @@ pub struct Assessment {
     /// For a Healthy node that is probed: why the probes cannot confirm its health right now
     /// (a probe partition, an expired result, a last probe that did not succeed). Health that
     /// rests on ignored or missing evidence never releases a node.
-    #[serde(skip)]
     pub unconfirmed: Option<&'static str>,
     /// A Healthy or Suspect verdict that rests on a NodeStatus this instance has not yet seen
     /// change: right after a start (or a re-created node) a frozen status looks as fresh as a
     /// live one until it has been watched for `--status-stale-after`. Such a verdict is shown
     /// but changes nothing — no condition write, no step towards a release — so a restart never
     /// undoes what an earlier run concluded before it has seen for itself.
-    #[serde(skip)]
     pub provisional: bool,
 }
 
@@ -216,8 +265,8 @@ impl Assessment {
         self.verdict == Verdict::Healthy && self.unconfirmed.is_none() && !self.provisional
     }
 
-    /// One line for Events, logs and the node condition.
-    pub fn explain(&self) -> String {
+    /// One line for Events, logs and the node condition, told at `now`.
+    pub fn explain(&self, now: Timestamp) -> String {
         if self.evidence.is_empty() {
             return match self.verdict {
                 Verdict::Healthy => "Lease and NodeStatus heartbeats are consistent".into(),
@@ -225,7 +274,12 @@ impl Assessment {
                 v => v.as_str().into(),
             };
         }
-        self.evidence.iter().map(ToString::to_string).collect::<Vec<_>>().join("; ")
+        self.evidence.iter().map(|e| e.told(now).to_string()).collect::<Vec<_>>().join("; ")
+    }
+
+    /// The evidence as told at `now`.
+    pub fn told(&self, now: Timestamp) -> Vec<Told> {
+        self.evidence.iter().map(|e| e.told(now)).collect()
     }
 }
 
@@ -458,7 +512,7 @@ fn agent_evidence(now: Timestamp, agent: AgentSight<'_>, th: &Thresholds) -> (Op
     };
     let since_renewal = age(now, a.renew.observed_at);
     if at_least(since_renewal, agent_grace(a, th)) {
-        let silent = (agent_silent(now, a, th) && silence_counts).then(|| (Evidence::AgentSilent { for_seconds: since_renewal.as_secs() }, false));
+        let silent = (agent_silent(now, a, th) && silence_counts).then_some((Evidence::AgentSilent { since: a.renew.observed_at }, false));
         return (silent, Some("the node's agent stopped renewing"));
     }
     if !a.renew.seen_changing {
@@ -502,10 +556,10 @@ pub fn assess(
     let lease_age = age(now, lease.renew.observed_at);
     let status_age = age(now, node.status.observed_at);
     let status_stale = at_least(status_age, th.status_threshold_for(node, Some(lease)).stale_after());
-    let stale_status = Evidence::StatusStale { for_seconds: status_age.as_secs() };
+    let stale_status = Evidence::StatusStale { since: node.status.observed_at };
 
     if at_least(lease_age, th.lease_grace_for(lease)) {
-        let lease_stale = Evidence::LeaseStale { for_seconds: lease_age.as_secs() };
+        let lease_stale = Evidence::LeaseStale { since: lease.renew.observed_at };
         if status_stale || node.ready == ReadyState::Unknown {
             let mut evidence = vec![lease_stale];
             if status_stale {
@@ -519,7 +573,7 @@ pub fn assess(
     if !lease.renew.seen_changing {
         // First sight only (a restart, a new node): a dead Lease looks as fresh as a live one
         // until it renews or --lease-grace passes. Judging now would call a dead node healthy.
-        return Assessment::new(Verdict::Unknown, vec![Evidence::NotObservedYet { for_seconds: lease_age.as_secs() }]);
+        return Assessment::new(Verdict::Unknown, vec![Evidence::NotObservedYet { since: lease.renew.observed_at }]);
     }
     if node.ready != ReadyState::True {
         // The kubelet itself (or kube-controller-manager) says not ready: nothing to cross-check.
@@ -541,7 +595,7 @@ pub fn assess(
         } else {
             supporting_kinds += 1;
         }
-        evidence.push(Evidence::OsImageUnknown { for_seconds: d.as_secs(), turned: node.os_image.turned_unknown });
+        evidence.push(Evidence::OsImageUnknown { since, turned: node.os_image.turned_unknown });
     }
     if !node.problems.is_empty() {
         supporting_kinds += 1;
@@ -790,7 +844,7 @@ fn probe_evidence(now: Timestamp, probe: &ProbeFacts, th: &Thresholds) -> Option
         ProbeOutcome::Timeout => "timed out".into(),
         _ => return None,
     };
-    Some(Evidence::ProbeFailing { consecutive: probe.consecutive_failures, for_seconds: age(now, since).as_secs(), last_error })
+    Some(Evidence::ProbeFailing { consecutive: probe.consecutive_failures, since, last_error })
 }
 
 /// Whether probe evidence can be trusted: false when probes fail for more than
@@ -996,7 +1050,7 @@ mod tests {
         assert_eq!(w.at(599).verdict, Verdict::Healthy);
         let a = w.at(600);
         assert_eq!(a.verdict, Verdict::Zombie);
-        assert_eq!(a.evidence, vec![Evidence::StatusStale { for_seconds: 600 }]);
+        assert_eq!(a.told(t(600)), vec![Told::StatusStale { for_seconds: 600 }]);
     }
 
     #[test]
@@ -1068,7 +1122,7 @@ mod tests {
         live.node(1000, node("n").ready_at(t(990)));
         live.lease(1000, 995);
         let a = live.at(1004);
-        assert_eq!((a.verdict, a.evidence), (Verdict::Unknown, vec![Evidence::NotObservedYet { for_seconds: 4 }]));
+        assert_eq!((a.verdict, a.told(t(1004))), (Verdict::Unknown, vec![Told::NotObservedYet { for_seconds: 4 }]));
         live.lease(1005, 1005);
         assert_eq!(live.at(1006).verdict, Verdict::Healthy);
         // A Lease that never renews: unjudged for the grace, then its staleness decides.
@@ -1102,7 +1156,7 @@ mod tests {
         w.renewing(0, 1300);
         let a = w.at(300);
         assert_eq!(a.verdict, Verdict::Suspect);
-        assert_eq!(a.evidence, vec![Evidence::OsImageUnknown { for_seconds: 300, turned: false }]);
+        assert_eq!(a.told(t(300)), vec![Told::OsImageUnknown { for_seconds: 300, turned: false }]);
         // First sight: the status counts as stale after twice the flag.
         assert_eq!(w.at(1199).verdict, Verdict::Suspect);
         assert_eq!(w.at(1200).verdict, Verdict::Zombie);
@@ -1211,7 +1265,7 @@ mod tests {
         }
         let a = w.at(2100);
         assert_eq!(a.verdict, Verdict::Suspect);
-        assert!(matches!(a.evidence.as_slice(), [Evidence::ProbeFailing { for_seconds: 1770, .. }]), "{:?}", a.evidence);
+        assert!(matches!(a.told(t(2100)).as_slice(), [Told::ProbeFailing { for_seconds: 1770, .. }]), "{:?}", a.evidence);
     }
 
     #[test]
@@ -1523,8 +1577,8 @@ mod tests {
 
     #[test]
     fn explanations_read_like_sentences() {
-        let a = Assessment::new(Verdict::Zombie, vec![Evidence::StatusStale { for_seconds: 630 }, Evidence::OsImageUnknown { for_seconds: 150, turned: true }]);
-        assert_eq!(a.explain(), "NodeStatus not refreshed for 10m 30s; osImage turned \"Unknown\" 2m 30s ago");
+        let a = Assessment::new(Verdict::Zombie, vec![Evidence::StatusStale { since: t(-630) }, Evidence::OsImageUnknown { since: t(-150), turned: true }]);
+        assert_eq!(a.explain(t(0)), "NodeStatus not refreshed for 10m 30s; osImage turned \"Unknown\" 2m 30s ago");
     }
 
     fn hung(for_seconds: u64) -> DiskHealth {
@@ -1553,7 +1607,7 @@ mod tests {
         let a = w.at(151);
         assert_eq!(a.verdict, Verdict::Zombie, "{a:?}");
         assert_eq!(a.evidence, vec![Evidence::AgentDisk { path: "/etc/os-release".into(), operation: "read".into(), problem: "hung".into(), for_seconds: 32 }]);
-        assert_eq!(a.explain(), "pulsecheck-agent: read of /etc/os-release hung for 32s");
+        assert_eq!(a.explain(t(151)), "pulsecheck-agent: read of /etc/os-release hung for 32s");
         // The disk comes back: the agent says so at once, and nothing condemns the node.
         w.agent(155, DiskHealth::Ok);
         assert_eq!(w.at(156).verdict, Verdict::Healthy);
@@ -1581,7 +1635,7 @@ mod tests {
         w.agent(240, fsync(122)).lease(240, 240);
         let dead = w.at(241);
         assert_eq!(dead.verdict, Verdict::Zombie, "an fsync hung for 122 s: {dead:?}");
-        assert_eq!(dead.explain(), "pulsecheck-agent: fsync of /var/lib/kubelet/pods/u/volumes/kubernetes.io~empty-dir/scratch/heartbeat hung for 2m 2s");
+        assert_eq!(dead.explain(t(241)), "pulsecheck-agent: fsync of /var/lib/kubelet/pods/u/volumes/kubernetes.io~empty-dir/scratch/heartbeat hung for 2m 2s");
     }
 
     #[test]
@@ -1599,7 +1653,7 @@ mod tests {
         w.agent(75, failing(10)).lease(75, 75).agent(85, failing(20)).lease(85, 85).agent(95, failing(30)).lease(95, 95);
         let a = w.at(96);
         assert_eq!(a.verdict, Verdict::Zombie, "{a:?}");
-        assert_eq!(a.explain(), "pulsecheck-agent: fsync of /var/lib/kubelet/pulsecheck-agent/heartbeat failing for 30s: Input/output error (os error 5)");
+        assert_eq!(a.explain(t(96)), "pulsecheck-agent: fsync of /var/lib/kubelet/pulsecheck-agent/heartbeat failing for 30s: Input/output error (os error 5)");
     }
 
     #[test]
@@ -1611,7 +1665,7 @@ mod tests {
         assert_eq!(w.at(145).verdict, Verdict::Healthy);
         let silent = w.at(200);
         assert_eq!(silent.verdict, Verdict::Suspect, "an agent evicted or OOM-killed condemns nobody: {silent:?}");
-        assert_eq!(silent.evidence, vec![Evidence::AgentSilent { for_seconds: 100 }]);
+        assert_eq!(silent.told(t(200)), vec![Told::AgentSilent { for_seconds: 100 }]);
         // An agent that said it was going away (a rollout) is silent for a reason.
         let mut w = World::new();
         w.healthy_with_agent(100);

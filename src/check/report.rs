@@ -17,7 +17,7 @@ use serde::Serialize;
 use crate::{
     cadence::CadenceSource,
     facts::{FleetFacts, ProbeOutcome, Scope, SlimLease, SlimNode},
-    verdict::{self, Evidence, Thresholds, Verdict},
+    verdict::{self, Thresholds, Told, Verdict},
 };
 
 /// Percentage of failing probes beyond which probe evidence is ignored (as `run`'s default).
@@ -97,7 +97,7 @@ pub struct NodeReport {
     /// pulsecheck's verdict.
     pub verdict: Verdict,
     /// The evidence behind it.
-    pub evidence: Vec<Evidence>,
+    pub evidence: Vec<Told>,
     /// The evidence as one sentence; empty for a healthy node.
     pub why: String,
     /// pulsecheck's taint is on the node.
@@ -168,7 +168,7 @@ pub fn build_report(now: Timestamp, facts: &FleetFacts, th: &Thresholds, clock: 
         .filter_map(|(name, a)| {
             let n = facts.nodes.get(name)?;
             let lease = facts.leases.get(name);
-            let why = if a.verdict == Verdict::Healthy { String::new() } else { a.explain() };
+            let why = if a.verdict == Verdict::Healthy { String::new() } else { a.explain(now) };
             let threshold = th.status_threshold_for(n, lease);
             Some(NodeReport {
                 name: name.to_string(),
@@ -184,7 +184,7 @@ pub fn build_report(now: Timestamp, facts: &FleetFacts, th: &Thresholds, clock: 
                 os_image: n.os_image.current.clone(),
                 probe: facts.probes.get(name).and_then(|p| p.last.as_ref()).map(|(o, _)| ProbeResult::from_outcome(o)),
                 verdict: a.verdict,
-                evidence: a.evidence.clone(),
+                evidence: a.told(now),
                 why,
                 tainted: n.has_our_taint,
                 cordoned_by_pulsecheck: n.remediation.cordoned,
