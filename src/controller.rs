@@ -3,8 +3,7 @@
 //! Death is silence, so decisions are time-driven: every `--evaluation-interval` the fleet is
 //! judged from the shared [`View`](crate::observe::View) (the watches only update facts) — but a
 //! tick costs what changed, not the fleet's size: the [`Docket`] judges again only the nodes
-//! whose facts changed, whose verdict may turn by the clock alone, or that are not quietly
-//! healthy, and every stage after it (metrics, the guard's counts, verdict changes, conditions,
+//! whose facts changed or whose verdict may turn by the clock alone, and every stage after it (metrics, the guard's counts, verdict changes, conditions,
 //! probe targets) looks at those nodes and the few pulsecheck wrote to. A tick reads as three
 //! stages:
 //! 1. **Judge**, under the view's lock and without I/O: fold in probe results, check sight
