@@ -715,7 +715,15 @@ fn rejudged(now: Timestamp, facts: &FleetFacts, remediated: bool, judgement: &Ju
             }
             let a = again(now)?;
             if a.healthy_on_evidence() || a.verdict == Verdict::Excluded {
-                Some(planned)
+                // Somebody may have undone and redone the cordon since the plan was made (the
+                // steps before this one can take a while): a cordon taken over stays.
+                let taken_over = facts.nodes.get(name).is_some_and(|f| f.cordon_taken_over);
+                match planned.step {
+                    Step::Release { why, undo_cordon, dry_run } => {
+                        Some(Planned { step: Step::Release { why, undo_cordon: undo_cordon && !taken_over, dry_run }, ..planned })
+                    }
+                    _ => Some(planned),
+                }
             } else {
                 info!(node = name, verdict = a.verdict.as_str(), "release no longer called for when its turn came; not releasing");
                 None
@@ -985,8 +993,17 @@ impl Judge {
             planning.dedup();
         }
         // Our cordon, undone by somebody else: the schedulability is theirs from now on.
-        let cordons_taken_over: Vec<String> =
-            planning.iter().filter(|n| v.facts.nodes.get(*n).is_some_and(|f| f.cordon_taken_over)).map(|n| n.to_string()).collect();
+        // Over the releases too: a release comes from the guard's hysteresis, not only from a
+        // node looked at in this tick, and must know whose cordon is there.
+        let mut cordons_taken_over: Vec<String> = planning
+            .iter()
+            .map(|n| &**n)
+            .chain(plan.release.iter().map(String::as_str))
+            .filter(|n| v.facts.nodes.get(*n).is_some_and(|f| f.cordon_taken_over))
+            .map(str::to_string)
+            .collect();
+        cordons_taken_over.sort_unstable();
+        cordons_taken_over.dedup();
         let noted = planning
             .iter()
             .map(|n| &**n)
@@ -1018,7 +1035,9 @@ impl Judge {
     /// Books the outcome of one step carried out at `now` (`Ledger::settle`) and counts it. The
     /// node is looked at again at the next tick: what pulsecheck remembers of its own writes
     /// (a dry run's remediation, a cordon it knows is its own) is part of its view of the node.
-    fn settle(&mut self, now: Timestamp, planned: &Planned, effect: &Effect) {
+    /// The controller's tick calls it after every step; `benches/tick.rs`, whose writes land on
+    /// paper, does too.
+    pub fn settle(&mut self, now: Timestamp, planned: &Planned, effect: &Effect) {
         for (action, result) in self.ledger.settle(now, planned, effect, &self.config.actions) {
             self.metrics.remediation(action, result);
         }
@@ -1321,13 +1340,18 @@ mod tests {
     /// superseded — the successful ones written back into the fleet, so the watch delivers
     /// pulsecheck's taints, cordons and records, which people then undo, redo or delete: at
     /// every tick both must give the same verdicts, blindness, probe targets, steps and metrics.
-    /// With and without --dry-run, and cordoning.
+    /// With and without --dry-run, cordoning, and with a guard that holds most zombies back
+    /// (one remediation a minute), whose held nodes are planned again without being judged again.
     #[test]
     fn a_tick_judging_what_changed_decides_what_a_tick_judging_the_whole_fleet_decides() {
         use crate::docket::timeline::{Dice, Timeline};
-        for (dry_run, cordon) in [(false, false), (true, false), (false, true)] {
+        for (dry_run, cordon, strict) in [(false, false, false), (true, false, false), (false, true, false), (false, false, true)] {
             let mut cfg = Settings { dry_run, ..Settings::default() };
             cfg.actions.cordon = cordon;
+            if strict {
+                cfg.guard.max_per_minute = 1;
+            }
+            let mut held_seen = 0usize;
             let th = cfg.thresholds.clone();
             let mut fleet = Timeline::new(60, 0xfeed_beef_0123_4567);
             let views = [SharedView::default(), SharedView::default()];
@@ -1383,6 +1407,7 @@ mod tests {
                 // Carry the steps out on paper: the same effect for both judges.
                 for planned in one.steps().unwrap_or_default() {
                     steps_seen += 1;
+                    held_seen += usize::from(matches!(planned.step, Step::Report { reason: "RemediationBlocked", .. }));
                     // Effect is not Clone (its error holds a kube::Error): made twice from one draw.
                     let draw = dice.roll(3);
                     let effect = || match (&planned.step, draw) {
@@ -1437,6 +1462,7 @@ mod tests {
                 (false, true) => &["disowned", "nothing", "released", "remediated"],
             };
             assert!(expected.iter().all(|k| kinds_seen.contains(k)), "dry run {dry_run}, cordon {cordon}: writes seen {kinds_seen:?}");
+            assert!(!strict || held_seen > 5, "a strict guard held {held_seen} remediations back");
         }
     }
 
@@ -1598,6 +1624,33 @@ mod tests {
         assert_eq!(recovered, None, "the cluster says ok: nothing to act on");
         let gone = judge_fresh_read(now, &mut view(), "n", &read(Some(None)), &cfg);
         assert_eq!(gone, None, "no agent Lease: no agent evidence");
+    }
+
+    /// A release planned while the cordon was pulsecheck's, carried out after somebody
+    /// uncordoned and cordoned the node again (the steps before it took their time): the cordon
+    /// stays, the rest is released.
+    #[test]
+    fn a_release_whose_cordon_was_taken_over_after_the_plan_leaves_the_cordon() {
+        let th = verdict::Thresholds::default();
+        let scope = Scope { taint_key: names::TAINT_KEY.into(), ..Default::default() };
+        let ours = Remediation { tainted: true, cordoned: true, since: Some(t(0)) };
+        let mut facts = FleetFacts::default();
+        for at in [0, 60, 120] {
+            facts.apply_node(&node("n").ready_at(t(at)).unschedulable(true).record(&ours).build(), &scope, t(at));
+            facts.apply_lease(&lease("n", t(at)), t(at));
+        }
+        let mut j = judgement(&[("n", Verdict::Healthy)], &[], Plan::default());
+        j.assessments = verdict::evaluate(t(121), &facts, &th, 50.0).assessments.into();
+        j.judged_at = t(121);
+        let release = Planned { node: "n".into(), uid: None, step: Step::Release { why: "healthy".into(), undo_cordon: true, dry_run: false } };
+        let undoes = |p: Option<Planned>| match p {
+            Some(Planned { step: Step::Release { undo_cordon, .. }, .. }) => undo_cordon,
+            other => panic!("not a release: {other:?}"),
+        };
+        assert!(undoes(rejudged(t(121), &facts, true, &j, &th, release.clone())), "the cordon is ours");
+        facts.apply_node(&node("n").ready_at(t(120)).unschedulable(false).record(&ours).build(), &scope, t(121));
+        facts.apply_node(&node("n").ready_at(t(120)).unschedulable(true).record(&ours).build(), &scope, t(121));
+        assert!(!undoes(rejudged(t(121), &facts, true, &j, &th, release)), "the cordon is somebody else's now");
     }
 
     #[test]
