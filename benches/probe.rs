@@ -120,7 +120,7 @@ async fn measure(plan: Plan) {
         .collect();
     let (_targets_tx, targets_rx) = watch::channel(targets);
     let (results_tx, mut results_rx) = mpsc::channel(1024);
-    let metrics = Metrics::new(true);
+    let metrics = Metrics::new(pulsecheck::metrics::PerNodeMetrics::All);
     let shutdown = CancellationToken::new();
 
     let rss_before = status_kib("VmRSS");

@@ -141,7 +141,7 @@ fn decide(c: &mut Criterion) {
     group.sample_size(10);
     for n in [10_000usize, 100_000] {
         let view = synced_view(n);
-        let mut judge = Judge::new(Settings::default(), Metrics::new(true), Readiness::default());
+        let mut judge = Judge::new(Settings::default(), Metrics::new(Settings::default().per_node_metrics), Readiness::default());
         // The tick must see and judge a realistic mix, as the controller's does.
         let first = judge.decide(at(NOW), true, &view, Vec::new());
         assert!(first.blindness().is_none(), "the bench view is blind: {:?}", first.blindness());
@@ -166,7 +166,7 @@ fn decide(c: &mut Criterion) {
         // the writes landing, and with none of them landing.
         for landing in [true, false] {
             let view = synced_view(n);
-            let mut judge = Judge::new(Settings::default(), Metrics::new(true), Readiness::default());
+            let mut judge = Judge::new(Settings::default(), Metrics::new(Settings::default().per_node_metrics), Readiness::default());
             let mut paper = Paper::new(Settings::default().actions);
             let first = judge.decide(at(NOW), true, &view, Vec::new());
             if landing {

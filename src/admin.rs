@@ -182,7 +182,8 @@ mod tests {
     #[tokio::test]
     async fn the_default_admin_address_serves_ipv4_and_ipv6_pods() {
         let default = Flags::try_parse_from(["pulsecheck"]).unwrap().admin.admin_addr;
-        let server = AdminServer::bind(SocketAddr::new(default.ip(), 0), Metrics::new(false), Readiness::default()).await.unwrap();
+        let server =
+            AdminServer::bind(SocketAddr::new(default.ip(), 0), Metrics::new(crate::metrics::PerNodeMetrics::None), Readiness::default()).await.unwrap();
         let port = server.local_addr().unwrap().port();
         // An IPv4-only Pod (or kubelet probe) and an IPv6-only one both reach it.
         tokio::net::TcpStream::connect((std::net::Ipv4Addr::LOCALHOST, port)).await.expect("reachable over IPv4");

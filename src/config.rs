@@ -109,8 +109,8 @@ pub struct Settings {
     pub agent_namespace: Option<String>,
     /// Admin server address (port 0 for any).
     pub admin_addr: SocketAddr,
-    /// Per-node metric series.
-    pub per_node_metrics: bool,
+    /// Which nodes get per-node metric series.
+    pub per_node_metrics: crate::metrics::PerNodeMetrics,
 }
 
 impl Default for Settings {
@@ -136,7 +136,7 @@ impl Default for Settings {
             leader: LeaderSettings::disabled("pulsecheck"),
             agent_namespace: None,
             admin_addr: SocketAddr::from((std::net::Ipv6Addr::UNSPECIFIED, 8080)),
-            per_node_metrics: true,
+            per_node_metrics: crate::metrics::PerNodeMetrics::Unhealthy,
             thresholds,
         }
     }

@@ -1355,7 +1355,7 @@ mod tests {
             let th = cfg.thresholds.clone();
             let mut fleet = Timeline::new(60, 0xfeed_beef_0123_4567);
             let views = [SharedView::default(), SharedView::default()];
-            let metrics = [Metrics::new(true), Metrics::new(true)];
+            let metrics = [Metrics::new(crate::metrics::PerNodeMetrics::All), Metrics::new(crate::metrics::PerNodeMetrics::All)];
             let mut judges =
                 [Judge::new(cfg.clone(), metrics[0].clone(), Readiness::default()), Judge::new(cfg.clone(), metrics[1].clone(), Readiness::default())];
             judges[1].docket.forgetful = true;
@@ -1489,7 +1489,7 @@ mod tests {
         let disowns =
             |d: &Decisions| d.steps().unwrap_or_default().iter().filter(|p| p.node == "a" && p.step == Step::DisownCordon).cloned().collect::<Vec<_>>();
         for (a_follower_saw_it, name) in [(true, "follower"), (false, "failed write")] {
-            let mut judge = Judge::new(cfg.clone(), Metrics::new(false), Readiness::default());
+            let mut judge = Judge::new(cfg.clone(), Metrics::new(crate::metrics::PerNodeMetrics::None), Readiness::default());
             for at in [0, 1] {
                 see(at, "a", true, &ours);
                 see(at, "b", false, &Remediation::default());

@@ -2,7 +2,10 @@
 //!
 //! Conventions: prefix `pulsecheck_`, base units (seconds), counters end in `_total`, no node
 //! label on counters or histograms (cardinality stays bounded by the fleet size only in gauges),
-//! and per-node series can be switched off (`--per-node-metrics=false`) for very large fleets.
+//! and per-node series only where they pay for themselves: by default
+//! (`--per-node-metrics=unhealthy`) only for the nodes pulsecheck does not judge healthy, holds
+//! evidence against or has remediated, so their number follows the trouble, not the fleet size;
+//! `all` adds every healthy node (~10 series each), `none` drops them.
 //! A node's series are removed when the Node is deleted. The alert rules in
 //! `deploy/prometheus/` and the dashboard use only the families in [`METRIC_NAMES`], and
 //! `docs/metrics.md` lists them; CI checks both against this list.
@@ -161,16 +164,48 @@ impl WriteResult {
 /// What pulsecheck exports.
 #[derive(Debug, Clone, clap::Args)]
 pub struct MetricsArgs {
-    /// Export per-node series (verdict, heartbeat times, probe success); turn off in very large clusters.
-    #[arg(long, env = "PULSECHECK_PER_NODE_METRICS", value_name = "BOOL", default_value_t = true, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
-    pub per_node_metrics: bool,
+    /// Which nodes get per-node series (verdict, evidence, heartbeat times, probe success):
+    /// `unhealthy` (nodes not judged healthy, with evidence held against them or remediated),
+    /// `all`, or `none`; `true` and `false` mean `all` and `none`.
+    #[arg(long, env = "PULSECHECK_PER_NODE_METRICS", value_name = "WHICH", value_enum, default_value_t = PerNodeMetrics::Unhealthy, num_args = 0..=1, default_missing_value = "all")]
+    pub per_node_metrics: PerNodeMetrics,
+}
+
+/// Which nodes get per-node series (`--per-node-metrics`).
+///
+/// Every node costs ~10 series (six of them the verdict state set). At 20,000 nodes `all` is a
+/// 13 MB scrape that takes over a second to render and holds ~130 MiB while it does
+/// (docs/performance.md); the node alerts and the dashboard's node panels need only the nodes
+/// in trouble, so `unhealthy` names exactly those and costs nothing on a healthy fleet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum PerNodeMetrics {
+    /// Series for the nodes pulsecheck does not judge healthy, holds evidence against, or has
+    /// tainted or cordoned; a node's series go when it is healthy again.
+    Unhealthy,
+    /// Series for every node.
+    #[value(alias = "true")]
+    All,
+    /// No per-node series: the node alerts fire from the fleet counts, without a node label.
+    #[value(alias = "false")]
+    None,
+}
+
+impl PerNodeMetrics {
+    /// The flag's value as it is written.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PerNodeMetrics::Unhealthy => "unhealthy",
+            PerNodeMetrics::All => "all",
+            PerNodeMetrics::None => "none",
+        }
+    }
 }
 
 /// All of pulsecheck's metrics, registered in their own registry.
 #[derive(Clone)]
 pub struct Metrics {
     registry: Registry,
-    per_node: bool,
+    per_node: PerNodeMetrics,
     node_series: NodeSeries,
     nodes: IntGaugeVec,
     status_threshold_sources: IntGaugeVec,
@@ -227,6 +262,18 @@ struct NodeState {
     /// Bit `i` set: the evidence of kind `EVIDENCE_KINDS[i]` is held against the node.
     evidence: u8,
     heartbeats: NodeHeartbeats,
+}
+
+impl NodeState {
+    /// Whether `--per-node-metrics=unhealthy` names the node: anything but a healthy verdict,
+    /// any evidence held (a healthy verdict may carry evidence not yet conclusive), or a
+    /// remediation pulsecheck holds (until its release lands).
+    fn in_trouble(&self) -> bool {
+        !matches!(self.verdict, Verdict::Healthy | Verdict::Excluded)
+            || self.evidence != 0
+            || self.heartbeats.remediated
+            || self.heartbeats.probe_success == Some(false)
+    }
 }
 
 /// The per-node families (`pulsecheck_node_*`), kept as one small record per node and rendered
@@ -332,7 +379,7 @@ impl prometheus::core::Collector for NodeSeries {
 
 impl Metrics {
     /// Creates and registers every family. `per_node` is `--per-node-metrics`.
-    pub fn new(per_node: bool) -> Metrics {
+    pub fn new(per_node: PerNodeMetrics) -> Metrics {
         let registry = Registry::new();
         fn reg<T: prometheus::core::Collector + Clone + 'static>(r: &Registry, c: T) -> T {
             // Names are fixed and unique, so registration cannot fail; a duplicate would be a bug
@@ -463,7 +510,7 @@ impl Metrics {
     /// Publishes one node's verdict, evidence and heartbeats: one map update, no label lookup
     /// (the series are rendered at scrape time, see [`NodeSeries`]).
     pub fn node(&self, name: &str, assessment: &Assessment, heartbeats: NodeHeartbeats) {
-        if !self.per_node {
+        if self.per_node == PerNodeMetrics::None {
             return;
         }
         let evidence = EVIDENCE_KINDS
@@ -473,6 +520,10 @@ impl Metrics {
             .fold(0u8, |bits, (i, _)| bits | 1 << i);
         let series = NodeState { verdict: assessment.verdict, evidence, heartbeats };
         let mut nodes = self.node_series.lock();
+        if self.per_node == PerNodeMetrics::Unhealthy && !series.in_trouble() {
+            nodes.remove(name);
+            return;
+        }
         match nodes.get_mut(name) {
             Some(known) => *known = series,
             None => {
@@ -601,7 +652,7 @@ mod tests {
 
     #[test]
     fn every_listed_family_is_exported_and_nothing_else() {
-        let m = Metrics::new(true);
+        let m = Metrics::new(PerNodeMetrics::All);
         let a = Assessment::new(Verdict::Zombie, vec![Evidence::StatusStale { since: k8s_openapi::jiff::Timestamp::UNIX_EPOCH }]);
         m.node(
             "n1",
@@ -628,7 +679,7 @@ mod tests {
 
     #[test]
     fn verdict_is_a_state_set_and_a_deleted_node_leaves_no_series() {
-        let m = Metrics::new(true);
+        let m = Metrics::new(PerNodeMetrics::All);
         let a = Assessment::new(Verdict::Suspect, vec![Evidence::OsImageUnknown { since: k8s_openapi::jiff::Timestamp::UNIX_EPOCH, turned: false }]);
         m.node("n1", &a, NodeHeartbeats { lease_observed: None, status_observed: 2.0, remediated: false, probe_success: Some(false), status_threshold: 600.0 });
         assert!(m.render().contains(r#"pulsecheck_node_probe_success{node="n1"} 0"#));
@@ -641,8 +692,32 @@ mod tests {
     }
 
     #[test]
+    fn by_default_only_nodes_in_trouble_are_named_and_a_node_healthy_again_is_not() {
+        let m = Metrics::new(PerNodeMetrics::Unhealthy);
+        let beats =
+            |remediated| NodeHeartbeats { lease_observed: Some(1.0), status_observed: 2.0, remediated, probe_success: Some(true), status_threshold: 600.0 };
+        m.node("fine", &Assessment::new(Verdict::Healthy, vec![]), beats(false));
+        m.node("out", &Assessment::new(Verdict::Excluded, vec![]), beats(false));
+        m.node("sick", &Assessment::new(Verdict::Zombie, vec![]), beats(true));
+        m.node("unsure", &Assessment::new(Verdict::Unknown, vec![]), beats(false));
+        let since = k8s_openapi::jiff::Timestamp::UNIX_EPOCH;
+        m.node("brewing", &Assessment::new(Verdict::Healthy, vec![Evidence::OsImageUnknown { since, turned: false }]), beats(false));
+        m.node("releasing", &Assessment::new(Verdict::Healthy, vec![]), beats(true));
+        m.node("refused", &Assessment::new(Verdict::Healthy, vec![]), NodeHeartbeats { probe_success: Some(false), ..beats(false) });
+        let text = m.render();
+        for named in ["sick", "unsure", "brewing", "releasing", "refused"] {
+            assert!(text.contains(&format!(r#"pulsecheck_node_status_observed_timestamp_seconds{{node="{named}"}} 2"#)), "{named} not named: {text}");
+        }
+        assert!(text.contains(r#"pulsecheck_node_verdict{node="sick",verdict="zombie"} 1"#), "{text}");
+        assert!(!text.contains(r#"node="fine""#) && !text.contains(r#"node="out""#), "{text}");
+        // Healthy again, released: the series go.
+        m.node("sick", &Assessment::new(Verdict::Healthy, vec![]), beats(false));
+        assert!(!m.render().contains(r#"node="sick""#));
+    }
+
+    #[test]
     fn per_node_series_can_be_switched_off() {
-        let m = Metrics::new(false);
+        let m = Metrics::new(PerNodeMetrics::None);
         let a = Assessment::new(Verdict::Zombie, vec![]);
         m.node(
             "n1",

@@ -923,7 +923,7 @@ mod tests {
     fn a_lagging_node_watch_catches_up_when_it_delivers_the_node_s_deletion() {
         let mut v = seen_view();
         v.sight.node_lag = Some(NodeLag { node: "n".into(), heartbeat: t(200), posted_at: t(200) });
-        let metrics = Metrics::new(false);
+        let metrics = Metrics::new(crate::metrics::PerNodeMetrics::None);
         <SlimNode as Watched>::forget("m", &mut v, &metrics);
         assert!(v.sight.node_lag.is_some(), "another node's deletion");
         <SlimNode as Watched>::forget("n", &mut v, &metrics);

@@ -105,4 +105,5 @@ fn the_fast_flags_and_the_fast_settings_are_the_same_controller() {
         (written.evaluation_interval, written.settle_after_blindness, written.request_timeout)
     );
     assert_eq!((parsed.probe.mode, parsed.leader.enabled, parsed.admin_addr), (written.probe.mode, written.leader.enabled, written.admin_addr));
+    assert_eq!(parsed.per_node_metrics, written.per_node_metrics);
 }

@@ -453,7 +453,7 @@ async fn container_args_of_chart_and_manifests_are_accepted_by_pulsecheck_run() 
     let manifests = std::fs::read_to_string(repo().join("manifests/deployment.yaml")).expect("read manifests/deployment.yaml");
     let from_manifests = container_args(&manifests);
     let run = parse_run("manifests/deployment.yaml", &from_manifests);
-    assert!(run.leader.leader_elect && run.metrics.per_node_metrics && !run.action.dry_run, "{run:?}");
+    assert!(run.leader.leader_elect && run.metrics.per_node_metrics == pulsecheck::metrics::PerNodeMetrics::Unhealthy && !run.action.dry_run, "{run:?}");
     assert_eq!(run.admin.admin_addr.port(), 8080, "the admin port must be the container port 8080");
 
     let from_chart = container_args(&helm_template(&[]).await);
@@ -478,7 +478,7 @@ async fn container_args_of_chart_and_manifests_are_accepted_by_pulsecheck_run() 
     assert_eq!(run.action.taint_effect, pulsecheck::actuate::TaintEffect::NoExecute);
     assert_eq!(run.thresholds.status_stale_after, Duration::from_secs(15 * 60));
     assert_eq!(run.guard.max_unhealthy, 12.5);
-    assert!(!run.metrics.per_node_metrics && run.action.dry_run);
+    assert!(run.metrics.per_node_metrics == pulsecheck::metrics::PerNodeMetrics::None && run.action.dry_run);
     assert_eq!(run.action.node_selector, "pool=general");
     assert_eq!(run.leader.identity.as_deref(), Some("me"));
     assert_eq!(run.admin.log_format, pulsecheck::admin::LogFormat::Json);

@@ -55,6 +55,47 @@ async fn metrics_show_the_zombie_its_remediation_and_the_leader_and_pass_promtoo
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn by_default_only_a_node_in_trouble_has_series_and_they_go_when_it_is_healthy_again() {
+    let lab = Lab::start(fast_fleet(3, "pnm-")).await;
+    // `pulsecheck run`'s default, --per-node-metrics=unhealthy (the harness otherwise runs `all`).
+    let running = controller(lab.client(), |s| s.per_node_metrics = pulsecheck::config::Settings::default().per_node_metrics).await;
+    assert_eq!(running_default(), pulsecheck::metrics::PerNodeMetrics::Unhealthy);
+    // Nodes not Ready yet are named (verdict unknown); once all are healthy, none is.
+    let body = eventually("the fleet healthy", Duration::from_secs(30), || async {
+        let body = running.metrics.render();
+        (metric(&body, r#"pulsecheck_nodes{verdict="healthy"}"#) == Some(3.0)).then_some(body)
+    })
+    .await;
+    assert!(!body.contains("node=\""), "a healthy fleet exports no per-node series: {body}");
+
+    lab.fleet.set_fault("pnm-0001", Fault::Zombie).unwrap();
+    let body = eventually("the zombie named in /metrics", STALE_AFTER + Duration::from_secs(20), || async {
+        let body = running.metrics.render();
+        (metric(&body, r#"pulsecheck_node_remediated{node="pnm-0001"}"#) == Some(1.0)).then_some(body)
+    })
+    .await;
+    assert_eq!(metric(&body, &verdict_series("pnm-0001", "zombie")), Some(1.0), "{body}");
+    assert_eq!(metric(&body, r#"pulsecheck_node_evidence{evidence="status_stale",node="pnm-0001"}"#), Some(1.0), "{body}");
+    assert!(!body.contains(r#"node="pnm-0000""#) && !body.contains(r#"node="pnm-0002""#), "healthy nodes named: {body}");
+
+    // Healthy again: released, and its series go (Prometheus marks them stale).
+    lab.fleet.set_fault("pnm-0001", Fault::Recover).unwrap();
+    eventually("the recovered node's series gone", STALE_AFTER + Duration::from_secs(30), || async {
+        let body = running.metrics.render();
+        (metric(&body, r#"pulsecheck_nodes{verdict="healthy"}"#) == Some(3.0) && !body.contains("node=\"")).then_some(())
+    })
+    .await;
+    running.stop().await;
+    lab.stop().await;
+}
+
+fn running_default() -> pulsecheck::metrics::PerNodeMetrics {
+    use clap::Parser;
+    let pulsecheck::cli::Command::Run(args) = pulsecheck::cli::Cli::try_parse_from(["pulsecheck", "run"]).expect("parses").command else { panic!("not run") };
+    args.metrics.per_node_metrics
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn readyz_follows_the_watches_sync_at_once_not_at_the_next_evaluation() {
     // A minute between evaluations: the first one runs at start, before the watches have
     // listed anything. Ready must not wait for the next one.

@@ -756,7 +756,7 @@ async fn hanging_kubelet_does_not_delay_probes_of_other_nodes() {
     targets.extend(healthy.iter().enumerate().map(|(i, k)| target(k.addr(), &format!("healthy-{i}"))));
     let (_targets_tx, targets_rx) = watch::channel(targets);
     let (results_tx, mut results_rx) = mpsc::channel::<ProbeReport>(64);
-    let metrics = Metrics::new(true);
+    let metrics = Metrics::new(pulsecheck::metrics::PerNodeMetrics::All);
     let shutdown = CancellationToken::new();
     // Two probes in flight at most: the hanging one holds a slot, the three healthy nodes share the other.
     let scheduler = tokio::spawn(run_scheduler(prober, Duration::from_millis(200), 2, targets_rx, results_tx, metrics.clone(), shutdown.clone()));
@@ -792,7 +792,7 @@ async fn scheduler_reports_a_hanging_kubelet_as_timeouts_in_results_and_metrics(
     let prober = s.prober(settings);
     let (_targets_tx, targets_rx) = watch::channel(vec![target(hanging.addr(), "hanging")]);
     let (results_tx, mut results_rx) = mpsc::channel(8);
-    let metrics = Metrics::new(true);
+    let metrics = Metrics::new(pulsecheck::metrics::PerNodeMetrics::All);
     let shutdown = CancellationToken::new();
     let scheduler = tokio::spawn(run_scheduler(prober, Duration::from_millis(500), 4, targets_rx, results_tx, metrics.clone(), shutdown.clone()));
     let report = tokio::time::timeout(DEADLINE, results_rx.recv()).await.expect("a report").unwrap();

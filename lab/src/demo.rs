@@ -320,6 +320,8 @@ fn controller_settings() -> Settings {
         request_timeout: Duration::from_secs(5),
         probe: ProbeSettings { mode: ProbeMode::Tcp, timeout: Duration::from_secs(1), ..ProbeSettings::default() },
         admin_addr: std::net::SocketAddr::from(([127, 0, 0, 1], 0)),
+        // The demo's table shows every node's verdict, read from /metrics.
+        per_node_metrics: pulsecheck::metrics::PerNodeMetrics::All,
         ..Settings::default()
     };
     s.lease_grace(Duration::from_secs(3));

@@ -134,6 +134,8 @@ async fn with_control_plane(
 fn settings(dir: &Path) -> Settings {
     let mut s = Settings::default();
     s.lease_grace(Duration::from_secs(3));
+    // The demo reads the seed node's verdict from /metrics, healthy or not.
+    s.per_node_metrics = pulsecheck::metrics::PerNodeMetrics::All;
     s.guard = GuardConfig { max_per_minute: 100, recover_after: Duration::from_secs(4), max_unhealthy_percent: 50.0, ..GuardConfig::default() };
     s.evaluation_interval = Duration::from_millis(500);
     s.request_timeout = Duration::from_secs(5);

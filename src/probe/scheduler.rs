@@ -385,7 +385,7 @@ mod tests {
             |n: usize| (0..n).map(|i| ProbeTarget { node: format!("n{i}"), endpoint: KubeletEndpoint::default(), recheck_cadence: false }).collect::<Vec<_>>();
         let (targets_tx, targets_rx) = watch::channel(unprobeable(5));
         let (results_tx, mut results_rx) = mpsc::channel(64);
-        let metrics = Metrics::new(true);
+        let metrics = Metrics::new(crate::metrics::PerNodeMetrics::All);
         let shutdown = CancellationToken::new();
         let scheduler = tokio::spawn(run_scheduler(offline_prober(ProbeMode::Tcp), interval, 2, targets_rx, results_tx, metrics.clone(), shutdown.clone()));
         let deadline = Instant::now() + Duration::from_secs(20);
@@ -419,7 +419,7 @@ mod tests {
             1,
             targets_rx,
             results_tx,
-            Metrics::new(true),
+            Metrics::new(crate::metrics::PerNodeMetrics::All),
             shutdown.clone(),
         ));
         shutdown.cancel();
