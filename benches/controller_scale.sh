@@ -6,7 +6,7 @@
 # kube_runtime::watcher with the typed k8s-openapi structs and keeps nothing.
 #
 #   bash benches/controller_scale.sh --nodes N [--window 180] [--warmup 70] [--lease-duration 40s]
-#                                    [--status-report 1m] [--per-node-metrics true] [--bin-dir DIR]
+#                                    [--status-report 1m] [--per-node-metrics unhealthy|all|none] [--bin-dir DIR]
 #
 # Fleet cadence: Lease renewed every quarter of --lease-duration (kubelet: 40s → every 10 s),
 # status posted every --status-report ±50 % after a change, and then every --status-report
@@ -26,7 +26,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-nodes="" window=180 warmup=70 lease_duration=40s status_report=1m per_node=true
+nodes="" window=180 warmup=70 lease_duration=40s status_report=1m per_node=unhealthy
 bin_dir="${CARGO_TARGET_DIR:-target}/release"
 while [[ $# -gt 0 ]]; do
   case "$1" in

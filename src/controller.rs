@@ -782,6 +782,9 @@ impl Judge {
     /// A judge with nothing remembered yet: `metrics` and `readiness` are the ones the admin
     /// server exports.
     pub fn new(config: Settings, metrics: Metrics, readiness: Readiness) -> Judge {
+        // Series for every node show every renewal; otherwise a quietly healthy node's renewal
+        // waits for its deadline (see `Docket::renewal_can_wait`).
+        let docket = if config.per_node_metrics == crate::metrics::PerNodeMetrics::All { Docket::judging_every_renewal() } else { Docket::new() };
         Judge {
             config,
             metrics,
@@ -796,7 +799,7 @@ impl Judge {
             configz_failure_reported: false,
             misconfigured_evented: HashSet::new(),
             deferred_events: Vec::new(),
-            docket: Docket::new(),
+            docket,
             series: Published::default(),
             unseen: NodeSet::default(),
             settled: NodeSet::default(),
@@ -1345,8 +1348,17 @@ mod tests {
     #[test]
     fn a_tick_judging_what_changed_decides_what_a_tick_judging_the_whole_fleet_decides() {
         use crate::docket::timeline::{Dice, Timeline};
-        for (dry_run, cordon, strict) in [(false, false, false), (true, false, false), (false, true, false), (false, false, true)] {
-            let mut cfg = Settings { dry_run, ..Settings::default() };
+        use crate::metrics::PerNodeMetrics::{All, Unhealthy};
+        // Series for every node (each renewal judged at once) and the default (a quietly healthy
+        // node's renewal waits for its deadline).
+        for (dry_run, cordon, strict, per_node_metrics) in [
+            (false, false, false, Unhealthy),
+            (false, false, false, All),
+            (true, false, false, All),
+            (false, true, false, Unhealthy),
+            (false, false, true, Unhealthy),
+        ] {
+            let mut cfg = Settings { dry_run, per_node_metrics, ..Settings::default() };
             cfg.actions.cordon = cordon;
             if strict {
                 cfg.guard.max_per_minute = 1;
@@ -1355,7 +1367,7 @@ mod tests {
             let th = cfg.thresholds.clone();
             let mut fleet = Timeline::new(60, 0xfeed_beef_0123_4567);
             let views = [SharedView::default(), SharedView::default()];
-            let metrics = [Metrics::new(crate::metrics::PerNodeMetrics::All), Metrics::new(crate::metrics::PerNodeMetrics::All)];
+            let metrics = [Metrics::new(per_node_metrics), Metrics::new(per_node_metrics)];
             let mut judges =
                 [Judge::new(cfg.clone(), metrics[0].clone(), Readiness::default()), Judge::new(cfg.clone(), metrics[1].clone(), Readiness::default())];
             judges[1].docket.forgetful = true;

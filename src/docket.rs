@@ -179,6 +179,9 @@ pub struct Docket {
     inputs: Option<FleetInputs>,
     /// How many nodes have each verdict, in [`Verdict::ALL`] order.
     verdict_counts: [usize; Verdict::ALL.len()],
+    /// Every renewal is judged at once, even on a quietly healthy node (per-node series for every
+    /// node show each renewal; see [`Docket::judging_every_renewal`]).
+    judge_every_renewal: bool,
     /// Tests: every pass looks at the whole fleet (the reference the docket is compared with).
     #[cfg(test)]
     pub(crate) forgetful: bool,
@@ -226,6 +229,15 @@ impl Docket {
         Docket::default()
     }
 
+    /// A docket that judges a node at every renewal of its Lease, quietly healthy or not: for
+    /// `--per-node-metrics=all`, whose series show when each node's Lease was last seen renewed.
+    /// Otherwise a renewal on a quietly healthy node waits for its deadline
+    /// ([`Docket::renewal_can_wait`]): at the kubelet's cadence (every 10 s) that is most of
+    /// what changes in a healthy fleet.
+    pub fn judging_every_renewal() -> Docket {
+        Docket { judge_every_renewal: true, ..Docket::default() }
+    }
+
     /// Carries nothing over to the next pass: it looks at the whole fleet (after a blind tick,
     /// whose plan reset what every node's health counts for).
     pub fn forget(&mut self) {
@@ -264,12 +276,30 @@ impl Docket {
             }
             return;
         }
-        let mut names: Vec<NodeName> = changed.nodes.into_iter().collect();
+        let mut names: Vec<NodeName> = changed.nodes.iter().cloned().collect();
+        for name in changed.renewed {
+            if !changed.nodes.contains(&name) && (self.judge_every_renewal || !self.renewal_can_wait(&name)) {
+                names.push(name);
+            }
+        }
         self.take_due(at, &mut names);
         for name in &names {
             self.stand(at, facts, name, th);
         }
         self.pending.extend(names);
+    }
+
+    /// Whether a renewal of node `name`'s Lease may wait for the deadline already filed for it:
+    /// the node was judged healthy on evidence with nothing held against it, its Lease alive and
+    /// a due date filed (the Lease's grace running out, at the latest). A renewal then only moves
+    /// that deadline later — no verdict, standing or fleet-wide figure changes with it — so the
+    /// node is judged, with the facts of that moment, when the old deadline comes up, and filed
+    /// anew. Anything else a renewal may change (a node in trouble, one not yet judged) is judged
+    /// at once.
+    fn renewal_can_wait(&self, name: &NodeName) -> bool {
+        self.due.contains_key(name)
+            && self.standings.get(name).is_some_and(|s| s.alive)
+            && self.assessments.get(name).is_some_and(|a| a.evidence.is_empty() && a.healthy_on_evidence())
     }
 
     /// Works out name `name`'s standing at `at` anew and files its due date.
@@ -807,6 +837,9 @@ mod tests {
             facts.apply_lease(&lease(n, t(0)), t(0));
             facts.apply_lease(&lease(n, t(10)), t(10));
         }
+        // Series for every node: a renewal is judged at once.
+        let mut every = Docket::judging_every_renewal();
+        assert_eq!(every.pass(t(10), &mut facts.clone(), &th, 50.0).judged.len(), 3);
         let mut docket = Docket::new();
         let first = docket.pass(t(10), &mut facts, &th, 50.0);
         assert!(first.whole_fleet && first.judged.len() == 3);
@@ -814,14 +847,23 @@ mod tests {
         let quiet = docket.pass(t(15), &mut facts, &th, 50.0);
         assert!(!quiet.whole_fleet && quiet.judged.is_empty(), "judged {:?}", quiet.judged);
         facts.apply_lease(&lease("b", t(20)), t(20));
+        let mut with_every = facts.clone();
+        assert_eq!(every.pass(t(20), &mut with_every, &th, 50.0).judged, [NodeName::from("b")]);
+        // Quietly healthy: b's renewal only moves its deadline, and waits for the old one.
         let renewed = docket.pass(t(20), &mut facts, &th, 50.0);
-        assert_eq!(renewed.judged, [NodeName::from("b")]);
-        // a and c were last renewed at 10: their Leases' grace (50 s) ends at 60.
+        assert!(renewed.judged.is_empty(), "judged {:?}", renewed.judged);
+        // All three were due at 60 (renewed at 10, a grace of 50 s): a and c are Suspect now,
+        // b is judged with its renewal at 20 and stays Healthy, filed again for 70.
         assert!(docket.pass(t(59), &mut facts, &th, 50.0).judged.is_empty());
         let due = docket.pass(t(60), &mut facts, &th, 50.0);
-        assert_eq!(due.judged, [NodeName::from("a"), NodeName::from("c")]);
+        assert_eq!(due.judged, [NodeName::from("a"), NodeName::from("b"), NodeName::from("c")]);
         assert_eq!(due.assessments["a"].verdict, Verdict::Suspect, "{:?}", due.assessments["a"]);
         assert_eq!(due.assessments["b"].verdict, Verdict::Healthy);
+        // A renewal of a node in trouble is judged at once.
+        facts.apply_lease(&lease("c", t(62)), t(62));
+        let back = docket.pass(t(62), &mut facts, &th, 50.0);
+        assert_eq!(back.judged, [NodeName::from("c")]);
+        assert_eq!(back.assessments["c"].verdict, Verdict::Healthy);
         // Suspect now, and not judged again before something changes or comes due: its
         // evidence holds when its Lease stopped, and is told at any later instant as a whole
         // pass would tell it then.
