@@ -1,13 +1,14 @@
 //! What one controller tick costs before it writes: [`Judge::decide`], the very call the
 //! controller's tick makes — probe results folded in, sight checked, the nodes judged, metrics
-//! published (per-node series on, as by default), verdict changes and holds reported, the
-//! leader's steps planned — on a fleet seen by synced watches.
+//! published (per-node series for the nodes in trouble, as by default), verdict changes and
+//! holds reported, the leader's steps planned — on a fleet seen by synced watches.
 //!
 //! `one_percent_changed` is the controller's steady state: 1 % of the nodes renewed since the
-//! last tick, everything else judged by the docket's due dates, and the leader's writes landing —
-//! carried out on paper ([`Paper`]) and fed back through the facts as the write's response and
-//! the Node watch feed them back to the controller, and settled with the judge as the tick
-//! settles them (their cost is not measured: it is the apiserver's). `writes_failing` is the
+//! last tick (a healthy node's renewal waiting for its deadline, as by default), everything else
+//! judged by the docket's due dates, and the leader's writes landing — carried out on paper
+//! ([`Paper`]) and fed back through the facts as the write's response and the Node watch feed
+//! them back to the controller, and settled with the judge as the tick settles them (their cost
+//! is not measured: it is the apiserver's). `writes_failing` is the
 //! same tick for a leader none of whose writes land (every step planned again at every tick);
 //! `whole_fleet`, measured in the same run, is the tick judging every node (the first tick, and
 //! every tick before the docket).
