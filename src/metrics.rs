@@ -281,13 +281,12 @@ impl NodeState {
 /// lookups (each hashing the node's name, some taking a write lock to remove a series) that the
 /// `prometheus` crate's metric vectors need — at tens of thousands of nodes, every 5 s, that was
 /// most of a tick's cost, for series that are read every 30 s or so.
-#[derive(Clone)]
+#[derive(Clone, Default)]
 struct NodeSeries {
     nodes: std::sync::Arc<std::sync::Mutex<std::collections::HashMap<String, NodeState>>>,
-    descs: Vec<prometheus::core::Desc>,
 }
 
-/// `(name, help, labels)` of each per-node family, in [`NodeSeries::collect`]'s order.
+/// `(name, help, labels)` of each per-node family, in the order [`NodeSeries::render_into`] writes them.
 const NODE_FAMILIES: [(&str, &str, &[&str]); 7] = [
     ("pulsecheck_node_verdict", "State set: 1 for the node's current verdict, 0 for the others", &["node", "verdict"]),
     ("pulsecheck_node_evidence", "1 for each kind of evidence currently held against the node", &["evidence", "node"]),
@@ -302,19 +301,6 @@ const NODE_FAMILIES: [(&str, &str, &[&str]); 7] = [
     ),
 ];
 
-impl Default for NodeSeries {
-    fn default() -> Self {
-        let descs = NODE_FAMILIES
-            .iter()
-            .map(|(name, help, labels)| {
-                prometheus::core::Desc::new(name.to_string(), help.to_string(), labels.iter().map(|l| l.to_string()).collect(), Default::default())
-                    .expect("valid metric")
-            })
-            .collect();
-        NodeSeries { nodes: Default::default(), descs }
-    }
-}
-
 impl NodeSeries {
     fn lock(&self) -> std::sync::MutexGuard<'_, std::collections::HashMap<String, NodeState>> {
         // Every update is one insert: a panic elsewhere leaves consistent data.
@@ -322,58 +308,133 @@ impl NodeSeries {
     }
 }
 
-impl prometheus::core::Collector for NodeSeries {
-    fn desc(&self) -> Vec<&prometheus::core::Desc> {
-        self.descs.iter().collect()
-    }
-
-    fn collect(&self) -> Vec<prometheus::proto::MetricFamily> {
-        use prometheus::proto::{LabelPair, Metric, MetricFamily, MetricType};
-        let label = |name: &str, value: &str| {
-            let mut pair = LabelPair::default();
-            pair.set_name(name.to_string());
-            pair.set_value(value.to_string());
-            pair
-        };
-        let gauge = |labels: Vec<LabelPair>, value: f64| {
-            let mut g = prometheus::proto::Gauge::default();
-            g.set_value(value);
-            let mut m = Metric::from_label(labels);
-            m.set_gauge(g);
-            m
-        };
-        let mut families: Vec<Vec<Metric>> = vec![Vec::new(); NODE_FAMILIES.len()];
-        for (name, s) in self.lock().iter() {
-            let hb = &s.heartbeats;
-            for v in Verdict::ALL {
-                families[0].push(gauge(vec![label("node", name), label("verdict", v.as_str())], f64::from(u8::from(v == s.verdict))));
+impl NodeSeries {
+    /// Appends the per-node families to `out` in the text exposition format, straight from the
+    /// records, sorted by node name (a scrape is reproducible).
+    ///
+    /// Not a `prometheus` Collector on purpose: the crate's gather would first build a protobuf
+    /// message per sample (two owned strings per label) — at 5,000 nodes with every node named
+    /// some 60,000 of them — only to turn them into this text; the allocator keeps that peak
+    /// resident after the scrape, which was most of pulsecheck's memory with `--per-node-metrics
+    /// all`. Written directly, a scrape costs its output and a list of references.
+    fn render_into(&self, out: &mut String) {
+        let nodes = self.lock();
+        let mut sorted: Vec<(&str, &NodeState)> = nodes.iter().map(|(name, s)| (name.as_str(), s)).collect();
+        sorted.sort_unstable_by(|a, b| a.0.cmp(b.0));
+        // About 650 bytes a node when every node is named; one allocation in the common case.
+        out.reserve(sorted.len() * 700);
+        // Within a node, samples in label-value order too, as the `prometheus` crate writes them.
+        let mut verdicts = Verdict::ALL;
+        verdicts.sort_unstable_by_key(|v| v.as_str());
+        let mut kinds: Vec<(usize, &str)> = EVIDENCE_KINDS.iter().copied().enumerate().collect();
+        kinds.sort_unstable_by_key(|&(_, kind)| kind);
+        for (family, (name, help, _)) in NODE_FAMILIES.iter().enumerate() {
+            let mut header = false;
+            let mut sample = |out: &mut String, node: &str, extra: Option<(&str, &str)>, value: f64| {
+                if !header {
+                    header = true;
+                    push_header(out, name, help);
+                }
+                out.push_str(name);
+                out.push('{');
+                // Label names in the order the families declare them (alphabetical).
+                match extra {
+                    Some((label, v)) if label < "node" => {
+                        push_label(out, label, v);
+                        out.push(',');
+                        push_label(out, "node", node);
+                    }
+                    Some((label, v)) => {
+                        push_label(out, "node", node);
+                        out.push(',');
+                        push_label(out, label, v);
+                    }
+                    None => push_label(out, "node", node),
+                }
+                out.push_str("} ");
+                push_value(out, value);
+                out.push('\n');
+            };
+            for &(node, s) in &sorted {
+                let hb = &s.heartbeats;
+                match family {
+                    0 => {
+                        for &v in &verdicts {
+                            sample(out, node, Some(("verdict", v.as_str())), f64::from(u8::from(v == s.verdict)));
+                        }
+                    }
+                    1 => {
+                        for &(_, kind) in kinds.iter().filter(|&&(i, _)| s.evidence & (1 << i) != 0) {
+                            sample(out, node, Some(("evidence", kind)), 1.0);
+                        }
+                    }
+                    2 => {
+                        if let Some(t) = hb.lease_observed {
+                            sample(out, node, None, t);
+                        }
+                    }
+                    3 => sample(out, node, None, hb.status_observed),
+                    4 => {
+                        if let Some(ok) = hb.probe_success {
+                            sample(out, node, None, f64::from(u8::from(ok)));
+                        }
+                    }
+                    5 => sample(out, node, None, f64::from(u8::from(hb.remediated))),
+                    _ => sample(out, node, None, hb.status_threshold),
+                }
             }
-            for (_, kind) in EVIDENCE_KINDS.iter().enumerate().filter(|(i, _)| s.evidence & (1 << i) != 0) {
-                families[1].push(gauge(vec![label("evidence", kind), label("node", name)], 1.0));
-            }
-            if let Some(t) = hb.lease_observed {
-                families[2].push(gauge(vec![label("node", name)], t));
-            }
-            families[3].push(gauge(vec![label("node", name)], hb.status_observed));
-            if let Some(ok) = hb.probe_success {
-                families[4].push(gauge(vec![label("node", name)], f64::from(u8::from(ok))));
-            }
-            families[5].push(gauge(vec![label("node", name)], f64::from(u8::from(hb.remediated))));
-            families[6].push(gauge(vec![label("node", name)], hb.status_threshold));
         }
-        NODE_FAMILIES
-            .iter()
-            .zip(families)
-            .filter(|(_, metrics)| !metrics.is_empty())
-            .map(|((name, help, _), metrics)| {
-                let mut family = MetricFamily::default();
-                family.set_name(name.to_string());
-                family.set_help(help.to_string());
-                family.set_field_type(MetricType::GAUGE);
-                family.set_metric(metrics);
-                family
-            })
-            .collect()
+    }
+}
+
+/// `# HELP` and `# TYPE` lines of a gauge family.
+fn push_header(out: &mut String, name: &str, help: &str) {
+    out.push_str("# HELP ");
+    out.push_str(name);
+    out.push(' ');
+    for c in help.chars() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            c => out.push(c),
+        }
+    }
+    out.push_str("\n# TYPE ");
+    out.push_str(name);
+    out.push_str(" gauge\n");
+}
+
+/// `name="value"`, the value escaped as the text format requires. Node names the apiserver
+/// accepted need no escaping; the format is kept whatever a name holds.
+fn push_label(out: &mut String, name: &str, value: &str) {
+    out.push_str(name);
+    out.push_str("=\"");
+    if value.contains(['\\', '"', '\n']) {
+        for c in value.chars() {
+            match c {
+                '\\' => out.push_str("\\\\"),
+                '"' => out.push_str("\\\""),
+                '\n' => out.push_str("\\n"),
+                c => out.push(c),
+            }
+        }
+    } else {
+        out.push_str(value);
+    }
+    out.push('"');
+}
+
+/// A sample's value as the text format spells it (`NaN`, `+Inf`, `-Inf`, or the shortest
+/// decimal that reads back as the same number).
+fn push_value(out: &mut String, value: f64) {
+    use std::fmt::Write;
+    if value.is_nan() {
+        out.push_str("NaN");
+    } else if value.is_infinite() {
+        out.push_str(if value > 0.0 { "+Inf" } else { "-Inf" });
+    } else {
+        // Writing into a String cannot fail.
+        let _ = write!(out, "{value}");
     }
 }
 
@@ -396,7 +457,7 @@ impl Metrics {
         build_info.set(1.0);
         let metrics = Metrics {
             per_node,
-            node_series: reg(&registry, NodeSeries::default()),
+            node_series: NodeSeries::default(),
             nodes: reg(&registry, gauge_vec("pulsecheck_nodes", "Nodes per verdict", &["verdict"])),
             status_threshold_sources: reg(
                 &registry,
@@ -494,17 +555,14 @@ impl Metrics {
         metrics
     }
 
-    /// The registry, for tests and the admin server.
-    pub fn registry(&self) -> &Registry {
-        &self.registry
-    }
-
     /// The text exposition of every metric.
     pub fn render(&self) -> String {
         let mut buf = Vec::new();
         // Encoding into a Vec cannot fail for well-formed families.
         let _ = TextEncoder::new().encode(&self.registry.gather(), &mut buf);
-        String::from_utf8(buf).unwrap_or_default()
+        let mut text = String::from_utf8(buf).unwrap_or_default();
+        self.node_series.render_into(&mut text);
+        text
     }
 
     /// Publishes one node's verdict, evidence and heartbeats: one map update, no label lookup
@@ -670,7 +728,9 @@ mod tests {
         m.set_probe_mode("tcp");
         m.watch_event("leases");
         m.evaluation(0.001);
-        let mut names: Vec<String> = m.registry().gather().iter().map(|f| f.name().to_string()).collect();
+        let text = m.render();
+        let mut names: Vec<String> =
+            text.lines().filter_map(|l| l.strip_prefix("# TYPE ")).map(|l| l.split(' ').next().unwrap_or_default().to_string()).collect();
         names.sort();
         let mut expected: Vec<String> = METRIC_NAMES.iter().map(|s| s.to_string()).collect();
         expected.sort();
@@ -713,6 +773,78 @@ mod tests {
         // Healthy again, released: the series go.
         m.node("sick", &Assessment::new(Verdict::Healthy, vec![]), beats(false));
         assert!(!m.render().contains(r#"node="sick""#));
+    }
+
+    #[test]
+    fn per_node_text_is_what_the_prometheus_crate_would_encode() {
+        // The oracle: the same samples through the crate's own metric vectors and text encoder.
+        let since = k8s_openapi::jiff::Timestamp::UNIX_EPOCH;
+        let nodes: [(&str, Assessment, NodeHeartbeats); 3] = [
+            (
+                "b-node",
+                Assessment::new(Verdict::Zombie, vec![Evidence::StatusStale { since }, Evidence::OsImageUnknown { since, turned: true }]),
+                NodeHeartbeats {
+                    lease_observed: Some(1_765_000_000.125),
+                    status_observed: 1_764_999_000.5,
+                    remediated: true,
+                    probe_success: Some(false),
+                    status_threshold: 600.0,
+                },
+            ),
+            (
+                "a\\odd\"name\nhere",
+                Assessment::new(Verdict::Suspect, vec![]),
+                NodeHeartbeats { lease_observed: None, status_observed: 0.0, remediated: false, probe_success: None, status_threshold: 1e21 },
+            ),
+            (
+                "c",
+                Assessment::new(Verdict::Healthy, vec![]),
+                NodeHeartbeats { lease_observed: Some(1e-7), status_observed: -3.25, remediated: false, probe_success: Some(true), status_threshold: 0.1 },
+            ),
+        ];
+        let m = Metrics::new(PerNodeMetrics::All);
+        let registry = Registry::new();
+        let vecs: Vec<prometheus::GaugeVec> = NODE_FAMILIES
+            .iter()
+            .map(|(name, help, labels)| {
+                let v = prometheus::GaugeVec::new(Opts::new(*name, *help), labels).expect("valid metric");
+                registry.register(Box::new(v.clone())).expect("unique");
+                v
+            })
+            .collect();
+        for (name, a, hb) in &nodes {
+            m.node(name, a, *hb);
+            for v in Verdict::ALL {
+                vecs[0].with_label_values(&[name, v.as_str()]).set(f64::from(u8::from(v == a.verdict)));
+            }
+            for kind in EVIDENCE_KINDS.iter().filter(|kind| a.evidence.iter().any(|e| e.kind() == **kind)) {
+                vecs[1].with_label_values(&[kind, name]).set(1.0);
+            }
+            if let Some(t) = hb.lease_observed {
+                vecs[2].with_label_values(&[name]).set(t);
+            }
+            vecs[3].with_label_values(&[name]).set(hb.status_observed);
+            if let Some(ok) = hb.probe_success {
+                vecs[4].with_label_values(&[name]).set(f64::from(u8::from(ok)));
+            }
+            vecs[5].with_label_values(&[name]).set(f64::from(u8::from(hb.remediated)));
+            vecs[6].with_label_values(&[name]).set(hb.status_threshold);
+        }
+        let mut families = registry.gather();
+        // The crate sorts families by name; the rendering keeps NODE_FAMILIES' order.
+        families.sort_by_key(|f| NODE_FAMILIES.iter().position(|(n, _, _)| *n == f.name()));
+        let mut expected = Vec::new();
+        TextEncoder::new().encode(&families, &mut expected).expect("encodes");
+        let mut text = String::new();
+        m.node_series.render_into(&mut text);
+        assert_eq!(text, String::from_utf8(expected).expect("utf-8"));
+        // Where the crate writes `inf`, the exposition format's own spelling.
+        let mut special = String::new();
+        for v in [f64::INFINITY, f64::NEG_INFINITY, f64::NAN] {
+            push_value(&mut special, v);
+            special.push(' ');
+        }
+        assert_eq!(special, "+Inf -Inf NaN ");
     }
 
     #[test]
