@@ -782,9 +782,6 @@ impl Judge {
     /// A judge with nothing remembered yet: `metrics` and `readiness` are the ones the admin
     /// server exports.
     pub fn new(config: Settings, metrics: Metrics, readiness: Readiness) -> Judge {
-        // Series for every node show every renewal; otherwise a quietly healthy node's renewal
-        // waits for its deadline (see `Docket::renewal_can_wait`).
-        let docket = if config.per_node_metrics == crate::metrics::PerNodeMetrics::All { Docket::judging_every_renewal() } else { Docket::new() };
         Judge {
             config,
             metrics,
@@ -799,7 +796,7 @@ impl Judge {
             configz_failure_reported: false,
             misconfigured_evented: HashSet::new(),
             deferred_events: Vec::new(),
-            docket,
+            docket: Docket::new(),
             series: Published::default(),
             unseen: NodeSet::default(),
             settled: NodeSet::default(),
@@ -944,7 +941,10 @@ impl Judge {
             verdict::note_cadence_rereads(at, &mut v.facts, &cfg.thresholds, &judged);
             // A blind view's verdicts are not verdicts: the series keep what was last seen, and
             // pulsecheck_blind says why they do not move (no zombie alert fires on a blind spell).
-            self.series.publish(&self.metrics, &cfg.thresholds, &self.ledger.memory, &v.facts, &assessments, &seen);
+            // A renewal let wait changed no verdict, only the node's lease_observed series (one
+            // only `--per-node-metrics=all` keeps for a quietly healthy node).
+            let renewed = if cfg.per_node_metrics == crate::metrics::PerNodeMetrics::All { &evaluation.renewed[..] } else { &[] };
+            self.series.publish(&self.metrics, &cfg.thresholds, &self.ledger.memory, &v.facts, &assessments, &seen, renewed);
         }
         let stance = match (blindness.is_some(), leader) {
             (true, _) => guard::Stance::Blind,
@@ -1264,8 +1264,18 @@ struct Published {
 impl Published {
     /// Publishes the series of the nodes in `names`, of those published as remediated, and of
     /// those remediated in a dry run (pulsecheck's memory, which no watch event reports).
-    fn publish(&mut self, metrics: &Metrics, th: &verdict::Thresholds, memory: &Memory, facts: &FleetFacts, assessments: &Assessments, seen: &[NodeName]) {
-        let mut names: NodeSet = seen.iter().cloned().collect();
+    #[allow(clippy::too_many_arguments)]
+    fn publish(
+        &mut self,
+        metrics: &Metrics,
+        th: &verdict::Thresholds,
+        memory: &Memory,
+        facts: &FleetFacts,
+        assessments: &Assessments,
+        seen: &[NodeName],
+        renewed: &[NodeName],
+    ) {
+        let mut names: NodeSet = seen.iter().chain(renewed).cloned().collect();
         names.extend(self.remediated.iter().cloned());
         names.extend(memory.simulated_nodes().filter_map(|n| facts.nodes.get_key_value(n)).map(|(k, _)| k.clone()));
         for name in names {

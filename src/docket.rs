@@ -179,9 +179,8 @@ pub struct Docket {
     inputs: Option<FleetInputs>,
     /// How many nodes have each verdict, in [`Verdict::ALL`] order.
     verdict_counts: [usize; Verdict::ALL.len()],
-    /// Every renewal is judged at once, even on a quietly healthy node (per-node series for every
-    /// node show each renewal; see [`Docket::judging_every_renewal`]).
-    judge_every_renewal: bool,
+    /// Renewals let wait since the last pass ([`Docket::renewal_can_wait`]), for [`Pass::renewed`].
+    waiting: NodeSet,
     /// Tests: every pass looks at the whole fleet (the reference the docket is compared with).
     #[cfg(test)]
     pub(crate) forgetful: bool,
@@ -197,6 +196,10 @@ pub struct Pass {
     pub judged: Vec<NodeName>,
     /// The whole fleet was judged.
     pub whole_fleet: bool,
+    /// Nodes whose Lease renewed since the last pass and were not judged for it (a quietly
+    /// healthy node's renewal waits for its deadline), sorted: nothing of their verdict changed,
+    /// but a series showing when each Lease was last renewed must be told.
+    pub renewed: Vec<NodeName>,
     /// False during a probe partition (probe evidence ignored).
     pub probes_trusted: bool,
     /// Live nodes whose latest probe failed.
@@ -229,15 +232,6 @@ impl Docket {
         Docket::default()
     }
 
-    /// A docket that judges a node at every renewal of its Lease, quietly healthy or not: for
-    /// `--per-node-metrics=all`, whose series show when each node's Lease was last seen renewed.
-    /// Otherwise a renewal on a quietly healthy node waits for its deadline
-    /// ([`Docket::renewal_can_wait`]): at the kubelet's cadence (every 10 s) that is most of
-    /// what changes in a healthy fleet.
-    pub fn judging_every_renewal() -> Docket {
-        Docket { judge_every_renewal: true, ..Docket::default() }
-    }
-
     /// Carries nothing over to the next pass: it looks at the whole fleet (after a blind tick,
     /// whose plan reset what every node's health counts for).
     pub fn forget(&mut self) {
@@ -263,6 +257,7 @@ impl Docket {
         if forget {
             self.whole = true;
             self.pending.clear();
+            self.waiting.clear();
             self.due.clear();
             self.queue.clear();
             self.standings.clear();
@@ -278,7 +273,12 @@ impl Docket {
         }
         let mut names: Vec<NodeName> = changed.nodes.iter().cloned().collect();
         for name in changed.renewed {
-            if !changed.nodes.contains(&name) && (self.judge_every_renewal || !self.renewal_can_wait(&name)) {
+            if changed.nodes.contains(&name) {
+                continue;
+            }
+            if self.renewal_can_wait(&name) {
+                self.waiting.insert(name);
+            } else {
                 names.push(name);
             }
         }
@@ -358,7 +358,9 @@ impl Docket {
         for name in &judged {
             self.judge(at, facts, name, th, probes_trusted, agent_silence_counts);
         }
-        Pass { assessments: self.assessments.clone(), judged, whole_fleet, probes_trusted, probes_failing, probes_recent, agent_silence_counts }
+        let mut renewed: Vec<NodeName> = self.waiting.drain().filter(|n| !whole_fleet && judged.binary_search(n).is_err()).collect();
+        renewed.sort_unstable();
+        Pass { assessments: self.assessments.clone(), judged, whole_fleet, renewed, probes_trusted, probes_failing, probes_recent, agent_silence_counts }
     }
 
     /// How long the Lease watch may deliver nothing before pulsecheck calls itself blind: the
@@ -837,9 +839,6 @@ mod tests {
             facts.apply_lease(&lease(n, t(0)), t(0));
             facts.apply_lease(&lease(n, t(10)), t(10));
         }
-        // Series for every node: a renewal is judged at once.
-        let mut every = Docket::judging_every_renewal();
-        assert_eq!(every.pass(t(10), &mut facts.clone(), &th, 50.0).judged.len(), 3);
         let mut docket = Docket::new();
         let first = docket.pass(t(10), &mut facts, &th, 50.0);
         assert!(first.whole_fleet && first.judged.len() == 3);
@@ -847,11 +846,12 @@ mod tests {
         let quiet = docket.pass(t(15), &mut facts, &th, 50.0);
         assert!(!quiet.whole_fleet && quiet.judged.is_empty(), "judged {:?}", quiet.judged);
         facts.apply_lease(&lease("b", t(20)), t(20));
-        let mut with_every = facts.clone();
-        assert_eq!(every.pass(t(20), &mut with_every, &th, 50.0).judged, [NodeName::from("b")]);
-        // Quietly healthy: b's renewal only moves its deadline, and waits for the old one.
+        // Quietly healthy: b's renewal only moves its deadline, and waits for the old one; the
+        // pass says it renewed (for the series that show each renewal), once.
         let renewed = docket.pass(t(20), &mut facts, &th, 50.0);
         assert!(renewed.judged.is_empty(), "judged {:?}", renewed.judged);
+        assert_eq!(renewed.renewed, [NodeName::from("b")]);
+        assert!(docket.pass(t(21), &mut facts, &th, 50.0).renewed.is_empty());
         // All three were due at 60 (renewed at 10, a grace of 50 s): a and c are Suspect now,
         // b is judged with its renewal at 20 and stays Healthy, filed again for 70.
         assert!(docket.pass(t(59), &mut facts, &th, 50.0).judged.is_empty());
@@ -863,6 +863,7 @@ mod tests {
         facts.apply_lease(&lease("c", t(62)), t(62));
         let back = docket.pass(t(62), &mut facts, &th, 50.0);
         assert_eq!(back.judged, [NodeName::from("c")]);
+        assert!(back.renewed.is_empty(), "{:?}", back.renewed);
         assert_eq!(back.assessments["c"].verdict, Verdict::Healthy);
         // Suspect now, and not judged again before something changes or comes due: its
         // evidence holds when its Lease stopped, and is told at any later instant as a whole
