@@ -1359,8 +1359,8 @@ mod tests {
     fn a_tick_judging_what_changed_decides_what_a_tick_judging_the_whole_fleet_decides() {
         use crate::docket::timeline::{Dice, Timeline};
         use crate::metrics::PerNodeMetrics::{All, Unhealthy};
-        // Series for every node (each renewal judged at once) and the default (a quietly healthy
-        // node's renewal waits for its deadline).
+        // Series for every node (a renewal let wait still moves its lease_observed series) and the
+        // default (only nodes in trouble named).
         for (dry_run, cordon, strict, per_node_metrics) in [
             (false, false, false, Unhealthy),
             (false, false, false, All),
