@@ -80,10 +80,19 @@ async fn a_kubelet_that_reports_every_second_is_caught_by_its_own_cadence_long_b
     // The disk hangs: status reports stop, the Lease renews, /healthz still answers ok.
     let wedged_at = tokio::time::Instant::now();
     lab.lab.fleet.set_fault("cfast-0001", Fault::Zombie).unwrap();
-    wait_tainted(&client, "cfast-0001", "cfast-0001 tainted by its own cadence", FLAG / 2).await;
+    // The taint and the condition are two writes, the condition a moment after the taint.
+    let condemned = eventually("cfast-0001 tainted by its own cadence, and its condition False", FLAG / 2, || {
+        let client = client.clone();
+        async move {
+            let n = get_node(&client, "cfast-0001").await;
+            let condition = our_condition(&n).filter(|(status, _, _)| status == "False");
+            condition.filter(|_| has_our_taint(&n))
+        }
+    })
+    .await;
     let took = wedged_at.elapsed();
     assert!(took < FLAG / 2, "caught after {took:?}; the flag alone would take {FLAG:?}");
-    let (_, _, message) = our_condition(&get_node(&client, "cfast-0001").await).expect("our condition");
+    let (_, _, message) = condemned;
     assert!(message.contains("NodeStatus not refreshed"), "{message}");
     // Its neighbours, on the same cadence, stay healthy.
     assert!(!has_our_taint(&get_node(&client, "cfast-0002").await));
