@@ -176,7 +176,7 @@ fn decide(c: &mut Criterion) {
             drop(first);
             let mut clock_ms = NOW * 1000;
             let mut next = 0usize;
-            let (mut judged, mut planned) = (Vec::new(), Vec::new());
+            let (mut judged, mut planned, mut took, mut reported) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
             let id = if landing { "one_percent_changed" } else { "writes_failing" };
             group.bench_with_input(BenchmarkId::new(id, n), &view, |b, view| {
                 b.iter_custom(|iters| {
@@ -191,6 +191,7 @@ fn decide(c: &mut Criterion) {
                             // sixth round of renewals) and a tenth of them is probed: the fleet
                             // stays as it was however long criterion runs.
                             let round = clock_ms / 100 / 100;
+                            reported.push(round % 6 == 0);
                             for i in (next..next + n / 100).map(|i| i % n).filter(|i| refreshed(*i)) {
                                 if round % 6 == 0 {
                                     paper.report(i, now, &mut v.facts);
@@ -205,7 +206,9 @@ fn decide(c: &mut Criterion) {
                         next = (next + n / 100) % n;
                         let started = Instant::now();
                         let d = judge.decide(now, true, view, Vec::new());
-                        spent += started.elapsed();
+                        let elapsed = started.elapsed();
+                        spent += elapsed;
+                        took.push(elapsed);
                         judged.push(d.judged().len());
                         planned.push(d.steps().map_or(0, <[_]>::len));
                         if landing {
@@ -220,7 +223,26 @@ fn decide(c: &mut Criterion) {
                 v.sort_unstable();
                 v.get(v.len() / 2).copied().unwrap_or(0)
             };
-            eprintln!("{id} at {n}: per tick, median {} nodes judged, {} steps planned", median(&mut judged), median(&mut planned));
+            // Criterion reports the mean tick of each sample; the spread of single ticks says
+            // whether some ticks cost far more than others (a clump of deadlines, a rebuild).
+            // The ticks whose 1 % also reported their status (every sixth), and what they cost.
+            let mut reporting: Vec<(Duration, usize)> = took.iter().zip(&judged).zip(&reported).filter(|(_, r)| **r).map(|((t, j), _)| (*t, *j)).collect();
+            reporting.sort_unstable();
+            if let Some((t, j)) = reporting.get(reporting.len() / 2) {
+                eprintln!("{id} at {n}: the {} ticks after status reports: median {t:?} ({j} nodes judged)", reporting.len());
+            }
+            took.sort_unstable();
+            let pct = |p: usize| took.get((took.len() * p / 100).min(took.len().saturating_sub(1))).copied().unwrap_or_default();
+            eprintln!(
+                "{id} at {n}: per tick, median {} nodes judged, {} steps planned; {} ticks: p50 {:?}, p90 {:?}, p99 {:?}, max {:?}",
+                median(&mut judged),
+                median(&mut planned),
+                took.len(),
+                pct(50),
+                pct(90),
+                pct(99),
+                took.last().copied().unwrap_or_default()
+            );
         }
     }
     group.finish();

@@ -232,9 +232,9 @@ pub struct Judge {
     /// What pulsecheck remembers of its own writes between ticks.
     ledger: Ledger,
     /// Last reported verdict per node.
-    verdicts: HashMap<NodeName, Verdict>,
+    verdicts: NodeMap<Verdict>,
     /// Nodes whose hold was reported (once per episode).
-    held_reported: HashSet<String>,
+    held_reported: NodeSet,
     blind_reported: Option<String>,
     circuit_reported: bool,
     /// A probe partition was reported and has not ended yet.
@@ -311,7 +311,7 @@ struct Judgement {
     /// Why pulsecheck cannot trust its view, if it cannot: then nothing is planned.
     blindness: Option<observe::Blindness>,
     /// What the steps need to know about each node.
-    notes: HashMap<NodeName, NodeNote>,
+    notes: NodeMap<NodeNote>,
     /// The nodes the prober asks next, when they changed.
     probe_targets: Option<Vec<ProbeTarget>>,
     /// Nodes whose cordon pulsecheck set and somebody else undid: the cordon is theirs now.
@@ -352,9 +352,21 @@ struct NodeNote {
     remediated: bool,
 }
 
+/// The items of `items` whose name (`name_of`) is in `names`; both sorted by name, so one walk
+/// through both finds them.
+fn sorted_common<'a, T>(items: &'a [T], names: &'a [NodeName], name_of: impl Fn(&T) -> &NodeName + 'a) -> impl Iterator<Item = &'a T> + 'a {
+    debug_assert!(items.is_sorted_by(|a, b| name_of(a) < name_of(b)) && names.is_sorted());
+    let mut names = names.iter().peekable();
+    items.iter().filter(move |item| {
+        let name = name_of(item);
+        while names.next_if(|n| *n < name).is_some() {}
+        names.peek().is_some_and(|n| *n == name)
+    })
+}
+
 /// The notes on the nodes `names` of `facts` (a name twice is noted once).
-fn notes<'a>(facts: &FleetFacts, memory: &Memory, names: impl IntoIterator<Item = &'a str>) -> HashMap<NodeName, NodeNote> {
-    let mut notes = HashMap::new();
+fn notes<'a>(facts: &FleetFacts, memory: &Memory, names: impl IntoIterator<Item = &'a str>) -> NodeMap<NodeNote> {
+    let mut notes = NodeMap::default();
     for (n, f) in names.into_iter().filter_map(|n| facts.nodes.get_key_value(n)) {
         if !notes.contains_key(n) {
             let note =
@@ -430,7 +442,7 @@ fn verdict_reason(verdict: Verdict) -> (&'static str, bool) {
 /// change (a restart must not flood the log or the cluster with one line or Event per node).
 /// Only the nodes `names` (sorted) are compared: no other node's verdict can have changed since
 /// it was last reported.
-fn verdict_changes_of(reported: &mut HashMap<NodeName, Verdict>, assessments: &Assessments, names: &[NodeName]) -> Vec<VerdictChange> {
+fn verdict_changes_of(reported: &mut NodeMap<Verdict>, assessments: &Assessments, names: &[NodeName]) -> Vec<VerdictChange> {
     let mut changes = Vec::new();
     for name in names {
         let Some(a) = assessments.get(name) else {
@@ -486,12 +498,14 @@ fn condition_step(a: &Assessment, note: Option<&NodeNote>, hold: Option<&str>, n
     Some(Step::SetCondition { status, reason, message, previous_status: current.map(|(s, _)| s.clone()) })
 }
 
-/// Why a held node is not remediated now, for its log line and Event.
+/// Why a held node is not remediated now, for its log line, Event and condition. With the
+/// circuit open every node that wants remediation is held, so the nodes that would be
+/// unavailable are those already out and those wanting.
 fn hold_message(plan: &Plan, hold: Hold, min_available: usize) -> String {
     match hold {
         Hold::CircuitOpen => format!(
             "not remediated: the circuit is open ({} nodes would be unavailable, the limit is {} of {} eligible; --max-unhealthy)",
-            plan.unavailable + plan.held.iter().filter(|(_, h)| *h == Hold::CircuitOpen).count(),
+            plan.unavailable + plan.wanting,
             plan.limit,
             plan.eligible
         ),
@@ -787,8 +801,8 @@ impl Judge {
             metrics,
             readiness,
             ledger: Ledger::default(),
-            verdicts: HashMap::new(),
-            held_reported: HashSet::new(),
+            verdicts: NodeMap::default(),
+            held_reported: NodeSet::default(),
             blind_reported: None,
             circuit_reported: false,
             partition_reported: false,
@@ -967,19 +981,19 @@ impl Judge {
         self.ledger.memory.retain(|n| v.facts.nodes.contains_key(n), false);
         self.ledger.backoff.retain(|n| v.facts.nodes.contains_key(n));
         let records_lost = self.ledger.memory.lost_records(&v.facts);
-        let holds: HashMap<String, String> = plan.held.iter().map(|(n, h)| (n.clone(), hold_message(&plan, *h, cfg.guard.min_available))).collect();
         // Probed: every node in scope whose Lease pulsecheck saw renewed within the grace. A node
         // with a stale or missing Lease is kube-controller-manager's case; probing it adds nothing.
         let lease_alive = |n: &NodeName| v.facts.leases.get(n).is_some_and(|l| cfg.thresholds.lease_alive(at, l));
         let mut targets_changed = self.probe_targets.is_none();
         let targets = self.probe_targets.get_or_insert_with(NodeMap::default);
         for name in &looked_at {
-            let target = assessments.get(name).filter(|a| a.verdict != Verdict::Excluded && lease_alive(name)).and_then(|_| {
-                v.facts.nodes.get(name).map(|f| ProbeTarget { node: name.to_string(), endpoint: f.kubelet.clone(), recheck_cadence: f.cadence.recheck })
-            });
-            let was = match target {
-                Some(t) if targets.get(name) == Some(&t) => continue,
-                Some(t) => targets.insert(name.clone(), t),
+            let probed = assessments.get(name).filter(|a| a.verdict != Verdict::Excluded && lease_alive(name)).and_then(|_| v.facts.nodes.get(name));
+            let was = match probed {
+                // Most nodes looked at are probed as they were: compared before anything is copied.
+                Some(f) if targets.get(name).is_some_and(|t| t.endpoint == f.kubelet && t.recheck_cadence == f.cadence.recheck) => continue,
+                Some(f) => {
+                    targets.insert(name.clone(), ProbeTarget { node: name.to_string(), endpoint: f.kubelet.clone(), recheck_cadence: f.cadence.recheck })
+                }
                 None => targets.remove(name),
             };
             targets_changed |= was.is_some() || targets.contains_key(name);
@@ -1007,12 +1021,19 @@ impl Judge {
             .collect();
         cordons_taken_over.sort_unstable();
         cordons_taken_over.dedup();
+        // Why a held node is held, for the condition of a node a step may be planned for: in a
+        // mass failure the held are most of the fleet's trouble, and their conditions change
+        // only when they are judged again.
+        let holds: HashMap<String, String> =
+            sorted_common(&plan.held, &planning, |(n, _)| n).map(|(n, h)| (n.to_string(), hold_message(&plan, *h, cfg.guard.min_available))).collect();
+        // Notes of a held node are needed for the Event that says it is held: once per episode.
+        let newly_held = plan.held.iter().filter(|(n, _)| !self.held_reported.contains(&**n));
         let noted = planning
             .iter()
             .map(|n| &**n)
             .chain(plan.remediate.iter().chain(&plan.release).chain(&cordons_taken_over).map(String::as_str))
             .chain(records_lost.iter().map(|(n, _)| n.as_str()))
-            .chain(plan.held.iter().map(|(n, _)| n.as_str()))
+            .chain(newly_held.map(|(n, _)| &**n))
             .chain(newly_misconfigured.iter().map(|(n, _)| n.as_str()));
         let notes = notes(&v.facts, &self.ledger.memory, noted);
         Judgement {
@@ -1083,19 +1104,23 @@ impl Judge {
         }
         let mut newly_held = Vec::new();
         for (name, hold) in &plan.held {
-            if self.held_reported.contains(name) {
+            if self.held_reported.contains(&**name) {
                 continue;
             }
             let why = hold_message(plan, *hold, self.config.guard.min_available);
-            warn!(node = name.as_str(), hold = ?hold, "{why}");
+            warn!(node = &**name, hold = ?hold, "{why}");
             for action in action_labels(&self.config.actions) {
                 self.metrics.remediation(action, ResultLabel::Blocked);
             }
             self.held_reported.insert(name.clone());
-            newly_held.push((name.clone(), why));
+            newly_held.push((name.to_string(), why));
         }
-        let held_now: HashSet<&str> = plan.held.iter().map(|(n, _)| n.as_str()).collect();
-        self.held_reported.retain(|n| held_now.contains(n.as_str()));
+        // Every node held now is reported now; any other one reported is held no more. In
+        // steady state there is none, and nothing to look up.
+        if self.held_reported.len() > plan.held.len() {
+            let held_now: HashSet<&str> = plan.held.iter().map(|(n, _)| &**n).collect();
+            self.held_reported.retain(|n| held_now.contains(&**n));
+        }
         newly_held
     }
 }
@@ -1553,7 +1578,17 @@ mod tests {
     }
 
     /// [`verdict_changes_of`] every node, reported or assessed.
-    fn verdict_changes(reported: &mut HashMap<NodeName, Verdict>, assessments: &Assessments) -> Vec<VerdictChange> {
+    #[test]
+    fn sorted_common_finds_exactly_the_items_named() {
+        let names: Vec<NodeName> = ["b", "d", "e", "x"].map(NodeName::from).to_vec();
+        let items: Vec<(NodeName, u8)> = ["a", "b", "c", "e", "f", "x", "z"].iter().zip(0..).map(|(n, i)| (NodeName::from(*n), i)).collect();
+        let common: Vec<&str> = sorted_common(&items, &names, |(n, _)| n).map(|(n, _)| &**n).collect();
+        assert_eq!(common, ["b", "e", "x"]);
+        assert_eq!(sorted_common(&items, &[], |(n, _)| n).count(), 0);
+        assert_eq!(sorted_common(&[], &names, |(n, _): &(NodeName, u8)| n).count(), 0);
+    }
+
+    fn verdict_changes(reported: &mut NodeMap<Verdict>, assessments: &Assessments) -> Vec<VerdictChange> {
         let mut names: Vec<NodeName> = assessments.keys().chain(reported.keys()).cloned().collect();
         names.sort_unstable();
         names.dedup();
@@ -1615,7 +1650,7 @@ mod tests {
 
     /// The steps of a tick on `j` when `previous` were the verdicts reported before.
     fn steps(j: &Judgement, previous: &[(&str, Verdict)], dry_run: bool) -> Vec<Planned> {
-        let mut reported: HashMap<NodeName, Verdict> = previous.iter().map(|(n, v)| (NodeName::from(*n), *v)).collect();
+        let mut reported: NodeMap<Verdict> = previous.iter().map(|(n, v)| (NodeName::from(*n), *v)).collect();
         let changes = verdict_changes(&mut reported, &j.assessments);
         plan_steps(j, &changes, &[], dry_run)
     }
@@ -1761,7 +1796,7 @@ mod tests {
 
     #[test]
     fn the_first_sight_of_a_node_with_nothing_to_report_is_no_change() {
-        let mut reported = HashMap::new();
+        let mut reported = NodeMap::default();
         let first = assessments(&[("h", Verdict::Healthy), ("x", Verdict::Excluded), ("u", Verdict::Unknown), ("s", Verdict::Suspect), ("z", Verdict::Zombie)]);
         let changes = verdict_changes(&mut reported, &first);
         assert_eq!(
@@ -1778,11 +1813,11 @@ mod tests {
         // A node only waiting for its first Lease renewal is neither reported nor remembered.
         let mut waiting = assessments(&[("w", Verdict::Unknown)]);
         waiting.get_mut("w").unwrap().evidence = vec![Evidence::NotObservedYet { since: t(0) }];
-        let mut reported = HashMap::new();
+        let mut reported = NodeMap::default();
         assert!(verdict_changes(&mut reported, &waiting).is_empty());
         assert!(reported.is_empty());
         // A deleted node is forgotten: when a node of that name appears, its verdict is news again.
-        let mut reported = HashMap::from([(NodeName::from("z"), Verdict::Zombie)]);
+        let mut reported: NodeMap<Verdict> = [(NodeName::from("z"), Verdict::Zombie)].into_iter().collect();
         verdict_changes(&mut reported, &Assessments::default());
         assert_eq!(verdict_changes(&mut reported, &assessments(&[("z", Verdict::Zombie)])).len(), 1);
     }
@@ -1918,8 +1953,8 @@ mod tests {
         );
         j.cordons_taken_over = vec!["c".into()];
         j.newly_misconfigured = vec![("c".into(), "certificate not trusted".into())];
-        let mut reported =
-            HashMap::from([(NodeName::from("z"), Verdict::Suspect), (NodeName::from("y"), Verdict::Zombie), (NodeName::from("r"), Verdict::Zombie)]);
+        let mut reported: NodeMap<Verdict> =
+            [(NodeName::from("z"), Verdict::Suspect), (NodeName::from("y"), Verdict::Zombie), (NodeName::from("r"), Verdict::Zombie)].into_iter().collect();
         let changes = verdict_changes(&mut reported, &j.assessments);
         let held = vec![("y".to_string(), hold_message(&j.plan, Hold::RateLimited, 1))];
         j.holds = held.iter().cloned().collect();
@@ -1991,7 +2026,7 @@ mod tests {
         let zombie_b =
             assessments(&[("a", Verdict::Healthy), ("b", Verdict::Zombie), ("c", Verdict::Healthy), ("d", Verdict::Healthy), ("e", Verdict::Healthy)]);
         let p = guard::plan(t(10), &zombie_b, &facts, &mut ledger.memory, &cfg, guard::Stance::Act);
-        assert_eq!(p.held, [("b".to_string(), Hold::RateLimited)], "the remediation of a started the minute");
+        assert_eq!(p.held, [("b".into(), Hold::RateLimited)], "the remediation of a started the minute");
         assert_eq!(guard::plan(t(65), &zombie_b, &facts, &mut ledger.memory, &cfg, guard::Stance::Act).remediate, ["b".to_string()]);
 
         // A failed release counts an error for each undo, and backs off.

@@ -108,8 +108,11 @@ pub struct Plan {
     pub remediate: Vec<String>,
     /// Nodes to release now (pulsecheck's own actions undone).
     pub release: Vec<String>,
-    /// Nodes that need remediation but are held back, and why.
-    pub held: Vec<(String, Hold)>,
+    /// Nodes that need remediation but are held back, and why (in a mass failure most of the
+    /// fleet's trouble, at every tick: shared names, no copies).
+    pub held: Vec<(NodeName, Hold)>,
+    /// Nodes that need remediation and are not remediated by pulsecheck yet (held or not).
+    pub wanting: usize,
     /// More nodes need remediation than the limit allows.
     pub circuit_open: bool,
     /// Nodes that may be remediated at once.
@@ -402,7 +405,7 @@ pub fn plan_changed(
     let (eligible, active, unavailable) = (roster.eligible, roster.active, roster.unavailable);
     let limit = limit(eligible, cfg.max_unhealthy_percent);
     let circuit_open = unavailable + roster.costly_wanting > limit;
-    let mut plan = Plan { circuit_open, limit, active, eligible, unavailable, ..Default::default() };
+    let mut plan = Plan { circuit_open, limit, active, eligible, unavailable, wanting: roster.wanting.len(), ..Default::default() };
     if stance != Stance::Act {
         return plan;
     }
@@ -429,11 +432,11 @@ pub fn plan_changed(
     for (name, costly) in &roster.wanting {
         let cost = usize::from(*costly);
         if circuit_open {
-            plan.held.push((name.to_string(), Hold::CircuitOpen));
+            plan.held.push((name.clone(), Hold::CircuitOpen));
         } else if budget == 0 {
-            plan.held.push((name.to_string(), Hold::RateLimited));
+            plan.held.push((name.clone(), Hold::RateLimited));
         } else if available.saturating_sub(cost) < cfg.min_available && cost > 0 {
-            plan.held.push((name.to_string(), Hold::LastCapacity));
+            plan.held.push((name.clone(), Hold::LastCapacity));
         } else {
             budget -= 1;
             available -= cost;
@@ -532,7 +535,7 @@ mod tests {
             .collect();
         let p = plan(t(0), &assessments(&v), &fleet(&refs), &mut Memory::default(), &GuardConfig::default(), Stance::Act);
         assert!(p.remediate.is_empty(), "{p:?}");
-        assert_eq!(p.held, vec![("n3".to_string(), Hold::CircuitOpen)]);
+        assert_eq!(p.held, vec![("n3".into(), Hold::CircuitOpen)]);
         assert_eq!((p.unavailable, p.limit), (3, 2));
     }
 
@@ -560,12 +563,12 @@ mod tests {
         // One node, a zombie: tainting it leaves the cluster no node to schedule on.
         let p = plan(t(0), &assessments(&[("a", Verdict::Zombie)]), &fleet(&["a"]), &mut Memory::default(), &cfg, Stance::Act);
         assert!(p.remediate.is_empty(), "{p:?}");
-        assert_eq!(p.held, vec![("a".to_string(), Hold::LastCapacity)]);
+        assert_eq!(p.held, vec![("a".into(), Hold::LastCapacity)]);
         // Three nodes, one Dead, two zombies: one may go, the other is the last schedulable node.
         let v = [("a", Verdict::Dead), ("b", Verdict::Zombie), ("c", Verdict::Zombie)];
         let p = plan(t(0), &assessments(&v), &fleet(&["a", "b", "c"]), &mut Memory::default(), &cfg, Stance::Act);
         assert_eq!(p.remediate, vec!["b".to_string()]);
-        assert_eq!(p.held, vec![("c".to_string(), Hold::LastCapacity)]);
+        assert_eq!(p.held, vec![("c".into(), Hold::LastCapacity)]);
         // Told to (--min-available-nodes=0), it may take the last one too.
         let told = GuardConfig { min_available: 0, ..cfg };
         let p = plan(t(0), &assessments(&[("a", Verdict::Zombie)]), &fleet(&["a"]), &mut Memory::default(), &told, Stance::Act);
