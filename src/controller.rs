@@ -316,8 +316,8 @@ struct Judgement {
     probe_targets: Option<Vec<ProbeTarget>>,
     /// Nodes whose cordon pulsecheck set and somebody else undid: the cordon is theirs now.
     cordons_taken_over: Vec<String>,
-    /// Why the guard holds each held node back (for the node's condition).
-    holds: HashMap<String, String>,
+    /// `--min-available-nodes`, for the message of a node held for the last capacity.
+    min_available: usize,
     /// Nodes whose probes just turned out to be pulsecheck's own problem, and why (one Event
     /// each, per episode).
     newly_misconfigured: Vec<(String, String)>,
@@ -341,6 +341,17 @@ struct Judgement {
     verdict_counts: Vec<(Verdict, usize)>,
 }
 
+impl Judgement {
+    /// Why the guard holds node `name` back, if it does (for its condition): worked out only
+    /// for the nodes a condition is planned for — in a mass failure the held are most of the
+    /// fleet's trouble, at every tick.
+    fn hold(&self, name: &str) -> Option<String> {
+        let held = &self.plan.held;
+        let i = held.binary_search_by(|(n, _)| (**n).cmp(name)).ok()?;
+        Some(hold_message(&self.plan, held[i].1, self.min_available))
+    }
+}
+
 /// What the steps need to know about a node after the view is unlocked.
 #[derive(Debug, Clone, Default, PartialEq)]
 struct NodeNote {
@@ -350,18 +361,6 @@ struct NodeNote {
     our_condition: Option<(String, String)>,
     /// pulsecheck holds a remediation on the node (its taint, cordon or record is on it).
     remediated: bool,
-}
-
-/// The items of `items` whose name (`name_of`) is in `names`; both sorted by name, so one walk
-/// through both finds them.
-fn sorted_common<'a, T>(items: &'a [T], names: &'a [NodeName], name_of: impl Fn(&T) -> &NodeName + 'a) -> impl Iterator<Item = &'a T> + 'a {
-    debug_assert!(items.is_sorted_by(|a, b| name_of(a) < name_of(b)) && names.is_sorted());
-    let mut names = names.iter().peekable();
-    items.iter().filter(move |item| {
-        let name = name_of(item);
-        while names.next_if(|n| *n < name).is_some() {}
-        names.peek().is_some_and(|n| *n == name)
-    })
 }
 
 /// The notes on the nodes `names` of `facts` (a name twice is noted once).
@@ -544,7 +543,7 @@ fn plan_steps(judgement: &Judgement, changes: &[VerdictChange], newly_held: &[(S
         steps.extend(taken_over.into_iter().map(|name| planned(name, Step::DisownCordon)));
         steps.extend(judgement.records_lost.iter().map(|(name, since)| planned(name, Step::RestoreRecord { since: *since })));
         for (name, a) in &judged {
-            if let Some(step) = condition_step(a, judgement.notes.get(*name), judgement.holds.get(&***name).map(String::as_str), judgement.judged_at) {
+            if let Some(step) = condition_step(a, judgement.notes.get(*name), judgement.hold(name).as_deref(), judgement.judged_at) {
                 steps.push(planned(name, step));
             }
         }
@@ -719,7 +718,7 @@ fn rejudged(now: Timestamp, facts: &FleetFacts, remediated: bool, judgement: &Ju
                 return None;
             }
             let note = NodeNote { uid: planned.uid.clone(), our_condition: facts.nodes.get(name)?.our_condition.clone(), remediated };
-            let step = condition_step(&a, Some(&note), judgement.holds.get(name).map(String::as_str), judgement.judged_at)?;
+            let step = condition_step(&a, Some(&note), judgement.hold(name).as_deref(), judgement.judged_at)?;
             Some(Planned { step, ..planned })
         }
         Step::Report { action: "Evaluate", .. } => (again(judgement.judged_at)?.verdict == planned_verdict?).then_some(planned),
@@ -1021,11 +1020,6 @@ impl Judge {
             .collect();
         cordons_taken_over.sort_unstable();
         cordons_taken_over.dedup();
-        // Why a held node is held, for the condition of a node a step may be planned for: in a
-        // mass failure the held are most of the fleet's trouble, and their conditions change
-        // only when they are judged again.
-        let holds: HashMap<String, String> =
-            sorted_common(&plan.held, &planning, |(n, _)| n).map(|(n, h)| (n.to_string(), hold_message(&plan, *h, cfg.guard.min_available))).collect();
         // Notes of a held node are needed for the Event that says it is held: once per episode.
         let newly_held = plan.held.iter().filter(|(n, _)| !self.held_reported.contains(&**n));
         let noted = planning
@@ -1043,7 +1037,7 @@ impl Judge {
             notes,
             probe_targets,
             cordons_taken_over,
-            holds,
+            min_available: cfg.guard.min_available,
             newly_misconfigured,
             records_lost,
             probes_trusted: evaluation.probes_trusted,
@@ -1579,13 +1573,18 @@ mod tests {
 
     /// [`verdict_changes_of`] every node, reported or assessed.
     #[test]
-    fn sorted_common_finds_exactly_the_items_named() {
-        let names: Vec<NodeName> = ["b", "d", "e", "x"].map(NodeName::from).to_vec();
-        let items: Vec<(NodeName, u8)> = ["a", "b", "c", "e", "f", "x", "z"].iter().zip(0..).map(|(n, i)| (NodeName::from(*n), i)).collect();
-        let common: Vec<&str> = sorted_common(&items, &names, |(n, _)| n).map(|(n, _)| &**n).collect();
-        assert_eq!(common, ["b", "e", "x"]);
-        assert_eq!(sorted_common(&items, &[], |(n, _)| n).count(), 0);
-        assert_eq!(sorted_common(&[], &names, |(n, _): &(NodeName, u8)| n).count(), 0);
+    fn a_held_node_and_only_a_held_node_has_the_reason_it_is_held() {
+        let held = vec![("b".into(), Hold::CircuitOpen), ("d".into(), Hold::RateLimited), ("x".into(), Hold::LastCapacity)];
+        let plan = Plan { held, wanting: 3, unavailable: 1, limit: 2, eligible: 20, ..Plan::default() };
+        let verdicts: Vec<(&str, Verdict)> = ["a", "b", "c", "d", "x", "z"].iter().map(|n| (*n, Verdict::Zombie)).collect();
+        let j = judgement(&verdicts, &[], plan);
+        assert_eq!(j.hold("b").as_deref(), Some(hold_message(&j.plan, Hold::CircuitOpen, 1).as_str()));
+        assert!(j.hold("b").is_some_and(|m| m.contains("(4 nodes would be unavailable, the limit is 2 of 20 eligible")), "{:?}", j.hold("b"));
+        assert_eq!(j.hold("d").as_deref(), Some(hold_message(&j.plan, Hold::RateLimited, 1).as_str()));
+        assert_eq!(j.hold("x").as_deref(), Some(hold_message(&j.plan, Hold::LastCapacity, 1).as_str()));
+        for free in ["a", "c", "z", "nope"] {
+            assert_eq!(j.hold(free), None, "{free} is not held");
+        }
     }
 
     fn verdict_changes(reported: &mut NodeMap<Verdict>, assessments: &Assessments) -> Vec<VerdictChange> {
@@ -1631,7 +1630,7 @@ mod tests {
             notes,
             probe_targets: None,
             cordons_taken_over: Vec::new(),
-            holds: HashMap::new(),
+            min_available: 1,
             newly_misconfigured: Vec::new(),
             records_lost: Vec::new(),
             probes_trusted: true,
@@ -1957,7 +1956,6 @@ mod tests {
             [(NodeName::from("z"), Verdict::Suspect), (NodeName::from("y"), Verdict::Zombie), (NodeName::from("r"), Verdict::Zombie)].into_iter().collect();
         let changes = verdict_changes(&mut reported, &j.assessments);
         let held = vec![("y".to_string(), hold_message(&j.plan, Hold::RateLimited, 1))];
-        j.holds = held.iter().cloned().collect();
         let healthy = "Lease and NodeStatus heartbeats are consistent";
         let condition = |status, reason: &'static str, message: &str, previous: Option<&str>| Step::SetCondition {
             status,

@@ -108,8 +108,8 @@ pub struct Plan {
     pub remediate: Vec<String>,
     /// Nodes to release now (pulsecheck's own actions undone).
     pub release: Vec<String>,
-    /// Nodes that need remediation but are held back, and why (in a mass failure most of the
-    /// fleet's trouble, at every tick: shared names, no copies).
+    /// Nodes that need remediation but are held back, and why, sorted by name (in a mass
+    /// failure most of the fleet's trouble, at every tick: shared names, no copies).
     pub held: Vec<(NodeName, Hold)>,
     /// Nodes that need remediation and are not remediated by pulsecheck yet (held or not).
     pub wanting: usize,
@@ -515,6 +515,8 @@ mod tests {
         assert!(p.remediate.is_empty());
         assert_eq!(p.held.len(), 4);
         assert!(p.held.iter().all(|(_, h)| *h == Hold::CircuitOpen));
+        // Sorted by name: the controller finds a held node's reason by binary search.
+        assert!(p.held.is_sorted_by(|a, b| a.0 < b.0), "{:?}", p.held);
         assert_eq!((p.limit, p.active), (2, 1));
     }
 
