@@ -855,6 +855,12 @@ impl Judge {
         }
         if !leader {
             self.deferred_events.clear();
+            // A follower sees no holds: whatever it reported as leader says nothing about the
+            // holds it finds when it leads again (a hold may have ended and begun anew meanwhile).
+            // A node still held then is reported once more, by the new leader: one Event too
+            // many at a failover, never one too few.
+            self.held_reported.clear();
+            self.circuit_reported = false;
             return None;
         }
         let newly_held = self.report_holds(&judgement.plan);
@@ -1585,6 +1591,29 @@ mod tests {
         for free in ["a", "c", "z", "nope"] {
             assert_eq!(j.hold(free), None, "{free} is not held");
         }
+    }
+
+    /// A hold is reported once per episode by the leader. A follower sees no holds (it plans
+    /// nothing), so what a leader reported before it lost leadership says nothing about the
+    /// holds it finds when it leads again: a node held anew then must get its Event.
+    #[test]
+    fn a_node_held_again_after_a_spell_as_follower_is_reported_again() {
+        let mut judge = Judge::new(Settings::default(), Metrics::new(crate::metrics::PerNodeMetrics::None), Readiness::default());
+        let verdicts = [("a", Verdict::Healthy), ("x", Verdict::Zombie)];
+        let held = || Plan { held: vec![("x".into(), Hold::RateLimited)], wanting: 1, limit: 5, eligible: 20, ..Plan::default() };
+        let blocked = |steps: Option<Vec<Planned>>| {
+            steps
+                .unwrap_or_default()
+                .into_iter()
+                .filter(|p| matches!(p.step, Step::Report { reason: "RemediationBlocked", .. }))
+                .map(|p| p.node)
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(blocked(judge.plan(true, &judgement(&verdicts, &[], held()))), vec!["x".to_string()]);
+        assert!(blocked(judge.plan(true, &judgement(&verdicts, &[], held()))).is_empty(), "one Event per episode");
+        // Leadership lost: another instance leads, the hold ends and a new one begins meanwhile.
+        assert_eq!(judge.plan(false, &judgement(&verdicts, &[], Plan::default())), None);
+        assert_eq!(blocked(judge.plan(true, &judgement(&verdicts, &[], held()))), vec!["x".to_string()], "a new episode, seen by a new leader");
     }
 
     fn verdict_changes(reported: &mut NodeMap<Verdict>, assessments: &Assessments) -> Vec<VerdictChange> {
