@@ -758,7 +758,106 @@ impl NodeFacts {
 }
 
 /// A node's name, shared cheaply between the facts, the verdicts and the guard.
-pub type NodeName = std::sync::Arc<str>;
+///
+/// A tick looks each node it judges up in a dozen maps keyed by name, most of them as large as
+/// the fleet: at 100,000 nodes each lookup is a cache miss or two, and reading the name's bytes
+/// to compare the key found is one more. So two names are compared by address first (which
+/// `Arc<str>` itself does not do: its shortcut is only for sized values), and [`FleetFacts`]
+/// hands out one allocation per name ([`FleetFacts::name_of`]) that everything else clones.
+/// Equal names at different addresses still compare, hash and order as their text does.
+#[derive(Clone)]
+pub struct NodeName(std::sync::Arc<str>);
+
+impl PartialEq for NodeName {
+    fn eq(&self, other: &NodeName) -> bool {
+        std::sync::Arc::ptr_eq(&self.0, &other.0) || *self.0 == *other.0
+    }
+}
+
+impl Eq for NodeName {}
+
+impl std::hash::Hash for NodeName {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        // As the text hashes: a map keyed by name is looked up by `&str` too.
+        (*self.0).hash(state);
+    }
+}
+
+impl PartialOrd for NodeName {
+    fn partial_cmp(&self, other: &NodeName) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for NodeName {
+    fn cmp(&self, other: &NodeName) -> std::cmp::Ordering {
+        if std::sync::Arc::ptr_eq(&self.0, &other.0) {
+            return std::cmp::Ordering::Equal;
+        }
+        (*self.0).cmp(&*other.0)
+    }
+}
+
+impl std::ops::Deref for NodeName {
+    type Target = str;
+    fn deref(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::borrow::Borrow<str> for NodeName {
+    fn borrow(&self) -> &str {
+        &self.0
+    }
+}
+
+impl AsRef<str> for NodeName {
+    fn as_ref(&self) -> &str {
+        &self.0
+    }
+}
+
+impl From<&str> for NodeName {
+    fn from(name: &str) -> NodeName {
+        NodeName(name.into())
+    }
+}
+
+impl From<String> for NodeName {
+    fn from(name: String) -> NodeName {
+        NodeName(name.into())
+    }
+}
+
+impl From<&String> for NodeName {
+    fn from(name: &String) -> NodeName {
+        NodeName(name.as_str().into())
+    }
+}
+
+impl std::fmt::Display for NodeName {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::fmt::Debug for NodeName {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Debug::fmt(&*self.0, f)
+    }
+}
+
+impl PartialEq<str> for NodeName {
+    fn eq(&self, other: &str) -> bool {
+        *self.0 == *other
+    }
+}
+
+impl PartialEq<&str> for NodeName {
+    fn eq(&self, other: &&str) -> bool {
+        *self.0 == **other
+    }
+}
 
 /// A map keyed by node name. Every tick looks each node up in several of these, so they hash
 /// with foldhash (seeded per process) rather than SipHash: node names come from the apiserver,
@@ -810,10 +909,23 @@ impl FleetFacts {
         std::mem::take(&mut self.changed)
     }
 
+    /// The one allocation of name `name` that the facts share with everything keyed by it
+    /// (see [`NodeName`]): the key of whichever map holds the name already, else a new one.
+    pub fn name_of(&self, name: &str) -> NodeName {
+        fn key<V>(map: &NodeMap<V>, name: &str) -> Option<NodeName> {
+            map.get_key_value(name).map(|(k, _)| k.clone())
+        }
+        key(&self.nodes, name)
+            .or_else(|| key(&self.leases, name))
+            .or_else(|| key(&self.probes, name))
+            .or_else(|| key(&self.agents, name))
+            .unwrap_or_else(|| NodeName::from(name))
+    }
+
     fn touch(&mut self, name: &str) {
         if !self.changed.all && !self.changed.nodes.contains(name) {
             // The map's own name where it has one: no new allocation per renewal.
-            let key = self.nodes.get_key_value(name).map_or_else(|| NodeName::from(name), |(k, _)| k.clone());
+            let key = self.name_of(name);
             self.changed.nodes.insert(key);
         }
     }
@@ -824,7 +936,8 @@ impl FleetFacts {
         let facts = NodeFacts::observe(node, self.nodes.get(name), scope, now);
         self.touch(name);
         if facts.uncordon_seen && !self.uncordoned.contains(name) {
-            self.uncordoned.insert(NodeName::from(name));
+            let key = self.name_of(name);
+            self.uncordoned.insert(key);
         }
         if self.nodes.get(name).is_some_and(|old| old.uid != facts.uid) {
             // Re-created under the same name (a Delete the watch never delivered): the old
@@ -834,7 +947,8 @@ impl FleetFacts {
         match self.nodes.get_mut(name) {
             Some(existing) => *existing = facts,
             None => {
-                self.nodes.insert(NodeName::from(name), facts);
+                let key = self.name_of(name);
+                self.nodes.insert(key, facts);
             }
         }
     }
@@ -879,7 +993,8 @@ impl FleetFacts {
                 None => {
                     let mut p = ProbeFacts::default();
                     p.record(outcome, now, expiry);
-                    self.probes.insert(NodeName::from(name), p);
+                    let key = self.name_of(name);
+                    self.probes.insert(key, p);
                 }
             }
         }
@@ -904,12 +1019,13 @@ impl FleetFacts {
             Some(l) => {
                 l.renew = Heartbeat::advance(Some(&l.renew), renew_time, now);
                 if !self.changed.all && !self.changed.nodes.contains(name) && !self.changed.renewed.contains(name) {
-                    let key = self.leases.get_key_value(name).map_or_else(|| NodeName::from(name), |(k, _)| k.clone());
+                    let key = self.name_of(name);
                     self.changed.renewed.insert(key);
                 }
             }
             None => {
-                self.leases.insert(NodeName::from(name), LeaseFacts { renew: Heartbeat::advance(None, renew_time, now), duration: None });
+                let key = self.name_of(name);
+                self.leases.insert(key, LeaseFacts { renew: Heartbeat::advance(None, renew_time, now), duration: None });
                 self.touch(name);
             }
         }
@@ -944,7 +1060,8 @@ impl FleetFacts {
         match self.agents.get_mut(node) {
             Some(existing) => *existing = facts,
             None => {
-                self.agents.insert(NodeName::from(node), facts);
+                let key = self.name_of(node);
+                self.agents.insert(key, facts);
             }
         }
     }
@@ -1145,6 +1262,42 @@ pub(crate) mod fixtures {
 #[cfg(test)]
 mod tests {
     use super::{fixtures::*, *};
+
+    /// Names compare, hash and order by their text wherever they were allocated; the facts give
+    /// each name one allocation, whichever object was seen first, so the maps keyed by it
+    /// compare keys by address.
+    #[test]
+    fn a_name_is_its_text_and_the_facts_hold_one_allocation_of_it() {
+        use std::hash::BuildHasher;
+        let (a, b) = (NodeName::from("node-1"), NodeName::from(String::from("node-1")));
+        assert!(!std::sync::Arc::ptr_eq(&a.0, &b.0));
+        assert_eq!(a, b);
+        assert_eq!(a.cmp(&b), std::cmp::Ordering::Equal);
+        let s = foldhash::fast::RandomState::default();
+        assert_eq!(s.hash_one(&a), s.hash_one("node-1"), "looked up by &str as by name");
+        let (two, ten) = (NodeName::from("node-2"), NodeName::from("node-10"));
+        assert!(a < two && ten < two && a != two);
+
+        let scope = Scope { taint_key: "t".into(), ..Default::default() };
+        let mut fleet = FleetFacts::default();
+        // The Lease seen before its Node, a probe and an agent after.
+        fleet.apply_lease_renewal("n", Some(t(0)), t(0));
+        fleet.apply_node(&node("n").ready_at(t(0)).build(), &scope, t(0));
+        fleet.record_probe("n", ProbeOutcome::Success, t(1), Duration::from_secs(60));
+        let _ = fleet.take_changed();
+        fleet.apply_lease_renewal("n", Some(t(10)), t(10));
+        let key = |keys: Option<&NodeName>| keys.expect("held").0.clone();
+        let lease = key(fleet.leases.get_key_value("n").map(|(k, _)| k));
+        for other in [
+            key(fleet.nodes.get_key_value("n").map(|(k, _)| k)),
+            key(fleet.probes.get_key_value("n").map(|(k, _)| k)),
+            key(fleet.take_changed().renewed.iter().next()),
+            fleet.name_of("n").0,
+        ] {
+            assert!(std::sync::Arc::ptr_eq(&lease, &other), "one allocation of the name");
+        }
+        assert!(!std::sync::Arc::ptr_eq(&lease, &fleet.name_of("m").0));
+    }
 
     #[test]
     fn an_uncordon_is_remembered_until_taken_even_when_a_cordon_follows_it() {
