@@ -451,7 +451,10 @@ fn verdict_changes_of(reported: &mut NodeMap<Verdict>, assessments: &Assessments
         if a.awaiting_first_renewal() {
             continue;
         }
-        let previous = reported.insert(name.clone(), a.verdict);
+        let previous = match reported.get_mut(name) {
+            Some(known) => Some(std::mem::replace(known, a.verdict)),
+            None => reported.insert(name.clone(), a.verdict),
+        };
         let first_sight_of_nothing = previous.is_none() && matches!(a.verdict, Verdict::Healthy | Verdict::Excluded | Verdict::Unknown);
         if previous != Some(a.verdict) && !first_sight_of_nothing {
             changes.push(VerdictChange { node: name.clone(), previous, verdict: a.verdict });
@@ -1313,12 +1316,15 @@ impl Published {
             };
             let lease = facts.leases.get(&name);
             let threshold = th.status_threshold_for(n, lease);
-            match self.sources.insert(name.clone(), threshold.source) {
-                Some(was) if was == threshold.source => {}
-                was => {
-                    if let Some(was) = was {
-                        self.count(was, false);
-                    }
+            match self.sources.get_mut(&name) {
+                Some(was) if *was == threshold.source => {}
+                Some(was) => {
+                    let was = std::mem::replace(was, threshold.source);
+                    self.count(was, false);
+                    self.count(threshold.source, true);
+                }
+                None => {
+                    self.sources.insert(name.clone(), threshold.source);
                     self.count(threshold.source, true);
                 }
             }

@@ -283,7 +283,7 @@ impl NodeState {
 /// most of a tick's cost, for series that are read every 30 s or so.
 #[derive(Clone, Default)]
 struct NodeSeries {
-    nodes: std::sync::Arc<std::sync::Mutex<std::collections::HashMap<String, NodeState>>>,
+    nodes: std::sync::Arc<std::sync::Mutex<std::collections::HashMap<String, NodeState, foldhash::fast::RandomState>>>,
 }
 
 /// `(name, help, labels)` of each per-node family, in the order [`NodeSeries::render_into`] writes them.
@@ -302,7 +302,7 @@ const NODE_FAMILIES: [(&str, &str, &[&str]); 7] = [
 ];
 
 impl NodeSeries {
-    fn lock(&self) -> std::sync::MutexGuard<'_, std::collections::HashMap<String, NodeState>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, std::collections::HashMap<String, NodeState, foldhash::fast::RandomState>> {
         // Every update is one insert: a panic elsewhere leaves consistent data.
         self.nodes.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
