@@ -176,7 +176,7 @@ fn decide(c: &mut Criterion) {
             drop(first);
             let mut clock_ms = NOW * 1000;
             let mut next = 0usize;
-            let (mut judged, mut planned, mut took, mut reported) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+            let (mut judged, mut planned, mut took, mut reported, mut sent) = (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
             let id = if landing { "one_percent_changed" } else { "writes_failing" };
             group.bench_with_input(BenchmarkId::new(id, n), &view, |b, view| {
                 b.iter_custom(|iters| {
@@ -210,6 +210,7 @@ fn decide(c: &mut Criterion) {
                         spent += elapsed;
                         took.push(elapsed);
                         judged.push(d.judged().len());
+                        sent.push(d.probe_targets().map(<[_]>::len));
                         planned.push(d.steps().map_or(0, <[_]>::len));
                         if landing {
                             paper.land(now, &d, &mut judge, view);
@@ -230,6 +231,15 @@ fn decide(c: &mut Criterion) {
             reporting.sort_unstable();
             if let Some((t, j)) = reporting.get(reporting.len() / 2) {
                 eprintln!("{id} at {n}: the {} ticks after status reports: median {t:?} ({j} nodes judged)", reporting.len());
+            }
+            // The slowest tick, and how many nodes it judged: a clump of deadlines shows as many.
+            if let Some((i, slowest)) = took.iter().enumerate().max_by_key(|(_, t)| **t) {
+                eprintln!(
+                    "{id} at {n}: the slowest tick, number {i} of {}: {slowest:?}, {} nodes judged, probe targets sent: {:?}",
+                    took.len(),
+                    judged[i],
+                    sent[i]
+                );
             }
             took.sort_unstable();
             let pct = |p: usize| took.get((took.len() * p / 100).min(took.len().saturating_sub(1))).copied().unwrap_or_default();
