@@ -47,7 +47,7 @@ use crate::{
     cadence::CadenceSource,
     config::{RunArgs, Settings},
     docket::Docket,
-    facts::{FleetFacts, NodeMap, NodeName, NodeSet, ProbeOutcome},
+    facts::{FleetFacts, NodeMap, NodeName, NodeSet, ProbeOutcome, why_not_remediated},
     guard::{self, Hold, Memory, Plan},
     leader::Leadership,
     metrics::{ActionLabel, Metrics, NodeHeartbeats, ResultLabel, WriteKind, WriteResult},
@@ -359,6 +359,9 @@ struct NodeNote {
     uid: Option<String>,
     /// pulsecheck's condition on the node, `(status, reason)`, if it is there.
     our_condition: Option<(String, String)>,
+    /// Why that condition says the node is not remediated, while its status is `Unknown`
+    /// ([`NodeFacts::our_condition_why`]).
+    why: Option<String>,
     /// pulsecheck holds a remediation on the node (its taint, cordon or record is on it).
     remediated: bool,
 }
@@ -368,8 +371,12 @@ fn notes<'a>(facts: &FleetFacts, memory: &Memory, names: impl IntoIterator<Item 
     let mut notes = NodeMap::default();
     for (n, f) in names.into_iter().filter_map(|n| facts.nodes.get_key_value(n)) {
         if !notes.contains_key(n) {
-            let note =
-                NodeNote { uid: Some(f.uid.clone()).filter(|u| !u.is_empty()), our_condition: f.our_condition.clone(), remediated: memory.holds_node(n, f) };
+            let note = NodeNote {
+                uid: Some(f.uid.clone()).filter(|u| !u.is_empty()),
+                our_condition: f.our_condition.clone(),
+                why: f.our_condition_why.clone(),
+                remediated: memory.holds_node(n, f),
+            };
             notes.insert(n.clone(), note);
         }
     }
@@ -481,7 +488,17 @@ fn condition_step(a: &Assessment, note: Option<&NodeNote>, hold: Option<&str>, n
     if current.is_none() && !remediated && matches!(a.verdict, Verdict::Healthy | Verdict::Unknown | Verdict::Excluded) {
         return None;
     }
-    if current.is_some_and(|(s, r)| s == status && r == reason) {
+    // Why an unremediated node is not remediated, the first clause of an Unknown condition's
+    // message: it can change while the reason stays.
+    let why = match (status, hold) {
+        _ if reason == "RecoveryUnconfirmed" => None,
+        ("Unknown", Some(hold)) => Some(why_not_remediated(hold)),
+        ("Unknown", None) if a.verdict == Verdict::Dead => Some(DEAD_IS_KCMS),
+        ("Unknown", None) => Some(CONFIRMING),
+        _ => None,
+    };
+    let why_current = note.and_then(|n| n.why.as_deref());
+    if current.is_some_and(|(s, r)| s == status && r == reason) && why.is_none_or(|w| why_current == Some(w)) {
         return None;
     }
     let message = match (status, hold) {
@@ -491,14 +508,17 @@ fn condition_step(a: &Assessment, note: Option<&NodeNote>, hold: Option<&str>, n
             a.unconfirmed.unwrap_or(if a.provisional { "not watched long enough yet" } else { "the verdict is not healthy" })
         ),
         ("Unknown", Some(hold)) => format!("{hold}; {}", a.explain(now)),
-        ("Unknown", None) if a.verdict == Verdict::Dead => {
-            format!("not remediated: a dead node is kube-controller-manager's (--act-on-dead); {}", a.explain(now))
-        }
-        ("Unknown", None) => format!("not remediated yet: waiting for the fresh read that confirms it; {}", a.explain(now)),
+        ("Unknown", None) if a.verdict == Verdict::Dead => format!("{DEAD_IS_KCMS} (--act-on-dead); {}", a.explain(now)),
+        ("Unknown", None) => format!("{CONFIRMING}; {}", a.explain(now)),
         _ => a.explain(now),
     };
     Some(Step::SetCondition { status, reason, message, previous_status: current.map(|(s, _)| s.clone()) })
 }
+
+/// Why a dead node is not remediated, in its condition (unless --act-on-dead).
+const DEAD_IS_KCMS: &str = "not remediated: a dead node is kube-controller-manager's";
+/// Why a zombie nothing holds back is not remediated yet, in its condition.
+const CONFIRMING: &str = "not remediated yet: waiting for the fresh read that confirms it";
 
 /// Why a held node is not remediated now, for its log line, Event and condition. With the
 /// circuit open every node that wants remediation is held, so the nodes that would be
@@ -720,7 +740,8 @@ fn rejudged(now: Timestamp, facts: &FleetFacts, remediated: bool, judgement: &Ju
             if Some(a.verdict) != planned_verdict {
                 return None;
             }
-            let note = NodeNote { uid: planned.uid.clone(), our_condition: facts.nodes.get(name)?.our_condition.clone(), remediated };
+            let f = facts.nodes.get(name)?;
+            let note = NodeNote { uid: planned.uid.clone(), our_condition: f.our_condition.clone(), why: f.our_condition_why.clone(), remediated };
             let step = condition_step(&a, Some(&note), judgement.hold(name).as_deref(), judgement.judged_at)?;
             Some(Planned { step, ..planned })
         }
@@ -1887,7 +1908,7 @@ mod tests {
         for (verdict, remediated, current, wanted) in cases {
             let a = Assessment::new(verdict, vec![]);
             let current = current.map(|(s, r)| (s.to_string(), r.to_string()));
-            let note = NodeNote { uid: None, our_condition: current.clone(), remediated };
+            let note = NodeNote { uid: None, our_condition: current.clone(), why: None, remediated };
             let step = condition_step(&a, Some(&note), None, t(0));
             let status_written = match &step {
                 Some(Step::SetCondition { status, reason, .. }) => Some((*status, *reason)),
@@ -1954,7 +1975,7 @@ mod tests {
         for verdict in [Verdict::Healthy, Verdict::Suspect] {
             let mut a = Assessment::new(verdict, vec![]);
             a.provisional = true;
-            let over_false = NodeNote { uid: None, our_condition: Some(("False".into(), "ZombieDetected".into())), remediated: true };
+            let over_false = NodeNote { uid: None, our_condition: Some(("False".into(), "ZombieDetected".into())), why: None, remediated: true };
             assert_eq!(condition_step(&a, Some(&over_false), None, t(0)), None, "{verdict} over an earlier run's False");
             // Where there is nothing to contradict, the verdict is written as usual…
             let nothing = NodeNote::default();
@@ -1975,6 +1996,50 @@ mod tests {
         };
         assert_eq!((status, reason), ("Unknown", "ZombieNotRemediated"));
         assert!(message.starts_with("not remediated: the circuit is open"), "{message}");
+    }
+
+    /// The reason of an unremediated zombie's condition stays `ZombieNotRemediated` whatever
+    /// holds it back; its message says what does, and is rewritten when that changes — not when
+    /// only the counts in it do (in a mass failure that would rewrite every held node's
+    /// condition whenever one more node fails).
+    #[test]
+    fn a_held_zombie_s_condition_is_rewritten_when_what_holds_it_changes_and_only_then() {
+        let scope = Scope { taint_key: names::TAINT_KEY.into(), ..Default::default() };
+        let a = Assessment::new(Verdict::Zombie, vec![]);
+        let plan = |unavailable: usize, hold: Hold| Plan { held: vec![("z".into(), hold)], unavailable, limit: 2, eligible: 20, ..Plan::default() };
+        let circuit = hold_message(&plan(3, Hold::CircuitOpen), Hold::CircuitOpen, 1);
+        let circuit_later = hold_message(&plan(7, Hold::CircuitOpen), Hold::CircuitOpen, 1);
+        let rate = hold_message(&plan(0, Hold::RateLimited), Hold::RateLimited, 1);
+        let capacity = hold_message(&plan(0, Hold::LastCapacity), Hold::LastCapacity, 1);
+        assert_ne!(circuit, circuit_later);
+        // What the condition on the node says now, as an earlier tick wrote it, and what holds
+        // the node back at this tick (None: nothing, it waits for the confirming read).
+        let written = |hold: Option<&str>| match condition_step(&a, Some(&NodeNote::default()), hold, t(0)) {
+            Some(Step::SetCondition { message, .. }) => message,
+            other => panic!("a condition is written over none: {other:?}"),
+        };
+        let cases: [(Option<&str>, Option<&str>, bool); 8] = [
+            (None, Some(&circuit), true),
+            (Some(&capacity), Some(&capacity), false),
+            (Some(&circuit), Some(&circuit_later), false),
+            (Some(&circuit), Some(&rate), true),
+            (Some(&rate), Some(&rate), false),
+            (Some(&rate), Some(&capacity), true),
+            (Some(&capacity), None, true),
+            (None, None, false),
+        ];
+        for (before, now, rewritten) in cases {
+            let message = written(before);
+            let mut facts = FleetFacts::default();
+            facts.apply_node(&node("z").ready_at(t(0)).ours("Unknown", "ZombieNotRemediated", &message).build(), &scope, t(0));
+            let notes = notes(&facts, &Memory::default(), ["z"]);
+            let step = condition_step(&a, notes.get("z"), now, t(0));
+            assert_eq!(step.is_some(), rewritten, "from {message:?} to {now:?}: {step:?}");
+            if let Some(Step::SetCondition { message, reason, .. }) = step {
+                assert_eq!(reason, "ZombieNotRemediated");
+                assert!(message.starts_with(now.unwrap_or(CONFIRMING)), "{message}");
+            }
+        }
     }
 
     #[test]

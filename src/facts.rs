@@ -382,6 +382,11 @@ pub struct NodeFacts {
     pub kubelet: KubeletEndpoint,
     /// pulsecheck's own condition on the node: `(status, reason)`, when present.
     pub our_condition: Option<(String, String)>,
+    /// While that condition's status is `Unknown` (a node pulsecheck does not remediate, or not
+    /// yet), why not: its message's first clause ([`why_not_remediated`]). The reason stays
+    /// `ZombieNotRemediated` while the why changes (waiting for the confirming read, then the
+    /// circuit open, then the rate limit), so the why is compared too.
+    pub our_condition_why: Option<String>,
     /// `status.nodeInfo.kubeletVersion`.
     pub kubelet_version: String,
     /// What pulsecheck knows of the node's status cadence (its kubelet's `/configz`, the
@@ -673,7 +678,9 @@ impl NodeFacts {
         };
         let heartbeat_value = ready_condition.and_then(|c| c.last_heartbeat_time.as_ref()).map(|t| t.0);
         let os_image_value = status.and_then(|s| s.node_info.as_ref()).map(|i| i.os_image.as_str()).unwrap_or("");
-        let our_condition = conditions.iter().find(|c| c.type_ == names::CONDITION_TYPE).map(|c| (c.status.clone(), c.reason.clone().unwrap_or_default()));
+        let ours = conditions.iter().find(|c| c.type_ == names::CONDITION_TYPE);
+        let our_condition = ours.map(|c| (c.status.clone(), c.reason.clone().unwrap_or_default()));
+        let our_condition_why = ours.filter(|c| c.status == "Unknown").map(|c| why_not_remediated(c.message.as_deref().unwrap_or("")).to_string());
         let problems = conditions
             .iter()
             .filter(|c| c.status == "True" && scope.problem_conditions.iter().any(|p| p == &c.type_))
@@ -717,6 +724,7 @@ impl NodeFacts {
             zone: labels.get("topology.kubernetes.io/zone").cloned(),
             kubelet,
             our_condition,
+            our_condition_why,
             kubelet_version: status.and_then(|s| s.node_info.as_ref()).map(|i| i.kubelet_version.clone()).unwrap_or_default(),
             cadence,
             uncadenced_gap: previous.is_some_and(|p| p.uncadenced_gap && p.status.value == heartbeat_value),
@@ -755,6 +763,15 @@ impl NodeFacts {
     pub fn schedulable(&self) -> bool {
         self.ready == ReadyState::True && !self.unschedulable && !self.out_of_service_taint && !self.has_our_taint
     }
+}
+
+/// The first clause of the message of a condition pulsecheck wrote with status `Unknown`: why
+/// it does not remediate the node (yet) — "not remediated: the circuit is open", without the
+/// counts in parentheses (they change with every node that fails, and rewriting every held
+/// node's condition for each would be a write storm) and without the evidence after the `;`.
+pub fn why_not_remediated(message: &str) -> &str {
+    let end = [" (", "; "].iter().filter_map(|cut| message.find(cut)).min().unwrap_or(message.len());
+    &message[..end]
 }
 
 /// A node's name, shared cheaply between the facts, the verdicts and the guard.
@@ -1176,6 +1193,13 @@ pub(crate) mod fixtures {
         }
         pub fn not_ready_at(self, status: &str, heartbeat: Timestamp) -> Self {
             self.condition("Ready", status, "NodeStatusUnknown", Some(heartbeat))
+        }
+        /// pulsecheck's own condition, as an earlier tick wrote it.
+        pub fn ours(mut self, status: &str, reason: &str, message: &str) -> Self {
+            self = self.condition(crate::names::CONDITION_TYPE, status, reason, None);
+            let conds = self.0.status.get_or_insert_with(Default::default).conditions.get_or_insert_with(Vec::new);
+            conds.last_mut().expect("just pushed").message = Some(message.into());
+            self
         }
         pub fn problem(self, type_: &str, reason: &str) -> Self {
             self.condition(type_, "True", reason, None)
