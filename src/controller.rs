@@ -318,6 +318,8 @@ struct Judgement {
     cordons_taken_over: Vec<String>,
     /// `--min-available-nodes`, for the message of a node held for the last capacity.
     min_available: usize,
+    /// `--act-on-dead`: a dead node is pulsecheck's to remediate too (for its condition).
+    act_on_dead: bool,
     /// Nodes whose probes just turned out to be pulsecheck's own problem, and why (one Event
     /// each, per episode).
     newly_misconfigured: Vec<(String, String)>,
@@ -476,7 +478,7 @@ fn verdict_changes_of(reported: &mut NodeMap<Verdict>, assessments: &Assessments
 /// costs no writes. A provisional verdict ([`Assessment::provisional`]) never changes a
 /// condition that is there: the record and condition on the Node are the memory that survives
 /// a restart, and a fresh instance has not seen enough to overrule them.
-fn condition_step(a: &Assessment, note: Option<&NodeNote>, hold: Option<&str>, now: Timestamp) -> Option<Step> {
+fn condition_step(a: &Assessment, note: Option<&NodeNote>, hold: Option<&str>, act_on_dead: bool, now: Timestamp) -> Option<Step> {
     let current = note.and_then(|n| n.our_condition.as_ref());
     let remediated = note.is_some_and(|n| n.remediated);
     if a.provisional && remediated && current.is_some() {
@@ -488,16 +490,17 @@ fn condition_step(a: &Assessment, note: Option<&NodeNote>, hold: Option<&str>, n
     if current.is_none() && !remediated && matches!(a.verdict, Verdict::Healthy | Verdict::Unknown | Verdict::Excluded) {
         return None;
     }
-    // Why an unremediated node is not remediated, the first clause of an Unknown condition's
-    // message: it can change while the reason stays.
+    // Why an unremediated node is not remediated (an Unknown condition's first clause): it can
+    // change while the reason stays.
+    let kcms = a.verdict == Verdict::Dead && !act_on_dead;
     let why = match (status, hold) {
         _ if reason == "RecoveryUnconfirmed" => None,
-        ("Unknown", Some(hold)) => Some(why_not_remediated(hold)),
-        ("Unknown", None) if a.verdict == Verdict::Dead => Some(DEAD_IS_KCMS),
-        ("Unknown", None) => Some(CONFIRMING),
+        ("Unknown", Some(_)) => Some(Unremediated::Held),
+        ("Unknown", None) if kcms => Some(Unremediated::DeadIsKcms),
+        ("Unknown", None) => Some(Unremediated::Confirming),
         _ => None,
     };
-    let why_current = note.and_then(|n| n.why.as_deref());
+    let why_current = note.and_then(|n| n.why.as_deref()).map(Unremediated::of);
     if current.is_some_and(|(s, r)| s == status && r == reason) && why.is_none_or(|w| why_current == Some(w)) {
         return None;
     }
@@ -508,11 +511,37 @@ fn condition_step(a: &Assessment, note: Option<&NodeNote>, hold: Option<&str>, n
             a.unconfirmed.unwrap_or(if a.provisional { "not watched long enough yet" } else { "the verdict is not healthy" })
         ),
         ("Unknown", Some(hold)) => format!("{hold}; {}", a.explain(now)),
-        ("Unknown", None) if a.verdict == Verdict::Dead => format!("{DEAD_IS_KCMS} (--act-on-dead); {}", a.explain(now)),
+        ("Unknown", None) if kcms => format!("{DEAD_IS_KCMS} (--act-on-dead); {}", a.explain(now)),
         ("Unknown", None) => format!("{CONFIRMING}; {}", a.explain(now)),
         _ => a.explain(now),
     };
     Some(Step::SetCondition { status, reason, message, previous_status: current.map(|(s, _)| s.clone()) })
+}
+
+/// Why an unremediated node is not remediated, as its condition says, told apart by what may
+/// change while the condition's reason stays. The guard's holds are one: a circuit flapping
+/// around its limit turns every held node from "circuit open" to "rate limited" and back, and
+/// rewriting each held node's condition at every flip would be a write storm in the middle of a
+/// mass failure (the node's `RemediationBlocked` Event and the guard's metrics say which hold).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Unremediated {
+    /// Held back by the guard.
+    Held,
+    /// About to be remediated: waiting for the confirming read.
+    Confirming,
+    /// Dead: kube-controller-manager's case (without --act-on-dead).
+    DeadIsKcms,
+}
+
+impl Unremediated {
+    /// What the first clause of a condition's message ([`why_not_remediated`]) says.
+    fn of(why: &str) -> Unremediated {
+        match why {
+            CONFIRMING => Unremediated::Confirming,
+            DEAD_IS_KCMS => Unremediated::DeadIsKcms,
+            _ => Unremediated::Held,
+        }
+    }
 }
 
 /// Why a dead node is not remediated, in its condition (unless --act-on-dead).
@@ -566,7 +595,7 @@ fn plan_steps(judgement: &Judgement, changes: &[VerdictChange], newly_held: &[(S
         steps.extend(taken_over.into_iter().map(|name| planned(name, Step::DisownCordon)));
         steps.extend(judgement.records_lost.iter().map(|(name, since)| planned(name, Step::RestoreRecord { since: *since })));
         for (name, a) in &judged {
-            if let Some(step) = condition_step(a, judgement.notes.get(*name), judgement.hold(name).as_deref(), judgement.judged_at) {
+            if let Some(step) = condition_step(a, judgement.notes.get(*name), judgement.hold(name).as_deref(), judgement.act_on_dead, judgement.judged_at) {
                 steps.push(planned(name, step));
             }
         }
@@ -742,7 +771,7 @@ fn rejudged(now: Timestamp, facts: &FleetFacts, remediated: bool, judgement: &Ju
             }
             let f = facts.nodes.get(name)?;
             let note = NodeNote { uid: planned.uid.clone(), our_condition: f.our_condition.clone(), why: f.our_condition_why.clone(), remediated };
-            let step = condition_step(&a, Some(&note), judgement.hold(name).as_deref(), judgement.judged_at)?;
+            let step = condition_step(&a, Some(&note), judgement.hold(name).as_deref(), judgement.act_on_dead, judgement.judged_at)?;
             Some(Planned { step, ..planned })
         }
         Step::Report { action: "Evaluate", .. } => (again(judgement.judged_at)?.verdict == planned_verdict?).then_some(planned),
@@ -868,6 +897,15 @@ impl Judge {
             self.metrics.fleet(&judgement.verdict_counts, judgement.plan.active, judgement.plan.limit, judgement.plan.circuit_open);
         }
         self.report_blindness(judgement.blindness.as_ref());
+        if !leader || judgement.blindness.is_some() {
+            // A tick that reports no holds (a follower's, a blind one's) still sees a hold's
+            // episode end: the node no longer needs a remediation (it recovered, or went). Held
+            // again later — while another instance led, say — it is reported anew. One that
+            // still needs it is not: a leadership blip is no new episode, and a mass failure's
+            // thousand held nodes must not get a thousand Events again at every blip.
+            let guard = &self.config.guard;
+            self.held_reported.retain(|n| judgement.assessments.get(n).is_some_and(|a| guard::needs_remediation(a.verdict, guard)));
+        }
         if judgement.blindness.is_some() {
             return None;
         }
@@ -879,12 +917,6 @@ impl Judge {
         }
         if !leader {
             self.deferred_events.clear();
-            // A follower sees no holds: whatever it reported as leader says nothing about the
-            // holds it finds when it leads again (a hold may have ended and begun anew meanwhile).
-            // A node still held then is reported once more, by the new leader: one Event too
-            // many at a failover, never one too few.
-            self.held_reported.clear();
-            self.circuit_reported = false;
             return None;
         }
         let newly_held = self.report_holds(&judgement.plan);
@@ -1068,6 +1100,7 @@ impl Judge {
             probe_targets,
             cordons_taken_over,
             min_available: cfg.guard.min_available,
+            act_on_dead: cfg.guard.act_on_dead,
             newly_misconfigured,
             records_lost,
             probes_trusted: evaluation.probes_trusted,
@@ -1620,27 +1653,36 @@ mod tests {
         }
     }
 
-    /// A hold is reported once per episode by the leader. A follower sees no holds (it plans
-    /// nothing), so what a leader reported before it lost leadership says nothing about the
-    /// holds it finds when it leads again: a node held anew then must get its Event.
+    /// A hold is reported once per episode by the leader, and an episode ends when the node no
+    /// longer needs a remediation. A follower, or a blind tick, plans no holds, but sees that
+    /// end: a node held anew after one (while another instance led, or while this one could not
+    /// see) gets its Event when this instance leads again; a node held throughout a leadership
+    /// blip does not get a second one.
     #[test]
     fn a_node_held_again_after_a_spell_as_follower_is_reported_again() {
-        let mut judge = Judge::new(Settings::default(), Metrics::new(crate::metrics::PerNodeMetrics::None), Readiness::default());
-        let verdicts = [("a", Verdict::Healthy), ("x", Verdict::Zombie)];
-        let held = || Plan { held: vec![("x".into(), Hold::RateLimited)], wanting: 1, limit: 5, eligible: 20, ..Plan::default() };
-        let blocked = |steps: Option<Vec<Planned>>| {
-            steps
-                .unwrap_or_default()
-                .into_iter()
-                .filter(|p| matches!(p.step, Step::Report { reason: "RemediationBlocked", .. }))
-                .map(|p| p.node)
-                .collect::<Vec<_>>()
-        };
-        assert_eq!(blocked(judge.plan(true, &judgement(&verdicts, &[], held()))), vec!["x".to_string()]);
-        assert!(blocked(judge.plan(true, &judgement(&verdicts, &[], held()))).is_empty(), "one Event per episode");
-        // Leadership lost: another instance leads, the hold ends and a new one begins meanwhile.
-        assert_eq!(judge.plan(false, &judgement(&verdicts, &[], Plan::default())), None);
-        assert_eq!(blocked(judge.plan(true, &judgement(&verdicts, &[], held()))), vec!["x".to_string()], "a new episode, seen by a new leader");
+        for (name, blindness) in [("follower", None), ("blind follower", Some(observe::Blindness::LeasesSilent(60)))] {
+            let mut judge = Judge::new(Settings::default(), Metrics::new(crate::metrics::PerNodeMetrics::None), Readiness::default());
+            let held = || Plan { held: vec![("x".into(), Hold::RateLimited)], wanting: 1, limit: 5, eligible: 20, ..Plan::default() };
+            let zombie = [("a", Verdict::Healthy), ("x", Verdict::Zombie)];
+            let recovered = [("a", Verdict::Healthy), ("x", Verdict::Healthy)];
+            let blocked = |steps: Option<Vec<Planned>>| {
+                steps
+                    .unwrap_or_default()
+                    .into_iter()
+                    .filter(|p| matches!(p.step, Step::Report { reason: "RemediationBlocked", .. }))
+                    .map(|p| p.node)
+                    .collect::<Vec<_>>()
+            };
+            let away = |verdicts: &[(&str, Verdict)]| Judgement { blindness: blindness.clone(), ..judgement(verdicts, &[], Plan::default()) };
+            assert_eq!(blocked(judge.plan(true, &judgement(&zombie, &[], held()))), vec!["x".to_string()], "{name}");
+            assert!(blocked(judge.plan(true, &judgement(&zombie, &[], held()))).is_empty(), "{name}: one Event per episode");
+            // A blip: a tick away with the node still a zombie, then leading again.
+            assert_eq!(judge.plan(false, &away(&zombie)), None);
+            assert!(blocked(judge.plan(true, &judgement(&zombie, &[], held()))).is_empty(), "{name}: a blip is no new episode");
+            // Away while the node recovered, and held again: a new episode.
+            assert_eq!(judge.plan(false, &away(&recovered)), None);
+            assert_eq!(blocked(judge.plan(true, &judgement(&zombie, &[], held()))), vec!["x".to_string()], "{name}: a new episode");
+        }
     }
 
     fn verdict_changes(reported: &mut NodeMap<Verdict>, assessments: &Assessments) -> Vec<VerdictChange> {
@@ -1687,6 +1729,7 @@ mod tests {
             probe_targets: None,
             cordons_taken_over: Vec::new(),
             min_available: 1,
+            act_on_dead: false,
             newly_misconfigured: Vec::new(),
             records_lost: Vec::new(),
             probes_trusted: true,
@@ -1909,7 +1952,7 @@ mod tests {
             let a = Assessment::new(verdict, vec![]);
             let current = current.map(|(s, r)| (s.to_string(), r.to_string()));
             let note = NodeNote { uid: None, our_condition: current.clone(), why: None, remediated };
-            let step = condition_step(&a, Some(&note), None, t(0));
+            let step = condition_step(&a, Some(&note), None, false, t(0));
             let status_written = match &step {
                 Some(Step::SetCondition { status, reason, .. }) => Some((*status, *reason)),
                 _ => None,
@@ -1976,13 +2019,13 @@ mod tests {
             let mut a = Assessment::new(verdict, vec![]);
             a.provisional = true;
             let over_false = NodeNote { uid: None, our_condition: Some(("False".into(), "ZombieDetected".into())), why: None, remediated: true };
-            assert_eq!(condition_step(&a, Some(&over_false), None, t(0)), None, "{verdict} over an earlier run's False");
+            assert_eq!(condition_step(&a, Some(&over_false), None, false, t(0)), None, "{verdict} over an earlier run's False");
             // Where there is nothing to contradict, the verdict is written as usual…
             let nothing = NodeNote::default();
-            assert_eq!(condition_step(&a, Some(&nothing), None, t(0)).is_some(), verdict == Verdict::Suspect, "{verdict} over nothing");
+            assert_eq!(condition_step(&a, Some(&nothing), None, false, t(0)).is_some(), verdict == Verdict::Suspect, "{verdict} over nothing");
             // …and a False no remediation backs (taint and record gone) never stays.
             let unbacked = NodeNote { remediated: false, ..over_false.clone() };
-            assert!(condition_step(&a, Some(&unbacked), None, t(0)).is_some(), "{verdict} over a False nothing backs");
+            assert!(condition_step(&a, Some(&unbacked), None, false, t(0)).is_some(), "{verdict} over a False nothing backs");
         }
     }
 
@@ -1990,7 +2033,8 @@ mod tests {
     fn a_zombie_the_guard_holds_says_why_in_an_unknown_condition() {
         let a = Assessment::new(Verdict::Zombie, vec![]);
         let note = NodeNote::default();
-        let Some(Step::SetCondition { status, reason, message, .. }) = condition_step(&a, Some(&note), Some("not remediated: the circuit is open"), t(0))
+        let Some(Step::SetCondition { status, reason, message, .. }) =
+            condition_step(&a, Some(&note), Some("not remediated: the circuit is open"), false, t(0))
         else {
             panic!("no condition step")
         };
@@ -1999,9 +2043,11 @@ mod tests {
     }
 
     /// The reason of an unremediated zombie's condition stays `ZombieNotRemediated` whatever
-    /// holds it back; its message says what does, and is rewritten when that changes — not when
-    /// only the counts in it do (in a mass failure that would rewrite every held node's
-    /// condition whenever one more node fails).
+    /// keeps it from being remediated; its message says what, and is rewritten when the node
+    /// goes from held by the guard to waiting for its confirming read or back — not when only
+    /// the hold or the counts in it change (in a mass failure, a circuit flapping around its
+    /// limit would rewrite every held node's condition at every flip). A dead node's condition
+    /// says it is kube-controller-manager's only without --act-on-dead.
     #[test]
     fn a_held_zombie_s_condition_is_rewritten_when_what_holds_it_changes_and_only_then() {
         let scope = Scope { taint_key: names::TAINT_KEY.into(), ..Default::default() };
@@ -2014,7 +2060,7 @@ mod tests {
         assert_ne!(circuit, circuit_later);
         // What the condition on the node says now, as an earlier tick wrote it, and what holds
         // the node back at this tick (None: nothing, it waits for the confirming read).
-        let written = |hold: Option<&str>| match condition_step(&a, Some(&NodeNote::default()), hold, t(0)) {
+        let written = |hold: Option<&str>| match condition_step(&a, Some(&NodeNote::default()), hold, false, t(0)) {
             Some(Step::SetCondition { message, .. }) => message,
             other => panic!("a condition is written over none: {other:?}"),
         };
@@ -2022,9 +2068,9 @@ mod tests {
             (None, Some(&circuit), true),
             (Some(&capacity), Some(&capacity), false),
             (Some(&circuit), Some(&circuit_later), false),
-            (Some(&circuit), Some(&rate), true),
-            (Some(&rate), Some(&rate), false),
-            (Some(&rate), Some(&capacity), true),
+            (Some(&circuit), Some(&rate), false),
+            (Some(&rate), Some(&circuit), false),
+            (Some(&rate), Some(&capacity), false),
             (Some(&capacity), None, true),
             (None, None, false),
         ];
@@ -2033,12 +2079,25 @@ mod tests {
             let mut facts = FleetFacts::default();
             facts.apply_node(&node("z").ready_at(t(0)).ours("Unknown", "ZombieNotRemediated", &message).build(), &scope, t(0));
             let notes = notes(&facts, &Memory::default(), ["z"]);
-            let step = condition_step(&a, notes.get("z"), now, t(0));
+            let step = condition_step(&a, notes.get("z"), now, false, t(0));
             assert_eq!(step.is_some(), rewritten, "from {message:?} to {now:?}: {step:?}");
             if let Some(Step::SetCondition { message, reason, .. }) = step {
                 assert_eq!(reason, "ZombieNotRemediated");
                 assert!(message.starts_with(now.unwrap_or(CONFIRMING)), "{message}");
             }
+        }
+        // A dead node, with and without --act-on-dead, and its condition as written read back.
+        let dead = Assessment::new(Verdict::Dead, vec![]);
+        for (act_on_dead, says) in [(false, DEAD_IS_KCMS), (true, CONFIRMING)] {
+            let Some(Step::SetCondition { message, .. }) = condition_step(&dead, Some(&NodeNote::default()), None, act_on_dead, t(0)) else {
+                panic!("a dead node's condition is written")
+            };
+            assert!(message.starts_with(says), "act on dead {act_on_dead}: {message}");
+            let mut facts = FleetFacts::default();
+            facts.apply_node(&node("d").ready_at(t(0)).ours("Unknown", "LeaseAndStatusStale", &message).build(), &scope, t(0));
+            let notes = notes(&facts, &Memory::default(), ["d"]);
+            assert_eq!(condition_step(&dead, notes.get("d"), None, act_on_dead, t(0)), None, "act on dead {act_on_dead}: written once");
+            assert!(condition_step(&dead, notes.get("d"), None, !act_on_dead, t(0)).is_some(), "act on dead {act_on_dead}: the flag changed");
         }
     }
 

@@ -951,11 +951,7 @@ impl FleetFacts {
     pub fn apply_node(&mut self, node: &SlimNode, scope: &Scope, now: Timestamp) {
         let Some(name) = node.metadata.name.as_deref() else { return };
         let facts = NodeFacts::observe(node, self.nodes.get(name), scope, now);
-        self.touch(name);
-        if facts.uncordon_seen && !self.uncordoned.contains(name) {
-            let key = self.name_of(name);
-            self.uncordoned.insert(key);
-        }
+        let uncordon_seen = facts.uncordon_seen;
         if self.nodes.get(name).is_some_and(|old| old.uid != facts.uid) {
             // Re-created under the same name (a Delete the watch never delivered): the old
             // machine's probe record says nothing about the new one.
@@ -967,6 +963,12 @@ impl FleetFacts {
                 let key = self.name_of(name);
                 self.nodes.insert(key, facts);
             }
+        }
+        // After the insert: a node seen for the first time is noted under the map's name.
+        self.touch(name);
+        if uncordon_seen && !self.uncordoned.contains(name) {
+            let key = self.name_of(name);
+            self.uncordoned.insert(key);
         }
     }
 
@@ -1304,6 +1306,10 @@ mod tests {
 
         let scope = Scope { taint_key: "t".into(), ..Default::default() };
         let mut fleet = FleetFacts::default();
+        // A Node seen first, alone: noted as changed under the map's own name.
+        fleet.apply_node(&node("first").ready_at(t(0)).build(), &scope, t(0));
+        let noted = fleet.take_changed().nodes.into_iter().next().expect("noted").0;
+        assert!(std::sync::Arc::ptr_eq(&noted, &fleet.name_of("first").0));
         // The Lease seen before its Node, a probe and an agent after.
         fleet.apply_lease_renewal("n", Some(t(0)), t(0));
         fleet.apply_node(&node("n").ready_at(t(0)).build(), &scope, t(0));
