@@ -47,7 +47,7 @@ use crate::{
     cadence::CadenceSource,
     config::{RunArgs, Settings},
     docket::Docket,
-    facts::{FleetFacts, NodeMap, NodeName, NodeSet, ProbeOutcome, why_not_remediated},
+    facts::{FleetFacts, NodeMap, NodeName, NodeSet, ProbeOutcome},
     guard::{self, Hold, Memory, Plan},
     leader::Leadership,
     metrics::{ActionLabel, Metrics, NodeHeartbeats, ResultLabel, WriteKind, WriteResult},
@@ -534,7 +534,7 @@ enum Unremediated {
 }
 
 impl Unremediated {
-    /// What the first clause of a condition's message ([`why_not_remediated`]) says.
+    /// What the first clause of a condition's message ([`crate::facts::why_not_remediated`]) says.
     fn of(why: &str) -> Unremediated {
         match why {
             CONFIRMING => Unremediated::Confirming,
