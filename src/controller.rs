@@ -916,7 +916,9 @@ impl Judge {
             self.metrics.verdict_changed(change.verdict);
         }
         if !leader {
-            self.deferred_events.clear();
+            for p in std::mem::take(&mut self.deferred_events) {
+                self.event_not_sent(&p);
+            }
             return None;
         }
         let newly_held = self.report_holds(&judgement.plan);
@@ -1119,6 +1121,9 @@ impl Judge {
     /// The controller's tick calls it after every step; `benches/tick.rs`, whose writes land on
     /// paper, does too.
     pub fn settle(&mut self, now: Timestamp, planned: &Planned, effect: &Effect) {
+        if matches!(effect, Effect::Failed(_)) {
+            self.event_not_sent(planned);
+        }
         for (action, result) in self.ledger.settle(now, planned, effect, &self.config.actions) {
             self.metrics.remediation(action, result);
         }
@@ -1126,6 +1131,18 @@ impl Judge {
             self.settled.insert(name.clone());
         } else {
             self.settled.insert(NodeName::from(planned.node.as_str()));
+        }
+    }
+
+    /// A step planned but not carried out, or carried out and failed: when it was the Event
+    /// that tells a node is held back, the node is not told yet, and is told at the next tick
+    /// that holds it as leader. A node counts as told once its Event is planned (so that two
+    /// ticks do not both plan one); one dropped — leadership lost mid-tick, a lagging watch, a
+    /// back-off, a deferred Event a follower or the deferral cap let go, a failed write — must
+    /// not leave it told.
+    fn event_not_sent(&mut self, planned: &Planned) {
+        if matches!(planned.step, Step::Report { reason: "RemediationBlocked", .. }) {
+            self.held_reported.remove(planned.node.as_str());
         }
     }
 
@@ -1199,6 +1216,9 @@ impl Controller {
         while let Some(planned) = steps.next() {
             if !self.still_leading() {
                 warn!("leadership lost during the tick; remaining writes skipped");
+                for p in std::iter::once(&planned).chain(steps.as_slice()) {
+                    self.judge.event_not_sent(p);
+                }
                 break;
             }
             if lock(&self.view).sight.node_lag.is_some() {
@@ -1206,8 +1226,10 @@ impl Controller {
                 let left = 1 + steps.len();
                 warn!(left, "the Node watch lags behind the apiserver; the rest of this tick's writes are skipped");
                 self.judge.metrics.write(write_kind(&planned.step), WriteResult::Superseded);
+                self.judge.event_not_sent(&planned);
                 for p in steps.by_ref() {
                     self.judge.metrics.write(write_kind(&p.step), WriteResult::Superseded);
+                    self.judge.event_not_sent(&p);
                 }
                 break;
             }
@@ -1223,13 +1245,16 @@ impl Controller {
                 }
                 if self.judge.deferred_events.len() > DEFERRED_EVENTS_MAX {
                     let dropped = self.judge.deferred_events.len() - DEFERRED_EVENTS_MAX;
-                    self.judge.deferred_events.drain(..dropped);
+                    for p in self.judge.deferred_events.drain(..dropped).collect::<Vec<_>>() {
+                        self.judge.event_not_sent(&p);
+                    }
                     warn!(dropped, "too many Events waiting for a tick with time to publish them; the oldest are dropped");
                 }
                 break;
             }
             if self.judge.ledger.backoff.waiting(&planned.node, kind, now) {
                 self.judge.metrics.write(kind, WriteResult::Backoff);
+                self.judge.event_not_sent(&planned);
                 continue;
             }
             let Some(planned) = self.rejudge(now, judgement, planned) else {
@@ -1685,6 +1710,33 @@ mod tests {
         }
     }
 
+    /// A node counts as told it is held once its Event is planned; an Event that then fails, or
+    /// is let go unsent (here: deferred for lack of time, then dropped by a tick as follower),
+    /// leaves it untold, and the next tick that holds it as leader tells it.
+    #[test]
+    fn a_hold_whose_event_was_not_sent_is_reported_again() {
+        let mut judge = Judge::new(Settings::default(), Metrics::new(crate::metrics::PerNodeMetrics::None), Readiness::default());
+        let held = || Plan { held: vec![("x".into(), Hold::RateLimited)], wanting: 1, limit: 5, eligible: 20, ..Plan::default() };
+        let zombie = [("a", Verdict::Healthy), ("x", Verdict::Zombie)];
+        let blocked = |steps: Option<Vec<Planned>>| {
+            steps.unwrap_or_default().into_iter().filter(|p| matches!(p.step, Step::Report { reason: "RemediationBlocked", .. })).collect::<Vec<_>>()
+        };
+        let first = blocked(judge.plan(true, &judgement(&zombie, &[], held())));
+        assert_eq!(first.len(), 1);
+        let failed = Effect::Failed(ActuateError::Timeout { what: "write", node: "x".into(), timeout: Duration::from_secs(10) });
+        judge.settle(t(1), &first[0], &failed);
+        let again = blocked(judge.plan(true, &judgement(&zombie, &[], held())));
+        assert_eq!(again.len(), 1, "the failed Event is planned again");
+        judge.settle(t(2), &again[0], &Effect::Reported);
+        assert!(blocked(judge.plan(true, &judgement(&zombie, &[], held()))).is_empty(), "told once it went out");
+        // Deferred (the tick's time ran out), then let go by a tick as follower.
+        judge.held_reported.clear();
+        let deferred = blocked(judge.plan(true, &judgement(&zombie, &[], held())));
+        judge.deferred_events.extend(deferred);
+        assert_eq!(judge.plan(false, &judgement(&zombie, &[], Plan::default())), None);
+        assert_eq!(blocked(judge.plan(true, &judgement(&zombie, &[], held()))).len(), 1, "the Event let go is planned again");
+    }
+
     fn verdict_changes(reported: &mut NodeMap<Verdict>, assessments: &Assessments) -> Vec<VerdictChange> {
         let mut names: Vec<NodeName> = assessments.keys().chain(reported.keys()).cloned().collect();
         names.sort_unstable();
@@ -2049,7 +2101,7 @@ mod tests {
     /// limit would rewrite every held node's condition at every flip). A dead node's condition
     /// says it is kube-controller-manager's only without --act-on-dead.
     #[test]
-    fn a_held_zombie_s_condition_is_rewritten_when_what_holds_it_changes_and_only_then() {
+    fn an_unremediated_node_s_condition_is_rewritten_when_why_changes_and_not_between_holds() {
         let scope = Scope { taint_key: names::TAINT_KEY.into(), ..Default::default() };
         let a = Assessment::new(Verdict::Zombie, vec![]);
         let plan = |unavailable: usize, hold: Hold| Plan { held: vec![("z".into(), hold)], unavailable, limit: 2, eligible: 20, ..Plan::default() };
