@@ -828,12 +828,6 @@ impl std::borrow::Borrow<str> for NodeName {
     }
 }
 
-impl AsRef<str> for NodeName {
-    fn as_ref(&self) -> &str {
-        &self.0
-    }
-}
-
 impl From<&str> for NodeName {
     fn from(name: &str) -> NodeName {
         NodeName(name.into())
@@ -846,12 +840,6 @@ impl From<String> for NodeName {
     }
 }
 
-impl From<&String> for NodeName {
-    fn from(name: &String) -> NodeName {
-        NodeName(name.as_str().into())
-    }
-}
-
 impl std::fmt::Display for NodeName {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(&self.0)
@@ -861,18 +849,6 @@ impl std::fmt::Display for NodeName {
 impl std::fmt::Debug for NodeName {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         std::fmt::Debug::fmt(&*self.0, f)
-    }
-}
-
-impl PartialEq<str> for NodeName {
-    fn eq(&self, other: &str) -> bool {
-        *self.0 == *other
-    }
-}
-
-impl PartialEq<&str> for NodeName {
-    fn eq(&self, other: &&str) -> bool {
-        *self.0 == **other
     }
 }
 
