@@ -3,9 +3,10 @@
 //! upstream default periods (status reported every 5 minutes, Lease of 40 s), so nothing
 //! cluster-side could see a wedged status loop before ten minutes. The agent's DaemonSet Pods
 //! are deleted, rolled, killed (SIGKILL, as the OOM killer does) and frozen (SIGSTOP: silent for
-//! minutes) without a remediation; then one node's whole disk hangs, and the other
-//! node's `/etc/os-release` read fails: each is tainted within 60 s, the evidence naming the path,
-//! while Kubernetes still says Ready.
+//! minutes) without a remediation; then one node's whole disk hangs and the DaemonSet is rolled
+//! at that moment (the surge keeps the agent that sees the hang), and the other node's
+//! `/etc/os-release` read fails: each is tainted within 60 s, the evidence naming the path, while
+//! Kubernetes still says Ready.
 
 mod common;
 
@@ -102,6 +103,33 @@ async fn agents_report_ok(lab: &AgentLab, pods: &[(String, String)]) {
     }
 }
 
+fn pod_ready(pod: &Pod) -> bool {
+    pod.status.as_ref().and_then(|s| s.conditions.as_ref()).is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+}
+
+/// Waits until node `node` has one agent Pod (none other but Pods being deleted), Ready, that
+/// holds the node's Lease and reports the disk ok; that Pod's name.
+async fn agents_report_ok_on(lab: &AgentLab, node: &str) -> String {
+    let client = lab.cp.client();
+    let pods: Api<Pod> = Api::namespaced(client.clone(), "pulsecheck");
+    eventually(&format!("one agent Pod on {node}, holding its Lease, its disk ok"), POD_READY, || {
+        let (client, pods) = (client.clone(), pods.clone());
+        async move {
+            let list = pods.list(&ListParams::default().labels("app.kubernetes.io/name=pulsecheck-agent")).await.ok()?;
+            let on_node: Vec<Pod> = list
+                .items
+                .into_iter()
+                .filter(|p| p.metadata.deletion_timestamp.is_none() && p.spec.as_ref().and_then(|s| s.node_name.as_deref()) == Some(node))
+                .collect();
+            let [pod] = on_node.as_slice() else { return None };
+            let name = pod.metadata.name.clone()?;
+            let (report, holder) = agent_report(&client, node).await?;
+            (pod_ready(pod) && holder == name && report.disk == DiskHealth::Ok && !report.terminating).then_some(name)
+        }
+    })
+    .await
+}
+
 /// Nodes carrying pulsecheck's taint, and real nodes pulsecheck called zombies in an Event.
 async fn condemned(client: &kube::Client, real: &[&str]) -> Vec<String> {
     let mut found = Vec::new();
@@ -148,14 +176,16 @@ fn ready(node: &Node) -> Option<String> {
     node.status.as_ref()?.conditions.as_ref()?.iter().find(|c| c.type_ == "Ready").map(|c| c.status.clone())
 }
 
-/// Injects `fault` into `victim` and waits for pulsecheck's taint; how long it took, and the
-/// node's condition message.
-async fn caught(lab: &AgentLab, victim: &str, fault: NodeFault) -> (Duration, String) {
+/// Injects `fault` into `victim`, does `then`, and waits for pulsecheck's taint; how long it
+/// took since the fault, and the node's condition message.
+async fn caught(lab: &AgentLab, victim: &str, fault: NodeFault, then: impl FnOnce()) -> (Duration, String) {
     let client = lab.cp.client();
     let started = tokio::time::Instant::now();
     lab.real.inject(victim, fault).await.unwrap_or_else(|e| panic!("{e}"));
+    then();
     let node = wait_node(&client, victim, &format!("{victim} tainted within {CAUGHT:?} of {fault:?}"), CAUGHT, has_our_taint).await;
     let took = started.elapsed();
+    assert!(took <= CAUGHT, "{victim} tainted {took:?} after {fault:?}, over {CAUGHT:?}");
     assert_eq!(ready(&node).as_deref(), Some("True"), "Kubernetes still calls {victim} Ready: {:?}", node.status);
     let message = wait_node(&client, victim, "the condition explaining the taint", Duration::from_secs(30), |n| {
         our_condition(n).is_some_and(|(status, _, _)| status == "False")
@@ -277,8 +307,17 @@ async fn the_agent_catches_a_real_node_whose_disk_hangs_within_a_minute_while_ku
     })
     .await;
 
-    // The whole disk of the node without pulsecheck's own Pod hangs.
-    let (took, message) = caught(&lab, &node, NodeFault::DiskHang).await;
+    // The whole disk of the node without pulsecheck's own Pod hangs, and the agent's DaemonSet
+    // is rolled at once. The new agent Pod cannot start on that node (its volumes and its
+    // container need the disk); the surge keeps the old one, which reports the hang.
+    let hung_agent = agents_report_ok_on(&lab, &node).await;
+    let (took, message) = caught(&lab, &node, NodeFault::DiskHang, || {
+        lab.kubectl(&["-n", "pulsecheck", "rollout", "restart", "daemonset/pulsecheck-agent"]);
+    })
+    .await;
+    let (report, holder) = agent_report(&client, &node).await.expect("the hung node's agent Lease");
+    assert_eq!(holder, hung_agent, "the agent that was there when the disk hung still speaks for {node}: {report:?}");
+    assert!(matches!(report.disk, DiskHealth::Hung { .. }) && !report.terminating, "{report:?}");
     assert!(message.contains("pulsecheck-agent:") && message.contains("hung"), "{message}");
     assert!(
         message.contains("/etc/os-release") || message.contains("/var/lib/kubelet/pods/") && message.contains("kubernetes.io~empty-dir/scratch"),
@@ -286,8 +325,28 @@ async fn the_agent_catches_a_real_node_whose_disk_hangs_within_a_minute_while_ku
     );
     eprintln!("disk-hang on {node} tainted after {took:?}: {message}");
 
+    // The rollout waits at the hung node: its new Pod is there, not running, and its old one
+    // not stopped. On the other node the rollout is done, or waits its turn behind the hung node
+    // (one node at a time on a fleet of two): either way one agent holds its Lease.
+    eventually(&format!("the rollout's new agent Pod waiting on {node}"), POD_READY, || {
+        let (client, node, hung_agent) = (client.clone(), node.clone(), hung_agent.clone());
+        async move {
+            let pods =
+                Api::<Pod>::namespaced(client, "pulsecheck").list(&ListParams::default().labels("app.kubernetes.io/name=pulsecheck-agent")).await.ok()?;
+            let on_node: Vec<&Pod> = pods.items.iter().filter(|p| p.spec.as_ref().and_then(|s| s.node_name.as_deref()) == Some(node.as_str())).collect();
+            let old_kept = on_node.iter().any(|p| p.metadata.name.as_deref() == Some(hung_agent.as_str()) && p.metadata.deletion_timestamp.is_none());
+            let new_waiting = on_node.iter().any(|p| p.metadata.name.as_deref() != Some(hung_agent.as_str()) && !pod_ready(p));
+            (old_kept && new_waiting).then_some(())
+        }
+    })
+    .await;
+    agents_report_ok_on(&lab, &controller_pod).await;
+    let healthy = Api::<Node>::all(client.clone()).get(&controller_pod).await.expect("the node");
+    assert!(!has_our_taint(&healthy), "the rollout condemned the healthy node {controller_pod}: {:?}", healthy.spec);
+    assert!(!events_for(&client, &controller_pod).await.iter().any(|(reason, _)| reason == "ZombieDetected"), "{controller_pod} judged a zombie");
+
     // The other node cannot read /etc/os-release (EIO), as in the seed.
-    let (took, message) = caught(&lab, &controller_pod, NodeFault::OsReleaseError).await;
+    let (took, message) = caught(&lab, &controller_pod, NodeFault::OsReleaseError, || {}).await;
     assert!(message.contains("read of /etc/os-release failing") && message.contains("os error 5"), "{message}");
     eprintln!("os-release-error on {controller_pod} tainted after {took:?}: {message}");
 

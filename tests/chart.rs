@@ -440,11 +440,12 @@ fn the_agent_runs_on_every_node_from_the_controller_s_image_as_non_root_without_
     assert_eq!(pod["automountServiceAccountToken"].as_bool(), Some(true));
     assert_eq!(pod["serviceAccountName"].as_str(), Some("pulsecheck-agent"));
     // Tiny, Guaranteed (requests = limits: never swapped out to the disk it watches), and
-    // rolled a tenth of the fleet at a time, never two agents on one node.
+    // rolled a tenth of the fleet at a time with a surge: a node's old agent stops only once its
+    // new one runs, so no node is without its agent during a rollout.
     assert_eq!(container["resources"]["requests"], container["resources"]["limits"]);
     assert_eq!((container["resources"]["limits"]["cpu"].as_str(), container["resources"]["limits"]["memory"].as_str()), (Some("10m"), Some("32Mi")));
     let rolling = &daemonset["spec"]["updateStrategy"]["rollingUpdate"];
-    assert_eq!((rolling["maxUnavailable"].as_str(), rolling["maxSurge"].as_i64()), (Some("10%"), Some(0)));
+    assert_eq!((rolling["maxSurge"].as_str(), rolling["maxUnavailable"].as_i64()), (Some("10%"), Some(0)));
     // Nothing that selects the controller's Pods (the Service, a disruption budget) selects an agent.
     let service_selector = &the(&objects, "Service")["spec"]["selector"];
     let agent_labels = &daemonset["spec"]["template"]["metadata"]["labels"];

@@ -5,9 +5,19 @@
 //! holder the agent's Pod, `renewTime` now, the annotation
 //! [`REPORT_ANNOTATION`](pulsecheck::agent::REPORT_ANNOTATION) the disk's health at that moment
 //! (with `forSeconds` recomputed), and an ownerReference to the agent's Pod, so deleting the
-//! Pod garbage-collects its Lease. A Lease another (older) Pod holds is taken over. Writes carry
-//! the resourceVersion of the read they were computed from: a 409 means someone else wrote, so
-//! the Lease is read again at the next tick; a 404 means it is gone, so it is created.
+//! Pod garbage-collects its Lease. Writes carry the resourceVersion of the read they were
+//! computed from: a 409 means someone else wrote, so the Lease is read again and the renewal
+//! decided again at once; a 404 means it is gone, so it is created.
+//!
+//! One agent speaks for a node at a time. The DaemonSet rolls with a surge (the new Pod starts
+//! before the old one is stopped, and the old one is stopped only once the new one runs), so
+//! that a node whose disk hangs during a rollout — where the new Pod can never start — keeps the
+//! agent that reports the hang. Two agents of one node are then running side by side; the
+//! Lease is a lock between them ([`claim`]): an agent writes it only while it is its own Pod's
+//! or nobody's, or once its holder has said it is terminating or has not renewed it for its
+//! lease duration, as this agent watched (its own monotonic clock: no node's wall clock
+//! enters). Until then it stands by and reads the Lease once a renew interval. An agent that
+//! does not hold the Lease never writes it, not even its last "terminating" word.
 //!
 //! What this loop must never do: touch the disk. It runs on tokio, reads the disk loop's
 //! findings from memory ([`DiskStatus`]), logs through the lossy writer (`log.rs`), and its
@@ -15,7 +25,12 @@
 //! kubelet's tmpfs. Every API call is bounded by `--request-timeout`, and it uses only the verbs
 //! the agent's Role grants: `leases` get, create and update in its namespace.
 
-use std::{collections::BTreeMap, future::Future, sync::Arc, time::Duration};
+use std::{
+    collections::BTreeMap,
+    future::Future,
+    sync::Arc,
+    time::{Duration, Instant},
+};
 
 use clap::Args;
 use k8s_openapi::{
@@ -89,7 +104,7 @@ pub enum Error {
     #[error("{action} Lease {namespace}/{name}: no answer within {waited:?}")]
     Timeout { action: &'static str, namespace: String, name: String, waited: Duration },
     /// Someone else changed the Lease since it was read; it is read again next time.
-    #[error("Lease {namespace}/{name} changed since it was read; reading it again at the next renewal")]
+    #[error("Lease {namespace}/{name} changed since it was read")]
     Conflict { namespace: String, name: String },
 }
 
@@ -204,19 +219,94 @@ pub fn desired(settings: &LeaseSettings, existing: Option<&Lease>, report: &Repo
     }
 }
 
+/// Whose the Lease is, as this agent reads it: whether it may write it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Claim {
+    /// This agent's Pod holds it (a restarted container of that Pod included), or nobody does.
+    Ours,
+    /// Another Pod holds it but is going away: it said it is terminating, or its renewals
+    /// stopped for its lease duration while this agent watched. It may be taken over.
+    Vacated { holder: String, why: &'static str },
+    /// Another agent Pod of this node holds it and renews it: stand by.
+    Held { holder: String },
+}
+
+/// What a standing-by agent saw of the holder's renewals: the holder, its `renewTime`, and
+/// when (by this agent's monotonic clock) it first saw that pair unchanged.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Watched {
+    holder: String,
+    renew_time: Option<Timestamp>,
+    since: Instant,
+}
+
+impl Watched {
+    /// What has been watched, updated with `lease` seen at `now`: the same holder and renewal
+    /// keep their first sight; any change starts the watch over.
+    pub fn update(previous: Option<Watched>, lease: &Lease, now: Instant) -> Watched {
+        let spec = lease.spec.as_ref();
+        let holder = spec.and_then(|s| s.holder_identity.clone()).unwrap_or_default();
+        let renew_time = spec.and_then(|s| s.renew_time.as_ref()).map(|t| t.0);
+        match previous {
+            Some(w) if w.holder == holder && w.renew_time == renew_time => w,
+            _ => Watched { holder, renew_time, since: now },
+        }
+    }
+}
+
+/// Whose `lease` is for the agent of `settings`, which has watched it as `watched` until `now`.
+/// The holder's own `leaseDurationSeconds` (else this agent's) is how long its renewals may
+/// stop before the Lease counts as vacated; a report that cannot be read is not "terminating".
+pub fn claim(settings: &LeaseSettings, lease: &Lease, watched: Option<&Watched>, now: Instant) -> Claim {
+    let spec = lease.spec.as_ref();
+    let holder = spec.and_then(|s| s.holder_identity.as_deref()).filter(|h| !h.is_empty());
+    let Some(holder) = holder else { return Claim::Ours };
+    if holder == settings.pod_name {
+        return Claim::Ours;
+    }
+    let terminating =
+        lease.metadata.annotations.as_ref().and_then(|a| a.get(REPORT_ANNOTATION)).and_then(|v| Report::from_annotation(v).ok()).is_some_and(|r| r.terminating);
+    if terminating {
+        return Claim::Vacated { holder: holder.into(), why: "it said it is terminating" };
+    }
+    let duration = spec
+        .and_then(|s| s.lease_duration_seconds)
+        .and_then(|d| u64::try_from(d).ok())
+        .filter(|d| *d > 0)
+        .map_or(Duration::from_secs(u64::try_from(settings.duration_seconds).unwrap_or(u64::MAX)), Duration::from_secs);
+    let renew_time = spec.and_then(|s| s.renew_time.as_ref()).map(|t| t.0);
+    let unchanged_for = watched.filter(|w| w.holder == holder && w.renew_time == renew_time).map_or(Duration::ZERO, |w| now.saturating_duration_since(w.since));
+    if unchanged_for >= duration {
+        return Claim::Vacated { holder: holder.into(), why: "it has not renewed it for its lease duration" };
+    }
+    Claim::Held { holder: holder.into() }
+}
+
+/// What a [`Renewer::renew`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Renewal {
+    /// The Lease was written (created, renewed or taken over).
+    Renewed,
+    /// Not written: another Pod holds it (`holder`), or — for the last, terminating renewal,
+    /// which never takes a Lease — nobody does (`None`).
+    StandingBy { holder: Option<String> },
+}
+
 /// Keeps the agent's Lease: one [`Renewer::renew`] per tick.
 pub struct Renewer {
     leases: Api<Lease>,
     settings: LeaseSettings,
-    /// The Lease as the latest read or write returned it; `None` until read, and after a
-    /// conflict or a 404.
+    /// The Lease as the latest read or write returned it; `None` until read, after a conflict
+    /// or a 404, and while standing by (read again every renewal).
     current: Option<Lease>,
+    /// While standing by: the holder's renewals as watched.
+    watched: Option<Watched>,
 }
 
 impl Renewer {
     /// A renewer of `settings`' Lease through `client`.
     pub fn new(client: kube::Client, settings: LeaseSettings) -> Renewer {
-        Renewer { leases: Api::namespaced(client, &settings.namespace), settings, current: None }
+        Renewer { leases: Api::namespaced(client, &settings.namespace), settings, current: None, watched: None }
     }
 
     fn params() -> PostParams {
@@ -233,47 +323,70 @@ impl Renewer {
         }
     }
 
-    /// Renews the Lease with `report`: reads it if it is not known, creates it if it does not
-    /// exist, else replaces it with the resourceVersion of what was read. Each call is bounded
-    /// by the request timeout.
-    pub async fn renew(&mut self, report: &Report) -> Result<()> {
-        if self.current.is_none() {
-            self.current = self.bounded("read", self.leases.get_opt(&self.settings.name)).await?;
-            let Some(read) = &self.current else { return self.create(report).await };
-            let holder = read.spec.as_ref().and_then(|s| s.holder_identity.as_deref());
-            if holder != Some(self.settings.pod_name.as_str()) {
-                tracing::info!(lease = %self.settings.name, holder = holder.unwrap_or("nobody"), "taking the Lease over");
+    /// Renews the Lease with `report` if it is this agent's to write ([`claim`]): reads it if it
+    /// is not known, creates it if it does not exist, else replaces it with the resourceVersion
+    /// of what was read. A conflict (someone else wrote) reads it again and decides once more at
+    /// once. A `terminating` report is written only to a Lease this agent holds. Each call is
+    /// bounded by the request timeout.
+    pub async fn renew(&mut self, report: &Report) -> Result<Renewal> {
+        // Reads after a conflict or a 404: a Lease that keeps changing is left to the next tick.
+        let mut again = 0;
+        loop {
+            if self.current.is_none() {
+                self.current = self.bounded("read", self.leases.get_opt(&self.settings.name)).await?;
             }
-        }
-        let lease = desired(&self.settings, self.current.as_ref(), report, Timestamp::now());
-        match self.bounded("update", self.leases.replace(&self.settings.name, &Self::params(), &lease)).await {
-            Ok(written) => {
-                self.current = Some(written);
-                Ok(())
-            }
-            Err(e) if e.status().is_some_and(|s| s.is_not_found()) => {
-                tracing::info!(lease = %self.settings.name, "the Lease is gone; creating it again");
-                self.current = None;
-                self.create(report).await
-            }
-            Err(e) => {
-                if matches!(e, Error::Conflict { .. }) {
-                    self.current = None;
+            let written = match self.current.take() {
+                None if report.terminating => return Ok(Renewal::StandingBy { holder: None }),
+                None => self.create(report).await,
+                Some(read) => {
+                    let now = Instant::now();
+                    match claim(&self.settings, &read, self.watched.as_ref(), now) {
+                        Claim::Ours => {}
+                        Claim::Vacated { holder, .. } if report.terminating => return Ok(Renewal::StandingBy { holder: Some(holder) }),
+                        Claim::Vacated { holder, why } => tracing::info!(lease = %self.settings.name, %holder, why, "taking the Lease over"),
+                        Claim::Held { holder } => {
+                            self.watched = Some(Watched::update(self.watched.take(), &read, now));
+                            return Ok(Renewal::StandingBy { holder: Some(holder) });
+                        }
+                    }
+                    let lease = desired(&self.settings, Some(&read), report, Timestamp::now());
+                    match self.bounded("update", self.leases.replace(&self.settings.name, &Self::params(), &lease)).await {
+                        Err(e) if e.status().is_some_and(|s| s.is_not_found()) => {
+                            tracing::info!(lease = %self.settings.name, "the Lease is gone; creating it again");
+                            Err(e)
+                        }
+                        other => other,
+                    }
                 }
-                Err(e)
+            };
+            match written {
+                Ok(lease) => {
+                    self.current = Some(lease);
+                    self.watched = None;
+                    return Ok(Renewal::Renewed);
+                }
+                Err(e) => {
+                    let read_again = matches!(e, Error::Conflict { .. }) || e.status().is_some_and(|s| s.is_not_found());
+                    again += 1;
+                    if !read_again || again > 2 {
+                        return Err(e);
+                    }
+                    // Another agent of the node taking over or creating it, someone changing
+                    // its metadata, or a delete: read it and decide again.
+                    tracing::info!(%e, "reading it again");
+                }
             }
         }
     }
 
-    async fn create(&mut self, report: &Report) -> Result<()> {
+    async fn create(&self, report: &Report) -> Result<Lease> {
         let lease = desired(&self.settings, None, report, Timestamp::now());
         match self.bounded("create", self.leases.create(&Self::params(), &lease)).await {
             Ok(written) => {
                 tracing::info!(lease = %self.settings.name, namespace = %self.settings.namespace, "agent Lease created");
-                self.current = Some(written);
-                Ok(())
+                Ok(written)
             }
-            // Created meanwhile by someone else: read it at the next renewal.
+            // Created meanwhile by someone else: read it and decide again.
             Err(e) if e.status().is_some_and(|s| s.is_already_exists()) => {
                 Err(Error::Conflict { namespace: self.settings.namespace.clone(), name: self.settings.name.clone() })
             }
@@ -308,8 +421,9 @@ const STATE_CHANGE_LOOK: Duration = Duration::from_secs(1);
 
 /// Renews the Lease every renew interval, and at once when the disk state changes (the interval
 /// then counted from that renewal), with the disk's health until `shutdown` resolves,
-/// then once more with `terminating: true`, bounded by the request timeout. Failures are logged
-/// and retried at the next tick; this returns only on shutdown.
+/// then once more with `terminating: true` if it holds the Lease, bounded by the request timeout.
+/// While another agent Pod of the node holds it, each tick only reads it ([`claim`]). Failures
+/// are logged and retried at the next tick; this returns only on shutdown.
 pub async fn run(mut renewer: Renewer, disk: Arc<DiskStatus>, shutdown: impl Future<Output = ()>) {
     let settings = renewer.settings.clone();
     let mut tick = tokio::time::interval(settings.renew_interval);
@@ -323,6 +437,8 @@ pub async fn run(mut renewer: Renewer, disk: Arc<DiskStatus>, shutdown: impl Fut
     let mut logged: Option<DiskHealth> = None;
     let mut sent: Option<DiskHealth> = None;
     let mut failing = false;
+    // The other agent Pod of this node whose Lease this one waits for, if it stands by.
+    let mut standing_by: Option<String> = None;
     loop {
         tokio::select! {
             biased;
@@ -359,11 +475,25 @@ pub async fn run(mut renewer: Renewer, disk: Arc<DiskStatus>, shutdown: impl Fut
             result = renewer.renew(&report) => result,
         };
         match result {
-            Ok(()) => {
+            Ok(Renewal::Renewed) => {
                 if std::mem::take(&mut failing) {
                     tracing::info!(lease = %settings.name, "Lease renewed again");
                 }
+                if standing_by.take().is_some() {
+                    tracing::info!(lease = %settings.name, "holding the Lease");
+                }
                 tracing::debug!(lease = %settings.name, disk = %report.disk, "Lease renewed");
+            }
+            Ok(Renewal::StandingBy { holder }) => {
+                failing = false;
+                if standing_by != holder {
+                    tracing::info!(
+                        lease = %settings.name,
+                        holder = %holder.as_deref().unwrap_or("nobody"),
+                        "another agent Pod of this node holds the Lease: standing by until it terminates or stops renewing"
+                    );
+                    standing_by = holder;
+                }
             }
             Err(error) => {
                 failing = true;
@@ -383,7 +513,10 @@ pub async fn run(mut renewer: Renewer, disk: Arc<DiskStatus>, shutdown: impl Fut
         }
     };
     match tokio::time::timeout(settings.request_timeout, last).await {
-        Ok(Ok(())) => tracing::info!(lease = %settings.name, "Lease marked terminating"),
+        Ok(Ok(Renewal::Renewed)) => tracing::info!(lease = %settings.name, "Lease marked terminating"),
+        Ok(Ok(Renewal::StandingBy { holder })) => {
+            tracing::info!(lease = %settings.name, holder = %holder.as_deref().unwrap_or("nobody"), "not the Lease's holder: left as it is")
+        }
         Ok(Err(error)) => tracing::warn!(%error, "could not mark the Lease terminating"),
         Err(_) => tracing::warn!(lease = %settings.name, waited = ?settings.request_timeout, "could not mark the Lease terminating in time"),
     }
@@ -491,6 +624,77 @@ mod tests {
         let later = Timestamp::from_second(1_800_000_010).unwrap();
         let again = desired(&settings(), Some(&lease), &report(), later).spec.unwrap();
         assert_eq!((again.acquire_time, again.renew_time, again.lease_transitions), (Some(MicroTime(now)), Some(MicroTime(later)), Some(1)));
+    }
+
+    /// A Lease held by `holder`, renewed at `renewed` (seconds), saying `report`.
+    fn held(holder: &str, renewed: i64, report: &Report) -> Lease {
+        let other = LeaseSettings { pod_name: holder.into(), pod_uid: format!("{holder}-uid"), ..settings() };
+        desired(&other, None, report, Timestamp::from_second(1_800_000_000 + renewed).unwrap())
+    }
+
+    #[test]
+    fn an_agent_writes_a_lease_of_its_own_pod_or_nobody_s_and_stands_by_while_another_pod_renews_it() {
+        let me = settings();
+        let start = Instant::now();
+        let mine = held(&me.pod_name, 0, &report());
+        assert_eq!(claim(&me, &mine, None, start), Claim::Ours, "its own Pod's (a restarted container)");
+        let mut nobody = mine.clone();
+        nobody.spec.as_mut().unwrap().holder_identity = None;
+        assert_eq!(claim(&me, &nobody, None, start), Claim::Ours);
+        nobody.spec = None;
+        assert_eq!(claim(&me, &nobody, None, start), Claim::Ours);
+
+        // Another agent Pod of the node (a rollout's surge Pod, or the one it replaces) renews:
+        // this one stands by however long it watches, as long as the renewals go on.
+        let theirs = "pulsecheck-agent-other";
+        let held_by = Claim::Held { holder: theirs.into() };
+        let lease = held(theirs, 0, &report());
+        let watched = Watched::update(None, &lease, start);
+        assert_eq!(claim(&me, &lease, Some(&watched), start), held_by);
+        let renewed = held(theirs, 10, &report());
+        let later = start + Duration::from_secs(41);
+        let watched = Watched::update(Some(watched), &renewed, later - Duration::from_secs(1));
+        assert_eq!(claim(&me, &renewed, Some(&watched), later), held_by, "renewed a second ago");
+        // A report that cannot be read is not a "terminating".
+        let mut garbled = renewed.clone();
+        garbled.metadata.annotations.as_mut().unwrap().insert(REPORT_ANNOTATION.into(), "{".into());
+        assert_eq!(claim(&me, &garbled, Some(&watched), later), held_by);
+    }
+
+    #[test]
+    fn a_lease_whose_holder_said_terminating_or_stopped_renewing_for_its_duration_is_taken_over() {
+        let me = settings();
+        let start = Instant::now();
+        let theirs = "pulsecheck-agent-other";
+        let going = held(theirs, 0, &Report { disk: DiskHealth::Ok, terminating: true });
+        assert!(matches!(claim(&me, &going, None, start), Claim::Vacated { ref holder, why } if holder == theirs && why.contains("terminating")));
+
+        // Silent: vacated only once this agent has watched the same renewal for the holder's own
+        // lease duration (41 s here), by its monotonic clock — the renewTime's wall clock, from
+        // another node, is never compared with this one's.
+        let silent = held(theirs, -3600, &report());
+        assert_eq!(claim(&me, &silent, None, start), Claim::Held { holder: theirs.into() }, "first sight: not yet watched");
+        let watched = Watched::update(None, &silent, start);
+        let watched = Watched::update(Some(watched), &silent, start + Duration::from_secs(20));
+        assert_eq!(watched.since, start, "the same renewal keeps its first sight");
+        assert_eq!(claim(&me, &silent, Some(&watched), start + Duration::from_secs(40)), Claim::Held { holder: theirs.into() });
+        assert!(matches!(claim(&me, &silent, Some(&watched), start + Duration::from_secs(41)), Claim::Vacated { why, .. } if why.contains("not renewed")));
+
+        // A renewal, or another holder, starts the watch over.
+        let renewed = held(theirs, -3590, &report());
+        let watched = Watched::update(Some(watched), &renewed, start + Duration::from_secs(41));
+        assert_eq!(claim(&me, &renewed, Some(&watched), start + Duration::from_secs(81)), Claim::Held { holder: theirs.into() });
+        let third = held("pulsecheck-agent-third", -3590, &report());
+        assert_eq!(claim(&me, &third, Some(&watched), start + Duration::from_secs(500)), Claim::Held { holder: "pulsecheck-agent-third".into() });
+
+        // The holder's duration counts, not this agent's; without one, this agent's.
+        let mut short = held(theirs, 0, &report());
+        short.spec.as_mut().unwrap().lease_duration_seconds = Some(4);
+        let watched = Watched::update(None, &short, start);
+        assert!(matches!(claim(&me, &short, Some(&watched), start + Duration::from_secs(4)), Claim::Vacated { .. }));
+        short.spec.as_mut().unwrap().lease_duration_seconds = Some(0);
+        assert_eq!(claim(&me, &short, Some(&watched), start + Duration::from_secs(40)), Claim::Held { holder: theirs.into() });
+        assert!(matches!(claim(&me, &short, Some(&watched), start + Duration::from_secs(41)), Claim::Vacated { .. }));
     }
 
     #[test]

@@ -142,6 +142,11 @@ struct Agent {
 
 impl Agent {
     fn start(kubeconfig: &Path, host_root: &Path, pod: &Pod, log: PathBuf) -> Agent {
+        Agent::start_with(kubeconfig, host_root, pod, log, &[])
+    }
+
+    /// Started with `extra` arguments too.
+    fn start_with(kubeconfig: &Path, host_root: &Path, pod: &Pod, log: PathBuf, extra: &[&str]) -> Agent {
         let stderr = std::fs::File::create(&log).expect("create the agent's log file");
         let child = tokio::process::Command::new(AGENT)
             .args(["--node-name", NODE, "--namespace", NAMESPACE, "--log-filter", "info,pulsecheck_agent=debug"])
@@ -152,6 +157,7 @@ impl Agent {
             .arg("--host-root")
             .arg(host_root)
             .args(FAST)
+            .args(extra)
             .env("KUBECONFIG", kubeconfig)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -168,6 +174,31 @@ impl Agent {
 
     fn exited(&mut self) -> Option<ExitStatus> {
         self.child.try_wait().expect("poll the agent")
+    }
+
+    /// Sends `signal` to the agent.
+    fn signal(&self, signal: nix::sys::signal::Signal) {
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(i32::try_from(self.pid()).unwrap()), signal).unwrap_or_else(|e| panic!("{signal}: {e}"));
+    }
+
+    /// Waits until the agent's log contains `text`.
+    async fn logged(&self, text: &str) {
+        eventually(&format!("the agent's log says {text:?}"), WAIT, || {
+            let log = std::fs::read_to_string(&self.log).unwrap_or_default();
+            async move { log.contains(text).then_some(()) }
+        })
+        .await;
+    }
+
+    /// Waits for the agent to exit after a SIGTERM, and checks it exited 0.
+    async fn terminated(&mut self) {
+        self.signal(nix::sys::signal::Signal::SIGTERM);
+        let status = eventually("the agent exits after SIGTERM", Duration::from_secs(15), || {
+            let exited = self.exited();
+            async move { exited }
+        })
+        .await;
+        assert_eq!(status.code(), Some(0), "exit status after SIGTERM");
     }
 }
 
@@ -203,7 +234,8 @@ async fn the_agent_lease_reports_ok_then_a_hung_disk_then_an_io_error_and_termin
     let pod = create_pod(&pods, "pulsecheck-agent-new").await;
     let (pod_name, pod_uid) = (pod.metadata.name.clone().unwrap(), pod.metadata.uid.clone().unwrap());
 
-    // The Lease of the node's previous agent Pod is there already: the new agent takes it over.
+    // The Lease of the node's previous agent Pod is there already, its last word "terminating"
+    // (a rollout stopped it): the new agent takes it over.
     let old_owner = OwnerReference {
         api_version: "v1".into(),
         kind: "Pod".into(),
@@ -211,8 +243,14 @@ async fn the_agent_lease_reports_ok_then_a_hung_disk_then_an_io_error_and_termin
         uid: old_pod.metadata.uid.clone().unwrap(),
         ..Default::default()
     };
+    let last_word = Report { disk: DiskHealth::Ok, terminating: true }.to_annotation();
     let previous = Lease {
-        metadata: ObjectMeta { name: lease_name(NODE), owner_references: Some(vec![old_owner]), ..Default::default() },
+        metadata: ObjectMeta {
+            name: lease_name(NODE),
+            owner_references: Some(vec![old_owner]),
+            annotations: Some(BTreeMap::from([(REPORT_ANNOTATION.to_string(), last_word)])),
+            ..Default::default()
+        },
         spec: Some(LeaseSpec {
             holder_identity: Some("pulsecheck-agent-old".into()),
             lease_duration_seconds: Some(40),
@@ -352,6 +390,98 @@ async fn the_agent_lease_reports_ok_then_a_hung_disk_then_an_io_error_and_termin
 
     drop(agent);
     drop(disk);
+    cp.stop().await.unwrap();
+}
+
+fn holder(lease: &Lease) -> String {
+    lease.spec.as_ref().and_then(|s| s.holder_identity.clone()).unwrap_or_default()
+}
+
+/// Watches the Lease through `renewals` renewals and checks that `holder` held it throughout,
+/// with no other Pod taking it over meanwhile.
+async fn held_throughout(leases: &Api<Lease>, pod: &str, renewals: usize) {
+    let mut seen = lease(leases).await.expect("the Lease");
+    let transitions = seen.spec.as_ref().and_then(|s| s.lease_transitions);
+    for _ in 0..renewals {
+        let before = renewed_at(&seen);
+        seen = eventually("the next renewal", WAIT, || async move { lease(leases).await.filter(|l| renewed_at(l) > before) }).await;
+        assert_eq!(holder(&seen), pod, "another agent took over the Lease: {:?}", seen.spec);
+        assert_eq!(seen.spec.as_ref().and_then(|s| s.lease_transitions), transitions, "leaseTransitions");
+        assert!(report_of(&seen).is_some_and(|r| !r.terminating), "{seen:?}");
+    }
+}
+
+/// Waits until `pod` holds the Lease and reports its disk ok.
+async fn held_ok_by(leases: &Api<Lease>, pod: &str) -> Lease {
+    eventually(&format!("{pod} holds the Lease and reports ok"), WAIT, || async move {
+        let lease = lease(leases).await?;
+        (holder(&lease) == pod && report_of(&lease).is_some_and(|r| r.disk == DiskHealth::Ok && !r.terminating)).then_some(lease)
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_agents_of_one_node_take_turns_the_new_one_standing_by_until_the_holder_terminates_or_falls_silent() {
+    init();
+    let cp = ControlPlane::start(Default::default()).await.expect("control plane starts");
+    let dir = tempfile::tempdir().unwrap();
+    let kubeconfig = agent_kubeconfig(&cp, dir.path()).await;
+    let pods: Api<Pod> = Api::namespaced(cp.client(), NAMESPACE);
+    let leases: Api<Lease> = Api::namespaced(cp.client(), NAMESPACE);
+    let host = dir.path().join("host");
+    std::fs::create_dir_all(host.join("etc")).unwrap();
+    std::fs::create_dir_all(host.join("var/lib/kubelet")).unwrap();
+    std::fs::write(host.join("etc/os-release"), "ID=lab\n").unwrap();
+    // As in the chart, each Pod has a scratch dir of its own (its emptyDir).
+    let start = |name: &'static str| {
+        let (kubeconfig, host, log, pods) = (kubeconfig.clone(), host.clone(), dir.path().join(format!("{name}.log")), pods.clone());
+        async move {
+            let pod = create_pod(&pods, name).await;
+            let scratch = format!("--scratch-dir=/var/lib/kubelet/{name}");
+            Agent::start_with(&kubeconfig, &host, &pod, log, &[&scratch])
+        }
+    };
+
+    let mut old = start("pulsecheck-agent-old").await;
+    held_ok_by(&leases, "pulsecheck-agent-old").await;
+
+    // A rollout's surge Pod starts beside it: it stands by, and the old agent goes on holding
+    // the Lease, renewal after renewal.
+    let mut new = start("pulsecheck-agent-new").await;
+    held_throughout(&leases, "pulsecheck-agent-old", 4).await;
+    new.logged("standing by").await;
+
+    // The old agent freezes (SIGSTOP): the new one takes over once the old one's renewals have
+    // stopped for its lease duration (4 s), as it watched them.
+    old.signal(nix::sys::signal::Signal::SIGSTOP);
+    let frozen = Instant::now();
+    held_ok_by(&leases, "pulsecheck-agent-new").await;
+    assert!(frozen.elapsed() >= Duration::from_secs(4), "taken over after {:?}, before the lease duration", frozen.elapsed());
+    new.logged("has not renewed it for its lease duration").await;
+    // Thawed, the old one finds the Lease taken and stands by in turn.
+    old.signal(nix::sys::signal::Signal::SIGCONT);
+    held_throughout(&leases, "pulsecheck-agent-new", 4).await;
+    eventually("the thawed agent stands by", WAIT, || {
+        let log = std::fs::read_to_string(&old.log).unwrap_or_default();
+        async move { (log.matches("standing by").count() >= 1 && log.contains("holder=pulsecheck-agent-new")).then_some(()) }
+    })
+    .await;
+
+    // The agent standing by is stopped: it leaves the holder's Lease alone, no "terminating".
+    old.terminated().await;
+    old.logged("not the Lease's holder").await;
+    held_throughout(&leases, "pulsecheck-agent-new", 2).await;
+
+    // The holder is stopped: its last word is "terminating", and the next agent Pod of the node
+    // takes the Lease over at once.
+    new.terminated().await;
+    wait_report(&leases, "the holder's last word is terminating", |r| r.terminating).await;
+    let next = start("pulsecheck-agent-next").await;
+    let taken = held_ok_by(&leases, "pulsecheck-agent-next").await;
+    next.logged("it said it is terminating").await;
+    assert_eq!(taken.metadata.owner_references.unwrap_or_default().iter().map(|o| o.name.as_str()).collect::<Vec<_>>(), ["pulsecheck-agent-next"]);
+
+    drop((old, new, next));
     cp.stop().await.unwrap();
 }
 
