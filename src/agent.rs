@@ -101,6 +101,28 @@ impl std::fmt::Display for DiskHealth {
     }
 }
 
+/// Whether a disk operation failing with `error` (as the agent reports it) can condemn a node:
+/// the errors of a disk that is broken — EIO, a filesystem remounted read-only (EROFS). Others say
+/// something about the node's configuration or load, not a dead disk: a full disk (ENOSPC,
+/// EDQUOT), a denial (EACCES, EPERM: an SELinux policy would deny every node at once), an
+/// operation that succeeded only after the agent's deadline (a slow disk). Those stay supporting.
+pub fn failure_condemns(error: &str) -> bool {
+    error.contains("(os error 5)") || error.contains("(os error 30)")
+}
+
+impl DiskHealth {
+    /// Trouble the controller can condemn a node on, given time: a hang, or a failure with an
+    /// error of a broken disk ([`failure_condemns`]). An agent asked to stop while its disk is
+    /// in such trouble stays and goes on reporting it.
+    pub fn condemning(&self) -> bool {
+        match self {
+            DiskHealth::Starting | DiskHealth::Ok => false,
+            DiskHealth::Hung { .. } => true,
+            DiskHealth::Failing { error, .. } => failure_condemns(error),
+        }
+    }
+}
+
 impl Report {
     /// The report as the annotation's value.
     pub fn to_annotation(&self) -> String {

@@ -33,7 +33,7 @@ use k8s_openapi::jiff::{SignedDuration, Timestamp};
 use serde::Serialize;
 
 use crate::{
-    agent::DiskHealth,
+    agent::{self, DiskHealth},
     cadence::StatusThreshold,
     facts::{AgentFacts, FleetFacts, LeaseFacts, NodeFacts, NodeName, ProbeFacts, ProbeOutcome, ReadyState},
     parse::{Contradiction, below, positive_duration},
@@ -431,15 +431,6 @@ pub fn agent_grace(agent: &AgentFacts, th: &Thresholds) -> Duration {
     agent.duration.map_or(th.lease_grace, |d| d + d / 4)
 }
 
-/// Whether a disk operation failing with `error` (as the agent reports it) can condemn a node:
-/// the errors of a disk that is broken — EIO, a filesystem remounted read-only (EROFS). Others say
-/// something about the node's configuration or load, not a dead disk: a full disk (ENOSPC,
-/// EDQUOT), a denial (EACCES, EPERM: an SELinux policy would deny every node at once), an
-/// operation that succeeded only after the agent's deadline (a slow disk). Those stay supporting.
-fn failure_condemns(error: &str) -> bool {
-    error.contains("(os error 5)") || error.contains("(os error 30)")
-}
-
 /// How long an agent's report of `operation` in trouble (`problem`: "hung" or the error) must
 /// last before it condemns the node. A read or stat (what the kubelet's status loop does: its
 /// cadvisor reads `/etc/os-release`) that hangs, and any operation failing with EIO/EROFS, condemn
@@ -523,7 +514,7 @@ fn agent_evidence(now: Timestamp, agent: AgentSight<'_>, th: &Thresholds) -> (Op
         DiskHealth::Ok => return (None, None),
         DiskHealth::Starting => return (None, Some("the node's agent has not finished its first disk check")),
         DiskHealth::Hung { path, operation, for_seconds } => (path, operation, "hung".to_string(), *for_seconds, true),
-        DiskHealth::Failing { path, operation, error, for_seconds } => (path, operation, error.clone(), *for_seconds, failure_condemns(error)),
+        DiskHealth::Failing { path, operation, error, for_seconds } => (path, operation, error.clone(), *for_seconds, agent::failure_condemns(error)),
     };
     // The seconds as the agent reported them, never more: it renews at once when its disk state
     // changes and then every renew interval from that moment, so its reports reach

@@ -4,7 +4,7 @@
 //! cluster-side could see a wedged status loop before ten minutes. The agent's DaemonSet Pods
 //! are deleted, rolled, killed (SIGKILL, as the OOM killer does) and frozen (SIGSTOP: silent for
 //! minutes) without a remediation; then one node's whole disk hangs and the DaemonSet is rolled
-//! at that moment (the surge keeps the agent that sees the hang), and the other node's
+//! at that moment (the agent that sees the hang stays, reporting it), and the other node's
 //! `/etc/os-release` read fails: each is tainted within 60 s, the evidence naming the path, while
 //! Kubernetes still says Ready.
 
@@ -239,6 +239,10 @@ async fn the_agent_catches_a_real_node_whose_disk_hangs_within_a_minute_while_ku
             &on_real_nodes,
             "--set",
             "config.maxUnhealthy=50",
+            // Both nodes' rollouts at once (the default tenth is one node of two, picked in no
+            // fixed order): the healthy node's agent is replaced while the hung node's stays.
+            "--set-string",
+            "agent.updateStrategy.rollingUpdate.maxUnavailable=100%",
         ],
     );
     let pods = agent_pods(&client, &real_nodes).await;
@@ -308,9 +312,11 @@ async fn the_agent_catches_a_real_node_whose_disk_hangs_within_a_minute_while_ku
     .await;
 
     // The whole disk of the node without pulsecheck's own Pod hangs, and the agent's DaemonSet
-    // is rolled at once. The new agent Pod cannot start on that node (its volumes and its
-    // container need the disk); the surge keeps the old one, which reports the hang.
+    // is rolled at once. The old agent there, asked to stop with its disk hung, stays and goes
+    // on reporting the hang (its replacement could not start: its volumes and its container need
+    // the disk).
     let hung_agent = agents_report_ok_on(&lab, &node).await;
+    let healthy_agent = agents_report_ok_on(&lab, &controller_pod).await;
     let (took, message) = caught(&lab, &node, NodeFault::DiskHang, || {
         lab.kubectl(&["-n", "pulsecheck", "rollout", "restart", "daemonset/pulsecheck-agent"]);
     })
@@ -325,22 +331,31 @@ async fn the_agent_catches_a_real_node_whose_disk_hangs_within_a_minute_while_ku
     );
     eprintln!("disk-hang on {node} tainted after {took:?}: {message}");
 
-    // The rollout waits at the hung node: its new Pod is there, not running, and its old one
-    // not stopped. On the other node the rollout is done, or waits its turn behind the hung node
-    // (one node at a time on a fleet of two): either way one agent holds its Lease.
-    eventually(&format!("the rollout's new agent Pod waiting on {node}"), POD_READY, || {
-        let (client, node, hung_agent) = (client.clone(), node.clone(), hung_agent.clone());
-        async move {
-            let pods =
-                Api::<Pod>::namespaced(client, "pulsecheck").list(&ListParams::default().labels("app.kubernetes.io/name=pulsecheck-agent")).await.ok()?;
-            let on_node: Vec<&Pod> = pods.items.iter().filter(|p| p.spec.as_ref().and_then(|s| s.node_name.as_deref()) == Some(node.as_str())).collect();
-            let old_kept = on_node.iter().any(|p| p.metadata.name.as_deref() == Some(hung_agent.as_str()) && p.metadata.deletion_timestamp.is_none());
-            let new_waiting = on_node.iter().any(|p| p.metadata.name.as_deref() != Some(hung_agent.as_str()) && !pod_ready(p));
-            (old_kept && new_waiting).then_some(())
-        }
-    })
-    .await;
-    agents_report_ok_on(&lab, &controller_pod).await;
+    // On the other node the rollout is done: the new agent took the Lease over.
+    let rolled = agents_report_ok_on(&lab, &controller_pod).await;
+    assert_ne!(rolled, healthy_agent, "the healthy node's agent rolled");
+    // And the hung node's old agent still speaks for it, a lease duration and more later.
+    let (report, holder) = agent_report(&client, &node).await.expect("the hung node's agent Lease");
+    assert_eq!(holder, hung_agent, "{report:?}");
+    renewed_since(&client, &node, Timestamp::now() + std::time::Duration::from_secs(45)).await;
+    let (report, holder) = agent_report(&client, &node).await.expect("the hung node's agent Lease");
+    assert!(holder == hung_agent && matches!(report.disk, DiskHealth::Hung { .. }) && !report.terminating, "{holder}: {report:?}");
+    let hung_node = Api::<Node>::all(client.clone()).get(&node).await.expect("the node");
+    assert!(has_our_taint(&hung_node), "{node} still tainted");
+    // The rollout waits there: no other agent Pod runs on the hung node.
+    let on_hung: Vec<Pod> = Api::<Pod>::namespaced(client.clone(), "pulsecheck")
+        .list(&ListParams::default().labels("app.kubernetes.io/name=pulsecheck-agent"))
+        .await
+        .expect("Pods list")
+        .items
+        .into_iter()
+        .filter(|p| p.spec.as_ref().and_then(|s| s.node_name.as_deref()) == Some(node.as_str()))
+        .collect();
+    assert!(
+        !on_hung.iter().any(|p| p.metadata.name.as_deref() != Some(hung_agent.as_str()) && pod_ready(p)),
+        "another agent Pod runs on the hung node: {:?}",
+        on_hung.iter().map(|p| &p.metadata.name).collect::<Vec<_>>()
+    );
     let healthy = Api::<Node>::all(client.clone()).get(&controller_pod).await.expect("the node");
     assert!(!has_our_taint(&healthy), "the rollout condemned the healthy node {controller_pod}: {:?}", healthy.spec);
     assert!(!events_for(&client, &controller_pod).await.iter().any(|(reason, _)| reason == "ZombieDetected"), "{controller_pod} judged a zombie");

@@ -440,12 +440,34 @@ fn the_agent_runs_on_every_node_from_the_controller_s_image_as_non_root_without_
     assert_eq!(pod["automountServiceAccountToken"].as_bool(), Some(true));
     assert_eq!(pod["serviceAccountName"].as_str(), Some("pulsecheck-agent"));
     // Tiny, Guaranteed (requests = limits: never swapped out to the disk it watches), and
-    // rolled a tenth of the fleet at a time with a surge: a node's old agent stops only once its
-    // new one runs, so no node is without its agent during a rollout.
+    // rolled a tenth of the fleet at a time, no surge (a second critical Pod per node would
+    // preempt workloads on full nodes).
     assert_eq!(container["resources"]["requests"], container["resources"]["limits"]);
     assert_eq!((container["resources"]["limits"]["cpu"].as_str(), container["resources"]["limits"]["memory"].as_str()), (Some("10m"), Some("32Mi")));
     let rolling = &daemonset["spec"]["updateStrategy"]["rollingUpdate"];
+    assert_eq!((rolling["maxUnavailable"].as_str(), rolling["maxSurge"].as_i64()), (Some("10%"), Some(0)));
+    // Stopped with its disk in trouble, it may stay long enough for a hung fsync to condemn.
+    assert_eq!(pod["terminationGracePeriodSeconds"].as_i64(), Some(120));
+    // One of the two set by hand keeps the other's default: refused here, naming both, not by
+    // the apiserver; OnDelete drops the rolling settings.
+    let both = render(&["--set", "agent.enabled=true", "--set-string", "agent.updateStrategy.rollingUpdate.maxSurge=10%"]).unwrap_err();
+    assert!(both.contains("agent.updateStrategy.rollingUpdate") && both.contains("maxSurge (10%)") && both.contains("maxUnavailable (10%)"), "{both}");
+    let surge = render(&[
+        "--set",
+        "agent.enabled=true",
+        "--set-string",
+        "agent.updateStrategy.rollingUpdate.maxSurge=10%",
+        "--set",
+        "agent.updateStrategy.rollingUpdate.maxUnavailable=0",
+    ])
+    .unwrap();
+    let rolling = &surge.iter().find(|o| o["kind"] == "DaemonSet").unwrap()["spec"]["updateStrategy"]["rollingUpdate"];
     assert_eq!((rolling["maxSurge"].as_str(), rolling["maxUnavailable"].as_i64()), (Some("10%"), Some(0)));
+    let neither = render(&["--set", "agent.enabled=true", "--set", "agent.updateStrategy.rollingUpdate.maxUnavailable=0"]).unwrap_err();
+    assert!(neither.contains("exactly one of maxSurge (0) and maxUnavailable (0)"), "{neither}");
+    let on_delete = render(&["--set", "agent.enabled=true", "--set", "agent.updateStrategy.type=OnDelete"]).unwrap();
+    let strategy = &on_delete.iter().find(|o| o["kind"] == "DaemonSet").unwrap()["spec"]["updateStrategy"];
+    assert_eq!(serde_yaml_ng::to_string(strategy).unwrap().trim(), "type: OnDelete");
     // Nothing that selects the controller's Pods (the Service, a disruption budget) selects an agent.
     let service_selector = &the(&objects, "Service")["spec"]["selector"];
     let agent_labels = &daemonset["spec"]["template"]["metadata"]["labels"];

@@ -285,8 +285,8 @@ pub fn claim(settings: &LeaseSettings, lease: &Lease, watched: Option<&Watched>,
 /// What a [`Renewer::renew`] did.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Renewal {
-    /// The Lease was written (created, renewed or taken over).
-    Renewed,
+    /// The Lease was written (renewed or taken over; `created`: it did not exist).
+    Renewed { created: bool },
     /// Not written: another Pod holds it (`holder`), or — for the last, terminating renewal,
     /// which never takes a Lease — nobody does (`None`).
     StandingBy { holder: Option<String> },
@@ -335,6 +335,8 @@ impl Renewer {
             if self.current.is_none() {
                 self.current = self.bounded("read", self.leases.get_opt(&self.settings.name)).await?;
             }
+            // After the read: nothing there, so this write creates it.
+            let created = self.current.is_none();
             let written = match self.current.take() {
                 None if report.terminating => return Ok(Renewal::StandingBy { holder: None }),
                 None => self.create(report).await,
@@ -363,7 +365,7 @@ impl Renewer {
                 Ok(lease) => {
                     self.current = Some(lease);
                     self.watched = None;
-                    return Ok(Renewal::Renewed);
+                    return Ok(Renewal::Renewed { created });
                 }
                 Err(e) => {
                     let read_again = matches!(e, Error::Conflict { .. }) || e.status().is_some_and(|s| s.is_not_found());
@@ -419,12 +421,41 @@ fn changed(sent: Option<&DiskHealth>, now: &DiskHealth) -> bool {
 /// How often the network loop looks whether the disk state changed (see [`run`]).
 const STATE_CHANGE_LOOK: Duration = Duration::from_secs(1);
 
+/// What a stop signal (SIGTERM, SIGINT) means, given how many came and the disk's health.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stop {
+    /// Stop now: one last renewal saying `terminating` (its silence from now on says nothing).
+    Now,
+    /// Stay and go on reporting: the disk is in trouble pulsecheck can condemn the node on
+    /// ([`DiskHealth::condemning`]: hung, or failing with EIO or EROFS), and an agent that said
+    /// `terminating` would take that evidence away with it (pulsecheck counts a terminating
+    /// agent as no evidence) — a rollout or a deleted Pod would hide a dead disk. It stops
+    /// once that trouble is over, at a second signal, or at the kubelet's SIGKILL when the
+    /// Pod's grace period ends.
+    Stay,
+    /// A second signal while the disk is still in trouble: exit without a last word, leaving
+    /// the Lease saying what the disk does.
+    Exit,
+}
+
+/// What `signals` stop signals so far mean while the disk is `health`.
+pub fn stop(signals: u32, health: &DiskHealth) -> Stop {
+    match signals {
+        0 => Stop::Stay,
+        _ if !health.condemning() => Stop::Now,
+        1 => Stop::Stay,
+        _ => Stop::Exit,
+    }
+}
+
 /// Renews the Lease every renew interval, and at once when the disk state changes (the interval
-/// then counted from that renewal), with the disk's health until `shutdown` resolves,
-/// then once more with `terminating: true` if it holds the Lease, bounded by the request timeout.
-/// While another agent Pod of the node holds it, each tick only reads it ([`claim`]). Failures
-/// are logged and retried at the next tick; this returns only on shutdown.
-pub async fn run(mut renewer: Renewer, disk: Arc<DiskStatus>, shutdown: impl Future<Output = ()>) {
+/// then counted from that renewal), with the disk's health, until a stop signal on `signals`
+/// (a count of SIGTERMs and SIGINTs). Then ([`stop`]): with the disk fine, once more with
+/// `terminating: true` if it holds the Lease, bounded by the request timeout; with the disk hung
+/// or failing with EIO or EROFS, it goes on renewing until that is over (then as above) or a
+/// second signal (then it exits as it is). While another agent Pod of the node holds the Lease, each
+/// tick only reads it ([`claim`]). Failures are logged and retried at the next tick.
+pub async fn run(mut renewer: Renewer, disk: Arc<DiskStatus>, mut signals: tokio::sync::watch::Receiver<u32>) {
     let settings = renewer.settings.clone();
     let mut tick = tokio::time::interval(settings.renew_interval);
     tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
@@ -433,19 +464,46 @@ pub async fn run(mut renewer: Renewer, disk: Arc<DiskStatus>, shutdown: impl Fut
     // so pulsecheck holds a report at most a second behind the disk loop's state.
     let mut look = tokio::time::interval(STATE_CHANGE_LOOK);
     look.set_missed_tick_behavior(MissedTickBehavior::Delay);
-    tokio::pin!(shutdown);
     let mut logged: Option<DiskHealth> = None;
     let mut sent: Option<DiskHealth> = None;
     let mut failing = false;
-    // The other agent Pod of this node whose Lease this one waits for, if it stands by.
+    // The other agent Pod of this node whose Lease this one waits for, if it stands by, and
+    // since when it has stood by.
     let mut standing_by: Option<String> = None;
-    loop {
+    let mut standing_by_since: Option<Instant> = None;
+    let eager_standby = Duration::from_secs(u64::try_from(settings.duration_seconds).unwrap_or(0));
+    // Whether a stop signal was put off because the disk is in trouble (logged once).
+    let mut staying = false;
+    // What the signals mean now; `Stay` (nothing to do) until one comes.
+    let decide = |signals: &mut tokio::sync::watch::Receiver<u32>, staying: &mut bool| {
+        let health = disk.health(std::time::Instant::now());
+        let count = *signals.borrow_and_update();
+        let decision = stop(count, &health);
+        if decision == Stop::Stay && count > 0 && !std::mem::replace(staying, true) {
+            tracing::warn!(
+                disk = %health,
+                "asked to stop while the disk is in trouble: staying, and reporting it, until the disk is fine again, a second signal, or the end of the Pod's grace period"
+            );
+        }
+        decision
+    };
+    let decision = 'renewing: loop {
         tokio::select! {
             biased;
-            () = &mut shutdown => break,
+            changed = signals.changed() => {
+                match changed.map_or(Stop::Now, |()| decide(&mut signals, &mut staying)) {
+                    Stop::Stay => continue,
+                    other => break 'renewing other,
+                }
+            }
             _ = tick.tick() => {}
             _ = look.tick() => {
-                if !changed(sent.as_ref(), &disk.health(std::time::Instant::now())) {
+                // Standing by, the Lease is read every second for a lease duration (a rollout's
+                // old agent stops a few seconds after its successor starts: taken over at once,
+                // before the garbage collector deletes the Lease with the old Pod), then once a
+                // tick.
+                let eager = standing_by_since.is_some_and(|since| since.elapsed() < eager_standby);
+                if !eager && !changed(sent.as_ref(), &disk.health(std::time::Instant::now())) {
                     continue;
                 }
                 // The renewal clock starts over at a change: while the trouble lasts, its reports
@@ -454,6 +512,16 @@ pub async fn run(mut renewer: Renewer, disk: Arc<DiskStatus>, shutdown: impl Fut
                 // the disk loop at the moments pulsecheck's --agent-disk-after is reached, and
                 // pulsecheck never has to guess how long it lasted since.
                 tick.reset();
+            }
+        }
+        if staying {
+            match decide(&mut signals, &mut staying) {
+                Stop::Stay => {}
+                Stop::Now => {
+                    tracing::info!("the disk is fine again: stopping");
+                    break 'renewing Stop::Now;
+                }
+                Stop::Exit => break 'renewing Stop::Exit,
             }
         }
         let health = disk.health(std::time::Instant::now());
@@ -468,24 +536,40 @@ pub async fn run(mut renewer: Renewer, disk: Arc<DiskStatus>, shutdown: impl Fut
         // What was last tried, renewed or not: a failing apiserver gets the next try at the next
         // tick, not every second (thousands of agents retrying at once would be a storm).
         sent = Some(report.disk.clone());
-        // A SIGTERM during a renewal is not kept waiting for it.
-        let result = tokio::select! {
-            biased;
-            () = &mut shutdown => break,
-            result = renewer.renew(&report) => result,
+        // A stop signal during a renewal is not kept waiting for it, unless the agent stays.
+        let renewal = renewer.renew(&report);
+        tokio::pin!(renewal);
+        let result = loop {
+            tokio::select! {
+                biased;
+                changed = signals.changed() => {
+                    match changed.map_or(Stop::Now, |()| decide(&mut signals, &mut staying)) {
+                        Stop::Stay => continue,
+                        other => break 'renewing other,
+                    }
+                }
+                result = &mut renewal => break result,
+            }
         };
         match result {
-            Ok(Renewal::Renewed) => {
+            Ok(Renewal::Renewed { created }) => {
+                if created {
+                    // pulsecheck counts an agent Lease as alive only once it saw it renewed:
+                    // renew a new one again at the next look (a second), not a tick later.
+                    sent = None;
+                }
                 if std::mem::take(&mut failing) {
                     tracing::info!(lease = %settings.name, "Lease renewed again");
                 }
                 if standing_by.take().is_some() {
                     tracing::info!(lease = %settings.name, "holding the Lease");
                 }
+                standing_by_since = None;
                 tracing::debug!(lease = %settings.name, disk = %report.disk, "Lease renewed");
             }
             Ok(Renewal::StandingBy { holder }) => {
                 failing = false;
+                standing_by_since.get_or_insert_with(Instant::now);
                 if standing_by != holder {
                     tracing::info!(
                         lease = %settings.name,
@@ -500,6 +584,10 @@ pub async fn run(mut renewer: Renewer, disk: Arc<DiskStatus>, shutdown: impl Fut
                 tracing::warn!(%error, "Lease not renewed");
             }
         }
+    };
+    if decision == Stop::Exit {
+        tracing::warn!(lease = %settings.name, disk = %disk.health(std::time::Instant::now()), "second signal with the disk still in trouble: exiting, the Lease left saying so");
+        return;
     }
     tracing::info!(lease = %settings.name, "shutting down: last renewal, terminating");
     let last = async {
@@ -513,7 +601,7 @@ pub async fn run(mut renewer: Renewer, disk: Arc<DiskStatus>, shutdown: impl Fut
         }
     };
     match tokio::time::timeout(settings.request_timeout, last).await {
-        Ok(Ok(Renewal::Renewed)) => tracing::info!(lease = %settings.name, "Lease marked terminating"),
+        Ok(Ok(Renewal::Renewed { .. })) => tracing::info!(lease = %settings.name, "Lease marked terminating"),
         Ok(Ok(Renewal::StandingBy { holder })) => {
             tracing::info!(lease = %settings.name, holder = %holder.as_deref().unwrap_or("nobody"), "not the Lease's holder: left as it is")
         }
@@ -522,18 +610,25 @@ pub async fn run(mut renewer: Renewer, disk: Arc<DiskStatus>, shutdown: impl Fut
     }
 }
 
-/// Resolves on the first SIGTERM or SIGINT. The handlers are installed when this is called, so
-/// a signal that arrives before the future is polled is not lost.
-pub fn shutdown_signal() -> std::io::Result<impl Future<Output = ()>> {
+/// Counts SIGTERMs and SIGINTs in a watch channel, for [`run`]. The handlers are installed when
+/// this is called, so a signal that arrives before the count is looked at is not lost.
+pub fn stop_signals() -> std::io::Result<tokio::sync::watch::Receiver<u32>> {
     use tokio::signal::unix::{SignalKind, signal};
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
-    Ok(async move {
-        tokio::select! {
-            _ = term.recv() => tracing::info!("SIGTERM"),
-            _ = int.recv() => tracing::info!("SIGINT"),
+    let (count, signals) = tokio::sync::watch::channel(0u32);
+    tokio::spawn(async move {
+        loop {
+            let name = tokio::select! {
+                Some(()) = term.recv() => "SIGTERM",
+                Some(()) = int.recv() => "SIGINT",
+                else => return,
+            };
+            tracing::info!(signal = name, "stop signal");
+            count.send_modify(|n| *n = n.saturating_add(1));
         }
-    })
+    });
+    Ok(signals)
 }
 
 /// The labels of every agent Lease: pulsecheck's, and the component the controller selects on.
@@ -695,6 +790,37 @@ mod tests {
         short.spec.as_mut().unwrap().lease_duration_seconds = Some(0);
         assert_eq!(claim(&me, &short, Some(&watched), start + Duration::from_secs(40)), Claim::Held { holder: theirs.into() });
         assert!(matches!(claim(&me, &short, Some(&watched), start + Duration::from_secs(41)), Claim::Vacated { .. }));
+    }
+
+    #[test]
+    fn a_stop_signal_while_the_disk_is_in_trouble_is_put_off_until_it_is_fine_or_a_second_signal() {
+        let hung = DiskHealth::Hung { path: "/etc/os-release".into(), operation: "read".into(), for_seconds: 12 };
+        let failing =
+            DiskHealth::Failing { path: "/etc/os-release".into(), operation: "read".into(), error: "Input/output error (os error 5)".into(), for_seconds: 3 };
+        let full = DiskHealth::Failing {
+            path: "/s/heartbeat".into(),
+            operation: "write".into(),
+            error: "No space left on device (os error 28)".into(),
+            for_seconds: 3,
+        };
+        let slow = DiskHealth::Failing {
+            path: "/s/heartbeat".into(),
+            operation: "fsync".into(),
+            error: "returned after 11s, over the 10s deadline".into(),
+            for_seconds: 3,
+        };
+        // Trouble pulsecheck cannot condemn on keeps nobody: a full or slow disk stops at once.
+        assert_eq!(stop(1, &full), Stop::Now);
+        assert_eq!(stop(1, &slow), Stop::Now);
+        assert_eq!(stop(0, &hung), Stop::Stay, "no signal yet");
+        assert_eq!(stop(0, &DiskHealth::Ok), Stop::Stay, "no signal yet");
+        assert_eq!(stop(1, &DiskHealth::Ok), Stop::Now);
+        assert_eq!(stop(1, &DiskHealth::Starting), Stop::Now);
+        assert_eq!(stop(1, &hung), Stop::Stay);
+        assert_eq!(stop(1, &failing), Stop::Stay);
+        assert_eq!(stop(2, &hung), Stop::Exit);
+        assert_eq!(stop(2, &failing), Stop::Exit);
+        assert_eq!(stop(2, &DiskHealth::Ok), Stop::Now, "fine again by the second signal: a last word");
     }
 
     #[test]

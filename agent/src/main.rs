@@ -90,11 +90,11 @@ fn run(cli: Cli, settings: LeaseSettings) -> anyhow::Result<()> {
     // One thread is plenty for one request every few seconds.
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().context("cannot start the network loop's runtime")?;
     runtime.block_on(async {
-        let shutdown = lease::shutdown_signal().context("cannot handle SIGTERM")?;
+        let signals = lease::stop_signals().context("cannot handle SIGTERM")?;
         // kube's TLS; installed once for the process.
         let _ = rustls::crypto::ring::default_provider().install_default();
         let client = lease::client(settings.request_timeout).await?;
-        lease::run(Renewer::new(client, settings), status, shutdown).await;
+        lease::run(Renewer::new(client, settings), status, signals).await;
         Ok(())
     })
     // The disk loop's thread is not waited for: it may be blocked on the disk for good.

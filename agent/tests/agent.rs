@@ -19,7 +19,7 @@ use k8s_openapi::{
         rbac::v1::{PolicyRule, Role, RoleBinding, RoleRef, Subject},
     },
     apimachinery::pkg::apis::meta::v1::{MicroTime, OwnerReference},
-    jiff::Timestamp,
+    jiff::{SignedDuration, Timestamp},
 };
 use kube::{
     Api,
@@ -223,7 +223,7 @@ fn usage(pid: u32) -> (u64, f64) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_agent_lease_reports_ok_then_a_hung_disk_then_an_io_error_and_terminating_on_sigterm() {
+async fn the_agent_lease_reports_ok_then_a_hung_disk_then_an_io_error_and_terminating_once_the_disk_is_fine_after_sigterm() {
     init();
     let cp = ControlPlane::start(Default::default()).await.expect("control plane starts");
     let dir = tempfile::tempdir().unwrap();
@@ -373,13 +373,31 @@ async fn the_agent_lease_reports_ok_then_a_hung_disk_then_an_io_error_and_termin
     let DiskHealth::Failing { path, operation, error, .. } = failing.disk else { unreachable!() };
     assert_eq!((path.as_str(), operation.as_str()), (OS_RELEASE, "read"));
     assert!(error.contains("Input/output error"), "{error}");
-    wait_report(&leases, "failing for a growing time", |r| matches!(r.disk, DiskHealth::Failing { for_seconds, .. } if for_seconds >= 2)).await;
-    switch.fail_file("etc/os-release", false);
-    wait_report(&leases, "ok once the file reads again", |r| r.disk == DiskHealth::Ok).await;
+    let (still_failing, _) =
+        wait_report(&leases, "failing for a growing time", |r| matches!(r.disk, DiskHealth::Failing { for_seconds, .. } if for_seconds >= 2)).await;
 
-    // SIGTERM: one last renewal saying terminating, and a clean exit.
-    nix::sys::signal::kill(nix::unistd::Pid::from_raw(i32::try_from(pid).unwrap()), nix::sys::signal::Signal::SIGTERM).expect("send SIGTERM");
-    let status = eventually("the agent exits after SIGTERM", Duration::from_secs(15), || {
+    // SIGTERM while the disk fails: the agent stays and goes on reporting the failure (a
+    // "terminating" would be no evidence), however many renewals pass.
+    agent.signal(nix::sys::signal::Signal::SIGTERM);
+    agent.logged("asked to stop while the disk is in trouble").await;
+    let mut seen = renewed_at(&lease(&leases).await.unwrap());
+    for _ in 0..3 {
+        let before = seen;
+        let renewed = eventually("a renewal after SIGTERM", WAIT, || {
+            let leases = leases.clone();
+            async move { lease(&leases).await.filter(|l| renewed_at(l) > before) }
+        })
+        .await;
+        let report = report_of(&renewed).unwrap();
+        assert!(matches!(report.disk, DiskHealth::Failing { .. }) && !report.terminating, "{report:?}");
+        seen = renewed_at(&renewed);
+    }
+    assert!(seen > renewed_at(&still_failing));
+    assert!(agent.exited().is_none(), "the agent stays while its disk fails");
+
+    // The file reads again: now the agent stops, its last word "terminating", and exits 0.
+    switch.fail_file("etc/os-release", false);
+    let status = eventually("the agent exits once its disk is fine", WAIT, || {
         let exited = agent.exited();
         async move { exited }
     })
@@ -387,6 +405,62 @@ async fn the_agent_lease_reports_ok_then_a_hung_disk_then_an_io_error_and_termin
     assert_eq!(status.code(), Some(0), "exit status after SIGTERM");
     let (_, last) = wait_report(&leases, "the report says terminating", |r| r.terminating).await;
     assert_eq!(last.disk, DiskHealth::Ok);
+    agent.logged("the disk is fine again: stopping").await;
+
+    drop(agent);
+    drop(disk);
+    cp.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_stopped_while_its_disk_hangs_goes_on_reporting_the_hang_and_a_second_signal_leaves_it_reported() {
+    init();
+    let cp = ControlPlane::start(Default::default()).await.expect("control plane starts");
+    let dir = tempfile::tempdir().unwrap();
+    let kubeconfig = agent_kubeconfig(&cp, dir.path()).await;
+    let pods: Api<Pod> = Api::namespaced(cp.client(), NAMESPACE);
+    let leases: Api<Lease> = Api::namespaced(cp.client(), NAMESPACE);
+    let pod = create_pod(&pods, "pulsecheck-agent-hung").await;
+    let backing = dir.path().join("backing");
+    let host = dir.path().join("host");
+    std::fs::create_dir_all(backing.join("etc")).unwrap();
+    std::fs::create_dir_all(backing.join("var/lib/kubelet")).unwrap();
+    std::fs::create_dir_all(&host).unwrap();
+    std::fs::write(backing.join("etc/os-release"), "ID=lab\n").unwrap();
+    let disk = FaultDisk::mount(&backing, &host).expect("mount the fault disk (needs root and /dev/fuse)");
+    let mut agent = Agent::start(&kubeconfig, &host, &pod, dir.path().join("agent.log"));
+    wait_report(&leases, "the agent reports ok", |r| r.disk == DiskHealth::Ok).await;
+
+    disk.switch().set(DiskFault::Hang);
+    let (hung, _) = wait_report(&leases, "the report says hung", |r| matches!(r.disk, DiskHealth::Hung { .. })).await;
+    let hung_for = |r: &Report| match r.disk {
+        DiskHealth::Hung { for_seconds, .. } => for_seconds,
+        _ => 0,
+    };
+    // Stopped (the Pod deleted, the DaemonSet rolled with maxUnavailable): it stays, and the
+    // hang it reports goes on growing past the point it was stopped at.
+    agent.signal(nix::sys::signal::Signal::SIGTERM);
+    agent.logged("asked to stop while the disk is in trouble").await;
+    let at_stop = hung_for(&report_of(&lease(&leases).await.unwrap()).unwrap());
+    let (grown, report) = wait_report(&leases, "the hang reported growing after SIGTERM", |r| !r.terminating && hung_for(r) >= at_stop + 2).await;
+    assert!(renewed_at(&grown) > renewed_at(&hung) && !report.terminating, "{report:?}");
+    assert!(agent.exited().is_none(), "the agent stays while its disk hangs");
+
+    // A second signal: it stops renewing at once, the Lease left saying the disk hangs. (The
+    // process ends only once the disk answers: a thread stuck in the kernel on a disk request
+    // holds the exit, as on a real node.) Had it not stopped, the disk back would now make it
+    // renew once more, saying terminating.
+    agent.signal(nix::sys::signal::Signal::SIGTERM);
+    agent.logged("second signal with the disk still in trouble").await;
+    disk.switch().set(DiskFault::Healthy);
+    let status = eventually("the agent exits once its stuck read returns", WAIT, || {
+        let exited = agent.exited();
+        async move { exited }
+    })
+    .await;
+    assert_eq!(status.code(), Some(0));
+    let left = report_of(&lease(&leases).await.unwrap()).unwrap();
+    assert!(matches!(left.disk, DiskHealth::Hung { .. }) && !left.terminating, "{left:?}");
 
     drop(agent);
     drop(disk);
@@ -454,9 +528,24 @@ async fn two_agents_of_one_node_take_turns_the_new_one_standing_by_until_the_hol
     // The old agent freezes (SIGSTOP): the new one takes over once the old one's renewals have
     // stopped for its lease duration (4 s), as it watched them.
     old.signal(nix::sys::signal::Signal::SIGSTOP);
-    let frozen = Instant::now();
+    // The old agent's last renewal (one may land just after the signal), then the takeover.
+    let last_old = std::sync::Mutex::new(lease(&leases).await.unwrap());
+    let taken = eventually("the new agent takes the frozen agent's Lease over", WAIT, || {
+        let (leases, last_old) = (leases.clone(), &last_old);
+        async move {
+            let l = lease(&leases).await?;
+            if holder(&l) == "pulsecheck-agent-old" {
+                *last_old.lock().unwrap() = l;
+                return None;
+            }
+            Some(l)
+        }
+    })
+    .await;
+    let silent = renewed_at(&taken).duration_since(renewed_at(&last_old.lock().unwrap()));
+    assert_eq!(holder(&taken), "pulsecheck-agent-new");
+    assert!(silent >= SignedDuration::from_secs(4), "taken over {silent:?} after the holder's last renewal, before its lease duration");
     held_ok_by(&leases, "pulsecheck-agent-new").await;
-    assert!(frozen.elapsed() >= Duration::from_secs(4), "taken over after {:?}, before the lease duration", frozen.elapsed());
     new.logged("has not renewed it for its lease duration").await;
     // Thawed, the old one finds the Lease taken and stands by in turn.
     old.signal(nix::sys::signal::Signal::SIGCONT);
@@ -472,11 +561,13 @@ async fn two_agents_of_one_node_take_turns_the_new_one_standing_by_until_the_hol
     old.logged("not the Lease's holder").await;
     held_throughout(&leases, "pulsecheck-agent-new", 2).await;
 
-    // The holder is stopped: its last word is "terminating", and the next agent Pod of the node
-    // takes the Lease over at once.
-    new.terminated().await;
-    wait_report(&leases, "the holder's last word is terminating", |r| r.terminating).await;
+    // The next rollout: another surge Pod stands by; the holder is stopped, its last word is
+    // "terminating", and the Pod standing by takes the Lease over at once.
     let next = start("pulsecheck-agent-next").await;
+    next.logged("standing by").await;
+    held_throughout(&leases, "pulsecheck-agent-new", 2).await;
+    new.terminated().await;
+    new.logged("Lease marked terminating").await;
     let taken = held_ok_by(&leases, "pulsecheck-agent-next").await;
     next.logged("it said it is terminating").await;
     assert_eq!(taken.metadata.owner_references.unwrap_or_default().iter().map(|o| o.name.as_str()).collect::<Vec<_>>(), ["pulsecheck-agent-next"]);
