@@ -224,6 +224,8 @@ struct Record {
     failing_since: Option<Instant>,
     /// Rounds started so far.
     rounds: u64,
+    /// Rounds finished so far (they run one after the other: round n finished once this is n).
+    finished_rounds: u64,
 }
 
 /// What the disk loop knows, shared with the network loop: written by the disk thread around
@@ -237,7 +239,7 @@ pub struct DiskStatus {
 impl DiskStatus {
     /// A status for operations with `deadline`, before any round.
     pub fn new(deadline: Duration) -> DiskStatus {
-        DiskStatus { deadline, record: Mutex::new(Record { in_flight: None, finished: Finished::None, failing_since: None, rounds: 0 }) }
+        DiskStatus { deadline, record: Mutex::new(Record { in_flight: None, finished: Finished::None, failing_since: None, rounds: 0, finished_rounds: 0 }) }
     }
 
     fn lock(&self) -> MutexGuard<'_, Record> {
@@ -272,6 +274,13 @@ impl DiskStatus {
         self.lock().rounds
     }
 
+    /// How many rounds have started and how many have finished: a round that starts after
+    /// `started` has finished once `finished` exceeds it.
+    pub fn progress(&self) -> (u64, u64) {
+        let record = self.lock();
+        (record.rounds, record.finished_rounds)
+    }
+
     fn round_started(&self) -> u64 {
         let mut record = self.lock();
         record.rounds += 1;
@@ -294,6 +303,7 @@ impl DiskStatus {
             (_, Finished::Ok | Finished::None) => None,
         };
         record.finished = outcome;
+        record.finished_rounds += 1;
     }
 }
 

@@ -436,24 +436,32 @@ pub enum Stop {
     /// A second signal while the disk is still in trouble: exit without a last word, leaving
     /// the Lease saying what the disk does.
     Exit,
+    /// Not yet known: a disk that hangs looks fine until an operation outlasts its deadline,
+    /// and a rollout or a deleted Pod may come in those seconds. The agent says `terminating`
+    /// only once a disk round started after the signal has finished (a disk interval and a
+    /// deadline at most); it goes on renewing meanwhile.
+    Confirm,
 }
 
-/// What `signals` stop signals so far mean while the disk is `health`.
-pub fn stop(signals: u32, health: &DiskHealth) -> Stop {
+/// What `signals` stop signals so far mean while the disk is `health`; `confirmed`: a disk round
+/// that started after the first signal has finished.
+pub fn stop(signals: u32, health: &DiskHealth, confirmed: bool) -> Stop {
     match signals {
         0 => Stop::Stay,
-        _ if !health.condemning() => Stop::Now,
-        1 => Stop::Stay,
-        _ => Stop::Exit,
+        _ if health.condemning() && signals == 1 => Stop::Stay,
+        _ if health.condemning() => Stop::Exit,
+        1 if !confirmed => Stop::Confirm,
+        _ => Stop::Now,
     }
 }
 
 /// Renews the Lease every renew interval, and at once when the disk state changes (the interval
 /// then counted from that renewal), with the disk's health, until a stop signal on `signals`
-/// (a count of SIGTERMs and SIGINTs). Then ([`stop`]): with the disk fine, once more with
-/// `terminating: true` if it holds the Lease, bounded by the request timeout; with the disk hung
-/// or failing with EIO or EROFS, it goes on renewing until that is over (then as above) or a
-/// second signal (then it exits as it is). While another agent Pod of the node holds the Lease, each
+/// (a count of SIGTERMs and SIGINTs). Then ([`stop`]): once a disk round started after the
+/// signal has finished with the disk fine, once more with `terminating: true` if it holds the
+/// Lease, bounded by the request timeout; with the disk hung or failing with EIO or EROFS, it
+/// goes on renewing until that is over (then as above) or a second signal (then it exits as it
+/// is). While another agent Pod of the node holds the Lease, each
 /// tick only reads it ([`claim`]). Failures are logged and retried at the next tick.
 pub async fn run(mut renewer: Renewer, disk: Arc<DiskStatus>, mut signals: tokio::sync::watch::Receiver<u32>) {
     let settings = renewer.settings.clone();
@@ -472,14 +480,21 @@ pub async fn run(mut renewer: Renewer, disk: Arc<DiskStatus>, mut signals: tokio
     let mut standing_by: Option<String> = None;
     let mut standing_by_since: Option<Instant> = None;
     let eager_standby = Duration::from_secs(u64::try_from(settings.duration_seconds).unwrap_or(0));
-    // Whether a stop signal was put off because the disk is in trouble (logged once).
+    // Whether a stop signal was put off because the disk is in trouble (logged once), and the
+    // disk rounds started when the first signal came.
     let mut staying = false;
-    // What the signals mean now; `Stay` (nothing to do) until one comes.
-    let decide = |signals: &mut tokio::sync::watch::Receiver<u32>, staying: &mut bool| {
-        let health = disk.health(std::time::Instant::now());
+    let mut signalled_at_round: Option<u64> = None;
+    // What the signals mean now ([`stop`]); `Stay` (nothing to do) until one comes.
+    let mut decide = |signals: &mut tokio::sync::watch::Receiver<u32>| {
         let count = *signals.borrow_and_update();
-        let decision = stop(count, &health);
-        if decision == Stop::Stay && count > 0 && !std::mem::replace(staying, true) {
+        if count == 0 {
+            return Stop::Stay;
+        }
+        let health = disk.health(std::time::Instant::now());
+        let (started, finished) = disk.progress();
+        let mark = *signalled_at_round.get_or_insert(started);
+        let decision = stop(count, &health, finished > mark);
+        if decision == Stop::Stay && !std::mem::replace(&mut staying, true) {
             tracing::warn!(
                 disk = %health,
                 "asked to stop while the disk is in trouble: staying, and reporting it, until the disk is fine again, a second signal, or the end of the Pod's grace period"
@@ -491,13 +506,22 @@ pub async fn run(mut renewer: Renewer, disk: Arc<DiskStatus>, mut signals: tokio
         tokio::select! {
             biased;
             changed = signals.changed() => {
-                match changed.map_or(Stop::Now, |()| decide(&mut signals, &mut staying)) {
-                    Stop::Stay => continue,
+                match changed.map_or(Stop::Now, |()| decide(&mut signals)) {
+                    Stop::Stay | Stop::Confirm => continue,
                     other => break 'renewing other,
                 }
             }
             _ = tick.tick() => {}
             _ = look.tick() => {
+                // Once asked to stop: whether the disk is confirmed fine, or the trouble over.
+                match decide(&mut signals) {
+                    Stop::Stay | Stop::Confirm => {}
+                    Stop::Now => {
+                        tracing::info!(disk = %disk.health(std::time::Instant::now()), "the disk answers: stopping");
+                        break 'renewing Stop::Now;
+                    }
+                    Stop::Exit => break 'renewing Stop::Exit,
+                }
                 // Standing by, the Lease is read every second for a lease duration (a rollout's
                 // old agent stops a few seconds after its successor starts: taken over at once,
                 // before the garbage collector deletes the Lease with the old Pod), then once a
@@ -512,16 +536,6 @@ pub async fn run(mut renewer: Renewer, disk: Arc<DiskStatus>, mut signals: tokio
                 // the disk loop at the moments pulsecheck's --agent-disk-after is reached, and
                 // pulsecheck never has to guess how long it lasted since.
                 tick.reset();
-            }
-        }
-        if staying {
-            match decide(&mut signals, &mut staying) {
-                Stop::Stay => {}
-                Stop::Now => {
-                    tracing::info!("the disk is fine again: stopping");
-                    break 'renewing Stop::Now;
-                }
-                Stop::Exit => break 'renewing Stop::Exit,
             }
         }
         let health = disk.health(std::time::Instant::now());
@@ -543,8 +557,8 @@ pub async fn run(mut renewer: Renewer, disk: Arc<DiskStatus>, mut signals: tokio
             tokio::select! {
                 biased;
                 changed = signals.changed() => {
-                    match changed.map_or(Stop::Now, |()| decide(&mut signals, &mut staying)) {
-                        Stop::Stay => continue,
+                    match changed.map_or(Stop::Now, |()| decide(&mut signals)) {
+                        Stop::Stay | Stop::Confirm => continue,
                         other => break 'renewing other,
                     }
                 }
@@ -809,18 +823,24 @@ mod tests {
             error: "returned after 11s, over the 10s deadline".into(),
             for_seconds: 3,
         };
-        // Trouble pulsecheck cannot condemn on keeps nobody: a full or slow disk stops at once.
-        assert_eq!(stop(1, &full), Stop::Now);
-        assert_eq!(stop(1, &slow), Stop::Now);
-        assert_eq!(stop(0, &hung), Stop::Stay, "no signal yet");
-        assert_eq!(stop(0, &DiskHealth::Ok), Stop::Stay, "no signal yet");
-        assert_eq!(stop(1, &DiskHealth::Ok), Stop::Now);
-        assert_eq!(stop(1, &DiskHealth::Starting), Stop::Now);
-        assert_eq!(stop(1, &hung), Stop::Stay);
-        assert_eq!(stop(1, &failing), Stop::Stay);
-        assert_eq!(stop(2, &hung), Stop::Exit);
-        assert_eq!(stop(2, &failing), Stop::Exit);
-        assert_eq!(stop(2, &DiskHealth::Ok), Stop::Now, "fine again by the second signal: a last word");
+        for confirmed in [false, true] {
+            assert_eq!(stop(0, &hung, confirmed), Stop::Stay, "no signal yet");
+            assert_eq!(stop(0, &DiskHealth::Ok, confirmed), Stop::Stay, "no signal yet");
+            assert_eq!(stop(1, &hung, confirmed), Stop::Stay);
+            assert_eq!(stop(1, &failing, confirmed), Stop::Stay);
+            assert_eq!(stop(2, &hung, confirmed), Stop::Exit);
+            assert_eq!(stop(2, &failing, confirmed), Stop::Exit);
+            assert_eq!(stop(2, &DiskHealth::Ok, confirmed), Stop::Now, "fine by the second signal: a last word");
+        }
+        // A disk that looks fine when the signal comes may be hanging on an operation that has
+        // not reached its deadline yet: the last word waits for a round started after it.
+        assert_eq!(stop(1, &DiskHealth::Ok, false), Stop::Confirm);
+        assert_eq!(stop(1, &DiskHealth::Starting, false), Stop::Confirm);
+        assert_eq!(stop(1, &DiskHealth::Ok, true), Stop::Now);
+        assert_eq!(stop(1, &DiskHealth::Starting, true), Stop::Now);
+        // Trouble pulsecheck cannot condemn on keeps nobody once confirmed: a full or slow disk.
+        assert_eq!(stop(1, &full, true), Stop::Now);
+        assert_eq!(stop(1, &slow, true), Stop::Now);
     }
 
     #[test]

@@ -405,7 +405,7 @@ async fn the_agent_lease_reports_ok_then_a_hung_disk_then_an_io_error_and_termin
     assert_eq!(status.code(), Some(0), "exit status after SIGTERM");
     let (_, last) = wait_report(&leases, "the report says terminating", |r| r.terminating).await;
     assert_eq!(last.disk, DiskHealth::Ok);
-    agent.logged("the disk is fine again: stopping").await;
+    agent.logged("the disk answers: stopping").await;
 
     drop(agent);
     drop(disk);
@@ -431,19 +431,22 @@ async fn an_agent_stopped_while_its_disk_hangs_goes_on_reporting_the_hang_and_a_
     let mut agent = Agent::start(&kubeconfig, &host, &pod, dir.path().join("agent.log"));
     wait_report(&leases, "the agent reports ok", |r| r.disk == DiskHealth::Ok).await;
 
+    // The disk hangs, and at that very moment the agent is stopped (the Pod deleted, the
+    // DaemonSet rolled): its disk still looks fine, no operation has outlasted its deadline yet.
+    // It waits for a round started after the signal, finds the hang, stays, and the hang it
+    // reports goes on growing.
+    let before = lease(&leases).await.unwrap();
     disk.switch().set(DiskFault::Hang);
-    let (hung, _) = wait_report(&leases, "the report says hung", |r| matches!(r.disk, DiskHealth::Hung { .. })).await;
+    agent.signal(nix::sys::signal::Signal::SIGTERM);
     let hung_for = |r: &Report| match r.disk {
         DiskHealth::Hung { for_seconds, .. } => for_seconds,
         _ => 0,
     };
-    // Stopped (the Pod deleted, the DaemonSet rolled with maxUnavailable): it stays, and the
-    // hang it reports goes on growing past the point it was stopped at.
-    agent.signal(nix::sys::signal::Signal::SIGTERM);
+    let (hung, _) = wait_report(&leases, "the report says hung", |r| matches!(r.disk, DiskHealth::Hung { .. })).await;
     agent.logged("asked to stop while the disk is in trouble").await;
-    let at_stop = hung_for(&report_of(&lease(&leases).await.unwrap()).unwrap());
-    let (grown, report) = wait_report(&leases, "the hang reported growing after SIGTERM", |r| !r.terminating && hung_for(r) >= at_stop + 2).await;
-    assert!(renewed_at(&grown) > renewed_at(&hung) && !report.terminating, "{report:?}");
+    let at_stay = hung_for(&report_of(&lease(&leases).await.unwrap()).unwrap());
+    let (grown, report) = wait_report(&leases, "the hang reported growing after SIGTERM", |r| !r.terminating && hung_for(r) >= at_stay + 2).await;
+    assert!(renewed_at(&grown) > renewed_at(&hung) && renewed_at(&hung) > renewed_at(&before) && !report.terminating, "{report:?}");
     assert!(agent.exited().is_none(), "the agent stays while its disk hangs");
 
     // A second signal: it stops renewing at once, the Lease left saying the disk hangs. (The
