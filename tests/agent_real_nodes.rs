@@ -83,6 +83,37 @@ async fn renewed_since(client: &kube::Client, node: &str, since: Timestamp) {
     .await;
 }
 
+/// Waits for node `node`'s agent Lease to be renewed after `since`; on timeout, says what the
+/// Lease, the node's agent Pods and the agent's process (its threads' states, its pending
+/// signals) were.
+async fn renewed_by_agent_through(lab: &AgentLab, node: &str, since: Timestamp) {
+    let client = lab.cp.client();
+    let leases: Api<Lease> = Api::namespaced(client.clone(), "pulsecheck");
+    let name = agent::lease_name(node).unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let lease = leases.get(&name).await.ok();
+        if lease.as_ref().and_then(|l| l.spec.as_ref()?.renew_time.as_ref()).is_some_and(|t| t.0 > since) {
+            return;
+        }
+        if tokio::time::Instant::now() > deadline {
+            let pods = lab.kubectl(&["-n", "pulsecheck", "get", "pods", "-o", "wide", "--field-selector", &format!("spec.nodeName={node}")]);
+            let process = agent_pid(node).map_or_else(
+                || "no agent process".to_string(),
+                |pid| {
+                    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+                    let threads: Vec<String> = std::fs::read_dir(format!("/proc/{pid}/task"))
+                        .map(|d| d.filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("stat")).ok()).collect())
+                        .unwrap_or_default();
+                    format!("pid {pid}\n{status}\nthreads: {threads:?}")
+                },
+            );
+            panic!("{name} not renewed after {since}: {:?}\n{pods}\n{process}", lease.map(|l| (l.spec, l.metadata.annotations)));
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
 /// Waits until every agent Pod in `pods` holds its node's Lease and reports its disk ok; on
 /// timeout, says what the Lease held and what the agent logged.
 async fn agents_report_ok(lab: &AgentLab, pods: &[(String, String)]) {
@@ -337,7 +368,7 @@ async fn the_agent_catches_a_real_node_whose_disk_hangs_within_a_minute_while_ku
     // And the hung node's old agent still speaks for it, a lease duration and more later.
     let (report, holder) = agent_report(&client, &node).await.expect("the hung node's agent Lease");
     assert_eq!(holder, hung_agent, "{report:?}");
-    renewed_since(&client, &node, Timestamp::now() + std::time::Duration::from_secs(45)).await;
+    renewed_by_agent_through(&lab, &node, Timestamp::now() + std::time::Duration::from_secs(45)).await;
     let (report, holder) = agent_report(&client, &node).await.expect("the hung node's agent Lease");
     assert!(holder == hung_agent && matches!(report.disk, DiskHealth::Hung { .. }) && !report.terminating, "{holder}: {report:?}");
     let hung_node = Api::<Node>::all(client.clone()).get(&node).await.expect("the node");

@@ -389,9 +389,12 @@ pub fn in_container(host_root: &Path, host_path: &str) -> PathBuf {
 
 impl HostDisk {
     /// The disk of `targets`, under `host_root`; the scratch directory at `scratch_mount` when
-    /// it is mounted elsewhere.
+    /// it is mounted elsewhere. Relative flags are made absolute now: the network loop later
+    /// changes the working directory (`lease::client`).
     pub fn new(host_root: &Path, scratch_mount: Option<&Path>, targets: &Targets) -> HostDisk {
-        let scratch_dir = scratch_mount.map_or_else(|| in_container(host_root, &targets.scratch_dir), Path::to_path_buf);
+        let absolute = |p: &Path| std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf());
+        let host_root = &absolute(host_root);
+        let scratch_dir = scratch_mount.map_or_else(|| in_container(host_root, &targets.scratch_dir), absolute);
         HostDisk {
             os_release: in_container(host_root, &targets.os_release),
             heartbeat: scratch_dir.join(HEARTBEAT_FILE),

@@ -21,13 +21,15 @@
 //!
 //! What this loop must never do: touch the disk. It runs on tokio, reads the disk loop's
 //! findings from memory ([`DiskStatus`]), logs through the lossy writer (`log.rs`), and its
-//! program text lives in memory (`pin.rs`); the in-cluster credentials it reads are on the
-//! kubelet's tmpfs. Every API call is bounded by `--request-timeout`, and it uses only the verbs
+//! program text lives in memory (`pin.rs`); the in-cluster token it re-reads is on the
+//! kubelet's tmpfs, and is looked up from there, not through the container's root filesystem
+//! ([`client`]). Every API call is bounded by `--request-timeout`, and it uses only the verbs
 //! the agent's Role grants: `leases` get, create and update in its namespace.
 
 use std::{
     collections::BTreeMap,
     future::Future,
+    path::PathBuf,
     sync::Arc,
     time::{Duration, Instant},
 };
@@ -94,6 +96,9 @@ pub enum Error {
     /// No cluster configuration (not in a Pod, no kubeconfig).
     #[error("no cluster configuration: not in a Pod, and no kubeconfig ($KUBECONFIG or ~/.kube/config): {0}")]
     Config(kube::config::InferConfigError),
+    /// The token file's directory cannot be made the working directory.
+    #[error("cannot change to the directory of the token file, {}: {source}", .dir.display())]
+    TokenDir { dir: PathBuf, source: std::io::Error },
     /// The client cannot be built.
     #[error("cannot build a Kubernetes client: {0}")]
     Client(Box<kube::Error>),
@@ -169,13 +174,37 @@ impl LeaseSettings {
 
 /// The client, inferred as `kube::Client::try_default` does (`$KUBECONFIG` or `~/.kube/config`
 /// if there is one, else the in-cluster config of a Pod), with every connection, write and read
-/// bounded by `request_timeout`.
+/// bounded by `request_timeout`, and its token file read without a path through the disk
+/// ([`token_file_off_the_disk`]).
 pub async fn client(request_timeout: Duration) -> Result<kube::Client> {
     let mut config = kube::Config::infer().await.map_err(Error::Config)?;
+    token_file_off_the_disk(&mut config)?;
     pulsecheck::connect::apply_timeouts(&mut config, request_timeout);
     // The agent never watches: a read may be bounded too.
     config.read_timeout = Some(request_timeout);
     kube::Client::try_from(config).map_err(|e| Error::Client(Box::new(e)))
+}
+
+/// Makes the client re-read its token file (kube reads it again about once a minute, on the
+/// request path: on the network loop) by a path that never crosses the node's disk.
+///
+/// The in-cluster token, `/var/run/secrets/kubernetes.io/serviceaccount/token`, lives on a tmpfs
+/// the kubelet mounts, but its absolute path is looked up from `/`: through the container's root
+/// filesystem, which containerd keeps on the node's disk. On a hung disk that lookup can block
+/// — it did on the lab's real nodes, a minute into a hang — and with it every renewal. So the
+/// agent makes the token's directory its working directory once, at start, and gives kube the
+/// file's name only: a relative path is looked up from the working directory, inside the tmpfs
+/// (the kubelet's `token -> ..data/token` links are relative too), and a rotated token is still
+/// read. Nothing else in the agent uses a relative path. A token written in the kubeconfig, or
+/// none, is left alone.
+fn token_file_off_the_disk(config: &mut kube::Config) -> Result<()> {
+    let Some(path) = config.auth_info.token_file.clone() else { return Ok(()) };
+    let path = PathBuf::from(path);
+    let (Some(dir), Some(name)) = (path.parent().filter(|d| !d.as_os_str().is_empty()), path.file_name()) else { return Ok(()) };
+    std::env::set_current_dir(dir).map_err(|source| Error::TokenDir { dir: dir.to_owned(), source })?;
+    config.auth_info.token_file = Some(name.to_string_lossy().into_owned());
+    tracing::debug!(dir = %dir.display(), "token file read from the working directory");
+    Ok(())
 }
 
 /// The Lease `settings` describe, renewed now with `report`, built on `existing` (the latest
