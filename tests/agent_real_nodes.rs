@@ -102,10 +102,21 @@ async fn renewed_by_agent_through(lab: &AgentLab, node: &str, since: Timestamp) 
                 || "no agent process".to_string(),
                 |pid| {
                     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+                    // Each thread's state, and where it waits: its system call and kernel stack.
                     let threads: Vec<String> = std::fs::read_dir(format!("/proc/{pid}/task"))
-                        .map(|d| d.filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("stat")).ok()).collect())
+                        .map(|d| {
+                            d.filter_map(|t| {
+                                let t = t.ok()?.path();
+                                let read = |f: &str| std::fs::read_to_string(t.join(f)).unwrap_or_default();
+                                Some(format!("{} | syscall {} | {}", read("stat"), read("syscall").trim(), read("stack").replace('\n', " < ")))
+                            })
+                            .collect()
+                        })
                         .unwrap_or_default();
-                    format!("pid {pid}\n{status}\nthreads: {threads:?}")
+                    let fds: Vec<String> = std::fs::read_dir(format!("/proc/{pid}/fd"))
+                        .map(|d| d.filter_map(|f| Some(format!("{:?}", std::fs::read_link(f.ok()?.path()).ok()?))).collect())
+                        .unwrap_or_default();
+                    format!("pid {pid}\n{status}\nthreads: {threads:#?}\nfds: {fds:?}")
                 },
             );
             panic!("{name} not renewed after {since}: {:?}\n{pods}\n{process}", lease.map(|l| (l.spec, l.metadata.annotations)));

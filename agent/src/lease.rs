@@ -185,25 +185,31 @@ pub async fn client(request_timeout: Duration) -> Result<kube::Client> {
     kube::Client::try_from(config).map_err(|e| Error::Client(Box::new(e)))
 }
 
-/// Makes the client re-read its token file (kube reads it again about once a minute, on the
-/// request path: on the network loop) by a path that never crosses the node's disk.
+/// Makes the client re-read its token and CA files (kube reads each again about once a minute,
+/// on the request path: on the network loop) by paths that never cross the node's disk.
 ///
-/// The in-cluster token, `/var/run/secrets/kubernetes.io/serviceaccount/token`, lives on a tmpfs
-/// the kubelet mounts, but its absolute path is looked up from `/`: through the container's root
-/// filesystem, which containerd keeps on the node's disk. On a hung disk that lookup can block
-/// — it did on the lab's real nodes, a minute into a hang — and with it every renewal. So the
-/// agent makes the token's directory its working directory once, at start, and gives kube the
-/// file's name only: a relative path is looked up from the working directory, inside the tmpfs
-/// (the kubelet's `token -> ..data/token` links are relative too), and a rotated token is still
-/// read. Nothing else in the agent uses a relative path. A token written in the kubeconfig, or
-/// none, is left alone.
+/// In a Pod they are `/var/run/secrets/kubernetes.io/serviceaccount/{token,ca.crt}`, on a tmpfs
+/// the kubelet mounts, but an absolute path is looked up from `/`: through the container's root
+/// filesystem, which containerd keeps on the node's disk. On a hung disk that lookup can block —
+/// it did on the lab's real nodes, a minute into a hang — and with it every renewal. So the agent
+/// makes the token's directory its working directory once, at start, and gives kube the files'
+/// names only: a relative path is looked up from the working directory, inside the tmpfs (the
+/// kubelet's `token -> ..data/token` links are relative too), and a rotated token or CA is still
+/// read. Nothing else in the agent uses a relative path. A CA file elsewhere, a token written in
+/// the kubeconfig, or none, are left as they are.
 fn token_file_off_the_disk(config: &mut kube::Config) -> Result<()> {
     let Some(path) = config.auth_info.token_file.clone() else { return Ok(()) };
     let path = PathBuf::from(path);
     let (Some(dir), Some(name)) = (path.parent().filter(|d| !d.as_os_str().is_empty()), path.file_name()) else { return Ok(()) };
     std::env::set_current_dir(dir).map_err(|source| Error::TokenDir { dir: dir.to_owned(), source })?;
     config.auth_info.token_file = Some(name.to_string_lossy().into_owned());
-    tracing::debug!(dir = %dir.display(), "token file read from the working directory");
+    if let Some(ca) = config.root_cert_file.take() {
+        config.root_cert_file = Some(match (ca.parent(), ca.file_name()) {
+            (Some(ca_dir), Some(ca_name)) if ca_dir == dir => PathBuf::from(ca_name),
+            _ => ca,
+        });
+    }
+    tracing::debug!(dir = %dir.display(), ca = ?config.root_cert_file, "token and CA read from the working directory");
     Ok(())
 }
 
