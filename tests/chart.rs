@@ -446,8 +446,26 @@ fn the_agent_runs_on_every_node_from_the_controller_s_image_as_non_root_without_
     assert_eq!((container["resources"]["limits"]["cpu"].as_str(), container["resources"]["limits"]["memory"].as_str()), (Some("10m"), Some("32Mi")));
     let rolling = &daemonset["spec"]["updateStrategy"]["rollingUpdate"];
     assert_eq!((rolling["maxUnavailable"].as_str(), rolling["maxSurge"].as_i64()), (Some("10%"), Some(0)));
-    // Stopped with its disk in trouble, it may stay long enough for a hung fsync to condemn.
-    assert_eq!(pod["terminationGracePeriodSeconds"].as_i64(), Some(120));
+    // Stopped with its disk in trouble, it may stay long enough for a hung fsync to condemn
+    // (4 x the controller's --agent-disk-after, 30 s) and a minute more for the report to reach it.
+    assert_eq!(pod["terminationGracePeriodSeconds"].as_i64(), Some(180));
+    let grace = |after: &str, grace: &str| {
+        render(&[
+            "--set",
+            "agent.enabled=true",
+            "--set-string",
+            &format!("config.agentDiskAfter={after}"),
+            "--set",
+            &format!("agent.terminationGracePeriodSeconds={grace}"),
+        ])
+    };
+    let short = grace("30s", "179").unwrap_err();
+    assert!(short.contains("agent.terminationGracePeriodSeconds (179) must be at least 180") && short.contains("config.agentDiskAfter (30s)"), "{short}");
+    let short = grace("1m30s", "400").unwrap_err();
+    assert!(short.contains("agent.terminationGracePeriodSeconds (400) must be at least 420"), "{short}");
+    assert!(grace("2m", "540").is_ok() && grace("20s", "140").is_ok());
+    // A duration in another form (500ms) is left to the operator, not misread.
+    assert!(grace("500ms", "60").is_ok());
     // One of the two set by hand keeps the other's default: refused here, naming both, not by
     // the apiserver; OnDelete drops the rolling settings.
     let both = render(&["--set", "agent.enabled=true", "--set-string", "agent.updateStrategy.rollingUpdate.maxSurge=10%"]).unwrap_err();
@@ -468,6 +486,9 @@ fn the_agent_runs_on_every_node_from_the_controller_s_image_as_non_root_without_
     let on_delete = render(&["--set", "agent.enabled=true", "--set", "agent.updateStrategy.type=OnDelete"]).unwrap();
     let strategy = &on_delete.iter().find(|o| o["kind"] == "DaemonSet").unwrap()["spec"]["updateStrategy"];
     assert_eq!(serde_yaml_ng::to_string(strategy).unwrap().trim(), "type: OnDelete");
+    // Set to null, the DaemonSet API's own default applies (one node at a time).
+    let unset = render(&["--set", "agent.enabled=true", "--set", "agent.updateStrategy=null"]).unwrap();
+    assert!(unset.iter().find(|o| o["kind"] == "DaemonSet").unwrap()["spec"]["updateStrategy"].is_null());
     // Nothing that selects the controller's Pods (the Service, a disruption budget) selects an agent.
     let service_selector = &the(&objects, "Service")["spec"]["selector"];
     let agent_labels = &daemonset["spec"]["template"]["metadata"]["labels"];

@@ -9,15 +9,15 @@
 //! computed from: a 409 means someone else wrote, so the Lease is read again and the renewal
 //! decided again at once; a 404 means it is gone, so it is created.
 //!
-//! One agent speaks for a node at a time. The DaemonSet rolls with a surge (the new Pod starts
-//! before the old one is stopped, and the old one is stopped only once the new one runs), so
-//! that a node whose disk hangs during a rollout — where the new Pod can never start — keeps the
-//! agent that reports the hang. Two agents of one node are then running side by side; the
-//! Lease is a lock between them ([`claim`]): an agent writes it only while it is its own Pod's
-//! or nobody's, or once its holder has said it is terminating or has not renewed it for its
-//! lease duration, as this agent watched (its own monotonic clock: no node's wall clock
-//! enters). Until then it stands by and reads the Lease once a renew interval. An agent that
-//! does not hold the Lease never writes it, not even its last "terminating" word.
+//! One agent speaks for a node at a time. Two agents of one node can run side by side: a
+//! rollout with a surge, a force-deleted Pod whose process lives on, an old agent that stays
+//! through its grace period because its disk is in trouble ([`Stop`]) while a new one starts, a
+//! second install. The Lease is a lock between them ([`claim`]): an agent writes it only while
+//! it is its own Pod's or nobody's, or once its holder has said it is terminating or has not
+//! renewed it for its lease duration, as this agent watched (its own monotonic clock: no node's
+//! wall clock enters). Until then it stands by and reads the Lease every second (so that it
+//! takes over within a second of the holder's last word), for at most one lease duration. An
+//! agent that does not hold the Lease never writes it, not even its last "terminating" word.
 //!
 //! What this loop must never do: touch the disk. It runs on tokio, reads the disk loop's
 //! findings from memory ([`DiskStatus`]), logs through the lossy writer (`log.rs`), and its
@@ -257,8 +257,11 @@ pub fn desired(settings: &LeaseSettings, existing: Option<&Lease>, report: &Repo
 /// Whose the Lease is, as this agent reads it: whether it may write it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Claim {
-    /// This agent's Pod holds it (a restarted container of that Pod included), or nobody does.
+    /// This agent's Pod holds it (a restarted container of that Pod included).
     Ours,
+    /// Nobody holds it (no holder, or an empty one): this agent may take it, but not to say it
+    /// is terminating (a last word on a Lease it never held would speak for nobody).
+    Free,
     /// Another Pod holds it but is going away: it said it is terminating, or its renewals
     /// stopped for its lease duration while this agent watched. It may be taken over.
     Vacated { holder: String, why: &'static str },
@@ -295,7 +298,7 @@ impl Watched {
 pub fn claim(settings: &LeaseSettings, lease: &Lease, watched: Option<&Watched>, now: Instant) -> Claim {
     let spec = lease.spec.as_ref();
     let holder = spec.and_then(|s| s.holder_identity.as_deref()).filter(|h| !h.is_empty());
-    let Some(holder) = holder else { return Claim::Ours };
+    let Some(holder) = holder else { return Claim::Free };
     if holder == settings.pod_name {
         return Claim::Ours;
     }
@@ -323,7 +326,7 @@ pub enum Renewal {
     /// The Lease was written (renewed or taken over; `created`: it did not exist).
     Renewed { created: bool },
     /// Not written: another Pod holds it (`holder`), or — for the last, terminating renewal,
-    /// which never takes a Lease — nobody does (`None`).
+    /// which never takes a Lease — nobody does or it is gone (`None`).
     StandingBy { holder: Option<String> },
 }
 
@@ -379,6 +382,8 @@ impl Renewer {
                     let now = Instant::now();
                     match claim(&self.settings, &read, self.watched.as_ref(), now) {
                         Claim::Ours => {}
+                        Claim::Free if report.terminating => return Ok(Renewal::StandingBy { holder: None }),
+                        Claim::Free => {}
                         Claim::Vacated { holder, .. } if report.terminating => return Ok(Renewal::StandingBy { holder: Some(holder) }),
                         Claim::Vacated { holder, why } => tracing::info!(lease = %self.settings.name, %holder, why, "taking the Lease over"),
                         Claim::Held { holder } => {
@@ -469,7 +474,10 @@ pub enum Stop {
     /// Pod's grace period ends.
     Stay,
     /// A second signal while the disk is still in trouble: exit without a last word, leaving
-    /// the Lease saying what the disk does.
+    /// the Lease saying what the disk does. Its renewals stop, so pulsecheck soon sees the agent
+    /// silent (supporting only); and where the process can finish exiting (EIO, not a hang)
+    /// its Pod goes and the Lease is garbage-collected with it: the agent is then absent, no
+    /// evidence at all. The same follows the kubelet's SIGKILL.
     Exit,
     /// Not yet known: a disk that hangs looks fine until an operation outlasts its deadline,
     /// and a rollout or a deleted Pod may come in those seconds. The agent says `terminating`
@@ -487,6 +495,15 @@ pub fn stop(signals: u32, health: &DiskHealth, confirmed: bool) -> Stop {
         _ if health.condemning() => Stop::Exit,
         1 if !confirmed => Stop::Confirm,
         _ => Stop::Now,
+    }
+}
+
+/// Whether a change on the signal channel ends the renewals, and how: `decide` says what the
+/// signals mean ([`stop`]); a closed channel (the process is going away) stops now.
+fn ends(changed: Result<(), tokio::sync::watch::error::RecvError>, decide: impl FnOnce() -> Stop) -> Option<Stop> {
+    match changed.map_or(Stop::Now, |()| decide()) {
+        Stop::Stay | Stop::Confirm => None,
+        stop => Some(stop),
     }
 }
 
@@ -519,7 +536,8 @@ pub async fn run(mut renewer: Renewer, disk: Arc<DiskStatus>, mut signals: tokio
     // disk rounds started when the first signal came.
     let mut staying = false;
     let mut signalled_at_round: Option<u64> = None;
-    // What the signals mean now ([`stop`]); `Stay` (nothing to do) until one comes.
+    // What the signals mean now ([`stop`]); `Stay` (nothing to do) until one comes, and the disk
+    // round to wait for is marked only once one has come.
     let mut decide = |signals: &mut tokio::sync::watch::Receiver<u32>| {
         let count = *signals.borrow_and_update();
         if count == 0 {
@@ -540,12 +558,10 @@ pub async fn run(mut renewer: Renewer, disk: Arc<DiskStatus>, mut signals: tokio
     let decision = 'renewing: loop {
         tokio::select! {
             biased;
-            changed = signals.changed() => {
-                match changed.map_or(Stop::Now, |()| decide(&mut signals)) {
-                    Stop::Stay | Stop::Confirm => continue,
-                    other => break 'renewing other,
-                }
-            }
+            changed = signals.changed() => match ends(changed, || decide(&mut signals)) {
+                Some(stop) => break 'renewing stop,
+                None => continue,
+            },
             _ = tick.tick() => {}
             _ = look.tick() => {
                 // Once asked to stop: whether the disk is confirmed fine, or the trouble over.
@@ -591,12 +607,9 @@ pub async fn run(mut renewer: Renewer, disk: Arc<DiskStatus>, mut signals: tokio
         let result = loop {
             tokio::select! {
                 biased;
-                changed = signals.changed() => {
-                    match changed.map_or(Stop::Now, |()| decide(&mut signals)) {
-                        Stop::Stay | Stop::Confirm => continue,
-                        other => break 'renewing other,
-                    }
-                }
+                changed = signals.changed() => if let Some(stop) = ends(changed, || decide(&mut signals)) {
+                    break 'renewing stop;
+                },
                 result = &mut renewal => break result,
             }
         };
@@ -709,6 +722,60 @@ mod tests {
         Report { disk: DiskHealth::Ok, terminating: false }
     }
 
+    /// Set in the child process [`the_token_and_a_ca_beside_it_are_read_by_name_from_the_token_s_directory`]
+    /// runs itself in: the working directory is the whole process's.
+    const TOKEN_CHILD: &str = "PULSECHECK_AGENT_TEST_TOKEN_DIR";
+
+    #[test]
+    fn the_token_and_a_ca_beside_it_are_read_by_name_from_the_token_s_directory() {
+        let Some(dir) = std::env::var_os(TOKEN_CHILD) else {
+            // In a process of its own, this test alone.
+            let dir = tempfile::tempdir().unwrap();
+            let out = std::process::Command::new(std::env::current_exe().unwrap())
+                .args(["--exact", "lease::tests::the_token_and_a_ca_beside_it_are_read_by_name_from_the_token_s_directory", "--nocapture", "--test-threads=1"])
+                .env(TOKEN_CHILD, dir.path())
+                .output()
+                .unwrap();
+            let printed = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+            assert!(out.status.success() && printed.contains("1 passed"), "{printed}");
+            return;
+        };
+        let dir = PathBuf::from(dir);
+        let secrets = dir.join("serviceaccount");
+        std::fs::create_dir(&secrets).unwrap();
+        let config = |token: Option<PathBuf>, ca: Option<PathBuf>| {
+            let mut config = kube::Config::new("https://127.0.0.1:6443".parse().unwrap());
+            config.auth_info.token_file = token.map(|t| t.to_string_lossy().into_owned());
+            config.root_cert_file = ca;
+            config
+        };
+
+        // The in-cluster case: both by name, from the token's directory.
+        let mut pod = config(Some(secrets.join("token")), Some(secrets.join("ca.crt")));
+        token_file_off_the_disk(&mut pod).unwrap();
+        assert_eq!(std::env::current_dir().unwrap(), secrets);
+        assert_eq!(pod.auth_info.token_file.as_deref(), Some("token"));
+        assert_eq!(pod.root_cert_file.as_deref(), Some(std::path::Path::new("ca.crt")));
+
+        // A CA elsewhere stays where it is, absolute.
+        let elsewhere = dir.join("ca.crt");
+        let mut split = config(Some(secrets.join("token")), Some(elsewhere.clone()));
+        token_file_off_the_disk(&mut split).unwrap();
+        assert_eq!(split.root_cert_file, Some(elsewhere));
+
+        // No token file (a token in the kubeconfig, a client certificate): nothing changes, the
+        // working directory included.
+        std::env::set_current_dir(&dir).unwrap();
+        let mut none = config(None, Some(secrets.join("ca.crt")));
+        token_file_off_the_disk(&mut none).unwrap();
+        assert_eq!((std::env::current_dir().unwrap(), none.root_cert_file), (dir.clone(), Some(secrets.join("ca.crt"))));
+
+        // A token directory that is not there: an error naming it.
+        let missing = dir.join("gone");
+        let e = token_file_off_the_disk(&mut config(Some(missing.join("token")), None)).unwrap_err().to_string();
+        assert!(e.contains(&missing.display().to_string()), "{e}");
+    }
+
     #[test]
     fn settings_name_the_lease_round_the_duration_up_and_refuse_what_cannot_work() {
         let s = settings();
@@ -784,9 +851,11 @@ mod tests {
         assert_eq!(claim(&me, &mine, None, start), Claim::Ours, "its own Pod's (a restarted container)");
         let mut nobody = mine.clone();
         nobody.spec.as_mut().unwrap().holder_identity = None;
-        assert_eq!(claim(&me, &nobody, None, start), Claim::Ours);
+        assert_eq!(claim(&me, &nobody, None, start), Claim::Free);
+        nobody.spec.as_mut().unwrap().holder_identity = Some(String::new());
+        assert_eq!(claim(&me, &nobody, None, start), Claim::Free, "an empty holder is nobody");
         nobody.spec = None;
-        assert_eq!(claim(&me, &nobody, None, start), Claim::Ours);
+        assert_eq!(claim(&me, &nobody, None, start), Claim::Free);
 
         // Another agent Pod of the node (a rollout's surge Pod, or the one it replaces) renews:
         // this one stands by however long it watches, as long as the renewals go on.

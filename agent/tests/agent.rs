@@ -38,8 +38,9 @@ const AGENT: &str = env!("CARGO_BIN_EXE_pulsecheck-agent");
 /// Upper bound of every wait.
 const WAIT: Duration = Duration::from_secs(30);
 
-/// The compressed timings the agent runs with here.
-const FAST: &[&str] = &["--renew-interval=1s", "--lease-duration=4s", "--request-timeout=5s", "--disk-interval=200ms", "--disk-deadline=1s"];
+/// The compressed timings the agent runs with here (the lease duration long enough that a
+/// renewal delayed on a loaded machine never looks like a holder gone silent).
+const FAST: &[&str] = &["--renew-interval=1s", "--lease-duration=8s", "--request-timeout=5s", "--disk-interval=200ms", "--disk-deadline=1s"];
 
 /// The host paths the agent operates on.
 const OS_RELEASE: &str = "/etc/os-release";
@@ -222,6 +223,19 @@ fn usage(pid: u32) -> (u64, f64) {
     (rss, ticks as f64 / 100.0)
 }
 
+/// A host root under `dir` whose `/etc/os-release` and `/var/lib/kubelet` are served through a
+/// fault switch (the FUSE disk, over `dir/backing`): the host root and the mounted disk.
+fn fault_host(dir: &Path) -> (PathBuf, FaultDisk) {
+    let backing = dir.join("backing");
+    let host = dir.join("host");
+    std::fs::create_dir_all(backing.join("etc")).unwrap();
+    std::fs::create_dir_all(backing.join("var/lib/kubelet")).unwrap();
+    std::fs::create_dir_all(&host).unwrap();
+    std::fs::write(backing.join("etc/os-release"), "PRETTY_NAME=\"Lab Linux\"\nID=lab\n").unwrap();
+    let disk = FaultDisk::mount(&backing, &host).expect("mount the fault disk (needs root and /dev/fuse)");
+    (host, disk)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_agent_lease_reports_ok_then_a_hung_disk_then_an_io_error_and_terminating_once_the_disk_is_fine_after_sigterm() {
     init();
@@ -263,13 +277,7 @@ async fn the_agent_lease_reports_ok_then_a_hung_disk_then_an_io_error_and_termin
 
     // The host's disk: /etc/os-release and the kubelet's dir, served through a fault switch.
     // The scratch dir does not exist yet: the agent creates it.
-    let backing = dir.path().join("backing");
-    let host = dir.path().join("host");
-    std::fs::create_dir_all(backing.join("etc")).unwrap();
-    std::fs::create_dir_all(backing.join("var/lib/kubelet")).unwrap();
-    std::fs::create_dir_all(&host).unwrap();
-    std::fs::write(backing.join("etc/os-release"), "PRETTY_NAME=\"Lab Linux\"\nID=lab\n").unwrap();
-    let disk = FaultDisk::mount(&backing, &host).expect("mount the fault disk (needs root and /dev/fuse)");
+    let (host, disk) = fault_host(dir.path());
     let switch = disk.switch().clone();
 
     let mut agent = Agent::start(&kubeconfig, &host, &pod, dir.path().join("agent.log"));
@@ -285,8 +293,8 @@ async fn the_agent_lease_reports_ok_then_a_hung_disk_then_an_io_error_and_termin
     assert_eq!(owners, [("v1".to_string(), "Pod".to_string(), pod_name.clone(), pod_uid.clone())]);
     let spec = taken.spec.clone().unwrap();
     assert_eq!(spec.holder_identity.as_deref(), Some(pod_name.as_str()));
-    assert_eq!((spec.lease_duration_seconds, spec.lease_transitions), (Some(4), Some(1)));
-    let heartbeat = std::fs::read_to_string(backing.join(HEARTBEAT.trim_start_matches('/'))).expect("the heartbeat file is written");
+    assert_eq!((spec.lease_duration_seconds, spec.lease_transitions), (Some(8), Some(1)));
+    let heartbeat = std::fs::read_to_string(dir.path().join("backing").join(HEARTBEAT.trim_start_matches('/'))).expect("the heartbeat file is written");
     assert!(heartbeat.starts_with("pulsecheck-agent heartbeat"), "{heartbeat}");
     // It runs from memory, not from its file.
     let exe = std::fs::read_link(format!("/proc/{pid}/exe")).unwrap();
@@ -421,13 +429,7 @@ async fn an_agent_stopped_while_its_disk_hangs_goes_on_reporting_the_hang_and_a_
     let pods: Api<Pod> = Api::namespaced(cp.client(), NAMESPACE);
     let leases: Api<Lease> = Api::namespaced(cp.client(), NAMESPACE);
     let pod = create_pod(&pods, "pulsecheck-agent-hung").await;
-    let backing = dir.path().join("backing");
-    let host = dir.path().join("host");
-    std::fs::create_dir_all(backing.join("etc")).unwrap();
-    std::fs::create_dir_all(backing.join("var/lib/kubelet")).unwrap();
-    std::fs::create_dir_all(&host).unwrap();
-    std::fs::write(backing.join("etc/os-release"), "ID=lab\n").unwrap();
-    let disk = FaultDisk::mount(&backing, &host).expect("mount the fault disk (needs root and /dev/fuse)");
+    let (host, disk) = fault_host(dir.path());
     let mut agent = Agent::start(&kubeconfig, &host, &pod, dir.path().join("agent.log"));
     wait_report(&leases, "the agent reports ok", |r| r.disk == DiskHealth::Ok).await;
 
@@ -529,7 +531,7 @@ async fn two_agents_of_one_node_take_turns_the_new_one_standing_by_until_the_hol
     new.logged("standing by").await;
 
     // The old agent freezes (SIGSTOP): the new one takes over once the old one's renewals have
-    // stopped for its lease duration (4 s), as it watched them.
+    // stopped for its lease duration (8 s), as it watched them.
     old.signal(nix::sys::signal::Signal::SIGSTOP);
     // The old agent's last renewal (one may land just after the signal), then the takeover.
     let last_old = std::sync::Mutex::new(lease(&leases).await.unwrap());
@@ -547,7 +549,7 @@ async fn two_agents_of_one_node_take_turns_the_new_one_standing_by_until_the_hol
     .await;
     let silent = renewed_at(&taken).duration_since(renewed_at(&last_old.lock().unwrap()));
     assert_eq!(holder(&taken), "pulsecheck-agent-new");
-    assert!(silent >= SignedDuration::from_secs(4), "taken over {silent:?} after the holder's last renewal, before its lease duration");
+    assert!(silent >= SignedDuration::from_secs(8), "taken over {silent:?} after the holder's last renewal, before its lease duration");
     held_ok_by(&leases, "pulsecheck-agent-new").await;
     new.logged("has not renewed it for its lease duration").await;
     // Thawed, the old one finds the Lease taken and stands by in turn.
