@@ -463,9 +463,15 @@ fn the_agent_runs_on_every_node_from_the_controller_s_image_as_non_root_without_
     assert!(short.contains("agent.terminationGracePeriodSeconds (179) must be at least 180") && short.contains("config.agentDiskAfter (30s)"), "{short}");
     let short = grace("1m30s", "400").unwrap_err();
     assert!(short.contains("agent.terminationGracePeriodSeconds (400) must be at least 420"), "{short}");
-    assert!(grace("2m", "540").is_ok() && grace("20s", "140").is_ok());
-    // A duration in another form (500ms) is left to the operator, not misread.
-    assert!(grace("500ms", "60").is_ok());
+    assert!(grace("2m", "540").is_ok() && grace("20s", "140").is_ok() && grace("1m 30sec", "420").is_ok());
+    // Every unit pulsecheck reads: an hour needs more than the default.
+    let short = grace("1h", "180").unwrap_err();
+    assert!(short.contains("must be at least 14460"), "{short}");
+    assert!(grace("2 min", "479").unwrap_err().contains("must be at least 540"));
+    // Under a second counts nothing; a form the chart cannot read is left to the operator.
+    assert!(grace("500ms", "60").is_ok() && grace("1.5m", "60").is_ok());
+    let unset = render(&["--set", "agent.enabled=true", "--set", "agent.terminationGracePeriodSeconds=null"]).unwrap_err();
+    assert!(unset.contains("agent.terminationGracePeriodSeconds is required"), "{unset}");
     // One of the two set by hand keeps the other's default: refused here, naming both, not by
     // the apiserver; OnDelete drops the rolling settings.
     let both = render(&["--set", "agent.enabled=true", "--set-string", "agent.updateStrategy.rollingUpdate.maxSurge=10%"]).unwrap_err();
