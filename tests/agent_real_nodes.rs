@@ -373,6 +373,17 @@ async fn the_agent_catches_a_real_node_whose_disk_hangs_within_a_minute_while_ku
     renewed_since(&lab, &node, Timestamp::now() + std::time::Duration::from_secs(45)).await;
     let (report, holder) = agent_report(&client, &node).await.expect("the hung node's agent Lease");
     assert!(holder == hung_agent && matches!(report.disk, DiskHealth::Hung { .. }) && !report.terminating, "{holder}: {report:?}");
+    // Its Lease no longer goes with its Pod (which the rollout deletes): killed at the end of its
+    // grace, it is silent, not absent. The healthy node's rolled agent owns its Lease.
+    let owners = |node: String| {
+        let client = client.clone();
+        async move {
+            let lease = Api::<Lease>::namespaced(client, "pulsecheck").get(&agent::lease_name(&node).unwrap()).await.expect("the agent Lease");
+            lease.metadata.owner_references.unwrap_or_default().into_iter().map(|o| o.name).collect::<Vec<_>>()
+        }
+    };
+    assert_eq!(owners(node.clone()).await, Vec::<String>::new(), "the staying agent's Lease on {node}");
+    assert_eq!(owners(controller_pod.clone()).await, [rolled.as_str()]);
     let hung_node = Api::<Node>::all(client.clone()).get(&node).await.expect("the node");
     assert!(has_our_taint(&hung_node), "{node} still tainted");
     // The rollout waits there: no other agent Pod runs on the hung node.

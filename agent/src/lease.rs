@@ -216,22 +216,27 @@ fn token_file_off_the_disk(config: &mut kube::Config) -> Result<()> {
 /// The Lease `settings` describe, renewed now with `report`, built on `existing` (the latest
 /// read or write of it): its resourceVersion (the write's precondition), others' labels and
 /// annotations are kept; holder, owner and spec are the agent's. A Lease held by another Pod is
-/// taken over: `acquireTime` now, one more `leaseTransitions`.
-pub fn desired(settings: &LeaseSettings, existing: Option<&Lease>, report: &Report, now: Timestamp) -> Lease {
+/// taken over: `acquireTime` now, one more `leaseTransitions`. `outlive_pod`: the Lease has no
+/// owner, so that it is not collected with the agent's Pod ([`Renewer::outlive_pod`]).
+pub fn desired(settings: &LeaseSettings, existing: Option<&Lease>, report: &Report, now: Timestamp, outlive_pod: bool) -> Lease {
     let mut meta = existing.map(|l| l.metadata.clone()).unwrap_or_default();
     meta.name = Some(settings.name.clone());
     meta.namespace = Some(settings.namespace.clone());
     meta.labels.get_or_insert_default().extend(labels());
     meta.annotations.get_or_insert_default().insert(REPORT_ANNOTATION.into(), report.to_annotation());
     // Only the agent's Pod owns the Lease: an older Pod's reference would keep it from being
-    // collected with this one.
-    meta.owner_references = Some(vec![OwnerReference {
-        api_version: "v1".into(),
-        kind: "Pod".into(),
-        name: settings.pod_name.clone(),
-        uid: settings.pod_uid.clone(),
-        ..Default::default()
-    }]);
+    // collected with this one. Outliving the Pod, nobody does.
+    meta.owner_references = Some(if outlive_pod {
+        Vec::new()
+    } else {
+        vec![OwnerReference {
+            api_version: "v1".into(),
+            kind: "Pod".into(),
+            name: settings.pod_name.clone(),
+            uid: settings.pod_uid.clone(),
+            ..Default::default()
+        }]
+    });
     // The server keeps its field-ownership records when a write omits them.
     meta.managed_fields = None;
     let spec = existing.and_then(|l| l.spec.clone()).unwrap_or_default();
@@ -339,12 +344,20 @@ pub struct Renewer {
     current: Option<Lease>,
     /// While standing by: the holder's renewals as watched.
     watched: Option<Watched>,
+    /// Write the Lease without the Pod's ownerReference, so that the garbage collector leaves it
+    /// when the Pod goes: set while the agent stays, asked to stop, because its disk is in
+    /// trouble pulsecheck condemns on ([`Stop::Stay`]). Killed at the end of its grace period,
+    /// its Pod deleted, the agent is then *silent* to pulsecheck (its report's node never
+    /// released on unconfirmed health), not *absent* (no evidence, the node released on the
+    /// kubelet's evidence alone) — and the replacement that cannot start on the failing disk
+    /// leaves it so. A new agent that does start takes it over and owns it again.
+    pub outlive_pod: bool,
 }
 
 impl Renewer {
     /// A renewer of `settings`' Lease through `client`.
     pub fn new(client: kube::Client, settings: LeaseSettings) -> Renewer {
-        Renewer { leases: Api::namespaced(client, &settings.namespace), settings, current: None, watched: None }
+        Renewer { leases: Api::namespaced(client, &settings.namespace), settings, current: None, watched: None, outlive_pod: false }
     }
 
     fn params() -> PostParams {
@@ -391,7 +404,7 @@ impl Renewer {
                             return Ok(Renewal::StandingBy { holder: Some(holder) });
                         }
                     }
-                    let lease = desired(&self.settings, Some(&read), report, Timestamp::now());
+                    let lease = desired(&self.settings, Some(&read), report, Timestamp::now(), self.outlive_pod);
                     match self.bounded("update", self.leases.replace(&self.settings.name, &Self::params(), &lease)).await {
                         Err(e) if e.status().is_some_and(|s| s.is_not_found()) => {
                             tracing::info!(lease = %self.settings.name, "the Lease is gone; creating it again");
@@ -422,7 +435,7 @@ impl Renewer {
     }
 
     async fn create(&self, report: &Report) -> Result<Lease> {
-        let lease = desired(&self.settings, None, report, Timestamp::now());
+        let lease = desired(&self.settings, None, report, Timestamp::now(), self.outlive_pod);
         match self.bounded("create", self.leases.create(&Self::params(), &lease)).await {
             Ok(written) => {
                 tracing::info!(lease = %self.settings.name, namespace = %self.settings.namespace, "agent Lease created");
@@ -496,6 +509,12 @@ pub fn stop(signals: u32, health: &DiskHealth, confirmed: bool) -> Stop {
         1 if !confirmed => Stop::Confirm,
         _ => Stop::Now,
     }
+}
+
+/// Whether the agent's Lease must outlive its Pod ([`Renewer::outlive_pod`]): asked to stop
+/// (`signals` of them) while its disk is in trouble pulsecheck condemns on, when it stays.
+pub fn outlives_pod(signals: u32, health: &DiskHealth) -> bool {
+    signals > 0 && health.condemning()
 }
 
 /// Whether a change on the signal channel ends the renewals, and how: `decide` says what the
@@ -578,7 +597,9 @@ pub async fn run(mut renewer: Renewer, disk: Arc<DiskStatus>, mut signals: tokio
                 // before the garbage collector deletes the Lease with the old Pod), then once a
                 // tick.
                 let eager = standing_by_since.is_some_and(|since| since.elapsed() < eager_standby);
-                if !eager && !changed(sent.as_ref(), &disk.health(std::time::Instant::now())) {
+                // Staying through trouble: the Lease is let go of by its Pod at once.
+                let outlive = outlives_pod(*signals.borrow(), &disk.health(std::time::Instant::now()));
+                if !eager && !changed(sent.as_ref(), &disk.health(std::time::Instant::now())) && outlive == renewer.outlive_pod {
                     continue;
                 }
                 // The renewal clock starts over at a change: while the trouble lasts, its reports
@@ -597,6 +618,7 @@ pub async fn run(mut renewer: Renewer, disk: Arc<DiskStatus>, mut signals: tokio
             }
             logged = Some(health.clone());
         }
+        renewer.outlive_pod = outlives_pod(*signals.borrow(), &health);
         let report = Report { disk: health, terminating: false };
         // What was last tried, renewed or not: a failing apiserver gets the next try at the next
         // tick, not every second (thousands of agents retrying at once would be a storm).
@@ -652,6 +674,8 @@ pub async fn run(mut renewer: Renewer, disk: Arc<DiskStatus>, mut signals: tokio
         return;
     }
     tracing::info!(lease = %settings.name, "shutting down: last renewal, terminating");
+    // Going away with the disk fine: the Lease goes with the Pod again.
+    renewer.outlive_pod = false;
     let last = async {
         let report = Report { disk: disk.health(std::time::Instant::now()), terminating: true };
         loop {
@@ -777,6 +801,28 @@ mod tests {
     }
 
     #[test]
+    fn only_an_agent_staying_through_trouble_writes_a_lease_that_outlives_its_pod() {
+        let hung = DiskHealth::Hung { path: "/etc/os-release".into(), operation: "read".into(), for_seconds: 12 };
+        let eio =
+            DiskHealth::Failing { path: "/etc/os-release".into(), operation: "read".into(), error: "Input/output error (os error 5)".into(), for_seconds: 3 };
+        let full = DiskHealth::Failing {
+            path: "/var/lib/kubelet/pulsecheck-agent/heartbeat".into(),
+            operation: "write".into(),
+            error: "No space left on device (os error 28)".into(),
+            for_seconds: 3,
+        };
+        assert!(outlives_pod(1, &hung) && outlives_pod(2, &eio));
+        assert!(!outlives_pod(0, &hung), "not asked to stop: the Pod is not going away");
+        assert!(!outlives_pod(1, &DiskHealth::Ok) && !outlives_pod(1, &full), "stopping at once");
+        let now = Timestamp::from_second(1_800_000_000).unwrap();
+        let owned = desired(&settings(), None, &report(), now, false);
+        let kept = desired(&settings(), Some(&owned), &Report { disk: hung, terminating: false }, now, true);
+        assert_eq!(kept.metadata.owner_references, Some(vec![]), "no owner: the garbage collector leaves it");
+        let again = desired(&settings(), Some(&kept), &report(), now, false);
+        assert_eq!(again.metadata.owner_references, owned.metadata.owner_references);
+    }
+
+    #[test]
     fn settings_name_the_lease_round_the_duration_up_and_refuse_what_cannot_work() {
         let s = settings();
         assert_eq!((s.name.as_str(), s.duration_seconds), ("pulsecheck-agent-node-a", 41));
@@ -789,7 +835,7 @@ mod tests {
     #[test]
     fn a_new_lease_is_labelled_held_and_owned_by_the_agent_s_pod() {
         let now = Timestamp::from_second(1_800_000_000).unwrap();
-        let lease = desired(&settings(), None, &report(), now);
+        let lease = desired(&settings(), None, &report(), now, false);
         let meta = &lease.metadata;
         assert_eq!(meta.name.as_deref(), Some("pulsecheck-agent-node-a"));
         assert_eq!(meta.labels.as_ref(), Some(&labels()));
@@ -813,13 +859,13 @@ mod tests {
         let then = Timestamp::from_second(1_700_000_000).unwrap();
         let now = Timestamp::from_second(1_800_000_000).unwrap();
         let old = LeaseSettings { pod_name: "pulsecheck-agent-old".into(), pod_uid: "old-uid".into(), ..settings() };
-        let mut existing = desired(&old, None, &report(), then);
+        let mut existing = desired(&old, None, &report(), then, false);
         existing.metadata.resource_version = Some("42".into());
         existing.metadata.labels.as_mut().unwrap().insert("team".into(), "storage".into());
         existing.metadata.annotations.as_mut().unwrap().insert("note".into(), "kept".into());
         let hung = Report { disk: DiskHealth::Hung { path: "/etc/os-release".into(), operation: "read".into(), for_seconds: 12 }, terminating: true };
 
-        let lease = desired(&settings(), Some(&existing), &hung, now);
+        let lease = desired(&settings(), Some(&existing), &hung, now, false);
         let meta = &lease.metadata;
         assert_eq!(meta.resource_version.as_deref(), Some("42"), "the write is conditional on the read");
         assert_eq!(meta.labels.as_ref().unwrap()["team"], "storage");
@@ -833,14 +879,14 @@ mod tests {
 
         // Renewed by the same Pod: acquired then, no new transition.
         let later = Timestamp::from_second(1_800_000_010).unwrap();
-        let again = desired(&settings(), Some(&lease), &report(), later).spec.unwrap();
+        let again = desired(&settings(), Some(&lease), &report(), later, false).spec.unwrap();
         assert_eq!((again.acquire_time, again.renew_time, again.lease_transitions), (Some(MicroTime(now)), Some(MicroTime(later)), Some(1)));
     }
 
     /// A Lease held by `holder`, renewed at `renewed` (seconds), saying `report`.
     fn held(holder: &str, renewed: i64, report: &Report) -> Lease {
         let other = LeaseSettings { pod_name: holder.into(), pod_uid: format!("{holder}-uid"), ..settings() };
-        desired(&other, None, report, Timestamp::from_second(1_800_000_000 + renewed).unwrap())
+        desired(&other, None, report, Timestamp::from_second(1_800_000_000 + renewed).unwrap(), false)
     }
 
     #[test]

@@ -288,9 +288,9 @@ async fn the_agent_lease_reports_ok_then_a_hung_disk_then_an_io_error_and_termin
     let labels = taken.metadata.labels.clone().unwrap_or_default();
     assert_eq!(labels.get("app.kubernetes.io/name").map(String::as_str), Some("pulsecheck"), "{labels:?}");
     assert_eq!(labels.get(COMPONENT_LABEL).map(String::as_str), Some(COMPONENT), "{labels:?}");
-    let owners: Vec<(String, String, String, String)> =
+    let owned_by: Vec<(String, String, String, String)> =
         taken.metadata.owner_references.clone().unwrap_or_default().into_iter().map(|o| (o.api_version, o.kind, o.name, o.uid)).collect();
-    assert_eq!(owners, [("v1".to_string(), "Pod".to_string(), pod_name.clone(), pod_uid.clone())]);
+    assert_eq!(owned_by, [("v1".to_string(), "Pod".to_string(), pod_name.clone(), pod_uid.clone())]);
     let spec = taken.spec.clone().unwrap();
     assert_eq!(spec.holder_identity.as_deref(), Some(pod_name.as_str()));
     assert_eq!((spec.lease_duration_seconds, spec.lease_transitions), (Some(8), Some(1)));
@@ -402,6 +402,9 @@ async fn the_agent_lease_reports_ok_then_a_hung_disk_then_an_io_error_and_termin
     }
     assert!(seen > renewed_at(&still_failing));
     assert!(agent.exited().is_none(), "the agent stays while its disk fails");
+    // Staying, its Lease is no longer its Pod's: killed and its Pod deleted, the agent would be
+    // silent (its node never released on unconfirmed health), not absent.
+    assert_eq!(owners(&lease(&leases).await.unwrap()), Vec::<String>::new(), "the Lease of an agent staying through trouble");
 
     // The file reads again: now the agent stops, its last word "terminating", and exits 0.
     switch.fail_file("etc/os-release", false);
@@ -411,9 +414,11 @@ async fn the_agent_lease_reports_ok_then_a_hung_disk_then_an_io_error_and_termin
     })
     .await;
     assert_eq!(status.code(), Some(0), "exit status after SIGTERM");
-    let (_, last) = wait_report(&leases, "the report says terminating", |r| r.terminating).await;
+    let (last_lease, last) = wait_report(&leases, "the report says terminating", |r| r.terminating).await;
     assert_eq!(last.disk, DiskHealth::Ok);
     agent.logged("the disk answers: stopping").await;
+    // Going away with the disk fine, the Lease is its Pod's again: collected with it.
+    assert_eq!(owners(&last_lease), [pod_name.as_str()]);
 
     drop(agent);
     drop(disk);
@@ -464,12 +469,20 @@ async fn an_agent_stopped_while_its_disk_hangs_goes_on_reporting_the_hang_and_a_
     })
     .await;
     assert_eq!(status.code(), Some(0));
-    let left = report_of(&lease(&leases).await.unwrap()).unwrap();
+    let left_lease = lease(&leases).await.unwrap();
+    let left = report_of(&left_lease).unwrap();
     assert!(matches!(left.disk, DiskHealth::Hung { .. }) && !left.terminating, "{left:?}");
+    // Left without an owner: the Pod's deletion does not take the hang's report with it.
+    assert_eq!(owners(&left_lease), Vec::<String>::new());
 
     drop(agent);
     drop(disk);
     cp.stop().await.unwrap();
+}
+
+/// The names of the Lease's owners.
+fn owners(lease: &Lease) -> Vec<String> {
+    lease.metadata.owner_references.iter().flatten().map(|o| o.name.clone()).collect()
 }
 
 fn holder(lease: &Lease) -> String {
