@@ -259,11 +259,12 @@ async fn the_agent_s_pod_token_names_its_node_and_writes_that_node_s_lease_and_n
         leases.create(&PostParams::default(), &agent_lease("pulsecheck-agent-n1-extra", &cluster.pod)).await,
         "not pulsecheck-agent-n1-extra",
     );
-    // Deleting is not the agent's at all: its Role grants none (the policy would refuse
-    // another node's too: the next test).
-    for name in ["pulsecheck-agent-n1", "pulsecheck-agent-n2", "pulsecheck"] {
-        assert_forbidden_by_rbac(&format!("deleting {name}"), leases.delete(name, &DeleteParams::default()).await, "delete");
-    }
+    // Its Role grants delete (OwnerReferencesPermissionEnforcement asks it of an owner
+    // change), which the policy confines to its own node's Lease, as every other write.
+    assert_denied("deleting n2's Lease", leases.delete("pulsecheck-agent-n2", &DeleteParams::default()).await, "not pulsecheck-agent-n2");
+    assert_denied("deleting the leader Lease", leases.delete("pulsecheck", &DeleteParams::default()).await, "not pulsecheck");
+    // Nothing beyond its own Lease's name: no list (nor watch) of the namespace's Leases.
+    assert_forbidden_by_rbac("listing Leases", leases.list(&kube::api::ListParams::default()).await, "list");
     // What was refused changed nothing.
     assert_eq!(admin_leases.get("pulsecheck-agent-n2").await.unwrap().metadata.resource_version, theirs.metadata.resource_version);
     assert_eq!(admin_leases.get("pulsecheck").await.unwrap().spec.unwrap().holder_identity.as_deref(), Some("pulsecheck-0"));
@@ -275,7 +276,8 @@ async fn the_agent_s_pod_token_names_its_node_and_writes_that_node_s_lease_and_n
 async fn a_role_widened_to_delete_still_lets_no_agent_delete_another_node_s_lease() {
     let cluster = Cluster::start().await;
     let agent = cluster.agent_of_n1().await;
-    // Someone grants the agent delete (a Role of their own, bound to its ServiceAccount).
+    // Someone grants the agent delete again (a Role of their own, bound to its ServiceAccount;
+    // the chart's Role grants it too).
     let roles: Api<Role> = Api::namespaced(cluster.admin.clone(), NAMESPACE);
     let rule = PolicyRule {
         api_groups: Some(vec!["coordination.k8s.io".into()]),

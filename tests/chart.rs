@@ -512,7 +512,7 @@ fn the_agent_runs_on_every_node_from_the_controller_s_image_as_non_root_without_
     assert_eq!(role["metadata"]["namespace"].as_str(), Some("pulsecheck"));
     assert_eq!(
         serde_yaml_ng::to_string(&role["rules"]).unwrap().trim(),
-        "- apiGroups:\n  - coordination.k8s.io\n  resources:\n  - leases\n  verbs:\n  - get\n  - create\n  - update"
+        "- apiGroups:\n  - coordination.k8s.io\n  resources:\n  - leases\n  verbs:\n  - get\n  - create\n  - update\n  - delete"
     );
     let binding = named(&objects, "RoleBinding", "pulsecheck-agent");
     assert_eq!(binding["subjects"][0]["name"].as_str(), Some("pulsecheck-agent"));

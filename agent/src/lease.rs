@@ -24,7 +24,8 @@
 //! program text lives in memory (`pin.rs`); the in-cluster token it re-reads is on the
 //! kubelet's tmpfs, and is looked up from there, not through the container's root filesystem
 //! ([`client`]). Every API call is bounded by `--request-timeout`, and it uses only the verbs
-//! the agent's Role grants: `leases` get, create and update in its namespace.
+//! the agent's Role grants: `leases` get, create and update in its namespace (and delete, never
+//! used, which OwnerReferencesPermissionEnforcement asks of a write that changes the owner).
 
 use std::{
     collections::BTreeMap,
@@ -487,10 +488,9 @@ pub enum Stop {
     /// Pod's grace period ends.
     Stay,
     /// A second signal while the disk is still in trouble: exit without a last word, leaving
-    /// the Lease saying what the disk does. Its renewals stop, so pulsecheck soon sees the agent
-    /// silent (supporting only); and where the process can finish exiting (EIO, not a hang)
-    /// its Pod goes and the Lease is garbage-collected with it: the agent is then absent, no
-    /// evidence at all. The same follows the kubelet's SIGKILL.
+    /// the Lease saying what the disk does, and owned by nobody ([`Renewer::outlive_pod`]): its
+    /// renewals stop, and pulsecheck sees the agent silent (supporting only, the node's health
+    /// unconfirmed), even once its Pod is gone. The same follows the kubelet's SIGKILL.
     Exit,
     /// Not yet known: a disk that hangs looks fine until an operation outlasts its deadline,
     /// and a rollout or a deleted Pod may come in those seconds. The agent says `terminating`
@@ -555,6 +555,8 @@ pub async fn run(mut renewer: Renewer, disk: Arc<DiskStatus>, mut signals: tokio
     // disk rounds started when the first signal came.
     let mut staying = false;
     let mut signalled_at_round: Option<u64> = None;
+    // Whether the Lease as last written has no owner (what a retry of a failed write compares).
+    let mut written_unowned = false;
     // What the signals mean now ([`stop`]); `Stay` (nothing to do) until one comes, and the disk
     // round to wait for is marked only once one has come.
     let mut decide = |signals: &mut tokio::sync::watch::Receiver<u32>| {
@@ -599,7 +601,7 @@ pub async fn run(mut renewer: Renewer, disk: Arc<DiskStatus>, mut signals: tokio
                 let eager = standing_by_since.is_some_and(|since| since.elapsed() < eager_standby);
                 // Staying through trouble: the Lease is let go of by its Pod at once.
                 let outlive = outlives_pod(*signals.borrow(), &disk.health(std::time::Instant::now()));
-                if !eager && !changed(sent.as_ref(), &disk.health(std::time::Instant::now())) && outlive == renewer.outlive_pod {
+                if !eager && !changed(sent.as_ref(), &disk.health(std::time::Instant::now())) && outlive == written_unowned {
                     continue;
                 }
                 // The renewal clock starts over at a change: while the trouble lasts, its reports
@@ -624,6 +626,7 @@ pub async fn run(mut renewer: Renewer, disk: Arc<DiskStatus>, mut signals: tokio
         // tick, not every second (thousands of agents retrying at once would be a storm).
         sent = Some(report.disk.clone());
         // A stop signal during a renewal is not kept waiting for it, unless the agent stays.
+        let unowned = renewer.outlive_pod;
         let renewal = renewer.renew(&report);
         tokio::pin!(renewal);
         let result = loop {
@@ -637,6 +640,7 @@ pub async fn run(mut renewer: Renewer, disk: Arc<DiskStatus>, mut signals: tokio
         };
         match result {
             Ok(Renewal::Renewed { created }) => {
+                written_unowned = unowned;
                 if created {
                     // pulsecheck counts an agent Lease as alive only once it saw it renewed:
                     // renew a new one again at the next look (a second), not a tick later.
@@ -670,7 +674,19 @@ pub async fn run(mut renewer: Renewer, disk: Arc<DiskStatus>, mut signals: tokio
         }
     };
     if decision == Stop::Exit {
-        tracing::warn!(lease = %settings.name, disk = %disk.health(std::time::Instant::now()), "second signal with the disk still in trouble: exiting, the Lease left saying so");
+        let health = disk.health(std::time::Instant::now());
+        // Two signals at once, or the second before the first unowned renewal: one renewal
+        // still, so that the report outlives the Pod.
+        if !written_unowned {
+            renewer.outlive_pod = true;
+            let report = Report { disk: health.clone(), terminating: false };
+            match tokio::time::timeout(settings.request_timeout, renewer.renew(&report)).await {
+                Ok(Ok(_)) => {}
+                Ok(Err(error)) => tracing::warn!(%error, "could not leave the Lease to outlive the Pod"),
+                Err(_) => tracing::warn!(waited = ?settings.request_timeout, "could not leave the Lease to outlive the Pod: timed out"),
+            }
+        }
+        tracing::warn!(lease = %settings.name, disk = %health, "second signal with the disk still in trouble: exiting, the Lease left saying so");
         return;
     }
     tracing::info!(lease = %settings.name, "shutting down: last renewal, terminating");

@@ -114,7 +114,9 @@ async fn agent_kubeconfig(cp: &ControlPlane, dir: &Path) -> PathBuf {
         rules: Some(vec![PolicyRule {
             api_groups: Some(vec!["coordination.k8s.io".into()]),
             resources: Some(vec!["leases".into()]),
-            verbs: vec!["get".into(), "create".into(), "update".into()],
+            // The chart's Role: delete is what OwnerReferencesPermissionEnforcement (on in the
+            // lab) asks of a write that changes the Lease's owners.
+            verbs: vec!["get".into(), "create".into(), "update".into(), "delete".into()],
             ..Default::default()
         }]),
     };

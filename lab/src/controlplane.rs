@@ -759,8 +759,10 @@ async fn launch(binaries: &Binaries, root: &Path, credentials: &Credentials, por
         format!("--token-auth-file={}", credentials.file("tokens.csv")),
         // Node: real nodes' kubelets (system:node:NAME) get exactly a kubelet's access, and
         // NodeRestriction keeps each to its own Node and Lease, as in a production cluster.
+        // OwnerReferencesPermissionEnforcement (OpenShift's default, and hardened clusters'):
+        // changing an object's ownerReferences takes delete on it.
         "--authorization-mode=Node,RBAC".to_owned(),
-        "--enable-admission-plugins=NodeRestriction".to_owned(),
+        "--enable-admission-plugins=NodeRestriction,OwnerReferencesPermissionEnforcement".to_owned(),
         "--service-cluster-ip-range=10.0.0.0/24".to_owned(),
         // Real nodes: reach kubelets at their InternalIP (their hostnames resolve nowhere), verify
         // their serving certificates against the cluster CA, and present a client certificate.
