@@ -379,7 +379,10 @@ async fn shipped_rbac_lets_pulsecheck_do_its_job_and_nothing_more() {
         ("list", "leases.coordination.k8s.io", "", "pulsecheck", false),
         ("watch", "leases.coordination.k8s.io", "", "pulsecheck", false),
         ("patch", "leases.coordination.k8s.io", "", "pulsecheck", false),
-        ("delete", "leases.coordination.k8s.io", "", "pulsecheck", false),
+        // Never used, but what OwnerReferencesPermissionEnforcement asks of an owner change;
+        // the admission policy confines it to the agent's own Lease (tests/agent_admission.rs).
+        ("delete", "leases.coordination.k8s.io", "", "pulsecheck", true),
+        ("delete", "leases.coordination.k8s.io", "", "kube-node-lease", false),
         ("get", "leases.coordination.k8s.io", "", "kube-node-lease", false),
         ("update", "leases.coordination.k8s.io", "", "kube-node-lease", false),
         ("get", "nodes", "", "", false),
